@@ -1,0 +1,258 @@
+//! The delta batch: what one edge learned in one window.
+//!
+//! Layout (all integers are LEB128 varints unless noted):
+//!
+//! ```text
+//! magic "HCDB" (4 bytes) | version (1 byte)
+//! edge id length | edge id bytes | boot epoch | sequence
+//! window start ms | window length ms | entry count
+//! entry*: resource id length (0 = same as the previous entry) | resource id bytes
+//!         minute offset from the window start's minute (zigzag) | hits | sketch
+//! ```
+//!
+//! Entries are sorted by (resource id, minute) and unique, which makes the encoding canonical
+//! (one batch, one byte string) and lets a repeated resource id cost a single byte.
+
+use crate::sketch::{SKETCH_ENCODED_BYTES_MAX, Sketch};
+use crate::varint::{self, Reader};
+use crate::{EDGE_ID_BYTES_MAX, RESOURCE_ID_BYTES_MAX, WireError};
+
+pub const MAGIC: [u8; 4] = *b"HCDB";
+pub const FORMAT_VERSION: u8 = 1;
+/// An encoded batch is at most 8 MiB; edges split larger windows into several batches.
+pub const BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Entries (distinct resource and minute pairs) in one batch.
+pub const BATCH_ENTRIES_MAX: usize = 16_384;
+/// A batch may cover at most seven days: edges merge pending windows during an aggregator outage,
+/// and the aggregator keeps dedupe records at least this long.
+pub const WINDOW_SPAN_MS_MAX: u64 = 7 * 24 * 60 * 60 * 1_000;
+/// Hits in one entry; far above any real window, low enough that sums cannot overflow.
+pub const ENTRY_HITS_MAX: u64 = 1 << 48;
+pub const MINUTE_MS: u64 = 60_000;
+/// Minute buckets are kept below 2^40 minutes (two million years) so that milliseconds fit i64.
+const MINUTE_MAX: u64 = 1 << 40;
+
+/// Who sent a batch and which window it covers. (edge id, boot epoch, sequence) is the batch's
+/// idempotency key: an edge numbers batches from 0 after each boot, and the boot epoch (its start
+/// time in ms) keeps numbers from two boots apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaHeader {
+    pub edge_id: String,
+    pub boot_epoch: u64,
+    pub sequence: u64,
+    pub window_start_ms: u64,
+    pub window_end_ms: u64,
+}
+
+/// The hits one resource received in one minute, and who its visitors were.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaEntry {
+    pub resource_id: String,
+    /// Minutes since the Unix epoch.
+    pub minute: u64,
+    pub hits: u64,
+    pub visitors: Sketch,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaBatch {
+    pub header: DeltaHeader,
+    pub entries: Vec<DeltaEntry>,
+}
+
+fn validate_header(header: &DeltaHeader) -> Result<(), WireError> {
+    crate::validate_edge_id(&header.edge_id)?;
+    let span = header.window_end_ms.checked_sub(header.window_start_ms);
+    if !matches!(span, Some(span) if span <= WINDOW_SPAN_MS_MAX)
+        || header.window_end_ms / MINUTE_MS > MINUTE_MAX
+    {
+        return Err(WireError::InvalidWindow {
+            start_ms: header.window_start_ms,
+            end_ms: header.window_end_ms,
+        });
+    }
+    Ok(())
+}
+
+fn validate_entry(
+    index: usize,
+    entry: &DeltaEntry,
+    previous: Option<&DeltaEntry>,
+) -> Result<(), WireError> {
+    crate::validate_resource_id(&entry.resource_id)?;
+    if entry.hits == 0 || entry.hits > ENTRY_HITS_MAX {
+        return Err(WireError::InvalidHitCount {
+            index,
+            hits: entry.hits,
+            max: ENTRY_HITS_MAX,
+        });
+    }
+    if entry.minute > MINUTE_MAX {
+        return Err(WireError::MinuteOutOfRange { index });
+    }
+    if let Some(previous) = previous
+        && (previous.resource_id.as_str(), previous.minute)
+            >= (entry.resource_id.as_str(), entry.minute)
+    {
+        return Err(WireError::EntriesNotSorted { index });
+    }
+    Ok(())
+}
+
+impl DeltaBatch {
+    /// Encodes the batch after checking every rule the decoder checks, so that an edge can never
+    /// ship a batch the aggregator would reject as malformed.
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        validate_header(&self.header)?;
+        if self.entries.len() > BATCH_ENTRIES_MAX {
+            return Err(WireError::TooLong {
+                what: "entry count",
+                length: self.entries.len() as u64,
+                max: BATCH_ENTRIES_MAX as u64,
+                offset: 0,
+            });
+        }
+        let mut out = Vec::with_capacity(64 + self.entries.len() * 16);
+        out.extend_from_slice(&MAGIC);
+        out.push(FORMAT_VERSION);
+        varint::put_u64(&mut out, self.header.edge_id.len() as u64);
+        out.extend_from_slice(self.header.edge_id.as_bytes());
+        varint::put_u64(&mut out, self.header.boot_epoch);
+        varint::put_u64(&mut out, self.header.sequence);
+        varint::put_u64(&mut out, self.header.window_start_ms);
+        varint::put_u64(
+            &mut out,
+            self.header.window_end_ms - self.header.window_start_ms,
+        );
+        varint::put_u64(&mut out, self.entries.len() as u64);
+        let base_minute = (self.header.window_start_ms / MINUTE_MS) as i64;
+        let mut previous: Option<&DeltaEntry> = None;
+        for (index, entry) in self.entries.iter().enumerate() {
+            validate_entry(index, entry, previous)?;
+            if previous.is_some_and(|previous| previous.resource_id == entry.resource_id) {
+                out.push(0);
+            } else {
+                varint::put_u64(&mut out, entry.resource_id.len() as u64);
+                out.extend_from_slice(entry.resource_id.as_bytes());
+            }
+            varint::put_i64(&mut out, entry.minute as i64 - base_minute);
+            varint::put_u64(&mut out, entry.hits);
+            entry.visitors.encode(&mut out);
+            previous = Some(entry);
+        }
+        if out.len() > BATCH_BYTES_MAX {
+            return Err(WireError::BatchTooLarge {
+                length: out.len(),
+                max: BATCH_BYTES_MAX,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Decodes and validates a batch from untrusted bytes. Every length is checked against its
+    /// limit before anything is allocated for it.
+    pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        if bytes.len() > BATCH_BYTES_MAX {
+            return Err(WireError::BatchTooLarge {
+                length: bytes.len(),
+                max: BATCH_BYTES_MAX,
+            });
+        }
+        let mut reader = Reader::new(bytes);
+        if reader.take(MAGIC.len()).map_err(|_| WireError::BadMagic)? != MAGIC {
+            return Err(WireError::BadMagic);
+        }
+        let version = reader.u8()?;
+        if version != FORMAT_VERSION {
+            return Err(WireError::UnsupportedVersion {
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let edge_id = read_identifier(&mut reader, "edge id length", EDGE_ID_BYTES_MAX)?;
+        let boot_epoch = reader.u64()?;
+        let sequence = reader.u64()?;
+        let window_start_ms = reader.u64()?;
+        let window_span_ms = reader.u64()?;
+        let header = DeltaHeader {
+            edge_id,
+            boot_epoch,
+            sequence,
+            window_start_ms,
+            window_end_ms: window_start_ms.checked_add(window_span_ms).ok_or(
+                WireError::InvalidWindow {
+                    start_ms: window_start_ms,
+                    end_ms: u64::MAX,
+                },
+            )?,
+        };
+        validate_header(&header)?;
+        let count = reader.length("entry count", BATCH_ENTRIES_MAX)?;
+        // Every entry takes at least four bytes, so a count the input cannot hold is rejected
+        // before the vector is sized by it.
+        if count > reader.remaining() / 4 {
+            return Err(WireError::Truncated {
+                offset: bytes.len(),
+            });
+        }
+        let base_minute = (window_start_ms / MINUTE_MS) as i64;
+        let mut entries: Vec<DeltaEntry> = Vec::with_capacity(count);
+        for index in 0..count {
+            let offset = reader.position();
+            let length = reader.length("resource id length", RESOURCE_ID_BYTES_MAX)?;
+            let resource_id = if length == 0 {
+                entries
+                    .last()
+                    .map(|previous| previous.resource_id.clone())
+                    .ok_or(WireError::NoPreviousResource)?
+            } else {
+                let raw = reader.take(length)?;
+                let text = std::str::from_utf8(raw).map_err(|_| WireError::InvalidIdentifier {
+                    what: "resource id",
+                    reason: "not UTF-8",
+                })?;
+                text.to_owned()
+            };
+            let minute = base_minute
+                .checked_add(reader.i64()?)
+                .filter(|minute| *minute >= 0)
+                .ok_or(WireError::MinuteOutOfRange { index })? as u64;
+            let hits = reader.u64()?;
+            let visitors = Sketch::decode(&mut reader)?;
+            debug_assert!(reader.position() - offset <= 1 + 64 + 30 + SKETCH_ENCODED_BYTES_MAX);
+            let entry = DeltaEntry {
+                resource_id,
+                minute,
+                hits,
+                visitors,
+            };
+            validate_entry(index, &entry, entries.last())?;
+            entries.push(entry);
+        }
+        if reader.remaining() != 0 {
+            return Err(WireError::TrailingBytes {
+                offset: reader.position(),
+            });
+        }
+        Ok(Self { header, entries })
+    }
+
+    /// Total hits in the batch.
+    pub fn hits(&self) -> u64 {
+        self.entries.iter().map(|entry| entry.hits).sum()
+    }
+}
+
+fn read_identifier(
+    reader: &mut Reader<'_>,
+    what: &'static str,
+    max: usize,
+) -> Result<String, WireError> {
+    let length = reader.length(what, max)?;
+    let raw = reader.take(length)?;
+    let text = std::str::from_utf8(raw).map_err(|_| WireError::InvalidIdentifier {
+        what: "edge id",
+        reason: "not UTF-8",
+    })?;
+    Ok(text.to_owned())
+}
