@@ -1,0 +1,292 @@
+//! The hitcount aggregator as a library: [`Aggregator::start`] opens the store and starts the
+//! background tasks, [`app`] is the router (tests drive it in-process or on port 0), and [`run`]
+//! is what the binary does.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod ingest;
+pub mod query;
+pub mod rate_limit;
+pub mod state;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use axum::Router;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::auth::{BOOTSTRAP_TOKEN_ID, EdgeKeyRegistry, EdgeSecret, Scope, TokenRegistry};
+use crate::config::Config;
+use crate::ingest::Ingestor;
+use crate::rate_limit::RateLimits;
+use crate::state::{AppState, SharedState};
+use crate::store::{Store, TokenRecord};
+
+/// How often metrics histograms are compacted and idle rate-limit buckets forgotten.
+const MAINTENANCE_INTERVAL_MS: u64 = 5_000;
+/// Histogram buckets (seconds) for request and commit latencies.
+const LATENCY_BUCKETS_S: &[f64] = &[
+    0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// Milliseconds since the Unix epoch by the system clock.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The process-wide Prometheus recorder, installed on first use (tests start many aggregators
+/// in one process, and a recorder can be installed only once).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets(LATENCY_BUCKETS_S)
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!(
+                    "another metrics recorder was installed first; /metrics will be empty"
+                );
+            }
+            handle
+        })
+        .clone()
+}
+
+/// A started aggregator: store open, caches loaded, background tasks running.
+#[derive(Debug)]
+pub struct Aggregator {
+    state: SharedState,
+    ingest_task: JoinHandle<()>,
+    maintenance_task: JoinHandle<()>,
+    generated_admin_token: Option<String>,
+}
+
+impl Aggregator {
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        let store = Store::open(&config.data_dir)
+            .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+        let generated_admin_token =
+            bootstrap_admin_token(&store, config.admin_token.as_deref()).await?;
+        let tokens = TokenRegistry::default();
+        tokens.replace_all(store.tokens().await.context("loading tokens")?);
+        let edge_keys = EdgeKeyRegistry::default();
+        for (edge_id, secret, created_at_ms) in
+            store.edge_keys().await.context("loading edge keys")?
+        {
+            edge_keys.insert(
+                edge_id,
+                EdgeSecret {
+                    secret,
+                    configured: false,
+                    created_at_ms,
+                },
+            );
+        }
+        let started_ms = now_ms();
+        for key in &config.edge_keys {
+            edge_keys.insert(
+                key.edge_id.clone(),
+                EdgeSecret {
+                    secret: key.secret.clone(),
+                    configured: true,
+                    created_at_ms: started_ms,
+                },
+            );
+        }
+        let resources: BTreeMap<_, _> = store
+            .resources()
+            .await
+            .context("loading resources")?
+            .into_iter()
+            .map(|record| (record.id.clone(), record))
+            .collect();
+        let (ingestor, ingest_task) = Ingestor::start(store.clone(), config.ack);
+        let state = Arc::new(AppState {
+            limits: RateLimits::new(config.rate_limit_ip, config.rate_limit_token),
+            config,
+            store,
+            ingestor,
+            resources: RwLock::new(resources),
+            tokens,
+            edge_keys,
+            metrics: metrics_handle(),
+        });
+        let maintenance_task = tokio::spawn(maintain(Arc::clone(&state)));
+        Ok(Self {
+            state,
+            ingest_task,
+            maintenance_task,
+            generated_admin_token,
+        })
+    }
+
+    pub fn router(&self) -> Router {
+        app(Arc::clone(&self.state))
+    }
+
+    pub fn state(&self) -> &SharedState {
+        &self.state
+    }
+
+    /// The admin token generated at this start, if none existed and none was configured.
+    pub fn generated_admin_token(&self) -> Option<&str> {
+        self.generated_admin_token.as_deref()
+    }
+
+    /// Commits every queued hit, then stops the background tasks.
+    pub async fn shutdown(self) {
+        self.state.ingestor.shutdown().await;
+        let _ = self.ingest_task.await;
+        self.maintenance_task.abort();
+    }
+}
+
+/// Stores the configured admin token's digest, or makes one if no admin token exists yet.
+async fn bootstrap_admin_token(
+    store: &Store,
+    configured: Option<&str>,
+) -> anyhow::Result<Option<String>> {
+    let existing = store.tokens().await.context("reading tokens")?;
+    let token = match configured {
+        Some(token) => {
+            let digest = auth::token_digest(token);
+            if existing
+                .iter()
+                .any(|record| record.id == BOOTSTRAP_TOKEN_ID && record.token_sha256 == digest)
+            {
+                return Ok(None);
+            }
+            token.to_owned()
+        }
+        None if existing
+            .iter()
+            .any(|record| record.id == BOOTSTRAP_TOKEN_ID) =>
+        {
+            return Ok(None);
+        }
+        None => auth::generate_token(),
+    };
+    store
+        .put_token(TokenRecord {
+            id: BOOTSTRAP_TOKEN_ID.to_owned(),
+            name: "bootstrap admin token".to_owned(),
+            token_sha256: auth::token_digest(&token),
+            scopes: vec![Scope::Admin.as_str().to_owned()],
+            created_at_ms: now_ms(),
+        })
+        .await
+        .context("storing the admin token")?;
+    Ok(configured.is_none().then_some(token))
+}
+
+async fn maintain(state: SharedState) {
+    let mut tick = tokio::time::interval(Duration::from_millis(MAINTENANCE_INTERVAL_MS));
+    let retention_every = (state.config.retention_interval_s * 1_000)
+        .div_ceil(MAINTENANCE_INTERVAL_MS)
+        .max(1);
+    let mut ticks: u64 = 0;
+    loop {
+        tick.tick().await;
+        state.metrics.run_upkeep();
+        state.limits.forget_idle();
+        if ticks % retention_every == 0 {
+            match state.store.prune(now_ms()).await {
+                Ok(pruned) => {
+                    metrics::counter!("hitcount_retention_rows_deleted_total")
+                        .increment(pruned.count_rows);
+                    if pruned.count_rows + pruned.dedupe_rows > 0 {
+                        tracing::info!(
+                            count_rows = pruned.count_rows,
+                            dedupe_rows = pruned.dedupe_rows,
+                            "retention pruned"
+                        );
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "retention job failed; will retry"),
+            }
+        }
+        ticks += 1;
+    }
+}
+
+/// The HTTP application.
+pub fn app(state: SharedState) -> Router {
+    api::router(state)
+}
+
+/// Serves `aggregator` on `listener` until `shutdown` resolves, then commits queued hits.
+pub async fn serve(
+    listener: TcpListener,
+    aggregator: Aggregator,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let router = aggregator.router();
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .context("serving HTTP")?;
+    tracing::info!("stopped accepting; committing queued hits");
+    aggregator.shutdown().await;
+    Ok(())
+}
+
+/// What the binary does: start, listen, serve until SIGINT or SIGTERM, flush, exit.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let listen = config.listen;
+    let aggregator = Aggregator::start(config).await?;
+    if let Some(token) = aggregator.generated_admin_token() {
+        // Printed, not logged: it is shown once and must not end up in log storage.
+        println!("hitcount: generated an admin token (shown only now, store it): {token}");
+    }
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    tracing::info!(address = %listener.local_addr().context("reading the bound address")?, "hitcount aggregator listening");
+    serve(listener, aggregator, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -11,6 +11,7 @@
 //! randomness.
 
 mod aggregate;
+pub mod auth;
 mod batch;
 mod ids;
 pub mod sketch;
@@ -18,8 +19,8 @@ pub mod varint;
 
 pub use aggregate::{WindowCounts, WindowFull};
 pub use batch::{
-    BATCH_BYTES_MAX, BATCH_ENTRIES_MAX, DeltaBatch, DeltaEntry, DeltaHeader, FORMAT_VERSION,
-    MAGIC, MINUTE_MS, WINDOW_SPAN_MS_MAX, ENTRY_HITS_MAX,
+    BATCH_BYTES_MAX, BATCH_ENTRIES_MAX, DeltaBatch, DeltaEntry, DeltaHeader, ENTRY_HITS_MAX,
+    FORMAT_VERSION, MAGIC, MINUTE_MS, WINDOW_SPAN_MS_MAX,
 };
 pub use ids::{EDGE_ID_BYTES_MAX, RESOURCE_ID_BYTES_MAX, validate_edge_id, validate_resource_id};
 pub use sketch::{SKETCH_STANDARD_ERROR, Sketch, visitor_hash};

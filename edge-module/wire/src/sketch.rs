@@ -265,10 +265,12 @@ impl Sketch {
                                     reason: "register indexes not strictly increasing",
                                 });
                             }
-                            previous.checked_add(delta).ok_or(WireError::SketchInvalid {
-                                offset,
-                                reason: "register index overflows",
-                            })?
+                            previous
+                                .checked_add(delta)
+                                .ok_or(WireError::SketchInvalid {
+                                    offset,
+                                    reason: "register index overflows",
+                                })?
                         }
                     };
                     if index >= SKETCH_REGISTERS as u64 {
@@ -485,12 +487,12 @@ mod tests {
     #[test]
     fn rejects_malformed_sketches() {
         let cases: [&[u8]; 6] = [
-            &[3],                   // unknown form
-            &[TAG_SPARSE, 0],       // sparse with nothing in it
-            &[TAG_SPARSE, 1, 0],    // rank 0
-            &[TAG_SPARSE, 1, 0x3f], // rank 63
+            &[3],                         // unknown form
+            &[TAG_SPARSE, 0],             // sparse with nothing in it
+            &[TAG_SPARSE, 1, 0],          // rank 0
+            &[TAG_SPARSE, 1, 0x3f],       // rank 63
             &[TAG_SPARSE, 2, 0x41, 0x01], // second index not increasing
-            &[TAG_DENSE, 0, 0],     // truncated dense
+            &[TAG_DENSE, 0, 0],           // truncated dense
         ];
         for bytes in cases {
             assert!(Sketch::from_bytes(bytes).is_err(), "{bytes:?} accepted");

@@ -116,7 +116,16 @@ mod tests {
 
     #[test]
     fn round_trips_boundaries() {
-        for value in [0, 1, 127, 128, 16_383, 16_384, u64::from(u32::MAX), u64::MAX] {
+        for value in [
+            0,
+            1,
+            127,
+            128,
+            16_383,
+            16_384,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
             let mut out = Vec::new();
             put_u64(&mut out, value);
             assert!(out.len() <= VARINT_BYTES_MAX);

@@ -61,17 +61,32 @@ fn golden_bytes_pin_version_one() {
     let expected = concat!(
         "48434442", // magic "HCDB"
         "01",       // version
-        "06", "656467652d31", // edge id "edge-1"
+        "06",
+        "656467652d31", // edge id "edge-1"
         "80d095ffbc31", // boot epoch
         "07",           // sequence
         "c08898ffbc31", // window start ms
         "e807",         // window length 1000 ms
         "03",           // three entries
-        "04", "686f6d65", "00", "03", // "home", minute +0, 3 hits
-        "01", "02", "878728", "c1a303", // sparse sketch of two visitors
-        "00", "02", "01", "00", // same resource, minute +1, 1 hit, empty sketch
-        "07", "70726963696e67", "01", "c801", // "pricing", minute -1, 200 hits
-        "01", "01", "82822e", // sparse sketch of one visitor
+        "04",
+        "686f6d65",
+        "00",
+        "03", // "home", minute +0, 3 hits
+        "01",
+        "02",
+        "878728",
+        "c1a303", // sparse sketch of two visitors
+        "00",
+        "02",
+        "01",
+        "00", // same resource, minute +1, 1 hit, empty sketch
+        "07",
+        "70726963696e67",
+        "01",
+        "c801", // "pricing", minute -1, 200 hits
+        "01",
+        "01",
+        "82822e", // sparse sketch of one visitor
     );
     assert_eq!(to_hex(&encoded), expected);
     assert_eq!(DeltaBatch::decode(&encoded).unwrap(), golden_batch());
@@ -176,7 +191,10 @@ fn hostile_lengths_are_rejected_before_allocation() {
     hitcount_wire::varint::put_u64(&mut bytes, BATCH_ENTRIES_MAX as u64 + 1);
     assert!(matches!(
         DeltaBatch::decode(&bytes).unwrap_err(),
-        WireError::TooLong { what: "entry count", .. }
+        WireError::TooLong {
+            what: "entry count",
+            ..
+        }
     ));
 
     // A count within the limit that the remaining input cannot possibly hold.

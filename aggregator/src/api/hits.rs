@@ -1,0 +1,198 @@
+//! Recording hits directly and querying counts.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::ApiJson;
+use super::resources::unknown_resource;
+use crate::auth::{Caller, Scope};
+use crate::error::{ApiError, ErrorBody};
+use crate::ingest::{IngestError, ValidHit};
+use crate::now_ms;
+use crate::query::{self, HitsQuery, HitsResponse};
+use crate::state::SharedState;
+use crate::store::DELTA_AGE_MS_MAX;
+use hitcount_wire::{MINUTE_MS, visitor_hash};
+
+/// Hits in one `POST /hits` request.
+pub const HITS_PER_REQUEST_MAX: usize = 1_000;
+/// Longest visitor id; longer ones are almost certainly not ids.
+pub const VISITOR_ID_BYTES_MAX: usize = 256;
+/// How far ahead of the aggregator's clock a hit's timestamp may be.
+pub const CLOCK_SKEW_MS_MAX: u64 = 5 * 60 * 1_000;
+
+/// A time as RFC 3339 text or Unix milliseconds.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum TimeInput {
+    Millis(u64),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HitInput {
+    pub resource_id: String,
+    /// When the hit happened (default: now); at most 7 days old and 5 minutes ahead.
+    pub timestamp: Option<TimeInput>,
+    /// Anything that identifies a visitor (hashed on arrival, never stored).
+    pub visitor_id: Option<String>,
+}
+
+/// One hit, or `{"hits": [...]}` with up to 1000.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HitsRequest {
+    pub resource_id: Option<String>,
+    pub timestamp: Option<TimeInput>,
+    pub visitor_id: Option<String>,
+    pub hits: Option<Vec<HitInput>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Accepted {
+    pub accepted: usize,
+}
+
+fn validate(state: &SharedState, hit: HitInput, now_ms: u64) -> Result<ValidHit, ApiError> {
+    hitcount_wire::validate_resource_id(&hit.resource_id)
+        .map_err(|error| ApiError::bad_request("invalid_resource_id", error.to_string()))?;
+    if !state.resource_exists(&hit.resource_id) {
+        return Err(unknown_resource(&hit.resource_id));
+    }
+    let timestamp_ms = match hit.timestamp {
+        None => now_ms,
+        Some(TimeInput::Millis(ms)) => ms,
+        Some(TimeInput::Text(text)) => query::parse_time("timestamp", &text)?,
+    };
+    if timestamp_ms + DELTA_AGE_MS_MAX < now_ms || timestamp_ms > now_ms + CLOCK_SKEW_MS_MAX {
+        return Err(ApiError::bad_request(
+            "invalid_timestamp",
+            "timestamp must be within the last 7 days and at most 5 minutes ahead",
+        ));
+    }
+    let visitor_hash = match hit.visitor_id {
+        Some(visitor) if visitor.len() > VISITOR_ID_BYTES_MAX => {
+            return Err(ApiError::bad_request(
+                "invalid_visitor_id",
+                format!("visitor_id must be at most {VISITOR_ID_BYTES_MAX} bytes"),
+            ));
+        }
+        Some(visitor) => Some(visitor_hash(visitor.as_bytes())),
+        None => None,
+    };
+    Ok(ValidHit {
+        resource_id: hit.resource_id,
+        minute: timestamp_ms / MINUTE_MS,
+        visitor_hash,
+    })
+}
+
+#[utoipa::path(
+    post, path = "/hits", tag = "hits",
+    request_body = HitsRequest,
+    responses(
+        (status = 202, description = "Accepted: committed (durable mode) and visible to queries within 1 s", body = Accepted),
+        (status = 400, description = "Malformed JSON, invalid field, or too many hits", body = ErrorBody),
+        (status = 401, description = "Missing or unknown token", body = ErrorBody),
+        (status = 403, description = "Token lacks the ingest scope", body = ErrorBody),
+        (status = 404, description = "Unknown resource; nothing in the request was counted", body = ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
+        (status = 503, description = "Overloaded or the store failed; nothing was counted, retry", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn record(
+    State(state): State<SharedState>,
+    caller: Caller,
+    ApiJson(request): ApiJson<HitsRequest>,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    caller.require(Scope::Ingest)?;
+    let inputs = match request {
+        HitsRequest {
+            hits: Some(hits),
+            resource_id: None,
+            timestamp: None,
+            visitor_id: None,
+        } => hits,
+        HitsRequest {
+            hits: None,
+            resource_id: Some(resource_id),
+            timestamp,
+            visitor_id,
+        } => vec![HitInput {
+            resource_id,
+            timestamp,
+            visitor_id,
+        }],
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "send either {resource_id, timestamp?, visitor_id?} or {\"hits\": [...]}",
+            ));
+        }
+    };
+    if inputs.is_empty() || inputs.len() > HITS_PER_REQUEST_MAX {
+        return Err(ApiError::bad_request(
+            "invalid_hit_count",
+            format!("a request carries 1 to {HITS_PER_REQUEST_MAX} hits"),
+        ));
+    }
+    let now = now_ms();
+    let hits = inputs
+        .into_iter()
+        .map(|hit| validate(&state, hit, now))
+        .collect::<Result<Vec<_>, _>>()?;
+    let accepted = hits.len();
+    state.ingestor.submit(hits).await.map_err(|error| {
+        let message = match error {
+            IngestError::Overloaded => "the ingest queue is full; retry shortly",
+            IngestError::CommitFailed => "the store could not commit these hits; retry",
+            IngestError::ShuttingDown => "the aggregator is shutting down; retry",
+        };
+        ApiError::Unavailable {
+            message: message.to_owned(),
+            retry_after_s: 1,
+        }
+    })?;
+    metrics::counter!("hitcount_hits_accepted_total").increment(accepted as u64);
+    Ok((StatusCode::ACCEPTED, Json(Accepted { accepted })))
+}
+
+#[utoipa::path(
+    get, path = "/hits/{resource_id}", tag = "hits",
+    params(("resource_id" = String, Path, description = "Resource id"), HitsQuery),
+    responses(
+        (status = 200, description = "Count, uniques and a series over the period", body = HitsResponse),
+        (status = 400, description = "start >= end, unparseable time, granularity not kept, or too many points", body = ErrorBody),
+        (status = 401, description = "Missing or unknown token", body = ErrorBody),
+        (status = 403, description = "Token lacks the read scope", body = ErrorBody),
+        (status = 404, description = "No such resource", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn query(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Path(resource_id): Path<String>,
+    query: Result<Query<HitsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<HitsResponse>, ApiError> {
+    caller.require(Scope::Read)?;
+    let Query(query) =
+        query.map_err(|rejection| ApiError::bad_request("invalid_query", rejection.body_text()))?;
+    if !state.resource_exists(&resource_id) {
+        return Err(unknown_resource(&resource_id));
+    }
+    let plan = query::plan(&query, now_ms())?;
+    let cells = state
+        .store
+        .cells(resource_id.clone(), plan.tier, plan.start_ms, plan.end_ms)
+        .await?;
+    Ok(Json(query::fold(resource_id, &plan, &cells)))
+}

@@ -1,0 +1,210 @@
+//! HTTP routes, the JSON extractor that turns every rejection into an [`ApiError`], and the
+//! OpenAPI document generated from the handlers' annotations.
+
+mod admin;
+mod deltas;
+mod health;
+mod hits;
+mod resources;
+
+use std::time::Instant;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+
+use crate::error::{ApiError, ErrorBody};
+use crate::rate_limit;
+use crate::state::SharedState;
+
+/// Body limit of JSON requests other than `POST /hits`.
+pub const JSON_BODY_BYTES_MAX: usize = 64 * 1024;
+/// Body limit of `POST /hits`.
+pub const HITS_BODY_BYTES_MAX: usize = 1024 * 1024;
+/// Name lengths for resources and tokens.
+pub const NAME_CHARS_MAX: usize = 200;
+
+/// `Json<T>` whose rejections are [`ApiError`]s with the JSON error body.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    match rejection {
+        JsonRejection::JsonDataError(error) => {
+            ApiError::bad_request("invalid_request", error.body_text())
+        }
+        JsonRejection::JsonSyntaxError(error) => {
+            ApiError::bad_request("invalid_json", error.body_text())
+        }
+        JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
+            "the body must be JSON with `Content-Type: application/json`".to_owned(),
+        ),
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge {
+            limit_bytes: HITS_BODY_BYTES_MAX,
+        },
+        other => ApiError::bad_request("invalid_body", other.body_text()),
+    }
+}
+
+pub fn validate_name(name: &str) -> Result<String, ApiError> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > NAME_CHARS_MAX {
+        return Err(ApiError::bad_request(
+            "invalid_name",
+            format!("name must be 1 to {NAME_CHARS_MAX} characters"),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "hitcount aggregator",
+        description = "Exact hit counts and mergeable unique visitors over any time window."
+    ),
+    paths(
+        resources::create,
+        resources::list,
+        resources::get_one,
+        resources::delete_one,
+        hits::record,
+        hits::query,
+        deltas::apply,
+        admin::create_token,
+        admin::list_tokens,
+        admin::delete_token,
+        admin::create_edge_key,
+        admin::list_edge_keys,
+        admin::delete_edge_key,
+        health::healthz,
+        health::readyz,
+        health::metrics,
+        health::openapi,
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&BearerAuth),
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+        components.add_security_scheme(
+            "edge_signature",
+            SecurityScheme::ApiKey(utoipa::openapi::security::ApiKey::Header(
+                utoipa::openapi::security::ApiKeyValue::with_description(
+                    hitcount_wire::auth::SIGNATURE_HEADER,
+                    "HMAC-SHA256 (hex) of `{edge id}\\n{timestamp ms}\\n{body}` with the edge key; \
+                     also send x-hitcount-edge and x-hitcount-timestamp",
+                ),
+            )),
+        );
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route".to_owned())
+}
+
+async fn method_not_allowed() -> Response {
+    let body = ErrorBody {
+        error: crate::error::ErrorDetail {
+            code: "method_not_allowed".to_owned(),
+            message: "this route does not take that method".to_owned(),
+        },
+    };
+    (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
+}
+
+/// Counts requests and their latency by route template, for `/metrics`.
+async fn record_metrics(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().to_string();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("hitcount_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("hitcount_http_request_duration_seconds", "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a handler panicked");
+    ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
+}
+
+/// The router with every route and layer; state is attached by the caller's `with_state`.
+pub fn router(state: SharedState) -> Router {
+    let limited = Router::new()
+        .route("/resources", post(resources::create).get(resources::list))
+        .route(
+            "/resources/{resource_id}",
+            get(resources::get_one).delete(resources::delete_one),
+        )
+        .route(
+            "/hits",
+            post(hits::record).layer(DefaultBodyLimit::max(HITS_BODY_BYTES_MAX)),
+        )
+        .route("/hits/{resource_id}", get(hits::query))
+        .route(
+            "/v1/deltas",
+            post(deltas::apply).layer(DefaultBodyLimit::max(hitcount_wire::BATCH_BYTES_MAX)),
+        )
+        .route("/tokens", post(admin::create_token).get(admin::list_tokens))
+        .route("/tokens/{token_id}", delete(admin::delete_token))
+        .route(
+            "/edge-keys",
+            post(admin::create_edge_key).get(admin::list_edge_keys),
+        )
+        .route("/edge-keys/{edge_id}", delete(admin::delete_edge_key))
+        .layer(DefaultBodyLimit::max(JSON_BODY_BYTES_MAX))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit::limit_by_address,
+        ));
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route("/openapi.json", get(health::openapi))
+        .merge(limited)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(record_metrics))
+        .layer(TraceLayer::new_for_http())
+        .layer(CatchPanicLayer::custom(panic_response))
+        .with_state(state)
+}

@@ -1,0 +1,260 @@
+//! Resources: the things hits are counted for.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::{ApiJson, validate_name};
+use crate::auth::{Caller, Scope, random_hex};
+use crate::error::{ApiError, ErrorBody};
+use crate::now_ms;
+use crate::query::format_time;
+use crate::state::SharedState;
+use crate::store::{CreateOutcome, ResourceRecord};
+
+/// Longest per-resource retention: a hundred years.
+pub const RETENTION_DAYS_MAX: u32 = 36_500;
+/// Most resources one list page returns.
+pub const LIST_PAGE_MAX: usize = 1_000;
+const LIST_PAGE_DEFAULT: usize = 100;
+/// Random bytes in a generated resource id (hex-encoded, so twice as many characters).
+const GENERATED_ID_BYTES: usize = 8;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateResourceRequest {
+    /// A unique, human-readable name (1 to 200 characters).
+    pub name: String,
+    /// Delete counts older than this many days (1 to 36500); absent keeps day counts forever.
+    pub retention_days: Option<u32>,
+    /// Choose the id (letters, digits, `-`, `_`, `.`; up to 64 bytes); generated if absent.
+    pub resource_id: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ResourceBody {
+    pub resource_id: String,
+    pub name: String,
+    pub retention_days: Option<u32>,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+impl From<&ResourceRecord> for ResourceBody {
+    fn from(record: &ResourceRecord) -> Self {
+        Self {
+            resource_id: record.id.clone(),
+            name: record.name.clone(),
+            retention_days: record.retention_days,
+            created_at: format_time(record.created_at_ms),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ResourceList {
+    pub resources: Vec<ResourceBody>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    pub next_after: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Page size, 1 to 1000 (default 100).
+    pub limit: Option<usize>,
+    /// Return resources whose id sorts after this one.
+    pub after: Option<String>,
+}
+
+#[utoipa::path(
+    post, path = "/resources", tag = "resources",
+    request_body = CreateResourceRequest,
+    responses(
+        (status = 201, description = "Created", body = ResourceBody),
+        (status = 400, description = "Invalid name, id or retention", body = ErrorBody),
+        (status = 401, description = "Missing or unknown token", body = ErrorBody),
+        (status = 403, description = "Token lacks the admin scope", body = ErrorBody),
+        (status = 409, description = "Name or id already taken", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn create(
+    State(state): State<SharedState>,
+    caller: Caller,
+    ApiJson(request): ApiJson<CreateResourceRequest>,
+) -> Result<(StatusCode, Json<ResourceBody>), ApiError> {
+    caller.require(Scope::Admin)?;
+    let name = validate_name(&request.name)?;
+    if let Some(days) = request.retention_days
+        && !(1..=RETENTION_DAYS_MAX).contains(&days)
+    {
+        return Err(ApiError::bad_request(
+            "invalid_retention",
+            format!("retention_days must be between 1 and {RETENTION_DAYS_MAX}"),
+        ));
+    }
+    let id = match request.resource_id {
+        Some(id) => {
+            hitcount_wire::validate_resource_id(&id)
+                .map_err(|error| ApiError::bad_request("invalid_resource_id", error.to_string()))?;
+            id
+        }
+        None => random_hex(GENERATED_ID_BYTES),
+    };
+    let record = ResourceRecord {
+        id,
+        name,
+        retention_days: request.retention_days,
+        created_at_ms: now_ms(),
+    };
+    match state.store.create_resource(record.clone()).await? {
+        CreateOutcome::Created => {}
+        CreateOutcome::IdTaken => {
+            return Err(ApiError::Conflict {
+                code: "resource_id_taken",
+                message: format!("a resource with id {:?} exists", record.id),
+            });
+        }
+        CreateOutcome::NameTaken => {
+            return Err(ApiError::Conflict {
+                code: "name_taken",
+                message: format!("a resource named {:?} exists", record.name),
+            });
+        }
+    }
+    let body = ResourceBody::from(&record);
+    state
+        .resources
+        .write()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .insert(record.id.clone(), record);
+    tracing::info!(resource_id = %body.resource_id, "resource created");
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+#[utoipa::path(
+    get, path = "/resources", tag = "resources",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of resources, by id", body = ResourceList),
+        (status = 400, description = "Invalid limit", body = ErrorBody),
+        (status = 401, description = "Missing or unknown token", body = ErrorBody),
+        (status = 403, description = "Token lacks the read scope", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn list(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<ResourceList>, ApiError> {
+    caller.require(Scope::Read)?;
+    let limit = query.limit.unwrap_or(LIST_PAGE_DEFAULT);
+    if !(1..=LIST_PAGE_MAX).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit must be between 1 and {LIST_PAGE_MAX}"),
+        ));
+    }
+    let resources = state
+        .resources
+        .read()
+        .unwrap_or_else(|poison| poison.into_inner());
+    let range = match &query.after {
+        Some(after) => resources.range::<String, _>((
+            std::ops::Bound::Excluded(after.clone()),
+            std::ops::Bound::Unbounded,
+        )),
+        None => resources.range::<String, _>(..),
+    };
+    let mut page: Vec<ResourceBody> = range
+        .take(limit + 1)
+        .map(|(_, record)| record.into())
+        .collect();
+    let next_after = if page.len() > limit {
+        page.truncate(limit);
+        page.last().map(|last| last.resource_id.clone())
+    } else {
+        None
+    };
+    Ok(Json(ResourceList {
+        resources: page,
+        next_after,
+    }))
+}
+
+#[utoipa::path(
+    get, path = "/resources/{resource_id}", tag = "resources",
+    params(("resource_id" = String, Path, description = "Resource id")),
+    responses(
+        (status = 200, description = "The resource", body = ResourceBody),
+        (status = 401, description = "Missing or unknown token", body = ErrorBody),
+        (status = 403, description = "Token lacks the read scope", body = ErrorBody),
+        (status = 404, description = "No such resource", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_one(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Path(resource_id): Path<String>,
+) -> Result<Json<ResourceBody>, ApiError> {
+    caller.require(Scope::Read)?;
+    let record = state
+        .resource(&resource_id)
+        .ok_or_else(|| unknown_resource(&resource_id))?;
+    Ok(Json((&record).into()))
+}
+
+pub fn unknown_resource(resource_id: &str) -> ApiError {
+    ApiError::NotFound(format!("no resource with id {resource_id:?}"))
+}
+
+#[utoipa::path(
+    delete, path = "/resources/{resource_id}", tag = "resources",
+    params(("resource_id" = String, Path, description = "Resource id")),
+    responses(
+        (status = 204, description = "Deleted; its counts are purged and later hits get 404"),
+        (status = 401, description = "Missing or unknown token", body = ErrorBody),
+        (status = 403, description = "Token lacks the admin scope", body = ErrorBody),
+        (status = 404, description = "No such resource", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn delete_one(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Path(resource_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Scope::Admin)?;
+    // Forget it first, so hits arriving from now on are refused while the counts are purged.
+    let removed = state
+        .resources
+        .write()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .remove(&resource_id)
+        .ok_or_else(|| unknown_resource(&resource_id))?;
+    match state.store.delete_resource(resource_id.clone()).await {
+        Ok(_) => {
+            tracing::info!(%resource_id, "resource deleted");
+            Ok(StatusCode::NO_CONTENT)
+        }
+        Err(error) => {
+            state
+                .resources
+                .write()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .insert(resource_id, removed);
+            Err(error.into())
+        }
+    }
+}

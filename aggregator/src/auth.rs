@@ -1,0 +1,229 @@
+//! Bearer API tokens with scopes, and the edge-key registry for signed deltas.
+//!
+//! Only SHA-256 digests of tokens are stored: the token itself is shown once, when it is made.
+//! Tokens are 32 random bytes, so a plain digest (no salt, no slow hash) is enough: nothing
+//! shorter than the token itself can be guessed from it.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+
+use crate::error::ApiError;
+use crate::state::SharedState;
+use crate::store::TokenRecord;
+
+/// The id under which the bootstrap admin token is stored.
+pub const BOOTSTRAP_TOKEN_ID: &str = "bootstrap-admin";
+/// Bytes of randomness in a generated token or edge secret.
+pub const TOKEN_RANDOM_BYTES: usize = 32;
+/// Prefix of every generated token, so leaked tokens are easy to search for.
+pub const TOKEN_PREFIX: &str = "hct_";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Send hits.
+    Ingest,
+    /// Read resources and counts.
+    Read,
+    /// Everything, including resources, tokens and edge keys.
+    Admin,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ingest => "ingest",
+            Self::Read => "read",
+            Self::Admin => "admin",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "ingest" => Some(Self::Ingest),
+            "read" => Some(Self::Read),
+            "admin" => Some(Self::Admin),
+            _ => None,
+        }
+    }
+}
+
+pub fn token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Random bytes from the operating system, hex-encoded.
+pub fn random_hex(bytes: usize) -> String {
+    let mut buffer = vec![0u8; bytes];
+    // The OS random source failing is not something a server can continue through.
+    getrandom::fill(&mut buffer).unwrap_or_else(|error| panic!("OS random source failed: {error}"));
+    hex::encode(buffer)
+}
+
+pub fn generate_token() -> String {
+    format!("{TOKEN_PREFIX}{}", random_hex(TOKEN_RANDOM_BYTES))
+}
+
+/// Tokens by digest, kept in memory so authentication costs no store round trip.
+#[derive(Debug, Default)]
+pub struct TokenRegistry {
+    by_digest: RwLock<HashMap<[u8; 32], TokenRecord>>,
+}
+
+impl TokenRegistry {
+    pub fn replace_all(&self, records: Vec<TokenRecord>) {
+        let mut map = self
+            .by_digest
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner());
+        map.clear();
+        for record in records {
+            map.insert(record.token_sha256, record);
+        }
+    }
+
+    pub fn insert(&self, record: TokenRecord) {
+        let mut map = self
+            .by_digest
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner());
+        map.retain(|_, existing| existing.id != record.id);
+        map.insert(record.token_sha256, record);
+    }
+
+    pub fn remove(&self, id: &str) {
+        let mut map = self
+            .by_digest
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner());
+        map.retain(|_, existing| existing.id != id);
+    }
+
+    pub fn find(&self, digest: &[u8; 32]) -> Option<TokenRecord> {
+        let map = self
+            .by_digest
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner());
+        map.get(digest).cloned()
+    }
+}
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub token_id: String,
+    pub scopes: Vec<Scope>,
+}
+
+impl Caller {
+    /// Admin implies every other scope.
+    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
+        if self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "this token lacks the `{}` scope",
+                scope.as_str()
+            )))
+        }
+    }
+}
+
+impl FromRequestParts<SharedState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, ApiError> {
+        let header = parts.headers.get(AUTHORIZATION).ok_or_else(|| {
+            ApiError::unauthorized("missing `Authorization: Bearer <token>` header")
+        })?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|token| !token.is_empty())
+            .ok_or_else(|| {
+                ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
+            })?;
+        let record = state
+            .tokens
+            .find(&token_digest(token))
+            .ok_or_else(|| ApiError::unauthorized("unknown or revoked token"))?;
+        state.limits.check_token(&record.id)?;
+        Ok(Self {
+            token_id: record.id,
+            scopes: record
+                .scopes
+                .iter()
+                .filter_map(|scope| Scope::parse(scope))
+                .collect(),
+        })
+    }
+}
+
+/// An edge's signing secret and where it came from.
+#[derive(Clone)]
+pub struct EdgeSecret {
+    pub secret: Vec<u8>,
+    /// Keys given by flag cannot be revoked through the API (they would return at restart).
+    pub configured: bool,
+    pub created_at_ms: u64,
+}
+
+impl std::fmt::Debug for EdgeSecret {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("EdgeSecret")
+            .field("configured", &self.configured)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct EdgeKeyRegistry {
+    keys: RwLock<HashMap<String, EdgeSecret>>,
+}
+
+impl EdgeKeyRegistry {
+    pub fn insert(&self, edge_id: String, secret: EdgeSecret) {
+        self.keys
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .insert(edge_id, secret);
+    }
+
+    pub fn remove(&self, edge_id: &str) {
+        self.keys
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .remove(edge_id);
+    }
+
+    pub fn get(&self, edge_id: &str) -> Option<EdgeSecret> {
+        self.keys
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .get(edge_id)
+            .cloned()
+    }
+
+    pub fn list(&self) -> Vec<(String, EdgeSecret)> {
+        let keys = self
+            .keys
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let mut list: Vec<_> = keys
+            .iter()
+            .map(|(id, secret)| (id.clone(), secret.clone()))
+            .collect();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        list
+    }
+}

@@ -1,0 +1,215 @@
+//! Command-line flags (each also an environment variable), parsed and then validated into a
+//! [`Config`] before anything starts, so a bad flag fails at once with a message naming it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+/// Requests per second allowed per client address and per token by default.
+pub const RATE_LIMIT_PER_SECOND_DEFAULT: u32 = 1_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AckMode {
+    /// Answer `POST /hits` with 202 once the hits are committed to the store.
+    Durable,
+    /// Answer as soon as the hits are queued; a crash can lose up to one commit's worth.
+    Fast,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hitcount-aggregator",
+    version,
+    about = "The hitcount aggregator: merges edge deltas and hits, serves the query API."
+)]
+pub struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "HITCOUNT_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Directory of the embedded store (created if missing).
+    #[arg(long, env = "HITCOUNT_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Admin bearer token. If absent on first start, one is generated and printed once.
+    #[arg(long, env = "HITCOUNT_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// An edge signing key as ID=SECRET; repeat the flag, or comma-separate in the variable.
+    #[arg(
+        long = "edge-key",
+        env = "HITCOUNT_EDGE_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub edge_keys: Vec<String>,
+
+    /// When `POST /hits` answers 202: after commit (durable) or after queueing (fast).
+    #[arg(long, env = "HITCOUNT_ACK", value_enum, default_value = "durable")]
+    pub ack: AckMode,
+
+    /// Requests per second per client address (0 disables the limit).
+    #[arg(long, env = "HITCOUNT_RATE_LIMIT_IP", default_value_t = RATE_LIMIT_PER_SECOND_DEFAULT)]
+    pub rate_limit_ip: u32,
+
+    /// Requests per second per API token (0 disables the limit).
+    #[arg(long, env = "HITCOUNT_RATE_LIMIT_TOKEN", default_value_t = RATE_LIMIT_PER_SECOND_DEFAULT)]
+    pub rate_limit_token: u32,
+
+    /// Seconds between runs of the retention job.
+    #[arg(long, env = "HITCOUNT_RETENTION_INTERVAL_S", default_value_t = 60)]
+    pub retention_interval_s: u64,
+}
+
+/// A validated edge key.
+#[derive(Clone)]
+pub struct EdgeKey {
+    pub edge_id: String,
+    pub secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for EdgeKey {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("EdgeKey")
+            .field("edge_id", &self.edge_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Shortest secret accepted for edge keys and admin tokens: shorter ones can be brute-forced.
+pub const SECRET_BYTES_MIN: usize = 16;
+/// Bounds the retention job's period: at least a second, at most a day.
+const RETENTION_INTERVAL_S_MAX: u64 = 86_400;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub admin_token: Option<String>,
+    pub edge_keys: Vec<EdgeKey>,
+    pub ack: AckMode,
+    pub rate_limit_ip: u32,
+    pub rate_limit_token: u32,
+    pub retention_interval_s: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--edge-key {0:?} is not of the form ID=SECRET")]
+    EdgeKeyForm(String),
+    #[error("--edge-key {edge_id}: {reason}")]
+    EdgeKey { edge_id: String, reason: String },
+    #[error("--edge-key {0} is given twice")]
+    EdgeKeyTwice(String),
+    #[error("--admin-token must be at least {SECRET_BYTES_MIN} characters")]
+    AdminTokenShort,
+    #[error("--retention-interval-s must be between 1 and {RETENTION_INTERVAL_S_MAX}")]
+    RetentionInterval,
+}
+
+impl Config {
+    /// A configuration for tests and embedding: everything at its default, data in `data_dir`.
+    pub fn for_data_dir(data_dir: PathBuf) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir,
+            admin_token: None,
+            edge_keys: Vec::new(),
+            ack: AckMode::Durable,
+            rate_limit_ip: RATE_LIMIT_PER_SECOND_DEFAULT,
+            rate_limit_token: RATE_LIMIT_PER_SECOND_DEFAULT,
+            retention_interval_s: 60,
+        }
+    }
+}
+
+impl TryFrom<Args> for Config {
+    type Error = ConfigError;
+
+    fn try_from(args: Args) -> Result<Self, ConfigError> {
+        let mut edge_keys: Vec<EdgeKey> = Vec::new();
+        for raw in args.edge_keys.iter().filter(|raw| !raw.trim().is_empty()) {
+            let (edge_id, secret) = raw
+                .trim()
+                .split_once('=')
+                .ok_or_else(|| ConfigError::EdgeKeyForm(raw.clone()))?;
+            hitcount_wire::validate_edge_id(edge_id).map_err(|error| ConfigError::EdgeKey {
+                edge_id: edge_id.to_owned(),
+                reason: error.to_string(),
+            })?;
+            if secret.len() < SECRET_BYTES_MIN {
+                return Err(ConfigError::EdgeKey {
+                    edge_id: edge_id.to_owned(),
+                    reason: format!("the secret must be at least {SECRET_BYTES_MIN} characters"),
+                });
+            }
+            if edge_keys.iter().any(|key| key.edge_id == edge_id) {
+                return Err(ConfigError::EdgeKeyTwice(edge_id.to_owned()));
+            }
+            edge_keys.push(EdgeKey {
+                edge_id: edge_id.to_owned(),
+                secret: secret.as_bytes().to_vec(),
+            });
+        }
+        if args
+            .admin_token
+            .as_ref()
+            .is_some_and(|token| token.len() < SECRET_BYTES_MIN)
+        {
+            return Err(ConfigError::AdminTokenShort);
+        }
+        if !(1..=RETENTION_INTERVAL_S_MAX).contains(&args.retention_interval_s) {
+            return Err(ConfigError::RetentionInterval);
+        }
+        Ok(Self {
+            listen: args.listen,
+            data_dir: args.data_dir,
+            admin_token: args.admin_token,
+            edge_keys,
+            ack: args.ack,
+            rate_limit_ip: args.rate_limit_ip,
+            rate_limit_token: args.rate_limit_token,
+            retention_interval_s: args.retention_interval_s,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(arguments: &[&str]) -> Result<Config, ConfigError> {
+        let mut all = vec!["hitcount-aggregator"];
+        all.extend_from_slice(arguments);
+        Config::try_from(Args::try_parse_from(all).unwrap())
+    }
+
+    #[test]
+    fn parses_edge_keys_and_rejects_bad_ones() {
+        let config = parse(&["--edge-key", "edge-1=0123456789abcdef0123"]).unwrap();
+        assert_eq!(config.edge_keys[0].edge_id, "edge-1");
+        assert!(matches!(
+            parse(&["--edge-key", "no-equals"]),
+            Err(ConfigError::EdgeKeyForm(_))
+        ));
+        assert!(matches!(
+            parse(&["--edge-key", "edge-1=short"]),
+            Err(ConfigError::EdgeKey { .. })
+        ));
+        assert!(matches!(
+            parse(&[
+                "--edge-key",
+                "a=0123456789abcdef",
+                "--edge-key",
+                "a=0123456789abcdef"
+            ]),
+            Err(ConfigError::EdgeKeyTwice(_))
+        ));
+        assert!(matches!(
+            parse(&["--admin-token", "short"]),
+            Err(ConfigError::AdminTokenShort)
+        ));
+    }
+}

@@ -1,0 +1,324 @@
+//! Time windows for `GET /hits/{resource_id}`: parsing, choosing a tier and granularity, and
+//! folding stored cells into a total and a series.
+
+use hitcount_wire::Sketch;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::error::ApiError;
+use crate::store::{CountCell, DAY_MS, HOUR_MS, Tier};
+
+/// The most points one series may hold (48 hours of minutes fits; ten years of hours does not).
+pub const SERIES_POINTS_MAX: u64 = 10_000;
+/// Windows up to this long default to minute points.
+const MINUTE_GRANULARITY_SPAN_MS_MAX: u64 = 6 * HOUR_MS;
+/// Windows up to this long default to hour points; longer ones to day points.
+const HOUR_GRANULARITY_SPAN_MS_MAX: u64 = 14 * DAY_MS;
+/// Times beyond the year 9999 cannot be written in RFC 3339.
+const TIME_MS_MAX: u64 = 253_402_300_799_999;
+/// The window used when a query names no time at all.
+const DEFAULT_WINDOW_MS: u64 = DAY_MS;
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct HitsQuery {
+    /// Start of the window (inclusive): RFC 3339, or Unix milliseconds.
+    pub start_time: Option<String>,
+    /// End of the window (exclusive): RFC 3339, or Unix milliseconds.
+    pub end_time: Option<String>,
+    /// A window ending now instead of start/end: a number and a unit (s, m, h, d, w), e.g. `24h`.
+    pub window: Option<String>,
+    /// Width of each series point: `minute`, `hour` or `day` (chosen from the window if absent).
+    pub granularity: Option<Tier>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Period {
+    /// RFC 3339, inclusive.
+    pub start_time: String,
+    /// RFC 3339, exclusive.
+    pub end_time: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SeriesPoint {
+    pub start_time: String,
+    pub count: u64,
+    pub uniques: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HitsResponse {
+    pub resource_id: String,
+    /// Hits in the period, exact.
+    pub count: u64,
+    /// Distinct visitors in the period, estimated (standard error 0.81%).
+    pub uniques: u64,
+    pub granularity: Tier,
+    /// The period counted: the requested window widened to whole granularity buckets (UTC).
+    pub period: Period,
+    pub series: Vec<SeriesPoint>,
+}
+
+pub fn format_time(ms: u64) -> String {
+    let nanos = i128::from(ms.min(TIME_MS_MAX)) * 1_000_000;
+    OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|time| time.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+/// RFC 3339 or Unix milliseconds.
+pub fn parse_time(name: &str, text: &str) -> Result<u64, ApiError> {
+    let invalid = || {
+        ApiError::bad_request(
+            "invalid_time",
+            format!(
+                "{name} must be RFC 3339 (2026-01-31T12:00:00Z) or Unix milliseconds, got {text:?}"
+            ),
+        )
+    };
+    if !text.is_empty() && text.bytes().all(|byte| byte.is_ascii_digit()) {
+        let ms: u64 = text.parse().map_err(|_| invalid())?;
+        return if ms <= TIME_MS_MAX {
+            Ok(ms)
+        } else {
+            Err(invalid())
+        };
+    }
+    let time = OffsetDateTime::parse(text, &Rfc3339).map_err(|_| invalid())?;
+    let ms = time.unix_timestamp_nanos() / 1_000_000;
+    u64::try_from(ms).map_err(|_| invalid())
+}
+
+/// `90s`, `1m`, `24h`, `7d`, `2w`.
+pub fn parse_window(text: &str) -> Result<u64, ApiError> {
+    let invalid = || {
+        ApiError::bad_request(
+            "invalid_window",
+            format!(
+                "window must be a positive number and a unit (s, m, h, d, w), e.g. 24h; got {text:?}"
+            ),
+        )
+    };
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(invalid)?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| invalid())?;
+    let unit_ms = match unit {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => HOUR_MS,
+        "d" => DAY_MS,
+        "w" => 7 * DAY_MS,
+        _ => return Err(invalid()),
+    };
+    number
+        .checked_mul(unit_ms)
+        .filter(|ms| *ms > 0 && *ms <= TIME_MS_MAX)
+        .ok_or_else(invalid)
+}
+
+/// What to read and how to fold it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    pub tier: Tier,
+    pub granularity: Tier,
+    pub start_ms: u64,
+    pub end_ms: u64,
+}
+
+fn covers(tier: Tier, start_ms: u64, now_ms: u64) -> bool {
+    match tier.retention_ms() {
+        // One bucket of slack: a window of exactly the retention starts mid-bucket.
+        Some(retention) => start_ms + retention + tier.resolution_ms() >= now_ms,
+        None => true,
+    }
+}
+
+pub fn plan(query: &HitsQuery, now_ms: u64) -> Result<Plan, ApiError> {
+    let (start_ms, end_ms) = match (&query.window, &query.start_time, &query.end_time) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+            return Err(ApiError::bad_request(
+                "invalid_time_range",
+                "give either window or start_time and end_time, not both",
+            ));
+        }
+        (Some(window), None, None) => {
+            let span = parse_window(window)?;
+            (now_ms.saturating_sub(span), now_ms)
+        }
+        (None, Some(start), Some(end)) => (
+            parse_time("start_time", start)?,
+            parse_time("end_time", end)?,
+        ),
+        (None, None, None) => (now_ms.saturating_sub(DEFAULT_WINDOW_MS), now_ms),
+        (None, _, _) => {
+            return Err(ApiError::bad_request(
+                "invalid_time_range",
+                "start_time and end_time must be given together",
+            ));
+        }
+    };
+    if start_ms >= end_ms {
+        return Err(ApiError::bad_request(
+            "invalid_time_range",
+            "start_time must be before end_time",
+        ));
+    }
+    let span = end_ms - start_ms;
+    let granularity = match query.granularity {
+        Some(granularity) => granularity,
+        None => {
+            let wanted = if span <= MINUTE_GRANULARITY_SPAN_MS_MAX {
+                Tier::Minute
+            } else if span <= HOUR_GRANULARITY_SPAN_MS_MAX {
+                Tier::Hour
+            } else {
+                Tier::Day
+            };
+            // Without an explicit request, fall back to a coarser granularity that is still kept.
+            Tier::ALL
+                .into_iter()
+                .filter(|tier| *tier >= wanted)
+                .find(|tier| covers(*tier, start_ms, now_ms))
+                .unwrap_or(Tier::Day)
+        }
+    };
+    let tier = Tier::ALL
+        .into_iter()
+        .filter(|tier| *tier <= granularity)
+        .find(|tier| covers(*tier, start_ms, now_ms))
+        .ok_or_else(|| {
+            let kept = match granularity {
+                Tier::Minute => "minute counts are kept for 48 hours",
+                Tier::Hour => "hour counts are kept for 90 days",
+                Tier::Day => "day counts are kept for the resource's retention",
+            };
+            ApiError::bad_request(
+                "granularity_not_kept",
+                format!("{kept}; ask for a coarser granularity for this window"),
+            )
+        })?;
+    let resolution = granularity.resolution_ms();
+    let aligned_start = start_ms / resolution * resolution;
+    let aligned_end = end_ms.div_ceil(resolution) * resolution;
+    let points = (aligned_end - aligned_start) / resolution;
+    if points > SERIES_POINTS_MAX {
+        return Err(ApiError::bad_request(
+            "too_many_points",
+            format!(
+                "this window at {} granularity has {points} points; the limit is {SERIES_POINTS_MAX}",
+                serde_json::to_value(granularity)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            ),
+        ));
+    }
+    Ok(Plan {
+        tier,
+        granularity,
+        start_ms: aligned_start,
+        end_ms: aligned_end,
+    })
+}
+
+/// Folds cells (sorted by bucket) into the response: one point per granularity bucket, empty
+/// buckets included, so charts need no gap filling.
+pub fn fold(resource_id: String, plan: &Plan, cells: &[CountCell]) -> HitsResponse {
+    let resolution = plan.granularity.resolution_ms();
+    let points = ((plan.end_ms - plan.start_ms) / resolution) as usize;
+    let mut series: Vec<(u64, Sketch)> = vec![(0, Sketch::new()); points];
+    let mut total = Sketch::new();
+    let mut count = 0u64;
+    for cell in cells {
+        debug_assert!(cell.bucket_ms >= plan.start_ms && cell.bucket_ms < plan.end_ms);
+        let index = ((cell.bucket_ms - plan.start_ms) / resolution) as usize;
+        if let Some((hits, visitors)) = series.get_mut(index) {
+            *hits += cell.hits;
+            visitors.merge(&cell.visitors);
+        }
+        count += cell.hits;
+        total.merge(&cell.visitors);
+    }
+    HitsResponse {
+        resource_id,
+        count,
+        uniques: total.count(),
+        granularity: plan.granularity,
+        period: Period {
+            start_time: format_time(plan.start_ms),
+            end_time: format_time(plan.end_ms),
+        },
+        series: series
+            .into_iter()
+            .enumerate()
+            .map(|(index, (hits, visitors))| SeriesPoint {
+                start_time: format_time(plan.start_ms + index as u64 * resolution),
+                count: hits,
+                uniques: visitors.count(),
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW_MS: u64 = 1_780_000_000_000;
+
+    fn query(window: &str, granularity: Option<Tier>) -> HitsQuery {
+        HitsQuery {
+            window: Some(window.to_owned()),
+            granularity,
+            ..HitsQuery::default()
+        }
+    }
+
+    #[test]
+    fn parses_times_and_windows() {
+        assert_eq!(parse_time("t", "1000").unwrap(), 1_000);
+        assert_eq!(parse_time("t", "1970-01-01T00:00:01.5Z").unwrap(), 1_500);
+        assert_eq!(parse_time("t", "1970-01-01T01:00:00+01:00").unwrap(), 0);
+        assert!(parse_time("t", "yesterday").is_err());
+        assert!(parse_time("t", "99999999999999999999").is_err());
+        assert_eq!(parse_window("24h").unwrap(), DAY_MS);
+        assert_eq!(parse_window("1m").unwrap(), 60_000);
+        for bad in ["", "h", "0h", "5y", "-1h", "99999999999999999w"] {
+            assert!(parse_window(bad).is_err(), "{bad}");
+        }
+        assert_eq!(format_time(1_500), "1970-01-01T00:00:01.5Z");
+    }
+
+    #[test]
+    fn picks_the_finest_tier_that_is_kept() {
+        let day = plan(&query("24h", None), NOW_MS).unwrap();
+        assert_eq!((day.tier, day.granularity), (Tier::Hour, Tier::Hour));
+        let minutes = plan(&query("24h", Some(Tier::Minute)), NOW_MS).unwrap();
+        assert_eq!(
+            (minutes.tier, minutes.granularity),
+            (Tier::Minute, Tier::Minute)
+        );
+        let hour = plan(&query("1h", None), NOW_MS).unwrap();
+        assert_eq!(hour.tier, Tier::Minute);
+        let week = plan(&query("7d", Some(Tier::Hour)), NOW_MS).unwrap();
+        assert_eq!(week.tier, Tier::Hour);
+        let year = plan(&query("365d", None), NOW_MS).unwrap();
+        assert_eq!((year.tier, year.granularity), (Tier::Day, Tier::Day));
+        assert!(plan(&query("3d", Some(Tier::Minute)), NOW_MS).is_err());
+        assert!(plan(&query("200d", Some(Tier::Hour)), NOW_MS).is_err());
+    }
+
+    #[test]
+    fn aligns_and_bounds_points() {
+        let plan = plan(&query("90s", None), NOW_MS + 30_000).unwrap();
+        assert_eq!(plan.start_ms % 60_000, 0);
+        assert_eq!(plan.end_ms % 60_000, 0);
+        assert!(super::plan(&query("1500w", None), NOW_MS).is_err());
+    }
+}

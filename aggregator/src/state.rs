@@ -1,0 +1,45 @@
+//! Everything a request handler can reach.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::auth::{EdgeKeyRegistry, TokenRegistry};
+use crate::config::Config;
+use crate::ingest::Ingestor;
+use crate::rate_limit::RateLimits;
+use crate::store::{ResourceRecord, Store};
+
+#[derive(Debug)]
+pub struct AppState {
+    pub config: Config,
+    pub store: Store,
+    pub ingestor: Ingestor,
+    /// Resources by id, loaded at start and kept in step with every create and delete, so that
+    /// validating a hit costs no store round trip.
+    pub resources: RwLock<BTreeMap<String, ResourceRecord>>,
+    pub tokens: TokenRegistry,
+    pub edge_keys: EdgeKeyRegistry,
+    pub limits: RateLimits,
+    pub metrics: PrometheusHandle,
+}
+
+pub type SharedState = Arc<AppState>;
+
+impl AppState {
+    pub fn resource(&self, id: &str) -> Option<ResourceRecord> {
+        self.resources
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    pub fn resource_exists(&self, id: &str) -> bool {
+        self.resources
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .contains_key(id)
+    }
+}

@@ -1,0 +1,720 @@
+//! The embedded store: one SQLite file under the data directory, in WAL mode with
+//! `synchronous=FULL`, so a transaction that returned from commit survives `kill -9` and power
+//! loss alike.
+//!
+//! Counts are kept in three tiers (minute, hour, day). Every merge writes all tiers in the same
+//! transaction (a rollup at write time), so the tiers can never disagree and no rollup job has to
+//! be made exactly-once; the background job only deletes what retention has expired.
+//!
+//! All writes go through one connection behind a mutex (SQLite allows one writer at a time, and
+//! one connection avoids `SQLITE_BUSY` between our own writers); reads use a pool of read-only
+//! connections, which WAL lets run beside the writer.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hitcount_wire::{DeltaEntry, MINUTE_MS, Sketch};
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+pub const HOUR_MS: u64 = 60 * MINUTE_MS;
+pub const DAY_MS: u64 = 24 * HOUR_MS;
+/// Minute counts are kept for 48 hours.
+pub const MINUTE_TIER_RETENTION_MS: u64 = 48 * HOUR_MS;
+/// Hour counts are kept for 90 days; day counts are kept until the resource's retention ends.
+pub const HOUR_TIER_RETENTION_MS: u64 = 90 * DAY_MS;
+/// Deltas whose window ended longer ago than this are refused: their dedupe records may be gone.
+pub const DELTA_AGE_MS_MAX: u64 = 7 * DAY_MS;
+/// Dedupe records outlive the age limit by a day, so every batch that can be accepted is checked.
+pub const DEDUPE_RETENTION_MS: u64 = DELTA_AGE_MS_MAX + DAY_MS;
+/// The retention job deletes at most this many rows per transaction, so ingest never waits long.
+const RETENTION_DELETE_ROWS_MAX: usize = 10_000;
+/// Read connections in the pool.
+const READ_CONNECTIONS_MAX: u32 = 8;
+/// How long a statement waits for a lock before reporting `Busy`.
+const BUSY_TIMEOUT_MS: u64 = 5_000;
+const DATABASE_FILE: &str = "hitcount.sqlite3";
+/// The encoding of an empty sketch.
+const EMPTY_SKETCH: &[u8] = &[0];
+
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    Minute,
+    Hour,
+    Day,
+}
+
+impl Tier {
+    pub const ALL: [Tier; 3] = [Tier::Minute, Tier::Hour, Tier::Day];
+
+    pub fn resolution_ms(self) -> u64 {
+        match self {
+            Self::Minute => MINUTE_MS,
+            Self::Hour => HOUR_MS,
+            Self::Day => DAY_MS,
+        }
+    }
+
+    /// How long this tier's counts are kept, if not forever.
+    pub fn retention_ms(self) -> Option<u64> {
+        match self {
+            Self::Minute => Some(MINUTE_TIER_RETENTION_MS),
+            Self::Hour => Some(HOUR_TIER_RETENTION_MS),
+            Self::Day => None,
+        }
+    }
+
+    fn code(self) -> i64 {
+        match self {
+            Self::Minute => 0,
+            Self::Hour => 1,
+            Self::Day => 2,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store is busy")]
+    Busy,
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("connection pool: {0}")]
+    Pool(#[from] r2d2::Error),
+    #[error("could not create the data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("a stored sketch is corrupt: {0}")]
+    CorruptSketch(#[from] hitcount_wire::WireError),
+    #[error("a store task failed: {0}")]
+    Task(String),
+}
+
+fn classify(error: rusqlite::Error) -> StoreError {
+    match error.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            StoreError::Busy
+        }
+        _ => StoreError::Sqlite(error),
+    }
+}
+
+/// The idempotency key of an edge batch and a digest of its body.
+#[derive(Debug, Clone)]
+pub struct BatchKey {
+    pub edge_id: String,
+    pub boot_epoch: u64,
+    pub sequence: u64,
+    pub body_sha256: [u8; 32],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Applied {
+    pub entries: u64,
+    pub hits: u64,
+    /// Entries for resources that do not exist (never created, or deleted): not counted.
+    pub unknown_resource_entries: u64,
+    /// Entries older than their resource's retention: not counted.
+    pub expired_entries: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    Applied(Applied),
+    /// The same batch was applied before; nothing changed.
+    Duplicate,
+    /// A batch with the same key but a different body was applied before; nothing changed.
+    Conflict,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceRecord {
+    pub id: String,
+    pub name: String,
+    pub retention_days: Option<u32>,
+    pub created_at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub id: String,
+    pub name: String,
+    pub token_sha256: [u8; 32],
+    pub scopes: Vec<String>,
+    pub created_at_ms: u64,
+}
+
+/// One stored cell of one tier.
+#[derive(Debug, Clone)]
+pub struct CountCell {
+    pub bucket_ms: u64,
+    pub hits: u64,
+    pub visitors: Sketch,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub count_rows: u64,
+    pub dedupe_rows: u64,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    writer: Arc<Mutex<Connection>>,
+    readers: r2d2::Pool<SqliteConnectionManager>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+/// Schema versions, applied in order and recorded in `PRAGMA user_version`. A hand-written list:
+/// the embedded store has one schema and this is all a migration crate would do for it.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE resources (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    retention_days INTEGER,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE TABLE counts (
+    resource_id TEXT NOT NULL,
+    tier INTEGER NOT NULL,
+    bucket_ms INTEGER NOT NULL,
+    hits INTEGER NOT NULL,
+    sketch BLOB NOT NULL,
+    PRIMARY KEY (resource_id, tier, bucket_ms)
+) WITHOUT ROWID;
+CREATE INDEX counts_by_tier_and_bucket ON counts (tier, bucket_ms);
+CREATE TABLE applied_batches (
+    edge_id TEXT NOT NULL,
+    boot_epoch INTEGER NOT NULL,
+    sequence INTEGER NOT NULL,
+    body_sha256 BLOB NOT NULL,
+    applied_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (edge_id, boot_epoch, sequence)
+) WITHOUT ROWID;
+CREATE INDEX applied_batches_by_time ON applied_batches (applied_at_ms);
+CREATE TABLE tokens (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    token_sha256 BLOB NOT NULL UNIQUE,
+    scopes TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE TABLE edge_keys (
+    edge_id TEXT PRIMARY KEY,
+    secret BLOB NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+"#];
+
+fn configure(connection: &Connection) -> rusqlite::Result<()> {
+    connection.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))?;
+    connection.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+fn migrate(connection: &mut Connection) -> rusqlite::Result<()> {
+    let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    for (index, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(version).unwrap_or(0))
+    {
+        let transaction = connection.transaction()?;
+        transaction.execute_batch(sql)?;
+        transaction.pragma_update(None, "user_version", (index + 1) as i64)?;
+        transaction.commit()?;
+    }
+    Ok(())
+}
+
+fn millis(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn unmillis(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `data_dir` and brings its schema up to date.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+            path: data_dir.display().to_string(),
+            source,
+        })?;
+        let path = data_dir.join(DATABASE_FILE);
+        let mut writer = Connection::open(&path)?;
+        let mode: String =
+            writer.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+        debug_assert_eq!(mode.to_lowercase(), "wal");
+        // FULL syncs the WAL on every commit: an acknowledged hit survives power loss too.
+        writer.pragma_update(None, "synchronous", "FULL")?;
+        configure(&writer)?;
+        migrate(&mut writer)?;
+        let manager = SqliteConnectionManager::file(&path)
+            .with_flags(OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .with_init(|connection| configure(connection));
+        let readers = r2d2::Pool::builder()
+            .max_size(READ_CONNECTIONS_MAX)
+            .min_idle(Some(1))
+            .build(manager)?;
+        Ok(Self {
+            writer: Arc::new(Mutex::new(writer)),
+            readers,
+        })
+    }
+
+    async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let writer = Arc::clone(&self.writer);
+        tokio::task::spawn_blocking(move || {
+            let mut connection = writer
+                .lock()
+                .map_err(|_| StoreError::Task("the writer lock was poisoned".to_owned()))?;
+            work(&mut connection)
+        })
+        .await
+        .map_err(|error| StoreError::Task(error.to_string()))?
+    }
+
+    async fn read<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let connection = readers.get()?;
+            work(&connection)
+        })
+        .await
+        .map_err(|error| StoreError::Task(error.to_string()))?
+    }
+
+    /// Merges delta entries into every tier in one transaction. With a batch key, the dedupe
+    /// record is written in that same transaction, so a batch is applied exactly once even if
+    /// the process dies at any point.
+    pub async fn apply(
+        &self,
+        entries: Vec<DeltaEntry>,
+        key: Option<BatchKey>,
+        now_ms: u64,
+    ) -> Result<ApplyOutcome, StoreError> {
+        self.write(move |connection| {
+            apply_blocking(connection, &entries, key.as_ref(), now_ms).map_err(classify)
+        })
+        .await
+    }
+
+    pub async fn cells(
+        &self,
+        resource_id: String,
+        tier: Tier,
+        start_ms: u64,
+        end_ms: u64,
+    ) -> Result<Vec<CountCell>, StoreError> {
+        self.read(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT bucket_ms, hits, sketch FROM counts
+                 WHERE resource_id = ?1 AND tier = ?2 AND bucket_ms >= ?3 AND bucket_ms < ?4
+                 ORDER BY bucket_ms",
+            )?;
+            let rows = statement.query_map(
+                params![resource_id, tier.code(), millis(start_ms), millis(end_ms)],
+                |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, Vec<u8>>(2)?,
+                    ))
+                },
+            )?;
+            let mut cells = Vec::new();
+            for row in rows {
+                let (bucket_ms, hits, sketch) = row.map_err(classify)?;
+                cells.push(CountCell {
+                    bucket_ms: unmillis(bucket_ms),
+                    hits: unmillis(hits),
+                    visitors: Sketch::from_bytes(&sketch)?,
+                });
+            }
+            Ok(cells)
+        })
+        .await
+    }
+
+    pub async fn create_resource(
+        &self,
+        record: ResourceRecord,
+    ) -> Result<CreateOutcome, StoreError> {
+        self.write(move |connection| {
+            let result = connection.execute(
+                "INSERT INTO resources (id, name, retention_days, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![record.id, record.name, record.retention_days, millis(record.created_at_ms)],
+            );
+            match result {
+                Ok(_) => Ok(CreateOutcome::Created),
+                Err(error)
+                    if error.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) =>
+                {
+                    let id_taken: bool = connection
+                        .query_row("SELECT 1 FROM resources WHERE id = ?1", [&record.id], |_| Ok(()))
+                        .optional()?
+                        .is_some();
+                    Ok(if id_taken {
+                        CreateOutcome::IdTaken
+                    } else {
+                        CreateOutcome::NameTaken
+                    })
+                }
+                Err(error) => Err(classify(error)),
+            }
+        })
+        .await
+    }
+
+    pub async fn resources(&self) -> Result<Vec<ResourceRecord>, StoreError> {
+        self.read(|connection| {
+            let mut statement = connection.prepare(
+                "SELECT id, name, retention_days, created_at_ms FROM resources ORDER BY id",
+            )?;
+            let rows = statement.query_map([], |row| {
+                Ok(ResourceRecord {
+                    id: row.get(0)?,
+                    name: row.get(1)?,
+                    retention_days: row.get(2)?,
+                    created_at_ms: unmillis(row.get(3)?),
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    /// Deletes a resource and purges all its counts. Returns false if it did not exist.
+    pub async fn delete_resource(&self, id: String) -> Result<bool, StoreError> {
+        self.write(move |connection| {
+            let transaction = connection.transaction()?;
+            let deleted = transaction.execute("DELETE FROM resources WHERE id = ?1", [&id])?;
+            transaction.execute("DELETE FROM counts WHERE resource_id = ?1", [&id])?;
+            transaction.commit()?;
+            Ok(deleted == 1)
+        })
+        .await
+    }
+
+    pub async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.read(|connection| {
+            let mut statement = connection.prepare(
+                "SELECT id, name, token_sha256, scopes, created_at_ms FROM tokens ORDER BY created_at_ms, id",
+            )?;
+            let rows = statement.query_map([], |row| {
+                let hash: Vec<u8> = row.get(2)?;
+                let scopes: String = row.get(3)?;
+                Ok(TokenRecord {
+                    id: row.get(0)?,
+                    name: row.get(1)?,
+                    token_sha256: hash.try_into().unwrap_or([0; 32]),
+                    scopes: scopes.split(',').map(str::to_owned).collect(),
+                    created_at_ms: unmillis(row.get(4)?),
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    /// Inserts a token, or replaces the one with the same id.
+    pub async fn put_token(&self, record: TokenRecord) -> Result<(), StoreError> {
+        self.write(move |connection| {
+            connection.execute(
+                "INSERT INTO tokens (id, name, token_sha256, scopes, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, token_sha256 = excluded.token_sha256,
+                 scopes = excluded.scopes, created_at_ms = excluded.created_at_ms",
+                params![
+                    record.id,
+                    record.name,
+                    record.token_sha256.as_slice(),
+                    record.scopes.join(","),
+                    millis(record.created_at_ms)
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn delete_token(&self, id: String) -> Result<bool, StoreError> {
+        self.write(move |connection| {
+            Ok(connection.execute("DELETE FROM tokens WHERE id = ?1", [&id])? == 1)
+        })
+        .await
+    }
+
+    pub async fn edge_keys(&self) -> Result<Vec<(String, Vec<u8>, u64)>, StoreError> {
+        self.read(|connection| {
+            let mut statement = connection
+                .prepare("SELECT edge_id, secret, created_at_ms FROM edge_keys ORDER BY edge_id")?;
+            let rows = statement.query_map([], |row| {
+                Ok((row.get(0)?, row.get(1)?, unmillis(row.get(2)?)))
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    pub async fn put_edge_key(
+        &self,
+        edge_id: String,
+        secret: Vec<u8>,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.write(move |connection| {
+            connection.execute(
+                "INSERT INTO edge_keys (edge_id, secret, created_at_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (edge_id) DO UPDATE SET secret = excluded.secret, created_at_ms = excluded.created_at_ms",
+                params![edge_id, secret, millis(now_ms)],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn delete_edge_key(&self, edge_id: String) -> Result<bool, StoreError> {
+        self.write(move |connection| {
+            Ok(connection.execute("DELETE FROM edge_keys WHERE edge_id = ?1", [&edge_id])? == 1)
+        })
+        .await
+    }
+
+    /// Deletes counts past their tier's or their resource's retention, and old dedupe records,
+    /// in transactions of bounded size.
+    pub async fn prune(&self, now_ms: u64) -> Result<Pruned, StoreError> {
+        let mut pruned = Pruned::default();
+        let resources = self.resources().await?;
+        let mut rules: Vec<(Option<String>, Tier, u64)> = Vec::new();
+        for tier in Tier::ALL {
+            if let Some(retention) = tier.retention_ms() {
+                rules.push((None, tier, now_ms.saturating_sub(retention)));
+            }
+        }
+        for resource in &resources {
+            if let Some(days) = resource.retention_days {
+                let cutoff = now_ms.saturating_sub(u64::from(days) * DAY_MS);
+                for tier in Tier::ALL {
+                    rules.push((Some(resource.id.clone()), tier, cutoff));
+                }
+            }
+        }
+        for (resource, tier, cutoff_ms) in rules {
+            loop {
+                let resource = resource.clone();
+                // A bucket goes when all of it is older than the cutoff.
+                let newest_expired_bucket = millis(cutoff_ms) - millis(tier.resolution_ms());
+                let deleted = self
+                    .write(move |connection| {
+                        let deleted = match &resource {
+                            None => connection.execute(
+                                "DELETE FROM counts WHERE (resource_id, tier, bucket_ms) IN (
+                                   SELECT resource_id, tier, bucket_ms FROM counts
+                                   WHERE tier = ?1 AND bucket_ms <= ?2 LIMIT ?3)",
+                                params![tier.code(), newest_expired_bucket, RETENTION_DELETE_ROWS_MAX as i64],
+                            )?,
+                            Some(resource) => connection.execute(
+                                "DELETE FROM counts WHERE (resource_id, tier, bucket_ms) IN (
+                                   SELECT resource_id, tier, bucket_ms FROM counts
+                                   WHERE resource_id = ?1 AND tier = ?2 AND bucket_ms <= ?3 LIMIT ?4)",
+                                params![resource, tier.code(), newest_expired_bucket, RETENTION_DELETE_ROWS_MAX as i64],
+                            )?,
+                        };
+                        Ok(deleted)
+                    })
+                    .await?;
+                pruned.count_rows += deleted as u64;
+                if deleted < RETENTION_DELETE_ROWS_MAX {
+                    break;
+                }
+            }
+        }
+        let dedupe_cutoff = millis(now_ms.saturating_sub(DEDUPE_RETENTION_MS));
+        loop {
+            let deleted = self
+                .write(move |connection| {
+                    Ok(connection.execute(
+                        "DELETE FROM applied_batches WHERE (edge_id, boot_epoch, sequence) IN (
+                           SELECT edge_id, boot_epoch, sequence FROM applied_batches
+                           WHERE applied_at_ms < ?1 LIMIT ?2)",
+                        params![dedupe_cutoff, RETENTION_DELETE_ROWS_MAX as i64],
+                    )?)
+                })
+                .await?;
+            pruned.dedupe_rows += deleted as u64;
+            if deleted < RETENTION_DELETE_ROWS_MAX {
+                break;
+            }
+        }
+        Ok(pruned)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateOutcome {
+    Created,
+    IdTaken,
+    NameTaken,
+}
+
+fn apply_blocking(
+    connection: &mut Connection,
+    entries: &[DeltaEntry],
+    key: Option<&BatchKey>,
+    now_ms: u64,
+) -> rusqlite::Result<ApplyOutcome> {
+    let transaction =
+        connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    if let Some(key) = key {
+        let stored: Option<Vec<u8>> = transaction
+            .prepare_cached(
+                "SELECT body_sha256 FROM applied_batches
+                 WHERE edge_id = ?1 AND boot_epoch = ?2 AND sequence = ?3",
+            )?
+            .query_row(
+                params![key.edge_id, key.boot_epoch as i64, key.sequence as i64],
+                |row| row.get(0),
+            )
+            .optional()?;
+        if let Some(stored) = stored {
+            return Ok(if stored == key.body_sha256 {
+                ApplyOutcome::Duplicate
+            } else {
+                ApplyOutcome::Conflict
+            });
+        }
+    }
+    let mut applied = Applied::default();
+    {
+        let mut find_resource =
+            transaction.prepare_cached("SELECT retention_days FROM resources WHERE id = ?1")?;
+        let mut read_sketch = transaction.prepare_cached(
+            "SELECT sketch FROM counts WHERE resource_id = ?1 AND tier = ?2 AND bucket_ms = ?3",
+        )?;
+        let mut add_hits = transaction.prepare_cached(
+            "INSERT INTO counts (resource_id, tier, bucket_ms, hits, sketch) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (resource_id, tier, bucket_ms) DO UPDATE SET hits = hits + excluded.hits",
+        )?;
+        let mut add_hits_and_sketch = transaction.prepare_cached(
+            "INSERT INTO counts (resource_id, tier, bucket_ms, hits, sketch) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (resource_id, tier, bucket_ms) DO UPDATE
+             SET hits = hits + excluded.hits, sketch = excluded.sketch",
+        )?;
+        // Entries arrive sorted by resource, so each resource is looked up once.
+        let mut current: Option<(&str, Option<Option<u32>>)> = None;
+        for entry in entries {
+            let retention = match current {
+                Some((id, retention)) if id == entry.resource_id => retention,
+                _ => {
+                    let retention: Option<Option<u32>> = find_resource
+                        .query_row([&entry.resource_id], |row| row.get(0))
+                        .optional()?;
+                    current = Some((&entry.resource_id, retention));
+                    retention
+                }
+            };
+            let Some(retention_days) = retention else {
+                applied.unknown_resource_entries += 1;
+                continue;
+            };
+            let entry_ms = entry.minute * MINUTE_MS;
+            if let Some(days) = retention_days
+                && entry_ms + MINUTE_MS <= now_ms.saturating_sub(u64::from(days) * DAY_MS)
+            {
+                applied.expired_entries += 1;
+                continue;
+            }
+            for tier in Tier::ALL {
+                let bucket_ms = entry_ms / tier.resolution_ms() * tier.resolution_ms();
+                // Writing a row the retention job would delete next is wasted work.
+                if tier.retention_ms().is_some_and(|retention| {
+                    bucket_ms + tier.resolution_ms() <= now_ms.saturating_sub(retention)
+                }) {
+                    continue;
+                }
+                let hits = millis(entry.hits);
+                if entry.visitors.is_empty() {
+                    add_hits.execute(params![
+                        entry.resource_id,
+                        tier.code(),
+                        millis(bucket_ms),
+                        hits,
+                        EMPTY_SKETCH
+                    ])?;
+                } else {
+                    let stored: Option<Vec<u8>> = read_sketch
+                        .query_row(
+                            params![entry.resource_id, tier.code(), millis(bucket_ms)],
+                            |row| row.get(0),
+                        )
+                        .optional()?;
+                    let mut merged = match stored {
+                        // A stored sketch that does not decode was written by a broken build;
+                        // replacing it loses uniques but never hit counts.
+                        Some(bytes) => Sketch::from_bytes(&bytes).unwrap_or_else(|error| {
+                            tracing::error!(%error, resource_id = %entry.resource_id, "replacing a corrupt stored sketch");
+                            Sketch::new()
+                        }),
+                        None => Sketch::new(),
+                    };
+                    merged.merge(&entry.visitors);
+                    add_hits_and_sketch.execute(params![
+                        entry.resource_id,
+                        tier.code(),
+                        millis(bucket_ms),
+                        hits,
+                        merged.to_bytes()
+                    ])?;
+                }
+            }
+            applied.entries += 1;
+            applied.hits += entry.hits;
+        }
+    }
+    if let Some(key) = key {
+        transaction
+            .prepare_cached(
+                "INSERT INTO applied_batches (edge_id, boot_epoch, sequence, body_sha256, applied_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                key.edge_id,
+                key.boot_epoch as i64,
+                key.sequence as i64,
+                key.body_sha256.as_slice(),
+                millis(now_ms)
+            ])?;
+    }
+    transaction.commit()?;
+    Ok(ApplyOutcome::Applied(applied))
+}
