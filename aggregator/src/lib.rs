@@ -204,7 +204,7 @@ async fn maintain(state: SharedState) {
         tick.tick().await;
         state.metrics.run_upkeep();
         state.limits.forget_idle();
-        if ticks % retention_every == 0 {
+        if ticks.is_multiple_of(retention_every) {
             match state.store.prune(now_ms()).await {
                 Ok(pruned) => {
                     metrics::counter!("hitcount_retention_rows_deleted_total")

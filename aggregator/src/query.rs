@@ -188,21 +188,21 @@ pub fn plan(query: &HitsQuery, now_ms: u64) -> Result<Plan, ApiError> {
                 .unwrap_or(Tier::Day)
         }
     };
-    let tier = Tier::ALL
-        .into_iter()
-        .filter(|tier| *tier <= granularity)
-        .find(|tier| covers(*tier, start_ms, now_ms))
-        .ok_or_else(|| {
-            let kept = match granularity {
-                Tier::Minute => "minute counts are kept for 48 hours",
-                Tier::Hour => "hour counts are kept for 90 days",
-                Tier::Day => "day counts are kept for the resource's retention",
-            };
-            ApiError::bad_request(
-                "granularity_not_kept",
-                format!("{kept}; ask for a coarser granularity for this window"),
-            )
-        })?;
+    // Every tier holds the same counts (they are rolled up at write time), so the tier of the
+    // requested granularity is exact and the cheapest to read. Finer tiers are kept for shorter
+    // times, so if this one no longer covers the window, none does.
+    if !covers(granularity, start_ms, now_ms) {
+        let kept = match granularity {
+            Tier::Minute => "minute counts are kept for 48 hours",
+            Tier::Hour => "hour counts are kept for 90 days",
+            Tier::Day => "day counts are kept for the resource's retention",
+        };
+        return Err(ApiError::bad_request(
+            "granularity_not_kept",
+            format!("{kept}; ask for a coarser granularity for this window"),
+        ));
+    }
+    let tier = granularity;
     let resolution = granularity.resolution_ms();
     let aligned_start = start_ms / resolution * resolution;
     let aligned_end = end_ms.div_ceil(resolution) * resolution;
@@ -300,6 +300,7 @@ mod tests {
         let day = plan(&query("24h", None), NOW_MS).unwrap();
         assert_eq!((day.tier, day.granularity), (Tier::Hour, Tier::Hour));
         let minutes = plan(&query("24h", Some(Tier::Minute)), NOW_MS).unwrap();
+        assert!(minutes.end_ms - minutes.start_ms <= DAY_MS + 60_000);
         assert_eq!(
             (minutes.tier, minutes.granularity),
             (Tier::Minute, Tier::Minute)

@@ -14,7 +14,7 @@ use crate::ingest::{IngestError, ValidHit};
 use crate::now_ms;
 use crate::query::{self, HitsQuery, HitsResponse};
 use crate::state::SharedState;
-use crate::store::DELTA_AGE_MS_MAX;
+use crate::store::{DAY_MS, DELTA_AGE_MS_MAX};
 use hitcount_wire::{MINUTE_MS, visitor_hash};
 
 /// Hits in one `POST /hits` request.
@@ -60,9 +60,9 @@ pub struct Accepted {
 fn validate(state: &SharedState, hit: HitInput, now_ms: u64) -> Result<ValidHit, ApiError> {
     hitcount_wire::validate_resource_id(&hit.resource_id)
         .map_err(|error| ApiError::bad_request("invalid_resource_id", error.to_string()))?;
-    if !state.resource_exists(&hit.resource_id) {
-        return Err(unknown_resource(&hit.resource_id));
-    }
+    let resource = state
+        .resource(&hit.resource_id)
+        .ok_or_else(|| unknown_resource(&hit.resource_id))?;
     let timestamp_ms = match hit.timestamp {
         None => now_ms,
         Some(TimeInput::Millis(ms)) => ms,
@@ -72,6 +72,14 @@ fn validate(state: &SharedState, hit: HitInput, now_ms: u64) -> Result<ValidHit,
         return Err(ApiError::bad_request(
             "invalid_timestamp",
             "timestamp must be within the last 7 days and at most 5 minutes ahead",
+        ));
+    }
+    if let Some(days) = resource.retention_days
+        && timestamp_ms + u64::from(days) * DAY_MS < now_ms
+    {
+        return Err(ApiError::bad_request(
+            "invalid_timestamp",
+            format!("timestamp is older than this resource's retention of {days} days"),
         ));
     }
     let visitor_hash = match hit.visitor_id {

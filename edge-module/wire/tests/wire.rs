@@ -1,5 +1,8 @@
 //! Format tests for the delta batch: round trips, pinned bytes and every kind of malformed input.
 
+// Tests unwrap freely: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use hitcount_wire::{
     BATCH_ENTRIES_MAX, DeltaBatch, DeltaEntry, DeltaHeader, FORMAT_VERSION, MINUTE_MS, Sketch,
     WINDOW_SPAN_MS_MAX, WindowCounts, WireError, visitor_hash,

@@ -1,0 +1,10 @@
+//! The aggregator's integration tests: real HTTP on real sockets against a real embedded store.
+
+// Tests unwrap freely: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+mod api;
+mod deltas;
+mod durability;
