@@ -5,7 +5,7 @@
 //! shorter than the token itself can be guessed from it.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
@@ -74,7 +74,7 @@ pub fn generate_token() -> String {
 /// Tokens by digest, kept in memory so authentication costs no store round trip.
 #[derive(Debug, Default)]
 pub struct TokenRegistry {
-    by_digest: RwLock<HashMap<[u8; 32], TokenRecord>>,
+    by_digest: RwLock<HashMap<[u8; 32], Arc<TokenRecord>>>,
 }
 
 impl TokenRegistry {
@@ -85,7 +85,7 @@ impl TokenRegistry {
             .unwrap_or_else(|poison| poison.into_inner());
         map.clear();
         for record in records {
-            map.insert(record.token_sha256, record);
+            map.insert(record.token_sha256, Arc::new(record));
         }
     }
 
@@ -95,7 +95,7 @@ impl TokenRegistry {
             .write()
             .unwrap_or_else(|poison| poison.into_inner());
         map.retain(|_, existing| existing.id != record.id);
-        map.insert(record.token_sha256, record);
+        map.insert(record.token_sha256, Arc::new(record));
     }
 
     pub fn remove(&self, id: &str) {
@@ -106,7 +106,7 @@ impl TokenRegistry {
         map.retain(|_, existing| existing.id != id);
     }
 
-    pub fn find(&self, digest: &[u8; 32]) -> Option<TokenRecord> {
+    pub fn find(&self, digest: &[u8; 32]) -> Option<Arc<TokenRecord>> {
         let map = self
             .by_digest
             .read()
@@ -115,17 +115,22 @@ impl TokenRegistry {
     }
 }
 
-/// The authenticated caller of a request.
+/// The authenticated caller of a request (shared with the registry: authenticating allocates
+/// nothing).
 #[derive(Debug, Clone)]
 pub struct Caller {
-    pub token_id: String,
-    pub scopes: Vec<Scope>,
+    token: Arc<TokenRecord>,
 }
 
 impl Caller {
+    pub fn token_id(&self) -> &str {
+        &self.token.id
+    }
+
     /// Admin implies every other scope.
     pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
-        if self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin) {
+        let held = |wanted: Scope| self.token.scopes.iter().any(|held| held == wanted.as_str());
+        if held(scope) || held(Scope::Admin) {
             Ok(())
         } else {
             Err(ApiError::Forbidden(format!(
@@ -152,19 +157,13 @@ impl FromRequestParts<SharedState> for Caller {
             .ok_or_else(|| {
                 ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
             })?;
+        let digest = token_digest(token);
         let record = state
             .tokens
-            .find(&token_digest(token))
+            .find(&digest)
             .ok_or_else(|| ApiError::unauthorized("unknown or revoked token"))?;
-        state.limits.check_token(&record.id)?;
-        Ok(Self {
-            token_id: record.id,
-            scopes: record
-                .scopes
-                .iter()
-                .filter_map(|scope| Scope::parse(scope))
-                .collect(),
-        })
+        state.limits.check_token(digest)?;
+        Ok(Self { token: record })
     }
 }
 

@@ -49,6 +49,11 @@ pub struct Args {
     #[arg(long, env = "HITCOUNT_ACK", value_enum, default_value = "durable")]
     pub ack: AckMode,
 
+    /// With --ack fast: how long hits are gathered before each commit, in ms (the most a crash
+    /// can lose).
+    #[arg(long, env = "HITCOUNT_FLUSH_INTERVAL_MS", default_value_t = FLUSH_INTERVAL_MS_DEFAULT)]
+    pub flush_interval_ms: u64,
+
     /// Requests per second per client address (0 disables the limit).
     #[arg(long, env = "HITCOUNT_RATE_LIMIT_IP", default_value_t = RATE_LIMIT_PER_SECOND_DEFAULT)]
     pub rate_limit_ip: u32,
@@ -61,6 +66,11 @@ pub struct Args {
     #[arg(long, env = "HITCOUNT_RETENTION_INTERVAL_S", default_value_t = 60)]
     pub retention_interval_s: u64,
 }
+
+/// Default gathering time of --ack fast.
+pub const FLUSH_INTERVAL_MS_DEFAULT: u64 = 100;
+/// Longest gathering time: hits must be visible to queries within a second.
+pub const FLUSH_INTERVAL_MS_MAX: u64 = 1_000;
 
 /// A validated edge key.
 #[derive(Clone)]
@@ -90,6 +100,7 @@ pub struct Config {
     pub admin_token: Option<String>,
     pub edge_keys: Vec<EdgeKey>,
     pub ack: AckMode,
+    pub flush_interval_ms: u64,
     pub rate_limit_ip: u32,
     pub rate_limit_token: u32,
     pub retention_interval_s: u64,
@@ -105,6 +116,8 @@ pub enum ConfigError {
     EdgeKeyTwice(String),
     #[error("--admin-token must be at least {SECRET_BYTES_MIN} characters")]
     AdminTokenShort,
+    #[error("--flush-interval-ms must be between 1 and {FLUSH_INTERVAL_MS_MAX}")]
+    FlushInterval,
     #[error("--retention-interval-s must be between 1 and {RETENTION_INTERVAL_S_MAX}")]
     RetentionInterval,
 }
@@ -118,6 +131,7 @@ impl Config {
             admin_token: None,
             edge_keys: Vec::new(),
             ack: AckMode::Durable,
+            flush_interval_ms: FLUSH_INTERVAL_MS_DEFAULT,
             rate_limit_ip: RATE_LIMIT_PER_SECOND_DEFAULT,
             rate_limit_token: RATE_LIMIT_PER_SECOND_DEFAULT,
             retention_interval_s: 60,
@@ -160,6 +174,9 @@ impl TryFrom<Args> for Config {
         {
             return Err(ConfigError::AdminTokenShort);
         }
+        if !(1..=FLUSH_INTERVAL_MS_MAX).contains(&args.flush_interval_ms) {
+            return Err(ConfigError::FlushInterval);
+        }
         if !(1..=RETENTION_INTERVAL_S_MAX).contains(&args.retention_interval_s) {
             return Err(ConfigError::RetentionInterval);
         }
@@ -169,6 +186,7 @@ impl TryFrom<Args> for Config {
             admin_token: args.admin_token,
             edge_keys,
             ack: args.ack,
+            flush_interval_ms: args.flush_interval_ms,
             rate_limit_ip: args.rate_limit_ip,
             rate_limit_token: args.rate_limit_token,
             retention_interval_s: args.retention_interval_s,

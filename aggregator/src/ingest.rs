@@ -5,7 +5,7 @@
 //! of them at once. Latency under load is therefore about two commits, and throughput grows with
 //! concurrency instead of being bounded by one fsync per request.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hitcount_wire::{BATCH_ENTRIES_MAX, WindowCounts};
 use tokio::sync::{mpsc, oneshot};
@@ -62,9 +62,15 @@ impl std::fmt::Debug for Message {
 }
 
 impl Ingestor {
-    pub fn start(store: Store, ack: AckMode) -> (Self, JoinHandle<()>) {
+    /// In fast mode hits are gathered for `flush_interval` before each commit (the bound on what
+    /// a crash can lose); in durable mode a commit starts as soon as the previous one ends.
+    pub fn start(store: Store, ack: AckMode, flush_interval: Duration) -> (Self, JoinHandle<()>) {
         let (sender, receiver) = mpsc::channel(INGEST_QUEUE_REQUESTS_MAX);
-        let task = tokio::spawn(run(store, receiver));
+        let gather = match ack {
+            AckMode::Durable => None,
+            AckMode::Fast => Some(flush_interval),
+        };
+        let task = tokio::spawn(run(store, receiver, gather));
         (Self { sender, ack }, task)
     }
 
@@ -103,7 +109,7 @@ fn fits(window: &WindowCounts, hits: &[ValidHit]) -> bool {
     window.len() + hits.len() <= window.entries_max()
 }
 
-async fn run(store: Store, mut receiver: mpsc::Receiver<Message>) {
+async fn run(store: Store, mut receiver: mpsc::Receiver<Message>, gather: Option<Duration>) {
     let mut carried: Option<Message> = None;
     let mut shutdown_replies = Vec::new();
     loop {
@@ -115,6 +121,7 @@ async fn run(store: Store, mut receiver: mpsc::Receiver<Message>) {
                 None => break,
             },
         };
+        let deadline = gather.map(|interval| Instant::now() + interval);
         let mut window = WindowCounts::new(BATCH_ENTRIES_MAX);
         let mut acks = Vec::new();
         let mut next = Some(first);
@@ -142,7 +149,14 @@ async fn run(store: Store, mut receiver: mpsc::Receiver<Message>) {
             if window.hits() >= COMMIT_HITS_MAX {
                 break;
             }
-            next = receiver.try_recv().ok();
+            next = match deadline {
+                None => receiver.try_recv().ok(),
+                // Gathering: wait for more until the deadline; `None` from a closed channel ends it.
+                Some(deadline) => tokio::time::timeout_at(deadline.into(), receiver.recv())
+                    .await
+                    .ok()
+                    .flatten(),
+            };
         }
         let result = commit(&store, &mut window).await;
         for ack in acks {

@@ -31,8 +31,9 @@ use crate::rate_limit::RateLimits;
 use crate::state::{AppState, SharedState};
 use crate::store::{Store, TokenRecord};
 
-/// How often metrics histograms are compacted and idle rate-limit buckets forgotten.
-const MAINTENANCE_INTERVAL_MS: u64 = 5_000;
+/// How often pending sketches are folded into their cells, metrics histograms compacted and idle
+/// rate-limit buckets forgotten.
+const MAINTENANCE_INTERVAL_MS: u64 = 1_000;
 /// Histogram buckets (seconds) for request and commit latencies.
 const LATENCY_BUCKETS_S: &[f64] = &[
     0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -115,7 +116,11 @@ impl Aggregator {
             .into_iter()
             .map(|record| (record.id.clone(), record))
             .collect();
-        let (ingestor, ingest_task) = Ingestor::start(store.clone(), config.ack);
+        let (ingestor, ingest_task) = Ingestor::start(
+            store.clone(),
+            config.ack,
+            Duration::from_millis(config.flush_interval_ms),
+        );
         let state = Arc::new(AppState {
             limits: RateLimits::new(config.rate_limit_ip, config.rate_limit_token),
             config,
@@ -202,6 +207,10 @@ async fn maintain(state: SharedState) {
     let mut ticks: u64 = 0;
     loop {
         tick.tick().await;
+        match state.store.compact().await {
+            Ok(folded) => metrics::counter!("hitcount_sketches_compacted_total").increment(folded),
+            Err(error) => tracing::warn!(%error, "sketch compaction failed; will retry"),
+        }
         state.metrics.run_upkeep();
         state.limits.forget_idle();
         if ticks.is_multiple_of(retention_every) {

@@ -19,7 +19,8 @@ const BURST_SECONDS: u32 = 2;
 #[derive(Debug)]
 pub struct RateLimits {
     by_address: Option<DefaultKeyedRateLimiter<IpAddr>>,
-    by_token: Option<DefaultKeyedRateLimiter<String>>,
+    /// Keyed by token digest, which is fixed-size and needs no allocation per check.
+    by_token: Option<DefaultKeyedRateLimiter<[u8; 32]>>,
 }
 
 fn limiter<K: std::hash::Hash + Eq + Clone>(per_second: u32) -> Option<DefaultKeyedRateLimiter<K>> {
@@ -56,10 +57,10 @@ impl RateLimits {
         }
     }
 
-    pub fn check_token(&self, token_id: &str) -> Result<(), ApiError> {
+    pub fn check_token(&self, token_digest: [u8; 32]) -> Result<(), ApiError> {
         match &self.by_token {
             Some(limiter) => limiter
-                .check_key(&token_id.to_owned())
+                .check_key(&token_digest)
                 .map_err(|not_until| retry_after(&not_until)),
             None => Ok(()),
         }

@@ -36,6 +36,15 @@ impl AppState {
             .cloned()
     }
 
+    /// `Some(retention_days)` if the resource exists.
+    pub fn resource_retention(&self, id: &str) -> Option<Option<u32>> {
+        self.resources
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .get(id)
+            .map(|record| record.retention_days)
+    }
+
     pub fn resource_exists(&self, id: &str) -> bool {
         self.resources
             .read()

@@ -6,10 +6,18 @@
 //! transaction (a rollup at write time), so the tiers can never disagree and no rollup job has to
 //! be made exactly-once; the background job only deletes what retention has expired.
 //!
+//! Unique-visitor sketches are not rewritten on every merge: a dense sketch is 12 KiB, and
+//! rewriting every hot cell's sketch in every group commit made the write-ahead log, not the
+//! hits, the cost. A merge appends the entry's (usually tiny, sparse) sketch to
+//! `pending_sketches` in the same transaction as the counts, and [`Store::compact`] folds pending
+//! rows into their cells about once a second. Queries merge both, so results never depend on
+//! whether compaction has run, and the append is as durable as the counts.
+//!
 //! All writes go through one connection behind a mutex (SQLite allows one writer at a time, and
 //! one connection avoids `SQLITE_BUSY` between our own writers); reads use a pool of read-only
 //! connections, which WAL lets run beside the writer.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,6 +38,8 @@ pub const DELTA_AGE_MS_MAX: u64 = 7 * DAY_MS;
 pub const DEDUPE_RETENTION_MS: u64 = DELTA_AGE_MS_MAX + DAY_MS;
 /// The retention job deletes at most this many rows per transaction, so ingest never waits long.
 const RETENTION_DELETE_ROWS_MAX: usize = 10_000;
+/// Pending sketch rows folded into cells per compaction transaction.
+const COMPACTION_ROWS_MAX: usize = 50_000;
 /// Read connections in the pool.
 const READ_CONNECTIONS_MAX: u32 = 8;
 /// How long a statement waits for a lock before reporting `Busy`.
@@ -203,6 +213,13 @@ CREATE TABLE counts (
     PRIMARY KEY (resource_id, tier, bucket_ms)
 ) WITHOUT ROWID;
 CREATE INDEX counts_by_tier_and_bucket ON counts (tier, bucket_ms);
+CREATE TABLE pending_sketches (
+    id INTEGER PRIMARY KEY,
+    resource_id TEXT NOT NULL,
+    minute_ms INTEGER NOT NULL,
+    sketch BLOB NOT NULL
+);
+CREATE INDEX pending_sketches_by_resource ON pending_sketches (resource_id, minute_ms);
 CREATE TABLE applied_batches (
     edge_id TEXT NOT NULL,
     boot_epoch INTEGER NOT NULL,
@@ -329,6 +346,9 @@ impl Store {
         .await
     }
 
+    /// The cells of one tier in `[start_ms, end_ms)`, sorted by bucket, with pending sketches
+    /// merged in. Both are read in one transaction, so a compaction in between cannot hide or
+    /// double a visitor.
     pub async fn cells(
         &self,
         resource_id: String,
@@ -337,33 +357,63 @@ impl Store {
         end_ms: u64,
     ) -> Result<Vec<CountCell>, StoreError> {
         self.read(move |connection| {
-            let mut statement = connection.prepare_cached(
-                "SELECT bucket_ms, hits, sketch FROM counts
-                 WHERE resource_id = ?1 AND tier = ?2 AND bucket_ms >= ?3 AND bucket_ms < ?4
-                 ORDER BY bucket_ms",
-            )?;
-            let rows = statement.query_map(
-                params![resource_id, tier.code(), millis(start_ms), millis(end_ms)],
-                |row| {
-                    Ok((
-                        row.get::<_, i64>(0)?,
-                        row.get::<_, i64>(1)?,
-                        row.get::<_, Vec<u8>>(2)?,
-                    ))
-                },
-            )?;
+            let snapshot = connection.unchecked_transaction()?;
             let mut cells = Vec::new();
-            for row in rows {
-                let (bucket_ms, hits, sketch) = row.map_err(classify)?;
-                cells.push(CountCell {
-                    bucket_ms: unmillis(bucket_ms),
-                    hits: unmillis(hits),
-                    visitors: Sketch::from_bytes(&sketch)?,
-                });
+            {
+                let mut statement = snapshot.prepare_cached(
+                    "SELECT bucket_ms, hits, sketch FROM counts
+                     WHERE resource_id = ?1 AND tier = ?2 AND bucket_ms >= ?3 AND bucket_ms < ?4
+                     ORDER BY bucket_ms",
+                )?;
+                let mut rows = statement.query(params![
+                    resource_id,
+                    tier.code(),
+                    millis(start_ms),
+                    millis(end_ms)
+                ])?;
+                while let Some(row) = rows.next()? {
+                    let sketch: Vec<u8> = row.get(2)?;
+                    cells.push(CountCell {
+                        bucket_ms: unmillis(row.get(0)?),
+                        hits: unmillis(row.get(1)?),
+                        visitors: Sketch::from_bytes(&sketch)?,
+                    });
+                }
+                let mut pending = snapshot.prepare_cached(
+                    "SELECT minute_ms, sketch FROM pending_sketches
+                     WHERE resource_id = ?1 AND minute_ms >= ?2 AND minute_ms < ?3",
+                )?;
+                let mut rows =
+                    pending.query(params![resource_id, millis(start_ms), millis(end_ms)])?;
+                while let Some(row) = rows.next()? {
+                    let minute_ms = unmillis(row.get(0)?);
+                    let bucket_ms = minute_ms / tier.resolution_ms() * tier.resolution_ms();
+                    let sketch: Vec<u8> = row.get(1)?;
+                    // A pending sketch whose cell retention already removed has nothing to join.
+                    if let Ok(index) = cells.binary_search_by_key(&bucket_ms, |cell| cell.bucket_ms)
+                    {
+                        cells[index].visitors.merge(&Sketch::from_bytes(&sketch)?);
+                    }
+                }
             }
+            snapshot.commit()?;
             Ok(cells)
         })
         .await
+    }
+
+    /// Folds pending sketches into their cells. Returns how many pending rows were folded.
+    pub async fn compact(&self) -> Result<u64, StoreError> {
+        let mut folded = 0;
+        loop {
+            let rows = self
+                .write(|connection| compact_blocking(connection).map_err(classify))
+                .await?;
+            folded += rows as u64;
+            if rows < COMPACTION_ROWS_MAX {
+                return Ok(folded);
+            }
+        }
     }
 
     pub async fn create_resource(
@@ -420,6 +470,7 @@ impl Store {
             let transaction = connection.transaction()?;
             let deleted = transaction.execute("DELETE FROM resources WHERE id = ?1", [&id])?;
             transaction.execute("DELETE FROM counts WHERE resource_id = ?1", [&id])?;
+            transaction.execute("DELETE FROM pending_sketches WHERE resource_id = ?1", [&id])?;
             transaction.commit()?;
             Ok(deleted == 1)
         })
@@ -587,6 +638,77 @@ pub enum CreateOutcome {
     NameTaken,
 }
 
+fn compact_blocking(connection: &mut Connection) -> rusqlite::Result<usize> {
+    let transaction =
+        connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut by_minute: BTreeMap<(String, u64), Sketch> = BTreeMap::new();
+    let mut last_id: Option<i64> = None;
+    let mut rows = 0;
+    {
+        let mut select = transaction.prepare_cached(
+            "SELECT id, resource_id, minute_ms, sketch FROM pending_sketches ORDER BY id LIMIT ?1",
+        )?;
+        let mut query = select.query([COMPACTION_ROWS_MAX as i64])?;
+        while let Some(row) = query.next()? {
+            let bytes: Vec<u8> = row.get(3)?;
+            match Sketch::from_bytes(&bytes) {
+                Ok(sketch) => by_minute
+                    .entry((row.get(1)?, unmillis(row.get(2)?)))
+                    .or_default()
+                    .merge(&sketch),
+                // Only this process writes these rows, from sketches it encoded itself.
+                Err(error) => tracing::error!(%error, "dropping a corrupt pending sketch"),
+            }
+            last_id = Some(row.get(0)?);
+            rows += 1;
+        }
+    }
+    let mut by_cell: BTreeMap<(String, Tier, u64), Sketch> = BTreeMap::new();
+    for ((resource_id, minute_ms), sketch) in by_minute {
+        for tier in Tier::ALL {
+            let bucket_ms = minute_ms / tier.resolution_ms() * tier.resolution_ms();
+            by_cell
+                .entry((resource_id.clone(), tier, bucket_ms))
+                .or_default()
+                .merge(&sketch);
+        }
+    }
+    {
+        let mut read_sketch = transaction.prepare_cached(
+            "SELECT sketch FROM counts WHERE resource_id = ?1 AND tier = ?2 AND bucket_ms = ?3",
+        )?;
+        let mut write_sketch = transaction.prepare_cached(
+            "UPDATE counts SET sketch = ?4 WHERE resource_id = ?1 AND tier = ?2 AND bucket_ms = ?3",
+        )?;
+        for ((resource_id, tier, bucket_ms), pending) in by_cell {
+            let stored: Option<Vec<u8>> = read_sketch
+                .query_row(
+                    params![resource_id, tier.code(), millis(bucket_ms)],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            // No cell: retention or a deletion removed it, and its visitors with it.
+            let Some(stored) = stored else { continue };
+            let mut merged = Sketch::from_bytes(&stored).unwrap_or_else(|error| {
+                tracing::error!(%error, %resource_id, "replacing a corrupt stored sketch");
+                Sketch::new()
+            });
+            merged.merge(&pending);
+            write_sketch.execute(params![
+                resource_id,
+                tier.code(),
+                millis(bucket_ms),
+                merged.to_bytes()
+            ])?;
+        }
+    }
+    if let Some(last_id) = last_id {
+        transaction.execute("DELETE FROM pending_sketches WHERE id <= ?1", [last_id])?;
+    }
+    transaction.commit()?;
+    Ok(rows)
+}
+
 fn apply_blocking(
     connection: &mut Connection,
     entries: &[DeltaEntry],
@@ -618,17 +740,12 @@ fn apply_blocking(
     {
         let mut find_resource =
             transaction.prepare_cached("SELECT retention_days FROM resources WHERE id = ?1")?;
-        let mut read_sketch = transaction.prepare_cached(
-            "SELECT sketch FROM counts WHERE resource_id = ?1 AND tier = ?2 AND bucket_ms = ?3",
-        )?;
         let mut add_hits = transaction.prepare_cached(
             "INSERT INTO counts (resource_id, tier, bucket_ms, hits, sketch) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (resource_id, tier, bucket_ms) DO UPDATE SET hits = hits + excluded.hits",
         )?;
-        let mut add_hits_and_sketch = transaction.prepare_cached(
-            "INSERT INTO counts (resource_id, tier, bucket_ms, hits, sketch) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (resource_id, tier, bucket_ms) DO UPDATE
-             SET hits = hits + excluded.hits, sketch = excluded.sketch",
+        let mut add_pending_sketch = transaction.prepare_cached(
+            "INSERT INTO pending_sketches (resource_id, minute_ms, sketch) VALUES (?1, ?2, ?3)",
         )?;
         // Entries arrive sorted by resource, so each resource is looked up once.
         let mut current: Option<(&str, Option<Option<u32>>)> = None;
@@ -662,40 +779,20 @@ fn apply_blocking(
                 }) {
                     continue;
                 }
-                let hits = millis(entry.hits);
-                if entry.visitors.is_empty() {
-                    add_hits.execute(params![
-                        entry.resource_id,
-                        tier.code(),
-                        millis(bucket_ms),
-                        hits,
-                        EMPTY_SKETCH
-                    ])?;
-                } else {
-                    let stored: Option<Vec<u8>> = read_sketch
-                        .query_row(
-                            params![entry.resource_id, tier.code(), millis(bucket_ms)],
-                            |row| row.get(0),
-                        )
-                        .optional()?;
-                    let mut merged = match stored {
-                        // A stored sketch that does not decode was written by a broken build;
-                        // replacing it loses uniques but never hit counts.
-                        Some(bytes) => Sketch::from_bytes(&bytes).unwrap_or_else(|error| {
-                            tracing::error!(%error, resource_id = %entry.resource_id, "replacing a corrupt stored sketch");
-                            Sketch::new()
-                        }),
-                        None => Sketch::new(),
-                    };
-                    merged.merge(&entry.visitors);
-                    add_hits_and_sketch.execute(params![
-                        entry.resource_id,
-                        tier.code(),
-                        millis(bucket_ms),
-                        hits,
-                        merged.to_bytes()
-                    ])?;
-                }
+                add_hits.execute(params![
+                    entry.resource_id,
+                    tier.code(),
+                    millis(bucket_ms),
+                    millis(entry.hits),
+                    EMPTY_SKETCH
+                ])?;
+            }
+            if !entry.visitors.is_empty() {
+                add_pending_sketch.execute(params![
+                    entry.resource_id,
+                    millis(entry_ms),
+                    entry.visitors.to_bytes()
+                ])?;
             }
             applied.entries += 1;
             applied.hits += entry.hits;

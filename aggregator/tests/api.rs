@@ -661,3 +661,25 @@ async fn operations_endpoints_and_openapi() {
     }
     server.stop().await;
 }
+
+/// In fast mode 202 comes before commit; the hit is still visible to queries within a second.
+#[tokio::test]
+async fn fast_mode_hits_are_visible_within_a_second() {
+    let directory = tempfile::TempDir::new().unwrap();
+    let mut config = test_config(directory.path());
+    config.ack = hitcount_aggregator::config::AckMode::Fast;
+    let server = TestServer::start_with(config).await;
+    let api = Api::admin(&server);
+    api.create_resource("home").await;
+    let started = std::time::Instant::now();
+    let (status, _) = api.post("/hits", json!({"resource_id": "home"})).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    while api.count("home", "5m").await.0 == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "not visible within 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.stop().await;
+}

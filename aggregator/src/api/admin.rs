@@ -94,7 +94,7 @@ pub async fn create_token(
     };
     state.store.put_token(record.clone()).await?;
     state.tokens.insert(record.clone());
-    tracing::info!(token_id = %record.id, by = %caller.token_id, "token created");
+    tracing::info!(token_id = %record.id, by = %caller.token_id(), "token created");
     Ok((
         StatusCode::CREATED,
         Json(TokenCreated {
@@ -158,7 +158,7 @@ pub async fn delete_token(
         return Err(ApiError::NotFound(format!("no token with id {token_id:?}")));
     }
     state.tokens.remove(&token_id);
-    tracing::info!(%token_id, by = %caller.token_id, "token revoked");
+    tracing::info!(%token_id, by = %caller.token_id(), "token revoked");
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -249,7 +249,7 @@ pub async fn create_edge_key(
             created_at_ms: now,
         },
     );
-    tracing::info!(edge_id = %request.edge_id, by = %caller.token_id, "edge key set");
+    tracing::info!(edge_id = %request.edge_id, by = %caller.token_id(), "edge key set");
     Ok((
         StatusCode::CREATED,
         Json(EdgeKeyCreated {
@@ -315,6 +315,6 @@ pub async fn delete_edge_key(
     }
     state.store.delete_edge_key(edge_id.clone()).await?;
     state.edge_keys.remove(&edge_id);
-    tracing::info!(%edge_id, by = %caller.token_id, "edge key revoked");
+    tracing::info!(%edge_id, by = %caller.token_id(), "edge key revoked");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -60,8 +60,8 @@ pub struct Accepted {
 fn validate(state: &SharedState, hit: HitInput, now_ms: u64) -> Result<ValidHit, ApiError> {
     hitcount_wire::validate_resource_id(&hit.resource_id)
         .map_err(|error| ApiError::bad_request("invalid_resource_id", error.to_string()))?;
-    let resource = state
-        .resource(&hit.resource_id)
+    let retention_days = state
+        .resource_retention(&hit.resource_id)
         .ok_or_else(|| unknown_resource(&hit.resource_id))?;
     let timestamp_ms = match hit.timestamp {
         None => now_ms,
@@ -74,7 +74,7 @@ fn validate(state: &SharedState, hit: HitInput, now_ms: u64) -> Result<ValidHit,
             "timestamp must be within the last 7 days and at most 5 minutes ahead",
         ));
     }
-    if let Some(days) = resource.retention_days
+    if let Some(days) = retention_days
         && timestamp_ms + u64::from(days) * DAY_MS < now_ms
     {
         return Err(ApiError::bad_request(

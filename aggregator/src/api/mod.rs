@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -32,6 +32,23 @@ pub const JSON_BODY_BYTES_MAX: usize = 64 * 1024;
 pub const HITS_BODY_BYTES_MAX: usize = 1024 * 1024;
 /// Name lengths for resources and tokens.
 pub const NAME_CHARS_MAX: usize = 200;
+
+/// Route templates, for metric labels without an allocation per request.
+const ROUTES: &[&str] = &[
+    "/hits",
+    "/hits/{resource_id}",
+    "/v1/deltas",
+    "/resources",
+    "/resources/{resource_id}",
+    "/tokens",
+    "/tokens/{token_id}",
+    "/edge-keys",
+    "/edge-keys/{edge_id}",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+];
 
 /// `Json<T>` whose rejections are [`ApiError`]s with the JSON error body.
 #[derive(Debug)]
@@ -146,14 +163,26 @@ async fn method_not_allowed() -> Response {
 /// Counts requests and their latency by route template, for `/metrics`.
 async fn record_metrics(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|path| path.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let method = request.method().to_string();
+    // Labels are borrowed from static strings where possible: this runs on every hit.
+    let route: metrics::SharedString = match request.extensions().get::<MatchedPath>() {
+        Some(path) => match ROUTES.iter().find(|route| **route == path.as_str()) {
+            Some(route) => (*route).into(),
+            None => path.as_str().to_owned().into(),
+        },
+        None => "unmatched".into(),
+    };
+    let method: metrics::SharedString = match *request.method() {
+        Method::GET => "GET".into(),
+        Method::POST => "POST".into(),
+        Method::DELETE => "DELETE".into(),
+        ref other => other.as_str().to_owned().into(),
+    };
     let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
+    let status: metrics::SharedString = match response.status() {
+        StatusCode::OK => "200".into(),
+        StatusCode::ACCEPTED => "202".into(),
+        other => other.as_u16().to_string().into(),
+    };
     metrics::counter!("hitcount_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
         .increment(1);
     metrics::histogram!("hitcount_http_request_duration_seconds", "method" => method, "route" => route)

@@ -24,7 +24,11 @@ struct Cell {
 /// map, needs no randomness (which would import `wasi:random` into the edge component).
 #[derive(Debug, Clone)]
 pub struct WindowCounts {
-    cells: BTreeMap<(String, u64), Cell>,
+    /// Nested by resource so that recording into an existing counter looks up by `&str` and
+    /// allocates nothing.
+    cells: BTreeMap<String, BTreeMap<u64, Cell>>,
+    /// Distinct (resource, minute) counters in `cells`.
+    len: usize,
     entries_max: usize,
     hits: u64,
 }
@@ -34,13 +38,14 @@ impl WindowCounts {
     pub fn new(entries_max: usize) -> Self {
         Self {
             cells: BTreeMap::new(),
+            len: 0,
             entries_max: entries_max.clamp(1, BATCH_ENTRIES_MAX),
             hits: 0,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.cells.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
@@ -57,14 +62,25 @@ impl WindowCounts {
     }
 
     fn cell(&mut self, resource_id: &str, minute: u64) -> Result<&mut Cell, WindowFull> {
-        // Look up by borrowed key first so the common case (an existing counter) allocates nothing.
-        let key = (resource_id.to_owned(), minute);
-        if !self.cells.contains_key(&key) && self.cells.len() >= self.entries_max {
-            return Err(WindowFull {
-                entries_max: self.entries_max,
-            });
+        let exists = self
+            .cells
+            .get(resource_id)
+            .is_some_and(|minutes| minutes.contains_key(&minute));
+        if !exists {
+            if self.len >= self.entries_max {
+                return Err(WindowFull {
+                    entries_max: self.entries_max,
+                });
+            }
+            self.len += 1;
         }
-        Ok(self.cells.entry(key).or_default())
+        if !self.cells.contains_key(resource_id) {
+            self.cells.insert(resource_id.to_owned(), BTreeMap::new());
+        }
+        let Some(minutes) = self.cells.get_mut(resource_id) else {
+            unreachable!("the resource's map was inserted above")
+        };
+        Ok(minutes.entry(minute).or_default())
     }
 
     /// Records `hits` hits (and optionally one visitor) for a resource in a minute. The resource
@@ -97,23 +113,27 @@ impl WindowCounts {
     /// Hits recorded for one counter, for read-your-writes answers.
     pub fn hits_for(&self, resource_id: &str) -> u64 {
         self.cells
-            .range((resource_id.to_owned(), 0)..=(resource_id.to_owned(), u64::MAX))
-            .map(|(_, cell)| cell.hits)
-            .sum()
+            .get(resource_id)
+            .map(|minutes| minutes.values().map(|cell| cell.hits).sum())
+            .unwrap_or(0)
     }
 
     /// Empties the map into sorted entries, ready for a [`crate::DeltaBatch`].
     pub fn drain(&mut self) -> Vec<DeltaEntry> {
         self.hits = 0;
-        std::mem::take(&mut self.cells)
-            .into_iter()
-            .map(|((resource_id, minute), cell)| DeltaEntry {
-                resource_id,
-                minute,
-                hits: cell.hits,
-                visitors: cell.visitors,
-            })
-            .collect()
+        self.len = 0;
+        let mut entries = Vec::new();
+        for (resource_id, minutes) in std::mem::take(&mut self.cells) {
+            for (minute, cell) in minutes {
+                entries.push(DeltaEntry {
+                    resource_id: resource_id.clone(),
+                    minute,
+                    hits: cell.hits,
+                    visitors: cell.visitors,
+                });
+            }
+        }
+        entries
     }
 }
 

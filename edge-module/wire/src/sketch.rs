@@ -186,48 +186,37 @@ impl Sketch {
     }
 
     /// Appends the canonical encoding: the empty tag, or whichever of sparse and dense is smaller.
+    /// It allocates nothing beyond `out`: sketches are encoded on every merge and compaction.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let set: Vec<(u16, u8)> = match &self.registers {
-            Registers::Sparse(list) => list.clone(),
-            Registers::Dense(registers) => registers
-                .iter()
-                .enumerate()
-                .filter(|(_, rank)| **rank != 0)
-                .map(|(index, rank)| (index as u16, *rank))
-                .collect(),
-        };
-        if set.is_empty() {
-            out.push(TAG_EMPTY);
-            return;
-        }
-        let mut sparse = Vec::with_capacity(set.len() * 3 + 4);
-        varint::put_u64(&mut sparse, set.len() as u64);
-        let mut previous: Option<u16> = None;
-        for (index, rank) in &set {
-            let delta = match previous {
-                None => u64::from(*index),
-                Some(previous) => u64::from(index - previous),
-            };
-            varint::put_u64(&mut sparse, (delta << 6) | u64::from(*rank));
-            previous = Some(*index);
-        }
-        if sparse.len() < DENSE_ENCODED_BYTES {
-            out.push(TAG_SPARSE);
-            out.extend_from_slice(&sparse);
-            return;
-        }
-        out.push(TAG_DENSE);
-        let mut registers = vec![0u8; SKETCH_REGISTERS];
-        for (index, rank) in &set {
-            registers[usize::from(*index)] = *rank;
-        }
-        // Four six-bit registers fill three bytes exactly.
-        for chunk in registers.chunks_exact(4) {
-            let packed = u32::from(chunk[0])
-                | (u32::from(chunk[1]) << 6)
-                | (u32::from(chunk[2]) << 12)
-                | (u32::from(chunk[3]) << 18);
-            out.extend_from_slice(&packed.to_le_bytes()[..3]);
+        match &self.registers {
+            Registers::Sparse(list) if list.is_empty() => out.push(TAG_EMPTY),
+            // At most SPARSE_REGISTERS_MAX registers of at most three bytes: always under dense.
+            Registers::Sparse(list) => encode_sparse(out, list.iter().copied(), list.len()),
+            Registers::Dense(registers) => {
+                let set = || {
+                    registers
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, rank)| **rank != 0)
+                        .map(|(index, rank)| (index as u16, *rank))
+                };
+                let (count, sparse_bytes) = sparse_size(set());
+                if count == 0 {
+                    out.push(TAG_EMPTY);
+                } else if sparse_bytes < DENSE_ENCODED_BYTES {
+                    encode_sparse(out, set(), count);
+                } else {
+                    out.push(TAG_DENSE);
+                    // Four six-bit registers fill three bytes exactly.
+                    for chunk in registers.chunks_exact(4) {
+                        let packed = u32::from(chunk[0])
+                            | (u32::from(chunk[1]) << 6)
+                            | (u32::from(chunk[2]) << 12)
+                            | (u32::from(chunk[3]) << 18);
+                        out.extend_from_slice(&packed.to_le_bytes()[..3]);
+                    }
+                }
+            }
         }
     }
 
@@ -340,6 +329,43 @@ impl Sketch {
             });
         }
         Ok(sketch)
+    }
+}
+
+fn varint_length(value: u64) -> usize {
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// Each set register is one varint: the index delta from the previous register, shifted left six
+/// bits, with the rank in the low six bits.
+fn sparse_word(previous: Option<u16>, index: u16, rank: u8) -> u64 {
+    let delta = match previous {
+        None => u64::from(index),
+        Some(previous) => u64::from(index - previous),
+    };
+    (delta << 6) | u64::from(rank)
+}
+
+/// (set registers, bytes of the sparse form without its tag).
+fn sparse_size(set: impl Iterator<Item = (u16, u8)>) -> (usize, usize) {
+    let mut count = 0;
+    let mut bytes = 0;
+    let mut previous = None;
+    for (index, rank) in set {
+        count += 1;
+        bytes += varint_length(sparse_word(previous, index, rank));
+        previous = Some(index);
+    }
+    (count, bytes + varint_length(count as u64))
+}
+
+fn encode_sparse(out: &mut Vec<u8>, set: impl Iterator<Item = (u16, u8)>, count: usize) {
+    out.push(TAG_SPARSE);
+    varint::put_u64(out, count as u64);
+    let mut previous = None;
+    for (index, rank) in set {
+        varint::put_u64(out, sparse_word(previous, index, rank));
+        previous = Some(index);
     }
 }
 
@@ -482,6 +508,25 @@ mod tests {
         }
         assert_eq!(sketch_of(0..200_000).to_bytes()[0], TAG_DENSE);
         assert_eq!(sketch_of(0..200).to_bytes()[0], TAG_SPARSE);
+    }
+
+    #[test]
+    fn varint_length_matches_the_encoder() {
+        for value in [0u64, 1, 127, 128, 16_383, 16_384, 1 << 20, u64::MAX] {
+            let mut out = Vec::new();
+            varint::put_u64(&mut out, value);
+            assert_eq!(varint_length(value), out.len(), "{value}");
+        }
+    }
+
+    #[test]
+    fn a_dense_sketch_with_few_registers_encodes_sparse() {
+        let mut dense = sketch_of(0..5_000);
+        let few = sketch_of(0..3);
+        // Build a dense sketch holding only three visitors by merging a dense empty-ish one.
+        dense.registers = Registers::Dense(vec![0; SKETCH_REGISTERS].into_boxed_slice());
+        dense.merge(&few);
+        assert_eq!(dense.to_bytes(), few.to_bytes());
     }
 
     #[test]

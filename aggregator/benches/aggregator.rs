@@ -1,0 +1,399 @@
+//! The aggregator's benchmark. Every figure is printed beside a baseline measured in the same
+//! run on the same machine, so ratios survive a noisy or different box:
+//!
+//! 1. `POST /hits` requests/s and p99 under wrk (durable and fast acknowledgement) beside a
+//!    hello-world axum server answering the same requests with 202.
+//! 2. Delta batches/s and counter cells/s merged into the embedded store beside the raw rate of
+//!    the same SQLite upserts issued directly (the physical limit).
+//! 3. `GET /hits` latency for a 24 h window at minute granularity beside a hello-world GET.
+//!
+//! Needs `wrk` on PATH (Debian package `wrk`). Run: `cargo bench -p hitcount-aggregator`.
+//! `HITCOUNT_BENCH_SECONDS` sets each wrk run's length (default 10).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use hitcount_aggregator::config::{AckMode, Config};
+use hitcount_aggregator::store::{BatchKey, Store};
+use hitcount_aggregator::{Aggregator, now_ms};
+use hitcount_wire::{DeltaEntry, MINUTE_MS, Sketch};
+use rusqlite::params;
+
+// The same allocator as the hitcount-aggregator binary, for both servers measured here.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
+const RESOURCES: u64 = 100;
+const WRK_CONNECTIONS: u32 = 64;
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let seconds: u64 = std::env::var("HITCOUNT_BENCH_SECONDS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(10);
+    println!("# hitcount aggregator benchmark");
+    println!(
+        "machine: {} cores, {}; wrk -t1 -c{WRK_CONNECTIONS} -d{seconds}s sharing the cores with the server",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|text| text
+                .lines()
+                .find(|line| line.starts_with("model name"))
+                .map(|line| line.split(':').nth(1).unwrap_or("").trim().to_owned()))
+            .unwrap_or_default()
+    );
+    runtime.block_on(async {
+        http_ingest(seconds).await;
+        store_merge().await;
+        query_latency().await;
+    });
+}
+
+async fn hello_world() -> SocketAddr {
+    let router = Router::new()
+        .route(
+            "/hits",
+            post(|| async { (StatusCode::ACCEPTED, "{\"accepted\":1}") }),
+        )
+        .route("/hits/{id}", get(|| async { "{\"count\":0}" }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    address
+}
+
+async fn aggregator(ack: AckMode) -> (SocketAddr, tempfile::TempDir) {
+    let directory = tempfile::TempDir::new().unwrap();
+    let mut config = Config::for_data_dir(directory.path().to_path_buf());
+    config.admin_token = Some(ADMIN_TOKEN.to_owned());
+    config.ack = ack;
+    config.rate_limit_ip = 0;
+    config.rate_limit_token = 0;
+    let aggregator = Aggregator::start(config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(hitcount_aggregator::serve(
+        listener,
+        aggregator,
+        std::future::pending(),
+    ));
+    let client = reqwest::Client::new();
+    for index in 0..RESOURCES {
+        let response = client
+            .post(format!("http://{address}/resources"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&serde_json::json!({"name": format!("r{index}"), "resource_id": format!("r{index}")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+    (address, directory)
+}
+
+struct WrkResult {
+    requests_per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    non_2xx: u64,
+}
+
+fn parse_latency(text: &str) -> f64 {
+    let (number, unit) =
+        text.split_at(text.find(|c: char| c.is_alphabetic()).unwrap_or(text.len()));
+    let value: f64 = number.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => value / 1_000.0,
+        "ms" => value,
+        "s" => value * 1_000.0,
+        _ => f64::NAN,
+    }
+}
+
+fn wrk(address: SocketAddr, seconds: u64) -> WrkResult {
+    let script = std::env::temp_dir().join(format!("hitcount-bench-{}.lua", std::process::id()));
+    std::fs::write(
+        &script,
+        format!(
+            r#"wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {ADMIN_TOKEN}"
+counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format(nil, "/hits", nil, '{{"resource_id":"r' .. (counter % {RESOURCES}) .. '","visitor_id":"v' .. counter .. '"}}')
+end
+"#
+        ),
+    )
+    .unwrap();
+    let output = Command::new("wrk")
+        .args([
+            "-t1",
+            &format!("-c{WRK_CONNECTIONS}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+            "-s",
+        ])
+        .arg(&script)
+        .arg(format!("http://{address}/hits"))
+        .output()
+        .expect("wrk is installed (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let field = |prefix: &str| {
+        text.lines()
+            .find(|line| line.trim_start().starts_with(prefix))
+            .and_then(|line| line.split_whitespace().nth(1).map(str::to_owned))
+            .unwrap_or_default()
+    };
+    let non_2xx = text
+        .lines()
+        .find(|line| line.contains("Non-2xx"))
+        .and_then(|line| line.split(':').nth(1))
+        .and_then(|count| count.trim().parse().ok())
+        .unwrap_or(0);
+    WrkResult {
+        requests_per_second: field("Requests/sec:").parse().unwrap_or(0.0),
+        p50_ms: parse_latency(&field("50%")),
+        p99_ms: parse_latency(&field("99%")),
+        non_2xx,
+    }
+}
+
+async fn http_ingest(seconds: u64) {
+    println!("\n## POST /hits under wrk ({WRK_CONNECTIONS} connections, one hit per request)\n");
+    println!("| server | requests/s | p50 ms | p99 ms | non-2xx | vs hello-world |");
+    println!("|---|---|---|---|---|---|");
+    let hello = hello_world().await;
+    let baseline = tokio::task::spawn_blocking(move || wrk(hello, seconds))
+        .await
+        .unwrap();
+    let row = |name: &str, result: &WrkResult| {
+        println!(
+            "| {name} | {:.0} | {:.2} | {:.2} | {} | {:.0}% |",
+            result.requests_per_second,
+            result.p50_ms,
+            result.p99_ms,
+            result.non_2xx,
+            100.0 * result.requests_per_second / baseline.requests_per_second
+        );
+    };
+    row("hello-world axum (202, no work)", &baseline);
+    for (name, ack) in [
+        ("hitcount, --ack durable (default)", AckMode::Durable),
+        ("hitcount, --ack fast", AckMode::Fast),
+    ] {
+        let (address, _directory) = aggregator(ack).await;
+        let result = tokio::task::spawn_blocking(move || wrk(address, seconds))
+            .await
+            .unwrap();
+        row(name, &result);
+    }
+}
+
+fn entries(
+    resources: u64,
+    minutes: u64,
+    first_minute: u64,
+    visitors_per_entry: u64,
+    salt: u64,
+) -> Vec<DeltaEntry> {
+    let mut list = Vec::new();
+    for resource in 0..resources {
+        for minute in 0..minutes {
+            let mut sketch = Sketch::new();
+            for visitor in 0..visitors_per_entry {
+                sketch.insert_hash(hitcount_wire::visitor_hash(
+                    &[salt, resource, minute, visitor]
+                        .map(u64::to_le_bytes)
+                        .concat(),
+                ));
+            }
+            list.push(DeltaEntry {
+                resource_id: format!("r{resource:03}"),
+                minute: first_minute + minute,
+                hits: 1 + visitors_per_entry * 2,
+                visitors: sketch,
+            });
+        }
+    }
+    list.sort_by(|a, b| {
+        (a.resource_id.as_str(), a.minute).cmp(&(b.resource_id.as_str(), b.minute))
+    });
+    list
+}
+
+async fn store_merge() {
+    const BATCHES: u64 = 200;
+    const RESOURCES_PER_BATCH: u64 = 100;
+    const MINUTES_PER_BATCH: u64 = 2;
+    println!(
+        "\n## Merging delta batches into the embedded store (SQLite, WAL, synchronous=FULL)\n"
+    );
+    let directory = tempfile::TempDir::new().unwrap();
+    let store = Store::open(directory.path()).unwrap();
+    for resource in 0..RESOURCES_PER_BATCH {
+        store
+            .create_resource(hitcount_aggregator::store::ResourceRecord {
+                id: format!("r{resource:03}"),
+                name: format!("r{resource:03}"),
+                retention_days: None,
+                created_at_ms: now_ms(),
+            })
+            .await
+            .unwrap();
+    }
+    let first_minute = now_ms() / MINUTE_MS - 60;
+    let batches: Vec<Vec<DeltaEntry>> = (0..BATCHES)
+        .map(|batch| {
+            entries(
+                RESOURCES_PER_BATCH,
+                MINUTES_PER_BATCH,
+                first_minute + (batch % 30),
+                3,
+                batch,
+            )
+        })
+        .collect();
+    let cells = BATCHES * RESOURCES_PER_BATCH * MINUTES_PER_BATCH;
+    let started = Instant::now();
+    for (sequence, batch) in batches.into_iter().enumerate() {
+        let key = BatchKey {
+            edge_id: "bench".to_owned(),
+            boot_epoch: 1,
+            sequence: sequence as u64,
+            body_sha256: [sequence as u8; 32],
+        };
+        store.apply(batch, Some(key), now_ms()).await.unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let merged_rate = cells as f64 / elapsed;
+
+    // The baseline: the same number of upserts (three tiers per cell) into an identical table,
+    // one transaction per batch, with no sketch merging, dedupe or resource checks.
+    let raw_directory = tempfile::TempDir::new().unwrap();
+    let raw_rate = tokio::task::spawn_blocking(move || {
+        let mut connection = rusqlite::Connection::open(raw_directory.path().join("raw.sqlite3")).unwrap();
+        connection.pragma_update(None, "journal_mode", "WAL").unwrap();
+        connection.pragma_update(None, "synchronous", "FULL").unwrap();
+        connection
+            .execute_batch(
+                "CREATE TABLE counts (resource_id TEXT, tier INTEGER, bucket_ms INTEGER, hits INTEGER, sketch BLOB,
+                 PRIMARY KEY (resource_id, tier, bucket_ms)) WITHOUT ROWID",
+            )
+            .unwrap();
+        let started = Instant::now();
+        for batch in 0..BATCHES {
+            let transaction = connection.transaction().unwrap();
+            {
+                let mut upsert = transaction
+                    .prepare_cached(
+                        "INSERT INTO counts VALUES (?1, ?2, ?3, ?4, x'00') ON CONFLICT DO UPDATE SET hits = hits + excluded.hits",
+                    )
+                    .unwrap();
+                for resource in 0..RESOURCES_PER_BATCH {
+                    for minute in 0..MINUTES_PER_BATCH {
+                        let bucket = (first_minute + batch % 30 + minute) * MINUTE_MS;
+                        for (tier, resolution) in [(0, MINUTE_MS), (1, 3_600_000), (2, 86_400_000)] {
+                            upsert
+                                .execute(params![format!("r{resource:03}"), tier, (bucket / resolution * resolution) as i64, 7])
+                                .unwrap();
+                        }
+                    }
+                }
+            }
+            transaction.commit().unwrap();
+        }
+        cells as f64 / started.elapsed().as_secs_f64()
+    })
+    .await
+    .unwrap();
+    println!("| path | delta batches/s | counter cells/s | vs raw upserts |");
+    println!("|---|---|---|---|");
+    println!(
+        "| raw SQLite upserts, 3 tiers, no sketches (baseline) | {:.0} | {raw_rate:.0} | 100% |",
+        raw_rate / (RESOURCES_PER_BATCH * MINUTES_PER_BATCH) as f64
+    );
+    println!(
+        "| Store::apply ({} cells/batch, 3 visitors each, dedupe record) | {:.0} | {merged_rate:.0} | {:.0}% |",
+        RESOURCES_PER_BATCH * MINUTES_PER_BATCH,
+        BATCHES as f64 / elapsed,
+        100.0 * merged_rate / raw_rate
+    );
+}
+
+fn percentile(sorted: &[f64], fraction: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * fraction).round() as usize]
+}
+
+async fn query_latency() {
+    const REQUESTS: usize = 2_000;
+    println!(
+        "\n## GET /hits/{{id}}?window=24h&granularity=minute ({REQUESTS} sequential requests, keep-alive)\n"
+    );
+    let (address, directory) = aggregator(AckMode::Durable).await;
+    // Fill one resource with a full day of minutes, 20 visitors each, through the store.
+    let store = Store::open(directory.path()).unwrap();
+    let first_minute = now_ms() / MINUTE_MS - 1_439;
+    let mut day: Vec<DeltaEntry> = entries(1, 1_440, first_minute, 20, 99);
+    for entry in &mut day {
+        entry.resource_id = "r1".to_owned();
+    }
+    store.apply(day, None, now_ms()).await.unwrap();
+    let hello = hello_world().await;
+    let client = reqwest::Client::new();
+    println!("| endpoint | p50 ms | p99 ms | max ms | vs hello-world p99 |");
+    println!("|---|---|---|---|---|");
+    let mut baseline_p99 = 0.0;
+    for (name, url, token) in [
+        (
+            "hello-world GET (baseline)",
+            format!("http://{hello}/hits/r1"),
+            None,
+        ),
+        (
+            "hitcount, 1440 minute cells",
+            format!("http://{address}/hits/r1?window=24h&granularity=minute"),
+            Some(ADMIN_TOKEN),
+        ),
+    ] {
+        let mut latencies = Vec::with_capacity(REQUESTS);
+        for _ in 0..REQUESTS {
+            let started = Instant::now();
+            let mut request = client.get(&url);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let _ = response.bytes().await.unwrap();
+            latencies.push(started.elapsed().as_secs_f64() * 1_000.0);
+        }
+        latencies.sort_by(f64::total_cmp);
+        let p99 = percentile(&latencies, 0.99);
+        if token.is_none() {
+            baseline_p99 = p99;
+        }
+        println!(
+            "| {name} | {:.3} | {p99:.3} | {:.3} | {:.1}x |",
+            percentile(&latencies, 0.5),
+            latencies[latencies.len() - 1],
+            p99 / baseline_p99
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
