@@ -40,6 +40,8 @@ pub const DEDUPE_RETENTION_MS: u64 = DELTA_AGE_MS_MAX + DAY_MS;
 const RETENTION_DELETE_ROWS_MAX: usize = 10_000;
 /// Pending sketch rows folded into cells per compaction transaction.
 const COMPACTION_ROWS_MAX: usize = 50_000;
+/// Compaction rounds that may find their cells changed underneath before giving up for now.
+const COMPACTION_CONFLICTS_MAX: u32 = 5;
 /// Read connections in the pool.
 const READ_CONNECTIONS_MAX: u32 = 8;
 /// How long a statement waits for a lock before reporting `Busy`.
@@ -214,7 +216,9 @@ CREATE TABLE counts (
 ) WITHOUT ROWID;
 CREATE INDEX counts_by_tier_and_bucket ON counts (tier, bucket_ms);
 CREATE TABLE pending_sketches (
-    id INTEGER PRIMARY KEY,
+    -- AUTOINCREMENT: ids are never reused, so "delete up to the last id I folded" never deletes a
+    -- row that arrived after the fold began.
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     resource_id TEXT NOT NULL,
     minute_ms INTEGER NOT NULL,
     sketch BLOB NOT NULL
@@ -403,15 +407,33 @@ impl Store {
     }
 
     /// Folds pending sketches into their cells. Returns how many pending rows were folded.
+    ///
+    /// The merging happens on a read connection, outside the writer lock, so ingest waits only
+    /// for the final writes. Those are conditional on each cell's sketch being what was read
+    /// (only compaction writes sketches, but two processes may compact one file); if any cell
+    /// changed, the write is rolled back and the round starts over.
     pub async fn compact(&self) -> Result<u64, StoreError> {
         let mut folded = 0;
+        let mut conflicts = 0;
         loop {
-            let rows = self
-                .write(|connection| compact_blocking(connection).map_err(classify))
-                .await?;
-            folded += rows as u64;
-            if rows < COMPACTION_ROWS_MAX {
+            let plan = self.read(plan_compaction).await?;
+            let Some(plan) = plan else {
                 return Ok(folded);
+            };
+            let rows = plan.rows;
+            let written = self
+                .write(move |connection| write_compaction(connection, &plan).map_err(classify))
+                .await?;
+            if written {
+                folded += rows as u64;
+                if rows < COMPACTION_ROWS_MAX {
+                    return Ok(folded);
+                }
+            } else {
+                conflicts += 1;
+                if conflicts >= COMPACTION_CONFLICTS_MAX {
+                    return Err(StoreError::Busy);
+                }
             }
         }
     }
@@ -638,14 +660,29 @@ pub enum CreateOutcome {
     NameTaken,
 }
 
-fn compact_blocking(connection: &mut Connection) -> rusqlite::Result<usize> {
-    let transaction =
-        connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+/// One cell a compaction round rewrites, with its encoded sketch before and after.
+struct CompactedCell {
+    resource_id: String,
+    tier: Tier,
+    bucket_ms: u64,
+    before: Vec<u8>,
+    after: Vec<u8>,
+}
+
+/// What one compaction round will write.
+struct CompactionPlan {
+    cells: Vec<CompactedCell>,
+    last_id: i64,
+    rows: usize,
+}
+
+fn plan_compaction(connection: &Connection) -> Result<Option<CompactionPlan>, StoreError> {
+    let snapshot = connection.unchecked_transaction()?;
     let mut by_minute: BTreeMap<(String, u64), Sketch> = BTreeMap::new();
     let mut last_id: Option<i64> = None;
     let mut rows = 0;
     {
-        let mut select = transaction.prepare_cached(
+        let mut select = snapshot.prepare_cached(
             "SELECT id, resource_id, minute_ms, sketch FROM pending_sketches ORDER BY id LIMIT ?1",
         )?;
         let mut query = select.query([COMPACTION_ROWS_MAX as i64])?;
@@ -656,13 +693,16 @@ fn compact_blocking(connection: &mut Connection) -> rusqlite::Result<usize> {
                     .entry((row.get(1)?, unmillis(row.get(2)?)))
                     .or_default()
                     .merge(&sketch),
-                // Only this process writes these rows, from sketches it encoded itself.
+                // Only this program writes these rows, from sketches it encoded itself.
                 Err(error) => tracing::error!(%error, "dropping a corrupt pending sketch"),
             }
             last_id = Some(row.get(0)?);
             rows += 1;
         }
     }
+    let Some(last_id) = last_id else {
+        return Ok(None);
+    };
     let mut by_cell: BTreeMap<(String, Tier, u64), Sketch> = BTreeMap::new();
     for ((resource_id, minute_ms), sketch) in by_minute {
         for tier in Tier::ALL {
@@ -673,12 +713,10 @@ fn compact_blocking(connection: &mut Connection) -> rusqlite::Result<usize> {
                 .merge(&sketch);
         }
     }
+    let mut cells = Vec::with_capacity(by_cell.len());
     {
-        let mut read_sketch = transaction.prepare_cached(
+        let mut read_sketch = snapshot.prepare_cached(
             "SELECT sketch FROM counts WHERE resource_id = ?1 AND tier = ?2 AND bucket_ms = ?3",
-        )?;
-        let mut write_sketch = transaction.prepare_cached(
-            "UPDATE counts SET sketch = ?4 WHERE resource_id = ?1 AND tier = ?2 AND bucket_ms = ?3",
         )?;
         for ((resource_id, tier, bucket_ms), pending) in by_cell {
             let stored: Option<Vec<u8>> = read_sketch
@@ -694,19 +732,60 @@ fn compact_blocking(connection: &mut Connection) -> rusqlite::Result<usize> {
                 Sketch::new()
             });
             merged.merge(&pending);
-            write_sketch.execute(params![
-                resource_id,
-                tier.code(),
-                millis(bucket_ms),
-                merged.to_bytes()
-            ])?;
+            let after = merged.to_bytes();
+            if after != stored {
+                cells.push(CompactedCell {
+                    resource_id,
+                    tier,
+                    bucket_ms,
+                    before: stored,
+                    after,
+                });
+            }
         }
     }
-    if let Some(last_id) = last_id {
-        transaction.execute("DELETE FROM pending_sketches WHERE id <= ?1", [last_id])?;
+    snapshot.commit()?;
+    Ok(Some(CompactionPlan {
+        cells,
+        last_id,
+        rows,
+    }))
+}
+
+/// Writes a plan if no cell changed since it was read; returns whether it was written.
+fn write_compaction(connection: &mut Connection, plan: &CompactionPlan) -> rusqlite::Result<bool> {
+    let transaction =
+        connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    {
+        let mut write_sketch = transaction.prepare_cached(
+            "UPDATE counts SET sketch = ?5
+             WHERE resource_id = ?1 AND tier = ?2 AND bucket_ms = ?3 AND sketch = ?4",
+        )?;
+        let mut cell_exists = transaction.prepare_cached(
+            "SELECT 1 FROM counts WHERE resource_id = ?1 AND tier = ?2 AND bucket_ms = ?3",
+        )?;
+        for cell in &plan.cells {
+            let key = params![cell.resource_id, cell.tier.code(), millis(cell.bucket_ms)];
+            let updated = write_sketch.execute(params![
+                cell.resource_id,
+                cell.tier.code(),
+                millis(cell.bucket_ms),
+                cell.before,
+                cell.after
+            ])?;
+            // A cell deleted meanwhile needs nothing; a cell whose sketch changed means another
+            // compactor ran, and this plan is stale.
+            if updated == 0 && cell_exists.exists(key)? {
+                return Ok(false);
+            }
+        }
     }
+    transaction.execute(
+        "DELETE FROM pending_sketches WHERE id <= ?1",
+        [plan.last_id],
+    )?;
     transaction.commit()?;
-    Ok(rows)
+    Ok(true)
 }
 
 fn apply_blocking(

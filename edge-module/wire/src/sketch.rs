@@ -36,7 +36,7 @@ pub fn visitor_hash(visitor: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64_with_seed(visitor, VISITOR_HASH_SEED)
 }
 
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 enum Registers {
     /// Set registers only, sorted by index, each with a rank in 1..=SKETCH_RANK_MAX.
     Sparse(Vec<(u16, u8)>),
@@ -45,10 +45,20 @@ enum Registers {
 }
 
 /// A mergeable unique-visitor sketch.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Sketch {
     registers: Registers,
 }
+
+/// Two sketches are equal when their registers are, whatever form each is held in. The canonical
+/// encoding is a function of the registers alone, so comparing it is exact.
+impl PartialEq for Sketch {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_bytes() == other.to_bytes()
+    }
+}
+
+impl Eq for Sketch {}
 
 impl std::fmt::Debug for Sketch {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -508,6 +518,17 @@ mod tests {
         }
         assert_eq!(sketch_of(0..200_000).to_bytes()[0], TAG_DENSE);
         assert_eq!(sketch_of(0..200).to_bytes()[0], TAG_SPARSE);
+    }
+
+    #[test]
+    fn equality_ignores_the_form_held_in_memory() {
+        let sparse = sketch_of(0..3);
+        let mut dense = Sketch {
+            registers: Registers::Dense(vec![0; SKETCH_REGISTERS].into_boxed_slice()),
+        };
+        dense.merge(&sparse);
+        assert_eq!(dense, sparse);
+        assert_ne!(dense, sketch_of(0..4));
     }
 
     #[test]
