@@ -9,6 +9,34 @@
 //!
 //! This crate builds for `wasm32-wasip2` as well as natively: it has no I/O, no clock and no
 //! randomness.
+//!
+//! An edge's flush, from hits to signed bytes:
+//!
+//! ```
+//! use hitcount_wire::{DeltaBatch, DeltaHeader, WindowCounts, visitor_hash};
+//!
+//! let mut window = WindowCounts::new(1_000);
+//! let minute = 1_700_000_040_000 / hitcount_wire::MINUTE_MS;
+//! window.record("home", minute, 1, Some(visitor_hash(b"visitor-1"))).unwrap();
+//! window.record("home", minute, 1, Some(visitor_hash(b"visitor-2"))).unwrap();
+//! let batch = DeltaBatch {
+//!     header: DeltaHeader {
+//!         edge_id: "edge-1".into(),
+//!         boot_epoch: 1_700_000_000_000,
+//!         sequence: 0,
+//!         window_start_ms: 1_700_000_040_000,
+//!         window_end_ms: 1_700_000_041_000,
+//!     },
+//!     entries: window.drain(),
+//! };
+//! let body = batch.encode().unwrap();
+//! let signature = hitcount_wire::auth::sign(b"edge secret", "edge-1", 1_700_000_041_000, &body);
+//!
+//! let received = DeltaBatch::decode(&body).unwrap();
+//! assert_eq!(received.hits(), 2);
+//! assert_eq!(received.entries[0].visitors.count(), 2);
+//! assert!(hitcount_wire::auth::verify(b"edge secret", "edge-1", 1_700_000_041_000, &body, &signature));
+//! ```
 
 mod aggregate;
 pub mod auth;
