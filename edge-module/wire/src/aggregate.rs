@@ -62,11 +62,7 @@ impl WindowCounts {
     }
 
     fn cell(&mut self, resource_id: &str, minute: u64) -> Result<&mut Cell, WindowFull> {
-        let exists = self
-            .cells
-            .get(resource_id)
-            .is_some_and(|minutes| minutes.contains_key(&minute));
-        if !exists {
+        if !self.contains(resource_id, minute) {
             if self.len >= self.entries_max {
                 return Err(WindowFull {
                     entries_max: self.entries_max,
@@ -108,6 +104,13 @@ impl WindowCounts {
         cell.visitors.merge(&entry.visitors);
         self.hits = self.hits.saturating_add(entry.hits);
         Ok(())
+    }
+
+    /// Whether a counter for (resource, minute) exists, so callers can check room before merging.
+    pub fn contains(&self, resource_id: &str, minute: u64) -> bool {
+        self.cells
+            .get(resource_id)
+            .is_some_and(|minutes| minutes.contains_key(&minute))
     }
 
     /// Hits recorded for one counter, for read-your-writes answers.

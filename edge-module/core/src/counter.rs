@@ -1,0 +1,183 @@
+//! One edge's window: hits in, delta entries out.
+
+use hitcount_wire::{DeltaEntry, MINUTE_MS, WindowCounts};
+
+use crate::VisitorHasher;
+use crate::filter::{self, HitRequest, Rejection};
+
+/// What `record` did with a hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// Counted.
+    Counted,
+    /// Not counted, for this reason (the caller reports it, e.g. in a response header).
+    Rejected(Rejection),
+    /// Not counted: the window holds its maximum of distinct counters. Flush, then record again.
+    WindowFull,
+}
+
+/// A closed window, ready for [`crate::Delivery::add_window`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClosedWindow {
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub hits: u64,
+    pub entries: Vec<DeltaEntry>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EdgeCounter {
+    window: WindowCounts,
+    visitors: VisitorHasher,
+    window_start_ms: Option<u64>,
+}
+
+impl EdgeCounter {
+    /// `secret` keys the daily visitor salt (share it across a deployment's edges);
+    /// `entries_max` bounds distinct (resource, minute) counters per window.
+    pub fn new(secret: &[u8], entries_max: usize) -> Self {
+        Self {
+            window: WindowCounts::new(entries_max),
+            visitors: VisitorHasher::new(secret),
+            window_start_ms: None,
+        }
+    }
+
+    pub fn record(&mut self, hit: &HitRequest<'_>, now_ms: u64) -> Recorded {
+        let at_ms = match filter::check(hit, now_ms) {
+            Ok(at_ms) => at_ms,
+            Err(rejection) => return Recorded::Rejected(rejection),
+        };
+        // The salt day follows the edge's clock, not the client's claimed time.
+        let visitor = self
+            .visitors
+            .hash(now_ms, hit.site, hit.client_address, hit.user_agent);
+        match self
+            .window
+            .record(hit.resource_id, at_ms / MINUTE_MS, 1, Some(visitor))
+        {
+            Ok(()) => {
+                self.window_start_ms.get_or_insert(now_ms);
+                Recorded::Counted
+            }
+            Err(_) => Recorded::WindowFull,
+        }
+    }
+
+    /// Hits in the open window.
+    pub fn hits(&self) -> u64 {
+        self.window.hits()
+    }
+
+    /// Distinct counters in the open window.
+    pub fn len(&self) -> usize {
+        self.window.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.window.is_empty()
+    }
+
+    /// Unflushed hits for one resource, for read-your-writes answers.
+    pub fn hits_for(&self, resource_id: &str) -> u64 {
+        self.window.hits_for(resource_id)
+    }
+
+    /// Closes the window at `now_ms`; `None` if nothing was counted.
+    pub fn flush(&mut self, now_ms: u64) -> Option<ClosedWindow> {
+        let start_ms = self.window_start_ms.take()?;
+        let hits = self.window.hits();
+        let entries = self.window.drain();
+        debug_assert!(!entries.is_empty());
+        Some(ClosedWindow {
+            start_ms: start_ms.min(now_ms),
+            end_ms: now_ms,
+            hits,
+            entries,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BROWSER: &str =
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:133.0) Gecko/20100101 Firefox/133.0";
+    const NOW_MS: u64 = 1_780_000_000_000;
+
+    fn hit<'a>(resource_id: &'a str, client_address: &'a str) -> HitRequest<'a> {
+        HitRequest {
+            resource_id,
+            site: "example.com",
+            client_address,
+            user_agent: BROWSER,
+            ..HitRequest::default()
+        }
+    }
+
+    #[test]
+    fn counts_hits_and_visitors_per_resource_and_minute() {
+        let mut counter = EdgeCounter::new(b"secret", 100);
+        for address in ["1.1.1.1", "2.2.2.2", "1.1.1.1"] {
+            assert_eq!(
+                counter.record(&hit("home", address), NOW_MS),
+                Recorded::Counted
+            );
+        }
+        assert_eq!(
+            counter.record(&hit("blog", "1.1.1.1"), NOW_MS + 60_000),
+            Recorded::Counted
+        );
+        let mut bot = hit("home", "3.3.3.3");
+        bot.user_agent = "Googlebot/2.1";
+        assert_eq!(
+            counter.record(&bot, NOW_MS),
+            Recorded::Rejected(Rejection::Bot)
+        );
+        assert_eq!(counter.hits_for("home"), 3);
+        let window = counter.flush(NOW_MS + 61_000).unwrap();
+        assert_eq!(window.hits, 4);
+        assert_eq!((window.start_ms, window.end_ms), (NOW_MS, NOW_MS + 61_000));
+        let summary: Vec<_> = window
+            .entries
+            .iter()
+            .map(|entry| {
+                (
+                    entry.resource_id.as_str(),
+                    entry.hits,
+                    entry.visitors.count(),
+                )
+            })
+            .collect();
+        assert_eq!(summary, vec![("blog", 1, 1), ("home", 3, 2)]);
+        assert!(counter.flush(NOW_MS + 62_000).is_none());
+    }
+
+    #[test]
+    fn a_full_window_refuses_new_counters_without_dropping_counted_ones() {
+        let mut counter = EdgeCounter::new(b"secret", 2);
+        assert_eq!(
+            counter.record(&hit("a", "1.1.1.1"), NOW_MS),
+            Recorded::Counted
+        );
+        assert_eq!(
+            counter.record(&hit("b", "1.1.1.1"), NOW_MS),
+            Recorded::Counted
+        );
+        assert_eq!(
+            counter.record(&hit("c", "1.1.1.1"), NOW_MS),
+            Recorded::WindowFull
+        );
+        assert_eq!(
+            counter.record(&hit("a", "2.2.2.2"), NOW_MS),
+            Recorded::Counted
+        );
+        let window = counter.flush(NOW_MS + 1).unwrap();
+        assert_eq!(window.hits, 3);
+        assert_eq!(
+            counter.record(&hit("c", "1.1.1.1"), NOW_MS + 2),
+            Recorded::Counted
+        );
+    }
+}

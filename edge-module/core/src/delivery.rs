@@ -1,0 +1,283 @@
+//! From closed windows to numbered, signed-ready batches, exactly once.
+//!
+//! The rule that keeps counts exact: a batch, once numbered, is only ever resent with the same
+//! number and the same bytes, until the aggregator acknowledges it (applied or duplicate). A batch
+//! whose response was lost may have been applied, so its entries must never be merged into
+//! anything else. New windows merge into one pending map instead, which becomes the next batches
+//! only when the sealed ones are acknowledged. During an outage memory therefore holds the sealed
+//! batches plus one map bounded by distinct counters, whatever the outage's length.
+
+use std::collections::VecDeque;
+
+use hitcount_wire::{
+    BATCH_BYTES_MAX, DeltaBatch, DeltaEntry, DeltaHeader, WINDOW_SPAN_MS_MAX, WindowCounts,
+};
+
+use crate::counter::ClosedWindow;
+
+/// Room for the header of any batch (magic, version, a 64-byte edge id and five varints).
+const HEADER_BYTES_MAX: usize = 4 + 1 + 1 + 64 + 5 * 10;
+
+/// The pending map has no room for a window's new counters. The window is handed back untouched.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{entries_max} distinct counters are already waiting for the aggregator")]
+pub struct DeliveryFull {
+    pub entries_max: usize,
+    pub window: ClosedWindow,
+}
+
+/// A numbered batch, encoded once and resent byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedBatch {
+    pub sequence: u64,
+    pub hits: u64,
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Debug)]
+pub struct Delivery {
+    edge_id: String,
+    boot_epoch: u64,
+    next_sequence: u64,
+    pending: WindowCounts,
+    pending_span: Option<(u64, u64)>,
+    sealed: VecDeque<SealedBatch>,
+}
+
+impl Delivery {
+    /// `boot_epoch` must differ on every start of the edge (its start time in ms does), so that
+    /// sequence numbers restarting at 0 are new keys.
+    pub fn new(edge_id: &str, boot_epoch: u64, pending_entries_max: usize) -> Self {
+        Self {
+            edge_id: edge_id.to_owned(),
+            boot_epoch,
+            next_sequence: 0,
+            pending: WindowCounts::new(pending_entries_max),
+            pending_span: None,
+            sealed: VecDeque::new(),
+        }
+    }
+
+    /// Merges a closed window into the pending map, all of it or (when full) none of it.
+    pub fn add_window(&mut self, window: ClosedWindow) -> Result<(), DeliveryFull> {
+        let new_counters = window
+            .entries
+            .iter()
+            .filter(|entry| !self.pending.contains(&entry.resource_id, entry.minute))
+            .count();
+        if self.pending.len() + new_counters > self.pending.entries_max() {
+            return Err(DeliveryFull {
+                entries_max: self.pending.entries_max(),
+                window,
+            });
+        }
+        for entry in &window.entries {
+            let merged = self.pending.merge_entry(entry);
+            debug_assert!(merged.is_ok(), "room was checked above");
+        }
+        self.pending_span = Some(match self.pending_span {
+            None => (window.start_ms, window.end_ms),
+            Some((start, end)) => (start.min(window.start_ms), end.max(window.end_ms)),
+        });
+        Ok(())
+    }
+
+    /// Hits accepted but not yet acknowledged (pending and sealed).
+    pub fn unacknowledged_hits(&self) -> u64 {
+        self.pending.hits() + self.sealed.iter().map(|batch| batch.hits).sum::<u64>()
+    }
+
+    /// Hits for one resource in the pending map (sealed batches are counted by their bytes only).
+    pub fn pending_hits_for(&self, resource_id: &str) -> u64 {
+        self.pending.hits_for(resource_id)
+    }
+
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The batch to send now: the oldest unacknowledged one, sealing the pending map into new
+    /// batches first if nothing is in flight.
+    pub fn next_batch(&mut self) -> Option<&SealedBatch> {
+        if self.sealed.is_empty() && !self.pending.is_empty() {
+            self.seal();
+        }
+        self.sealed.front()
+    }
+
+    /// The aggregator answered `applied` or `duplicate` for this sequence.
+    pub fn acknowledge(&mut self, sequence: u64) {
+        if self
+            .sealed
+            .front()
+            .is_some_and(|batch| batch.sequence == sequence)
+        {
+            self.sealed.pop_front();
+        }
+    }
+
+    fn seal(&mut self) {
+        let (start_ms, end_ms) = self.pending_span.take().unwrap_or((0, 0));
+        // After a week-long outage the window is reported as its last week; the entries keep
+        // their own minutes.
+        let start_ms = start_ms.max(end_ms.saturating_sub(WINDOW_SPAN_MS_MAX));
+        let mut chunk: Vec<DeltaEntry> = Vec::new();
+        let mut chunk_bytes = HEADER_BYTES_MAX;
+        for entry in self.pending.drain() {
+            let entry_bytes =
+                1 + entry.resource_id.len() + 10 + 10 + entry.visitors.to_bytes().len();
+            if !chunk.is_empty() && chunk_bytes + entry_bytes > BATCH_BYTES_MAX {
+                self.push_sealed(std::mem::take(&mut chunk), start_ms, end_ms);
+                chunk_bytes = HEADER_BYTES_MAX;
+            }
+            chunk_bytes += entry_bytes;
+            chunk.push(entry);
+        }
+        if !chunk.is_empty() {
+            self.push_sealed(chunk, start_ms, end_ms);
+        }
+    }
+
+    fn push_sealed(&mut self, entries: Vec<DeltaEntry>, start_ms: u64, end_ms: u64) {
+        let batch = DeltaBatch {
+            header: DeltaHeader {
+                edge_id: self.edge_id.clone(),
+                boot_epoch: self.boot_epoch,
+                sequence: self.next_sequence,
+                window_start_ms: start_ms,
+                window_end_ms: end_ms,
+            },
+            entries,
+        };
+        let hits = batch.hits();
+        match batch.encode() {
+            Ok(bytes) => {
+                self.sealed.push_back(SealedBatch {
+                    sequence: self.next_sequence,
+                    hits,
+                    bytes,
+                });
+                self.next_sequence += 1;
+            }
+            // Entries come from a sorted map of validated ids and the chunk respects the byte
+            // bound, so this is a programming error; losing the counts silently would be worse.
+            Err(error) => panic!("a sealed batch failed to encode: {error}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hitcount_wire::Sketch;
+
+    fn window(start_ms: u64, entries: &[(&str, u64, u64)]) -> ClosedWindow {
+        ClosedWindow {
+            start_ms,
+            end_ms: start_ms + 1_000,
+            hits: entries.iter().map(|entry| entry.2).sum(),
+            entries: entries
+                .iter()
+                .map(|(resource_id, minute, hits)| DeltaEntry {
+                    resource_id: (*resource_id).to_owned(),
+                    minute: *minute,
+                    hits: *hits,
+                    visitors: Sketch::new(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_lost_acknowledgement_resends_the_same_bytes_and_merges_nothing_into_them() {
+        let mut delivery = Delivery::new("edge-1", 7, 100);
+        delivery.add_window(window(60_000, &[("a", 1, 2)])).unwrap();
+        let first = delivery.next_batch().unwrap().clone();
+        assert_eq!(first.sequence, 0);
+        // The aggregator is down: more windows arrive while batch 0 is unacknowledged.
+        delivery
+            .add_window(window(61_000, &[("a", 1, 3), ("b", 1, 1)]))
+            .unwrap();
+        delivery.add_window(window(62_000, &[("a", 1, 5)])).unwrap();
+        assert_eq!(delivery.next_batch().unwrap(), &first, "resent unchanged");
+        assert_eq!(delivery.unacknowledged_hits(), 11);
+        delivery.acknowledge(0);
+        let second = delivery.next_batch().unwrap().clone();
+        assert_eq!(second.sequence, 1);
+        let decoded = DeltaBatch::decode(&second.bytes).unwrap();
+        assert_eq!(decoded.hits(), 9);
+        assert_eq!(
+            decoded.entries.len(),
+            2,
+            "pending windows merged per counter"
+        );
+        assert_eq!(
+            (decoded.header.window_start_ms, decoded.header.window_end_ms),
+            (61_000, 63_000)
+        );
+        delivery.acknowledge(0); // a stale acknowledgement changes nothing
+        assert_eq!(delivery.next_batch().unwrap().sequence, 1);
+        delivery.acknowledge(1);
+        assert!(delivery.next_batch().is_none());
+        assert_eq!(delivery.unacknowledged_hits(), 0);
+    }
+
+    #[test]
+    fn a_full_pending_map_hands_the_window_back_whole() {
+        let mut delivery = Delivery::new("edge-1", 7, 2);
+        delivery
+            .add_window(window(0, &[("a", 1, 1), ("b", 1, 1)]))
+            .unwrap();
+        let refused = delivery
+            .add_window(window(1_000, &[("a", 1, 1), ("c", 1, 1)]))
+            .unwrap_err();
+        assert_eq!(refused.window.hits, 2);
+        assert_eq!(
+            delivery.unacknowledged_hits(),
+            2,
+            "nothing of the refused window was merged"
+        );
+        delivery.add_window(window(2_000, &[("a", 1, 4)])).unwrap();
+        assert_eq!(delivery.unacknowledged_hits(), 6);
+    }
+
+    #[test]
+    fn large_pending_maps_split_into_batches_under_the_byte_limit() {
+        let mut delivery = Delivery::new("edge-1", 7, hitcount_wire::BATCH_ENTRIES_MAX);
+        let mut entries = Vec::new();
+        for resource in 0..1_000u64 {
+            let mut visitors = Sketch::new();
+            for visitor in 0..6_000u64 {
+                visitors.insert(&(resource * 10_000 + visitor).to_le_bytes());
+            }
+            entries.push(DeltaEntry {
+                resource_id: format!("page-{resource:04}"),
+                minute: 1,
+                hits: 6_000,
+                visitors,
+            });
+        }
+        delivery
+            .add_window(ClosedWindow {
+                start_ms: 0,
+                end_ms: 1_000,
+                hits: 6_000_000,
+                entries,
+            })
+            .unwrap();
+        let mut total = 0;
+        let mut sequences = Vec::new();
+        while let Some(batch) = delivery.next_batch().cloned() {
+            assert!(batch.bytes.len() <= BATCH_BYTES_MAX);
+            total += DeltaBatch::decode(&batch.bytes).unwrap().hits();
+            sequences.push(batch.sequence);
+            delivery.acknowledge(batch.sequence);
+        }
+        assert_eq!(total, 6_000_000);
+        assert!(
+            sequences.len() >= 2,
+            "12 MB of dense sketches needs more than one batch"
+        );
+        assert_eq!(sequences, (0..sequences.len() as u64).collect::<Vec<_>>());
+    }
+}

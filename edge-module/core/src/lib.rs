@@ -1,0 +1,24 @@
+//! The counting logic of a hitcount edge, as plain Rust that builds natively (and is tested
+//! natively) and for `wasm32-wasip2` (where the edge component wraps it).
+//!
+//! - [`filter`]: which requests are hits at all (bots, prefetches, invalid resource ids).
+//! - [`VisitorHasher`]: the visitor hash, keyed with a salt that rotates daily, so raw client
+//!   addresses never leave the edge and visitors cannot be linked across days.
+//! - [`EdgeCounter`]: the bounded window map of one edge and its flush into delta entries.
+//! - [`Delivery`]: the order in which windows become numbered batches, and what happens while
+//!   the aggregator is unreachable: one batch is in flight and retried with the same key until
+//!   acknowledged, and new windows merge into one pending map, so memory grows with distinct
+//!   counters, not with the length of an outage, and no hit is counted twice.
+//!
+//! No clock and no randomness here: callers pass times in, which keeps the logic deterministic
+//! under test and free of WASI imports in the component.
+
+mod counter;
+mod delivery;
+pub mod filter;
+mod visitor;
+
+pub use counter::{ClosedWindow, EdgeCounter, Recorded};
+pub use delivery::{Delivery, DeliveryFull, SealedBatch};
+pub use filter::{HitRequest, Rejection};
+pub use visitor::{DAY_MS, VisitorHasher};

@@ -1,0 +1,118 @@
+//! The visitor hash: SipHash-1-3 over (site, client address, user agent), keyed with a salt
+//! derived from the edge's secret and the UTC day.
+//!
+//! Every edge of a deployment shares the secret, so one visitor hashes the same on every edge that
+//! day (their sketches merge into one visitor); the next day the key changes, so nobody, not even
+//! the operator holding old sketches, can follow a visitor across days. The raw address is never
+//! stored or sent.
+
+use std::hash::Hasher;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use siphasher::sip::SipHasher13;
+
+pub const DAY_MS: u64 = 24 * 60 * 60 * 1_000;
+
+/// Derives per-day keys from a secret and hashes visitors with them.
+#[derive(Clone)]
+pub struct VisitorHasher {
+    secret: Vec<u8>,
+    /// The day the cached key is for, and the key.
+    current: Option<(u64, [u8; 16])>,
+}
+
+impl std::fmt::Debug for VisitorHasher {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("VisitorHasher")
+            .field("day", &self.current.map(|(day, _)| day))
+            .finish_non_exhaustive()
+    }
+}
+
+fn day_key(secret: &[u8], day: u64) -> [u8; 16] {
+    // HMAC accepts keys of any length, so this cannot fail.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).unwrap_or_else(|_| unreachable!());
+    mac.update(b"hitcount visitor salt\n");
+    mac.update(&day.to_be_bytes());
+    let digest = mac.finalize().into_bytes();
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest[..16]);
+    key
+}
+
+impl VisitorHasher {
+    pub fn new(secret: &[u8]) -> Self {
+        Self {
+            secret: secret.to_vec(),
+            current: None,
+        }
+    }
+
+    /// The visitor's hash for the day containing `at_ms`.
+    pub fn hash(&mut self, at_ms: u64, site: &str, client_address: &str, user_agent: &str) -> u64 {
+        let day = at_ms / DAY_MS;
+        let key = match self.current {
+            Some((cached, key)) if cached == day => key,
+            _ => {
+                let key = day_key(&self.secret, day);
+                self.current = Some((day, key));
+                key
+            }
+        };
+        let mut hasher = SipHasher13::new_with_key(&key);
+        // Lengths first, so ("ab", "c") and ("a", "bc") cannot collide by construction.
+        for part in [site, client_address, user_agent] {
+            hasher.write_u64(part.len() as u64);
+            hasher.write(part.as_bytes());
+        }
+        hasher.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_visitor_same_day_same_hash_on_any_edge() {
+        let mut paris = VisitorHasher::new(b"deployment secret");
+        let mut tokyo = VisitorHasher::new(b"deployment secret");
+        let morning = 20_000 * DAY_MS + 3_600_000;
+        let evening = morning + 12 * 3_600_000;
+        let a = paris.hash(morning, "example.com", "203.0.113.7", "Firefox");
+        assert_eq!(
+            a,
+            tokyo.hash(evening, "example.com", "203.0.113.7", "Firefox")
+        );
+        assert_ne!(
+            a,
+            paris.hash(morning, "example.com", "203.0.113.8", "Firefox")
+        );
+        assert_ne!(
+            a,
+            paris.hash(morning, "example.org", "203.0.113.7", "Firefox")
+        );
+        assert_ne!(
+            a,
+            paris.hash(morning, "example.com", "203.0.113.7", "Chrome")
+        );
+    }
+
+    #[test]
+    fn the_salt_rotates_daily_and_depends_on_the_secret() {
+        let mut hasher = VisitorHasher::new(b"deployment secret");
+        let today = 20_000 * DAY_MS;
+        let a = hasher.hash(today, "s", "ip", "ua");
+        assert_ne!(a, hasher.hash(today + DAY_MS, "s", "ip", "ua"));
+        assert_ne!(
+            a,
+            VisitorHasher::new(b"another secret").hash(today, "s", "ip", "ua")
+        );
+        assert_ne!(
+            hasher.hash(today, "ab", "c", ""),
+            hasher.hash(today, "a", "bc", "")
+        );
+    }
+}
