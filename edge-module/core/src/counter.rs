@@ -3,6 +3,7 @@
 use hitcount_wire::{DeltaEntry, MINUTE_MS, WindowCounts};
 
 use crate::VisitorHasher;
+use crate::delivery::{Delivery, DeliveryFull};
 use crate::filter::{self, HitRequest, Rejection};
 
 /// What `record` did with a hit.
@@ -83,6 +84,31 @@ impl EdgeCounter {
         self.window.hits_for(resource_id)
     }
 
+    /// Closes the window into `delivery`. When the delivery queue is full the window stays open,
+    /// exactly as it was, and the queue's error says so.
+    pub fn flush_into(
+        &mut self,
+        delivery: &mut Delivery,
+        now_ms: u64,
+    ) -> Result<u64, DeliveryFull> {
+        let Some(window) = self.flush(now_ms) else {
+            return Ok(0);
+        };
+        let hits = window.hits;
+        match delivery.add_window(window) {
+            Ok(()) => Ok(hits),
+            Err(full) => {
+                for entry in &full.window.entries {
+                    // These are the counters just drained from this window: they fit.
+                    let restored = self.window.merge_entry(entry);
+                    debug_assert!(restored.is_ok());
+                }
+                self.window_start_ms = Some(full.window.start_ms);
+                Err(full)
+            }
+        }
+    }
+
     /// Closes the window at `now_ms`; `None` if nothing was counted.
     pub fn flush(&mut self, now_ms: u64) -> Option<ClosedWindow> {
         let start_ms = self.window_start_ms.take()?;
@@ -152,6 +178,29 @@ mod tests {
             .collect();
         assert_eq!(summary, vec![("blog", 1, 1), ("home", 3, 2)]);
         assert!(counter.flush(NOW_MS + 62_000).is_none());
+    }
+
+    #[test]
+    fn a_full_delivery_queue_leaves_the_window_open_and_whole() {
+        let mut counter = EdgeCounter::new(b"secret", 10);
+        let mut delivery = Delivery::new("edge-1", 1, 1);
+        counter.record(&hit("a", "1.1.1.1"), NOW_MS);
+        assert_eq!(counter.flush_into(&mut delivery, NOW_MS + 1), Ok(1));
+        counter.record(&hit("b", "1.1.1.1"), NOW_MS + 2);
+        counter.record(&hit("b", "2.2.2.2"), NOW_MS + 3);
+        assert!(counter.flush_into(&mut delivery, NOW_MS + 4).is_err());
+        assert_eq!(
+            counter.hits_for("b"),
+            2,
+            "the refused window is still counted here"
+        );
+        // Once the aggregator acknowledges, the queue drains and the window goes through.
+        let sequence = delivery.next_batch().unwrap().sequence;
+        delivery.acknowledge(sequence);
+        assert!(delivery.next_batch().is_none());
+        assert_eq!(counter.flush_into(&mut delivery, NOW_MS + 5), Ok(2));
+        assert_eq!(delivery.unacknowledged_hits_for("b"), 2);
+        assert!(counter.is_empty());
     }
 
     #[test]

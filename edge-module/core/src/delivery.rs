@@ -7,7 +7,7 @@
 //! only when the sealed ones are acknowledged. During an outage memory therefore holds the sealed
 //! batches plus one map bounded by distinct counters, whatever the outage's length.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use hitcount_wire::{
     BATCH_BYTES_MAX, DeltaBatch, DeltaEntry, DeltaHeader, WINDOW_SPAN_MS_MAX, WindowCounts,
@@ -32,6 +32,8 @@ pub struct SealedBatch {
     pub sequence: u64,
     pub hits: u64,
     pub bytes: Vec<u8>,
+    /// Hits per resource, for read-your-writes answers while the batch is unacknowledged.
+    pub resource_hits: BTreeMap<String, u64>,
 }
 
 #[derive(Debug)]
@@ -87,9 +89,14 @@ impl Delivery {
         self.pending.hits() + self.sealed.iter().map(|batch| batch.hits).sum::<u64>()
     }
 
-    /// Hits for one resource in the pending map (sealed batches are counted by their bytes only).
-    pub fn pending_hits_for(&self, resource_id: &str) -> u64 {
+    /// Hits for one resource not yet acknowledged (pending and sealed).
+    pub fn unacknowledged_hits_for(&self, resource_id: &str) -> u64 {
         self.pending.hits_for(resource_id)
+            + self
+                .sealed
+                .iter()
+                .filter_map(|batch| batch.resource_hits.get(resource_id))
+                .sum::<u64>()
     }
 
     pub fn pending_len(&self) -> usize {
@@ -150,12 +157,17 @@ impl Delivery {
             entries,
         };
         let hits = batch.hits();
+        let mut resource_hits: BTreeMap<String, u64> = BTreeMap::new();
+        for entry in &batch.entries {
+            *resource_hits.entry(entry.resource_id.clone()).or_default() += entry.hits;
+        }
         match batch.encode() {
             Ok(bytes) => {
                 self.sealed.push_back(SealedBatch {
                     sequence: self.next_sequence,
                     hits,
                     bytes,
+                    resource_hits,
                 });
                 self.next_sequence += 1;
             }

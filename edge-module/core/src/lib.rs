@@ -22,3 +22,17 @@ pub use counter::{ClosedWindow, EdgeCounter, Recorded};
 pub use delivery::{Delivery, DeliveryFull, SealedBatch};
 pub use filter::{HitRequest, Rejection};
 pub use visitor::{DAY_MS, VisitorHasher};
+
+/// Shortest deployment secret accepted: shorter ones make the daily salt guessable.
+pub const SECRET_BYTES_MIN: usize = 16;
+
+/// Checks what an edge is configured with, before it counts anything.
+pub fn validate_config(edge_id: &str, secret: &[u8]) -> Result<(), String> {
+    hitcount_wire::validate_edge_id(edge_id).map_err(|error| error.to_string())?;
+    if secret.len() < SECRET_BYTES_MIN {
+        return Err(format!(
+            "the secret must be at least {SECRET_BYTES_MIN} bytes"
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,338 @@
+//! The public beacon endpoints, read-your-writes counts, and operations.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, Query, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tower_http::cors::{Any, CorsLayer};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::module::{Hit, Outcome};
+use crate::{EdgeState, now_ms};
+
+/// A beacon body is a resource id and maybe a timestamp: a few hundred bytes at most.
+pub const BEACON_BODY_BYTES_MAX: usize = 4 * 1024;
+/// Header naming what became of a hit: `counted`, or why not.
+pub const RESULT_HEADER: &str = "x-hitcount-result";
+/// The smallest transparent GIF (1x1): what `GET /hit.gif` always answers.
+pub const PIXEL_GIF: [u8; 43] = [
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
+];
+
+type Shared = Arc<EdgeState>;
+
+fn result_code(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Counted => "counted",
+        Outcome::InvalidResource => "invalid-resource",
+        Outcome::Bot => "bot",
+        Outcome::Prefetch => "prefetch",
+        Outcome::Timestamp => "timestamp",
+        Outcome::Full => "full",
+    }
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
+}
+
+/// The parts of a request the module needs, besides the resource id.
+fn hit_from(
+    state: &EdgeState,
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+    resource_id: String,
+    timestamp_ms: Option<u64>,
+) -> Hit {
+    let text = |name: header::HeaderName| {
+        headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let forwarded = state
+        .config
+        .trust_forwarded_for
+        .then(|| {
+            headers
+                .get("x-forwarded-for")
+                .and_then(|value| value.to_str().ok())
+        })
+        .flatten()
+        .and_then(|list| list.split(',').next())
+        .map(|address| address.trim().to_owned());
+    let client_address =
+        forwarded.unwrap_or_else(|| peer.map(|peer| peer.ip().to_string()).unwrap_or_default());
+    let origin = text(header::ORIGIN);
+    let site = if origin.is_empty() {
+        text(header::HOST)
+    } else {
+        origin
+    };
+    let purpose = ["sec-purpose", "purpose", "x-purpose", "x-moz"]
+        .iter()
+        .filter_map(|name| headers.get(*name).and_then(|value| value.to_str().ok()))
+        .any(|value| {
+            let value = value.to_ascii_lowercase();
+            value.contains("prefetch") || value.contains("prerender") || value.contains("preview")
+        });
+    Hit {
+        resource_id,
+        site,
+        client_address,
+        user_agent: text(header::USER_AGENT),
+        prefetch: purpose,
+        timestamp_ms,
+    }
+}
+
+fn record(state: &EdgeState, hit: Hit) -> Result<Outcome, ()> {
+    let index = state.instances.pick();
+    let now = now_ms();
+    let outcome = state
+        .instances
+        .with(index, |counter, store| {
+            counter.call_record(store, &hit, now)
+        })
+        .map_err(|_| ())?;
+    metrics::counter!("hitcount_edge_hits_total", "result" => result_code(outcome)).increment(1);
+    Ok(outcome)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Beacon {
+    #[serde(alias = "r")]
+    resource_id: String,
+    /// Unix ms; the edge's clock if absent.
+    #[serde(alias = "t")]
+    timestamp: Option<u64>,
+}
+
+/// `POST /hit`: a beacon from `navigator.sendBeacon` (text/plain) or fetch (application/json).
+async fn post_hit(
+    State(state): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("text/plain");
+    if !(content_type.starts_with("text/plain") || content_type.starts_with("application/json")) {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the beacon as text/plain or application/json",
+        );
+    }
+    let beacon: Beacon = match serde_json::from_slice(&body) {
+        Ok(beacon) => beacon,
+        Err(parse_error) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_beacon",
+                &format!("the body must be {{\"resource_id\": \"...\"}}: {parse_error}"),
+            );
+        }
+    };
+    let hit = hit_from(
+        &state,
+        &headers,
+        Some(peer),
+        beacon.resource_id,
+        beacon.timestamp,
+    );
+    let outcome = match record(&state, hit) {
+        Ok(outcome) => outcome,
+        Err(()) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the counter failed; retry",
+            );
+        }
+    };
+    let mut response = match outcome {
+        Outcome::Counted | Outcome::Bot | Outcome::Prefetch => {
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Outcome::InvalidResource => error(
+            StatusCode::BAD_REQUEST,
+            "invalid_resource_id",
+            "resource ids are 1 to 64 of A-Z a-z 0-9 . _ -",
+        ),
+        Outcome::Timestamp => error(
+            StatusCode::BAD_REQUEST,
+            "invalid_timestamp",
+            "timestamp must be within the last 24 hours and at most 5 minutes ahead",
+        ),
+        Outcome::Full => {
+            let mut response = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "full",
+                "the edge cannot reach the aggregator and holds all it can; retry",
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+        }
+    };
+    response.headers_mut().insert(
+        RESULT_HEADER,
+        HeaderValue::from_static(result_code(outcome)),
+    );
+    response
+}
+
+#[derive(Debug, Deserialize)]
+struct PixelQuery {
+    r: Option<String>,
+    t: Option<u64>,
+}
+
+/// `GET /hit.gif?r=RESOURCE`: for pages without JavaScript. Always the pixel; the header says
+/// what became of the hit.
+async fn pixel(
+    State(state): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    query: Result<Query<PixelQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let result = match query
+        .ok()
+        .and_then(|Query(query)| query.r.map(|r| (r, query.t)))
+    {
+        None => "invalid-resource",
+        Some((resource_id, timestamp)) => {
+            let hit = hit_from(&state, &headers, Some(peer), resource_id, timestamp);
+            match record(&state, hit) {
+                Ok(outcome) => result_code(outcome),
+                Err(()) => "unavailable",
+            }
+        }
+    };
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "image/gif"),
+            (header::CACHE_CONTROL, "no-store, max-age=0"),
+            (header::HeaderName::from_static(RESULT_HEADER), result),
+        ],
+        PIXEL_GIF.as_slice(),
+    )
+        .into_response()
+}
+
+/// `GET /hits/{resource_id}`: the aggregator's answer plus this edge's hits it has not
+/// acknowledged yet, so a page that just sent a beacon sees it counted.
+async fn read_your_writes(
+    State(state): State<Shared>,
+    Path(resource_id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let Some(token) = &state.config.aggregator_token else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_configured",
+            "start the edge with --aggregator-token to serve counts",
+        );
+    };
+    if hitcount_wire::validate_resource_id(&resource_id).is_err() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_resource_id",
+            "resource ids are 1 to 64 of A-Z a-z 0-9 . _ -",
+        );
+    }
+    let local = state.unacknowledged_hits_for(&resource_id);
+    let url = format!(
+        "{}/hits/{resource_id}?{}",
+        state.config.aggregator,
+        query.unwrap_or_default()
+    );
+    let response = match state.client.get(url).bearer_auth(token).send().await {
+        Ok(response) => response,
+        Err(_) => {
+            return error(
+                StatusCode::BAD_GATEWAY,
+                "aggregator_unreachable",
+                "the aggregator did not answer",
+            );
+        }
+    };
+    let status =
+        StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut body: Value = match response.json().await {
+        Ok(body) => body,
+        Err(_) => {
+            return error(
+                StatusCode::BAD_GATEWAY,
+                "aggregator_unreadable",
+                "the aggregator's answer was not JSON",
+            );
+        }
+    };
+    if status == StatusCode::OK
+        && let Some(count) = body.get("count").and_then(Value::as_u64)
+    {
+        body["count"] = json!(count + local);
+        body["unacknowledged"] = json!(local);
+    }
+    (status, Json(body)).into_response()
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+pub fn router(state: Shared) -> Router {
+    // Beacons come from any site that embeds the snippet.
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::CONTENT_TYPE])
+        .max_age(std::time::Duration::from_secs(86_400));
+    Router::new()
+        .route(
+            "/hit",
+            post(post_hit).layer(RequestBodyLimitLayer::new(BEACON_BODY_BYTES_MAX)),
+        )
+        .route("/hit.gif", get(pixel))
+        .route("/hits/{resource_id}", get(read_your_writes))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(cors)
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

@@ -1,0 +1,201 @@
+//! Flags (each also an environment variable), validated into a [`Config`] before anything starts.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+pub const WINDOW_MS_DEFAULT: u64 = 1_000;
+pub const WINDOW_MS_MIN: u64 = 100;
+/// Windows longer than this would make hits older than the aggregator's freshness promise.
+pub const WINDOW_MS_MAX: u64 = 10_000;
+/// Distinct (resource, minute) counters per window and instance.
+pub const WINDOW_ENTRIES_MAX_DEFAULT: u32 = 16_384;
+/// Distinct counters per instance waiting for the aggregator during an outage; past this,
+/// beacons for new counters get 503.
+pub const PENDING_ENTRIES_MAX_DEFAULT: u32 = 16_384;
+/// Instances beyond this add contention, not throughput.
+pub const INSTANCES_MAX: usize = 64;
+const SECRET_BYTES_MIN: usize = 16;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hitcount-edge",
+    version,
+    about = "The hitcount edge: counts beacon hits in a WebAssembly module and ships deltas."
+)]
+pub struct Args {
+    /// Address to serve beacons on.
+    #[arg(long, env = "HITCOUNT_EDGE_LISTEN", default_value = "127.0.0.1:8081")]
+    pub listen: SocketAddr,
+    /// The aggregator's base URL.
+    #[arg(
+        long,
+        env = "HITCOUNT_AGGREGATOR",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub aggregator: String,
+    /// This edge's id (the aggregator knows its key by it).
+    #[arg(long, env = "HITCOUNT_EDGE_ID", default_value = "edge-local")]
+    pub edge_id: String,
+    /// The secret the aggregator has for this edge id (`--edge-key` there).
+    #[arg(long, env = "HITCOUNT_EDGE_KEY", hide_env_values = true)]
+    pub edge_key: String,
+    /// Keys the daily visitor salt; give every edge of a deployment the same one so visitors
+    /// merge across edges. Random (per start) if absent.
+    #[arg(long, env = "HITCOUNT_VISITOR_SECRET", hide_env_values = true)]
+    pub visitor_secret: Option<String>,
+    /// A `read` token for the aggregator, to serve read-your-writes `GET /hits/{id}`.
+    #[arg(long, env = "HITCOUNT_AGGREGATOR_TOKEN", hide_env_values = true)]
+    pub aggregator_token: Option<String>,
+    /// Window length: hits are shipped this often, in ms.
+    #[arg(long, env = "HITCOUNT_WINDOW_MS", default_value_t = WINDOW_MS_DEFAULT)]
+    pub window_ms: u64,
+    /// The counting component; the one built with this binary if absent.
+    #[arg(long, env = "HITCOUNT_MODULE")]
+    pub module: Option<PathBuf>,
+    /// Module instances (each keeps its own window); the number of cores if absent.
+    #[arg(long, env = "HITCOUNT_EDGE_INSTANCES")]
+    pub instances: Option<usize>,
+    /// Take the client address from the first X-Forwarded-For entry (only behind a proxy or CDN
+    /// that sets it).
+    #[arg(long, env = "HITCOUNT_TRUST_FORWARDED_FOR")]
+    pub trust_forwarded_for: bool,
+    #[arg(long, env = "HITCOUNT_WINDOW_ENTRIES_MAX", default_value_t = WINDOW_ENTRIES_MAX_DEFAULT)]
+    pub window_entries_max: u32,
+    #[arg(long, env = "HITCOUNT_PENDING_ENTRIES_MAX", default_value_t = PENDING_ENTRIES_MAX_DEFAULT)]
+    pub pending_entries_max: u32,
+}
+
+#[derive(Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub aggregator: String,
+    pub edge_id: String,
+    pub edge_key: Vec<u8>,
+    pub visitor_secret: Vec<u8>,
+    pub aggregator_token: Option<String>,
+    pub window_ms: u64,
+    pub module: Option<PathBuf>,
+    pub instances: usize,
+    pub trust_forwarded_for: bool,
+    pub window_entries_max: u32,
+    pub pending_entries_max: u32,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("aggregator", &self.aggregator)
+            .field("edge_id", &self.edge_id)
+            .field("window_ms", &self.window_ms)
+            .field("instances", &self.instances)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--edge-id: {0}")]
+    EdgeId(String),
+    #[error("--edge-key must be at least {SECRET_BYTES_MIN} characters")]
+    EdgeKey,
+    #[error("--visitor-secret must be at least {SECRET_BYTES_MIN} characters")]
+    VisitorSecret,
+    #[error(
+        "--aggregator must be an http:// URL (put TLS in front of the aggregator's host), got {0:?}"
+    )]
+    Aggregator(String),
+    #[error("--window-ms must be between {WINDOW_MS_MIN} and {WINDOW_MS_MAX}")]
+    Window,
+    #[error("--instances must be between 1 and {INSTANCES_MAX}")]
+    Instances,
+    #[error("--window-entries-max and --pending-entries-max must be between 1 and {max}")]
+    Entries { max: usize },
+}
+
+fn random_secret() -> Vec<u8> {
+    let mut secret = vec![0u8; 32];
+    getrandom::fill(&mut secret).unwrap_or_else(|error| panic!("OS random source failed: {error}"));
+    secret
+}
+
+impl Config {
+    /// Defaults for tests and embedding.
+    pub fn new(aggregator: &str, edge_id: &str, edge_key: &str) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            aggregator: aggregator.trim_end_matches('/').to_owned(),
+            edge_id: edge_id.to_owned(),
+            edge_key: edge_key.as_bytes().to_vec(),
+            visitor_secret: random_secret(),
+            aggregator_token: None,
+            window_ms: WINDOW_MS_DEFAULT,
+            module: None,
+            instances: 2,
+            trust_forwarded_for: false,
+            window_entries_max: WINDOW_ENTRIES_MAX_DEFAULT,
+            pending_entries_max: PENDING_ENTRIES_MAX_DEFAULT,
+        }
+    }
+}
+
+impl TryFrom<Args> for Config {
+    type Error = ConfigError;
+
+    fn try_from(args: Args) -> Result<Self, ConfigError> {
+        hitcount_wire::validate_edge_id(&args.edge_id)
+            .map_err(|error| ConfigError::EdgeId(error.to_string()))?;
+        if args.edge_key.len() < SECRET_BYTES_MIN {
+            return Err(ConfigError::EdgeKey);
+        }
+        let visitor_secret = match args.visitor_secret {
+            Some(secret) if secret.len() < SECRET_BYTES_MIN => {
+                return Err(ConfigError::VisitorSecret);
+            }
+            Some(secret) => secret.into_bytes(),
+            None => {
+                tracing::warn!(
+                    "no --visitor-secret: visitors will not merge across edges or restarts"
+                );
+                random_secret()
+            }
+        };
+        if !args.aggregator.starts_with("http://") {
+            return Err(ConfigError::Aggregator(args.aggregator));
+        }
+        if !(WINDOW_MS_MIN..=WINDOW_MS_MAX).contains(&args.window_ms) {
+            return Err(ConfigError::Window);
+        }
+        let instances = args.instances.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(usize::from)
+                .unwrap_or(1)
+        });
+        if !(1..=INSTANCES_MAX).contains(&instances) {
+            return Err(ConfigError::Instances);
+        }
+        let max = hitcount_wire::BATCH_ENTRIES_MAX;
+        for entries in [args.window_entries_max, args.pending_entries_max] {
+            if entries == 0 || entries as usize > max {
+                return Err(ConfigError::Entries { max });
+            }
+        }
+        Ok(Self {
+            listen: args.listen,
+            aggregator: args.aggregator.trim_end_matches('/').to_owned(),
+            edge_id: args.edge_id,
+            edge_key: args.edge_key.into_bytes(),
+            visitor_secret,
+            aggregator_token: args.aggregator_token,
+            window_ms: args.window_ms,
+            module: args.module,
+            instances,
+            trust_forwarded_for: args.trust_forwarded_for,
+            window_entries_max: args.window_entries_max,
+            pending_entries_max: args.pending_entries_max,
+        })
+    }
+}

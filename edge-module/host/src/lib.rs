@@ -1,0 +1,188 @@
+//! The hitcount edge host: serves the public beacon endpoints natively and counts in the
+//! WebAssembly component (`edge-module/component`) running in wasmtime; every window it ships the
+//! component's delta batches to the aggregator.
+//!
+//! [`Edge::start`] compiles the module and starts the shipper, [`Edge::router`] is the HTTP app,
+//! [`serve`] runs both until a shutdown future resolves and then delivers what is left.
+
+pub mod api;
+pub mod config;
+pub mod module;
+mod ship;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use axum::Router;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::module::{InstanceSettings, Instances};
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!(
+                    "another metrics recorder was installed first; /metrics shows its data"
+                );
+            }
+            handle
+        })
+        .clone()
+}
+
+#[derive(Debug)]
+pub struct EdgeState {
+    pub config: Config,
+    pub instances: Instances,
+    client: reqwest::Client,
+    metrics: PrometheusHandle,
+}
+
+impl EdgeState {
+    /// Hits counted here that the aggregator has not acknowledged (windows and queues).
+    pub fn unacknowledged_hits(&self) -> u64 {
+        (0..self.instances.len())
+            .filter_map(|index| {
+                self.instances
+                    .with(index, |counter, store| counter.call_status(store))
+                    .ok()
+            })
+            .map(|status| status.window_hits + status.unacknowledged_hits)
+            .sum()
+    }
+
+    pub fn unacknowledged_hits_for(&self, resource_id: &str) -> u64 {
+        let resource_id = resource_id.to_owned();
+        (0..self.instances.len())
+            .filter_map(|index| {
+                self.instances
+                    .with(index, |counter, store| {
+                        counter.call_unacknowledged_hits_for(store, &resource_id)
+                    })
+                    .ok()
+            })
+            .sum()
+    }
+}
+
+#[derive(Debug)]
+pub struct Edge {
+    state: Arc<EdgeState>,
+    stop: watch::Sender<bool>,
+    shipper: JoinHandle<()>,
+}
+
+impl Edge {
+    pub fn start(config: Config) -> anyhow::Result<Self> {
+        let settings = InstanceSettings {
+            edge_id: config.edge_id.clone(),
+            visitor_secret: config.visitor_secret.clone(),
+            window_entries_max: config.window_entries_max,
+            pending_entries_max: config.pending_entries_max,
+        };
+        let instances = Instances::new(
+            config.module.as_deref(),
+            config.instances,
+            settings,
+            now_ms(),
+        )?;
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(config.instances)
+            .build()
+            .context("creating the HTTP client")?;
+        let state = Arc::new(EdgeState {
+            config,
+            instances,
+            client,
+            metrics: metrics_handle(),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let shipper = tokio::spawn(ship::run(Arc::clone(&state), stopped));
+        Ok(Self {
+            state,
+            stop,
+            shipper,
+        })
+    }
+
+    pub fn router(&self) -> Router {
+        api::router(Arc::clone(&self.state))
+    }
+
+    pub fn state(&self) -> &Arc<EdgeState> {
+        &self.state
+    }
+
+    /// Closes the windows and delivers what the aggregator will take within the shutdown limit.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.shipper.await;
+    }
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    edge: Edge,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    axum::serve(
+        listener,
+        edge.router()
+            .into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .context("serving HTTP")?;
+    tracing::info!("stopped accepting; delivering the last windows");
+    edge.shutdown().await;
+    Ok(())
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let listen = config.listen;
+    let edge = Edge::start(config)?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    tracing::info!(address = %listener.local_addr().context("reading the bound address")?, "hitcount edge listening");
+    serve(listener, edge, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,217 @@
+//! The counting component in wasmtime: one compiled component, several long-lived instances.
+//!
+//! Instances are kept, not made per request: the window lives in the instance's memory, and
+//! instantiating costs tens of microseconds against about one for a call.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Engine, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "edge",
+    });
+}
+
+use bindings::exports::hitcount::edge::counter::Config as ModuleConfig;
+pub use bindings::exports::hitcount::edge::counter::{Batch, EdgeStatus, Hit, Outcome};
+
+/// The component built with this binary (see build.rs).
+pub const EMBEDDED_MODULE: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/hitcount_edge_component.wasm"));
+
+pub(crate) struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// What each instance is configured with.
+#[derive(Clone)]
+pub struct InstanceSettings {
+    pub edge_id: String,
+    pub visitor_secret: Vec<u8>,
+    pub window_entries_max: u32,
+    pub pending_entries_max: u32,
+}
+
+impl std::fmt::Debug for InstanceSettings {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("InstanceSettings")
+            .field("edge_id", &self.edge_id)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Instance {
+    store: Store<HostState>,
+    edge: bindings::Edge,
+}
+
+/// A fixed set of instances; callers borrow one for a call or a few.
+pub struct Instances {
+    engine: Engine,
+    component: Component,
+    linker: Linker<HostState>,
+    settings: InstanceSettings,
+    slots: Vec<Mutex<Instance>>,
+    next: AtomicUsize,
+}
+
+impl std::fmt::Debug for Instances {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Instances")
+            .field("count", &self.slots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The error of a call into an instance: the instance trapped (a bug in the module) and was
+/// replaced; what it held is lost, and the metric `hitcount_edge_instance_traps_total` says so.
+#[derive(Debug, thiserror::Error)]
+#[error("the counting module trapped: {0}")]
+pub struct Trapped(String);
+
+/// Distinct for every instance and every start or replacement of one: its start time in ms
+/// times 64, plus its index (fewer than 64 instances).
+/// wasmtime has its own error type; this keeps its full chain in the message.
+fn wasm<T>(result: wasmtime::Result<T>, what: &str) -> anyhow::Result<T> {
+    result.map_err(|error| anyhow::anyhow!("{what}: {error:?}"))
+}
+
+fn boot_epoch(started_ms: u64, index: usize) -> u64 {
+    started_ms * 64 + index as u64
+}
+
+impl Instances {
+    pub fn new(
+        module: Option<&Path>,
+        count: usize,
+        settings: InstanceSettings,
+        started_ms: u64,
+    ) -> anyhow::Result<Self> {
+        let mut config = wasmtime::Config::new();
+        config.wasm_component_model(true);
+        let engine = wasm(Engine::new(&config), "creating the wasmtime engine")?;
+        let component = match module {
+            Some(path) => wasm(
+                Component::from_file(&engine, path),
+                &format!("loading the module {}", path.display()),
+            )?,
+            None => wasm(
+                Component::new(&engine, EMBEDDED_MODULE),
+                "compiling the embedded module",
+            )?,
+        };
+        let mut linker = Linker::new(&engine);
+        wasm(
+            wasmtime_wasi::p2::add_to_linker_sync(&mut linker),
+            "linking WASI",
+        )?;
+        let mut instances = Self {
+            engine,
+            component,
+            linker,
+            settings,
+            slots: Vec::with_capacity(count),
+            next: AtomicUsize::new(0),
+        };
+        for index in 0..count {
+            let instance = instances.instantiate(boot_epoch(started_ms, index))?;
+            instances.slots.push(Mutex::new(instance));
+        }
+        Ok(instances)
+    }
+
+    fn instantiate(&self, boot_epoch: u64) -> anyhow::Result<Instance> {
+        // The module gets no environment, arguments, files or network: stderr only, for panics.
+        let wasi = WasiCtx::builder().inherit_stderr().build();
+        let mut store = Store::new(
+            &self.engine,
+            HostState {
+                wasi,
+                table: ResourceTable::new(),
+            },
+        );
+        let edge = wasm(
+            bindings::Edge::instantiate(&mut store, &self.component, &self.linker),
+            "instantiating the module",
+        )?;
+        let config = ModuleConfig {
+            edge_id: self.settings.edge_id.clone(),
+            boot_epoch,
+            secret: self.settings.visitor_secret.clone(),
+            window_entries_max: self.settings.window_entries_max,
+            pending_entries_max: self.settings.pending_entries_max,
+        };
+        wasm(
+            edge.hitcount_edge_counter()
+                .call_configure(&mut store, &config),
+            "calling configure",
+        )?
+        .map_err(|message| anyhow::anyhow!("the module refused its configuration: {message}"))?;
+        Ok(Instance { store, edge })
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Runs `work` on instance `index`, replacing the instance if it traps.
+    pub(crate) fn with<T>(
+        &self,
+        index: usize,
+        work: impl FnOnce(
+            &bindings::exports::hitcount::edge::counter::Guest,
+            &mut Store<HostState>,
+        ) -> wasmtime::Result<T>,
+    ) -> Result<T, Trapped> {
+        let mut slot = self.slots[index]
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let instance = &mut *slot;
+        match work(instance.edge.hitcount_edge_counter(), &mut instance.store) {
+            Ok(value) => Ok(value),
+            Err(error) => {
+                metrics::counter!("hitcount_edge_instance_traps_total").increment(1);
+                tracing::error!(%error, index, "the counting module trapped; replacing the instance");
+                match self.instantiate(boot_epoch(crate::now_ms(), index)) {
+                    Ok(fresh) => *slot = fresh,
+                    Err(replace_error) => {
+                        tracing::error!(%replace_error, "could not replace the instance")
+                    }
+                }
+                Err(Trapped(error.to_string()))
+            }
+        }
+    }
+
+    /// An instance index for the next request: round robin, preferring one that is free.
+    pub fn pick(&self) -> usize {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let count = self.slots.len();
+        (0..count)
+            .map(|offset| (start + offset) % count)
+            .find(|index| self.slots[*index].try_lock().is_ok())
+            .unwrap_or(start % count)
+    }
+}

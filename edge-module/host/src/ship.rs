@@ -1,0 +1,174 @@
+//! Shipping: every window, close each instance's window and send its batches to the aggregator,
+//! signed, resending the same bytes with exponential backoff and jitter until acknowledged.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hitcount_wire::auth::{DELTA_CONTENT_TYPE, EDGE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+
+use crate::module::Batch;
+use crate::{EdgeState, now_ms};
+
+/// First retry delay after a failed delivery; doubles per failure.
+pub const RETRY_DELAY_MS_MIN: u64 = 250;
+/// Longest retry delay.
+pub const RETRY_DELAY_MS_MAX: u64 = 30_000;
+/// One delivery request may take this long.
+pub const DELIVERY_TIMEOUT_MS: u64 = 10_000;
+/// At shutdown, delivery is attempted for at most this long.
+pub const SHUTDOWN_DELIVERY_MS_MAX: u64 = 10_000;
+
+enum Delivered {
+    /// Applied or duplicate: acknowledged.
+    Acknowledged,
+    /// Worth retrying (network, 5xx, 429, or a key the operator can still fix).
+    Retry(String),
+    /// Will never succeed (the aggregator says the batch is malformed, too old or conflicting).
+    Refused(String),
+}
+
+/// Per-instance delivery state.
+#[derive(Debug, Clone, Copy, Default)]
+struct Backoff {
+    failures: u32,
+    next_attempt_ms: u64,
+}
+
+fn jitter(delay_ms: u64) -> u64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        return delay_ms;
+    }
+    // Between half and the full delay, so edges that failed together do not retry together.
+    delay_ms / 2 + u64::from_le_bytes(bytes) % (delay_ms / 2 + 1)
+}
+
+impl Backoff {
+    fn failed(&mut self, now_ms: u64) {
+        self.failures = self.failures.saturating_add(1);
+        let delay = RETRY_DELAY_MS_MIN
+            .saturating_mul(1 << self.failures.min(16))
+            .min(RETRY_DELAY_MS_MAX);
+        self.next_attempt_ms = now_ms + jitter(delay);
+    }
+}
+
+async fn send(state: &EdgeState, batch: &Batch) -> Delivered {
+    let timestamp = now_ms();
+    let signature = hitcount_wire::auth::sign(
+        &state.config.edge_key,
+        &state.config.edge_id,
+        timestamp,
+        &batch.bytes,
+    );
+    let response = state
+        .client
+        .post(format!("{}/v1/deltas", state.config.aggregator))
+        .header("content-type", DELTA_CONTENT_TYPE)
+        .header(EDGE_HEADER, &state.config.edge_id)
+        .header(TIMESTAMP_HEADER, timestamp.to_string())
+        .header(SIGNATURE_HEADER, signature)
+        .body(batch.bytes.clone())
+        .timeout(Duration::from_millis(DELIVERY_TIMEOUT_MS))
+        .send()
+        .await;
+    let response = match response {
+        Ok(response) => response,
+        Err(error) => return Delivered::Retry(error.to_string()),
+    };
+    let status = response.status().as_u16();
+    let body = response.text().await.unwrap_or_default();
+    match status {
+        200 => Delivered::Acknowledged,
+        400 | 409 | 413 | 415 | 422 => Delivered::Refused(format!("{status}: {body}")),
+        _ => Delivered::Retry(format!("{status}: {body}")),
+    }
+}
+
+/// Closes every instance's window and delivers what can be delivered now.
+async fn round(state: &EdgeState, backoffs: &mut [Backoff], deadline_ms: Option<u64>) {
+    let now = now_ms();
+    for index in 0..state.instances.len() {
+        match state
+            .instances
+            .with(index, |counter, store| counter.call_flush(store, now))
+        {
+            Ok(true) => {}
+            Ok(false) => metrics::counter!("hitcount_edge_delivery_queue_full_total").increment(1),
+            Err(_) => {}
+        }
+    }
+    for (index, backoff) in backoffs.iter_mut().enumerate() {
+        if backoff.next_attempt_ms > now_ms() && deadline_ms.is_none() {
+            continue;
+        }
+        loop {
+            if deadline_ms.is_some_and(|deadline| now_ms() >= deadline) {
+                return;
+            }
+            let Ok(Some(batch)) = state
+                .instances
+                .with(index, |counter, store| counter.call_next_batch(store))
+            else {
+                break;
+            };
+            match send(state, &batch).await {
+                Delivered::Acknowledged => {
+                    metrics::counter!("hitcount_edge_batches_delivered_total").increment(1);
+                    metrics::counter!("hitcount_edge_hits_delivered_total").increment(batch.hits);
+                    let _ = state.instances.with(index, |counter, store| {
+                        counter.call_acknowledge(store, batch.sequence)
+                    });
+                    *backoff = Backoff::default();
+                }
+                Delivered::Retry(reason) => {
+                    metrics::counter!("hitcount_edge_delivery_failures_total").increment(1);
+                    tracing::warn!(%reason, sequence = batch.sequence, index, "delivery failed; will retry");
+                    backoff.failed(now_ms());
+                    if let Some(deadline) = deadline_ms {
+                        let wait = backoff
+                            .next_attempt_ms
+                            .min(deadline)
+                            .saturating_sub(now_ms());
+                        tokio::time::sleep(Duration::from_millis(wait)).await;
+                        continue;
+                    }
+                    break;
+                }
+                Delivered::Refused(reason) => {
+                    // Retrying cannot help and would block every later batch: drop it, loudly.
+                    metrics::counter!("hitcount_edge_hits_refused_total").increment(batch.hits);
+                    tracing::error!(%reason, sequence = batch.sequence, hits = batch.hits, "the aggregator refused a batch; dropped");
+                    let _ = state.instances.with(index, |counter, store| {
+                        counter.call_acknowledge(store, batch.sequence)
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Runs until `stop` fires, then makes a last flush and delivers for up to
+/// `SHUTDOWN_DELIVERY_MS_MAX`.
+pub async fn run(state: Arc<EdgeState>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut backoffs = vec![Backoff::default(); state.instances.len()];
+    let mut tick = tokio::time::interval(Duration::from_millis(state.config.window_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => round(&state, &mut backoffs, None).await,
+            _ = stop.changed() => break,
+        }
+    }
+    let deadline = now_ms() + SHUTDOWN_DELIVERY_MS_MAX;
+    round(&state, &mut backoffs, Some(deadline)).await;
+    let left = state.unacknowledged_hits();
+    if left > 0 {
+        tracing::error!(
+            hits = left,
+            "shutting down with hits the aggregator has not acknowledged"
+        );
+    } else {
+        tracing::info!("every hit delivered");
+    }
+}
