@@ -1,136 +1,143 @@
 //! `hitcount-edge-core` as a component. A host instantiates it once per worker and keeps it:
 //! the window and the delivery queue live in this instance's memory.
+//!
+//! The bindings exist only for wasm targets: natively there is nothing to export (the core is
+//! tested natively on its own), and the exported symbol names (`hitcount:edge/counter@...`) are
+//! not valid in a native shared library.
 
-use std::cell::RefCell;
+#[cfg(target_family = "wasm")]
+mod component {
+    use std::cell::RefCell;
 
-use hitcount_edge_core::{Delivery, EdgeCounter, HitRequest, Recorded, Rejection};
+    use hitcount_edge_core::{Delivery, EdgeCounter, HitRequest, Recorded, Rejection};
 
-use exports::hitcount::edge::counter::{Batch, Config, EdgeStatus, Guest, Hit, Outcome};
+    use exports::hitcount::edge::counter::{Batch, Config, EdgeStatus, Guest, Hit, Outcome};
 
-wit_bindgen::generate!({
-    path: "../wit",
-    world: "edge",
-});
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "edge",
+    });
 
-struct Edge {
-    counter: EdgeCounter,
-    delivery: Delivery,
-}
-
-thread_local! {
-    // Components are single-threaded; the cell only satisfies Rust's rules for statics.
-    static EDGE: RefCell<Option<Edge>> = const { RefCell::new(None) };
-}
-
-fn with_edge<T>(default: T, work: impl FnOnce(&mut Edge) -> T) -> T {
-    EDGE.with(|cell| match cell.borrow_mut().as_mut() {
-        Some(edge) => work(edge),
-        None => default,
-    })
-}
-
-fn outcome(recorded: Recorded) -> Outcome {
-    match recorded {
-        Recorded::Counted => Outcome::Counted,
-        Recorded::WindowFull => Outcome::Full,
-        Recorded::Rejected(Rejection::InvalidResource) => Outcome::InvalidResource,
-        Recorded::Rejected(Rejection::Bot) => Outcome::Bot,
-        Recorded::Rejected(Rejection::Prefetch) => Outcome::Prefetch,
-        Recorded::Rejected(Rejection::TimestampOutOfRange) => Outcome::Timestamp,
+    struct Edge {
+        counter: EdgeCounter,
+        delivery: Delivery,
     }
-}
 
-fn record_one(edge: &mut Edge, hit: &Hit, now_ms: u64) -> Outcome {
-    let request = HitRequest {
-        resource_id: &hit.resource_id,
-        site: &hit.site,
-        client_address: &hit.client_address,
-        user_agent: &hit.user_agent,
-        prefetch: hit.prefetch,
-        timestamp_ms: hit.timestamp_ms,
-    };
-    match edge.counter.record(&request, now_ms) {
-        // A full window is flushed early into the queue; only if that is full too is the hit
-        // refused (and the host answers 503). Counted hits are never dropped.
-        Recorded::WindowFull if edge.counter.flush_into(&mut edge.delivery, now_ms).is_ok() => {
-            outcome(edge.counter.record(&request, now_ms))
+    thread_local! {
+        // Components are single-threaded; the cell only satisfies Rust's rules for statics.
+        static EDGE: RefCell<Option<Edge>> = const { RefCell::new(None) };
+    }
+
+    fn with_edge<T>(default: T, work: impl FnOnce(&mut Edge) -> T) -> T {
+        EDGE.with(|cell| match cell.borrow_mut().as_mut() {
+            Some(edge) => work(edge),
+            None => default,
+        })
+    }
+
+    fn outcome(recorded: Recorded) -> Outcome {
+        match recorded {
+            Recorded::Counted => Outcome::Counted,
+            Recorded::WindowFull => Outcome::Full,
+            Recorded::Rejected(Rejection::InvalidResource) => Outcome::InvalidResource,
+            Recorded::Rejected(Rejection::Bot) => Outcome::Bot,
+            Recorded::Rejected(Rejection::Prefetch) => Outcome::Prefetch,
+            Recorded::Rejected(Rejection::TimestampOutOfRange) => Outcome::Timestamp,
         }
-        recorded => outcome(recorded),
     }
-}
 
-struct Component;
-
-impl Guest for Component {
-    fn configure(config: Config) -> Result<(), String> {
-        hitcount_edge_core::validate_config(&config.edge_id, &config.secret)?;
-        let edge = Edge {
-            counter: EdgeCounter::new(&config.secret, config.window_entries_max as usize),
-            delivery: Delivery::new(
-                &config.edge_id,
-                config.boot_epoch,
-                config.pending_entries_max as usize,
-            ),
+    fn record_one(edge: &mut Edge, hit: &Hit, now_ms: u64) -> Outcome {
+        let request = HitRequest {
+            resource_id: &hit.resource_id,
+            site: &hit.site,
+            client_address: &hit.client_address,
+            user_agent: &hit.user_agent,
+            prefetch: hit.prefetch,
+            timestamp_ms: hit.timestamp_ms,
         };
-        EDGE.with(|cell| *cell.borrow_mut() = Some(edge));
-        Ok(())
+        match edge.counter.record(&request, now_ms) {
+            // A full window is flushed early into the queue; only if that is full too is the hit
+            // refused (and the host answers 503). Counted hits are never dropped.
+            Recorded::WindowFull if edge.counter.flush_into(&mut edge.delivery, now_ms).is_ok() => {
+                outcome(edge.counter.record(&request, now_ms))
+            }
+            recorded => outcome(recorded),
+        }
     }
 
-    fn record(hit: Hit, now_ms: u64) -> Outcome {
-        with_edge(Outcome::Full, |edge| record_one(edge, &hit, now_ms))
-    }
+    struct Component;
 
-    fn record_batch(hits: Vec<Hit>, now_ms: u64) -> Vec<Outcome> {
-        with_edge(vec![Outcome::Full; hits.len()], |edge| {
-            hits.iter()
-                .map(|hit| record_one(edge, hit, now_ms))
-                .collect()
-        })
-    }
+    impl Guest for Component {
+        fn configure(config: Config) -> Result<(), String> {
+            hitcount_edge_core::validate_config(&config.edge_id, &config.secret)?;
+            let edge = Edge {
+                counter: EdgeCounter::new(&config.secret, config.window_entries_max as usize),
+                delivery: Delivery::new(
+                    &config.edge_id,
+                    config.boot_epoch,
+                    config.pending_entries_max as usize,
+                ),
+            };
+            EDGE.with(|cell| *cell.borrow_mut() = Some(edge));
+            Ok(())
+        }
 
-    fn flush(now_ms: u64) -> bool {
-        with_edge(false, |edge| {
-            edge.counter.flush_into(&mut edge.delivery, now_ms).is_ok()
-        })
-    }
+        fn record(hit: Hit, now_ms: u64) -> Outcome {
+            with_edge(Outcome::Full, |edge| record_one(edge, &hit, now_ms))
+        }
 
-    fn next_batch() -> Option<Batch> {
-        with_edge(None, |edge| {
-            edge.delivery.next_batch().map(|batch| Batch {
-                sequence: batch.sequence,
-                hits: batch.hits,
-                bytes: batch.bytes.clone(),
+        fn record_batch(hits: Vec<Hit>, now_ms: u64) -> Vec<Outcome> {
+            with_edge(vec![Outcome::Full; hits.len()], |edge| {
+                hits.iter()
+                    .map(|hit| record_one(edge, hit, now_ms))
+                    .collect()
             })
-        })
+        }
+
+        fn flush(now_ms: u64) -> bool {
+            with_edge(false, |edge| {
+                edge.counter.flush_into(&mut edge.delivery, now_ms).is_ok()
+            })
+        }
+
+        fn next_batch() -> Option<Batch> {
+            with_edge(None, |edge| {
+                edge.delivery.next_batch().map(|batch| Batch {
+                    sequence: batch.sequence,
+                    hits: batch.hits,
+                    bytes: batch.bytes.clone(),
+                })
+            })
+        }
+
+        fn acknowledge(sequence: u64) {
+            with_edge((), |edge| edge.delivery.acknowledge(sequence));
+        }
+
+        fn unacknowledged_hits_for(resource_id: String) -> u64 {
+            with_edge(0, |edge| {
+                edge.counter.hits_for(&resource_id)
+                    + edge.delivery.unacknowledged_hits_for(&resource_id)
+            })
+        }
+
+        fn status() -> EdgeStatus {
+            with_edge(
+                EdgeStatus {
+                    window_hits: 0,
+                    window_counters: 0,
+                    unacknowledged_hits: 0,
+                    pending_counters: 0,
+                },
+                |edge| EdgeStatus {
+                    window_hits: edge.counter.hits(),
+                    window_counters: edge.counter.len() as u32,
+                    unacknowledged_hits: edge.delivery.unacknowledged_hits(),
+                    pending_counters: edge.delivery.pending_len() as u32,
+                },
+            )
+        }
     }
 
-    fn acknowledge(sequence: u64) {
-        with_edge((), |edge| edge.delivery.acknowledge(sequence));
-    }
-
-    fn unacknowledged_hits_for(resource_id: String) -> u64 {
-        with_edge(0, |edge| {
-            edge.counter.hits_for(&resource_id)
-                + edge.delivery.unacknowledged_hits_for(&resource_id)
-        })
-    }
-
-    fn status() -> EdgeStatus {
-        with_edge(
-            EdgeStatus {
-                window_hits: 0,
-                window_counters: 0,
-                unacknowledged_hits: 0,
-                pending_counters: 0,
-            },
-            |edge| EdgeStatus {
-                window_hits: edge.counter.hits(),
-                window_counters: edge.counter.len() as u32,
-                unacknowledged_hits: edge.delivery.unacknowledged_hits(),
-                pending_counters: edge.delivery.pending_len() as u32,
-            },
-        )
-    }
+    export!(Component);
 }
-
-export!(Component);

@@ -205,6 +205,39 @@ impl Instances {
         }
     }
 
+    /// Records a batch of hits in one call (what a host with its own request batching, or the
+    /// benchmark, uses).
+    pub fn record_batch(
+        &self,
+        index: usize,
+        hits: &[Hit],
+        now_ms: u64,
+    ) -> Result<Vec<Outcome>, Trapped> {
+        self.with(index, |counter, store| {
+            counter.call_record_batch(store, hits, now_ms)
+        })
+    }
+
+    /// Records one hit.
+    pub fn record(&self, index: usize, hit: &Hit, now_ms: u64) -> Result<Outcome, Trapped> {
+        self.with(index, |counter, store| {
+            counter.call_record(store, hit, now_ms)
+        })
+    }
+
+    /// Closes instance `index`'s window and returns its next batch, acknowledging it at once
+    /// (for measuring batch sizes without an aggregator).
+    pub fn flush_and_take(&self, index: usize, now_ms: u64) -> Result<Option<Batch>, Trapped> {
+        self.with(index, |counter, store| {
+            counter.call_flush(&mut *store, now_ms)?;
+            let batch = counter.call_next_batch(&mut *store)?;
+            if let Some(batch) = &batch {
+                counter.call_acknowledge(&mut *store, batch.sequence)?;
+            }
+            Ok(batch)
+        })
+    }
+
     /// An instance index for the next request: round robin, preferring one that is free.
     pub fn pick(&self) -> usize {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
