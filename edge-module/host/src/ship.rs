@@ -152,7 +152,9 @@ async fn round(state: &EdgeState, backoffs: &mut [Backoff], deadline_ms: Option<
 /// `SHUTDOWN_DELIVERY_MS_MAX`.
 pub async fn run(state: Arc<EdgeState>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut backoffs = vec![Backoff::default(); state.instances.len()];
-    let mut tick = tokio::time::interval(Duration::from_millis(state.config.window_ms));
+    let window = Duration::from_millis(state.config.window_ms);
+    // The first window closes one window after start, not at once.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + window, window);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
