@@ -44,15 +44,6 @@ impl Scope {
             Self::Admin => "admin",
         }
     }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "ingest" => Some(Self::Ingest),
-            "read" => Some(Self::Read),
-            "admin" => Some(Self::Admin),
-            _ => None,
-        }
-    }
 }
 
 pub fn token_digest(token: &str) -> [u8; 32] {

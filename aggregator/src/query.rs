@@ -212,10 +212,7 @@ pub fn plan(query: &HitsQuery, now_ms: u64) -> Result<Plan, ApiError> {
             "too_many_points",
             format!(
                 "this window at {} granularity has {points} points; the limit is {SERIES_POINTS_MAX}",
-                serde_json::to_value(granularity)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default()
+                granularity.as_str()
             ),
         ));
     }

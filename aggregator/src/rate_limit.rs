@@ -2,7 +2,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
@@ -94,5 +93,3 @@ pub async fn limit_by_address(
     state.limits.check_address(address)?;
     Ok(next.run(request).await)
 }
-
-pub type SharedLimits = Arc<RateLimits>;

@@ -89,6 +89,15 @@ impl Tier {
         }
     }
 
+    /// The name used in the API (`granularity=minute`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Minute => "minute",
+            Self::Hour => "hour",
+            Self::Day => "day",
+        }
+    }
+
     fn code(self) -> i64 {
         match self {
             Self::Minute => 0,
