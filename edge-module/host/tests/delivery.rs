@@ -21,15 +21,25 @@ async fn assert_exact(aggregator: &crate::support::Server) {
 async fn assert_exact_for(aggregator: &crate::support::Server, hits_sent: u64, resources: u64) {
     // Hit i went to resource i % resources from visitor i % visitors; the sizes here give every
     // resource exactly 50 distinct visitors.
+    let mut uniques_total = 0;
     for resource in 0..resources {
         let (hits, uniques) = count(aggregator, &format!("r{resource}")).await;
         assert_eq!(hits, hits_sent / resources, "resource r{resource}");
-        // Fifty visitors: the sketch is exact at this size in practice; allow three standard errors.
+        // With 50 visitors, register collisions (about one resource in thirteen has one) make a
+        // single estimate a few low; the visitor hash changes daily, so which resource varies.
         assert!(
-            (uniques as i64 - 50).abs() <= 2,
+            (40..=55).contains(&uniques),
             "resource r{resource}: {uniques} uniques for 50"
         );
+        uniques_total += uniques;
     }
+    // Summed over resources the estimates must be within three standard errors (0.81% each).
+    let truth = 50 * resources;
+    let error = (uniques_total as f64 - truth as f64).abs() / truth as f64;
+    assert!(
+        error <= 3.0 * hitcount_wire::SKETCH_STANDARD_ERROR,
+        "{uniques_total} uniques summed over resources for {truth}"
+    );
 }
 
 /// The scale: 100,000 hits over HTTP across 1,000 resources and 50,000 visitors.
