@@ -32,7 +32,7 @@ pub const PIXEL_GIF: [u8; 43] = [
 
 type Shared = Arc<EdgeState>;
 
-fn result_code(outcome: Outcome) -> &'static str {
+pub(crate) fn result_code(outcome: Outcome) -> &'static str {
     match outcome {
         Outcome::Counted => "counted",
         Outcome::InvalidResource => "invalid-resource",
@@ -43,7 +43,7 @@ fn result_code(outcome: Outcome) -> &'static str {
     }
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response {
+pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (
         status,
         Json(json!({"error": {"code": code, "message": message}})),
@@ -52,7 +52,7 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
 }
 
 /// The parts of a request the module needs, besides the resource id.
-fn hit_from(
+pub(crate) fn hit_from(
     state: &EdgeState,
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
@@ -102,7 +102,7 @@ fn hit_from(
     }
 }
 
-fn record(state: &EdgeState, hit: Hit) -> Result<Outcome, ()> {
+pub(crate) fn record(state: &EdgeState, hit: Hit) -> Result<Outcome, ()> {
     let index = state.instances.pick();
     let now = now_ms();
     let outcome = state
@@ -316,23 +316,30 @@ async fn not_found() -> Response {
 }
 
 pub fn router(state: Shared) -> Router {
-    // Beacons come from any site that embeds the snippet.
+    // Beacons come from any site that embeds the snippet. In proxy mode the origin's own
+    // responses keep the origin's CORS headers, so the layer covers the beacon routes only.
     let cors = CorsLayer::new()
         .allow_origin(Any)
         .allow_methods([Method::GET, Method::POST])
         .allow_headers([header::CONTENT_TYPE])
         .max_age(std::time::Duration::from_secs(86_400));
-    Router::new()
+    let beacons = Router::new()
         .route(
             "/hit",
             post(post_hit).layer(RequestBodyLimitLayer::new(BEACON_BODY_BYTES_MAX)),
         )
         .route("/hit.gif", get(pixel))
         .route("/hits/{resource_id}", get(read_your_writes))
+        .layer(cors);
+    let router = Router::new()
+        .merge(beacons)
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .fallback(not_found)
-        .layer(cors)
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
+        .route("/metrics", get(metrics));
+    // In proxy mode whatever is not the edge's own goes to the origin.
+    let router = if state.config.proxy.is_some() {
+        router.fallback(crate::proxy::forward)
+    } else {
+        router.fallback(not_found)
+    };
+    router.layer(TraceLayer::new_for_http()).with_state(state)
 }

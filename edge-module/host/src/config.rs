@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+use crate::dev::DevSettings;
+use crate::proxy::{CountRoute, CountRoutes, ProxyConfig, RouteError};
+
 pub const WINDOW_MS_DEFAULT: u64 = 1_000;
 pub const WINDOW_MS_MIN: u64 = 100;
 /// Windows longer than this would make hits older than the aggregator's freshness promise.
@@ -39,8 +42,27 @@ pub struct Args {
     #[arg(long, env = "HITCOUNT_EDGE_ID", default_value = "edge-local")]
     pub edge_id: String,
     /// The secret the aggregator has for this edge id (`--edge-key` there).
-    #[arg(long, env = "HITCOUNT_EDGE_KEY", hide_env_values = true)]
-    pub edge_key: String,
+    #[arg(
+        long,
+        env = "HITCOUNT_EDGE_KEY",
+        hide_env_values = true,
+        required_unless_present = "dev"
+    )]
+    pub edge_key: Option<String>,
+    /// Run an aggregator on the embedded store in this process too, wired to this edge: the
+    /// one-command start for trying hitcount out. `--aggregator` and `--edge-key` are ignored.
+    #[arg(long, env = "HITCOUNT_DEV")]
+    pub dev: bool,
+    /// With --dev: the aggregator's data directory.
+    #[arg(long, env = "HITCOUNT_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// With --dev: the address the aggregator listens on.
+    #[arg(
+        long,
+        env = "HITCOUNT_DEV_AGGREGATOR_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub dev_aggregator_listen: SocketAddr,
     /// Keys the daily visitor salt; give every edge of a deployment the same one so visitors
     /// merge across edges. Random (per start) if absent.
     #[arg(long, env = "HITCOUNT_VISITOR_SECRET", hide_env_values = true)]
@@ -61,6 +83,19 @@ pub struct Args {
     /// that sets it).
     #[arg(long, env = "HITCOUNT_TRUST_FORWARDED_FOR")]
     pub trust_forwarded_for: bool,
+    /// Proxy mode: forward every request that is not the edge's own to this origin
+    /// (`http://host:port`).
+    #[arg(long, env = "HITCOUNT_ORIGIN")]
+    pub origin: Option<String>,
+    /// With --origin: count GETs of a path as a resource, as PATTERN=RESOURCE, e.g. `/=home` or
+    /// `/blog/{slug}=blog.{slug}`; repeat the flag, or comma-separate in the variable.
+    #[arg(
+        long = "count-route",
+        env = "HITCOUNT_COUNT_ROUTES",
+        value_delimiter = ',',
+        requires = "origin"
+    )]
+    pub count_routes: Vec<String>,
     #[arg(long, env = "HITCOUNT_WINDOW_ENTRIES_MAX", default_value_t = WINDOW_ENTRIES_MAX_DEFAULT)]
     pub window_entries_max: u32,
     #[arg(long, env = "HITCOUNT_PENDING_ENTRIES_MAX", default_value_t = PENDING_ENTRIES_MAX_DEFAULT)]
@@ -81,6 +116,10 @@ pub struct Config {
     pub trust_forwarded_for: bool,
     pub window_entries_max: u32,
     pub pending_entries_max: u32,
+    /// Set by `--origin`: forward other requests there, counting `--count-route`s.
+    pub proxy: Option<ProxyConfig>,
+    /// Set by `--dev`: run an aggregator in this process (see [`crate::dev`]).
+    pub dev: Option<DevSettings>,
 }
 
 impl std::fmt::Debug for Config {
@@ -92,6 +131,7 @@ impl std::fmt::Debug for Config {
             .field("edge_id", &self.edge_id)
             .field("window_ms", &self.window_ms)
             .field("instances", &self.instances)
+            .field("dev", &self.dev)
             .finish_non_exhaustive()
     }
 }
@@ -108,6 +148,10 @@ pub enum ConfigError {
         "--aggregator must be an http:// URL (put TLS in front of the aggregator's host), got {0:?}"
     )]
     Aggregator(String),
+    #[error("--origin must be an http:// URL, got {0:?}")]
+    Origin(String),
+    #[error(transparent)]
+    Route(#[from] RouteError),
     #[error("--window-ms must be between {WINDOW_MS_MIN} and {WINDOW_MS_MAX}")]
     Window,
     #[error("--instances must be between 1 and {INSTANCES_MAX}")]
@@ -138,6 +182,8 @@ impl Config {
             trust_forwarded_for: false,
             window_entries_max: WINDOW_ENTRIES_MAX_DEFAULT,
             pending_entries_max: PENDING_ENTRIES_MAX_DEFAULT,
+            proxy: None,
+            dev: None,
         }
     }
 }
@@ -148,9 +194,12 @@ impl TryFrom<Args> for Config {
     fn try_from(args: Args) -> Result<Self, ConfigError> {
         hitcount_wire::validate_edge_id(&args.edge_id)
             .map_err(|error| ConfigError::EdgeId(error.to_string()))?;
-        if args.edge_key.len() < SECRET_BYTES_MIN {
-            return Err(ConfigError::EdgeKey);
-        }
+        // In dev mode the key is generated at start and shared in-process.
+        let edge_key = match (args.dev, args.edge_key) {
+            (true, _) => Vec::new(),
+            (false, Some(key)) if key.len() >= SECRET_BYTES_MIN => key.into_bytes(),
+            (false, _) => return Err(ConfigError::EdgeKey),
+        };
         let visitor_secret = match args.visitor_secret {
             Some(secret) if secret.len() < SECRET_BYTES_MIN => {
                 return Err(ConfigError::VisitorSecret);
@@ -163,9 +212,26 @@ impl TryFrom<Args> for Config {
                 random_secret()
             }
         };
-        if !args.aggregator.starts_with("http://") {
+        if !args.dev && !args.aggregator.starts_with("http://") {
             return Err(ConfigError::Aggregator(args.aggregator));
         }
+        let proxy = match args.origin {
+            None => None,
+            Some(origin) if !origin.starts_with("http://") => {
+                return Err(ConfigError::Origin(origin));
+            }
+            Some(origin) => {
+                let routes = args
+                    .count_routes
+                    .iter()
+                    .map(|route| CountRoute::parse(route))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Some(ProxyConfig {
+                    origin: origin.trim_end_matches('/').to_owned(),
+                    routes: CountRoutes::new(&routes)?,
+                })
+            }
+        };
         if !(WINDOW_MS_MIN..=WINDOW_MS_MAX).contains(&args.window_ms) {
             return Err(ConfigError::Window);
         }
@@ -187,7 +253,7 @@ impl TryFrom<Args> for Config {
             listen: args.listen,
             aggregator: args.aggregator.trim_end_matches('/').to_owned(),
             edge_id: args.edge_id,
-            edge_key: args.edge_key.into_bytes(),
+            edge_key,
             visitor_secret,
             aggregator_token: args.aggregator_token,
             window_ms: args.window_ms,
@@ -196,6 +262,11 @@ impl TryFrom<Args> for Config {
             trust_forwarded_for: args.trust_forwarded_for,
             window_entries_max: args.window_entries_max,
             pending_entries_max: args.pending_entries_max,
+            proxy,
+            dev: args.dev.then_some(DevSettings {
+                data_dir: args.data_dir,
+                aggregator_listen: args.dev_aggregator_listen,
+            }),
         })
     }
 }

@@ -7,7 +7,9 @@
 
 pub mod api;
 pub mod config;
+pub mod dev;
 pub mod module;
+pub mod proxy;
 mod ship;
 
 use std::future::Future;
@@ -53,6 +55,7 @@ pub struct EdgeState {
     pub config: Config,
     pub instances: Instances,
     client: reqwest::Client,
+    proxy_client: reqwest::Client,
     metrics: PrometheusHandle,
 }
 
@@ -108,10 +111,12 @@ impl Edge {
             .pool_max_idle_per_host(config.instances)
             .build()
             .context("creating the HTTP client")?;
+        let proxy_client = proxy::client().context("creating the origin HTTP client")?;
         let state = Arc::new(EdgeState {
             config,
             instances,
             client,
+            proxy_client,
             metrics: metrics_handle(),
         });
         let (stop, stopped) = watch::channel(false);
@@ -156,7 +161,10 @@ pub async fn serve(
     Ok(())
 }
 
-pub async fn run(config: Config) -> anyhow::Result<()> {
+pub async fn run(mut config: Config) -> anyhow::Result<()> {
+    if let Some(settings) = config.dev.take() {
+        return dev::run(config, settings).await;
+    }
     let listen = config.listen;
     let edge = Edge::start(config)?;
     let listener = TcpListener::bind(listen)
@@ -166,7 +174,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     serve(listener, edge, shutdown_signal()).await
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let interrupt = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -107,6 +107,10 @@ impl Instances {
     ) -> anyhow::Result<Self> {
         let mut config = wasmtime::Config::new();
         config.wasm_component_model(true);
+        // The counter is called synchronously, one call at a time per instance. Without the
+        // data structures for concurrent (async component model) execution a call costs a third
+        // to a half as much (measured in ../shared/notes and BENCHMARKS.md).
+        config.concurrency_support(false);
         let engine = wasm(Engine::new(&config), "creating the wasmtime engine")?;
         let component = match module {
             Some(path) => wasm(

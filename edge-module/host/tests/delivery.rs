@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use tempfile::TempDir;
 
 use crate::support::{
-    aggregator, count, create_resources, duplicating_proxy, edge, edge_config, send_hits,
+    aggregator, count_at, create_resources, duplicating_proxy, edge, edge_config, send_hits,
 };
 
 const RESOURCES: u64 = 100;
@@ -19,11 +19,15 @@ async fn assert_exact(aggregator: &crate::support::Server) {
 }
 
 async fn assert_exact_for(aggregator: &crate::support::Server, hits_sent: u64, resources: u64) {
+    assert_exact_at(&aggregator.url(""), hits_sent, resources).await;
+}
+
+async fn assert_exact_at(aggregator: &str, hits_sent: u64, resources: u64) {
     // Hit i went to resource i % resources from visitor i % visitors; the sizes here give every
     // resource exactly 50 distinct visitors.
     let mut uniques_total = 0;
     for resource in 0..resources {
-        let (hits, uniques) = count(aggregator, &format!("r{resource}")).await;
+        let (hits, uniques) = count_at(aggregator, &format!("r{resource}")).await;
         assert_eq!(hits, hits_sent / resources, "resource r{resource}");
         // With 50 visitors, register collisions (about one resource in thirteen has one) make a
         // single estimate a few low; the visitor hash changes daily, so which resource varies.
@@ -118,4 +122,108 @@ async fn send_hits_offset(edge: &crate::support::Server) {
             .unwrap();
         assert_eq!(response.status(), 204);
     }
+}
+
+/// The aggregator as a separate process, so that it can be killed with SIGKILL: this test binary
+/// run again with only the helper test below selected.
+struct AggregatorProcess {
+    child: std::process::Child,
+}
+
+const CHILD_DIRECTORY: &str = "HITCOUNT_TEST_AGGREGATOR_DIR";
+const CHILD_ADDRESS: &str = "HITCOUNT_TEST_AGGREGATOR_ADDRESS";
+
+impl AggregatorProcess {
+    fn start(directory: &std::path::Path, address: std::net::SocketAddr) -> Self {
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "delivery::aggregator_process",
+                "--ignored",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env(CHILD_DIRECTORY, directory)
+            .env(CHILD_ADDRESS, address.to_string())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Self { child }
+    }
+
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for AggregatorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Not a test: the aggregator process of the SIGKILL test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the aggregator process of an_aggregator_killed_mid_run_loses_and_doubles_nothing"]
+async fn aggregator_process() {
+    let directory = std::env::var(CHILD_DIRECTORY).expect("run by the SIGKILL test");
+    let address = std::env::var(CHILD_ADDRESS).unwrap().parse().unwrap();
+    let _server =
+        crate::support::aggregator_in(std::path::Path::new(&directory), Some(address)).await;
+    // Serves until killed.
+    std::future::pending::<()>().await;
+}
+
+async fn wait_until_listening(address: std::net::SocketAddr) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while reqwest::get(format!("http://{address}/healthz"))
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the aggregator process did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_aggregator_killed_mid_run_loses_and_doubles_nothing() {
+    let directory = TempDir::new().unwrap();
+    let address = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let first = AggregatorProcess::start(directory.path(), address);
+    wait_until_listening(address).await;
+    let url = format!("http://{address}");
+    crate::support::create_resources_at(&url, RESOURCES as usize).await;
+    let edge = edge(edge_config(&url)).await;
+    // Hits flow and windows are delivered every 200 ms while the aggregator is killed.
+    let sender = {
+        let edge_url = edge.url("");
+        tokio::spawn(async move {
+            crate::support::send_hits_to(&edge_url, HITS, RESOURCES, VISITORS, 4).await
+        })
+    };
+    // Killed mid-run: as soon as the aggregator has applied a window, while hits are still sent.
+    while count_at(&url, "r0").await.0 == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        !sender.is_finished(),
+        "the hits were all sent before the kill"
+    );
+    first.kill();
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let second = AggregatorProcess::start(directory.path(), address);
+    wait_until_listening(address).await;
+    sender.await.unwrap();
+    edge.stop().await;
+    assert_exact_at(&url, HITS, RESOURCES).await;
+    drop(second);
 }

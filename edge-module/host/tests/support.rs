@@ -33,6 +33,18 @@ pub struct Server {
 }
 
 impl Server {
+    pub fn new(
+        address: SocketAddr,
+        stop: oneshot::Sender<()>,
+        task: JoinHandle<anyhow::Result<()>>,
+    ) -> Self {
+        Self {
+            address,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.address)
     }
@@ -48,7 +60,11 @@ impl Server {
 }
 
 pub async fn aggregator(directory: &TempDir, address: Option<SocketAddr>) -> Server {
-    let mut config = AggregatorConfig::for_data_dir(directory.path().to_path_buf());
+    aggregator_in(directory.path(), address).await
+}
+
+pub async fn aggregator_in(directory: &std::path::Path, address: Option<SocketAddr>) -> Server {
+    let mut config = AggregatorConfig::for_data_dir(directory.to_path_buf());
     config.admin_token = Some(ADMIN_TOKEN.to_owned());
     config.edge_keys = vec![EdgeKey {
         edge_id: EDGE_ID.to_owned(),
@@ -102,10 +118,14 @@ pub async fn edge(config: EdgeConfig) -> Server {
 }
 
 pub async fn create_resources(aggregator: &Server, count: usize) {
+    create_resources_at(&aggregator.url(""), count).await;
+}
+
+pub async fn create_resources_at(aggregator: &str, count: usize) {
     let client = Client::new();
     for index in 0..count {
         let response = client
-            .post(aggregator.url("/resources"))
+            .post(format!("{aggregator}/resources"))
             .bearer_auth(ADMIN_TOKEN)
             .json(&json!({"name": format!("r{index}"), "resource_id": format!("r{index}")}))
             .send()
@@ -116,8 +136,12 @@ pub async fn create_resources(aggregator: &Server, count: usize) {
 }
 
 pub async fn count(server: &Server, resource_id: &str) -> (u64, u64) {
+    count_at(&server.url(""), resource_id).await
+}
+
+pub async fn count_at(server: &str, resource_id: &str) -> (u64, u64) {
     let value: Value = Client::new()
-        .get(server.url(&format!("/hits/{resource_id}?window=1h")))
+        .get(format!("{server}/hits/{resource_id}?window=1h"))
         .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
@@ -134,9 +158,13 @@ pub async fn count(server: &Server, resource_id: &str) -> (u64, u64) {
 /// Sends `hits` beacons over `connections` concurrent clients: hit `i` goes to resource
 /// `i % resources` from visitor `i % visitors` (its own address).
 pub async fn send_hits(edge: &Server, hits: u64, resources: u64, visitors: u64, connections: u64) {
+    send_hits_to(&edge.url(""), hits, resources, visitors, connections).await;
+}
+
+pub async fn send_hits_to(edge: &str, hits: u64, resources: u64, visitors: u64, connections: u64) {
     let mut tasks = Vec::new();
     for connection in 0..connections {
-        let url = edge.url("/hit");
+        let url = format!("{edge}/hit");
         tasks.push(tokio::spawn(async move {
             let client = Client::new();
             let mut index = connection;

@@ -7,3 +7,5 @@ mod support;
 
 mod beacons;
 mod delivery;
+mod dev;
+mod proxy;
