@@ -9,7 +9,7 @@
 mod component {
     use std::cell::RefCell;
 
-    use hitcount_edge_core::{Delivery, EdgeCounter, HitRequest, Recorded, Rejection};
+    use hitcount_edge_core::{Delivery, EdgeCounter, HitRequest, Recorded, Rejection, SealedBatch};
 
     use exports::hitcount::edge::counter::{Batch, Config, EdgeStatus, Guest, Hit, Outcome};
 
@@ -65,13 +65,27 @@ mod component {
         }
     }
 
+    fn batch_of(batch: &SealedBatch) -> Batch {
+        Batch {
+            sequence: batch.sequence,
+            hits: batch.hits,
+            bytes: batch.bytes.clone(),
+            generation: batch.generation,
+        }
+    }
+
     struct Component;
 
     impl Guest for Component {
         fn configure(config: Config) -> Result<(), String> {
             hitcount_edge_core::validate_config(&config.edge_id, &config.secret)?;
+            let counter = EdgeCounter::new(&config.secret, config.window_entries_max as usize);
             let edge = Edge {
-                counter: EdgeCounter::new(&config.secret, config.window_entries_max as usize),
+                counter: if config.journal {
+                    counter.with_journal()
+                } else {
+                    counter
+                },
                 delivery: Delivery::new(
                     &config.edge_id,
                     config.boot_epoch,
@@ -101,13 +115,7 @@ mod component {
         }
 
         fn next_batch() -> Option<Batch> {
-            with_edge(None, |edge| {
-                edge.delivery.next_batch().map(|batch| Batch {
-                    sequence: batch.sequence,
-                    hits: batch.hits,
-                    bytes: batch.bytes.clone(),
-                })
-            })
+            with_edge(None, |edge| edge.delivery.next_batch().map(batch_of))
         }
 
         fn acknowledge(sequence: u64) {
@@ -128,14 +136,60 @@ mod component {
                     window_counters: 0,
                     unacknowledged_hits: 0,
                     pending_counters: 0,
+                    generation: 0,
                 },
                 |edge| EdgeStatus {
                     window_hits: edge.counter.hits(),
                     window_counters: edge.counter.len() as u32,
                     unacknowledged_hits: edge.delivery.unacknowledged_hits(),
                     pending_counters: edge.delivery.pending_len() as u32,
+                    generation: edge.counter.generation(),
                 },
             )
+        }
+
+        fn sealed_batches() -> Vec<Batch> {
+            with_edge(Vec::new(), |edge| {
+                edge.delivery.sealed_batches().map(batch_of).collect()
+            })
+        }
+
+        fn take_journal() -> Vec<u8> {
+            with_edge(Vec::new(), |edge| edge.counter.take_journal())
+        }
+
+        fn replay(journal: Vec<u8>, now_ms: u64) -> Result<u64, String> {
+            let records = hitcount_wire::journal::decode_journal(&journal)
+                .map_err(|error| format!("the journal is malformed: {error}"))?;
+            with_edge(Err("the module is not configured".to_owned()), |edge| {
+                for (index, record) in records.iter().enumerate() {
+                    let mut recorded = edge.counter.record_hashed(
+                        &record.resource_id,
+                        record.minute,
+                        record.visitor,
+                        now_ms,
+                    );
+                    // As for new hits: a full window is flushed early into the pending map.
+                    if recorded == Recorded::WindowFull
+                        && edge.counter.flush_into(&mut edge.delivery, now_ms).is_ok()
+                    {
+                        recorded = edge.counter.record_hashed(
+                            &record.resource_id,
+                            record.minute,
+                            record.visitor,
+                            now_ms,
+                        );
+                    }
+                    if recorded != Recorded::Counted {
+                        return Err(format!(
+                            "the window and the pending map are full after {index} of {} \
+                             journal records; raise --pending-entries-max",
+                            records.len()
+                        ));
+                    }
+                }
+                Ok(records.len() as u64)
+            })
         }
     }
 

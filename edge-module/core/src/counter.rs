@@ -1,5 +1,6 @@
 //! One edge's window: hits in, delta entries out.
 
+use hitcount_wire::journal::put_journal_record;
 use hitcount_wire::{DeltaEntry, MINUTE_MS, WindowCounts};
 
 use crate::VisitorHasher;
@@ -20,6 +21,8 @@ pub enum Recorded {
 /// A closed window, ready for [`crate::Delivery::add_window`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClosedWindow {
+    /// Which window this was: 1 for an edge's first, one more for each after.
+    pub generation: u64,
     pub start_ms: u64,
     pub end_ms: u64,
     pub hits: u64,
@@ -31,6 +34,11 @@ pub struct EdgeCounter {
     window: WindowCounts,
     visitors: VisitorHasher,
     window_start_ms: Option<u64>,
+    /// The open window's generation. Journal records carry it, and a sealed batch names the
+    /// last generation it holds, so a recovering edge knows which records are already in one.
+    generation: u64,
+    /// Records of counted hits not yet taken by the host, when the host keeps a spool.
+    journal: Option<Vec<u8>>,
 }
 
 impl EdgeCounter {
@@ -41,7 +49,28 @@ impl EdgeCounter {
             window: WindowCounts::new(entries_max),
             visitors: VisitorHasher::new(secret),
             window_start_ms: None,
+            generation: 1,
+            journal: None,
         }
+    }
+
+    /// Keeps a journal record of every counted hit, for [`EdgeCounter::take_journal`].
+    pub fn with_journal(mut self) -> Self {
+        self.journal = Some(Vec::new());
+        self
+    }
+
+    /// The open window's generation.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The journal records written since the last call (empty without a journal).
+    pub fn take_journal(&mut self) -> Vec<u8> {
+        self.journal
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     pub fn record(&mut self, hit: &HitRequest<'_>, now_ms: u64) -> Recorded {
@@ -53,12 +82,24 @@ impl EdgeCounter {
         let visitor = self
             .visitors
             .hash(now_ms, hit.site, hit.client_address, hit.user_agent);
-        match self
-            .window
-            .record(hit.resource_id, at_ms / MINUTE_MS, 1, Some(visitor))
-        {
+        self.record_hashed(hit.resource_id, at_ms / MINUTE_MS, visitor, now_ms)
+    }
+
+    /// Counts a hit that was validated and hashed before: what `record` does after its checks,
+    /// and how journal records are replayed.
+    pub fn record_hashed(
+        &mut self,
+        resource_id: &str,
+        minute: u64,
+        visitor: u64,
+        now_ms: u64,
+    ) -> Recorded {
+        match self.window.record(resource_id, minute, 1, Some(visitor)) {
             Ok(()) => {
                 self.window_start_ms.get_or_insert(now_ms);
+                if let Some(journal) = &mut self.journal {
+                    put_journal_record(journal, self.generation, resource_id, minute, visitor);
+                }
                 Recorded::Counted
             }
             Err(_) => Recorded::WindowFull,
@@ -104,6 +145,7 @@ impl EdgeCounter {
                     debug_assert!(restored.is_ok());
                 }
                 self.window_start_ms = Some(full.window.start_ms);
+                self.generation = full.window.generation;
                 Err(full)
             }
         }
@@ -115,7 +157,10 @@ impl EdgeCounter {
         let hits = self.window.hits();
         let entries = self.window.drain();
         debug_assert!(!entries.is_empty());
+        let generation = self.generation;
+        self.generation += 1;
         Some(ClosedWindow {
+            generation,
             start_ms: start_ms.min(now_ms),
             end_ms: now_ms,
             hits,
@@ -201,6 +246,39 @@ mod tests {
         assert_eq!(counter.flush_into(&mut delivery, NOW_MS + 5), Ok(2));
         assert_eq!(delivery.unacknowledged_hits_for("b"), 2);
         assert!(counter.is_empty());
+    }
+
+    #[test]
+    fn journal_records_carry_the_generation_and_replay_to_the_same_window() {
+        let mut counter = EdgeCounter::new(b"secret", 10).with_journal();
+        counter.record(&hit("a", "1.1.1.1"), NOW_MS);
+        let mut bot = hit("a", "2.2.2.2");
+        bot.user_agent = "curl/8.0";
+        counter.record(&bot, NOW_MS);
+        let first = hitcount_wire::journal::decode_journal(&counter.take_journal()).unwrap();
+        assert_eq!(first.len(), 1, "only counted hits are journaled");
+        assert_eq!(first[0].generation, 1);
+        assert!(counter.take_journal().is_empty());
+        let closed = counter.flush(NOW_MS + 1).unwrap();
+        assert_eq!(closed.generation, 1);
+        assert_eq!(counter.generation(), 2);
+        counter.record(&hit("a", "3.3.3.3"), NOW_MS + 2);
+        let second = hitcount_wire::journal::decode_journal(&counter.take_journal()).unwrap();
+        assert_eq!(second[0].generation, 2);
+
+        // Replaying the records into a fresh counter gives the same entries.
+        let mut replayed = EdgeCounter::new(b"other-secret", 10);
+        for record in first.iter().chain(&second) {
+            assert_eq!(
+                replayed.record_hashed(&record.resource_id, record.minute, record.visitor, NOW_MS),
+                Recorded::Counted
+            );
+        }
+        let mut original = closed.entries;
+        let open = counter.flush(NOW_MS + 3).unwrap();
+        original[0].hits += open.entries[0].hits;
+        original[0].visitors.merge(&open.entries[0].visitors);
+        assert_eq!(replayed.flush(NOW_MS + 4).unwrap().entries, original);
     }
 
     #[test]

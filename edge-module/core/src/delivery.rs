@@ -34,6 +34,8 @@ pub struct SealedBatch {
     pub bytes: Vec<u8>,
     /// Hits per resource, for read-your-writes answers while the batch is unacknowledged.
     pub resource_hits: BTreeMap<String, u64>,
+    /// Every window up to this generation is in this batch or in one sealed before it.
+    pub generation: u64,
 }
 
 #[derive(Debug)]
@@ -43,6 +45,8 @@ pub struct Delivery {
     next_sequence: u64,
     pending: WindowCounts,
     pending_span: Option<(u64, u64)>,
+    /// The last generation merged into `pending`.
+    pending_generation: u64,
     sealed: VecDeque<SealedBatch>,
 }
 
@@ -56,6 +60,7 @@ impl Delivery {
             next_sequence: 0,
             pending: WindowCounts::new(pending_entries_max),
             pending_span: None,
+            pending_generation: 0,
             sealed: VecDeque::new(),
         }
     }
@@ -77,6 +82,11 @@ impl Delivery {
             let merged = self.pending.merge_entry(entry);
             debug_assert!(merged.is_ok(), "room was checked above");
         }
+        debug_assert!(
+            window.generation > self.pending_generation,
+            "windows close in order"
+        );
+        self.pending_generation = window.generation;
         self.pending_span = Some(match self.pending_span {
             None => (window.start_ms, window.end_ms),
             Some((start, end)) => (start.min(window.start_ms), end.max(window.end_ms)),
@@ -97,6 +107,11 @@ impl Delivery {
                 .iter()
                 .filter_map(|batch| batch.resource_hits.get(resource_id))
                 .sum::<u64>()
+    }
+
+    /// Every sealed, unacknowledged batch, oldest first.
+    pub fn sealed_batches(&self) -> impl Iterator<Item = &SealedBatch> {
+        self.sealed.iter()
     }
 
     pub fn pending_len(&self) -> usize {
@@ -168,6 +183,7 @@ impl Delivery {
                     hits,
                     bytes,
                     resource_hits,
+                    generation: self.pending_generation,
                 });
                 self.next_sequence += 1;
             }
@@ -185,6 +201,8 @@ mod tests {
 
     fn window(start_ms: u64, entries: &[(&str, u64, u64)]) -> ClosedWindow {
         ClosedWindow {
+            // Windows of these tests are a second apart.
+            generation: start_ms / 1_000 + 1,
             start_ms,
             end_ms: start_ms + 1_000,
             hits: entries.iter().map(|entry| entry.2).sum(),
@@ -271,6 +289,7 @@ mod tests {
         }
         delivery
             .add_window(ClosedWindow {
+                generation: 1,
                 start_ms: 0,
                 end_ms: 1_000,
                 hits: 6_000_000,

@@ -54,6 +54,7 @@ fn settings() -> InstanceSettings {
         visitor_secret: b"bench-visitor-secret".to_vec(),
         window_entries_max: 16_384,
         pending_entries_max: 16_384,
+        journal: false,
     }
 }
 

@@ -17,6 +17,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::module::{Hit, Outcome};
+use crate::spool::Spool;
 use crate::{EdgeState, now_ms};
 
 /// A beacon body is a resource id and maybe a timestamp: a few hundred bytes at most.
@@ -102,15 +103,37 @@ pub(crate) fn hit_from(
     }
 }
 
-pub(crate) fn record(state: &EdgeState, hit: Hit) -> Result<Outcome, ()> {
+pub(crate) async fn record(state: &EdgeState, hit: Hit) -> Result<Outcome, ()> {
+    let spool = state.spool.as_ref();
+    if spool.is_some_and(Spool::is_full) {
+        metrics::counter!("hitcount_edge_hits_total", "result" => "spool-full").increment(1);
+        return Ok(Outcome::Full);
+    }
     let index = state.instances.pick();
     let now = now_ms();
-    let outcome = state
+    let (outcome, durable) = state
         .instances
         .with(index, |counter, store| {
-            counter.call_record(store, &hit, now)
+            let outcome = counter.call_record(&mut *store, &hit, now)?;
+            // Taken and queued under the instance's lock, so the journal keeps its order.
+            let durable = match (spool, outcome) {
+                (Some(spool), Outcome::Counted) => {
+                    let records = counter.call_take_journal(&mut *store)?;
+                    Some(spool.append(store.data().boot_epoch, records))
+                }
+                _ => None,
+            };
+            Ok((outcome, durable))
         })
         .map_err(|_| ())?;
+    if let Some(durable) = durable
+        && let Err(error) = crate::spool::wait(durable).await
+    {
+        // The hit is counted in memory and will be delivered; only its crash safety is lost,
+        // and the metric and the log say so.
+        metrics::counter!("hitcount_edge_spool_failures_total").increment(1);
+        tracing::error!(%error, "the spool could not make a hit durable");
+    }
     metrics::counter!("hitcount_edge_hits_total", "result" => result_code(outcome)).increment(1);
     Ok(outcome)
 }
@@ -160,7 +183,7 @@ async fn post_hit(
         beacon.resource_id,
         beacon.timestamp,
     );
-    let outcome = match record(&state, hit) {
+    let outcome = match record(&state, hit).await {
         Ok(outcome) => outcome,
         Err(()) => {
             return error(
@@ -224,7 +247,7 @@ async fn pixel(
         None => "invalid-resource",
         Some((resource_id, timestamp)) => {
             let hit = hit_from(&state, &headers, Some(peer), resource_id, timestamp);
-            match record(&state, hit) {
+            match record(&state, hit).await {
                 Ok(outcome) => result_code(outcome),
                 Err(()) => "unavailable",
             }

@@ -7,6 +7,7 @@ use clap::Parser;
 
 use crate::dev::DevSettings;
 use crate::proxy::{CountRoute, CountRoutes, ProxyConfig, RouteError};
+use crate::spool::SPOOL_BYTES_MAX_DEFAULT;
 
 pub const WINDOW_MS_DEFAULT: u64 = 1_000;
 pub const WINDOW_MS_MIN: u64 = 100;
@@ -96,6 +97,12 @@ pub struct Args {
         requires = "origin"
     )]
     pub count_routes: Vec<String>,
+    /// Make every counted hit durable here before answering, so a crash of the edge loses none.
+    #[arg(long, env = "HITCOUNT_SPOOL_DIR")]
+    pub spool_dir: Option<PathBuf>,
+    /// The spool's size bound in bytes; past it, beacons get 503.
+    #[arg(long, env = "HITCOUNT_SPOOL_BYTES_MAX", default_value_t = SPOOL_BYTES_MAX_DEFAULT)]
+    pub spool_bytes_max: u64,
     #[arg(long, env = "HITCOUNT_WINDOW_ENTRIES_MAX", default_value_t = WINDOW_ENTRIES_MAX_DEFAULT)]
     pub window_entries_max: u32,
     #[arg(long, env = "HITCOUNT_PENDING_ENTRIES_MAX", default_value_t = PENDING_ENTRIES_MAX_DEFAULT)]
@@ -116,6 +123,8 @@ pub struct Config {
     pub trust_forwarded_for: bool,
     pub window_entries_max: u32,
     pub pending_entries_max: u32,
+    pub spool_dir: Option<PathBuf>,
+    pub spool_bytes_max: u64,
     /// Set by `--origin`: forward other requests there, counting `--count-route`s.
     pub proxy: Option<ProxyConfig>,
     /// Set by `--dev`: run an aggregator in this process (see [`crate::dev`]).
@@ -131,6 +140,7 @@ impl std::fmt::Debug for Config {
             .field("edge_id", &self.edge_id)
             .field("window_ms", &self.window_ms)
             .field("instances", &self.instances)
+            .field("spool_dir", &self.spool_dir)
             .field("dev", &self.dev)
             .finish_non_exhaustive()
     }
@@ -182,6 +192,8 @@ impl Config {
             trust_forwarded_for: false,
             window_entries_max: WINDOW_ENTRIES_MAX_DEFAULT,
             pending_entries_max: PENDING_ENTRIES_MAX_DEFAULT,
+            spool_dir: None,
+            spool_bytes_max: SPOOL_BYTES_MAX_DEFAULT,
             proxy: None,
             dev: None,
         }
@@ -262,6 +274,8 @@ impl TryFrom<Args> for Config {
             trust_forwarded_for: args.trust_forwarded_for,
             window_entries_max: args.window_entries_max,
             pending_entries_max: args.pending_entries_max,
+            spool_dir: args.spool_dir,
+            spool_bytes_max: args.spool_bytes_max,
             proxy,
             dev: args.dev.then_some(DevSettings {
                 data_dir: args.data_dir,

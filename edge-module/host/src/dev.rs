@@ -160,7 +160,8 @@ pub async fn run(edge_config: Config, settings: DevSettings) -> anyhow::Result<(
     let edge = stack.edge_address;
     let aggregator = stack.aggregator_address;
     // Printed, not logged: this is the user's first screen, and the token is theirs to use.
-    println!(
+    // Formatted first and printed in one write, so a reader sees it whole.
+    let banner = format!(
         "hitcount dev: edge on http://{edge}, aggregator on http://{aggregator}, data in {data}
 
   send a hit:    curl -X POST http://{edge}/hit -d '{{\"resource_id\":\"home\"}}'
@@ -173,6 +174,7 @@ delivers the last window first.)",
         token = stack.session_token,
         resources = DEV_RESOURCES.join(", "),
     );
+    println!("{banner}");
     crate::shutdown_signal().await;
     tracing::info!("stopping the dev edge and aggregator");
     stack.stop().await

@@ -11,10 +11,12 @@ pub mod dev;
 pub mod module;
 pub mod proxy;
 mod ship;
+pub mod spool;
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -57,6 +59,10 @@ pub struct EdgeState {
     client: reqwest::Client,
     proxy_client: reqwest::Client,
     metrics: PrometheusHandle,
+    /// With `--spool-dir`: where counted hits and sealed batches are made durable.
+    spool: Option<spool::Spool>,
+    /// Batches committed by an earlier run, sent before this run's.
+    recovered: Mutex<VecDeque<spool::RecoveredBatch>>,
 }
 
 impl EdgeState {
@@ -69,6 +75,18 @@ impl EdgeState {
                     .ok()
             })
             .map(|status| status.window_hits + status.unacknowledged_hits)
+            .sum::<u64>()
+            + self.recovered_hits()
+    }
+
+    /// Hits in batches an earlier run committed and this one has not delivered yet.
+    pub fn recovered_hits(&self) -> u64 {
+        self.recovered
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .iter()
+            .filter_map(|batch| hitcount_wire::DeltaBatch::decode(&batch.bytes).ok())
+            .map(|batch| batch.hits())
             .sum()
     }
 
@@ -100,6 +118,14 @@ impl Edge {
             visitor_secret: config.visitor_secret.clone(),
             window_entries_max: config.window_entries_max,
             pending_entries_max: config.pending_entries_max,
+            journal: config.spool_dir.is_some(),
+        };
+        let recovery = match &config.spool_dir {
+            Some(directory) => Some(
+                spool::recover(directory)
+                    .with_context(|| format!("reading the spool {}", directory.display()))?,
+            ),
+            None => None,
         };
         let instances = Instances::new(
             config.module.as_deref(),
@@ -107,6 +133,31 @@ impl Edge {
             settings,
             now_ms(),
         )?;
+        let mut recovered = VecDeque::new();
+        let spool = match (&config.spool_dir, recovery) {
+            (Some(directory), Some(recovery)) => {
+                let replayed = if recovery.journal.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![instances.replay(0, &recovery.journal, now_ms())?]
+                };
+                if recovery.journal_records > 0 || !recovery.batches.is_empty() {
+                    tracing::info!(
+                        hits = recovery.journal_records,
+                        batches = recovery.batches.len(),
+                        "recovered from the spool: hits counted again, batches to resend"
+                    );
+                }
+                let spool =
+                    spool::Spool::start(directory, &recovery, &replayed, config.spool_bytes_max)
+                        .with_context(|| {
+                            format!("starting the spool in {}", directory.display())
+                        })?;
+                recovered.extend(recovery.batches);
+                Some(spool)
+            }
+            _ => None,
+        };
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(config.instances)
             .build()
@@ -118,6 +169,8 @@ impl Edge {
             client,
             proxy_client,
             metrics: metrics_handle(),
+            spool,
+            recovered: Mutex::new(recovered),
         });
         let (stop, stopped) = watch::channel(false);
         let shipper = tokio::spawn(ship::run(Arc::clone(&state), stopped));

@@ -19,7 +19,7 @@ mod bindings {
 }
 
 use bindings::exports::hitcount::edge::counter::Config as ModuleConfig;
-pub use bindings::exports::hitcount::edge::counter::{Batch, EdgeStatus, Hit, Outcome};
+pub use bindings::exports::hitcount::edge::counter::{Batch, EdgeStatus, Guest, Hit, Outcome};
 
 /// The component built with this binary (see build.rs).
 pub const EMBEDDED_MODULE: &[u8] =
@@ -28,6 +28,10 @@ pub const EMBEDDED_MODULE: &[u8] =
 pub(crate) struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
+    /// This instance's boot epoch: names its batches and its spool files.
+    pub(crate) boot_epoch: u64,
+    /// With a spool: batches below this sequence are committed to it (may be sent).
+    pub(crate) committed_next_sequence: u64,
 }
 
 impl WasiView for HostState {
@@ -46,6 +50,8 @@ pub struct InstanceSettings {
     pub visitor_secret: Vec<u8>,
     pub window_entries_max: u32,
     pub pending_entries_max: u32,
+    /// Journal counted hits for the spool.
+    pub journal: bool,
 }
 
 impl std::fmt::Debug for InstanceSettings {
@@ -150,6 +156,8 @@ impl Instances {
             HostState {
                 wasi,
                 table: ResourceTable::new(),
+                boot_epoch,
+                committed_next_sequence: 0,
             },
         );
         let edge = wasm(
@@ -162,6 +170,7 @@ impl Instances {
             secret: self.settings.visitor_secret.clone(),
             window_entries_max: self.settings.window_entries_max,
             pending_entries_max: self.settings.pending_entries_max,
+            journal: self.settings.journal,
         };
         wasm(
             edge.hitcount_edge_counter()
@@ -184,10 +193,7 @@ impl Instances {
     pub(crate) fn with<T>(
         &self,
         index: usize,
-        work: impl FnOnce(
-            &bindings::exports::hitcount::edge::counter::Guest,
-            &mut Store<HostState>,
-        ) -> wasmtime::Result<T>,
+        work: impl FnOnce(&Guest, &mut Store<HostState>) -> wasmtime::Result<T>,
     ) -> Result<T, Trapped> {
         let mut slot = self.slots[index]
             .lock()
@@ -240,6 +246,26 @@ impl Instances {
             }
             Ok(batch)
         })
+    }
+
+    /// Counts journal records from an earlier run again in instance `index`; returns its boot
+    /// epoch and the journal records it wrote for them (to be spooled before anything else).
+    pub fn replay(
+        &self,
+        index: usize,
+        journal: &[u8],
+        now_ms: u64,
+    ) -> anyhow::Result<(u64, Vec<u8>)> {
+        let replayed = self
+            .with(index, |counter, store| {
+                let counted = counter.call_replay(&mut *store, journal, now_ms)?;
+                let rewritten = counter.call_take_journal(&mut *store)?;
+                Ok((counted, store.data().boot_epoch, rewritten))
+            })
+            .map_err(|trapped| anyhow::anyhow!("replaying the spool: {trapped}"))?;
+        let (counted, boot_epoch, rewritten) = replayed;
+        counted.map_err(|message| anyhow::anyhow!("replaying the spool: {message}"))?;
+        Ok((boot_epoch, rewritten))
     }
 
     /// An instance index for the next request: round robin, preferring one that is free.

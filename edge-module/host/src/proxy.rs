@@ -280,7 +280,7 @@ pub async fn forward(
         && !is_subresource(&parts.headers);
     if counted && let Some(resource_id) = proxy.routes.resource_for(parts.uri.path()) {
         let hit = hit_from(&state, &parts.headers, Some(peer), resource_id, None);
-        match record(&state, hit) {
+        match record(&state, hit).await {
             Ok(outcome) => {
                 metrics::counter!("hitcount_edge_proxied_views_total", "result" => result_code(outcome))
                     .increment(1);

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use hitcount_wire::auth::{DELTA_CONTENT_TYPE, EDGE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 
-use crate::module::Batch;
+use wasmtime::Store;
+
+use crate::module::{Batch, Guest, HostState};
+use crate::spool::{self, Spool};
 use crate::{EdgeState, now_ms};
 
 /// First retry delay after a failed delivery; doubles per failure.
@@ -53,13 +56,13 @@ impl Backoff {
     }
 }
 
-async fn send(state: &EdgeState, batch: &Batch) -> Delivered {
+async fn send(state: &EdgeState, bytes: &[u8]) -> Delivered {
     let timestamp = now_ms();
     let signature = hitcount_wire::auth::sign(
         &state.config.edge_key,
         &state.config.edge_id,
         timestamp,
-        &batch.bytes,
+        bytes,
     );
     let response = state
         .client
@@ -68,7 +71,7 @@ async fn send(state: &EdgeState, batch: &Batch) -> Delivered {
         .header(EDGE_HEADER, &state.config.edge_id)
         .header(TIMESTAMP_HEADER, timestamp.to_string())
         .header(SIGNATURE_HEADER, signature)
-        .body(batch.bytes.clone())
+        .body(bytes.to_vec())
         .timeout(Duration::from_millis(DELIVERY_TIMEOUT_MS))
         .send()
         .await;
@@ -85,6 +88,84 @@ async fn send(state: &EdgeState, batch: &Batch) -> Delivered {
     }
 }
 
+type Commit = tokio::sync::oneshot::Receiver<Result<(), String>>;
+
+/// The instance's batch to send now, its boot epoch, and with a spool the commit to wait for
+/// first when the batch was sealed since the last commit. All batches of one seal are committed
+/// together: the commit says which journal generations they cover.
+fn next_to_send(
+    spool: Option<&Spool>,
+    counter: &Guest,
+    store: &mut Store<HostState>,
+) -> wasmtime::Result<Option<(Batch, u64, Option<Commit>)>> {
+    let Some(batch) = counter.call_next_batch(&mut *store)? else {
+        return Ok(None);
+    };
+    let boot_epoch = store.data().boot_epoch;
+    let committed_from = store.data().committed_next_sequence;
+    let commit = match spool {
+        Some(spool) if batch.sequence >= committed_from => {
+            let fresh: Vec<(u64, Vec<u8>)> = counter
+                .call_sealed_batches(&mut *store)?
+                .into_iter()
+                .filter(|sealed| sealed.sequence >= committed_from)
+                .map(|sealed| (sealed.sequence, sealed.bytes))
+                .collect();
+            let next_sequence = fresh
+                .last()
+                .map_or(batch.sequence + 1, |(sequence, _)| sequence + 1);
+            let open_generation = counter.call_status(&mut *store)?.generation;
+            store.data_mut().committed_next_sequence = next_sequence;
+            Some(spool.commit(spool::BatchCommit {
+                boot_epoch,
+                open_generation,
+                generation: batch.generation,
+                next_sequence,
+                batches: fresh,
+            }))
+        }
+        _ => None,
+    };
+    Ok(Some((batch, boot_epoch, commit)))
+}
+
+/// Sends what an earlier run committed to the spool, oldest first, until one fails.
+async fn deliver_recovered(state: &EdgeState) {
+    loop {
+        let next = state
+            .recovered
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .front()
+            .cloned();
+        let Some(batch) = next else {
+            return;
+        };
+        match send(state, &batch.bytes).await {
+            Delivered::Retry(reason) => {
+                metrics::counter!("hitcount_edge_delivery_failures_total").increment(1);
+                tracing::warn!(%reason, boot_epoch = batch.boot_epoch, sequence = batch.sequence, "delivering a recovered batch failed; will retry");
+                return;
+            }
+            Delivered::Refused(reason) => {
+                tracing::error!(%reason, boot_epoch = batch.boot_epoch, sequence = batch.sequence, "the aggregator refused a recovered batch; dropped");
+                metrics::counter!("hitcount_edge_recovered_batches_refused_total").increment(1);
+            }
+            Delivered::Acknowledged => {
+                metrics::counter!("hitcount_edge_batches_delivered_total").increment(1);
+            }
+        }
+        state
+            .recovered
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .pop_front();
+        if let Some(spool) = &state.spool {
+            spool.acknowledged(batch.boot_epoch, batch.sequence);
+        }
+    }
+}
+
 /// Closes every instance's window and delivers what can be delivered now.
 async fn round(state: &EdgeState, backoffs: &mut [Backoff], deadline_ms: Option<u64>) {
     let now = now_ms();
@@ -98,6 +179,7 @@ async fn round(state: &EdgeState, backoffs: &mut [Backoff], deadline_ms: Option<
             Err(_) => {}
         }
     }
+    deliver_recovered(state).await;
     for (index, backoff) in backoffs.iter_mut().enumerate() {
         if backoff.next_attempt_ms > now_ms() && deadline_ms.is_none() {
             continue;
@@ -106,19 +188,36 @@ async fn round(state: &EdgeState, backoffs: &mut [Backoff], deadline_ms: Option<
             if deadline_ms.is_some_and(|deadline| now_ms() >= deadline) {
                 return;
             }
-            let Ok(Some(batch)) = state
-                .instances
-                .with(index, |counter, store| counter.call_next_batch(store))
+            let Ok(Some((batch, boot_epoch, commit))) =
+                state.instances.with(index, |counter, store| {
+                    next_to_send(state.spool.as_ref(), counter, store)
+                })
             else {
                 break;
             };
-            match send(state, &batch).await {
+            if let Some(commit) = commit
+                && let Err(error) = spool::wait(commit).await
+            {
+                // Not committed, so it must not be sent (a crash would replay its hits from the
+                // journal as well): the next round commits it again.
+                metrics::counter!("hitcount_edge_spool_failures_total").increment(1);
+                tracing::error!(%error, sequence = batch.sequence, "could not commit a batch to the spool");
+                let _ = state.instances.with(index, |_, store| {
+                    store.data_mut().committed_next_sequence = batch.sequence;
+                    Ok(())
+                });
+                break;
+            }
+            match send(state, &batch.bytes).await {
                 Delivered::Acknowledged => {
                     metrics::counter!("hitcount_edge_batches_delivered_total").increment(1);
                     metrics::counter!("hitcount_edge_hits_delivered_total").increment(batch.hits);
                     let _ = state.instances.with(index, |counter, store| {
                         counter.call_acknowledge(store, batch.sequence)
                     });
+                    if let Some(spool) = &state.spool {
+                        spool.acknowledged(boot_epoch, batch.sequence);
+                    }
                     *backoff = Backoff::default();
                 }
                 Delivered::Retry(reason) => {
@@ -142,6 +241,9 @@ async fn round(state: &EdgeState, backoffs: &mut [Backoff], deadline_ms: Option<
                     let _ = state.instances.with(index, |counter, store| {
                         counter.call_acknowledge(store, batch.sequence)
                     });
+                    if let Some(spool) = &state.spool {
+                        spool.acknowledged(boot_epoch, batch.sequence);
+                    }
                 }
             }
         }

@@ -36,9 +36,9 @@ fn start(data_dir: &std::path::Path) -> DevProcess {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let (mut edge, mut aggregator, mut token) = (None, None, None);
-    for line in stdout.lines() {
+    for line in lines.by_ref() {
         let line = line.unwrap();
         if let Some(rest) = line.strip_prefix("hitcount dev: edge on ") {
             let (edge_url, rest) = rest.split_once(", aggregator on ").unwrap();
@@ -52,6 +52,8 @@ fn start(data_dir: &std::path::Path) -> DevProcess {
             break;
         }
     }
+    // Keep the pipe open and drained: a closed one would make the child's next print fail.
+    std::thread::spawn(move || lines.for_each(drop));
     DevProcess {
         child,
         edge: edge.expect("the edge address was printed"),

@@ -93,6 +93,12 @@ pub async fn aggregator_in(directory: &std::path::Path, address: Option<SocketAd
     }
 }
 
+/// An address nothing listens on now: bound to port 0, then released for a child process.
+pub fn free_address() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
 pub fn edge_config(aggregator: &str) -> EdgeConfig {
     let mut config = EdgeConfig::new(aggregator, EDGE_ID, EDGE_KEY);
     config.visitor_secret = b"deployment-visitor-secret".to_vec();

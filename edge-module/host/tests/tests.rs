@@ -9,3 +9,4 @@ mod beacons;
 mod delivery;
 mod dev;
 mod proxy;
+mod spool;

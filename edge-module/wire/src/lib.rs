@@ -42,6 +42,7 @@ mod aggregate;
 pub mod auth;
 mod batch;
 mod ids;
+pub mod journal;
 pub mod sketch;
 pub mod varint;
 
