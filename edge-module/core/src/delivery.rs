@@ -10,7 +10,8 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use hitcount_wire::{
-    BATCH_BYTES_MAX, DeltaBatch, DeltaEntry, DeltaHeader, WINDOW_SPAN_MS_MAX, WindowCounts,
+    BATCH_BYTES_MAX, BATCH_ENTRIES_MAX, DeltaBatch, DeltaEntry, DeltaHeader, WINDOW_SPAN_MS_MAX,
+    WindowCounts,
 };
 
 use crate::counter::ClosedWindow;
@@ -143,54 +144,100 @@ impl Delivery {
         // After a week-long outage the window is reported as its last week; the entries keep
         // their own minutes.
         let start_ms = start_ms.max(end_ms.saturating_sub(WINDOW_SPAN_MS_MAX));
-        let mut chunk: Vec<DeltaEntry> = Vec::new();
-        let mut chunk_bytes = HEADER_BYTES_MAX;
-        for entry in self.pending.drain() {
-            let entry_bytes =
-                1 + entry.resource_id.len() + 10 + 10 + entry.visitors.to_bytes().len();
-            if !chunk.is_empty() && chunk_bytes + entry_bytes > BATCH_BYTES_MAX {
-                self.push_sealed(std::mem::take(&mut chunk), start_ms, end_ms);
-                chunk_bytes = HEADER_BYTES_MAX;
-            }
-            chunk_bytes += entry_bytes;
-            chunk.push(entry);
-        }
-        if !chunk.is_empty() {
-            self.push_sealed(chunk, start_ms, end_ms);
-        }
-    }
-
-    fn push_sealed(&mut self, entries: Vec<DeltaEntry>, start_ms: u64, end_ms: u64) {
-        let batch = DeltaBatch {
-            header: DeltaHeader {
-                edge_id: self.edge_id.clone(),
+        let batches = seal_entries(
+            &BatchIdentity {
+                edge_id: &self.edge_id,
                 boot_epoch: self.boot_epoch,
-                sequence: self.next_sequence,
+                first_sequence: self.next_sequence,
                 window_start_ms: start_ms,
                 window_end_ms: end_ms,
             },
-            entries,
-        };
-        let hits = batch.hits();
-        let mut resource_hits: BTreeMap<String, u64> = BTreeMap::new();
-        for entry in &batch.entries {
-            *resource_hits.entry(entry.resource_id.clone()).or_default() += entry.hits;
+            self.pending.drain(),
+            self.pending_generation,
+        );
+        self.next_sequence += batches.len() as u64;
+        self.sealed.extend(batches);
+    }
+}
+
+/// Who a sealed batch is from and which window it covers; batches of one seal are numbered
+/// from `first_sequence` on.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchIdentity<'a> {
+    pub edge_id: &'a str,
+    pub boot_epoch: u64,
+    pub first_sequence: u64,
+    pub window_start_ms: u64,
+    pub window_end_ms: u64,
+}
+
+/// Encodes entries (sorted and unique by resource and minute) into as many batches as the
+/// wire format's byte bound needs, numbered consecutively. The same entries always give the same
+/// bytes: what makes a resend after a crash a duplicate, not a new batch.
+pub fn seal_entries(
+    identity: &BatchIdentity<'_>,
+    entries: Vec<DeltaEntry>,
+    generation: u64,
+) -> Vec<SealedBatch> {
+    let mut sealed = Vec::new();
+    let mut chunk: Vec<DeltaEntry> = Vec::new();
+    let mut chunk_bytes = HEADER_BYTES_MAX;
+    for entry in entries {
+        let entry_bytes = 1 + entry.resource_id.len() + 10 + 10 + entry.visitors.to_bytes().len();
+        if !chunk.is_empty()
+            && (chunk_bytes + entry_bytes > BATCH_BYTES_MAX || chunk.len() == BATCH_ENTRIES_MAX)
+        {
+            let sequence = identity.first_sequence + sealed.len() as u64;
+            sealed.push(encode(
+                identity,
+                sequence,
+                std::mem::take(&mut chunk),
+                generation,
+            ));
+            chunk_bytes = HEADER_BYTES_MAX;
         }
-        match batch.encode() {
-            Ok(bytes) => {
-                self.sealed.push_back(SealedBatch {
-                    sequence: self.next_sequence,
-                    hits,
-                    bytes,
-                    resource_hits,
-                    generation: self.pending_generation,
-                });
-                self.next_sequence += 1;
-            }
-            // Entries come from a sorted map of validated ids and the chunk respects the byte
-            // bound, so this is a programming error; losing the counts silently would be worse.
-            Err(error) => panic!("a sealed batch failed to encode: {error}"),
-        }
+        chunk_bytes += entry_bytes;
+        chunk.push(entry);
+    }
+    if !chunk.is_empty() {
+        let sequence = identity.first_sequence + sealed.len() as u64;
+        sealed.push(encode(identity, sequence, chunk, generation));
+    }
+    sealed
+}
+
+fn encode(
+    identity: &BatchIdentity<'_>,
+    sequence: u64,
+    entries: Vec<DeltaEntry>,
+    generation: u64,
+) -> SealedBatch {
+    let batch = DeltaBatch {
+        header: DeltaHeader {
+            edge_id: identity.edge_id.to_owned(),
+            boot_epoch: identity.boot_epoch,
+            sequence,
+            window_start_ms: identity.window_start_ms,
+            window_end_ms: identity.window_end_ms,
+        },
+        entries,
+    };
+    let hits = batch.hits();
+    let mut resource_hits: BTreeMap<String, u64> = BTreeMap::new();
+    for entry in &batch.entries {
+        *resource_hits.entry(entry.resource_id.clone()).or_default() += entry.hits;
+    }
+    match batch.encode() {
+        Ok(bytes) => SealedBatch {
+            sequence,
+            hits,
+            bytes,
+            resource_hits,
+            generation,
+        },
+        // Entries come from a sorted map of validated ids and the chunk respects the byte
+        // bound, so this is a programming error; losing the counts silently would be worse.
+        Err(error) => panic!("a sealed batch failed to encode: {error}"),
     }
 }
 

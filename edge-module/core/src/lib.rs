@@ -13,13 +13,14 @@
 //! No clock and no randomness here: callers pass times in, which keeps the logic deterministic
 //! under test and free of WASI imports in the component.
 
+pub mod beacon;
 mod counter;
 mod delivery;
 pub mod filter;
 mod visitor;
 
 pub use counter::{ClosedWindow, EdgeCounter, Recorded};
-pub use delivery::{Delivery, DeliveryFull, SealedBatch};
+pub use delivery::{BatchIdentity, Delivery, DeliveryFull, SealedBatch, seal_entries};
 pub use filter::{HitRequest, Rejection};
 pub use visitor::{DAY_MS, VisitorHasher};
 

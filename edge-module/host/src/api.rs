@@ -16,12 +16,13 @@ use tower_http::cors::{Any, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
 
+use hitcount_edge_core::beacon::{BeaconError, PURPOSE_HEADERS, is_prefetch, parse_beacon};
+
 use crate::module::{Hit, Outcome};
 use crate::spool::Spool;
 use crate::{EdgeState, now_ms};
 
-/// A beacon body is a resource id and maybe a timestamp: a few hundred bytes at most.
-pub const BEACON_BODY_BYTES_MAX: usize = 4 * 1024;
+pub use hitcount_edge_core::beacon::BEACON_BODY_BYTES_MAX;
 /// Header naming what became of a hit: `counted`, or why not.
 pub const RESULT_HEADER: &str = "x-hitcount-result";
 /// The smallest transparent GIF (1x1): what `GET /hit.gif` always answers.
@@ -86,13 +87,11 @@ pub(crate) fn hit_from(
     } else {
         origin
     };
-    let purpose = ["sec-purpose", "purpose", "x-purpose", "x-moz"]
-        .iter()
-        .filter_map(|name| headers.get(*name).and_then(|value| value.to_str().ok()))
-        .any(|value| {
-            let value = value.to_ascii_lowercase();
-            value.contains("prefetch") || value.contains("prerender") || value.contains("preview")
-        });
+    let purpose = is_prefetch(
+        PURPOSE_HEADERS
+            .iter()
+            .filter_map(|name| headers.get(*name).and_then(|value| value.to_str().ok())),
+    );
     Hit {
         resource_id,
         site,
@@ -138,16 +137,6 @@ pub(crate) async fn record(state: &EdgeState, hit: Hit) -> Result<Outcome, ()> {
     Ok(outcome)
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Beacon {
-    #[serde(alias = "r")]
-    resource_id: String,
-    /// Unix ms; the edge's clock if absent.
-    #[serde(alias = "t")]
-    timestamp: Option<u64>,
-}
-
 /// `POST /hit`: a beacon from `navigator.sendBeacon` (text/plain) or fetch (application/json).
 async fn post_hit(
     State(state): State<Shared>,
@@ -157,23 +146,16 @@ async fn post_hit(
 ) -> Response {
     let content_type = headers
         .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or("text/plain");
-    if !(content_type.starts_with("text/plain") || content_type.starts_with("application/json")) {
-        return error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send the beacon as text/plain or application/json",
-        );
-    }
-    let beacon: Beacon = match serde_json::from_slice(&body) {
+        .and_then(|value| value.to_str().ok());
+    let beacon = match parse_beacon(content_type, &body) {
         Ok(beacon) => beacon,
-        Err(parse_error) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_beacon",
-                &format!("the body must be {{\"resource_id\": \"...\"}}: {parse_error}"),
-            );
+        Err(refused) => {
+            let status = match refused {
+                BeaconError::ContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                BeaconError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                BeaconError::Json(_) => StatusCode::BAD_REQUEST,
+            };
+            return error(status, refused.code(), &refused.to_string());
         }
     };
     let hit = hit_from(

@@ -38,12 +38,7 @@ async fn assert_exact_at(aggregator: &str, hits_sent: u64, resources: u64) {
         uniques_total += uniques;
     }
     // Summed over resources the estimates must be within three standard errors (0.81% each).
-    let truth = 50 * resources;
-    let error = (uniques_total as f64 - truth as f64).abs() / truth as f64;
-    assert!(
-        error <= 3.0 * hitcount_wire::SKETCH_STANDARD_ERROR,
-        "{uniques_total} uniques summed over resources for {truth}"
-    );
+    hitcount_test_support::assert_uniques_near(uniques_total, 50 * resources);
 }
 
 /// The scale: 100,000 hits over HTTP across 1,000 resources and 50,000 visitors.

@@ -12,7 +12,7 @@ use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
-use crate::support::{ADMIN_TOKEN, BROWSER, Server, aggregator, count, edge, edge_config};
+use crate::support::{BROWSER, Server, aggregator, count, edge, edge_config};
 
 /// A small site: pages, a redirect, a 404, an echo of what the origin received.
 async fn origin() -> Server {
@@ -67,14 +67,7 @@ async fn origin() -> Server {
 }
 
 async fn create(aggregator: &Server, resource_id: &str) {
-    let response = Client::new()
-        .post(aggregator.url("/resources"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"name": resource_id, "resource_id": resource_id}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
+    hitcount_test_support::create_resource(&aggregator.url(""), resource_id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

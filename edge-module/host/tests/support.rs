@@ -11,86 +11,22 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use hitcount_aggregator::Aggregator;
-use hitcount_aggregator::config::{Config as AggregatorConfig, EdgeKey};
 use hitcount_edge::Edge;
 use hitcount_edge::config::Config as EdgeConfig;
 use reqwest::Client;
-use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
-pub const ADMIN_TOKEN: &str = "edge-test-admin-token-0123";
+pub use hitcount_test_support::{ADMIN_TOKEN, BROWSER, Server};
 pub const EDGE_ID: &str = "edge-e2e";
 pub const EDGE_KEY: &str = "edge-e2e-secret-0123456789";
-pub const BROWSER: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0";
-
-pub struct Server {
-    pub address: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
-}
-
-impl Server {
-    pub fn new(
-        address: SocketAddr,
-        stop: oneshot::Sender<()>,
-        task: JoinHandle<anyhow::Result<()>>,
-    ) -> Self {
-        Self {
-            address,
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.address)
-    }
-
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await.unwrap().unwrap();
-        }
-    }
-}
 
 pub async fn aggregator(directory: &TempDir, address: Option<SocketAddr>) -> Server {
     aggregator_in(directory.path(), address).await
 }
 
 pub async fn aggregator_in(directory: &std::path::Path, address: Option<SocketAddr>) -> Server {
-    let mut config = AggregatorConfig::for_data_dir(directory.to_path_buf());
-    config.admin_token = Some(ADMIN_TOKEN.to_owned());
-    config.edge_keys = vec![EdgeKey {
-        edge_id: EDGE_ID.to_owned(),
-        secret: EDGE_KEY.as_bytes().to_vec(),
-    }];
-    config.rate_limit_ip = 0;
-    config.rate_limit_token = 0;
-    let aggregator = Aggregator::start(config).await.unwrap();
-    let listener =
-        tokio::net::TcpListener::bind(address.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()))
-            .await
-            .unwrap();
-    let address = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(hitcount_aggregator::serve(
-        listener,
-        aggregator,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    Server {
-        address,
-        stop: Some(stop),
-        task: Some(task),
-    }
+    hitcount_test_support::aggregator(directory, address, &[(EDGE_ID, EDGE_KEY)]).await
 }
 
 /// An address nothing listens on now: bound to port 0, then released for a child process.
@@ -116,11 +52,7 @@ pub async fn edge(config: EdgeConfig) -> Server {
     let task = tokio::spawn(hitcount_edge::serve(listener, edge, async move {
         let _ = stopped.await;
     }));
-    Server {
-        address,
-        stop: Some(stop),
-        task: Some(task),
-    }
+    Server::new(address, stop, task)
 }
 
 pub async fn create_resources(aggregator: &Server, count: usize) {
@@ -128,17 +60,7 @@ pub async fn create_resources(aggregator: &Server, count: usize) {
 }
 
 pub async fn create_resources_at(aggregator: &str, count: usize) {
-    let client = Client::new();
-    for index in 0..count {
-        let response = client
-            .post(format!("{aggregator}/resources"))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&json!({"name": format!("r{index}"), "resource_id": format!("r{index}")}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::CREATED);
-    }
+    hitcount_test_support::create_resources(aggregator, count).await;
 }
 
 pub async fn count(server: &Server, resource_id: &str) -> (u64, u64) {
@@ -146,19 +68,7 @@ pub async fn count(server: &Server, resource_id: &str) -> (u64, u64) {
 }
 
 pub async fn count_at(server: &str, resource_id: &str) -> (u64, u64) {
-    let value: Value = Client::new()
-        .get(format!("{server}/hits/{resource_id}?window=1h"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    (
-        value["count"].as_u64().unwrap(),
-        value["uniques"].as_u64().unwrap(),
-    )
+    hitcount_test_support::count(server, resource_id).await
 }
 
 /// Sends `hits` beacons over `connections` concurrent clients: hit `i` goes to resource
@@ -265,11 +175,7 @@ pub async fn duplicating_proxy(target: &Server) -> DuplicatingProxy {
             .map_err(anyhow::Error::from)
     });
     DuplicatingProxy {
-        server: Server {
-            address,
-            stop: Some(stop),
-            task: Some(task),
-        },
+        server: Server::new(address, stop, task),
         duplicates,
     }
 }

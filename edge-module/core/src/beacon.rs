@@ -1,0 +1,89 @@
+//! What a browser sends: the beacon body and the request headers that matter, read the same way
+//! by every edge (the wasmtime host and the Spin component).
+
+use serde::Deserialize;
+
+/// A beacon body is a resource id and maybe a timestamp: a few hundred bytes at most.
+pub const BEACON_BODY_BYTES_MAX: usize = 4 * 1024;
+
+/// Headers by which browsers mark prefetches and prerenders.
+pub const PURPOSE_HEADERS: [&str; 4] = ["sec-purpose", "purpose", "x-purpose", "x-moz"];
+
+/// The body of `POST /hit`: `{"resource_id": "...", "timestamp": ms}`, or `r` and `t` for short.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Beacon {
+    #[serde(alias = "r")]
+    pub resource_id: String,
+    /// Unix ms; the edge's clock if absent.
+    #[serde(alias = "t")]
+    pub timestamp: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BeaconError {
+    #[error("send the beacon as text/plain or application/json")]
+    ContentType,
+    #[error("the body is over {BEACON_BODY_BYTES_MAX} bytes")]
+    TooLarge,
+    #[error("the body must be {{\"resource_id\": \"...\"}}: {0}")]
+    Json(String),
+}
+
+impl BeaconError {
+    /// A stable machine-readable name, for error bodies.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::ContentType => "unsupported_media_type",
+            Self::TooLarge => "body_too_large",
+            Self::Json(_) => "invalid_beacon",
+        }
+    }
+}
+
+/// Parses a beacon. `content_type` absent means text/plain, which is what `sendBeacon` sends
+/// for a string.
+pub fn parse_beacon(content_type: Option<&str>, body: &[u8]) -> Result<Beacon, BeaconError> {
+    let content_type = content_type.unwrap_or("text/plain");
+    if !(content_type.starts_with("text/plain") || content_type.starts_with("application/json")) {
+        return Err(BeaconError::ContentType);
+    }
+    if body.len() > BEACON_BODY_BYTES_MAX {
+        return Err(BeaconError::TooLarge);
+    }
+    serde_json::from_slice(body).map_err(|error| BeaconError::Json(error.to_string()))
+}
+
+/// True when one of the [`PURPOSE_HEADERS`] values says prefetch, prerender or preview.
+pub fn is_prefetch<'a>(purpose_values: impl IntoIterator<Item = &'a str>) -> bool {
+    purpose_values.into_iter().any(|value| {
+        let value = value.to_ascii_lowercase();
+        value.contains("prefetch") || value.contains("prerender") || value.contains("preview")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn beacons_parse_in_both_spellings_and_refuse_the_rest() {
+        let long = parse_beacon(None, br#"{"resource_id":"home","timestamp":5}"#).unwrap();
+        let short = parse_beacon(Some("application/json"), br#"{"r":"home","t":5}"#).unwrap();
+        assert_eq!(long, short);
+        assert_eq!(
+            parse_beacon(Some("application/xml"), b"{}"),
+            Err(BeaconError::ContentType)
+        );
+        assert!(matches!(
+            parse_beacon(None, br#"{"resource_id":"a","extra":1}"#),
+            Err(BeaconError::Json(_))
+        ));
+        assert_eq!(
+            parse_beacon(None, &vec![b' '; BEACON_BODY_BYTES_MAX + 1]),
+            Err(BeaconError::TooLarge)
+        );
+        assert!(is_prefetch(["Prefetch;prerender"]));
+        assert!(!is_prefetch(["document"]));
+    }
+}
