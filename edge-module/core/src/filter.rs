@@ -94,8 +94,20 @@ pub fn is_bot(user_agent: &str) -> bool {
         .last()
         .map(|(index, c)| index + c.len_utf8())
         .unwrap_or(0);
-    let lower = user_agent[..cut].to_ascii_lowercase();
-    BOT_MARKERS.iter().any(|marker| lower.contains(marker))
+    bot_markers().is_match(&user_agent[..cut])
+}
+
+/// All markers in one automaton, matched case-insensitively in one pass over the user agent:
+/// a `contains` per marker scanned the string 28 times and allocated a lowercase copy, which
+/// made this the most expensive step of recording a hit.
+fn bot_markers() -> &'static aho_corasick::AhoCorasick {
+    static MARKERS: std::sync::OnceLock<aho_corasick::AhoCorasick> = std::sync::OnceLock::new();
+    MARKERS.get_or_init(|| {
+        aho_corasick::AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .build(BOT_MARKERS)
+            .unwrap_or_else(|error| panic!("the bot markers are valid patterns: {error}"))
+    })
 }
 
 /// Checks a hit; returns the time it is counted at.
