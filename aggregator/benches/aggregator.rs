@@ -245,7 +245,7 @@ async fn store_merge() {
         "\n## Merging delta batches into the embedded store (SQLite, WAL, synchronous=FULL)\n"
     );
     let directory = tempfile::TempDir::new().unwrap();
-    let store = Store::open(directory.path()).unwrap();
+    let store = Store::open_embedded(directory.path()).unwrap();
     for resource in 0..RESOURCES_PER_BATCH {
         store
             .create_resource(hitcount_aggregator::store::ResourceRecord {
@@ -347,7 +347,7 @@ async fn query_latency() {
     );
     let (address, directory) = aggregator(AckMode::Durable).await;
     // Fill one resource with a full day of minutes, 20 visitors each, through the store.
-    let store = Store::open(directory.path()).unwrap();
+    let store = Store::open_embedded(directory.path()).unwrap();
     let first_minute = now_ms() / MINUTE_MS - 1_439;
     let mut day: Vec<DeltaEntry> = entries(1, 1_440, first_minute, 20, 99);
     for entry in &mut day {

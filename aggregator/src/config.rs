@@ -62,6 +62,15 @@ pub struct Args {
     #[arg(long, env = "HITCOUNT_RATE_LIMIT_TOKEN", default_value_t = RATE_LIMIT_PER_SECOND_DEFAULT)]
     pub rate_limit_token: u32,
 
+    /// PostgreSQL (or Citus) for counts, resources, tokens and keys, e.g.
+    /// `postgres://user@host/db`; the embedded store in --data-dir if absent.
+    #[arg(long, env = "HITCOUNT_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Redis for recent counts (a cache in front of PostgreSQL; needs --database-url).
+    #[arg(long, env = "HITCOUNT_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
     /// Seconds between runs of the retention job.
     #[arg(long, env = "HITCOUNT_RETENTION_INTERVAL_S", default_value_t = 60)]
     pub retention_interval_s: u64,
@@ -104,6 +113,8 @@ pub struct Config {
     pub rate_limit_ip: u32,
     pub rate_limit_token: u32,
     pub retention_interval_s: u64,
+    pub database_url: Option<String>,
+    pub redis_url: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +131,14 @@ pub enum ConfigError {
     FlushInterval,
     #[error("--retention-interval-s must be between 1 and {RETENTION_INTERVAL_S_MAX}")]
     RetentionInterval,
+    #[error("--database-url must be a postgres:// or postgresql:// URL")]
+    DatabaseUrl,
+    #[error("--redis-url must be a redis:// URL")]
+    RedisUrl,
+    #[error(
+        "--redis-url needs --database-url: Redis is a cache of recent counts, PostgreSQL keeps them"
+    )]
+    RedisWithoutDatabase,
 }
 
 impl Config {
@@ -135,6 +154,8 @@ impl Config {
             rate_limit_ip: RATE_LIMIT_PER_SECOND_DEFAULT,
             rate_limit_token: RATE_LIMIT_PER_SECOND_DEFAULT,
             retention_interval_s: 60,
+            database_url: None,
+            redis_url: None,
         }
     }
 }
@@ -180,6 +201,19 @@ impl TryFrom<Args> for Config {
         if !(1..=RETENTION_INTERVAL_S_MAX).contains(&args.retention_interval_s) {
             return Err(ConfigError::RetentionInterval);
         }
+        if args.database_url.as_ref().is_some_and(|url| {
+            !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        }) {
+            return Err(ConfigError::DatabaseUrl);
+        }
+        if let Some(url) = &args.redis_url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(ConfigError::RedisUrl);
+            }
+            if args.database_url.is_none() {
+                return Err(ConfigError::RedisWithoutDatabase);
+            }
+        }
         Ok(Self {
             listen: args.listen,
             data_dir: args.data_dir,
@@ -190,6 +224,8 @@ impl TryFrom<Args> for Config {
             rate_limit_ip: args.rate_limit_ip,
             rate_limit_token: args.rate_limit_token,
             retention_interval_s: args.retention_interval_s,
+            database_url: args.database_url,
+            redis_url: args.redis_url,
         })
     }
 }
@@ -228,6 +264,26 @@ mod tests {
         assert!(matches!(
             parse(&["--admin-token", "short"]),
             Err(ConfigError::AdminTokenShort)
+        ));
+    }
+
+    #[test]
+    fn store_urls_are_checked_and_redis_needs_a_database() {
+        let config = parse(&[
+            "--database-url",
+            "postgres://root@127.0.0.1/test",
+            "--redis-url",
+            "redis://127.0.0.1:6379",
+        ])
+        .unwrap();
+        assert!(config.database_url.is_some() && config.redis_url.is_some());
+        assert!(matches!(
+            parse(&["--database-url", "mysql://x"]),
+            Err(ConfigError::DatabaseUrl)
+        ));
+        assert!(matches!(
+            parse(&["--redis-url", "redis://127.0.0.1:6379"]),
+            Err(ConfigError::RedisWithoutDatabase)
         ));
     }
 }

@@ -89,6 +89,15 @@ impl From<StoreError> for ApiError {
                 message: "the store is busy; retry shortly".to_owned(),
                 retry_after_s: 1,
             },
+            StoreError::Unavailable(reason) => {
+                // The reason is for the operator; the client learns only to come back.
+                tracing::warn!(%reason, "the database is unavailable");
+                Self::Unavailable {
+                    message: "the database is unavailable; nothing was stored, retry shortly"
+                        .to_owned(),
+                    retry_after_s: 2,
+                }
+            }
             other => Self::Internal(other.into()),
         }
     }

@@ -79,8 +79,13 @@ pub struct Aggregator {
 
 impl Aggregator {
     pub async fn start(config: Config) -> anyhow::Result<Self> {
-        let store = Store::open(&config.data_dir)
-            .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+        let store = match &config.database_url {
+            Some(url) => Store::open_postgres(url)
+                .await
+                .context("connecting to PostgreSQL and migrating its schema")?,
+            None => Store::open_embedded(&config.data_dir)
+                .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
+        };
         let generated_admin_token =
             bootstrap_admin_token(&store, config.admin_token.as_deref()).await?;
         let tokens = TokenRegistry::default();

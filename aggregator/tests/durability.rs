@@ -180,7 +180,7 @@ async fn retention_keeps_coarse_tiers_and_honours_resource_retention() {
 
     // Run retention as if two days had passed: minute rows go, hour and day rows stay, and the
     // one-day resource loses everything.
-    let store = hitcount_aggregator::store::Store::open(&server.data_dir).unwrap();
+    let store = crate::support::open_store(&server.data_dir).await;
     let now = now_ms();
     let later = now + 2 * DAY_MS + HOUR_MS;
     let pruned = store.prune(later).await.unwrap();
@@ -218,7 +218,7 @@ async fn sketch_compaction_changes_no_answer() {
     }
     let before = api.count("home", "5m").await;
     let (_, before_series) = api.get("/hits/home?window=24h&granularity=hour").await;
-    let store = hitcount_aggregator::store::Store::open(&server.data_dir).unwrap();
+    let store = crate::support::open_store(&server.data_dir).await;
     // The server's own maintenance task may have folded some rows already; after this call none
     // are left, and a second call has nothing to do.
     store.compact().await.unwrap();

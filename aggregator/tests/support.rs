@@ -21,6 +21,75 @@ pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 pub const EDGE_ID: &str = "edge-test";
 pub const EDGE_SECRET: &str = "edge-secret-0123456789";
 
+/// Which store the tests run on: the embedded one, or PostgreSQL with `HITCOUNT_TEST_STORE=postgres`
+/// (`.ci/run` runs this test binary both ways). On PostgreSQL each data directory gets its own
+/// database, named after it, so a restart on the same directory finds the same data.
+pub fn database_url_for(data_dir: &Path) -> Option<String> {
+    if std::env::var("HITCOUNT_TEST_STORE").as_deref() != Ok("postgres") {
+        return None;
+    }
+    let server = std::env::var("HITCOUNT_TEST_DATABASE_SERVER")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432".to_owned());
+    static CLEANED: std::sync::Once = std::sync::Once::new();
+    // Databases of an earlier run go first: a test's database must outlive its server (restart
+    // tests reopen it), so each run cleans up after the one before.
+    CLEANED.call_once(|| {
+        let list = psql(
+            &server,
+            "SELECT datname FROM pg_database WHERE datname LIKE 'hitcount_agg_%'",
+        );
+        for name in list.lines().map(str::trim).filter(|name| !name.is_empty()) {
+            psql(
+                &server,
+                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            );
+        }
+    });
+    let suffix: String = data_dir
+        .file_name()
+        .map(|name| name.to_string_lossy().to_lowercase())
+        .unwrap_or_default()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    let name = format!("hitcount_agg_{suffix}");
+    let exists = psql(
+        &server,
+        &format!("SELECT 1 FROM pg_database WHERE datname = '{name}'"),
+    );
+    if exists.trim().is_empty() {
+        psql(&server, &format!("CREATE DATABASE {name}"));
+    }
+    Some(format!("{server}/{name}"))
+}
+
+/// Runs one SQL command with psql against the `postgres` database of `server`; PostgreSQL being
+/// unreachable fails the test (it was asked for explicitly).
+fn psql(server: &str, sql: &str) -> String {
+    let output = std::process::Command::new("psql")
+        .arg(format!("{server}/postgres"))
+        .args(["-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .expect("psql runs");
+    assert!(
+        output.status.success(),
+        "PostgreSQL at {server} is unreachable or refused {sql:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The store of a test server's data, opened beside the server (for retention and compaction
+/// tests that call the store directly).
+pub async fn open_store(data_dir: &Path) -> hitcount_aggregator::store::Store {
+    match database_url_for(data_dir) {
+        Some(url) => hitcount_aggregator::store::Store::open_postgres(&url)
+            .await
+            .expect("PostgreSQL opens"),
+        None => hitcount_aggregator::store::Store::open_embedded(data_dir).expect("store opens"),
+    }
+}
+
 /// Configuration every test server starts from: a known admin token, one configured edge key,
 /// and rate limits high enough not to get in the way.
 pub fn test_config(data_dir: &Path) -> Config {
@@ -32,6 +101,7 @@ pub fn test_config(data_dir: &Path) -> Config {
     }];
     config.rate_limit_ip = 100_000;
     config.rate_limit_token = 100_000;
+    config.database_url = database_url_for(data_dir);
     config
 }
 
@@ -310,6 +380,11 @@ impl BinaryServer {
             .arg("0")
             .arg("--rate-limit-token")
             .arg("0")
+            .args(
+                database_url_for(data_dir)
+                    .map(|url| vec!["--database-url".to_owned(), url])
+                    .unwrap_or_default(),
+            )
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

@@ -8,3 +8,4 @@ mod support;
 mod api;
 mod deltas;
 mod durability;
+mod faults;

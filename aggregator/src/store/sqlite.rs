@@ -9,7 +9,7 @@
 //! Unique-visitor sketches are not rewritten on every merge: a dense sketch is 12 KiB, and
 //! rewriting every hot cell's sketch in every group commit made the write-ahead log, not the
 //! hits, the cost. A merge appends the entry's (usually tiny, sparse) sketch to
-//! `pending_sketches` in the same transaction as the counts, and [`Store::compact`] folds pending
+//! `pending_sketches` in the same transaction as the counts, and [`SqliteStore::compact`] folds pending
 //! rows into their cells about once a second. Queries merge both, so results never depend on
 //! whether compaction has run, and the append is as durable as the counts.
 //!
@@ -26,106 +26,6 @@ use hitcount_wire::{DeltaEntry, MINUTE_MS, Sketch};
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-pub const HOUR_MS: u64 = 60 * MINUTE_MS;
-pub const DAY_MS: u64 = 24 * HOUR_MS;
-/// Minute counts are kept for 48 hours.
-pub const MINUTE_TIER_RETENTION_MS: u64 = 48 * HOUR_MS;
-/// Hour counts are kept for 90 days; day counts are kept until the resource's retention ends.
-pub const HOUR_TIER_RETENTION_MS: u64 = 90 * DAY_MS;
-/// Deltas whose window ended longer ago than this are refused: their dedupe records may be gone.
-pub const DELTA_AGE_MS_MAX: u64 = 7 * DAY_MS;
-/// Dedupe records outlive the age limit by a day, so every batch that can be accepted is checked.
-pub const DEDUPE_RETENTION_MS: u64 = DELTA_AGE_MS_MAX + DAY_MS;
-/// The retention job deletes at most this many rows per transaction, so ingest never waits long.
-const RETENTION_DELETE_ROWS_MAX: usize = 10_000;
-/// Pending sketch rows folded into cells per compaction transaction.
-const COMPACTION_ROWS_MAX: usize = 50_000;
-/// Compaction rounds that may find their cells changed underneath before giving up for now.
-const COMPACTION_CONFLICTS_MAX: u32 = 5;
-/// Read connections in the pool.
-const READ_CONNECTIONS_MAX: u32 = 8;
-/// How long a statement waits for a lock before reporting `Busy`.
-const BUSY_TIMEOUT_MS: u64 = 5_000;
-const DATABASE_FILE: &str = "hitcount.sqlite3";
-/// The encoding of an empty sketch.
-const EMPTY_SKETCH: &[u8] = &[0];
-
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    serde::Serialize,
-    serde::Deserialize,
-    utoipa::ToSchema,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Tier {
-    Minute,
-    Hour,
-    Day,
-}
-
-impl Tier {
-    pub const ALL: [Tier; 3] = [Tier::Minute, Tier::Hour, Tier::Day];
-
-    pub fn resolution_ms(self) -> u64 {
-        match self {
-            Self::Minute => MINUTE_MS,
-            Self::Hour => HOUR_MS,
-            Self::Day => DAY_MS,
-        }
-    }
-
-    /// How long this tier's counts are kept, if not forever.
-    pub fn retention_ms(self) -> Option<u64> {
-        match self {
-            Self::Minute => Some(MINUTE_TIER_RETENTION_MS),
-            Self::Hour => Some(HOUR_TIER_RETENTION_MS),
-            Self::Day => None,
-        }
-    }
-
-    /// The name used in the API (`granularity=minute`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Minute => "minute",
-            Self::Hour => "hour",
-            Self::Day => "day",
-        }
-    }
-
-    fn code(self) -> i64 {
-        match self {
-            Self::Minute => 0,
-            Self::Hour => 1,
-            Self::Day => 2,
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("the store is busy")]
-    Busy,
-    #[error("sqlite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("connection pool: {0}")]
-    Pool(#[from] r2d2::Error),
-    #[error("could not create the data directory {path}: {source}")]
-    DataDir {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("a stored sketch is corrupt: {0}")]
-    CorruptSketch(#[from] hitcount_wire::WireError),
-    #[error("a store task failed: {0}")]
-    Task(String),
-}
-
 fn classify(error: rusqlite::Error) -> StoreError {
     match error.sqlite_error_code() {
         Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
@@ -135,74 +35,31 @@ fn classify(error: rusqlite::Error) -> StoreError {
     }
 }
 
-/// The idempotency key of an edge batch and a digest of its body.
-#[derive(Debug, Clone)]
-pub struct BatchKey {
-    pub edge_id: String,
-    pub boot_epoch: u64,
-    pub sequence: u64,
-    pub body_sha256: [u8; 32],
-}
+use super::{
+    Applied, ApplyOutcome, BatchKey, COMPACTION_ROWS_MAX, CountCell, CreateOutcome,
+    DEDUPE_RETENTION_MS, EMPTY_SKETCH, Pruned, RETENTION_DELETE_ROWS_MAX, ResourceRecord,
+    StoreError, Tier, TokenRecord, entry_buckets, merge_pending, retention_rules,
+};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Applied {
-    pub entries: u64,
-    pub hits: u64,
-    /// Entries for resources that do not exist (never created, or deleted): not counted.
-    pub unknown_resource_entries: u64,
-    /// Entries older than their resource's retention: not counted.
-    pub expired_entries: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ApplyOutcome {
-    Applied(Applied),
-    /// The same batch was applied before; nothing changed.
-    Duplicate,
-    /// A batch with the same key but a different body was applied before; nothing changed.
-    Conflict,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResourceRecord {
-    pub id: String,
-    pub name: String,
-    pub retention_days: Option<u32>,
-    pub created_at_ms: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenRecord {
-    pub id: String,
-    pub name: String,
-    pub token_sha256: [u8; 32],
-    pub scopes: Vec<String>,
-    pub created_at_ms: u64,
-}
-
-/// One stored cell of one tier.
-#[derive(Debug, Clone)]
-pub struct CountCell {
-    pub bucket_ms: u64,
-    pub hits: u64,
-    pub visitors: Sketch,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Pruned {
-    pub count_rows: u64,
-    pub dedupe_rows: u64,
-}
+/// Compaction rounds that may find their cells changed underneath before giving up for now.
+const COMPACTION_CONFLICTS_MAX: u32 = 5;
+/// Read connections in the pool.
+const READ_CONNECTIONS_MAX: u32 = 8;
+/// How long a statement waits for a lock before reporting `Busy`.
+const BUSY_TIMEOUT_MS: u64 = 5_000;
+const DATABASE_FILE: &str = "hitcount.sqlite3";
 
 #[derive(Clone)]
-pub struct Store {
+pub struct SqliteStore {
     writer: Arc<Mutex<Connection>>,
     readers: r2d2::Pool<SqliteConnectionManager>,
 }
 
-impl std::fmt::Debug for Store {
+impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.debug_struct("Store").finish_non_exhaustive()
+        formatter
+            .debug_struct("SqliteStore")
+            .finish_non_exhaustive()
     }
 }
 
@@ -285,7 +142,7 @@ fn unmillis(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
-impl Store {
+impl SqliteStore {
     /// Opens (creating if needed) the database in `data_dir` and brings its schema up to date.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
@@ -399,14 +256,13 @@ impl Store {
                 let mut rows =
                     pending.query(params![resource_id, millis(start_ms), millis(end_ms)])?;
                 while let Some(row) = rows.next()? {
-                    let minute_ms = unmillis(row.get(0)?);
-                    let bucket_ms = minute_ms / tier.resolution_ms() * tier.resolution_ms();
                     let sketch: Vec<u8> = row.get(1)?;
-                    // A pending sketch whose cell retention already removed has nothing to join.
-                    if let Ok(index) = cells.binary_search_by_key(&bucket_ms, |cell| cell.bucket_ms)
-                    {
-                        cells[index].visitors.merge(&Sketch::from_bytes(&sketch)?);
-                    }
+                    merge_pending(
+                        &mut cells,
+                        tier,
+                        unmillis(row.get(0)?),
+                        &Sketch::from_bytes(&sketch)?,
+                    );
                 }
             }
             snapshot.commit()?;
@@ -597,21 +453,7 @@ impl Store {
     pub async fn prune(&self, now_ms: u64) -> Result<Pruned, StoreError> {
         let mut pruned = Pruned::default();
         let resources = self.resources().await?;
-        let mut rules: Vec<(Option<String>, Tier, u64)> = Vec::new();
-        for tier in Tier::ALL {
-            if let Some(retention) = tier.retention_ms() {
-                rules.push((None, tier, now_ms.saturating_sub(retention)));
-            }
-        }
-        for resource in &resources {
-            if let Some(days) = resource.retention_days {
-                let cutoff = now_ms.saturating_sub(u64::from(days) * DAY_MS);
-                for tier in Tier::ALL {
-                    rules.push((Some(resource.id.clone()), tier, cutoff));
-                }
-            }
-        }
-        for (resource, tier, cutoff_ms) in rules {
+        for (resource, tier, cutoff_ms) in retention_rules(&resources, now_ms) {
             loop {
                 let resource = resource.clone();
                 // A bucket goes when all of it is older than the cutoff.
@@ -660,13 +502,6 @@ impl Store {
         }
         Ok(pruned)
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CreateOutcome {
-    Created,
-    IdTaken,
-    NameTaken,
 }
 
 /// One cell a compaction round rewrites, with its encoded sketch before and after.
@@ -852,21 +687,11 @@ fn apply_blocking(
                 applied.unknown_resource_entries += 1;
                 continue;
             };
-            let entry_ms = entry.minute * MINUTE_MS;
-            if let Some(days) = retention_days
-                && entry_ms + MINUTE_MS <= now_ms.saturating_sub(u64::from(days) * DAY_MS)
-            {
+            let Some(buckets) = entry_buckets(entry, retention_days, now_ms) else {
                 applied.expired_entries += 1;
                 continue;
-            }
-            for tier in Tier::ALL {
-                let bucket_ms = entry_ms / tier.resolution_ms() * tier.resolution_ms();
-                // Writing a row the retention job would delete next is wasted work.
-                if tier.retention_ms().is_some_and(|retention| {
-                    bucket_ms + tier.resolution_ms() <= now_ms.saturating_sub(retention)
-                }) {
-                    continue;
-                }
+            };
+            for (tier, bucket_ms) in buckets {
                 add_hits.execute(params![
                     entry.resource_id,
                     tier.code(),
@@ -875,6 +700,7 @@ fn apply_blocking(
                     EMPTY_SKETCH
                 ])?;
             }
+            let entry_ms = entry.minute * MINUTE_MS;
             if !entry.visitors.is_empty() {
                 add_pending_sketch.execute(params![
                     entry.resource_id,

@@ -1,0 +1,354 @@
+//! The stores counts live in. [`Store`] is what the rest of the aggregator uses; behind it is
+//! either the embedded SQLite store (`sqlite.rs`, one file in the data directory) or PostgreSQL
+//! (`postgres.rs`, which is also what Azure Cosmos DB for PostgreSQL / Citus speaks). Both keep
+//! the same tables and the same rules: three tiers written in the merge's transaction, the dedupe
+//! record in that same transaction, sketches appended to `pending_sketches` and folded later.
+
+mod postgres;
+mod sqlite;
+
+use std::path::Path;
+
+use hitcount_wire::{DeltaEntry, MINUTE_MS, Sketch};
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+pub const HOUR_MS: u64 = 60 * MINUTE_MS;
+pub const DAY_MS: u64 = 24 * HOUR_MS;
+/// Minute counts are kept for 48 hours.
+pub const MINUTE_TIER_RETENTION_MS: u64 = 48 * HOUR_MS;
+/// Hour counts are kept for 90 days; day counts are kept until the resource's retention ends.
+pub const HOUR_TIER_RETENTION_MS: u64 = 90 * DAY_MS;
+/// Deltas whose window ended longer ago than this are refused: their dedupe records may be gone.
+pub const DELTA_AGE_MS_MAX: u64 = 7 * DAY_MS;
+/// Dedupe records outlive the age limit by a day, so every batch that can be accepted is checked.
+pub const DEDUPE_RETENTION_MS: u64 = DELTA_AGE_MS_MAX + DAY_MS;
+
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    Minute,
+    Hour,
+    Day,
+}
+
+impl Tier {
+    pub const ALL: [Tier; 3] = [Tier::Minute, Tier::Hour, Tier::Day];
+
+    pub fn resolution_ms(self) -> u64 {
+        match self {
+            Self::Minute => MINUTE_MS,
+            Self::Hour => HOUR_MS,
+            Self::Day => DAY_MS,
+        }
+    }
+
+    /// How long this tier's counts are kept, if not forever.
+    pub fn retention_ms(self) -> Option<u64> {
+        match self {
+            Self::Minute => Some(MINUTE_TIER_RETENTION_MS),
+            Self::Hour => Some(HOUR_TIER_RETENTION_MS),
+            Self::Day => None,
+        }
+    }
+
+    /// The name used in the API (`granularity=minute`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Minute => "minute",
+            Self::Hour => "hour",
+            Self::Day => "day",
+        }
+    }
+
+    pub(crate) fn code(self) -> i64 {
+        match self {
+            Self::Minute => 0,
+            Self::Hour => 1,
+            Self::Day => 2,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store is busy")]
+    Busy,
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("connection pool: {0}")]
+    Pool(#[from] r2d2::Error),
+    #[error("could not create the data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("a stored sketch is corrupt: {0}")]
+    CorruptSketch(#[from] hitcount_wire::WireError),
+    #[error("a store task failed: {0}")]
+    Task(String),
+    #[error("postgresql: {0}")]
+    Postgres(#[from] sqlx::Error),
+    #[error("postgresql migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database cannot be reached or is shutting down: nothing was written, retry later.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The idempotency key of an edge batch and a digest of its body.
+#[derive(Debug, Clone)]
+pub struct BatchKey {
+    pub edge_id: String,
+    pub boot_epoch: u64,
+    pub sequence: u64,
+    pub body_sha256: [u8; 32],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Applied {
+    pub entries: u64,
+    pub hits: u64,
+    /// Entries for resources that do not exist (never created, or deleted): not counted.
+    pub unknown_resource_entries: u64,
+    /// Entries older than their resource's retention: not counted.
+    pub expired_entries: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    Applied(Applied),
+    /// The same batch was applied before; nothing changed.
+    Duplicate,
+    /// A batch with the same key but a different body was applied before; nothing changed.
+    Conflict,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceRecord {
+    pub id: String,
+    pub name: String,
+    pub retention_days: Option<u32>,
+    pub created_at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub id: String,
+    pub name: String,
+    pub token_sha256: [u8; 32],
+    pub scopes: Vec<String>,
+    pub created_at_ms: u64,
+}
+
+/// One stored cell of one tier.
+#[derive(Debug, Clone)]
+pub struct CountCell {
+    pub bucket_ms: u64,
+    pub hits: u64,
+    pub visitors: Sketch,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub count_rows: u64,
+    pub dedupe_rows: u64,
+}
+
+/// The retention job deletes at most this many rows per transaction, so ingest never waits long.
+pub(crate) const RETENTION_DELETE_ROWS_MAX: usize = 10_000;
+/// Pending sketch rows folded into cells per compaction transaction.
+pub(crate) const COMPACTION_ROWS_MAX: usize = 50_000;
+/// The encoding of an empty sketch.
+pub(crate) const EMPTY_SKETCH: &[u8] = &[0];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateOutcome {
+    Created,
+    IdTaken,
+    NameTaken,
+}
+
+/// Either store; every method has the same meaning for both.
+#[derive(Debug, Clone)]
+pub enum Store {
+    Embedded(SqliteStore),
+    Postgres(PgStore),
+}
+
+/// Calls the same method on whichever store this is.
+macro_rules! forward {
+    ($self:ident . $method:ident ( $($argument:expr),* )) => {
+        match $self {
+            Store::Embedded(store) => store.$method($($argument),*).await,
+            Store::Postgres(store) => store.$method($($argument),*).await,
+        }
+    };
+}
+
+impl Store {
+    /// The embedded store in `data_dir`.
+    pub fn open_embedded(data_dir: &Path) -> Result<Self, StoreError> {
+        SqliteStore::open(data_dir).map(Self::Embedded)
+    }
+
+    /// PostgreSQL at `url`, migrated to the current schema.
+    pub async fn open_postgres(url: &str) -> Result<Self, StoreError> {
+        PgStore::connect(url).await.map(Self::Postgres)
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Embedded(_) => "embedded",
+            Self::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Merges delta entries into every tier in one transaction, with the batch's dedupe record.
+    pub async fn apply(
+        &self,
+        entries: Vec<DeltaEntry>,
+        key: Option<BatchKey>,
+        now_ms: u64,
+    ) -> Result<ApplyOutcome, StoreError> {
+        forward!(self.apply(entries, key, now_ms))
+    }
+
+    /// The cells of one tier in `[start_ms, end_ms)`, sorted by bucket, pending sketches merged.
+    pub async fn cells(
+        &self,
+        resource_id: String,
+        tier: Tier,
+        start_ms: u64,
+        end_ms: u64,
+    ) -> Result<Vec<CountCell>, StoreError> {
+        forward!(self.cells(resource_id, tier, start_ms, end_ms))
+    }
+
+    /// Folds pending sketches into their cells; returns how many pending rows were folded.
+    pub async fn compact(&self) -> Result<u64, StoreError> {
+        forward!(self.compact())
+    }
+
+    pub async fn create_resource(
+        &self,
+        record: ResourceRecord,
+    ) -> Result<CreateOutcome, StoreError> {
+        forward!(self.create_resource(record))
+    }
+
+    pub async fn resources(&self) -> Result<Vec<ResourceRecord>, StoreError> {
+        forward!(self.resources())
+    }
+
+    /// Deletes a resource and purges its counts. False if it did not exist.
+    pub async fn delete_resource(&self, id: String) -> Result<bool, StoreError> {
+        forward!(self.delete_resource(id))
+    }
+
+    pub async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        forward!(self.tokens())
+    }
+
+    /// Inserts a token, or replaces the one with the same id.
+    pub async fn put_token(&self, record: TokenRecord) -> Result<(), StoreError> {
+        forward!(self.put_token(record))
+    }
+
+    pub async fn delete_token(&self, id: String) -> Result<bool, StoreError> {
+        forward!(self.delete_token(id))
+    }
+
+    pub async fn edge_keys(&self) -> Result<Vec<(String, Vec<u8>, u64)>, StoreError> {
+        forward!(self.edge_keys())
+    }
+
+    pub async fn put_edge_key(
+        &self,
+        edge_id: String,
+        secret: Vec<u8>,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        forward!(self.put_edge_key(edge_id, secret, now_ms))
+    }
+
+    pub async fn delete_edge_key(&self, edge_id: String) -> Result<bool, StoreError> {
+        forward!(self.delete_edge_key(edge_id))
+    }
+
+    /// Deletes counts past retention and old dedupe records, in bounded transactions.
+    pub async fn prune(&self, now_ms: u64) -> Result<Pruned, StoreError> {
+        forward!(self.prune(now_ms))
+    }
+}
+
+/// Retention rules for `prune`: (resource or all, tier, cutoff) for every tier with a retention
+/// and every resource with its own.
+pub(crate) fn retention_rules(
+    resources: &[ResourceRecord],
+    now_ms: u64,
+) -> Vec<(Option<String>, Tier, u64)> {
+    let mut rules = Vec::new();
+    for tier in Tier::ALL {
+        if let Some(retention) = tier.retention_ms() {
+            rules.push((None, tier, now_ms.saturating_sub(retention)));
+        }
+    }
+    for resource in resources {
+        if let Some(days) = resource.retention_days {
+            let cutoff = now_ms.saturating_sub(u64::from(days) * DAY_MS);
+            for tier in Tier::ALL {
+                rules.push((Some(resource.id.clone()), tier, cutoff));
+            }
+        }
+    }
+    rules
+}
+
+/// What a merge writes for one entry: the bucket of each tier still kept, or nothing when the
+/// entry is past its resource's retention.
+pub(crate) fn entry_buckets(
+    entry: &DeltaEntry,
+    retention_days: Option<u32>,
+    now_ms: u64,
+) -> Option<Vec<(Tier, u64)>> {
+    let entry_ms = entry.minute * MINUTE_MS;
+    if let Some(days) = retention_days
+        && entry_ms + MINUTE_MS <= now_ms.saturating_sub(u64::from(days) * DAY_MS)
+    {
+        return None;
+    }
+    Some(
+        Tier::ALL
+            .into_iter()
+            .map(|tier| (tier, entry_ms / tier.resolution_ms() * tier.resolution_ms()))
+            // Writing a row the retention job would delete next is wasted work.
+            .filter(|(tier, bucket_ms)| {
+                !tier.retention_ms().is_some_and(|retention| {
+                    bucket_ms + tier.resolution_ms() <= now_ms.saturating_sub(retention)
+                })
+            })
+            .collect(),
+    )
+}
+
+/// Merges pending sketches (by minute) into cells of `tier` sorted by bucket.
+pub(crate) fn merge_pending(cells: &mut [CountCell], tier: Tier, minute_ms: u64, sketch: &Sketch) {
+    let bucket_ms = minute_ms / tier.resolution_ms() * tier.resolution_ms();
+    // A pending sketch whose cell retention already removed has nothing to join.
+    if let Ok(index) = cells.binary_search_by_key(&bucket_ms, |cell| cell.bucket_ms) {
+        cells[index].visitors.merge(sketch);
+    }
+}

@@ -1,0 +1,639 @@
+//! The PostgreSQL store (`--database-url`): the same tables and rules as the embedded store,
+//! through a pooled connection (sqlx), schema managed by the migrations in `aggregator/migrations`
+//! (run at start).
+//!
+//! A merge is one transaction: the batch's dedupe record first (its primary key serialises two
+//! deliveries of the same batch), the resources' retention, one `INSERT ... SELECT FROM unnest(...)
+//! ON CONFLICT DO UPDATE` for all tiers' counts and one `INSERT ... SELECT FROM unnest(...)` for the
+//! pending sketches. Rows are written in key order, so concurrent merges cannot deadlock. Every
+//! statement is valid on Citus with `hit_counts` and `pending_sketches` distributed by
+//! `resource_id` (see README.md).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hitcount_wire::{DeltaEntry, MINUTE_MS, Sketch};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Postgres, Row, Transaction};
+
+use super::{
+    Applied, ApplyOutcome, BatchKey, COMPACTION_ROWS_MAX, CountCell, CreateOutcome,
+    DEDUPE_RETENTION_MS, EMPTY_SKETCH, Pruned, RETENTION_DELETE_ROWS_MAX, ResourceRecord,
+    StoreError, Tier, TokenRecord, entry_buckets, merge_pending, retention_rules,
+};
+
+/// Pooled connections. Merges are short; more connections than this only add lock waits.
+pub const POOL_CONNECTIONS_MAX: u32 = 16;
+/// How long a request waits for a connection before the store reports itself unavailable (a
+/// stopped database must give 503 quickly, not hang every request).
+pub const POOL_ACQUIRE_TIMEOUT_MS: u64 = 2_000;
+/// Statements that run longer than this are cancelled by the server.
+pub const STATEMENT_TIMEOUT_MS: u64 = 30_000;
+
+fn signed(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn unsigned(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+/// Errors that mean "not now" (the server is down, restarting, overloaded, or chose this
+/// transaction as a deadlock victim) become `Unavailable`: nothing was committed, retry.
+fn classify(error: sqlx::Error) -> StoreError {
+    let transient = match &error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(database) => database.code().is_some_and(|code| {
+            // 08: connection exception, 57P: operator intervention (shutdown), 53: insufficient
+            // resources, 40001/40P01: serialization failure, deadlock.
+            code.starts_with("08")
+                || code.starts_with("57P")
+                || code.starts_with("53")
+                || code == "40001"
+                || code == "40P01"
+        }),
+        _ => false,
+    };
+    if transient {
+        StoreError::Unavailable(error.to_string())
+    } else {
+        StoreError::Postgres(error)
+    }
+}
+
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("PgStore").finish_non_exhaustive()
+    }
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+impl PgStore {
+    /// Connects and runs the migrations not yet applied.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = url
+            .parse::<PgConnectOptions>()
+            .map_err(classify)?
+            .options([("statement_timeout", STATEMENT_TIMEOUT_MS.to_string())]);
+        let pool = PgPoolOptions::new()
+            .max_connections(POOL_CONNECTIONS_MAX)
+            .acquire_timeout(Duration::from_millis(POOL_ACQUIRE_TIMEOUT_MS))
+            .connect_with(options)
+            .await
+            .map_err(classify)?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        self.pool.begin().await.map_err(classify)
+    }
+
+    pub async fn apply(
+        &self,
+        entries: Vec<DeltaEntry>,
+        key: Option<BatchKey>,
+        now_ms: u64,
+    ) -> Result<ApplyOutcome, StoreError> {
+        let mut transaction = self.begin().await?;
+        let outcome = apply_in(&mut transaction, &entries, key.as_ref(), now_ms)
+            .await
+            .map_err(classify)?;
+        match outcome {
+            ApplyOutcome::Applied(_) => transaction.commit().await.map_err(classify)?,
+            _ => transaction.rollback().await.map_err(classify)?,
+        }
+        Ok(outcome)
+    }
+
+    pub async fn cells(
+        &self,
+        resource_id: String,
+        tier: Tier,
+        start_ms: u64,
+        end_ms: u64,
+    ) -> Result<Vec<CountCell>, StoreError> {
+        let mut transaction = self.begin().await?;
+        // One snapshot for both reads, so a compaction in between cannot hide or double a
+        // visitor.
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *transaction)
+            .await
+            .map_err(classify)?;
+        let rows = sqlx::query(
+            "SELECT bucket_ms, hit_count, sketch FROM hit_counts
+             WHERE resource_id = $1 AND tier = $2 AND bucket_ms >= $3 AND bucket_ms < $4
+             ORDER BY bucket_ms",
+        )
+        .bind(&resource_id)
+        .bind(tier.code() as i16)
+        .bind(signed(start_ms))
+        .bind(signed(end_ms))
+        .fetch_all(&mut *transaction)
+        .await
+        .map_err(classify)?;
+        let mut cells = Vec::with_capacity(rows.len());
+        for row in rows {
+            let sketch: Vec<u8> = row.try_get(2).map_err(classify)?;
+            cells.push(CountCell {
+                bucket_ms: unsigned(row.try_get(0).map_err(classify)?),
+                hits: unsigned(row.try_get(1).map_err(classify)?),
+                visitors: Sketch::from_bytes(&sketch)?,
+            });
+        }
+        let pending = sqlx::query(
+            "SELECT minute_ms, sketch FROM pending_sketches
+             WHERE resource_id = $1 AND minute_ms >= $2 AND minute_ms < $3",
+        )
+        .bind(&resource_id)
+        .bind(signed(start_ms))
+        .bind(signed(end_ms))
+        .fetch_all(&mut *transaction)
+        .await
+        .map_err(classify)?;
+        for row in pending {
+            let sketch: Vec<u8> = row.try_get(1).map_err(classify)?;
+            merge_pending(
+                &mut cells,
+                tier,
+                unsigned(row.try_get(0).map_err(classify)?),
+                &Sketch::from_bytes(&sketch)?,
+            );
+        }
+        transaction.commit().await.map_err(classify)?;
+        Ok(cells)
+    }
+
+    /// Folds pending sketches into their cells, a bounded number of rows per transaction. Rows
+    /// and cells are locked (`FOR UPDATE`, pending rows `SKIP LOCKED`), so compactors in several
+    /// aggregator processes never fold a row twice.
+    pub async fn compact(&self) -> Result<u64, StoreError> {
+        let mut folded = 0;
+        loop {
+            let mut transaction = self.begin().await?;
+            let rows = compact_in(&mut transaction).await.map_err(classify)?;
+            transaction.commit().await.map_err(classify)?;
+            folded += rows as u64;
+            if rows < COMPACTION_ROWS_MAX {
+                return Ok(folded);
+            }
+        }
+    }
+
+    pub async fn create_resource(
+        &self,
+        record: ResourceRecord,
+    ) -> Result<CreateOutcome, StoreError> {
+        let inserted = sqlx::query(
+            "INSERT INTO resources (id, name, retention_days, created_at_ms) VALUES ($1, $2, $3, $4)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&record.id)
+        .bind(&record.name)
+        .bind(record.retention_days.map(|days| days as i32))
+        .bind(signed(record.created_at_ms))
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?
+        .rows_affected();
+        if inserted == 1 {
+            return Ok(CreateOutcome::Created);
+        }
+        let id_taken = sqlx::query("SELECT 1 FROM resources WHERE id = $1")
+            .bind(&record.id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(classify)?
+            .is_some();
+        Ok(if id_taken {
+            CreateOutcome::IdTaken
+        } else {
+            CreateOutcome::NameTaken
+        })
+    }
+
+    pub async fn resources(&self) -> Result<Vec<ResourceRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, name, retention_days, created_at_ms FROM resources ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        rows.into_iter()
+            .map(|row| {
+                let retention: Option<i32> = row.try_get(2)?;
+                Ok(ResourceRecord {
+                    id: row.try_get(0)?,
+                    name: row.try_get(1)?,
+                    retention_days: retention.map(|days| days.max(0) as u32),
+                    created_at_ms: unsigned(row.try_get(3)?),
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(classify)
+    }
+
+    pub async fn delete_resource(&self, id: String) -> Result<bool, StoreError> {
+        let mut transaction = self.begin().await?;
+        let deleted = sqlx::query("DELETE FROM resources WHERE id = $1")
+            .bind(&id)
+            .execute(&mut *transaction)
+            .await
+            .map_err(classify)?
+            .rows_affected();
+        for statement in [
+            "DELETE FROM hit_counts WHERE resource_id = $1",
+            "DELETE FROM pending_sketches WHERE resource_id = $1",
+        ] {
+            sqlx::query(statement)
+                .bind(&id)
+                .execute(&mut *transaction)
+                .await
+                .map_err(classify)?;
+        }
+        transaction.commit().await.map_err(classify)?;
+        Ok(deleted == 1)
+    }
+
+    pub async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, name, token_sha256, scopes, created_at_ms FROM tokens
+             ORDER BY created_at_ms, id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        rows.into_iter()
+            .map(|row| {
+                let hash: Vec<u8> = row.try_get(2)?;
+                let scopes: String = row.try_get(3)?;
+                Ok(TokenRecord {
+                    id: row.try_get(0)?,
+                    name: row.try_get(1)?,
+                    token_sha256: hash.try_into().unwrap_or([0; 32]),
+                    scopes: scopes.split(',').map(str::to_owned).collect(),
+                    created_at_ms: unsigned(row.try_get(4)?),
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(classify)
+    }
+
+    pub async fn put_token(&self, record: TokenRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO tokens (id, name, token_sha256, scopes, created_at_ms) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, token_sha256 = excluded.token_sha256,
+             scopes = excluded.scopes, created_at_ms = excluded.created_at_ms",
+        )
+        .bind(&record.id)
+        .bind(&record.name)
+        .bind(record.token_sha256.as_slice())
+        .bind(record.scopes.join(","))
+        .bind(signed(record.created_at_ms))
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    pub async fn delete_token(&self, id: String) -> Result<bool, StoreError> {
+        let deleted = sqlx::query("DELETE FROM tokens WHERE id = $1")
+            .bind(&id)
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?
+            .rows_affected();
+        Ok(deleted == 1)
+    }
+
+    pub async fn edge_keys(&self) -> Result<Vec<(String, Vec<u8>, u64)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT edge_id, secret, created_at_ms FROM edge_keys ORDER BY edge_id")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(classify)?;
+        rows.into_iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, unsigned(row.try_get(2)?))))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(classify)
+    }
+
+    pub async fn put_edge_key(
+        &self,
+        edge_id: String,
+        secret: Vec<u8>,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO edge_keys (edge_id, secret, created_at_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (edge_id) DO UPDATE SET secret = excluded.secret,
+             created_at_ms = excluded.created_at_ms",
+        )
+        .bind(&edge_id)
+        .bind(&secret)
+        .bind(signed(now_ms))
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    pub async fn delete_edge_key(&self, edge_id: String) -> Result<bool, StoreError> {
+        let deleted = sqlx::query("DELETE FROM edge_keys WHERE edge_id = $1")
+            .bind(&edge_id)
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?
+            .rows_affected();
+        Ok(deleted == 1)
+    }
+
+    pub async fn prune(&self, now_ms: u64) -> Result<Pruned, StoreError> {
+        let mut pruned = Pruned::default();
+        let resources = self.resources().await?;
+        let limit = RETENTION_DELETE_ROWS_MAX as i64;
+        for (resource, tier, cutoff_ms) in retention_rules(&resources, now_ms) {
+            // A bucket goes when all of it is older than the cutoff.
+            let newest_expired_bucket = signed(cutoff_ms) - signed(tier.resolution_ms());
+            loop {
+                let deleted = sqlx::query(
+                    "DELETE FROM hit_counts WHERE (resource_id, tier, bucket_ms) IN (
+                       SELECT resource_id, tier, bucket_ms FROM hit_counts
+                       WHERE ($1::text IS NULL OR resource_id = $1) AND tier = $2 AND bucket_ms <= $3
+                       LIMIT $4)",
+                )
+                .bind(resource.as_deref())
+                .bind(tier.code() as i16)
+                .bind(newest_expired_bucket)
+                .bind(limit)
+                .execute(&self.pool)
+                .await
+                .map_err(classify)?
+                .rows_affected();
+                pruned.count_rows += deleted;
+                if deleted < RETENTION_DELETE_ROWS_MAX as u64 {
+                    break;
+                }
+            }
+        }
+        let dedupe_cutoff = signed(now_ms.saturating_sub(DEDUPE_RETENTION_MS));
+        loop {
+            let deleted = sqlx::query(
+                "DELETE FROM applied_batches WHERE (edge_id, boot_epoch, sequence) IN (
+                   SELECT edge_id, boot_epoch, sequence FROM applied_batches
+                   WHERE applied_at_ms < $1 LIMIT $2)",
+            )
+            .bind(dedupe_cutoff)
+            .bind(limit)
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?
+            .rows_affected();
+            pruned.dedupe_rows += deleted;
+            if deleted < RETENTION_DELETE_ROWS_MAX as u64 {
+                break;
+            }
+        }
+        Ok(pruned)
+    }
+}
+
+async fn apply_in(
+    transaction: &mut Transaction<'static, Postgres>,
+    entries: &[DeltaEntry],
+    key: Option<&BatchKey>,
+    now_ms: u64,
+) -> Result<ApplyOutcome, sqlx::Error> {
+    if let Some(key) = key {
+        let inserted = sqlx::query(
+            "INSERT INTO applied_batches (edge_id, boot_epoch, sequence, body_sha256, applied_at_ms)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(&key.edge_id)
+        .bind(signed(key.boot_epoch))
+        .bind(signed(key.sequence))
+        .bind(key.body_sha256.as_slice())
+        .bind(signed(now_ms))
+        .execute(&mut **transaction)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            let stored: Vec<u8> = sqlx::query(
+                "SELECT body_sha256 FROM applied_batches
+                 WHERE edge_id = $1 AND boot_epoch = $2 AND sequence = $3",
+            )
+            .bind(&key.edge_id)
+            .bind(signed(key.boot_epoch))
+            .bind(signed(key.sequence))
+            .fetch_one(&mut **transaction)
+            .await?
+            .try_get(0)?;
+            return Ok(if stored == key.body_sha256 {
+                ApplyOutcome::Duplicate
+            } else {
+                ApplyOutcome::Conflict
+            });
+        }
+    }
+    let mut resource_ids: Vec<&str> = entries
+        .iter()
+        .map(|entry| entry.resource_id.as_str())
+        .collect();
+    resource_ids.dedup();
+    let retention: BTreeMap<String, Option<i32>> =
+        sqlx::query("SELECT id, retention_days FROM resources WHERE id = ANY($1)")
+            .bind(&resource_ids)
+            .fetch_all(&mut **transaction)
+            .await?
+            .into_iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect::<Result<_, sqlx::Error>>()?;
+    let mut applied = Applied::default();
+    // Hour and day buckets collect several minutes: one row per cell in one statement (ON
+    // CONFLICT may not touch a row twice), in key order (no deadlocks between merges).
+    let mut cells: BTreeMap<(&str, i16, i64), i64> = BTreeMap::new();
+    let mut pending = (Vec::new(), Vec::new(), Vec::new());
+    for entry in entries {
+        let Some(retention_days) = retention.get(&entry.resource_id) else {
+            applied.unknown_resource_entries += 1;
+            continue;
+        };
+        let retention_days = retention_days.map(|days| days.max(0) as u32);
+        let Some(buckets) = entry_buckets(entry, retention_days, now_ms) else {
+            applied.expired_entries += 1;
+            continue;
+        };
+        for (tier, bucket_ms) in buckets {
+            *cells
+                .entry((&entry.resource_id, tier.code() as i16, signed(bucket_ms)))
+                .or_default() += signed(entry.hits);
+        }
+        if !entry.visitors.is_empty() {
+            pending.0.push(entry.resource_id.as_str());
+            pending.1.push(signed(entry.minute * MINUTE_MS));
+            pending.2.push(entry.visitors.to_bytes());
+        }
+        applied.entries += 1;
+        applied.hits += entry.hits;
+    }
+    if !cells.is_empty() {
+        let mut columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for ((resource_id, tier, bucket_ms), hits) in &cells {
+            columns.0.push(*resource_id);
+            columns.1.push(*tier);
+            columns.2.push(*bucket_ms);
+            columns.3.push(*hits);
+        }
+        sqlx::query(
+            "INSERT INTO hit_counts (resource_id, tier, bucket_ms, hit_count, sketch)
+             SELECT resource_id, tier, bucket_ms, hit_count, $5
+             FROM unnest($1::text[], $2::int2[], $3::int8[], $4::int8[])
+                  AS cell(resource_id, tier, bucket_ms, hit_count)
+             ON CONFLICT (resource_id, tier, bucket_ms)
+             DO UPDATE SET hit_count = hit_counts.hit_count + excluded.hit_count",
+        )
+        .bind(&columns.0)
+        .bind(&columns.1)
+        .bind(&columns.2)
+        .bind(&columns.3)
+        .bind(EMPTY_SKETCH)
+        .execute(&mut **transaction)
+        .await?;
+    }
+    if !pending.0.is_empty() {
+        sqlx::query(
+            "INSERT INTO pending_sketches (resource_id, minute_ms, sketch)
+             SELECT * FROM unnest($1::text[], $2::int8[], $3::bytea[])",
+        )
+        .bind(&pending.0)
+        .bind(&pending.1)
+        .bind(&pending.2)
+        .execute(&mut **transaction)
+        .await?;
+    }
+    Ok(ApplyOutcome::Applied(applied))
+}
+
+async fn compact_in(
+    transaction: &mut Transaction<'static, Postgres>,
+) -> Result<usize, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT resource_id, id, minute_ms, sketch FROM pending_sketches
+         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(COMPACTION_ROWS_MAX as i64)
+    .fetch_all(&mut **transaction)
+    .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut by_cell: BTreeMap<(String, Tier, i64), Sketch> = BTreeMap::new();
+    let mut folded = (
+        Vec::with_capacity(rows.len()),
+        Vec::with_capacity(rows.len()),
+    );
+    for row in &rows {
+        let resource_id: String = row.try_get(0)?;
+        let minute_ms = unsigned(row.try_get(2)?);
+        let bytes: Vec<u8> = row.try_get(3)?;
+        match Sketch::from_bytes(&bytes) {
+            Ok(sketch) => {
+                for tier in Tier::ALL {
+                    let bucket_ms = minute_ms / tier.resolution_ms() * tier.resolution_ms();
+                    by_cell
+                        .entry((resource_id.clone(), tier, signed(bucket_ms)))
+                        .or_default()
+                        .merge(&sketch);
+                }
+            }
+            // Only this program writes these rows, from sketches it encoded itself.
+            Err(error) => tracing::error!(%error, "dropping a corrupt pending sketch"),
+        }
+        folded.1.push(row.try_get::<i64, _>(1)?);
+        folded.0.push(resource_id);
+    }
+    let keys = (
+        by_cell.keys().map(|key| key.0.as_str()).collect::<Vec<_>>(),
+        by_cell
+            .keys()
+            .map(|key| key.1.code() as i16)
+            .collect::<Vec<_>>(),
+        by_cell.keys().map(|key| key.2).collect::<Vec<_>>(),
+    );
+    let stored = sqlx::query(
+        "SELECT c.resource_id, c.tier, c.bucket_ms, c.sketch
+         FROM hit_counts c
+         JOIN unnest($1::text[], $2::int2[], $3::int8[]) AS k(resource_id, tier, bucket_ms)
+           ON c.resource_id = k.resource_id AND c.tier = k.tier AND c.bucket_ms = k.bucket_ms
+         ORDER BY c.resource_id, c.tier, c.bucket_ms
+         FOR UPDATE OF c",
+    )
+    .bind(&keys.0)
+    .bind(&keys.1)
+    .bind(&keys.2)
+    .fetch_all(&mut **transaction)
+    .await?;
+    let mut updates = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for row in stored {
+        let resource_id: String = row.try_get(0)?;
+        let tier_code: i16 = row.try_get(1)?;
+        let bucket_ms: i64 = row.try_get(2)?;
+        let bytes: Vec<u8> = row.try_get(3)?;
+        let Some(tier) = Tier::ALL
+            .into_iter()
+            .find(|tier| tier.code() as i16 == tier_code)
+        else {
+            continue;
+        };
+        // No cell for a pending sketch: retention or a deletion removed it, and its visitors.
+        let Some(pending) = by_cell.get(&(resource_id.clone(), tier, bucket_ms)) else {
+            continue;
+        };
+        let mut merged = Sketch::from_bytes(&bytes).unwrap_or_else(|error| {
+            tracing::error!(%error, %resource_id, "replacing a corrupt stored sketch");
+            Sketch::new()
+        });
+        merged.merge(pending);
+        let after = merged.to_bytes();
+        if after != bytes {
+            updates.0.push(resource_id);
+            updates.1.push(tier_code);
+            updates.2.push(bucket_ms);
+            updates.3.push(after);
+        }
+    }
+    if !updates.0.is_empty() {
+        sqlx::query(
+            "UPDATE hit_counts c SET sketch = u.sketch
+             FROM unnest($1::text[], $2::int2[], $3::int8[], $4::bytea[])
+                  AS u(resource_id, tier, bucket_ms, sketch)
+             WHERE c.resource_id = u.resource_id AND c.tier = u.tier AND c.bucket_ms = u.bucket_ms",
+        )
+        .bind(&updates.0)
+        .bind(&updates.1)
+        .bind(&updates.2)
+        .bind(&updates.3)
+        .execute(&mut **transaction)
+        .await?;
+    }
+    sqlx::query(
+        "DELETE FROM pending_sketches p
+         USING unnest($1::text[], $2::int8[]) AS f(resource_id, id)
+         WHERE p.resource_id = f.resource_id AND p.id = f.id",
+    )
+    .bind(&folded.0)
+    .bind(&folded.1)
+    .execute(&mut **transaction)
+    .await?;
+    Ok(rows.len())
+}
