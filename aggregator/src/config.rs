@@ -71,6 +71,10 @@ pub struct Args {
     #[arg(long, env = "HITCOUNT_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
+    /// Prefix of the hot tier's Redis keys (several deployments can share one Redis).
+    #[arg(long, env = "HITCOUNT_REDIS_PREFIX", default_value = "hitcount")]
+    pub redis_prefix: String,
+
     /// Seconds between runs of the retention job.
     #[arg(long, env = "HITCOUNT_RETENTION_INTERVAL_S", default_value_t = 60)]
     pub retention_interval_s: u64,
@@ -115,6 +119,7 @@ pub struct Config {
     pub retention_interval_s: u64,
     pub database_url: Option<String>,
     pub redis_url: Option<String>,
+    pub redis_prefix: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +161,7 @@ impl Config {
             retention_interval_s: 60,
             database_url: None,
             redis_url: None,
+            redis_prefix: "hitcount".to_owned(),
         }
     }
 }
@@ -226,6 +232,7 @@ impl TryFrom<Args> for Config {
             retention_interval_s: args.retention_interval_s,
             database_url: args.database_url,
             redis_url: args.redis_url,
+            redis_prefix: args.redis_prefix,
         })
     }
 }

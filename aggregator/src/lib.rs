@@ -86,6 +86,14 @@ impl Aggregator {
             None => Store::open_embedded(&config.data_dir)
                 .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
         };
+        let store = match &config.redis_url {
+            Some(url) => store.with_hot_tier(
+                crate::store::hot::HotTier::connect(url, &config.redis_prefix)
+                    .await
+                    .context("connecting to Redis")?,
+            ),
+            None => store,
+        };
         let generated_admin_token =
             bootstrap_admin_token(&store, config.admin_token.as_deref()).await?;
         let tokens = TokenRegistry::default();
@@ -212,6 +220,9 @@ async fn maintain(state: SharedState) {
     let mut ticks: u64 = 0;
     loop {
         tick.tick().await;
+        if let Err(error) = state.store.repair_hot_tier(now_ms()).await {
+            tracing::warn!(%error, "the hot tier could not be rebuilt; will retry");
+        }
         match state.store.compact().await {
             Ok(folded) => metrics::counter!("hitcount_sketches_compacted_total").increment(folded),
             Err(error) => tracing::warn!(%error, "sketch compaction failed; will retry"),

@@ -573,15 +573,7 @@ async fn operations_endpoints_and_openapi() {
     let api = Api::admin(&server);
     api.create_resource("home").await;
     api.post("/hits", json!({"resource_id": "home"})).await;
-    let metrics = server
-        .client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::support::metrics_text(&server).await;
     assert!(
         metrics.contains("hitcount_http_requests_total"),
         "{metrics}"

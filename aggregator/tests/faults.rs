@@ -9,7 +9,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use tempfile::TempDir;
 
-use crate::support::{Api, TestServer, batch, post_delta, test_config};
+use crate::support::{Api, TestServer, batch, metric, post_delta, test_config};
 
 /// A PostgreSQL cluster owned by this test, run as the `postgres` user (initdb refuses root).
 struct OwnPostgres {
@@ -262,4 +262,166 @@ async fn a_stopped_database_gives_503_and_the_aggregator_recovers_by_itself() {
     assert_eq!(api.count("home", "5m").await, (12, 3));
     drop(api);
     server.stop().await;
+}
+
+/// A redis-server of the test's own on a spare port, so that stopping or pausing it leaves the
+/// machine's Redis alone.
+struct OwnRedis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl OwnRedis {
+    fn start(port: Option<u16>) -> Option<Self> {
+        let port = port.unwrap_or_else(|| {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        });
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn();
+        let child = match child {
+            Ok(child) => child,
+            Err(error) => {
+                assert!(
+                    std::env::var("CI").as_deref() != Ok("true"),
+                    "redis-server cannot start and CI=true: {error}"
+                );
+                eprintln!("SKIPPED: redis-server cannot start ({error})");
+                return None;
+            }
+        };
+        let redis = Self { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(redis)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn stop(mut self) -> u16 {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.port
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn wait_for_metric(server: &TestServer, name: &str, at_least: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(server, name).await < at_least {
+        assert!(Instant::now() < deadline, "{name} never reached {at_least}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The last hour at minute granularity, as a dashboard asks for it.
+async fn minute_answer(server: &TestServer) -> (serde_json::Value, Duration) {
+    let started = Instant::now();
+    let (status, value) = Api::admin(server)
+        .get("/hits/home?window=1h&granularity=minute")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{value}");
+    (value, started.elapsed())
+}
+
+/// The hot tier answers exactly what PostgreSQL answers; with Redis paused or stopped, ingest
+/// goes on and queries fall back to PostgreSQL within the latency budget; when Redis returns
+/// (even empty) the tier is rebuilt from PostgreSQL and serves again, still exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hot_tier_matches_postgres_and_survives_redis_faults() {
+    if !crate::support::postgres_or_skip() {
+        return;
+    }
+    let Some(redis) = OwnRedis::start(None) else {
+        return;
+    };
+    let directory = TempDir::new().unwrap();
+    let database = crate::support::postgres_database(directory.path());
+    let mut config = test_config(directory.path());
+    config.database_url = Some(database.clone());
+    config.redis_url = Some(redis.url());
+    let hot = TestServer::start_with(config).await;
+    let api = Api::admin(&hot);
+    api.create_resource("home").await;
+    // The same database without Redis (started after the resource exists, since servers load
+    // resources at start): what every answer must equal.
+    let mut plain_config = test_config(directory.path());
+    plain_config.database_url = Some(database);
+    let plain = TestServer::start_with(plain_config).await;
+    wait_for_metric(&hot, "hitcount_hot_tier_rebuilds_total", 1).await;
+
+    let mut acknowledged = 0;
+    let mut sequence = 0;
+    let mut send = async |count: u64, visitor: &str| {
+        let delta = batch(sequence, &[("home", count, &[visitor])]);
+        sequence += 1;
+        let started = Instant::now();
+        assert_eq!(post_delta(&hot, &delta).await.0, StatusCode::OK);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "ingest waited for Redis"
+        );
+        count
+    };
+    acknowledged += send(5, "a").await;
+    acknowledged += send(3, "b").await;
+    let served_before = metric(&hot, "hitcount_hot_tier_reads_total{served=\"redis\"").await;
+    let (from_redis, _) = minute_answer(&hot).await;
+    assert!(metric(&hot, "hitcount_hot_tier_reads_total{served=\"redis\"").await > served_before);
+    assert_eq!(from_redis, minute_answer(&plain).await.0);
+    assert_eq!(from_redis["count"], acknowledged);
+
+    // Paused: writes and reads time out, ingest goes on, queries answer from PostgreSQL.
+    redis.signal("-STOP");
+    acknowledged += send(7, "c").await;
+    let (paused, latency) = minute_answer(&hot).await;
+    assert!(latency < Duration::from_secs(1), "{latency:?}");
+    assert_eq!(paused, minute_answer(&plain).await.0);
+    assert_eq!(paused["count"], acknowledged);
+    redis.signal("-CONT");
+    wait_for_metric(&hot, "hitcount_hot_tier_rebuilds_total", 2).await;
+    let (repaired, _) = minute_answer(&hot).await;
+    assert_eq!(repaired, minute_answer(&plain).await.0);
+
+    // Stopped, then back empty on the same port: rebuilt from PostgreSQL.
+    let port = redis.stop();
+    acknowledged += send(11, "d").await;
+    let (stopped, latency) = minute_answer(&hot).await;
+    assert!(latency < Duration::from_secs(1), "{latency:?}");
+    assert_eq!(stopped["count"], acknowledged);
+    let _redis = OwnRedis::start(Some(port)).unwrap();
+    wait_for_metric(&hot, "hitcount_hot_tier_rebuilds_total", 3).await;
+    acknowledged += send(13, "e").await;
+    let served_before = metric(&hot, "hitcount_hot_tier_reads_total{served=\"redis\"").await;
+    let (after, _) = minute_answer(&hot).await;
+    assert!(metric(&hot, "hitcount_hot_tier_reads_total{served=\"redis\"").await > served_before);
+    assert_eq!(after, minute_answer(&plain).await.0);
+    // Exactly what was acknowledged; five visitors.
+    assert_eq!(after["count"], acknowledged);
+    assert_eq!(after["uniques"], 5);
+    drop(api);
+    hot.stop().await;
+    plain.stop().await;
 }

@@ -28,8 +28,38 @@ pub fn database_url_for(data_dir: &Path) -> Option<String> {
     if std::env::var("HITCOUNT_TEST_STORE").as_deref() != Ok("postgres") {
         return None;
     }
-    let server = std::env::var("HITCOUNT_TEST_DATABASE_SERVER")
-        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432".to_owned());
+    Some(postgres_database(data_dir))
+}
+
+fn database_server() -> String {
+    std::env::var("HITCOUNT_TEST_DATABASE_SERVER")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432".to_owned())
+}
+
+/// True when the machine's PostgreSQL answers; unreachable, it fails the test under `CI=true`
+/// and prints why it skips elsewhere.
+pub fn postgres_or_skip() -> bool {
+    let server = database_server();
+    let answered = std::process::Command::new("psql")
+        .arg(format!("{server}/postgres"))
+        .args(["-At", "-c", "SELECT 1"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !answered {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "PostgreSQL at {server} is unreachable and CI=true"
+        );
+        eprintln!(
+            "SKIPPED: PostgreSQL at {server} is unreachable; set HITCOUNT_TEST_DATABASE_SERVER"
+        );
+    }
+    answered
+}
+
+/// A database of its own for `data_dir` on the machine's PostgreSQL (created if missing).
+pub fn postgres_database(data_dir: &Path) -> String {
+    let server = database_server();
     static CLEANED: std::sync::Once = std::sync::Once::new();
     // Databases of an earlier run go first: a test's database must outlive its server (restart
     // tests reopen it), so each run cleans up after the one before.
@@ -60,7 +90,7 @@ pub fn database_url_for(data_dir: &Path) -> Option<String> {
     if exists.trim().is_empty() {
         psql(&server, &format!("CREATE DATABASE {name}"));
     }
-    Some(format!("{server}/{name}"))
+    format!("{server}/{name}")
 }
 
 /// Runs one SQL command with psql against the `postgres` database of `server`; PostgreSQL being
@@ -166,6 +196,29 @@ impl TestServer {
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
+}
+
+/// The Prometheus text of a server's `/metrics`.
+pub async fn metrics_text(server: &TestServer) -> String {
+    server
+        .client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
+/// The sum over label sets of the series whose line starts with `prefix`.
+pub async fn metric(server: &TestServer, prefix: &str) -> u64 {
+    metrics_text(server)
+        .await
+        .lines()
+        .filter(|line| line.starts_with(prefix))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 pub async fn body(response: Response) -> (StatusCode, Value) {

@@ -4,10 +4,14 @@
 //! the same tables and the same rules: three tiers written in the merge's transaction, the dedupe
 //! record in that same transaction, sketches appended to `pending_sketches` and folded later.
 
+pub mod hot;
 mod postgres;
 mod sqlite;
 
 use std::path::Path;
+use std::sync::Arc;
+
+use hot::HotTier;
 
 use hitcount_wire::{DeltaEntry, MINUTE_MS, Sketch};
 
@@ -181,52 +185,33 @@ pub enum CreateOutcome {
     NameTaken,
 }
 
-/// Either store; every method has the same meaning for both.
+/// The durable store: the embedded one or PostgreSQL; every method means the same for both.
 #[derive(Debug, Clone)]
-pub enum Store {
+pub enum Backend {
     Embedded(SqliteStore),
     Postgres(PgStore),
 }
 
-/// Calls the same method on whichever store this is.
+/// Calls the same method on whichever backend this is.
 macro_rules! forward {
-    ($self:ident . $method:ident ( $($argument:expr),* )) => {
-        match $self {
-            Store::Embedded(store) => store.$method($($argument),*).await,
-            Store::Postgres(store) => store.$method($($argument),*).await,
+    ($backend:expr, $method:ident ( $($argument:expr),* )) => {
+        match $backend {
+            Backend::Embedded(store) => store.$method($($argument),*).await,
+            Backend::Postgres(store) => store.$method($($argument),*).await,
         }
     };
 }
 
-impl Store {
-    /// The embedded store in `data_dir`.
-    pub fn open_embedded(data_dir: &Path) -> Result<Self, StoreError> {
-        SqliteStore::open(data_dir).map(Self::Embedded)
-    }
-
-    /// PostgreSQL at `url`, migrated to the current schema.
-    pub async fn open_postgres(url: &str) -> Result<Self, StoreError> {
-        PgStore::connect(url).await.map(Self::Postgres)
-    }
-
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Embedded(_) => "embedded",
-            Self::Postgres(_) => "postgres",
-        }
-    }
-
-    /// Merges delta entries into every tier in one transaction, with the batch's dedupe record.
+impl Backend {
     pub async fn apply(
         &self,
         entries: Vec<DeltaEntry>,
         key: Option<BatchKey>,
         now_ms: u64,
     ) -> Result<ApplyOutcome, StoreError> {
-        forward!(self.apply(entries, key, now_ms))
+        forward!(self, apply(entries, key, now_ms))
     }
 
-    /// The cells of one tier in `[start_ms, end_ms)`, sorted by bucket, pending sketches merged.
     pub async fn cells(
         &self,
         resource_id: String,
@@ -234,45 +219,153 @@ impl Store {
         start_ms: u64,
         end_ms: u64,
     ) -> Result<Vec<CountCell>, StoreError> {
-        forward!(self.cells(resource_id, tier, start_ms, end_ms))
+        forward!(self, cells(resource_id, tier, start_ms, end_ms))
+    }
+
+    /// Every minute cell from `start_ms` on, pending sketches merged: what the hot tier is
+    /// rebuilt from.
+    pub async fn minute_cells_since(
+        &self,
+        start_ms: u64,
+    ) -> Result<Vec<(String, CountCell)>, StoreError> {
+        match self {
+            Self::Postgres(store) => store.minute_cells_since(start_ms).await,
+            Self::Embedded(_) => Err(StoreError::Task(
+                "the hot tier needs PostgreSQL behind it".to_owned(),
+            )),
+        }
+    }
+}
+
+/// What the rest of the aggregator uses: the durable backend, and with `--redis-url` the hot
+/// tier in front of it for recent minute counts.
+#[derive(Debug, Clone)]
+pub struct Store {
+    backend: Backend,
+    hot: Option<Arc<HotTier>>,
+}
+
+impl Store {
+    /// The embedded store in `data_dir`.
+    pub fn open_embedded(data_dir: &Path) -> Result<Self, StoreError> {
+        Ok(Self {
+            backend: Backend::Embedded(SqliteStore::open(data_dir)?),
+            hot: None,
+        })
+    }
+
+    /// PostgreSQL at `url`, migrated to the current schema.
+    pub async fn open_postgres(url: &str) -> Result<Self, StoreError> {
+        Ok(Self {
+            backend: Backend::Postgres(PgStore::connect(url).await?),
+            hot: None,
+        })
+    }
+
+    /// Puts the hot tier in front (PostgreSQL only).
+    pub fn with_hot_tier(mut self, hot: HotTier) -> Self {
+        self.hot = Some(Arc::new(hot));
+        self
+    }
+
+    pub fn hot_tier(&self) -> Option<&HotTier> {
+        self.hot.as_deref()
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match (&self.backend, &self.hot) {
+            (Backend::Embedded(_), _) => "embedded",
+            (Backend::Postgres(_), None) => "postgres",
+            (Backend::Postgres(_), Some(_)) => "postgres+redis",
+        }
+    }
+
+    /// Merges delta entries into every tier in one transaction, with the batch's dedupe record;
+    /// with a hot tier, then into Redis (a delta is acknowledged once the backend committed it,
+    /// whatever Redis does).
+    pub async fn apply(
+        &self,
+        entries: Vec<DeltaEntry>,
+        key: Option<BatchKey>,
+        now_ms: u64,
+    ) -> Result<ApplyOutcome, StoreError> {
+        match &self.hot {
+            Some(hot) => hot.apply_through(&self.backend, entries, key, now_ms).await,
+            None => self.backend.apply(entries, key, now_ms).await,
+        }
+    }
+
+    /// The cells of one tier in `[start_ms, end_ms)`, sorted by bucket, pending sketches merged;
+    /// recent minutes from the hot tier when it is healthy.
+    pub async fn cells(
+        &self,
+        resource_id: String,
+        tier: Tier,
+        start_ms: u64,
+        end_ms: u64,
+    ) -> Result<Vec<CountCell>, StoreError> {
+        match &self.hot {
+            Some(hot) => {
+                hot.cells(&self.backend, resource_id, tier, start_ms, end_ms)
+                    .await
+            }
+            None => {
+                self.backend
+                    .cells(resource_id, tier, start_ms, end_ms)
+                    .await
+            }
+        }
+    }
+
+    /// Rebuilds the hot tier from the backend if it is not known to be complete (Redis was
+    /// unreachable, restarted or flushed). Returns whether a rebuild ran.
+    pub async fn repair_hot_tier(&self, now_ms: u64) -> Result<bool, StoreError> {
+        match &self.hot {
+            Some(hot) => hot.repair_if_needed(&self.backend, now_ms).await,
+            None => Ok(false),
+        }
     }
 
     /// Folds pending sketches into their cells; returns how many pending rows were folded.
     pub async fn compact(&self) -> Result<u64, StoreError> {
-        forward!(self.compact())
+        forward!(&self.backend, compact())
     }
 
     pub async fn create_resource(
         &self,
         record: ResourceRecord,
     ) -> Result<CreateOutcome, StoreError> {
-        forward!(self.create_resource(record))
+        forward!(&self.backend, create_resource(record))
     }
 
     pub async fn resources(&self) -> Result<Vec<ResourceRecord>, StoreError> {
-        forward!(self.resources())
+        forward!(&self.backend, resources())
     }
 
-    /// Deletes a resource and purges its counts. False if it did not exist.
+    /// Deletes a resource and purges its counts (in the hot tier too). False if it did not exist.
     pub async fn delete_resource(&self, id: String) -> Result<bool, StoreError> {
-        forward!(self.delete_resource(id))
+        let deleted = forward!(&self.backend, delete_resource(id.clone()))?;
+        if let Some(hot) = &self.hot {
+            hot.forget_resource(&id).await;
+        }
+        Ok(deleted)
     }
 
     pub async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        forward!(self.tokens())
+        forward!(&self.backend, tokens())
     }
 
     /// Inserts a token, or replaces the one with the same id.
     pub async fn put_token(&self, record: TokenRecord) -> Result<(), StoreError> {
-        forward!(self.put_token(record))
+        forward!(&self.backend, put_token(record))
     }
 
     pub async fn delete_token(&self, id: String) -> Result<bool, StoreError> {
-        forward!(self.delete_token(id))
+        forward!(&self.backend, delete_token(id))
     }
 
     pub async fn edge_keys(&self) -> Result<Vec<(String, Vec<u8>, u64)>, StoreError> {
-        forward!(self.edge_keys())
+        forward!(&self.backend, edge_keys())
     }
 
     pub async fn put_edge_key(
@@ -281,16 +374,16 @@ impl Store {
         secret: Vec<u8>,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        forward!(self.put_edge_key(edge_id, secret, now_ms))
+        forward!(&self.backend, put_edge_key(edge_id, secret, now_ms))
     }
 
     pub async fn delete_edge_key(&self, edge_id: String) -> Result<bool, StoreError> {
-        forward!(self.delete_edge_key(edge_id))
+        forward!(&self.backend, delete_edge_key(edge_id))
     }
 
     /// Deletes counts past retention and old dedupe records, in bounded transactions.
     pub async fn prune(&self, now_ms: u64) -> Result<Pruned, StoreError> {
-        forward!(self.prune(now_ms))
+        forward!(&self.backend, prune(now_ms))
     }
 }
 

@@ -174,6 +174,62 @@ impl PgStore {
         Ok(cells)
     }
 
+    /// Every minute cell from `start_ms` on, with its pending sketches merged, read in one
+    /// snapshot (what the hot tier is rebuilt from).
+    pub async fn minute_cells_since(
+        &self,
+        start_ms: u64,
+    ) -> Result<Vec<(String, CountCell)>, StoreError> {
+        let mut transaction = self.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *transaction)
+            .await
+            .map_err(classify)?;
+        let mut cells: BTreeMap<(String, u64), CountCell> = BTreeMap::new();
+        let rows = sqlx::query(
+            "SELECT resource_id, bucket_ms, hit_count, sketch FROM hit_counts
+             WHERE tier = $1 AND bucket_ms >= $2",
+        )
+        .bind(Tier::Minute.code() as i16)
+        .bind(signed(start_ms))
+        .fetch_all(&mut *transaction)
+        .await
+        .map_err(classify)?;
+        for row in rows {
+            let resource_id: String = row.try_get(0).map_err(classify)?;
+            let bucket_ms = unsigned(row.try_get(1).map_err(classify)?);
+            let sketch: Vec<u8> = row.try_get(3).map_err(classify)?;
+            cells.insert(
+                (resource_id, bucket_ms),
+                CountCell {
+                    bucket_ms,
+                    hits: unsigned(row.try_get(2).map_err(classify)?),
+                    visitors: Sketch::from_bytes(&sketch)?,
+                },
+            );
+        }
+        let pending = sqlx::query(
+            "SELECT resource_id, minute_ms, sketch FROM pending_sketches WHERE minute_ms >= $1",
+        )
+        .bind(signed(start_ms))
+        .fetch_all(&mut *transaction)
+        .await
+        .map_err(classify)?;
+        for row in pending {
+            let resource_id: String = row.try_get(0).map_err(classify)?;
+            let minute_ms = unsigned(row.try_get(1).map_err(classify)?);
+            let sketch: Vec<u8> = row.try_get(2).map_err(classify)?;
+            if let Some(cell) = cells.get_mut(&(resource_id, minute_ms)) {
+                cell.visitors.merge(&Sketch::from_bytes(&sketch)?);
+            }
+        }
+        transaction.commit().await.map_err(classify)?;
+        Ok(cells
+            .into_iter()
+            .map(|((resource_id, _), cell)| (resource_id, cell))
+            .collect())
+    }
+
     /// Folds pending sketches into their cells, a bounded number of rows per transaction. Rows
     /// and cells are locked (`FOR UPDATE`, pending rows `SKIP LOCKED`), so compactors in several
     /// aggregator processes never fold a row twice.
