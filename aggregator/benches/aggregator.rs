@@ -6,6 +6,9 @@
 //! 2. Delta batches/s and counter cells/s merged into the embedded store beside the raw rate of
 //!    the same SQLite upserts issued directly (the physical limit).
 //! 3. `GET /hits` latency for a 24 h window at minute granularity beside a hello-world GET.
+//! 4. Cells/s merged into PostgreSQL and through the Redis hot tier beside the raw upsert and the
+//!    raw pipelined INCRBY; `GET /hits` latency from PostgreSQL alone and with the hot tier.
+//!    Needs the machine's PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379).
 //!
 //! Needs `wrk` on PATH (Debian package `wrk`). Run: `cargo bench -p hitcount-aggregator`.
 //! `HITCOUNT_BENCH_SECONDS` sets each wrk run's length (default 10).
@@ -56,11 +59,276 @@ fn main() {
                 .map(|line| line.split(':').nth(1).unwrap_or("").trim().to_owned()))
             .unwrap_or_default()
     );
+    // HITCOUNT_BENCH_ONLY=stores runs only the PostgreSQL and Redis sections.
+    let only_stores = std::env::var("HITCOUNT_BENCH_ONLY").as_deref() == Ok("stores");
     runtime.block_on(async {
-        http_ingest(seconds).await;
-        store_merge().await;
-        query_latency().await;
+        if !only_stores {
+            http_ingest(seconds).await;
+            store_merge().await;
+            query_latency().await;
+        }
+        postgres_and_redis_merge().await;
+        tiered_query_latency().await;
     });
+}
+
+/// A fresh database on the machine's PostgreSQL (`HITCOUNT_BENCH_DATABASE_SERVER`, default
+/// `postgres://root@127.0.0.1:5432`), dropped first if a previous run left it.
+fn bench_database(name: &str) -> String {
+    let server = std::env::var("HITCOUNT_BENCH_DATABASE_SERVER")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432".to_owned());
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        let status = Command::new("psql")
+            .arg(format!("{server}/postgres"))
+            .args(["-q", "-c", &sql])
+            .status()
+            .expect("psql runs");
+        assert!(status.success(), "{sql}");
+    }
+    format!("{server}/{name}")
+}
+
+const REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+async fn create_bench_resources(store: &Store, count: u64) {
+    for resource in 0..count {
+        store
+            .create_resource(hitcount_aggregator::store::ResourceRecord {
+                id: format!("r{resource:03}"),
+                name: format!("r{resource:03}"),
+                retention_days: None,
+                created_at_ms: now_ms(),
+            })
+            .await
+            .unwrap();
+    }
+}
+
+/// Merges `batches` through `store`, one transaction each with a dedupe record; cells/s.
+async fn merge_rate(store: &Store, batches: Vec<Vec<DeltaEntry>>, cells: u64) -> f64 {
+    let started = Instant::now();
+    for (sequence, batch) in batches.into_iter().enumerate() {
+        let key = BatchKey {
+            edge_id: "bench".to_owned(),
+            boot_epoch: 2,
+            sequence: sequence as u64,
+            body_sha256: [sequence as u8; 32],
+        };
+        store.apply(batch, Some(key), now_ms()).await.unwrap();
+    }
+    cells as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn postgres_and_redis_merge() {
+    const BATCHES: u64 = 200;
+    const RESOURCES_PER_BATCH: u64 = 100;
+    const MINUTES_PER_BATCH: u64 = 2;
+    println!(
+        "\n## Merging delta batches into PostgreSQL and Redis (machine's servers, fsync on)\n"
+    );
+    let first_minute = now_ms() / MINUTE_MS - 30;
+    let make_batches = || -> Vec<Vec<DeltaEntry>> {
+        (0..BATCHES)
+            .map(|batch| {
+                entries(
+                    RESOURCES_PER_BATCH,
+                    MINUTES_PER_BATCH,
+                    first_minute + (batch % 25),
+                    3,
+                    batch,
+                )
+            })
+            .collect()
+    };
+    let cells = BATCHES * RESOURCES_PER_BATCH * MINUTES_PER_BATCH;
+
+    // Baseline 1: the same three-tier upsert issued directly, one statement and one
+    // transaction per batch, no dedupe, sketches or resource checks.
+    let raw_url = bench_database("hitcount_bench_raw");
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&raw_url)
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE TABLE hit_counts (resource_id text, tier int2, bucket_ms int8, hit_count int8,
+         sketch bytea, PRIMARY KEY (resource_id, tier, bucket_ms))",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let started = Instant::now();
+    for batch in 0..BATCHES {
+        let mut columns: (Vec<String>, Vec<i16>, Vec<i64>) = (Vec::new(), Vec::new(), Vec::new());
+        let mut seen = std::collections::BTreeSet::new();
+        for resource in 0..RESOURCES_PER_BATCH {
+            for minute in 0..MINUTES_PER_BATCH {
+                let bucket = (first_minute + batch % 25 + minute) * MINUTE_MS;
+                for (tier, resolution) in [(0i16, MINUTE_MS), (1, 3_600_000), (2, 86_400_000)] {
+                    let key = (resource, tier, (bucket / resolution * resolution) as i64);
+                    if seen.insert(key) {
+                        columns.0.push(format!("r{resource:03}"));
+                        columns.1.push(tier);
+                        columns.2.push(key.2);
+                    }
+                }
+            }
+        }
+        let mut transaction = pool.begin().await.unwrap();
+        sqlx::query(
+            "INSERT INTO hit_counts SELECT r, t, b, 7, '\\x00' FROM unnest($1::text[], $2::int2[], $3::int8[]) AS u(r, t, b)
+             ON CONFLICT (resource_id, tier, bucket_ms) DO UPDATE SET hit_count = hit_counts.hit_count + excluded.hit_count",
+        )
+        .bind(&columns.0)
+        .bind(&columns.1)
+        .bind(&columns.2)
+        .execute(&mut *transaction)
+        .await
+        .unwrap();
+        transaction.commit().await.unwrap();
+    }
+    let raw_postgres = cells as f64 / started.elapsed().as_secs_f64();
+    pool.close().await;
+
+    // Baseline 2: pipelined INCRBY of the same minute cells straight into Redis, one round trip
+    // per batch.
+    let client = redis::Client::open(REDIS_URL).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let started = Instant::now();
+    for batch in 0..BATCHES {
+        let mut pipeline = redis::pipe();
+        for resource in 0..RESOURCES_PER_BATCH {
+            for minute in 0..MINUTES_PER_BATCH {
+                let key = format!(
+                    "hitcount-bench-raw:{resource}:{}",
+                    first_minute + batch % 25 + minute
+                );
+                pipeline.incr(&key, 7).ignore().expire(&key, 600).ignore();
+            }
+        }
+        pipeline.query_async::<()>(&mut connection).await.unwrap();
+    }
+    let raw_redis = cells as f64 / started.elapsed().as_secs_f64();
+
+    let postgres_only = Store::open_postgres(&bench_database("hitcount_bench_pg"))
+        .await
+        .unwrap();
+    create_bench_resources(&postgres_only, RESOURCES_PER_BATCH).await;
+    let through_postgres = merge_rate(&postgres_only, make_batches(), cells).await;
+
+    let tiered = Store::open_postgres(&bench_database("hitcount_bench_tiered"))
+        .await
+        .unwrap()
+        .with_hot_tier(
+            hitcount_aggregator::store::hot::HotTier::connect(REDIS_URL, "hitcount-bench")
+                .await
+                .unwrap(),
+        );
+    create_bench_resources(&tiered, RESOURCES_PER_BATCH).await;
+    assert!(
+        tiered.repair_hot_tier(now_ms()).await.unwrap(),
+        "the hot tier starts"
+    );
+    let through_both = merge_rate(&tiered, make_batches(), cells).await;
+    assert!(
+        tiered.hot_tier().unwrap().is_healthy(),
+        "no Redis write failed"
+    );
+
+    println!("| path | counter cells/s | vs its raw baseline |");
+    println!("|---|---|---|");
+    println!(
+        "| raw PostgreSQL upsert, 3 tiers, one statement per batch (baseline) | {raw_postgres:.0} | 100% |"
+    );
+    println!(
+        "| Store::apply into PostgreSQL (dedupe record, sketches, resource check) | {through_postgres:.0} | {:.0}% |",
+        100.0 * through_postgres / raw_postgres
+    );
+    println!(
+        "| raw pipelined INCRBY into Redis, one round trip per batch (baseline) | {raw_redis:.0} | 100% |"
+    );
+    println!(
+        "| Store::apply into PostgreSQL then Redis (hot tier) | {through_both:.0} | {:.0}% of PostgreSQL alone |",
+        100.0 * through_both / through_postgres
+    );
+}
+
+/// GET /hits for 24 h at minute granularity: the last hour from Redis beside all of it from
+/// PostgreSQL, same data.
+async fn tiered_query_latency() {
+    const REQUESTS: usize = 1_000;
+    println!(
+        "\n## GET /hits/{{id}}?window=24h&granularity=minute from PostgreSQL and with the hot tier ({REQUESTS} sequential requests)\n"
+    );
+    let database = bench_database("hitcount_bench_query");
+    let store = Store::open_postgres(&database).await.unwrap();
+    create_bench_resources(&store, 2).await;
+    let first_minute = now_ms() / MINUTE_MS - 1_439;
+    let mut day: Vec<DeltaEntry> = entries(1, 1_440, first_minute, 20, 99);
+    for entry in &mut day {
+        entry.resource_id = "r001".to_owned();
+    }
+    store.apply(day, None, now_ms()).await.unwrap();
+    store.compact().await.unwrap();
+    println!("| served by | p50 ms | p99 ms | max ms |");
+    println!("|---|---|---|---|");
+    for redis in [false, true] {
+        let directory = tempfile::TempDir::new().unwrap();
+        let mut config = bench_config(directory.path());
+        config.database_url = Some(database.clone());
+        if redis {
+            config.redis_url = Some(REDIS_URL.to_owned());
+            config.redis_prefix = "hitcount-bench-query".to_owned();
+        }
+        let aggregator = Aggregator::start(config).await.unwrap();
+        if redis {
+            assert!(
+                aggregator
+                    .state()
+                    .store
+                    .repair_hot_tier(now_ms())
+                    .await
+                    .unwrap()
+            );
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(hitcount_aggregator::serve(
+            listener,
+            aggregator,
+            std::future::pending(),
+        ));
+        let client = reqwest::Client::new();
+        let url = format!("http://{address}/hits/r001?window=24h&granularity=minute");
+        let mut latencies = Vec::with_capacity(REQUESTS);
+        for _ in 0..REQUESTS {
+            let started = Instant::now();
+            let response = client
+                .get(&url)
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let _ = response.bytes().await.unwrap();
+            latencies.push(started.elapsed().as_secs_f64() * 1_000.0);
+        }
+        latencies.sort_by(f64::total_cmp);
+        println!(
+            "| {} | {:.3} | {:.3} | {:.3} |",
+            if redis {
+                "last hour from Redis, the rest from PostgreSQL"
+            } else {
+                "PostgreSQL alone"
+            },
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99),
+            latencies[latencies.len() - 1]
+        );
+    }
 }
 
 async fn hello_world() -> SocketAddr {
@@ -76,13 +344,19 @@ async fn hello_world() -> SocketAddr {
     address
 }
 
-async fn aggregator(ack: AckMode) -> (SocketAddr, tempfile::TempDir) {
-    let directory = tempfile::TempDir::new().unwrap();
-    let mut config = Config::for_data_dir(directory.path().to_path_buf());
+/// An aggregator configuration with the bench token and no rate limits.
+fn bench_config(directory: &std::path::Path) -> Config {
+    let mut config = Config::for_data_dir(directory.to_path_buf());
     config.admin_token = Some(ADMIN_TOKEN.to_owned());
-    config.ack = ack;
     config.rate_limit_ip = 0;
     config.rate_limit_token = 0;
+    config
+}
+
+async fn aggregator(ack: AckMode) -> (SocketAddr, tempfile::TempDir) {
+    let directory = tempfile::TempDir::new().unwrap();
+    let mut config = bench_config(directory.path());
+    config.ack = ack;
     let aggregator = Aggregator::start(config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();

@@ -305,6 +305,34 @@ async fn read_your_writes(
     (status, Json(body)).into_response()
 }
 
+/// The beacon snippet (`sdk-js`, built and checked in under 1 KB gzipped), served by every edge so
+/// a site can embed `<script src="https://edge/hitcount.js">`.
+pub const BEACON_SCRIPT: &str = include_str!("../../../sdk-js/dist/hitcount.js");
+/// The demo single-page app `--dev` serves at `/demo`.
+const DEMO_PAGE: &str = include_str!("../demo/index.html");
+
+async fn beacon_script() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        BEACON_SCRIPT,
+    )
+        .into_response()
+}
+
+async fn demo_page(State(state): State<Shared>) -> Response {
+    if !state.config.demo {
+        return error(StatusCode::NOT_FOUND, "not_found", "no such route");
+    }
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        DEMO_PAGE,
+    )
+        .into_response()
+}
+
 async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
@@ -335,11 +363,14 @@ pub fn router(state: Shared) -> Router {
         )
         .route("/hit.gif", get(pixel))
         .route("/hits/{resource_id}", get(read_your_writes))
+        .route("/hitcount.js", get(beacon_script))
         .layer(cors);
     let router = Router::new()
         .merge(beacons)
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics))
+        .route("/demo", get(demo_page))
+        .route("/demo/{*page}", get(demo_page));
     // In proxy mode whatever is not the edge's own goes to the origin.
     let router = if state.config.proxy.is_some() {
         router.fallback(crate::proxy::forward)

@@ -129,6 +129,8 @@ pub struct Config {
     pub proxy: Option<ProxyConfig>,
     /// Set by `--dev`: run an aggregator in this process (see [`crate::dev`]).
     pub dev: Option<DevSettings>,
+    /// Serve the demo single-page app at `/demo` (`--dev` turns it on).
+    pub demo: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -196,6 +198,7 @@ impl Config {
             spool_bytes_max: SPOOL_BYTES_MAX_DEFAULT,
             proxy: None,
             dev: None,
+            demo: false,
         }
     }
 }
@@ -277,6 +280,7 @@ impl TryFrom<Args> for Config {
             spool_dir: args.spool_dir,
             spool_bytes_max: args.spool_bytes_max,
             proxy,
+            demo: args.dev,
             dev: args.dev.then_some(DevSettings {
                 data_dir: args.data_dir,
                 aggregator_listen: args.dev_aggregator_listen,

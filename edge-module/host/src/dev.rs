@@ -118,6 +118,7 @@ pub async fn start(mut edge_config: Config, settings: DevSettings) -> anyhow::Re
     create_dev_resources(&aggregator_url, &session_token).await?;
 
     edge_config.aggregator = aggregator_url;
+    edge_config.demo = true;
     edge_config.edge_key = edge_key.into_bytes();
     edge_config.aggregator_token = Some(session_token.clone());
     let edge = Edge::start(edge_config)?;
@@ -164,6 +165,7 @@ pub async fn run(edge_config: Config, settings: DevSettings) -> anyhow::Result<(
     let banner = format!(
         "hitcount dev: edge on http://{edge}, aggregator on http://{aggregator}, data in {data}
 
+  the demo site: http://{edge}/demo   (counts its own page views, shows them live)
   send a hit:    curl -X POST http://{edge}/hit -d '{{\"resource_id\":\"home\"}}'
   read it back:  curl http://{edge}/hits/home
   the REST API:  curl -H 'Authorization: Bearer {token}' http://{aggregator}/resources

@@ -1,0 +1,98 @@
+export type Scope = "ingest" | "read" | "admin";
+export type Granularity = "minute" | "hour" | "day";
+export interface Resource {
+    resource_id: string;
+    name: string;
+    retention_days: number | null;
+    created_at: string;
+}
+export interface ResourcePage {
+    resources: Resource[];
+    /** Pass as `after` for the next page; absent on the last one. */
+    next_after?: string | null;
+}
+export interface Hit {
+    resource_id: string;
+    /** RFC 3339 or Unix milliseconds; the server's clock if absent. */
+    timestamp?: string | number;
+    /** Hashed on arrival, never stored. */
+    visitor_id?: string;
+}
+export interface SeriesPoint {
+    start_time: string;
+    count: number;
+    uniques: number;
+}
+export interface Counts {
+    resource_id: string;
+    count: number;
+    uniques: number;
+    granularity: Granularity;
+    period: {
+        start_time: string;
+        end_time: string;
+    };
+    series: SeriesPoint[];
+}
+export type CountsQuery = {
+    window: string;
+    granularity?: Granularity;
+} | {
+    start_time: string | number;
+    end_time: string | number;
+    granularity?: Granularity;
+};
+export interface Token {
+    id: string;
+    name: string;
+    scopes: Scope[];
+    created_at: string;
+}
+export interface CreatedToken extends Token {
+    /** Shown once. */
+    token: string;
+}
+/** An answer other than 2xx, with the API's machine-readable code ("not_found", "invalid_query"...). */
+export declare class HitcountError extends Error {
+    readonly status: number;
+    readonly code: string;
+    readonly retryAfterSeconds?: number | undefined;
+    constructor(status: number, code: string, message: string, retryAfterSeconds?: number | undefined);
+}
+export interface ClientOptions {
+    /** The aggregator's base URL, e.g. "https://hitcount.example.com". */
+    baseUrl: string;
+    /** A bearer token with the scopes the calls need. */
+    token: string;
+    fetch?: typeof fetch;
+}
+export declare class HitcountClient {
+    private readonly baseUrl;
+    private readonly token;
+    private readonly fetchImpl;
+    constructor(options: ClientOptions);
+    private call;
+    readonly resources: {
+        create: (resource: {
+            resource_id?: string;
+            name: string;
+            retention_days?: number;
+        }) => Promise<Resource>;
+        list: (page?: {
+            limit?: number;
+            after?: string;
+        }) => Promise<ResourcePage>;
+        get: (id: string) => Promise<Resource>;
+        delete: (id: string) => Promise<void>;
+    };
+    readonly hits: {
+        /** Sends one hit or up to 1000; resolves with how many were accepted. */
+        send: (hits: Hit | Hit[]) => Promise<number>;
+        count: (resourceId: string, query: CountsQuery) => Promise<Counts>;
+    };
+    readonly tokens: {
+        create: (name: string, scopes: Scope[]) => Promise<CreatedToken>;
+        list: () => Promise<Token[]>;
+        delete: (id: string) => Promise<void>;
+    };
+}

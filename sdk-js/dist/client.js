@@ -1,0 +1,74 @@
+// src/client.ts
+var HitcountError = class extends Error {
+  constructor(status, code, message, retryAfterSeconds) {
+    super(message);
+    this.status = status;
+    this.code = code;
+    this.retryAfterSeconds = retryAfterSeconds;
+    this.name = "HitcountError";
+  }
+};
+var HitcountClient = class {
+  constructor(options) {
+    this.resources = {
+      create: (resource) => this.call("POST", "/resources", resource),
+      list: (page = {}) => {
+        const query = new URLSearchParams();
+        if (page.limit !== void 0) query.set("limit", String(page.limit));
+        if (page.after !== void 0) query.set("after", page.after);
+        const suffix = query.toString() ? `?${query}` : "";
+        return this.call("GET", `/resources${suffix}`);
+      },
+      get: (id) => this.call("GET", `/resources/${encodeURIComponent(id)}`),
+      delete: (id) => this.call("DELETE", `/resources/${encodeURIComponent(id)}`)
+    };
+    this.hits = {
+      /** Sends one hit or up to 1000; resolves with how many were accepted. */
+      send: async (hits) => {
+        const body = Array.isArray(hits) ? { hits } : hits;
+        return (await this.call("POST", "/hits", body)).accepted;
+      },
+      count: (resourceId, query) => {
+        const parameters = new URLSearchParams();
+        for (const [key, value] of Object.entries(query)) {
+          if (value !== void 0) parameters.set(key, String(value));
+        }
+        return this.call("GET", `/hits/${encodeURIComponent(resourceId)}?${parameters}`);
+      }
+    };
+    this.tokens = {
+      create: (name, scopes) => this.call("POST", "/tokens", { name, scopes }),
+      list: async () => (await this.call("GET", "/tokens")).tokens,
+      delete: (id) => this.call("DELETE", `/tokens/${encodeURIComponent(id)}`)
+    };
+    this.baseUrl = options.baseUrl.replace(/\/$/, "");
+    this.token = options.token;
+    this.fetchImpl = options.fetch ?? fetch;
+  }
+  async call(method, path, body) {
+    const response = await this.fetchImpl(this.baseUrl + path, {
+      method,
+      headers: {
+        authorization: `Bearer ${this.token}`,
+        ...body === void 0 ? {} : { "content-type": "application/json" }
+      },
+      body: body === void 0 ? void 0 : JSON.stringify(body)
+    });
+    const text = await response.text();
+    const value = text ? JSON.parse(text) : void 0;
+    if (!response.ok) {
+      const retry = response.headers.get("retry-after");
+      throw new HitcountError(
+        response.status,
+        value?.error?.code ?? "unknown",
+        value?.error?.message ?? response.statusText,
+        retry ? Number(retry) : void 0
+      );
+    }
+    return value;
+  }
+};
+export {
+  HitcountClient,
+  HitcountError
+};

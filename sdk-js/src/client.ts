@@ -1,0 +1,148 @@
+// A typed client for the hitcount aggregator's REST API. Works wherever `fetch` does (Node 20+,
+// browsers). Every non-2xx answer becomes a HitcountError carrying the API's error code.
+
+export type Scope = "ingest" | "read" | "admin";
+export type Granularity = "minute" | "hour" | "day";
+
+export interface Resource {
+  resource_id: string;
+  name: string;
+  retention_days: number | null;
+  created_at: string;
+}
+
+export interface ResourcePage {
+  resources: Resource[];
+  /** Pass as `after` for the next page; absent on the last one. */
+  next_after?: string | null;
+}
+
+export interface Hit {
+  resource_id: string;
+  /** RFC 3339 or Unix milliseconds; the server's clock if absent. */
+  timestamp?: string | number;
+  /** Hashed on arrival, never stored. */
+  visitor_id?: string;
+}
+
+export interface SeriesPoint {
+  start_time: string;
+  count: number;
+  uniques: number;
+}
+
+export interface Counts {
+  resource_id: string;
+  count: number;
+  uniques: number;
+  granularity: Granularity;
+  period: { start_time: string; end_time: string };
+  series: SeriesPoint[];
+}
+
+export type CountsQuery =
+  | { window: string; granularity?: Granularity }
+  | { start_time: string | number; end_time: string | number; granularity?: Granularity };
+
+export interface Token {
+  id: string;
+  name: string;
+  scopes: Scope[];
+  created_at: string;
+}
+
+export interface CreatedToken extends Token {
+  /** Shown once. */
+  token: string;
+}
+
+/** An answer other than 2xx, with the API's machine-readable code ("not_found", "invalid_query"...). */
+export class HitcountError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+    readonly retryAfterSeconds?: number,
+  ) {
+    super(message);
+    this.name = "HitcountError";
+  }
+}
+
+export interface ClientOptions {
+  /** The aggregator's base URL, e.g. "https://hitcount.example.com". */
+  baseUrl: string;
+  /** A bearer token with the scopes the calls need. */
+  token: string;
+  fetch?: typeof fetch;
+}
+
+export class HitcountClient {
+  private readonly baseUrl: string;
+  private readonly token: string;
+  private readonly fetchImpl: typeof fetch;
+
+  constructor(options: ClientOptions) {
+    this.baseUrl = options.baseUrl.replace(/\/$/, "");
+    this.token = options.token;
+    this.fetchImpl = options.fetch ?? fetch;
+  }
+
+  private async call<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const response = await this.fetchImpl(this.baseUrl + path, {
+      method,
+      headers: {
+        authorization: `Bearer ${this.token}`,
+        ...(body === undefined ? {} : { "content-type": "application/json" }),
+      },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await response.text();
+    const value = text ? JSON.parse(text) : undefined;
+    if (!response.ok) {
+      const retry = response.headers.get("retry-after");
+      throw new HitcountError(
+        response.status,
+        value?.error?.code ?? "unknown",
+        value?.error?.message ?? response.statusText,
+        retry ? Number(retry) : undefined,
+      );
+    }
+    return value as T;
+  }
+
+  readonly resources = {
+    create: (resource: { resource_id?: string; name: string; retention_days?: number }) =>
+      this.call<Resource>("POST", "/resources", resource),
+    list: (page: { limit?: number; after?: string } = {}) => {
+      const query = new URLSearchParams();
+      if (page.limit !== undefined) query.set("limit", String(page.limit));
+      if (page.after !== undefined) query.set("after", page.after);
+      const suffix = query.toString() ? `?${query}` : "";
+      return this.call<ResourcePage>("GET", `/resources${suffix}`);
+    },
+    get: (id: string) => this.call<Resource>("GET", `/resources/${encodeURIComponent(id)}`),
+    delete: (id: string) => this.call<void>("DELETE", `/resources/${encodeURIComponent(id)}`),
+  };
+
+  readonly hits = {
+    /** Sends one hit or up to 1000; resolves with how many were accepted. */
+    send: async (hits: Hit | Hit[]) => {
+      const body = Array.isArray(hits) ? { hits } : hits;
+      return (await this.call<{ accepted: number }>("POST", "/hits", body)).accepted;
+    },
+    count: (resourceId: string, query: CountsQuery) => {
+      const parameters = new URLSearchParams();
+      for (const [key, value] of Object.entries(query)) {
+        if (value !== undefined) parameters.set(key, String(value));
+      }
+      return this.call<Counts>("GET", `/hits/${encodeURIComponent(resourceId)}?${parameters}`);
+    },
+  };
+
+  readonly tokens = {
+    create: (name: string, scopes: Scope[]) => this.call<CreatedToken>("POST", "/tokens", { name, scopes }),
+    list: async () => (await this.call<{ tokens: Token[] }>("GET", "/tokens")).tokens,
+    delete: (id: string) => this.call<void>("DELETE", `/tokens/${encodeURIComponent(id)}`),
+  };
+}
