@@ -520,17 +520,7 @@ async fn store_merge() {
     );
     let directory = tempfile::TempDir::new().unwrap();
     let store = Store::open_embedded(directory.path()).unwrap();
-    for resource in 0..RESOURCES_PER_BATCH {
-        store
-            .create_resource(hitcount_aggregator::store::ResourceRecord {
-                id: format!("r{resource:03}"),
-                name: format!("r{resource:03}"),
-                retention_days: None,
-                created_at_ms: now_ms(),
-            })
-            .await
-            .unwrap();
-    }
+    create_bench_resources(&store, RESOURCES_PER_BATCH).await;
     let first_minute = now_ms() / MINUTE_MS - 60;
     let batches: Vec<Vec<DeltaEntry>> = (0..BATCHES)
         .map(|batch| {
