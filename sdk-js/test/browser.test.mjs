@@ -68,23 +68,42 @@ test("a single-page app's views are counted exactly, once each", async (t) => {
     mkdirSync("test-results", { recursive: true });
     await page.screenshot({ path: "test-results/demo.png", fullPage: true });
 
-    // The same page without the demo's opt-ins: on localhost and under automation (as here) the
-    // beacon stays silent, even when asked explicitly.
-    const strict = await browser.newPage();
-    let strictBeacons = 0;
-    strict.on("request", (request) => {
-      if (["/hit", "/hit.gif"].includes(new URL(request.url()).pathname)) strictBeacons += 1;
-    });
-    await strict.route("**/demo/strict", async (route) => {
-      const response = await route.fetch();
-      const html = (await response.text()).replace(" data-allow-localhost data-allow-automation", "");
-      await route.fulfill({ response, body: html });
-    });
-    await strict.goto(`${dev.edge}/demo/strict`);
-    await strict.waitForFunction(() => window.hitcount !== undefined);
-    await strict.evaluate(() => window.hitcount.count({ resource: "demo" }));
-    await new Promise((resolve) => setTimeout(resolve, 500));
-    assert.equal(strictBeacons, 0, "no beacon from localhost under automation");
+    // replaceState to another path is a new view.
+    await page.evaluate(() => history.replaceState({}, "", "/demo/about"));
+    const after = Date.now() + 20_000;
+    while ((await client.hits.count("demo.about", { window: "1h" })).count < 2) {
+      assert.ok(Date.now() < after, "the replaceState view never arrived");
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
+    assert.equal((await client.hits.count("demo.pricing", { window: "1h" })).count, 3);
+    assert.equal(beacons.length, 7);
+
+    // The same page without the demo's opt-ins (on localhost, under automation, as here), and
+    // with Do-Not-Track respected for a visitor sending Global Privacy Control: silent, even
+    // when asked explicitly.
+    for (const [path, attributes, initScript] of [
+      ["strict", "", undefined],
+      ["private", " data-allow-localhost data-allow-automation data-respect-dnt",
+        () => Object.defineProperty(Navigator.prototype, "globalPrivacyControl", { get: () => true })],
+    ]) {
+      const quiet = await browser.newPage();
+      if (initScript) await quiet.addInitScript(initScript);
+      let sent = 0;
+      quiet.on("request", (request) => {
+        if (["/hit", "/hit.gif"].includes(new URL(request.url()).pathname)) sent += 1;
+      });
+      await quiet.route(`**/demo/${path}`, async (route) => {
+        const response = await route.fetch();
+        const html = (await response.text()).replace(" data-allow-localhost data-allow-automation", attributes);
+        await route.fulfill({ response, body: html });
+      });
+      await quiet.goto(`${dev.edge}/demo/${path}`);
+      await quiet.waitForFunction(() => window.hitcount !== undefined);
+      await quiet.evaluate(() => window.hitcount.count({ resource: "demo" }));
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      assert.equal(sent, 0, `no beacon from the ${path} page`);
+      await quiet.close();
+    }
   } finally {
     await browser.close();
     await dev.stop();

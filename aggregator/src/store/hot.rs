@@ -80,13 +80,17 @@ fn random_epoch() -> u64 {
 }
 
 impl HotTier {
-    /// Connects; the tier starts unusable until the first rebuild (the maintenance task runs
-    /// it within a second, [`HotTier::repair_if_needed`]).
+    /// Prepares the connection without waiting for Redis: the aggregator starts (on PostgreSQL
+    /// alone) even when Redis is down. The tier is unusable until the first rebuild, which the
+    /// maintenance task runs within a second of Redis answering ([`HotTier::repair_if_needed`]).
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
         let client = redis::Client::open(url)
             .map_err(|error| StoreError::Unavailable(format!("redis: {error}")))?;
-        let connection = within(HOT_REBUILD_TIMEOUT_MS, ConnectionManager::new(client))
-            .await
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(HOT_OPERATION_TIMEOUT_MS * 4)))
+            .set_response_timeout(Some(Duration::from_millis(HOT_OPERATION_TIMEOUT_MS)))
+            .set_number_of_retries(1);
+        let connection = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|error| StoreError::Unavailable(format!("redis: {error}")))?;
         Ok(Self {
             connection,
