@@ -34,6 +34,12 @@ use crate::store::{Store, TokenRecord};
 /// How often pending sketches are folded into their cells, metrics histograms compacted and idle
 /// rate-limit buckets forgotten.
 const MAINTENANCE_INTERVAL_MS: u64 = 1_000;
+/// How often (in maintenance ticks, one a second) the resource cache is reloaded from the store,
+/// so resources created or deleted through another aggregator on the same database appear here.
+const RESOURCE_RELOAD_TICKS: u64 = 5;
+/// Resources created this shortly before a reload began are kept in the cache even if the
+/// reload's list lacks them (their transaction may not have been visible to it yet).
+const RESOURCE_RELOAD_GRACE_MS: u64 = 2_000;
 /// Histogram buckets (seconds) for request and commit latencies.
 const LATENCY_BUCKETS_S: &[f64] = &[
     0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -229,6 +235,31 @@ async fn maintain(state: SharedState) {
         }
         state.metrics.run_upkeep();
         state.limits.forget_idle();
+        // Other aggregators on the same database create and delete resources too.
+        if ticks.is_multiple_of(RESOURCE_RELOAD_TICKS) {
+            let reload_started_ms = now_ms();
+            match state.store.resources().await {
+                Ok(records) => {
+                    let mut loaded: BTreeMap<_, _> = records
+                        .into_iter()
+                        .map(|record| (record.id.clone(), record))
+                        .collect();
+                    let mut cache = state
+                        .resources
+                        .write()
+                        .unwrap_or_else(|poison| poison.into_inner());
+                    // A resource created here while the list was being read is not in it yet.
+                    let recent = reload_started_ms.saturating_sub(RESOURCE_RELOAD_GRACE_MS);
+                    for (id, record) in cache.iter() {
+                        if record.created_at_ms >= recent && !loaded.contains_key(id) {
+                            loaded.insert(id.clone(), record.clone());
+                        }
+                    }
+                    *cache = loaded;
+                }
+                Err(error) => tracing::warn!(%error, "reloading resources failed; will retry"),
+            }
+        }
         if ticks.is_multiple_of(retention_every) {
             match state.store.prune(now_ms()).await {
                 Ok(pruned) => {

@@ -428,3 +428,39 @@ async fn the_hot_tier_matches_postgres_and_survives_redis_faults() {
     hot.stop().await;
     plain.stop().await;
 }
+
+/// Two aggregators on one PostgreSQL database: a resource created or deleted through one is
+/// known to the other within a few seconds (each reloads its resource cache).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregators_sharing_a_database_see_each_others_resources() {
+    if !crate::support::postgres_or_skip() {
+        return;
+    }
+    let directory = TempDir::new().unwrap();
+    let database = crate::support::postgres_database(directory.path());
+    let start = || {
+        let mut config = test_config(directory.path());
+        config.database_url = Some(database.clone());
+        TestServer::start_with(config)
+    };
+    let first = start().await;
+    let second = start().await;
+    Api::admin(&first).create_resource("shared").await;
+    let wait_for = async |expected: StatusCode| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let (status, _) = Api::admin(&second).get("/resources/shared").await;
+            if status == expected {
+                return;
+            }
+            assert!(Instant::now() < deadline, "still {status}, not {expected}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    wait_for(StatusCode::OK).await;
+    let (status, _) = Api::admin(&first).delete("/resources/shared").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    wait_for(StatusCode::NOT_FOUND).await;
+    first.stop().await;
+    second.stop().await;
+}
