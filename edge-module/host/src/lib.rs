@@ -63,6 +63,7 @@ pub struct EdgeState {
     spool: Option<spool::Spool>,
     /// Batches committed by an earlier run, sent before this run's.
     recovered: Mutex<VecDeque<spool::RecoveredBatch>>,
+    hit_counters: api::HitCounters,
 }
 
 impl EdgeState {
@@ -171,6 +172,7 @@ impl Edge {
             metrics: metrics_handle(),
             spool,
             recovered: Mutex::new(recovered),
+            hit_counters: api::HitCounters::new(),
         });
         let (stop, stopped) = watch::channel(false);
         let shipper = tokio::spawn(ship::run(Arc::clone(&state), stopped));
