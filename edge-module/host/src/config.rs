@@ -39,6 +39,10 @@ pub struct Args {
         default_value = "http://127.0.0.1:8080"
     )]
     pub aggregator: String,
+    /// Trust only this CA (PEM) for an https:// aggregator: a private CA or a self-signed
+    /// aggregator. The system's roots if absent.
+    #[arg(long, env = "HITCOUNT_AGGREGATOR_CA_CERT")]
+    pub aggregator_ca_cert: Option<PathBuf>,
     /// This edge's id (the aggregator knows its key by it).
     #[arg(long, env = "HITCOUNT_EDGE_ID", default_value = "edge-local")]
     pub edge_id: String,
@@ -113,6 +117,8 @@ pub struct Args {
 pub struct Config {
     pub listen: SocketAddr,
     pub aggregator: String,
+    /// PEM of the only CA trusted for the aggregator, if given.
+    pub aggregator_ca_cert: Option<Vec<u8>>,
     pub edge_id: String,
     pub edge_key: Vec<u8>,
     pub visitor_secret: Vec<u8>,
@@ -156,11 +162,11 @@ pub enum ConfigError {
     EdgeKey,
     #[error("--visitor-secret must be at least {SECRET_BYTES_MIN} characters")]
     VisitorSecret,
-    #[error(
-        "--aggregator must be an http:// URL (put TLS in front of the aggregator's host), got {0:?}"
-    )]
+    #[error("--aggregator must be an http:// or https:// URL, got {0:?}")]
     Aggregator(String),
-    #[error("--origin must be an http:// URL, got {0:?}")]
+    #[error("--aggregator-ca-cert {path}: {reason}")]
+    CaCert { path: String, reason: String },
+    #[error("--origin must be an http:// or https:// URL, got {0:?}")]
     Origin(String),
     #[error(transparent)]
     Route(#[from] RouteError),
@@ -184,6 +190,7 @@ impl Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             aggregator: aggregator.trim_end_matches('/').to_owned(),
+            aggregator_ca_cert: None,
             edge_id: edge_id.to_owned(),
             edge_key: edge_key.as_bytes().to_vec(),
             visitor_secret: random_secret(),
@@ -227,12 +234,25 @@ impl TryFrom<Args> for Config {
                 random_secret()
             }
         };
-        if !args.dev && !args.aggregator.starts_with("http://") {
+        let web_url = |url: &str| url.starts_with("http://") || url.starts_with("https://");
+        if !args.dev && !web_url(&args.aggregator) {
             return Err(ConfigError::Aggregator(args.aggregator));
         }
+        let aggregator_ca_cert = match &args.aggregator_ca_cert {
+            None => None,
+            Some(path) => {
+                let failed = |reason: String| ConfigError::CaCert {
+                    path: path.display().to_string(),
+                    reason,
+                };
+                let pem = std::fs::read(path).map_err(|error| failed(error.to_string()))?;
+                reqwest::Certificate::from_pem(&pem).map_err(|error| failed(error.to_string()))?;
+                Some(pem)
+            }
+        };
         let proxy = match args.origin {
             None => None,
-            Some(origin) if !origin.starts_with("http://") => {
+            Some(origin) if !web_url(&origin) => {
                 return Err(ConfigError::Origin(origin));
             }
             Some(origin) => {
@@ -267,6 +287,7 @@ impl TryFrom<Args> for Config {
         Ok(Self {
             listen: args.listen,
             aggregator: args.aggregator.trim_end_matches('/').to_owned(),
+            aggregator_ca_cert,
             edge_id: args.edge_id,
             edge_key,
             visitor_secret,

@@ -159,10 +159,13 @@ impl Edge {
             }
             _ => None,
         };
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(config.instances)
-            .build()
-            .context("creating the HTTP client")?;
+        let mut builder = reqwest::Client::builder().pool_max_idle_per_host(config.instances);
+        if let Some(pem) = &config.aggregator_ca_cert {
+            let certificate =
+                reqwest::Certificate::from_pem(pem).context("reading the aggregator's CA")?;
+            builder = builder.tls_certs_only([certificate]);
+        }
+        let client = builder.build().context("creating the HTTP client")?;
         let proxy_client = proxy::client().context("creating the origin HTTP client")?;
         let state = Arc::new(EdgeState {
             config,

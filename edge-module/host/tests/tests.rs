@@ -10,3 +10,4 @@ mod delivery;
 mod dev;
 mod proxy;
 mod spool;
+mod tls;
