@@ -3,8 +3,9 @@
 //! `cargo build` needs no manual wasm step.
 //!
 //! A nested cargo with its own target directory (cargo's lock on the outer one is held while a
-//! build script runs), offline (the outer cargo already resolved and fetched everything), and
-//! with the outer build's compiler flags and wrappers removed (they are for the host, not wasm).
+//! build script runs), held to the workspace's lock file (it downloads only what a fresh machine
+//! lacks: wasm-only dependencies such as spin-sdk are not fetched by a host build), and with the
+//! outer build's compiler flags and wrappers removed (they are for the host, not wasm).
 
 use std::env;
 use std::path::PathBuf;
@@ -31,7 +32,7 @@ pub fn build_component(package: &str, artifact: &str, watched: &[&str]) {
         .current_dir(&workspace)
         .args([
             "build",
-            "--offline",
+            "--locked",
             "--release",
             "--target",
             "wasm32-wasip2",
