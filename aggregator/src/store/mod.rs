@@ -272,14 +272,6 @@ impl Store {
         self.hot.as_deref()
     }
 
-    pub fn kind(&self) -> &'static str {
-        match (&self.backend, &self.hot) {
-            (Backend::Embedded(_), _) => "embedded",
-            (Backend::Postgres(_), None) => "postgres",
-            (Backend::Postgres(_), Some(_)) => "postgres+redis",
-        }
-    }
-
     /// Merges delta entries into every tier in one transaction, with the batch's dedupe record;
     /// with a hot tier, then into Redis (a delta is acknowledged once the backend committed it,
     /// whatever Redis does).

@@ -81,7 +81,7 @@ impl EdgeState {
     }
 
     /// Hits in batches an earlier run committed and this one has not delivered yet.
-    pub fn recovered_hits(&self) -> u64 {
+    fn recovered_hits(&self) -> u64 {
         self.recovered
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())

@@ -115,7 +115,7 @@ impl Instances {
         config.wasm_component_model(true);
         // The counter is called synchronously, one call at a time per instance. Without the
         // data structures for concurrent (async component model) execution a call costs a third
-        // to a half as much (measured in ../shared/notes and BENCHMARKS.md).
+        // to a half as much, as measured on these machines while planning (../shared/notes).
         config.concurrency_support(false);
         let engine = wasm(Engine::new(&config), "creating the wasmtime engine")?;
         let component = match module {

@@ -593,10 +593,6 @@ impl Spool {
         self.bytes.load(Ordering::Relaxed) >= self.bytes_max
     }
 
-    pub fn bytes(&self) -> u64 {
-        self.bytes.load(Ordering::Relaxed)
-    }
-
     /// Queues journal records; the receiver answers once they are on disk. Called under the
     /// instance's lock, so records reach the file in the order the instance counted them.
     ///

@@ -10,7 +10,6 @@ use reqwest::{Client, StatusCode};
 use serde_json::json;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::oneshot;
 
 use crate::support::{BROWSER, Server, aggregator, count, edge, edge_config};
 
@@ -52,18 +51,7 @@ async fn origin() -> Server {
             }),
         )
         .route("/site.css", get(|| async { "body {}" }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            })
-            .await
-            .map_err(anyhow::Error::from)
-    });
-    Server::new(address, stop, task)
+    hitcount_test_support::serve_router(router).await
 }
 
 async fn create(aggregator: &Server, resource_id: &str) {

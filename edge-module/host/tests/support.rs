@@ -163,19 +163,8 @@ pub async fn duplicating_proxy(target: &Server) -> DuplicatingProxy {
     let router = axum::Router::new()
         .route("/v1/deltas", post(forward_twice))
         .with_state(state);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            })
-            .await
-            .map_err(anyhow::Error::from)
-    });
     DuplicatingProxy {
-        server: Server::new(address, stop, task),
+        server: hitcount_test_support::serve_router(router).await,
         duplicates,
     }
 }

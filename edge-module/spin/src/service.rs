@@ -3,7 +3,9 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use hitcount_edge_core::beacon::{PURPOSE_HEADERS, is_prefetch, parse_beacon};
+use hitcount_edge_core::beacon::{
+    PIXEL_GIF, PURPOSE_HEADERS, RESULT_HEADER, is_prefetch, parse_beacon,
+};
 use hitcount_edge_core::filter::{self, HitRequest, Rejection};
 use hitcount_edge_core::{SealedBatch, VisitorHasher};
 use hitcount_wire::MINUTE_MS;
@@ -21,13 +23,6 @@ use crate::window::{
 
 type Reply = Response<FullBody<Bytes>>;
 
-/// The smallest transparent GIF, as the native edge answers.
-const PIXEL_GIF: [u8; 43] = [
-    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00,
-    0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00,
-    0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
-];
-const RESULT_HEADER: &str = "x-hitcount-result";
 /// Releases the flush lock only if this request still holds it.
 const UNLOCK_SCRIPT: &str =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";

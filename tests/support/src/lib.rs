@@ -54,6 +54,22 @@ impl Server {
     }
 }
 
+/// Serves `router` on a port-0 listener until [`Server::stop`] (origins, proxies, stubs).
+pub async fn serve_router(router: axum::Router) -> Server {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+            .map_err(anyhow::Error::from)
+    });
+    Server::new(address, stop, task)
+}
+
 /// An aggregator on `directory` (its embedded store), listening on `address` or port 0, with
 /// the admin token [`ADMIN_TOKEN`], the given edge keys and no rate limits.
 pub async fn aggregator(
