@@ -105,11 +105,23 @@ impl Ingestor {
     }
 }
 
+/// A key for the gather map's hash table that only this process knows. Resource ids here come
+/// from token holders, and a key nobody can learn keeps even them from choosing colliding ids.
+fn random_map_key() -> [u8; 16] {
+    use std::hash::BuildHasher;
+    let state = std::collections::hash_map::RandomState::new();
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&state.hash_one(1u8).to_le_bytes());
+    key[8..].copy_from_slice(&state.hash_one(2u8).to_le_bytes());
+    key
+}
+
 fn fits(window: &WindowCounts, hits: &[ValidHit]) -> bool {
     window.len() + hits.len() <= window.entries_max()
 }
 
 async fn run(store: Store, mut receiver: mpsc::Receiver<Message>, gather: Option<Duration>) {
+    let map_key = random_map_key();
     let mut carried: Option<Message> = None;
     let mut shutdown_replies = Vec::new();
     loop {
@@ -122,7 +134,7 @@ async fn run(store: Store, mut receiver: mpsc::Receiver<Message>, gather: Option
             },
         };
         let deadline = gather.map(|interval| Instant::now() + interval);
-        let mut window = WindowCounts::new(BATCH_ENTRIES_MAX);
+        let mut window = WindowCounts::with_hash_key(BATCH_ENTRIES_MAX, map_key);
         let mut acks = Vec::new();
         let mut next = Some(first);
         while let Some(message) = next.take() {

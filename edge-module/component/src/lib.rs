@@ -90,6 +90,7 @@ mod component {
                     &config.edge_id,
                     config.boot_epoch,
                     config.pending_entries_max as usize,
+                    hitcount_edge_core::window_map_key(&config.secret),
                 ),
             };
             EDGE.with(|cell| *cell.borrow_mut() = Some(edge));

@@ -3,9 +3,10 @@
 use hitcount_wire::journal::put_journal_record;
 use hitcount_wire::{DeltaEntry, MINUTE_MS, WindowCounts};
 
-use crate::VisitorHasher;
 use crate::delivery::{Delivery, DeliveryFull};
+use crate::filter::BotVerdicts;
 use crate::filter::{self, HitRequest, Rejection};
+use crate::{DAY_MS, VisitorHasher};
 
 /// What `record` did with a hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +34,7 @@ pub struct ClosedWindow {
 pub struct EdgeCounter {
     window: WindowCounts,
     visitors: VisitorHasher,
+    verdicts: BotVerdicts,
     window_start_ms: Option<u64>,
     /// The open window's generation. Journal records carry it, and a sealed batch names the
     /// last generation it holds, so a recovering edge knows which records are already in one.
@@ -46,8 +48,12 @@ impl EdgeCounter {
     /// `entries_max` bounds distinct (resource, minute) counters per window.
     pub fn new(secret: &[u8], entries_max: usize) -> Self {
         Self {
-            window: WindowCounts::new(entries_max),
+            window: WindowCounts::with_hash_key(
+                entries_max,
+                crate::visitor::window_map_key(secret),
+            ),
             visitors: VisitorHasher::new(secret),
+            verdicts: BotVerdicts::new(),
             window_start_ms: None,
             generation: 1,
             journal: None,
@@ -74,14 +80,25 @@ impl EdgeCounter {
     }
 
     pub fn record(&mut self, hit: &HitRequest<'_>, now_ms: u64) -> Recorded {
-        let at_ms = match filter::check(hit, now_ms) {
+        // The salt day follows the edge's clock, not the client's claimed time. The user agent's
+        // digest is made once: the bot test looks its verdict up by it, the visitor hash takes it.
+        let mut digest = None;
+        let (visitors, verdicts) = (&mut self.visitors, &mut self.verdicts);
+        let checked = filter::check_with(hit, now_ms, |user_agent| {
+            let made = visitors.user_agent_digest(now_ms, user_agent);
+            digest = Some(made);
+            verdicts.is_bot(now_ms / DAY_MS, made, user_agent)
+        });
+        let at_ms = match checked {
             Ok(at_ms) => at_ms,
             Err(rejection) => return Recorded::Rejected(rejection),
         };
-        // The salt day follows the edge's clock, not the client's claimed time.
+        // A hit that passed the checks passed the bot test, which made the digest.
+        let digest =
+            digest.unwrap_or_else(|| self.visitors.user_agent_digest(now_ms, hit.user_agent));
         let visitor = self
             .visitors
-            .hash(now_ms, hit.site, hit.client_address, hit.user_agent);
+            .hash_with_digest(now_ms, hit.site, hit.client_address, digest);
         self.record_hashed(hit.resource_id, at_ms / MINUTE_MS, visitor, now_ms)
     }
 
@@ -228,7 +245,7 @@ mod tests {
     #[test]
     fn a_full_delivery_queue_leaves_the_window_open_and_whole() {
         let mut counter = EdgeCounter::new(b"secret", 10);
-        let mut delivery = Delivery::new("edge-1", 1, 1);
+        let mut delivery = Delivery::new("edge-1", 1, 1, [0; 16]);
         counter.record(&hit("a", "1.1.1.1"), NOW_MS);
         assert_eq!(counter.flush_into(&mut delivery, NOW_MS + 1), Ok(1));
         counter.record(&hit("b", "1.1.1.1"), NOW_MS + 2);

@@ -53,13 +53,19 @@ pub struct Delivery {
 
 impl Delivery {
     /// `boot_epoch` must differ on every start of the edge (its start time in ms does), so that
-    /// sequence numbers restarting at 0 are new keys.
-    pub fn new(edge_id: &str, boot_epoch: u64, pending_entries_max: usize) -> Self {
+    /// sequence numbers restarting at 0 are new keys. `map_key` keys the pending map's hash table
+    /// (a secret: [`crate::window_map_key`]).
+    pub fn new(
+        edge_id: &str,
+        boot_epoch: u64,
+        pending_entries_max: usize,
+        map_key: [u8; 16],
+    ) -> Self {
         Self {
             edge_id: edge_id.to_owned(),
             boot_epoch,
             next_sequence: 0,
-            pending: WindowCounts::new(pending_entries_max),
+            pending: WindowCounts::with_hash_key(pending_entries_max, map_key),
             pending_span: None,
             pending_generation: 0,
             sealed: VecDeque::new(),
@@ -267,7 +273,7 @@ mod tests {
 
     #[test]
     fn a_lost_acknowledgement_resends_the_same_bytes_and_merges_nothing_into_them() {
-        let mut delivery = Delivery::new("edge-1", 7, 100);
+        let mut delivery = Delivery::new("edge-1", 7, 100, [0; 16]);
         delivery.add_window(window(60_000, &[("a", 1, 2)])).unwrap();
         let first = delivery.next_batch().unwrap().clone();
         assert_eq!(first.sequence, 0);
@@ -301,7 +307,7 @@ mod tests {
 
     #[test]
     fn a_full_pending_map_hands_the_window_back_whole() {
-        let mut delivery = Delivery::new("edge-1", 7, 2);
+        let mut delivery = Delivery::new("edge-1", 7, 2, [0; 16]);
         delivery
             .add_window(window(0, &[("a", 1, 1), ("b", 1, 1)]))
             .unwrap();
@@ -320,7 +326,7 @@ mod tests {
 
     #[test]
     fn large_pending_maps_split_into_batches_under_the_byte_limit() {
-        let mut delivery = Delivery::new("edge-1", 7, hitcount_wire::BATCH_ENTRIES_MAX);
+        let mut delivery = Delivery::new("edge-1", 7, hitcount_wire::BATCH_ENTRIES_MAX, [0; 16]);
         let mut entries = Vec::new();
         for resource in 0..1_000u64 {
             let mut visitors = Sketch::new();

@@ -88,12 +88,11 @@ pub fn is_bot(user_agent: &str) -> bool {
     if user_agent.is_empty() {
         return true;
     }
-    let cut = user_agent
-        .char_indices()
-        .take_while(|(index, _)| *index < USER_AGENT_BYTES_MAX)
-        .last()
-        .map(|(index, c)| index + c.len_utf8())
-        .unwrap_or(0);
+    // Cut at the last character boundary within the limit, without walking the characters.
+    let mut cut = user_agent.len().min(USER_AGENT_BYTES_MAX);
+    while !user_agent.is_char_boundary(cut) {
+        cut -= 1;
+    }
     bot_markers().is_match(&user_agent[..cut])
 }
 
@@ -110,8 +109,82 @@ fn bot_markers() -> &'static aho_corasick::AhoCorasick {
     })
 }
 
+/// Distinct user agents whose verdicts an edge remembers. A few hundred user agents make most of
+/// a site's traffic; a slot costs 16 bytes, so the cache is 64 KiB.
+pub const USER_AGENT_VERDICTS: usize = 4_096;
+
+/// Remembered [`is_bot`] verdicts, by the user agent's keyed digest
+/// ([`crate::VisitorHasher::user_agent_digest`]). Scanning a user agent for bot markers was
+/// the largest part of recording a hit; the digest is computed for the visitor hash anyway, so a
+/// repeated user agent costs one lookup instead.
+///
+/// Direct-mapped: the digest picks the slot (it is a keyed hash, so its low bits are uniform), a
+/// slot holds one digest, and a different digest in the same slot replaces it. Bounded, with no
+/// allocation per hit; emptied when the day, and with it the digest key, changes.
+#[derive(Clone)]
+pub struct BotVerdicts {
+    day: u64,
+    /// (digest, verdict) where the verdict is [`VERDICT_NONE`], [`VERDICT_PERSON`] or
+    /// [`VERDICT_BOT`].
+    slots: Box<[(u64, u8)]>,
+}
+
+const VERDICT_NONE: u8 = 0;
+const VERDICT_PERSON: u8 = 1;
+const VERDICT_BOT: u8 = 2;
+
+impl std::fmt::Debug for BotVerdicts {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("BotVerdicts")
+            .field("day", &self.day)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for BotVerdicts {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl BotVerdicts {
+    pub fn new() -> Self {
+        const { assert!(USER_AGENT_VERDICTS.is_power_of_two()) };
+        Self {
+            day: 0,
+            slots: vec![(0, VERDICT_NONE); USER_AGENT_VERDICTS].into_boxed_slice(),
+        }
+    }
+
+    /// [`is_bot`] for `user_agent`, whose digest under day `day`'s key is `digest`.
+    pub fn is_bot(&mut self, day: u64, digest: u64, user_agent: &str) -> bool {
+        if day != self.day {
+            self.slots.fill((0, VERDICT_NONE));
+            self.day = day;
+        }
+        let slot = &mut self.slots[(digest as usize) & (USER_AGENT_VERDICTS - 1)];
+        if slot.1 != VERDICT_NONE && slot.0 == digest {
+            return slot.1 == VERDICT_BOT;
+        }
+        let bot = is_bot(user_agent);
+        *slot = (digest, if bot { VERDICT_BOT } else { VERDICT_PERSON });
+        bot
+    }
+}
+
 /// Checks a hit; returns the time it is counted at.
 pub fn check(hit: &HitRequest<'_>, now_ms: u64) -> Result<u64, Rejection> {
+    check_with(hit, now_ms, is_bot)
+}
+
+/// [`check`], with the bot test supplied (e.g. [`BotVerdicts::is_bot`] with a digest); the checks
+/// run in the same order, so a hit gets the same rejection either way.
+pub fn check_with(
+    hit: &HitRequest<'_>,
+    now_ms: u64,
+    is_bot: impl FnOnce(&str) -> bool,
+) -> Result<u64, Rejection> {
     validate_resource_id(hit.resource_id).map_err(|_| Rejection::InvalidResource)?;
     if hit.prefetch {
         return Err(Rejection::Prefetch);
@@ -161,6 +234,29 @@ mod tests {
             !is_bot(&long),
             "markers past the inspected prefix are not seen"
         );
+        let straddling = format!("x{}bot", "é".repeat(300));
+        assert!(
+            !is_bot(&straddling),
+            "a character across the limit is cut whole"
+        );
+        let at_the_limit = format!("{}bot", "a".repeat(USER_AGENT_BYTES_MAX - 3));
+        assert!(is_bot(&at_the_limit), "the last inspected bytes count");
+    }
+
+    #[test]
+    fn remembered_verdicts_match_the_scan_and_are_forgotten_daily() {
+        let mut verdicts = BotVerdicts::new();
+        for _ in 0..2 {
+            assert!(!verdicts.is_bot(1, 7, BROWSER));
+            assert!(verdicts.is_bot(1, 8, "curl/8.5.0"));
+        }
+        // Slot 7 now holds the browser's verdict; another digest in that slot is scanned anew.
+        let colliding = 7 + USER_AGENT_VERDICTS as u64;
+        assert!(verdicts.is_bot(1, colliding, "Googlebot/2.1"));
+        assert!(!verdicts.is_bot(1, 7, BROWSER));
+        // A remembered verdict is only trusted on the day its digest was made: digest 8 is the
+        // bot's yesterday, and whatever it is today gets scanned.
+        assert!(!verdicts.is_bot(2, 8, BROWSER));
     }
 
     #[test]
