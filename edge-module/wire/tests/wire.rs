@@ -330,3 +330,133 @@ proptest! {
         }
     }
 }
+
+/// One operation on a window map, for the model test below. Few resources and minutes, so that
+/// operations meet the same counters and the bound.
+#[derive(Debug, Clone)]
+enum WindowOperation {
+    Record {
+        resource: u8,
+        minute: u8,
+        hits: u64,
+        visitor: Option<u64>,
+    },
+    Merge {
+        resource: u8,
+        minute: u8,
+        hits: u64,
+        visitors: Vec<u64>,
+    },
+    Drain,
+}
+
+fn window_operation() -> impl Strategy<Value = WindowOperation> {
+    prop_oneof![
+        8 => (0u8..12, 0u8..4, 0u64..5, proptest::option::of(any::<u64>())).prop_map(
+            |(resource, minute, hits, visitor)| WindowOperation::Record { resource, minute, hits, visitor }
+        ),
+        2 => (0u8..12, 0u8..4, 0u64..5, proptest::collection::vec(any::<u64>(), 0..4)).prop_map(
+            |(resource, minute, hits, visitors)| WindowOperation::Merge { resource, minute, hits, visitors }
+        ),
+        1 => Just(WindowOperation::Drain),
+    ]
+}
+
+/// What a window map must behave like: a sorted map of (resource, minute) to (hits, sketch).
+#[derive(Default)]
+struct WindowModel {
+    cells: std::collections::BTreeMap<(String, u64), (u64, Sketch)>,
+    hits: u64,
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The hash-table window map answers like a sorted map, under any key, through the bound:
+    /// the same refusals, counts, lookups and drained entries in wire order.
+    #[test]
+    fn window_map_matches_a_sorted_map(
+        operations in proptest::collection::vec(window_operation(), 1..200),
+        entries_max in 1usize..30,
+        hash_key in any::<[u8; 16]>(),
+    ) {
+        let mut window = WindowCounts::with_hash_key(entries_max, hash_key);
+        let mut model = WindowModel::default();
+        for operation in operations {
+            match operation {
+                WindowOperation::Record { resource, minute, hits, visitor } => {
+                    let resource_id = format!("page-{resource}");
+                    let key = (resource_id.clone(), u64::from(minute));
+                    let expected_full =
+                        !model.cells.contains_key(&key) && model.cells.len() >= entries_max;
+                    let recorded = window.record(&resource_id, u64::from(minute), hits, visitor);
+                    prop_assert_eq!(recorded.is_err(), expected_full);
+                    if !expected_full {
+                        let cell = model.cells.entry(key).or_default();
+                        cell.0 += hits;
+                        if let Some(hash) = visitor {
+                            cell.1.insert_hash(hash);
+                        }
+                        model.hits += hits;
+                    }
+                }
+                WindowOperation::Merge { resource, minute, hits, visitors } => {
+                    let resource_id = format!("page-{resource}");
+                    let mut sketch = Sketch::new();
+                    for hash in &visitors {
+                        sketch.insert_hash(*hash);
+                    }
+                    let entry = DeltaEntry {
+                        resource_id: resource_id.clone(),
+                        minute: u64::from(minute),
+                        hits,
+                        visitors: sketch.clone(),
+                    };
+                    let key = (resource_id, u64::from(minute));
+                    let expected_full =
+                        !model.cells.contains_key(&key) && model.cells.len() >= entries_max;
+                    prop_assert_eq!(window.merge_entry(&entry).is_err(), expected_full);
+                    if !expected_full {
+                        let cell = model.cells.entry(key).or_default();
+                        cell.0 += hits;
+                        cell.1.merge(&sketch);
+                        model.hits += hits;
+                    }
+                }
+                WindowOperation::Drain => {
+                    let drained = window.drain();
+                    let expected: Vec<DeltaEntry> = std::mem::take(&mut model.cells)
+                        .into_iter()
+                        .map(|((resource_id, minute), (hits, visitors))| DeltaEntry {
+                            resource_id,
+                            minute,
+                            hits,
+                            visitors,
+                        })
+                        .collect();
+                    prop_assert_eq!(drained, expected);
+                    model.hits = 0;
+                }
+            }
+            prop_assert_eq!(window.len(), model.cells.len());
+            prop_assert_eq!(window.hits(), model.hits);
+            prop_assert_eq!(window.is_empty(), model.cells.is_empty());
+            for resource in 0u8..12 {
+                let resource_id = format!("page-{resource}");
+                let expected_hits: u64 = model
+                    .cells
+                    .iter()
+                    .filter(|((id, _), _)| *id == resource_id)
+                    .map(|(_, (hits, _))| hits)
+                    .sum();
+                prop_assert_eq!(window.hits_for(&resource_id), expected_hits);
+                for minute in 0u64..4 {
+                    prop_assert_eq!(
+                        window.contains(&resource_id, minute),
+                        model.cells.contains_key(&(resource_id.clone(), minute))
+                    );
+                }
+            }
+        }
+    }
+}
