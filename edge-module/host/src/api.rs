@@ -5,15 +5,13 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, Query, RawQuery, State};
+use axum::extract::{ConnectInfo, Path, Query, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tower_http::cors::{Any, CorsLayer};
-use tower_http::limit::RequestBodyLimitLayer;
 
 use hitcount_edge_core::beacon::{BeaconError, PURPOSE_HEADERS, is_prefetch, parse_beacon};
 
@@ -167,9 +165,21 @@ pub(crate) async fn record(state: &EdgeState, hit: Hit) -> Result<Outcome, ()> {
 async fn post_hit(
     State(state): State<Shared>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
+    request: Request,
 ) -> Response {
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    // axum's `to_bytes` stops reading at the limit, so an oversized body is refused without
+    // being buffered, with the JSON error every other refusal has (a body-limit layer would answer
+    // in plain text, and cost a boxed service per beacon). A body that fails to arrive at all
+    // (the client went away) gets the same answer, which nobody reads.
+    let Ok(body) = axum::body::to_bytes(body, BEACON_BODY_BYTES_MAX).await else {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            BeaconError::TooLarge.code(),
+            &BeaconError::TooLarge.to_string(),
+        );
+    };
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok());
@@ -186,7 +196,7 @@ async fn post_hit(
     };
     let hit = hit_from(
         &state,
-        &headers,
+        headers,
         Some(peer),
         beacon.resource_id,
         beacon.timestamp,
@@ -383,10 +393,7 @@ pub fn router(state: Shared) -> Router {
         .allow_headers([header::CONTENT_TYPE])
         .max_age(std::time::Duration::from_secs(86_400));
     let beacons = Router::new()
-        .route(
-            "/hit",
-            post(post_hit).layer(RequestBodyLimitLayer::new(BEACON_BODY_BYTES_MAX)),
-        )
+        .route("/hit", post(post_hit))
         .route("/hit.gif", get(pixel))
         .route("/hits/{resource_id}", get(read_your_writes))
         .route("/hitcount.js", get(beacon_script))

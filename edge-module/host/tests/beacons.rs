@@ -34,6 +34,8 @@ async fn bad_beacons_are_refused_and_nothing_is_counted() {
         .await
         .unwrap();
     assert_eq!(oversized.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let refusal: serde_json::Value = oversized.json().await.unwrap();
+    assert_eq!(refusal["error"]["code"], "body_too_large", "{refusal}");
 
     // The pixel always answers a 43-byte GIF; the header says what happened.
     for (query, result) in [
