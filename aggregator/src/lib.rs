@@ -306,6 +306,8 @@ pub async fn serve(
 
 /// What the binary does: start, listen, serve until SIGINT or SIGTERM, flush, exit.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // First of all, so that no signal finds the process without its listeners.
+    let stopped = shutdown_signal();
     let listen = config.listen;
     let aggregator = Aggregator::start(config).await?;
     if let Some(token) = aggregator.generated_admin_token() {
@@ -316,33 +318,48 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {listen}"))?;
     tracing::info!(address = %listener.local_addr().context("reading the bound address")?, "hitcount aggregator listening");
-    serve(listener, aggregator, shutdown_signal()).await
+    serve(listener, aggregator, stopped).await
 }
 
-async fn shutdown_signal() {
-    let interrupt = async {
+/// Resolves on SIGINT or SIGTERM. The listeners are registered when this is called, not when the
+/// future is first polled: a signal that arrives while the server is still starting (an
+/// orchestrator stopping a fresh pod, a test stopping a server it just used) must mean a graceful
+/// shutdown, not the default action, which kills the process before it commits what it
+/// acknowledged. Call it before serving. Shared by the edge binary.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    let listeners = {
+        use tokio::signal::unix::{SignalKind, signal};
+        [SignalKind::interrupt(), SignalKind::terminate()].map(|kind| match signal(kind) {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                tracing::error!(%error, ?kind, "cannot listen for a shutdown signal");
+                None
+            }
+        })
+    };
+    async move {
+        #[cfg(unix)]
+        {
+            let [interrupt, terminate] = listeners;
+            let wait = |listener: Option<tokio::signal::unix::Signal>| async move {
+                match listener {
+                    Some(mut listener) => {
+                        listener.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = wait(interrupt) => {},
+                () = wait(terminate) => {},
+            }
+        }
+        #[cfg(not(unix))]
         if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::error!(%error, "cannot listen for SIGINT");
+            tracing::error!(%error, "cannot listen for Ctrl-C");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => {},
-        () = terminate => {},
+        tracing::info!("shutdown signal received");
     }
-    tracing::info!("shutdown signal received");
 }

@@ -157,6 +157,8 @@ async fn create_dev_resources(aggregator_url: &str, token: &str) -> anyhow::Resu
 /// What `hitcount-edge --dev` does: start both, say where to send a hit and where to read it,
 /// run until SIGINT or SIGTERM.
 pub async fn run(edge_config: Config, settings: DevSettings) -> anyhow::Result<()> {
+    // Listening before anything is printed: whoever reads the banner may stop us at once.
+    let stopped = hitcount_aggregator::shutdown_signal();
     let stack = start(edge_config, settings.clone()).await?;
     let edge = stack.edge_address;
     let aggregator = stack.aggregator_address;
@@ -177,7 +179,7 @@ delivers the last window first.)",
         resources = DEV_RESOURCES.join(", "),
     );
     println!("{banner}");
-    crate::shutdown_signal().await;
+    stopped.await;
     tracing::info!("stopping the dev edge and aggregator");
     stack.stop().await
 }

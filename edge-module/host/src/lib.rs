@@ -223,32 +223,13 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     if let Some(settings) = config.dev.take() {
         return dev::run(config, settings).await;
     }
+    // Before anything is announced, so that no signal finds the process without its listeners.
+    let stopped = hitcount_aggregator::shutdown_signal();
     let listen = config.listen;
     let edge = Edge::start(config)?;
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
     tracing::info!(address = %listener.local_addr().context("reading the bound address")?, "hitcount edge listening");
-    serve(listener, edge, shutdown_signal()).await
-}
-
-pub(crate) async fn shutdown_signal() {
-    let interrupt = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => {},
-        () = terminate => {},
-    }
+    serve(listener, edge, stopped).await
 }
