@@ -25,6 +25,7 @@ use axum::routing::{get, post};
 use hitcount_aggregator::config::{AckMode, Config};
 use hitcount_aggregator::store::{BatchKey, Store};
 use hitcount_aggregator::{Aggregator, now_ms};
+use hitcount_test_support::wrk::{WrkReport, run_wrk};
 use hitcount_wire::{DeltaEntry, MINUTE_MS, Sketch};
 use rusqlite::params;
 
@@ -379,31 +380,10 @@ async fn aggregator(ack: AckMode) -> (SocketAddr, tempfile::TempDir) {
     (address, directory)
 }
 
-struct WrkResult {
-    requests_per_second: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    non_2xx: u64,
-}
-
-fn parse_latency(text: &str) -> f64 {
-    let (number, unit) =
-        text.split_at(text.find(|c: char| c.is_alphabetic()).unwrap_or(text.len()));
-    let value: f64 = number.parse().unwrap_or(f64::NAN);
-    match unit {
-        "us" => value / 1_000.0,
-        "ms" => value,
-        "s" => value * 1_000.0,
-        _ => f64::NAN,
-    }
-}
-
-fn wrk(address: SocketAddr, seconds: u64) -> WrkResult {
-    let script = std::env::temp_dir().join(format!("hitcount-bench-{}.lua", std::process::id()));
-    std::fs::write(
-        &script,
-        format!(
-            r#"wrk.method = "POST"
+/// wrk against `address`'s `POST /hits`: one hit per request, a new visitor each, 100 resources.
+fn wrk(address: SocketAddr, seconds: u64) -> WrkReport {
+    let script = format!(
+        r#"wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer {ADMIN_TOKEN}"
 counter = 0
@@ -412,40 +392,13 @@ request = function()
   return wrk.format(nil, "/hits", nil, '{{"resource_id":"r' .. (counter % {RESOURCES}) .. '","visitor_id":"v' .. counter .. '"}}')
 end
 "#
-        ),
+    );
+    run_wrk(
+        &format!("http://{address}/hits"),
+        &script,
+        WRK_CONNECTIONS,
+        seconds,
     )
-    .unwrap();
-    let output = Command::new("wrk")
-        .args([
-            "-t1",
-            &format!("-c{WRK_CONNECTIONS}"),
-            &format!("-d{seconds}s"),
-            "--latency",
-            "-s",
-        ])
-        .arg(&script)
-        .arg(format!("http://{address}/hits"))
-        .output()
-        .expect("wrk is installed (apt-get install wrk)");
-    let text = String::from_utf8_lossy(&output.stdout);
-    let field = |prefix: &str| {
-        text.lines()
-            .find(|line| line.trim_start().starts_with(prefix))
-            .and_then(|line| line.split_whitespace().nth(1).map(str::to_owned))
-            .unwrap_or_default()
-    };
-    let non_2xx = text
-        .lines()
-        .find(|line| line.contains("Non-2xx"))
-        .and_then(|line| line.split(':').nth(1))
-        .and_then(|count| count.trim().parse().ok())
-        .unwrap_or(0);
-    WrkResult {
-        requests_per_second: field("Requests/sec:").parse().unwrap_or(0.0),
-        p50_ms: parse_latency(&field("50%")),
-        p99_ms: parse_latency(&field("99%")),
-        non_2xx,
-    }
 }
 
 async fn http_ingest(seconds: u64) {
@@ -456,7 +409,7 @@ async fn http_ingest(seconds: u64) {
     let baseline = tokio::task::spawn_blocking(move || wrk(hello, seconds))
         .await
         .unwrap();
-    let row = |name: &str, result: &WrkResult| {
+    let row = |name: &str, result: &WrkReport| {
         println!(
             "| {name} | {:.0} | {:.2} | {:.2} | {} | {:.0}% |",
             result.requests_per_second,
@@ -534,18 +487,7 @@ async fn store_merge() {
         })
         .collect();
     let cells = BATCHES * RESOURCES_PER_BATCH * MINUTES_PER_BATCH;
-    let started = Instant::now();
-    for (sequence, batch) in batches.into_iter().enumerate() {
-        let key = BatchKey {
-            edge_id: "bench".to_owned(),
-            boot_epoch: 1,
-            sequence: sequence as u64,
-            body_sha256: [sequence as u8; 32],
-        };
-        store.apply(batch, Some(key), now_ms()).await.unwrap();
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    let merged_rate = cells as f64 / elapsed;
+    let merged_rate = merge_rate(&store, batches, cells).await;
 
     // The baseline: the same number of upserts (three tiers per cell) into an identical table,
     // one transaction per batch, with no sketch merging, dedupe or resource checks.
@@ -595,7 +537,7 @@ async fn store_merge() {
     println!(
         "| Store::apply ({} cells/batch, 3 visitors each, dedupe record) | {:.0} | {merged_rate:.0} | {:.0}% |",
         RESOURCES_PER_BATCH * MINUTES_PER_BATCH,
-        BATCHES as f64 / elapsed,
+        merged_rate / (RESOURCES_PER_BATCH * MINUTES_PER_BATCH) as f64,
         100.0 * merged_rate / raw_rate
     );
 }

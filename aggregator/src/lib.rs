@@ -321,6 +321,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     serve(listener, aggregator, stopped).await
 }
 
+/// Logs to stderr at `RUST_LOG` (default `info`), in colour only on a terminal. Shared by the
+/// edge binary, so both binaries' logs read and filter alike.
+pub fn init_tracing() {
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
 /// Resolves on SIGINT or SIGTERM. The listeners are registered when this is called, not when the
 /// future is first polled: a signal that arrives while the server is still starting (an
 /// orchestrator stopping a fresh pod, a test stopping a server it just used) must mean a graceful

@@ -157,6 +157,31 @@ pub struct TokenRecord {
     pub created_at_ms: u64,
 }
 
+impl TokenRecord {
+    /// A token as both backends store it: the hash as bytes and the scopes comma-separated
+    /// ([`TokenRecord::stored_scopes`]). A hash of the wrong length (never written here) becomes
+    /// all zeroes, which no token hashes to, so such a row authenticates nobody.
+    pub(crate) fn from_stored(
+        id: String,
+        name: String,
+        token_sha256: Vec<u8>,
+        scopes: &str,
+        created_at_ms: u64,
+    ) -> Self {
+        Self {
+            id,
+            name,
+            token_sha256: token_sha256.try_into().unwrap_or([0; 32]),
+            scopes: scopes.split(',').map(str::to_owned).collect(),
+            created_at_ms,
+        }
+    }
+
+    pub(crate) fn stored_scopes(&self) -> String {
+        self.scopes.join(",")
+    }
+}
+
 /// One stored cell of one tier.
 #[derive(Debug, Clone)]
 pub struct CountCell {

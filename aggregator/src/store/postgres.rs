@@ -331,15 +331,14 @@ impl PgStore {
         .map_err(classify)?;
         rows.into_iter()
             .map(|row| {
-                let hash: Vec<u8> = row.try_get(2)?;
                 let scopes: String = row.try_get(3)?;
-                Ok(TokenRecord {
-                    id: row.try_get(0)?,
-                    name: row.try_get(1)?,
-                    token_sha256: hash.try_into().unwrap_or([0; 32]),
-                    scopes: scopes.split(',').map(str::to_owned).collect(),
-                    created_at_ms: unsigned(row.try_get(4)?),
-                })
+                Ok(TokenRecord::from_stored(
+                    row.try_get(0)?,
+                    row.try_get(1)?,
+                    row.try_get(2)?,
+                    &scopes,
+                    unsigned(row.try_get(4)?),
+                ))
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(classify)
@@ -354,7 +353,7 @@ impl PgStore {
         .bind(&record.id)
         .bind(&record.name)
         .bind(record.token_sha256.as_slice())
-        .bind(record.scopes.join(","))
+        .bind(record.stored_scopes())
         .bind(signed(record.created_at_ms))
         .execute(&self.pool)
         .await

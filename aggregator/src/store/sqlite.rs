@@ -370,15 +370,14 @@ impl SqliteStore {
                 "SELECT id, name, token_sha256, scopes, created_at_ms FROM tokens ORDER BY created_at_ms, id",
             )?;
             let rows = statement.query_map([], |row| {
-                let hash: Vec<u8> = row.get(2)?;
                 let scopes: String = row.get(3)?;
-                Ok(TokenRecord {
-                    id: row.get(0)?,
-                    name: row.get(1)?,
-                    token_sha256: hash.try_into().unwrap_or([0; 32]),
-                    scopes: scopes.split(',').map(str::to_owned).collect(),
-                    created_at_ms: unmillis(row.get(4)?),
-                })
+                Ok(TokenRecord::from_stored(
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    &scopes,
+                    unmillis(row.get(4)?),
+                ))
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
@@ -396,7 +395,7 @@ impl SqliteStore {
                     record.id,
                     record.name,
                     record.token_sha256.as_slice(),
-                    record.scopes.join(","),
+                    record.stored_scopes(),
                     millis(record.created_at_ms)
                 ],
             )?;

@@ -13,7 +13,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Instant;
 
 use axum::http::StatusCode;
@@ -22,6 +21,7 @@ use hitcount_edge::Edge;
 use hitcount_edge::config::Config as EdgeConfig;
 use hitcount_edge::module::{Hit, InstanceSettings, Instances};
 use hitcount_edge_core::{EdgeCounter, HitRequest};
+use hitcount_test_support::wrk::{WrkReport, run_wrk};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -178,19 +178,10 @@ fn module_rates(duration_s: u64) {
     );
 }
 
-struct Wrk {
-    requests_per_second: f64,
-    p99_ms: f64,
-    requests: u64,
-}
-
-fn wrk(address: SocketAddr, duration_s: u64) -> Wrk {
-    let script =
-        std::env::temp_dir().join(format!("hitcount-edge-bench-{}.lua", std::process::id()));
-    std::fs::write(
-        &script,
-        format!(
-            r#"wrk.method = "POST"
+/// wrk against `address`'s `POST /hit`: a sendBeacon-style body for one of 100 resources.
+fn wrk(address: SocketAddr, duration_s: u64) -> WrkReport {
+    let script = format!(
+        r#"wrk.method = "POST"
 wrk.headers["Content-Type"] = "text/plain"
 wrk.headers["User-Agent"] = "{BROWSER}"
 counter = 0
@@ -199,51 +190,8 @@ request = function()
   return wrk.format(nil, "/hit", nil, '{{"resource_id":"r' .. (counter % 100) .. '"}}')
 end
 "#
-        ),
-    )
-    .unwrap();
-    let output = Command::new("wrk")
-        .args([
-            "-t1",
-            "-c64",
-            &format!("-d{duration_s}s"),
-            "--latency",
-            "-s",
-        ])
-        .arg(&script)
-        .arg(format!("http://{address}/hit"))
-        .output()
-        .expect("wrk is installed (apt-get install wrk)");
-    let text = String::from_utf8_lossy(&output.stdout);
-    let field = |prefix: &str| {
-        text.lines()
-            .find(|line| line.trim_start().starts_with(prefix))
-            .and_then(|line| line.split_whitespace().nth(1).map(str::to_owned))
-            .unwrap_or_default()
-    };
-    let latency = field("99%");
-    let (number, unit) = latency.split_at(
-        latency
-            .find(|c: char| c.is_alphabetic())
-            .unwrap_or(latency.len()),
     );
-    let value: f64 = number.parse().unwrap_or(f64::NAN);
-    let p99_ms = match unit {
-        "us" => value / 1_000.0,
-        "s" => value * 1_000.0,
-        _ => value,
-    };
-    let requests = text
-        .lines()
-        .find(|line| line.contains("requests in"))
-        .and_then(|line| line.split_whitespace().next())
-        .and_then(|count| count.parse().ok())
-        .unwrap_or(0);
-    Wrk {
-        requests_per_second: field("Requests/sec:").parse().unwrap_or(0.0),
-        p99_ms,
-        requests,
-    }
+    run_wrk(&format!("http://{address}/hit"), &script, 64, duration_s)
 }
 
 /// How many times the baseline and the edge are each measured, alternately: the box's rate moves

@@ -1,9 +1,12 @@
 //! Shared by the integration tests of `hitcount-edge`, `hitcount-spin-host` and the store tests:
 //! an aggregator in the test process on a real port-0 socket, the REST calls tests make, and the
-//! machine's Redis (or a skip with the reason, or a failure under `CI=true`).
+//! machine's Redis (or a skip with the reason, or a failure under `CI=true`); and, for the
+//! benchmarks, a wrk runner.
 
 // Test support: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
+
+pub mod wrk;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -1,0 +1,107 @@
+//! Running wrk (Debian's `wrk` package) for the benchmarks, and reading its report.
+
+use std::process::Command;
+
+/// What one wrk run reported.
+#[derive(Debug, Clone, Copy)]
+pub struct WrkReport {
+    pub requests_per_second: f64,
+    pub requests: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub non_2xx: u64,
+}
+
+/// Runs `wrk -t1 -c{connections} -d{seconds}s --latency` against `url` with the Lua `script`
+/// (which makes the requests), and parses its report. Panics if wrk is not installed.
+pub fn run_wrk(url: &str, script: &str, connections: u32, seconds: u64) -> WrkReport {
+    let script_path = std::env::temp_dir().join(format!(
+        "hitcount-wrk-{}-{}.lua",
+        std::process::id(),
+        std::thread::current()
+            .name()
+            .unwrap_or("main")
+            .replace(':', "-")
+    ));
+    std::fs::write(&script_path, script).expect("write the wrk script");
+    let output = Command::new("wrk")
+        .args([
+            "-t1",
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+            "-s",
+        ])
+        .arg(&script_path)
+        .arg(url)
+        .output()
+        .expect("wrk is installed (apt-get install wrk)");
+    let _ = std::fs::remove_file(&script_path);
+    parse_report(&String::from_utf8_lossy(&output.stdout))
+}
+
+fn parse_report(text: &str) -> WrkReport {
+    let field = |prefix: &str| {
+        text.lines()
+            .find(|line| line.trim_start().starts_with(prefix))
+            .and_then(|line| line.split_whitespace().nth(1).map(str::to_owned))
+            .unwrap_or_default()
+    };
+    let requests = text
+        .lines()
+        .find(|line| line.contains("requests in"))
+        .and_then(|line| line.split_whitespace().next())
+        .and_then(|count| count.parse().ok())
+        .unwrap_or(0);
+    let non_2xx = text
+        .lines()
+        .find(|line| line.contains("Non-2xx"))
+        .and_then(|line| line.split(':').nth(1))
+        .and_then(|count| count.trim().parse().ok())
+        .unwrap_or(0);
+    WrkReport {
+        requests_per_second: field("Requests/sec:").parse().unwrap_or(0.0),
+        requests,
+        p50_ms: latency_ms(&field("50%")),
+        p99_ms: latency_ms(&field("99%")),
+        non_2xx,
+    }
+}
+
+/// wrk prints latencies as `812.00us`, `1.25ms` or `1.02s`.
+fn latency_ms(text: &str) -> f64 {
+    let (number, unit) =
+        text.split_at(text.find(|c: char| c.is_alphabetic()).unwrap_or(text.len()));
+    let value: f64 = number.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => value / 1_000.0,
+        "ms" => value,
+        "s" => value * 1_000.0,
+        _ => f64::NAN,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_wrk_report() {
+        let report = parse_report(
+            "Running 10s test @ http://127.0.0.1:1/hit
+  1 threads and 64 connections
+  Latency Distribution
+     50%  421.00us
+     99%    1.25ms
+  1061234 requests in 10.00s, 90.07MB read
+  Non-2xx or 3xx responses: 12
+Requests/sec: 106123.40
+",
+        );
+        assert_eq!(report.requests, 1_061_234);
+        assert_eq!(report.non_2xx, 12);
+        assert!((report.requests_per_second - 106_123.4).abs() < 1e-6);
+        assert!((report.p50_ms - 0.421).abs() < 1e-9);
+        assert!((report.p99_ms - 1.25).abs() < 1e-9);
+    }
+}
