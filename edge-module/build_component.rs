@@ -6,10 +6,74 @@
 //! build script runs), held to the workspace's lock file (it downloads only what a fresh machine
 //! lacks: wasm-only dependencies such as spin-sdk are not fetched by a host build), and with the
 //! outer build's compiler flags and wrappers removed (they are for the host, not wasm).
+//!
+//! The `wasm32-wasip2` standard library is installed through rustup when the toolchain lacks it,
+//! with a warning saying so. `rust-toolchain.toml` names the target, but rustup adds it only
+//! when it installs the toolchain itself, and never with `RUSTUP_AUTO_INSTALL=0`: without this,
+//! the README's first command failed after ten minutes of building on a machine with the usual
+//! stable toolchain (see ARCHITECTURE.md for why this and not a checked-in component).
 
 use std::env;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// The target the components are built for.
+pub const COMPONENT_TARGET: &str = "wasm32-wasip2";
+
+/// The sysroot of the compiler cargo uses for this build.
+fn sysroot() -> Option<PathBuf> {
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
+    let output = Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()))
+}
+
+fn target_installed(sysroot: &Path) -> bool {
+    sysroot
+        .join("lib/rustlib")
+        .join(COMPONENT_TARGET)
+        .join("lib")
+        .is_dir()
+}
+
+/// Installs the component target through rustup if the compiler's sysroot lacks it. A toolchain
+/// not managed by rustup (a distribution's rustc) gets the instructions instead.
+fn ensure_target() {
+    let Some(sysroot) = sysroot() else {
+        return;
+    };
+    if target_installed(&sysroot) {
+        return;
+    }
+    // rustup's proxies tell the build which toolchain they picked; install for that one.
+    let toolchain = env::var("RUSTUP_TOOLCHAIN").ok();
+    let mut rustup = Command::new("rustup");
+    // Its report goes to the build's log, never to cargo's instruction channel (stdout).
+    rustup
+        .args(["target", "add", COMPONENT_TARGET])
+        .stdout(std::io::stderr());
+    if let Some(toolchain) = &toolchain {
+        rustup.args(["--toolchain", toolchain]);
+    }
+    let status = rustup.status();
+    match status {
+        Ok(status) if status.success() && target_installed(&sysroot) => println!(
+            "cargo:warning=installed the {COMPONENT_TARGET} target through rustup \
+             (`rustup target add {COMPONENT_TARGET}`): the edge's counting component is built for it"
+        ),
+        _ => panic!(
+            "the {COMPONENT_TARGET} target is missing from {} and could not be installed through \
+             rustup; install it (`rustup target add {COMPONENT_TARGET}`, or your distribution's \
+             rust-std for {COMPONENT_TARGET}) and build again",
+            sysroot.display()
+        ),
+    }
+}
 
 /// Builds `package` and copies `{artifact}.wasm` to `OUT_DIR`. `watched` are paths relative to
 /// the workspace root whose changes must rebuild it.
@@ -23,10 +87,22 @@ pub fn build_component(package: &str, artifact: &str, watched: &[&str]) {
     {
         println!("cargo:rerun-if-changed={}", workspace.join(path).display());
     }
+    // A different toolchain (or rustup home) may lack the target: check again.
+    println!("cargo:rerun-if-env-changed=RUSTUP_TOOLCHAIN");
+    println!("cargo:rerun-if-env-changed=RUSTUP_HOME");
+    ensure_target();
     let outer_target = env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace.join("target"));
-    let target_dir = outer_target.join("edge-component");
+    // One directory per checkout: two clones sharing a target directory (CI's quickstart test
+    // builds a clean clone beside the checkout) would otherwise overwrite each other's `.wasm`,
+    // and a fresh nested build does not copy its artifact again.
+    let checkout = std::fs::canonicalize(&workspace).unwrap_or_else(|_| workspace.clone());
+    let mut hasher = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(&checkout, &mut hasher);
+    let target_dir = outer_target
+        .join("edge-component")
+        .join(format!("{:016x}", std::hash::Hasher::finish(&hasher)));
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let status = Command::new(cargo)
         .current_dir(&workspace)
@@ -35,7 +111,7 @@ pub fn build_component(package: &str, artifact: &str, watched: &[&str]) {
             "--locked",
             "--release",
             "--target",
-            "wasm32-wasip2",
+            COMPONENT_TARGET,
             "-p",
             package,
         ])
@@ -56,10 +132,13 @@ pub fn build_component(package: &str, artifact: &str, watched: &[&str]) {
         .expect("cargo runs");
     assert!(
         status.success(),
-        "building {package} failed; is the target installed? `rustup target add wasm32-wasip2`"
+        "building {package} for {COMPONENT_TARGET} failed (see the errors above)"
     );
     let file = format!("{artifact}.wasm");
-    let built = target_dir.join("wasm32-wasip2/release").join(&file);
+    let built = target_dir
+        .join(COMPONENT_TARGET)
+        .join("release")
+        .join(&file);
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join(&file);
     std::fs::copy(&built, &out).expect("copy the component into OUT_DIR");
 }

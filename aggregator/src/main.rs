@@ -9,7 +9,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    hitcount_aggregator::init_tracing();
+    hitcount_process::init_tracing();
     let config = Config::try_from(Args::parse()).context("invalid configuration")?;
     hitcount_aggregator::run(config).await
 }

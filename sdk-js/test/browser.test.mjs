@@ -1,5 +1,5 @@
 // The beacon in a real browser: headless Chromium (Debian's, driven by playwright-core) loads the
-// demo that `hitcount-edge --dev` serves, navigates the single-page app, goes back, reloads, and
+// demo that `hitcount-dev` serves, navigates the single-page app, goes back, reloads, and
 // the aggregator's counts per resource are exactly the views made. Screenshot: test-results/.
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -16,7 +16,7 @@ test("a single-page app's views are counted exactly, once each", async (t) => {
     return t.skip(`SKIPPED: no Chromium at ${CHROMIUM} (apt-get install chromium)`);
   }
   const dev = await startDev();
-  if (!dev) return t.skip("SKIPPED: no hitcount-edge binary; run cargo build first");
+  if (!dev) return t.skip("SKIPPED: no hitcount-dev binary; run cargo build first");
   const browser = await chromium.launch({
     executablePath: CHROMIUM,
     args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

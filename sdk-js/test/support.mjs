@@ -1,5 +1,5 @@
 // Starting the real binaries the tests talk to. Their paths: HITCOUNT_AGGREGATOR_BIN and
-// HITCOUNT_EDGE_BIN, or the debug builds under CARGO_TARGET_DIR (default ../target). Missing
+// HITCOUNT_DEV_BIN, or the debug builds under CARGO_TARGET_DIR (default ../target). Missing
 // binaries fail the tests under CI=true and skip them elsewhere.
 import { spawn } from "node:child_process";
 import { existsSync, mkdtempSync } from "node:fs";
@@ -43,15 +43,15 @@ export async function startAggregator() {
   return { base, stop: () => child.kill("SIGTERM") };
 }
 
-/** `hitcount-edge --dev` (edge, aggregator and demo) on port-0 listeners. */
+/** `hitcount-dev` (edge, aggregator and demo) on port-0 listeners. */
 export async function startDev() {
-  const path = binary("hitcount-edge", "HITCOUNT_EDGE_BIN");
+  const path = binary("hitcount-dev", "HITCOUNT_DEV_BIN");
   if (!path) return undefined;
   const dataDir = mkdtempSync(join(tmpdir(), "hitcount-dev-"));
-  const child = spawn(path, ["--dev", "--listen", "127.0.0.1:0", "--dev-aggregator-listen", "127.0.0.1:0",
+  const child = spawn(path, ["--listen", "127.0.0.1:0", "--aggregator-listen", "127.0.0.1:0",
     "--window-ms", "200", "--data-dir", dataDir], { env: { ...process.env, RUST_LOG: "warn" } });
   const found = await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error("hitcount-edge --dev did not start")), 60_000);
+    const timer = setTimeout(() => reject(new Error("hitcount-dev did not start")), 60_000);
     const result = {};
     lines(child.stdout, (line) => {
       const addresses = /^hitcount dev: edge on (\S+), aggregator on (\S+),/.exec(line);
@@ -63,7 +63,7 @@ export async function startDev() {
         resolve(result);
       }
     });
-    child.on("exit", (code) => reject(new Error(`hitcount-edge exited with ${code}`)));
+    child.on("exit", (code) => reject(new Error(`hitcount-dev exited with ${code}`)));
   });
   return { ...found, stop: () => new Promise((resolve) => { child.on("exit", resolve); child.kill("SIGTERM"); }) };
 }

@@ -9,7 +9,9 @@
 mod component {
     use std::cell::RefCell;
 
-    use hitcount_edge_core::{Delivery, EdgeCounter, HitRequest, Recorded, Rejection, SealedBatch};
+    use hitcount_edge_core::{
+        BotPolicy, Delivery, EdgeCounter, HitRequest, Recorded, Rejection, SealedBatch,
+    };
 
     use exports::hitcount::edge::counter::{Batch, Config, EdgeStatus, Guest, Hit, Outcome};
 
@@ -79,7 +81,13 @@ mod component {
     impl Guest for Component {
         fn configure(config: Config) -> Result<(), String> {
             hitcount_edge_core::validate_config(&config.edge_id, &config.secret)?;
-            let counter = EdgeCounter::new(&config.secret, config.window_entries_max as usize);
+            let policy = if config.count_http_clients {
+                BotPolicy::CountHttpClients
+            } else {
+                BotPolicy::RefuseHttpClients
+            };
+            let counter = EdgeCounter::new(&config.secret, config.window_entries_max as usize)
+                .with_bot_policy(policy);
             let edge = Edge {
                 counter: if config.journal {
                     counter.with_journal()

@@ -4,7 +4,7 @@ use hitcount_wire::journal::put_journal_record;
 use hitcount_wire::{DeltaEntry, MINUTE_MS, WindowCounts};
 
 use crate::delivery::{Delivery, DeliveryFull};
-use crate::filter::BotVerdicts;
+use crate::filter::{BotPolicy, BotVerdicts};
 use crate::filter::{self, HitRequest, Rejection};
 use crate::{DAY_MS, VisitorHasher};
 
@@ -53,7 +53,7 @@ impl EdgeCounter {
                 crate::visitor::window_map_key(secret),
             ),
             visitors: VisitorHasher::new(secret),
-            verdicts: BotVerdicts::new(),
+            verdicts: BotVerdicts::default(),
             window_start_ms: None,
             generation: 1,
             journal: None,
@@ -63,6 +63,12 @@ impl EdgeCounter {
     /// Keeps a journal record of every counted hit, for [`EdgeCounter::take_journal`].
     pub fn with_journal(mut self) -> Self {
         self.journal = Some(Vec::new());
+        self
+    }
+
+    /// Refuses (or counts) user agents as `policy` says; production refuses HTTP clients.
+    pub fn with_bot_policy(mut self, policy: BotPolicy) -> Self {
+        self.verdicts = BotVerdicts::new(policy);
         self
     }
 

@@ -10,7 +10,8 @@ pub const HIT_CLOCK_SKEW_MS_MAX: u64 = 5 * 60 * 1_000;
 pub const HIT_AGE_MS_MAX: u64 = 24 * 60 * 60 * 1_000;
 
 /// Substrings (lowercase) of user agents that are not people. Matching is a heuristic: it keeps
-/// the big crawlers, monitors and HTTP libraries out of the counts, as GoatCounter and Plausible do.
+/// the big crawlers, monitors and headless browsers out of the counts, as GoatCounter and
+/// Plausible do.
 const BOT_MARKERS: &[&str] = &[
     "bot",
     "crawl",
@@ -22,6 +23,19 @@ const BOT_MARKERS: &[&str] = &[
     "pingdom",
     "uptime",
     "monitor",
+    "phantomjs",
+    "selenium",
+    "puppeteer",
+    "playwright",
+    "preview",
+    "scrapy",
+    "feedfetcher",
+];
+
+/// Substrings (lowercase) of HTTP libraries' and command-line clients' user agents. Not people in
+/// production; counted when the edge is told to (`--count-http-clients`, on under `hitcount-dev`),
+/// so that a newcomer's first `curl` counts.
+const HTTP_CLIENT_MARKERS: &[&str] = &[
     "curl/",
     "wget/",
     "python-requests",
@@ -31,15 +45,8 @@ const BOT_MARKERS: &[&str] = &[
     "okhttp",
     "axios/",
     "node-fetch",
-    "phantomjs",
-    "selenium",
-    "puppeteer",
-    "playwright",
-    "preview",
-    "scrapy",
     "httpclient",
     "libwww",
-    "feedfetcher",
 ];
 
 /// What the edge knows about one incoming request that claims to be a hit.
@@ -82,8 +89,24 @@ impl Rejection {
     }
 }
 
-/// True if the user agent looks like software rather than a person's browser.
+/// Which user agents [`is_bot`] refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BotPolicy {
+    /// Crawlers, monitors, headless browsers and HTTP libraries (production).
+    #[default]
+    RefuseHttpClients,
+    /// Crawlers, monitors and headless browsers; HTTP libraries such as curl are counted.
+    CountHttpClients,
+}
+
+/// True if the user agent looks like software rather than a person's browser, under the
+/// production policy ([`BotPolicy::RefuseHttpClients`]).
 pub fn is_bot(user_agent: &str) -> bool {
+    is_bot_under(user_agent, BotPolicy::RefuseHttpClients)
+}
+
+/// True if the user agent is software that `policy` does not count.
+pub fn is_bot_under(user_agent: &str, policy: BotPolicy) -> bool {
     let user_agent = user_agent.trim();
     if user_agent.is_empty() {
         return true;
@@ -93,20 +116,36 @@ pub fn is_bot(user_agent: &str) -> bool {
     while !user_agent.is_char_boundary(cut) {
         cut -= 1;
     }
-    bot_markers().is_match(&user_agent[..cut])
+    let inspected = &user_agent[..cut];
+    match policy {
+        BotPolicy::RefuseHttpClients => all_markers().is_match(inspected),
+        BotPolicy::CountHttpClients => bot_markers().is_match(inspected),
+    }
 }
 
-/// All markers in one automaton, matched case-insensitively in one pass over the user agent:
+/// Markers in one automaton, matched case-insensitively in one pass over the user agent:
 /// a `contains` per marker scanned the string 28 times and allocated a lowercase copy, which
 /// made this the most expensive step of recording a hit.
-fn bot_markers() -> &'static aho_corasick::AhoCorasick {
+fn automaton(markers: &[&str]) -> aho_corasick::AhoCorasick {
+    aho_corasick::AhoCorasick::builder()
+        .ascii_case_insensitive(true)
+        .build(markers)
+        .unwrap_or_else(|error| panic!("the bot markers are valid patterns: {error}"))
+}
+
+/// Bots and HTTP clients: the production test.
+fn all_markers() -> &'static aho_corasick::AhoCorasick {
     static MARKERS: std::sync::OnceLock<aho_corasick::AhoCorasick> = std::sync::OnceLock::new();
     MARKERS.get_or_init(|| {
-        aho_corasick::AhoCorasick::builder()
-            .ascii_case_insensitive(true)
-            .build(BOT_MARKERS)
-            .unwrap_or_else(|error| panic!("the bot markers are valid patterns: {error}"))
+        let all: Vec<&str> = BOT_MARKERS.iter().chain(HTTP_CLIENT_MARKERS).copied().collect();
+        automaton(&all)
     })
+}
+
+/// Bots only.
+fn bot_markers() -> &'static aho_corasick::AhoCorasick {
+    static MARKERS: std::sync::OnceLock<aho_corasick::AhoCorasick> = std::sync::OnceLock::new();
+    MARKERS.get_or_init(|| automaton(BOT_MARKERS))
 }
 
 /// Distinct user agents whose verdicts an edge remembers. A few hundred user agents make most of
@@ -123,6 +162,7 @@ pub const USER_AGENT_VERDICTS: usize = 4_096;
 /// allocation per hit; emptied when the day, and with it the digest key, changes.
 #[derive(Clone)]
 pub struct BotVerdicts {
+    policy: BotPolicy,
     day: u64,
     /// (digest, verdict) where the verdict is [`VERDICT_NONE`], [`VERDICT_PERSON`] or
     /// [`VERDICT_BOT`].
@@ -144,20 +184,22 @@ impl std::fmt::Debug for BotVerdicts {
 
 impl Default for BotVerdicts {
     fn default() -> Self {
-        Self::new()
+        Self::new(BotPolicy::default())
     }
 }
 
 impl BotVerdicts {
-    pub fn new() -> Self {
+    pub fn new(policy: BotPolicy) -> Self {
         const { assert!(USER_AGENT_VERDICTS.is_power_of_two()) };
         Self {
+            policy,
             day: 0,
             slots: vec![(0, VERDICT_NONE); USER_AGENT_VERDICTS].into_boxed_slice(),
         }
     }
 
-    /// [`is_bot`] for `user_agent`, whose digest under day `day`'s key is `digest`.
+    /// [`is_bot_under`] this cache's policy for `user_agent`, whose digest under day `day`'s key
+    /// is `digest`.
     pub fn is_bot(&mut self, day: u64, digest: u64, user_agent: &str) -> bool {
         if day != self.day {
             self.slots.fill((0, VERDICT_NONE));
@@ -167,7 +209,7 @@ impl BotVerdicts {
         if slot.1 != VERDICT_NONE && slot.0 == digest {
             return slot.1 == VERDICT_BOT;
         }
-        let bot = is_bot(user_agent);
+        let bot = is_bot_under(user_agent, self.policy);
         *slot = (digest, if bot { VERDICT_BOT } else { VERDICT_PERSON });
         bot
     }
@@ -244,8 +286,26 @@ mod tests {
     }
 
     #[test]
+    fn http_clients_are_counted_only_under_their_policy() {
+        for client in ["curl/8.5.0", "Wget/1.21", "python-requests/2.31", "Go-http-client/1.1"] {
+            assert!(is_bot(client), "{client} is refused in production");
+            assert!(
+                !is_bot_under(client, BotPolicy::CountHttpClients),
+                "{client} counts when HTTP clients do"
+            );
+        }
+        for bot in ["Googlebot/2.1", "HeadlessChrome/120", "", "  "] {
+            assert!(is_bot_under(bot, BotPolicy::CountHttpClients), "{bot:?} is a bot either way");
+        }
+        assert!(!is_bot_under(BROWSER, BotPolicy::RefuseHttpClients));
+        let mut counting = BotVerdicts::new(BotPolicy::CountHttpClients);
+        assert!(!counting.is_bot(1, 8, "curl/8.5.0"));
+        assert!(counting.is_bot(1, 9, "Googlebot/2.1"));
+    }
+
+    #[test]
     fn remembered_verdicts_match_the_scan_and_are_forgotten_daily() {
-        let mut verdicts = BotVerdicts::new();
+        let mut verdicts = BotVerdicts::default();
         for _ in 0..2 {
             assert!(!verdicts.is_bot(1, 7, BROWSER));
             assert!(verdicts.is_bot(1, 8, "curl/8.5.0"));

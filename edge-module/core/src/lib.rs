@@ -21,7 +21,7 @@ mod visitor;
 
 pub use counter::{ClosedWindow, EdgeCounter, Recorded};
 pub use delivery::{BatchIdentity, Delivery, DeliveryFull, SealedBatch, seal_entries};
-pub use filter::{HitRequest, Rejection};
+pub use filter::{BotPolicy, HitRequest, Rejection};
 pub use visitor::{DAY_MS, VisitorHasher, window_map_key};
 
 /// Shortest deployment secret accepted: shorter ones make the daily salt guessable.

@@ -84,6 +84,7 @@ fn settings() -> InstanceSettings {
         window_entries_max: 16_384,
         pending_entries_max: 16_384,
         journal: false,
+        count_http_clients: false,
     }
 }
 

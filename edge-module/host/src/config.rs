@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::dev::DevSettings;
 use crate::proxy::{CountRoute, CountRoutes, ProxyConfig, RouteError};
 use crate::spool::SPOOL_BYTES_MAX_DEFAULT;
 
@@ -47,27 +46,8 @@ pub struct Args {
     #[arg(long, env = "HITCOUNT_EDGE_ID", default_value = "edge-local")]
     pub edge_id: String,
     /// The secret the aggregator has for this edge id (`--edge-key` there).
-    #[arg(
-        long,
-        env = "HITCOUNT_EDGE_KEY",
-        hide_env_values = true,
-        required_unless_present = "dev"
-    )]
-    pub edge_key: Option<String>,
-    /// Run an aggregator on the embedded store in this process too, wired to this edge: the
-    /// one-command start for trying hitcount out. `--aggregator` and `--edge-key` are ignored.
-    #[arg(long, env = "HITCOUNT_DEV")]
-    pub dev: bool,
-    /// With --dev: the aggregator's data directory.
-    #[arg(long, env = "HITCOUNT_DATA_DIR", default_value = "./data")]
-    pub data_dir: PathBuf,
-    /// With --dev: the address the aggregator listens on.
-    #[arg(
-        long,
-        env = "HITCOUNT_DEV_AGGREGATOR_LISTEN",
-        default_value = "127.0.0.1:8080"
-    )]
-    pub dev_aggregator_listen: SocketAddr,
+    #[arg(long, env = "HITCOUNT_EDGE_KEY", hide_env_values = true)]
+    pub edge_key: String,
     /// Keys the daily visitor salt; give every edge of a deployment the same one so visitors
     /// merge across edges. Random (per start) if absent.
     #[arg(long, env = "HITCOUNT_VISITOR_SECRET", hide_env_values = true)]
@@ -88,6 +68,10 @@ pub struct Args {
     /// that sets it).
     #[arg(long, env = "HITCOUNT_TRUST_FORWARDED_FOR")]
     pub trust_forwarded_for: bool,
+    /// Count hits from curl, wget and other HTTP libraries instead of refusing them as bots: for
+    /// trying the edge out by hand (`hitcount-dev` turns it on), never in production.
+    #[arg(long, env = "HITCOUNT_COUNT_HTTP_CLIENTS")]
+    pub count_http_clients: bool,
     /// Proxy mode: forward every request that is not the edge's own to this origin
     /// (`http://host:port`).
     #[arg(long, env = "HITCOUNT_ORIGIN")]
@@ -133,9 +117,9 @@ pub struct Config {
     pub spool_bytes_max: u64,
     /// Set by `--origin`: forward other requests there, counting `--count-route`s.
     pub proxy: Option<ProxyConfig>,
-    /// Set by `--dev`: run an aggregator in this process (see [`crate::dev`]).
-    pub dev: Option<DevSettings>,
-    /// Serve the demo single-page app at `/demo` (`--dev` turns it on).
+    /// Count curl and other HTTP libraries as visitors (`--count-http-clients`).
+    pub count_http_clients: bool,
+    /// Serve the demo single-page app at `/demo` (`hitcount-dev` turns it on).
     pub demo: bool,
 }
 
@@ -149,7 +133,7 @@ impl std::fmt::Debug for Config {
             .field("window_ms", &self.window_ms)
             .field("instances", &self.instances)
             .field("spool_dir", &self.spool_dir)
-            .field("dev", &self.dev)
+            .field("count_http_clients", &self.count_http_clients)
             .finish_non_exhaustive()
     }
 }
@@ -204,7 +188,7 @@ impl Config {
             spool_dir: None,
             spool_bytes_max: SPOOL_BYTES_MAX_DEFAULT,
             proxy: None,
-            dev: None,
+            count_http_clients: false,
             demo: false,
         }
     }
@@ -216,12 +200,10 @@ impl TryFrom<Args> for Config {
     fn try_from(args: Args) -> Result<Self, ConfigError> {
         hitcount_wire::validate_edge_id(&args.edge_id)
             .map_err(|error| ConfigError::EdgeId(error.to_string()))?;
-        // In dev mode the key is generated at start and shared in-process.
-        let edge_key = match (args.dev, args.edge_key) {
-            (true, _) => Vec::new(),
-            (false, Some(key)) if key.len() >= SECRET_BYTES_MIN => key.into_bytes(),
-            (false, _) => return Err(ConfigError::EdgeKey),
-        };
+        if args.edge_key.len() < SECRET_BYTES_MIN {
+            return Err(ConfigError::EdgeKey);
+        }
+        let edge_key = args.edge_key.into_bytes();
         let visitor_secret = match args.visitor_secret {
             Some(secret) if secret.len() < SECRET_BYTES_MIN => {
                 return Err(ConfigError::VisitorSecret);
@@ -235,7 +217,7 @@ impl TryFrom<Args> for Config {
             }
         };
         let web_url = |url: &str| url.starts_with("http://") || url.starts_with("https://");
-        if !args.dev && !web_url(&args.aggregator) {
+        if !web_url(&args.aggregator) {
             return Err(ConfigError::Aggregator(args.aggregator));
         }
         let aggregator_ca_cert = match &args.aggregator_ca_cert {
@@ -301,11 +283,8 @@ impl TryFrom<Args> for Config {
             spool_dir: args.spool_dir,
             spool_bytes_max: args.spool_bytes_max,
             proxy,
-            demo: args.dev,
-            dev: args.dev.then_some(DevSettings {
-                data_dir: args.data_dir,
-                aggregator_listen: args.dev_aggregator_listen,
-            }),
+            count_http_clients: args.count_http_clients,
+            demo: false,
         })
     }
 }

@@ -7,7 +7,6 @@
 
 pub mod api;
 pub mod config;
-pub mod dev;
 pub mod module;
 pub mod proxy;
 mod ship;
@@ -16,12 +15,11 @@ pub mod spool;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use axum::Router;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -29,28 +27,7 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::module::{InstanceSettings, Instances};
 
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-fn metrics_handle() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
-            let handle = recorder.handle();
-            if metrics::set_global_recorder(recorder).is_err() {
-                tracing::warn!(
-                    "another metrics recorder was installed first; /metrics shows its data"
-                );
-            }
-            handle
-        })
-        .clone()
-}
+use hitcount_process::{metrics_handle, now_ms};
 
 #[derive(Debug)]
 pub struct EdgeState {
@@ -120,6 +97,7 @@ impl Edge {
             window_entries_max: config.window_entries_max,
             pending_entries_max: config.pending_entries_max,
             journal: config.spool_dir.is_some(),
+            count_http_clients: config.count_http_clients,
         };
         let recovery = match &config.spool_dir {
             Some(directory) => Some(
@@ -219,12 +197,9 @@ pub async fn serve(
     Ok(())
 }
 
-pub async fn run(mut config: Config) -> anyhow::Result<()> {
-    if let Some(settings) = config.dev.take() {
-        return dev::run(config, settings).await;
-    }
+pub async fn run(config: Config) -> anyhow::Result<()> {
     // Before anything is announced, so that no signal finds the process without its listeners.
-    let stopped = hitcount_aggregator::shutdown_signal();
+    let stopped = hitcount_process::shutdown_signal();
     let listen = config.listen;
     let edge = Edge::start(config)?;
     let listener = TcpListener::bind(listen)

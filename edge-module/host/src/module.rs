@@ -52,6 +52,8 @@ pub struct InstanceSettings {
     pub pending_entries_max: u32,
     /// Journal counted hits for the spool.
     pub journal: bool,
+    /// Count curl and other HTTP clients instead of refusing them as bots.
+    pub count_http_clients: bool,
 }
 
 impl std::fmt::Debug for InstanceSettings {
@@ -171,6 +173,7 @@ impl Instances {
             window_entries_max: self.settings.window_entries_max,
             pending_entries_max: self.settings.pending_entries_max,
             journal: self.settings.journal,
+            count_http_clients: self.settings.count_http_clients,
         };
         wasm(
             edge.hitcount_edge_counter()
@@ -204,7 +207,7 @@ impl Instances {
             Err(error) => {
                 metrics::counter!("hitcount_edge_instance_traps_total").increment(1);
                 tracing::error!(%error, index, "the counting module trapped; replacing the instance");
-                match self.instantiate(boot_epoch(crate::now_ms(), index)) {
+                match self.instantiate(boot_epoch(hitcount_process::now_ms(), index)) {
                     Ok(fresh) => *slot = fresh,
                     Err(replace_error) => {
                         tracing::error!(%replace_error, "could not replace the instance")

@@ -7,7 +7,6 @@ mod support;
 
 mod beacons;
 mod delivery;
-mod dev;
 mod proxy;
 mod spool;
 mod tls;
