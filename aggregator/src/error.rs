@@ -21,7 +21,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
-    #[error("request body is larger than {limit_bytes} bytes")]
+    /// The limit is the one of the route that refused the body: routes differ.
+    #[error("the body is over this route's limit of {}", byte_size(*limit_bytes))]
     PayloadTooLarge { limit_bytes: usize },
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -33,6 +34,19 @@ pub enum ApiError {
     Unavailable { message: String, retry_after_s: u64 },
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
+}
+
+/// A byte count as people write limits: `64 KiB (65536 bytes)`, `1 MiB (1048576 bytes)`.
+pub fn byte_size(bytes: usize) -> String {
+    const KIB: usize = 1024;
+    const MIB: usize = 1024 * KIB;
+    if bytes >= MIB && bytes.is_multiple_of(MIB) {
+        format!("{} MiB ({bytes} bytes)", bytes / MIB)
+    } else if bytes >= KIB && bytes.is_multiple_of(KIB) {
+        format!("{} KiB ({bytes} bytes)", bytes / KIB)
+    } else {
+        format!("{bytes} bytes")
+    }
 }
 
 /// `{"error":{"code":"...","message":"..."}}`

@@ -5,7 +5,7 @@ use hitcount_wire::Sketch;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 
 use crate::error::ApiError;
 use crate::store::{CountCell, DAY_MS, HOUR_MS, Tier};
@@ -17,12 +17,15 @@ const MINUTE_GRANULARITY_SPAN_MS_MAX: u64 = 6 * HOUR_MS;
 /// Windows up to this long default to hour points; longer ones to day points.
 const HOUR_GRANULARITY_SPAN_MS_MAX: u64 = 14 * DAY_MS;
 /// Times beyond the year 9999 cannot be written in RFC 3339.
-const TIME_MS_MAX: u64 = 253_402_300_799_999;
+pub const TIME_MS_MAX: u64 = 253_402_300_799_999;
 /// The window used when a query names no time at all.
 const DEFAULT_WINDOW_MS: u64 = DAY_MS;
 
-#[derive(Debug, Default, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
+/// The query of `GET /hits/{resource_id}`. Its parameters are described as one exploded object
+/// (its `IntoParams` is in `api::schemas`), the only way OpenAPI can say that `window` excludes
+/// `start_time`/`end_time`; unknown parameters are refused so that object is exact.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HitsQuery {
     /// Start of the window (inclusive): RFC 3339, or Unix milliseconds.
     pub start_time: Option<String>,
@@ -70,7 +73,9 @@ pub fn format_time(ms: u64) -> String {
         .unwrap_or_default()
 }
 
-/// RFC 3339 or Unix milliseconds.
+/// RFC 3339 or Unix milliseconds. Only text of neither form is refused: a time before 1970
+/// counts as 1970 and one after 9999 as the end of 9999, as the document says, because a schema
+/// can state the form of a time but not its range.
 pub fn parse_time(name: &str, text: &str) -> Result<u64, ApiError> {
     let invalid = || {
         ApiError::bad_request(
@@ -81,16 +86,16 @@ pub fn parse_time(name: &str, text: &str) -> Result<u64, ApiError> {
         )
     };
     if !text.is_empty() && text.bytes().all(|byte| byte.is_ascii_digit()) {
-        let ms: u64 = text.parse().map_err(|_| invalid())?;
-        return if ms <= TIME_MS_MAX {
-            Ok(ms)
-        } else {
-            Err(invalid())
-        };
+        // All digits: the only parse error left is overflow, which is past the year 9999 too.
+        return Ok(text.parse::<u64>().unwrap_or(u64::MAX).min(TIME_MS_MAX));
     }
-    let time = OffsetDateTime::parse(text, &Rfc3339).map_err(|_| invalid())?;
+    // RFC 3339 allows a lowercase `t` and `z`; the parser wants them uppercase.
+    let time =
+        OffsetDateTime::parse(&text.to_ascii_uppercase(), &Rfc3339).map_err(|_| invalid())?;
     let ms = time.unix_timestamp_nanos() / 1_000_000;
-    u64::try_from(ms).map_err(|_| invalid())
+    Ok(u64::try_from(ms.max(0))
+        .unwrap_or(u64::MAX)
+        .min(TIME_MS_MAX))
 }
 
 /// `90s`, `1m`, `24h`, `7d`, `2w`.
@@ -107,7 +112,12 @@ pub fn parse_window(text: &str) -> Result<u64, ApiError> {
         .find(|c: char| !c.is_ascii_digit())
         .ok_or_else(invalid)?;
     let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().map_err(|_| invalid())?;
+    // All digits: the only parse error left is overflow, a window longer than all time.
+    let number: u64 = if number.is_empty() {
+        return Err(invalid());
+    } else {
+        number.parse().unwrap_or(u64::MAX)
+    };
     let unit_ms = match unit {
         "s" => 1_000,
         "m" => 60_000,
@@ -116,10 +126,11 @@ pub fn parse_window(text: &str) -> Result<u64, ApiError> {
         "w" => 7 * DAY_MS,
         _ => return Err(invalid()),
     };
-    number
-        .checked_mul(unit_ms)
-        .filter(|ms| *ms > 0 && *ms <= TIME_MS_MAX)
-        .ok_or_else(invalid)
+    if number == 0 {
+        return Err(invalid());
+    }
+    // Longer than all time is all time: the schema states the form, not a bound.
+    Ok(number.saturating_mul(unit_ms).min(TIME_MS_MAX))
 }
 
 /// What to read and how to fold it.
@@ -163,11 +174,12 @@ pub fn plan(query: &HitsQuery, now_ms: u64) -> Result<Plan, ApiError> {
             ));
         }
     };
+    // A relation between two parameters, which no schema states: unprocessable, not malformed.
     if start_ms >= end_ms {
-        return Err(ApiError::bad_request(
-            "invalid_time_range",
-            "start_time must be before end_time",
-        ));
+        return Err(ApiError::Unprocessable {
+            code: "invalid_time_range",
+            message: "start_time must be before end_time".to_owned(),
+        });
     }
     let span = end_ms - start_ms;
     let granularity = match query.granularity {
@@ -197,10 +209,10 @@ pub fn plan(query: &HitsQuery, now_ms: u64) -> Result<Plan, ApiError> {
             Tier::Hour => "hour counts are kept for 90 days",
             Tier::Day => "day counts are kept for the resource's retention",
         };
-        return Err(ApiError::bad_request(
-            "granularity_not_kept",
-            format!("{kept}; ask for a coarser granularity for this window"),
-        ));
+        return Err(ApiError::Unprocessable {
+            code: "granularity_not_kept",
+            message: format!("{kept}; ask for a coarser granularity for this window"),
+        });
     }
     let tier = granularity;
     let resolution = granularity.resolution_ms();
@@ -208,13 +220,13 @@ pub fn plan(query: &HitsQuery, now_ms: u64) -> Result<Plan, ApiError> {
     let aligned_end = end_ms.div_ceil(resolution) * resolution;
     let points = (aligned_end - aligned_start) / resolution;
     if points > SERIES_POINTS_MAX {
-        return Err(ApiError::bad_request(
-            "too_many_points",
-            format!(
+        return Err(ApiError::Unprocessable {
+            code: "too_many_points",
+            message: format!(
                 "this window at {} granularity has {points} points; the limit is {SERIES_POINTS_MAX}",
                 granularity.as_str()
             ),
-        ));
+        });
     }
     Ok(Plan {
         tier,
@@ -283,12 +295,17 @@ mod tests {
         assert_eq!(parse_time("t", "1970-01-01T00:00:01.5Z").unwrap(), 1_500);
         assert_eq!(parse_time("t", "1970-01-01T01:00:00+01:00").unwrap(), 0);
         assert!(parse_time("t", "yesterday").is_err());
-        assert!(parse_time("t", "99999999999999999999").is_err());
+        assert_eq!(
+            parse_time("t", "99999999999999999999").unwrap(),
+            TIME_MS_MAX
+        );
+        assert_eq!(parse_time("t", "1969-12-31T23:59:59z").unwrap(), 0);
         assert_eq!(parse_window("24h").unwrap(), DAY_MS);
         assert_eq!(parse_window("1m").unwrap(), 60_000);
-        for bad in ["", "h", "0h", "5y", "-1h", "99999999999999999w"] {
+        for bad in ["", "h", "0h", "5y", "-1h"] {
             assert!(parse_window(bad).is_err(), "{bad}");
         }
+        assert_eq!(parse_window("99999999999999999999w").unwrap(), TIME_MS_MAX);
         assert_eq!(format_time(1_500), "1970-01-01T00:00:01.5Z");
     }
 

@@ -232,6 +232,31 @@ pub async fn body(response: Response) -> (StatusCode, Value) {
     (status, value)
 }
 
+/// The served `/openapi.json`.
+pub async fn openapi_document(server: &TestServer) -> Value {
+    let (status, document) = body(
+        server
+            .client
+            .get(server.url("/openapi.json"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    document
+}
+
+/// The statuses the document lists for one operation.
+pub fn documented_statuses(document: &Value, path: &str, method: &str) -> Vec<u16> {
+    document["paths"][path][method]["responses"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{method} {path} is not in the document"))
+        .keys()
+        .map(|status| status.parse().unwrap())
+        .collect()
+}
+
 /// Asserts the API's error shape and returns its code.
 pub fn error_code(value: &Value) -> String {
     let code = value["error"]["code"]

@@ -6,6 +6,8 @@
 mod support;
 
 mod api;
+mod contract;
 mod deltas;
+mod deltas_fuzz;
 mod durability;
 mod faults;

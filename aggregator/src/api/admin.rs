@@ -1,12 +1,12 @@
 //! Admin endpoints: API tokens and edge signing keys.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{ApiJson, validate_name};
+use super::{ApiJson, ApiPath, schemas, validate_name};
 use crate::auth::{
     Caller, EdgeSecret, Scope, TOKEN_RANDOM_BYTES, generate_token, random_hex, token_digest,
 };
@@ -23,9 +23,11 @@ pub const EDGE_SECRET_BYTES_MAX: usize = 256;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTokenRequest {
-    /// What the token is for (1 to 200 characters).
+    /// What the token is for.
+    #[schema(schema_with = schemas::name)]
     pub name: String,
-    /// One or more of `ingest`, `read`, `admin`.
+    /// One or more of `ingest`, `read`, `admin` (repeats count once).
+    #[schema(min_items = 1)]
     pub scopes: Vec<Scope>,
 }
 
@@ -56,11 +58,16 @@ pub struct TokenList {
     post, path = "/tokens", tag = "admin",
     request_body = CreateTokenRequest,
     responses(
-        (status = 201, description = "Created; the token is in the body, once", body = TokenCreated),
-        (status = 400, description = "Invalid name or scopes", body = ErrorBody),
+        (status = 201, description = "Created; the token is in the body, once", body = TokenCreated, links(
+            ("DeleteToken" = (operation_id = "delete_token", parameters(("token_id" = "$response.body#/id")))),
+        )),
+        (status = 400, description = "Malformed JSON, or a name or scopes outside their schema", body = ErrorBody),
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
         (status = 403, description = "Token lacks the admin scope", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 415, description = "Body is not `application/json`", body = ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
+        (status = 503, description = "The store is unavailable; nothing was created, retry", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -113,7 +120,8 @@ pub async fn create_token(
         (status = 200, description = "All tokens, without their secrets", body = TokenList),
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
         (status = 403, description = "Token lacks the admin scope", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
+        (status = 503, description = "The store is unavailable; retry", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -141,17 +149,19 @@ pub async fn list_tokens(
     params(("token_id" = String, Path, description = "Token id")),
     responses(
         (status = 204, description = "Revoked; it stops working at once"),
+        (status = 400, description = "The path segment is not UTF-8", body = ErrorBody),
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
         (status = 403, description = "Token lacks the admin scope", body = ErrorBody),
         (status = 404, description = "No such token", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
+        (status = 503, description = "The store is unavailable; nothing was revoked, retry", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
 pub async fn delete_token(
     State(state): State<SharedState>,
     caller: Caller,
-    Path(token_id): Path<String>,
+    ApiPath(token_id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require(Scope::Admin)?;
     if !state.store.delete_token(token_id.clone()).await? {
@@ -165,8 +175,9 @@ pub async fn delete_token(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEdgeKeyRequest {
+    #[schema(schema_with = schemas::edge_id)]
     pub edge_id: String,
-    /// The shared secret (16 to 256 bytes); generated if absent. Replaces an existing API key.
+    #[schema(schema_with = schemas::edge_secret)]
     pub secret: Option<String>,
 }
 
@@ -202,12 +213,17 @@ fn configured_key_conflict(edge_id: &str) -> ApiError {
     post, path = "/edge-keys", tag = "admin",
     request_body = CreateEdgeKeyRequest,
     responses(
-        (status = 201, description = "Created or rotated; the secret is in the body, once", body = EdgeKeyCreated),
-        (status = 400, description = "Invalid edge id or secret", body = ErrorBody),
+        (status = 201, description = "Created or rotated; the secret is in the body, once", body = EdgeKeyCreated, links(
+            ("DeleteEdgeKey" = (operation_id = "delete_edge_key", parameters(("edge_id" = "$response.body#/edge_id")))),
+        )),
+        (status = 400, description = "Malformed JSON, or an edge id or secret outside its schema", body = ErrorBody),
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
         (status = 403, description = "Token lacks the admin scope", body = ErrorBody),
         (status = 409, description = "The key is set by flag", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 415, description = "Body is not `application/json`", body = ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
+        (status = 503, description = "The store is unavailable; nothing was stored, retry", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -227,10 +243,16 @@ pub async fn create_edge_key(
         return Err(configured_key_conflict(&request.edge_id));
     }
     let secret = match request.secret {
-        Some(secret) if !(SECRET_BYTES_MIN..=EDGE_SECRET_BYTES_MAX).contains(&secret.len()) => {
+        // Visible ASCII only, so that bytes and characters (what the schema counts) agree.
+        Some(secret)
+            if !(SECRET_BYTES_MIN..=EDGE_SECRET_BYTES_MAX).contains(&secret.len())
+                || !secret.bytes().all(|byte| byte.is_ascii_graphic()) =>
+        {
             return Err(ApiError::bad_request(
                 "invalid_secret",
-                format!("secret must be {SECRET_BYTES_MIN} to {EDGE_SECRET_BYTES_MAX} bytes"),
+                format!(
+                    "secret must be {SECRET_BYTES_MIN} to {EDGE_SECRET_BYTES_MAX} visible ASCII characters"
+                ),
             ));
         }
         Some(secret) => secret,
@@ -266,7 +288,7 @@ pub async fn create_edge_key(
         (status = 200, description = "Edge ids with keys, without secrets", body = EdgeKeyList),
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
         (status = 403, description = "Token lacks the admin scope", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -294,18 +316,20 @@ pub async fn list_edge_keys(
     params(("edge_id" = String, Path, description = "Edge id")),
     responses(
         (status = 204, description = "Revoked; the edge's deltas are refused from now on"),
+        (status = 400, description = "The path segment is not UTF-8", body = ErrorBody),
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
         (status = 403, description = "Token lacks the admin scope", body = ErrorBody),
         (status = 404, description = "No such edge key", body = ErrorBody),
         (status = 409, description = "The key is set by flag", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
+        (status = 503, description = "The store is unavailable; nothing was revoked, retry", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
 pub async fn delete_edge_key(
     State(state): State<SharedState>,
     caller: Caller,
-    Path(edge_id): Path<String>,
+    ApiPath(edge_id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require(Scope::Admin)?;
     match state.edge_keys.get(&edge_id) {

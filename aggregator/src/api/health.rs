@@ -5,9 +5,8 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use serde::Serialize;
-use utoipa::{OpenApi, ToSchema};
+use utoipa::ToSchema;
 
-use super::ApiDoc;
 use crate::error::{ApiError, ErrorBody};
 use crate::state::SharedState;
 
@@ -50,5 +49,5 @@ pub async fn metrics(State(state): State<SharedState>) -> impl IntoResponse {
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
     responses((status = 200, description = "This document", content_type = "application/json")))]
 pub async fn openapi() -> impl IntoResponse {
-    (StatusCode::OK, Json(ApiDoc::openapi()))
+    (StatusCode::OK, Json(super::document()))
 }

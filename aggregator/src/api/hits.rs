@@ -1,13 +1,13 @@
 //! Recording hits directly and querying counts.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::ApiJson;
 use super::resources::unknown_resource;
+use super::{ApiJson, ApiPath, ApiQuery, schemas};
 use crate::auth::{Caller, Scope};
 use crate::error::{ApiError, ErrorBody};
 use crate::ingest::{IngestError, ValidHit};
@@ -19,37 +19,89 @@ use hitcount_wire::{MINUTE_MS, visitor_hash};
 
 /// Hits in one `POST /hits` request.
 pub const HITS_PER_REQUEST_MAX: usize = 1_000;
-/// Longest visitor id; longer ones are almost certainly not ids.
-pub const VISITOR_ID_BYTES_MAX: usize = 256;
+/// Longest visitor id, in characters (what JSON Schema's `maxLength` counts); longer ones are
+/// almost certainly not ids.
+pub const VISITOR_ID_CHARS_MAX: usize = 256;
 /// How far ahead of the aggregator's clock a hit's timestamp may be.
 pub const CLOCK_SKEW_MS_MAX: u64 = 5 * 60 * 1_000;
 
 /// A time as RFC 3339 text or Unix milliseconds.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum TimeInput {
-    Millis(u64),
+    Millis(#[serde(deserialize_with = "super::extract::whole_number")] u64),
     Text(String),
 }
 
+/// One hit.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HitInput {
+    #[schema(schema_with = schemas::resource_id)]
     pub resource_id: String,
-    /// When the hit happened (default: now); at most 7 days old and 5 minutes ahead.
+    #[schema(schema_with = schemas::timestamp)]
     pub timestamp: Option<TimeInput>,
-    /// Anything that identifies a visitor (hashed on arrival, never stored).
+    #[schema(schema_with = schemas::visitor_id)]
     pub visitor_id: Option<String>,
 }
 
-/// One hit, or `{"hits": [...]}` with up to 1000.
+/// Up to 1000 hits at once.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct HitsRequest {
-    pub resource_id: Option<String>,
-    pub timestamp: Option<TimeInput>,
-    pub visitor_id: Option<String>,
-    pub hits: Option<Vec<HitInput>>,
+pub struct HitBatch {
+    #[schema(min_items = 1, max_items = 1000)]
+    pub hits: Vec<HitInput>,
+}
+
+/// The body of `POST /hits`: one hit, or `{"hits": [...]}`.
+// Parsed through `HitsFields` so that a body of neither shape gets a message naming both, not
+// serde's "no variant matched".
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged, try_from = "HitsFields")]
+pub enum HitsBody {
+    One(HitInput),
+    Many(HitBatch),
+}
+
+/// Every field of both shapes of [`HitsBody`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HitsFields {
+    resource_id: Option<String>,
+    timestamp: Option<TimeInput>,
+    visitor_id: Option<String>,
+    hits: Option<Vec<HitInput>>,
+}
+
+/// A body that has the fields of neither or both shapes of `POST /hits`.
+#[derive(Debug, thiserror::Error)]
+#[error("send either {{resource_id, timestamp?, visitor_id?}} or {{\"hits\": [...]}}")]
+pub struct HitsShapeError;
+
+impl TryFrom<HitsFields> for HitsBody {
+    type Error = HitsShapeError;
+
+    fn try_from(fields: HitsFields) -> Result<Self, HitsShapeError> {
+        match fields {
+            HitsFields {
+                hits: Some(hits),
+                resource_id: None,
+                timestamp: None,
+                visitor_id: None,
+            } => Ok(Self::Many(HitBatch { hits })),
+            HitsFields {
+                hits: None,
+                resource_id: Some(resource_id),
+                timestamp,
+                visitor_id,
+            } => Ok(Self::One(HitInput {
+                resource_id,
+                timestamp,
+                visitor_id,
+            })),
+            _ => Err(HitsShapeError),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -65,28 +117,37 @@ fn validate(state: &SharedState, hit: HitInput, now_ms: u64) -> Result<ValidHit,
         .ok_or_else(|| unknown_resource(&hit.resource_id))?;
     let timestamp_ms = match hit.timestamp {
         None => now_ms,
+        Some(TimeInput::Millis(ms)) if ms > query::TIME_MS_MAX => {
+            return Err(ApiError::bad_request(
+                "invalid_time",
+                format!("timestamp must be at most {}", query::TIME_MS_MAX),
+            ));
+        }
         Some(TimeInput::Millis(ms)) => ms,
         Some(TimeInput::Text(text)) => query::parse_time("timestamp", &text)?,
     };
+    // Limits relative to the clock cannot be stated in a schema: a well-formed timestamp
+    // outside them is unprocessable (422), as a delta batch's window is.
     if timestamp_ms + DELTA_AGE_MS_MAX < now_ms || timestamp_ms > now_ms + CLOCK_SKEW_MS_MAX {
-        return Err(ApiError::bad_request(
-            "invalid_timestamp",
-            "timestamp must be within the last 7 days and at most 5 minutes ahead",
-        ));
+        return Err(ApiError::Unprocessable {
+            code: "timestamp_out_of_range",
+            message: "timestamp must be within the last 7 days and at most 5 minutes ahead"
+                .to_owned(),
+        });
     }
     if let Some(days) = retention_days
         && timestamp_ms + u64::from(days) * DAY_MS < now_ms
     {
-        return Err(ApiError::bad_request(
-            "invalid_timestamp",
-            format!("timestamp is older than this resource's retention of {days} days"),
-        ));
+        return Err(ApiError::Unprocessable {
+            code: "timestamp_out_of_range",
+            message: format!("timestamp is older than this resource's retention of {days} days"),
+        });
     }
     let visitor_hash = match hit.visitor_id {
-        Some(visitor) if visitor.len() > VISITOR_ID_BYTES_MAX => {
+        Some(visitor) if visitor.chars().count() > VISITOR_ID_CHARS_MAX => {
             return Err(ApiError::bad_request(
                 "invalid_visitor_id",
-                format!("visitor_id must be at most {VISITOR_ID_BYTES_MAX} bytes"),
+                format!("visitor_id must be at most {VISITOR_ID_CHARS_MAX} characters"),
             ));
         }
         Some(visitor) => Some(visitor_hash(visitor.as_bytes())),
@@ -101,15 +162,16 @@ fn validate(state: &SharedState, hit: HitInput, now_ms: u64) -> Result<ValidHit,
 
 #[utoipa::path(
     post, path = "/hits", tag = "hits",
-    request_body = HitsRequest,
+    request_body = HitsBody,
     responses(
         (status = 202, description = "Accepted: committed (durable mode) and visible to queries within 1 s", body = Accepted),
-        (status = 400, description = "Malformed JSON, invalid field, or too many hits", body = ErrorBody),
+        (status = 400, description = "Malformed JSON, a body of neither shape, or a field outside its schema", body = ErrorBody),
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
         (status = 403, description = "Token lacks the ingest scope", body = ErrorBody),
         (status = 404, description = "Unknown resource; nothing in the request was counted", body = ErrorBody),
         (status = 413, description = "Body over 1 MiB", body = ErrorBody),
-        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        (status = 415, description = "Body is not `application/json`", body = ErrorBody),
+        (status = 422, description = "A timestamp outside the last 7 days and the next 5 minutes, or older than the resource's retention; nothing was counted", body = ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
         (status = 503, description = "Overloaded or the store failed; nothing was counted, retry", body = ErrorBody),
     ),
@@ -118,32 +180,12 @@ fn validate(state: &SharedState, hit: HitInput, now_ms: u64) -> Result<ValidHit,
 pub async fn record(
     State(state): State<SharedState>,
     caller: Caller,
-    ApiJson(request): ApiJson<HitsRequest>,
+    ApiJson(request): ApiJson<HitsBody>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     caller.require(Scope::Ingest)?;
     let inputs = match request {
-        HitsRequest {
-            hits: Some(hits),
-            resource_id: None,
-            timestamp: None,
-            visitor_id: None,
-        } => hits,
-        HitsRequest {
-            hits: None,
-            resource_id: Some(resource_id),
-            timestamp,
-            visitor_id,
-        } => vec![HitInput {
-            resource_id,
-            timestamp,
-            visitor_id,
-        }],
-        _ => {
-            return Err(ApiError::bad_request(
-                "invalid_request",
-                "send either {resource_id, timestamp?, visitor_id?} or {\"hits\": [...]}",
-            ));
-        }
+        HitsBody::Many(batch) => batch.hits,
+        HitsBody::One(hit) => vec![hit],
     };
     if inputs.is_empty() || inputs.len() > HITS_PER_REQUEST_MAX {
         return Err(ApiError::bad_request(
@@ -177,23 +219,23 @@ pub async fn record(
     params(("resource_id" = String, Path, description = "Resource id"), HitsQuery),
     responses(
         (status = 200, description = "Count, uniques and a series over the period", body = HitsResponse),
-        (status = 400, description = "start >= end, unparseable time, granularity not kept, or too many points", body = ErrorBody),
+        (status = 400, description = "A query outside its schema: window together with start_time or end_time, only one of those, an unknown parameter, an unparseable time; or a path segment that is not UTF-8", body = ErrorBody),
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
         (status = 403, description = "Token lacks the read scope", body = ErrorBody),
         (status = 404, description = "No such resource", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 422, description = "start_time not before end_time, a granularity no longer kept for this window, or more than 10000 points", body = ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
+        (status = 503, description = "The store is unavailable; retry", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
 pub async fn query(
     State(state): State<SharedState>,
     caller: Caller,
-    Path(resource_id): Path<String>,
-    query: Result<Query<HitsQuery>, axum::extract::rejection::QueryRejection>,
+    ApiPath(resource_id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<HitsQuery>,
 ) -> Result<Json<HitsResponse>, ApiError> {
     caller.require(Scope::Read)?;
-    let Query(query) =
-        query.map_err(|rejection| ApiError::bad_request("invalid_query", rejection.body_text()))?;
     if !state.resource_exists(&resource_id) {
         return Err(unknown_resource(&resource_id));
     }

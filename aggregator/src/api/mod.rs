@@ -3,25 +3,28 @@
 
 mod admin;
 mod deltas;
+mod extract;
 mod health;
 mod hits;
 mod resources;
+mod schemas;
 
 use std::time::Instant;
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request};
+use axum::extract::{MatchedPath, Request};
 use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use serde::de::DeserializeOwned;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 
+pub use self::extract::{ApiJson, ApiPath, ApiQuery};
+pub use self::hits::{HITS_PER_REQUEST_MAX, VISITOR_ID_CHARS_MAX};
+pub use self::resources::{LIST_PAGE_MAX, RETENTION_DAYS_MAX};
 use crate::error::{ApiError, ErrorBody};
 use crate::rate_limit;
 use crate::state::SharedState;
@@ -50,48 +53,20 @@ const ROUTES: &[&str] = &[
     "/openapi.json",
 ];
 
-/// `Json<T>` whose rejections are [`ApiError`]s with the JSON error body.
-#[derive(Debug)]
-pub struct ApiJson<T>(pub T);
-
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
-    type Rejection = ApiError;
-
-    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        match Json::<T>::from_request(request, state).await {
-            Ok(Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
-        }
-    }
-}
-
-fn json_rejection(rejection: JsonRejection) -> ApiError {
-    match rejection {
-        JsonRejection::JsonDataError(error) => {
-            ApiError::bad_request("invalid_request", error.body_text())
-        }
-        JsonRejection::JsonSyntaxError(error) => {
-            ApiError::bad_request("invalid_json", error.body_text())
-        }
-        JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
-            "the body must be JSON with `Content-Type: application/json`".to_owned(),
-        ),
-        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge {
-            limit_bytes: HITS_BODY_BYTES_MAX,
-        },
-        other => ApiError::bad_request("invalid_body", other.body_text()),
-    }
-}
-
+/// The name as given is checked (what the document's `name` schema states), and stored trimmed.
 pub fn validate_name(name: &str) -> Result<String, ApiError> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > NAME_CHARS_MAX {
+    if name.chars().count() > NAME_CHARS_MAX
+        || name.trim().is_empty()
+        || name.chars().any(char::is_control)
+    {
         return Err(ApiError::bad_request(
             "invalid_name",
-            format!("name must be 1 to {NAME_CHARS_MAX} characters"),
+            format!(
+                "name must be 1 to {NAME_CHARS_MAX} characters, not all whitespace, without control characters"
+            ),
         ));
     }
-    Ok(name.to_owned())
+    Ok(name.trim().to_owned())
 }
 
 #[derive(Debug, OpenApi)]
@@ -123,6 +98,42 @@ pub fn validate_name(name: &str) -> Result<String, ApiError> {
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;
+
+/// The document as served. utoipa 5.5 writes a link's fields in snake case (`operation_id`);
+/// OpenAPI spells them in camel case, and tools ignore links spelled otherwise.
+pub fn document() -> serde_json::Value {
+    let mut document = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    let operations = document
+        .get_mut("paths")
+        .and_then(serde_json::Value::as_object_mut)
+        .into_iter()
+        .flat_map(|paths| paths.values_mut())
+        .filter_map(serde_json::Value::as_object_mut)
+        .flat_map(|methods| methods.values_mut());
+    for operation in operations {
+        let links = operation
+            .get_mut("responses")
+            .and_then(serde_json::Value::as_object_mut)
+            .into_iter()
+            .flat_map(|responses| responses.values_mut())
+            .filter_map(|response| response.get_mut("links"))
+            .filter_map(serde_json::Value::as_object_mut)
+            .flat_map(|links| links.values_mut())
+            .filter_map(serde_json::Value::as_object_mut);
+        for link in links {
+            for (snake, camel) in [
+                ("operation_id", "operationId"),
+                ("operation_ref", "operationRef"),
+                ("request_body", "requestBody"),
+            ] {
+                if let Some(value) = link.remove(snake) {
+                    link.insert(camel.to_owned(), value);
+                }
+            }
+        }
+    }
+    document
+}
 
 struct BearerAuth;
 
@@ -205,12 +216,12 @@ pub fn router(state: SharedState) -> Router {
         )
         .route(
             "/hits",
-            post(hits::record).layer(DefaultBodyLimit::max(HITS_BODY_BYTES_MAX)),
+            post(hits::record).layer(extract::body_limit(HITS_BODY_BYTES_MAX)),
         )
         .route("/hits/{resource_id}", get(hits::query))
         .route(
             "/v1/deltas",
-            post(deltas::apply).layer(DefaultBodyLimit::max(hitcount_wire::BATCH_BYTES_MAX)),
+            post(deltas::apply).layer(extract::body_limit(hitcount_wire::BATCH_BYTES_MAX)),
         )
         .route("/tokens", post(admin::create_token).get(admin::list_tokens))
         .route("/tokens/{token_id}", delete(admin::delete_token))
@@ -219,7 +230,7 @@ pub fn router(state: SharedState) -> Router {
             post(admin::create_edge_key).get(admin::list_edge_keys),
         )
         .route("/edge-keys/{edge_id}", delete(admin::delete_edge_key))
-        .layer(DefaultBodyLimit::max(JSON_BODY_BYTES_MAX))
+        .layer(extract::body_limit(JSON_BODY_BYTES_MAX))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             rate_limit::limit_by_address,

@@ -1,12 +1,12 @@
 //! Resources: the things hits are counted for.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{ApiJson, validate_name};
+use super::{ApiJson, ApiPath, ApiQuery, schemas, validate_name};
 use crate::auth::{Caller, Scope, random_hex};
 use crate::error::{ApiError, ErrorBody};
 use crate::now_ms;
@@ -25,11 +25,13 @@ const GENERATED_ID_BYTES: usize = 8;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateResourceRequest {
-    /// A unique, human-readable name (1 to 200 characters).
+    /// A unique, human-readable name.
+    #[schema(schema_with = schemas::name)]
     pub name: String,
-    /// Delete counts older than this many days (1 to 36500); absent keeps day counts forever.
+    #[schema(schema_with = schemas::retention_days)]
+    #[serde(default, deserialize_with = "super::extract::optional_whole_number")]
     pub retention_days: Option<u32>,
-    /// Choose the id (letters, digits, `-`, `_`, `.`; up to 64 bytes); generated if absent.
+    #[schema(schema_with = schemas::optional_resource_id)]
     pub resource_id: Option<String>,
 }
 
@@ -63,7 +65,8 @@ pub struct ResourceList {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// Page size, 1 to 1000 (default 100).
+    /// Page size (default 100).
+    #[param(schema_with = schemas::list_limit)]
     pub limit: Option<usize>,
     /// Return resources whose id sorts after this one.
     pub after: Option<String>,
@@ -73,14 +76,19 @@ pub struct ListQuery {
     post, path = "/resources", tag = "resources",
     request_body = CreateResourceRequest,
     responses(
-        (status = 201, description = "Created", body = ResourceBody),
-        (status = 400, description = "Invalid name, id or retention", body = ErrorBody),
+        (status = 201, description = "Created", body = ResourceBody, links(
+            ("GetResource" = (operation_id = "get_one", parameters(("resource_id" = "$response.body#/resource_id")))),
+            ("DeleteResource" = (operation_id = "delete_one", parameters(("resource_id" = "$response.body#/resource_id")))),
+            ("QueryHits" = (operation_id = "query", parameters(("resource_id" = "$response.body#/resource_id")))),
+        )),
+        (status = 400, description = "Malformed JSON, or a name, id or retention outside its schema", body = ErrorBody),
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
         (status = 403, description = "Token lacks the admin scope", body = ErrorBody),
         (status = 409, description = "Name or id already taken", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 415, description = "Body is not JSON", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 415, description = "Body is not `application/json`", body = ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
+        (status = 503, description = "The store is unavailable; nothing was created, retry", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -143,17 +151,17 @@ pub async fn create(
     params(ListQuery),
     responses(
         (status = 200, description = "A page of resources, by id", body = ResourceList),
-        (status = 400, description = "Invalid limit", body = ErrorBody),
+        (status = 400, description = "Query outside its schema, e.g. limit not 1 to 1000", body = ErrorBody),
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
         (status = 403, description = "Token lacks the read scope", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
 pub async fn list(
     State(state): State<SharedState>,
     caller: Caller,
-    Query(query): Query<ListQuery>,
+    ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<ResourceList>, ApiError> {
     caller.require(Scope::Read)?;
     let limit = query.limit.unwrap_or(LIST_PAGE_DEFAULT);
@@ -195,17 +203,18 @@ pub async fn list(
     params(("resource_id" = String, Path, description = "Resource id")),
     responses(
         (status = 200, description = "The resource", body = ResourceBody),
+        (status = 400, description = "The path segment is not UTF-8", body = ErrorBody),
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
         (status = 403, description = "Token lacks the read scope", body = ErrorBody),
         (status = 404, description = "No such resource", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
 pub async fn get_one(
     State(state): State<SharedState>,
     caller: Caller,
-    Path(resource_id): Path<String>,
+    ApiPath(resource_id): ApiPath<String>,
 ) -> Result<Json<ResourceBody>, ApiError> {
     caller.require(Scope::Read)?;
     let record = state
@@ -223,17 +232,19 @@ pub fn unknown_resource(resource_id: &str) -> ApiError {
     params(("resource_id" = String, Path, description = "Resource id")),
     responses(
         (status = 204, description = "Deleted; its counts are purged and later hits get 404"),
+        (status = 400, description = "The path segment is not UTF-8", body = ErrorBody),
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
         (status = 403, description = "Token lacks the admin scope", body = ErrorBody),
         (status = 404, description = "No such resource", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
+        (status = 503, description = "The store is unavailable; nothing was deleted, retry", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
 pub async fn delete_one(
     State(state): State<SharedState>,
     caller: Caller,
-    Path(resource_id): Path<String>,
+    ApiPath(resource_id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require(Scope::Admin)?;
     // Forget it first, so hits arriving from now on are refused while the counts are purged.

@@ -1,0 +1,164 @@
+//! Extractors whose rejections are [`ApiError`]s with the JSON error body: axum's own `Json`,
+//! `Query` and `Path` answer plain text, which no client of this API expects.
+//!
+//! Each route's body limit is a property of the route ([`body_limit`]), so a 413 names the limit
+//! of the route that refused the body, not a global one.
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer};
+use tower::ServiceBuilder;
+use tower::layer::util::{Identity, Stack};
+
+use super::JSON_BODY_BYTES_MAX;
+use crate::error::ApiError;
+
+/// The body limit of the route a request was routed to, for the 413 message.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteBodyLimit(pub usize);
+
+/// The layers that give a route its body limit: axum's limit, and the limit recorded in the
+/// request so the extractors can name it.
+pub fn body_limit(
+    limit_bytes: usize,
+) -> ServiceBuilder<Stack<Extension<RouteBodyLimit>, Stack<DefaultBodyLimit, Identity>>> {
+    ServiceBuilder::new()
+        .layer(DefaultBodyLimit::max(limit_bytes))
+        .layer(Extension(RouteBodyLimit(limit_bytes)))
+}
+
+/// The limit a request's route set with [`body_limit`]; every API route is under the router-wide
+/// limit of [`JSON_BODY_BYTES_MAX`] unless it sets its own.
+pub fn route_body_limit(request: &Request) -> usize {
+    request
+        .extensions()
+        .get::<RouteBodyLimit>()
+        .map_or(JSON_BODY_BYTES_MAX, |limit| limit.0)
+}
+
+/// `Json<T>` whose rejections are [`ApiError`]s with the JSON error body.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let limit_bytes = route_body_limit(&request);
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(json_rejection(rejection, limit_bytes)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection, limit_bytes: usize) -> ApiError {
+    match rejection {
+        JsonRejection::JsonDataError(error) => {
+            ApiError::bad_request("invalid_request", error.body_text())
+        }
+        JsonRejection::JsonSyntaxError(error) => {
+            ApiError::bad_request("invalid_json", error.body_text())
+        }
+        JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
+            "the body must be JSON with `Content-Type: application/json`".to_owned(),
+        ),
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::PayloadTooLarge { limit_bytes }
+        }
+        other => ApiError::bad_request("invalid_body", other.body_text()),
+    }
+}
+
+/// `Query<T>` whose rejections are 400s with the JSON error body (`invalid_query`).
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(value)) => Ok(Self(value)),
+            Err(rejection) => Err(query_rejection(&rejection)),
+        }
+    }
+}
+
+fn query_rejection(rejection: &QueryRejection) -> ApiError {
+    ApiError::bad_request("invalid_query", rejection.body_text())
+}
+
+/// `Path<T>` whose rejections are 400s with the JSON error body (`invalid_path`), e.g. for a
+/// percent-encoded segment that is not UTF-8.
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(Self(value)),
+            Err(rejection) => Err(path_rejection(rejection)),
+        }
+    }
+}
+
+fn path_rejection(rejection: PathRejection) -> ApiError {
+    match rejection {
+        PathRejection::FailedToDeserializePathParams(error) => {
+            ApiError::bad_request("invalid_path", error.body_text())
+        }
+        // The route has no such parameter: a bug in this program, not in the request.
+        other => ApiError::Internal(anyhow::anyhow!("path extraction: {}", other.body_text())),
+    }
+}
+
+/// An unsigned integer that also takes a JSON number with a zero fraction (`202.0`): JSON Schema
+/// counts those as integers, serde's integers do not.
+pub fn whole_number<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    let number = serde_json::Number::deserialize(deserializer)?;
+    as_whole(&number).ok_or_else(|| {
+        D::Error::custom(format!(
+            "invalid value: {number}, expected a whole number in range"
+        ))
+    })
+}
+
+/// [`whole_number`] for optional fields (absent or `null` is `None`).
+pub fn optional_whole_number<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    match Option::<serde_json::Number>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(number) => as_whole(&number).map(Some).ok_or_else(|| {
+            D::Error::custom(format!(
+                "invalid value: {number}, expected a whole number in range"
+            ))
+        }),
+    }
+}
+
+fn as_whole<T: TryFrom<u64>>(number: &serde_json::Number) -> Option<T> {
+    // 2^64 as a float: every float below it with no fraction converts to u64 exactly.
+    const U64_END_FLOAT: f64 = 18_446_744_073_709_551_616.0;
+    let whole = number.as_u64().or_else(|| {
+        number
+            .as_f64()
+            .filter(|float| float.fract() == 0.0 && *float >= 0.0 && *float < U64_END_FLOAT)
+            .map(|float| float as u64)
+    })?;
+    T::try_from(whole).ok()
+}

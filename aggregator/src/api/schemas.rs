@@ -1,0 +1,201 @@
+//! Schemas of the fields whose limits are named constants. utoipa's attributes take literals
+//! only, so these are built in code from the constants themselves: the document cannot drift
+//! from what the handlers enforce.
+
+use hitcount_wire::{EDGE_ID_BYTES_MAX, RESOURCE_ID_BYTES_MAX};
+use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn, ParameterStyle};
+use utoipa::openapi::schema::{
+    AdditionalProperties, KnownFormat, Object, ObjectBuilder, OneOfBuilder, SchemaFormat,
+    SchemaType, Type,
+};
+use utoipa::openapi::{RefOr, Required, Schema};
+use utoipa::{IntoParams, PartialSchema};
+
+use super::NAME_CHARS_MAX;
+use super::admin::EDGE_SECRET_BYTES_MAX;
+use super::hits::VISITOR_ID_CHARS_MAX;
+use super::resources::{LIST_PAGE_MAX, RETENTION_DAYS_MAX};
+use crate::config::SECRET_BYTES_MIN;
+use crate::query::{HitsQuery, TIME_MS_MAX};
+use crate::store::Tier;
+
+/// The characters of resource and edge ids (`hitcount_wire::validate_resource_id`).
+pub const IDENTIFIER_PATTERN: &str = "^[A-Za-z0-9._-]+$";
+/// A name has no control characters (Unicode's Cc, which PostgreSQL's text cannot always hold
+/// and no person types) and at least one character that is not whitespace (names are trimmed).
+pub const NAME_PATTERN: &str =
+    r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$";
+/// Edge secrets are visible ASCII, so their length in characters is their length in bytes.
+pub const EDGE_SECRET_PATTERN: &str = "^[!-~]+$";
+/// Unix milliseconds written as text.
+pub const MILLIS_TEXT_PATTERN: &str = "^[0-9]+$";
+/// `window`: a positive whole number and a unit.
+pub const WINDOW_PATTERN: &str = "^[0-9]*[1-9][0-9]*[smhdw]$";
+
+fn string() -> ObjectBuilder {
+    ObjectBuilder::new().schema_type(Type::String)
+}
+
+/// `type: [T, null]`, for optional fields that also take `null`.
+fn nullable(schema_type: Type) -> SchemaType {
+    SchemaType::from_iter([schema_type, Type::Null])
+}
+
+pub fn name() -> Object {
+    string()
+        .min_length(Some(1))
+        .max_length(Some(NAME_CHARS_MAX))
+        .pattern(Some(NAME_PATTERN))
+        .description(Some(format!(
+            "1 to {NAME_CHARS_MAX} characters, not all whitespace, no control characters; \
+             leading and trailing whitespace is trimmed"
+        )))
+        .build()
+}
+
+fn identifier(max_bytes: usize) -> ObjectBuilder {
+    string()
+        .min_length(Some(1))
+        .max_length(Some(max_bytes))
+        .pattern(Some(IDENTIFIER_PATTERN))
+}
+
+pub fn resource_id() -> Object {
+    identifier(RESOURCE_ID_BYTES_MAX).build()
+}
+
+pub fn optional_resource_id() -> Object {
+    identifier(RESOURCE_ID_BYTES_MAX)
+        .schema_type(nullable(Type::String))
+        .description(Some(format!(
+            "Choose the id (ASCII letters, digits, `-`, `_`, `.`; 1 to {RESOURCE_ID_BYTES_MAX}); generated if absent"
+        )))
+        .build()
+}
+
+pub fn edge_id() -> Object {
+    identifier(EDGE_ID_BYTES_MAX).build()
+}
+
+pub fn edge_secret() -> Object {
+    string()
+        .schema_type(nullable(Type::String))
+        .min_length(Some(SECRET_BYTES_MIN))
+        .max_length(Some(EDGE_SECRET_BYTES_MAX))
+        .pattern(Some(EDGE_SECRET_PATTERN))
+        .description(Some(format!(
+            "The shared secret: {SECRET_BYTES_MIN} to {EDGE_SECRET_BYTES_MAX} visible ASCII characters; \
+             generated if absent. Replaces an existing API key."
+        )))
+        .build()
+}
+
+pub fn retention_days() -> Object {
+    ObjectBuilder::new()
+        .schema_type(nullable(Type::Integer))
+        .minimum(Some(1))
+        .maximum(Some(RETENTION_DAYS_MAX))
+        .description(Some(format!(
+            "Delete counts older than this many days (1 to {RETENTION_DAYS_MAX}); absent keeps day counts forever"
+        )))
+        .build()
+}
+
+pub fn visitor_id() -> Object {
+    string()
+        .schema_type(nullable(Type::String))
+        .max_length(Some(VISITOR_ID_CHARS_MAX))
+        .description(Some(format!(
+            "Anything that identifies a visitor, up to {VISITOR_ID_CHARS_MAX} characters (hashed on arrival, never stored)"
+        )))
+        .build()
+}
+
+pub fn list_limit() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .minimum(Some(1))
+        .maximum(Some(LIST_PAGE_MAX))
+        .build()
+}
+
+/// A time as RFC 3339 text or Unix milliseconds (a number, or digits as text).
+pub fn time_text() -> RefOr<Schema> {
+    OneOfBuilder::new()
+        .item(string().pattern(Some(MILLIS_TEXT_PATTERN)))
+        .item(string().format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime))))
+        .description(Some(
+            "RFC 3339 (2026-01-31T12:00:00Z) or Unix milliseconds as digits; times before 1970 \
+             count as 1970, times after 9999 as the end of 9999",
+        ))
+        .into()
+}
+
+/// A hit's timestamp: Unix milliseconds as a number, or [`time_text`]; `null` means now.
+pub fn timestamp() -> RefOr<Schema> {
+    let millis = ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .minimum(Some(0))
+        .maximum(Some(TIME_MS_MAX));
+    let null = ObjectBuilder::new().schema_type(Type::Null);
+    OneOfBuilder::new()
+        .item(millis)
+        .item(time_text())
+        .item(null)
+        .description(Some(
+            "When the hit happened (default: now). A time outside the last 7 days and the next 5 \
+             minutes, or older than the resource's retention, is answered 422.",
+        ))
+        .into()
+}
+
+impl IntoParams for HitsQuery {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let granularity = || Tier::schema();
+        let time = time_text;
+        // One shape per way of naming the window; `additionalProperties: false` makes them
+        // exclusive, as `plan` does.
+        let shape = |description: &str| {
+            ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+                .property("granularity", granularity())
+                .description(Some(description))
+        };
+        let schema: RefOr<Schema> = OneOfBuilder::new()
+            .item(shape("The last 24 hours"))
+            .item(
+                shape("A window ending now: a number and a unit (s, m, h, d, w), e.g. `24h`")
+                    .property(
+                        "window",
+                        ObjectBuilder::new()
+                            .schema_type(Type::String)
+                            .pattern(Some(WINDOW_PATTERN)),
+                    )
+                    .required("window"),
+            )
+            .item(
+                shape("From start_time (inclusive) to end_time (exclusive)")
+                    .property("start_time", time())
+                    .property("end_time", time())
+                    .required("start_time")
+                    .required("end_time"),
+            )
+            .into();
+        vec![
+            ParameterBuilder::new()
+                .name("window")
+                .parameter_in(ParameterIn::Query)
+                .required(Required::False)
+                .style(Some(ParameterStyle::Form))
+                .explode(Some(true))
+                .description(Some(
+                    "Either `window`, or `start_time` and `end_time`, or neither (the last 24 \
+                     hours); and optionally `granularity`, the width of each series point \
+                     (chosen from the window if absent)",
+                ))
+                .schema(Some(schema))
+                .build(),
+        ]
+    }
+}
