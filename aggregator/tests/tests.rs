@@ -9,3 +9,4 @@ mod api;
 mod deltas;
 mod durability;
 mod faults;
+mod patterns;
