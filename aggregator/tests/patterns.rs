@@ -578,3 +578,47 @@ async fn stores_create_resources_if_absent_idempotently() {
         .unwrap();
     assert_eq!(current.len(), 3);
 }
+
+/// A bound holds across aggregators on one database at once, not only after the 5 s reload:
+/// before creating, each reads the resources created lately through any of them.
+#[tokio::test]
+async fn a_second_aggregator_respects_the_bound_before_its_reload() {
+    let directory = tempfile::TempDir::new().unwrap();
+    let first = TestServer::start_with(test_config(directory.path())).await;
+    let (status, _) = Api::admin(&first)
+        .post(
+            "/patterns",
+            json!({"pattern": "shop.*", "resources_max": 2}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let second = TestServer::start_with(test_config(directory.path())).await;
+    let (status, value) = post_delta(
+        &first,
+        &batch_from(
+            crate::support::EDGE_ID,
+            9,
+            0,
+            &[("shop.a", 1, &[]), ("shop.b", 1, &[])],
+        ),
+    )
+    .await;
+    assert_eq!((status, value["hits"].as_u64()), (StatusCode::OK, Some(2)));
+    // The second aggregator's cache has neither yet; the pattern is full all the same.
+    let (status, value) = post_delta(
+        &second,
+        &batch_from(crate::support::EDGE_ID, 9, 1, &[("shop.c", 1, &[])]),
+    )
+    .await;
+    assert_eq!(
+        (status, value["unknown_resource_entries"].as_u64()),
+        (StatusCode::OK, Some(1)),
+        "{value}"
+    );
+    let api = Api::admin(&second);
+    assert_eq!(pattern(&api, "shop.*").await["resources"], 2);
+    let (status, _) = api.get("/resources/shop.c").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    second.stop().await;
+    first.stop().await;
+}
