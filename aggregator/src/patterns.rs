@@ -463,6 +463,10 @@ pub enum Admission {
 
 /// The ids among `entries` (sorted by resource, as batches are) that the cache does not have.
 pub fn missing_in(state: &AppState, entries: &[DeltaEntry]) -> Vec<Missing> {
+    let cache = state
+        .resources
+        .read()
+        .unwrap_or_else(|poison| poison.into_inner());
     let mut missing: Vec<Missing> = Vec::new();
     for entry in entries {
         match missing.last_mut() {
@@ -470,7 +474,7 @@ pub fn missing_in(state: &AppState, entries: &[DeltaEntry]) -> Vec<Missing> {
                 last.entries += 1;
                 last.hits += entry.hits;
             }
-            _ if state.resource_exists(&entry.resource_id) => {}
+            _ if cache.contains_key(&entry.resource_id) => {}
             _ => missing.push(Missing {
                 resource_id: entry.resource_id.clone(),
                 entries: 1,
@@ -491,21 +495,35 @@ pub async fn admit(
     admission: Admission,
     now_ms: u64,
 ) -> Result<Vec<Refusal>, StoreError> {
-    let _creating = state.patterns.creating.lock().await;
-    // Another request may have created some while this one waited.
-    missing.retain(|item| !state.resource_exists(&item.resource_id));
-    if missing.is_empty() {
-        return Ok(Vec::new());
-    }
+    let registry = &state.patterns.registry;
+    let may_create = missing
+        .iter()
+        .any(|item| registry.longest_match(&item.resource_id).is_some());
+    // The ids may have been created through another aggregator since the last reload; and when
+    // something may be created here, so may others under the same prefixes lately, which count
+    // toward the bounds.
     let ids = missing
         .iter()
         .map(|item| item.resource_id.clone())
         .collect();
-    let current = state
-        .store
-        .resources_current(ids, now_ms.saturating_sub(RECENT_RESOURCES_MS))
-        .await?;
+    let created_since_ms = may_create.then(|| now_ms.saturating_sub(RECENT_RESOURCES_MS));
+    let current = state.store.resources_current(ids, created_since_ms).await?;
     state.insert_resources(current);
+    missing.retain(|item| !state.resource_exists(&item.resource_id));
+    if !may_create {
+        return Ok(missing
+            .into_iter()
+            .map(|item| Refusal {
+                resource_id: item.resource_id,
+                reason: RefusalReason::NoPattern,
+                pattern: None,
+                entries: item.entries,
+                hits: item.hits,
+            })
+            .collect());
+    }
+    let _creating = state.patterns.creating.lock().await;
+    // Another request of this aggregator may have created some while this one waited.
     missing.retain(|item| !state.resource_exists(&item.resource_id));
 
     let mut refusals = Vec::new();

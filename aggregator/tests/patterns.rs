@@ -572,11 +572,16 @@ async fn stores_create_resources_if_absent_idempotently() {
     let current = store
         .resources_current(
             vec!["other".to_owned()],
-            hitcount_aggregator::now_ms() - 60_000,
+            Some(hitcount_aggregator::now_ms() - 60_000),
         )
         .await
         .unwrap();
     assert_eq!(current.len(), 3);
+    let asked = store
+        .resources_current(vec!["other".to_owned(), "never".to_owned()], None)
+        .await
+        .unwrap();
+    assert_eq!(asked.len(), 1);
 }
 
 /// A bound holds across aggregators on one database at once, not only after the 5 s reload:

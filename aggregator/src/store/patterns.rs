@@ -36,7 +36,7 @@ impl Backend {
     async fn resources_current(
         &self,
         ids: Vec<String>,
-        created_since_ms: u64,
+        created_since_ms: Option<u64>,
     ) -> Result<Vec<ResourceRecord>, StoreError> {
         forward!(self, resources_current(ids, created_since_ms))
     }
@@ -70,12 +70,12 @@ impl Store {
         self.backend.add_refused_hits(counts).await
     }
 
-    /// The stored resources among `ids`, and every resource created since `created_since_ms`:
-    /// what a cache reloaded a few seconds ago may lack.
+    /// The stored resources among `ids`, and (if asked) every resource created since
+    /// `created_since_ms`: what a cache reloaded a few seconds ago may lack.
     pub async fn resources_current(
         &self,
         ids: Vec<String>,
-        created_since_ms: u64,
+        created_since_ms: Option<u64>,
     ) -> Result<Vec<ResourceRecord>, StoreError> {
         self.backend.resources_current(ids, created_since_ms).await
     }

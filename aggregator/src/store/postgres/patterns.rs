@@ -95,14 +95,15 @@ impl PgStore {
     pub async fn resources_current(
         &self,
         ids: Vec<String>,
-        created_since_ms: u64,
+        created_since_ms: Option<u64>,
     ) -> Result<Vec<ResourceRecord>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, name, retention_days, created_at_ms FROM resources
              WHERE id = ANY($1) OR created_at_ms >= $2 ORDER BY id",
         )
         .bind(&ids)
-        .bind(signed(created_since_ms))
+        // No time asked for: a time no row has reached.
+        .bind(created_since_ms.map_or(i64::MAX, signed))
         .fetch_all(&self.pool)
         .await
         .map_err(classify)?;

@@ -88,7 +88,7 @@ impl SqliteStore {
     pub async fn resources_current(
         &self,
         ids: Vec<String>,
-        created_since_ms: u64,
+        created_since_ms: Option<u64>,
     ) -> Result<Vec<ResourceRecord>, StoreError> {
         self.read(move |connection| {
             let snapshot = connection.unchecked_transaction()?;
@@ -102,13 +102,15 @@ impl SqliteStore {
                         found.insert(record.id.clone(), record);
                     }
                 }
-                let mut recent = snapshot.prepare_cached(
-                    "SELECT id, name, retention_days, created_at_ms FROM resources
-                     WHERE created_at_ms >= ?1",
-                )?;
-                for record in recent.query_map([millis(created_since_ms)], resource_row)? {
-                    let record = record?;
-                    found.insert(record.id.clone(), record);
+                if let Some(since_ms) = created_since_ms {
+                    let mut recent = snapshot.prepare_cached(
+                        "SELECT id, name, retention_days, created_at_ms FROM resources
+                         WHERE created_at_ms >= ?1",
+                    )?;
+                    for record in recent.query_map([millis(since_ms)], resource_row)? {
+                        let record = record?;
+                        found.insert(record.id.clone(), record);
+                    }
                 }
             }
             snapshot.commit()?;
