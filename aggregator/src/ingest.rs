@@ -191,10 +191,10 @@ async fn commit(store: &Store, window: &mut WindowCounts) -> Result<(), IngestEr
     match outcome {
         Ok(ApplyOutcome::Applied(applied)) => {
             metrics::counter!("hitcount_hits_committed_total").increment(applied.hits);
-            if applied.unknown_resource_entries > 0 {
+            if applied.unknown_resource_hits > 0 {
                 // The resource was deleted between validation and commit.
-                metrics::counter!("hitcount_hits_dropped_deleted_resource_total")
-                    .increment(hits - applied.hits);
+                metrics::counter!("hitcount_resources_refused_total", "reason" => "deleted")
+                    .increment(applied.unknown_resource_hits);
             }
             Ok(())
         }

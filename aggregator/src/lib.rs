@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod ingest;
+pub mod patterns;
 pub mod query;
 pub mod rate_limit;
 pub mod state;
@@ -104,6 +105,11 @@ impl Aggregator {
             .into_iter()
             .map(|record| (record.id.clone(), record))
             .collect();
+        let patterns = crate::patterns::Patterns::default();
+        patterns.registry.replace(
+            store.patterns().await.context("loading patterns")?,
+            &resources,
+        );
         let (ingestor, ingest_task) = Ingestor::start(
             store.clone(),
             config.ack,
@@ -115,6 +121,7 @@ impl Aggregator {
             store,
             ingestor,
             resources: RwLock::new(resources),
+            patterns,
             tokens,
             edge_keys,
             metrics: metrics_handle(),
@@ -145,7 +152,10 @@ impl Aggregator {
     pub async fn shutdown(self) {
         self.state.ingestor.shutdown().await;
         let _ = self.ingest_task.await;
+        // Stopped first, so that no flush of its own is cut off halfway by the abort.
         self.maintenance_task.abort();
+        let _ = self.maintenance_task.await;
+        crate::patterns::flush_refusals(&self.state).await;
     }
 }
 
@@ -225,10 +235,12 @@ async fn maintain(state: SharedState) {
                         }
                     }
                     *cache = loaded;
+                    state.patterns.registry.recount(&cache);
                 }
                 Err(error) => tracing::warn!(%error, "reloading resources failed; will retry"),
             }
         }
+        crate::patterns::maintain(&state, ticks.is_multiple_of(RESOURCE_RELOAD_TICKS)).await;
         if ticks.is_multiple_of(retention_every) {
             match state.store.prune(now_ms()).await {
                 Ok(pruned) => {

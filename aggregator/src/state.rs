@@ -8,6 +8,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::auth::{EdgeKeyRegistry, TokenRegistry};
 use crate::config::Config;
 use crate::ingest::Ingestor;
+use crate::patterns::Patterns;
 use crate::rate_limit::RateLimits;
 use crate::store::{ResourceRecord, Store};
 
@@ -19,6 +20,8 @@ pub struct AppState {
     /// Resources by id, loaded at start and kept in step with every create and delete, so that
     /// validating a hit costs no store round trip.
     pub resources: RwLock<BTreeMap<String, ResourceRecord>>,
+    /// Resource patterns, with their resource counts kept in step with `resources`.
+    pub patterns: Patterns,
     pub tokens: TokenRegistry,
     pub edge_keys: EdgeKeyRegistry,
     pub limits: RateLimits,
@@ -50,5 +53,33 @@ impl AppState {
             .read()
             .unwrap_or_else(|poison| poison.into_inner())
             .contains_key(id)
+    }
+
+    /// Adds resources to the cache (replacing cached records of the same id), keeping the
+    /// patterns' counts in step under the same lock.
+    pub fn insert_resources(&self, records: impl IntoIterator<Item = ResourceRecord>) {
+        let mut cache = self
+            .resources
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner());
+        for record in records {
+            let id = record.id.clone();
+            if cache.insert(id.clone(), record).is_none() {
+                self.patterns.registry.resource_added(&id);
+            }
+        }
+    }
+
+    /// Removes a resource from the cache, keeping the patterns' counts in step.
+    pub fn remove_resource(&self, id: &str) -> Option<ResourceRecord> {
+        let mut cache = self
+            .resources
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let removed = cache.remove(id);
+        if removed.is_some() {
+            self.patterns.registry.resource_removed(id);
+        }
+        removed
     }
 }

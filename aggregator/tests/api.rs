@@ -651,19 +651,7 @@ async fn operations_endpoints_and_openapi() {
         ("/metrics", "get", &[200]),
         ("/openapi.json", "get", &[200]),
     ];
-    for (path, method, statuses) in promised {
-        let responses = &document["paths"][path][method]["responses"];
-        assert!(
-            responses.is_object(),
-            "{method} {path} is missing from the OpenAPI document"
-        );
-        for status in *statuses {
-            assert!(
-                responses.get(status.to_string()).is_some(),
-                "{method} {path} lacks {status}"
-            );
-        }
-    }
+    crate::support::assert_documented(&document, promised);
     server.stop().await;
 }
 

@@ -521,3 +521,20 @@ impl BinaryServer {
         }
     }
 }
+
+/// Asserts that the OpenAPI `document` lists every (path, method, statuses) of `promised`.
+pub fn assert_documented(document: &Value, promised: &[(&str, &str, &[u16])]) {
+    for (path, method, statuses) in promised {
+        let responses = &document["paths"][path][method]["responses"];
+        assert!(
+            responses.is_object(),
+            "{method} {path} is missing from the OpenAPI document"
+        );
+        for status in *statuses {
+            assert!(
+                responses.get(status.to_string()).is_some(),
+                "{method} {path} lacks {status}"
+            );
+        }
+    }
+}

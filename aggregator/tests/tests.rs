@@ -11,3 +11,4 @@ mod deltas;
 mod deltas_fuzz;
 mod durability;
 mod faults;
+mod patterns;

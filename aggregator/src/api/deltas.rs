@@ -15,8 +15,9 @@ use utoipa::ToSchema;
 
 use crate::error::{ApiError, ErrorBody};
 use crate::now_ms;
+use crate::patterns::{self, Admission};
 use crate::state::SharedState;
-use crate::store::{ApplyOutcome, BatchKey, DELTA_AGE_MS_MAX};
+use crate::store::{ApplyOutcome, BatchKey, DELTA_AGE_MS_MAX, StoreError};
 
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -36,7 +37,9 @@ pub struct DeltaResponse {
     /// Hits merged (absent for duplicates).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hits: Option<u64>,
-    /// Entries for resources that do not exist; they are not counted and need no retry.
+    /// Entries refused because their resource does not exist and no pattern created it (none
+    /// matches, or the pattern is full; see `GET /unknown-resources`), or because it was deleted
+    /// meanwhile. They are not counted and need no retry.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unknown_resource_entries: Option<u64>,
     /// Entries older than their resource's retention; not counted.
@@ -157,26 +160,45 @@ pub async fn apply(
         sequence: batch.header.sequence,
         body_sha256: Sha256::digest(&body).into(),
     };
+    let unavailable = |error: StoreError| {
+        tracing::warn!(%error, edge_id = %signer, "applying a delta failed");
+        ApiError::Unavailable {
+            message: "the store could not apply the batch; it was not applied, retry".to_owned(),
+            retry_after_s: 1,
+        }
+    };
+    // Resources the cache lacks are created first where a pattern allows; the rest are left out
+    // of the merge, so that what is reported refused is exactly what was not counted.
+    let missing = patterns::missing_in(&state, &batch.entries);
+    let mut entries = batch.entries;
+    let refusals = if missing.is_empty() {
+        Vec::new()
+    } else {
+        let refusals = patterns::admit(&state, missing, Admission::WhatFits, now)
+            .await
+            .map_err(unavailable)?;
+        let refused = patterns::refused_ids(&refusals);
+        entries.retain(|entry| !refused.contains(entry.resource_id.as_str()));
+        refusals
+    };
     let outcome = state
         .store
-        .apply(batch.entries, Some(key), now)
+        .apply(entries, Some(key), now)
         .await
-        .map_err(|error| {
-            tracing::warn!(%error, edge_id = %signer, "applying a delta failed");
-            ApiError::Unavailable {
-                message: "the store could not apply the batch; it was not applied, retry"
-                    .to_owned(),
-                retry_after_s: 1,
-            }
-        })?;
+        .map_err(unavailable)?;
     match outcome {
-        ApplyOutcome::Applied(applied) => {
+        ApplyOutcome::Applied(mut applied) => {
             metrics::counter!("hitcount_deltas_applied_total").increment(1);
             metrics::counter!("hitcount_delta_hits_applied_total").increment(applied.hits);
-            if applied.unknown_resource_entries > 0 {
-                metrics::counter!("hitcount_delta_entries_unknown_resource_total")
-                    .increment(applied.unknown_resource_entries);
+            // Counted only once applied: a replay answers `duplicate` and refuses nothing again.
+            patterns::record_refusals(&state, &refusals, now);
+            if applied.unknown_resource_hits > 0 {
+                // Known when admitted, gone when merged: deleted meanwhile.
+                metrics::counter!("hitcount_resources_refused_total", "reason" => "deleted")
+                    .increment(applied.unknown_resource_hits);
             }
+            applied.unknown_resource_entries +=
+                refusals.iter().map(|refusal| refusal.entries).sum::<u64>();
             tracing::debug!(edge_id = %signer, sequence = batch.header.sequence, hits = applied.hits, "delta applied");
             Ok((
                 StatusCode::OK,

@@ -1,5 +1,7 @@
 //! Recording hits directly and querying counts.
 
+use std::collections::HashMap;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -12,6 +14,7 @@ use crate::auth::{Caller, Scope};
 use crate::error::{ApiError, ErrorBody};
 use crate::ingest::{IngestError, ValidHit};
 use crate::now_ms;
+use crate::patterns::{self, Admission, Missing, Refusal, RefusalReason};
 use crate::query::{self, HitsQuery, HitsResponse};
 use crate::state::SharedState;
 use crate::store::{DAY_MS, DELTA_AGE_MS_MAX};
@@ -109,12 +112,15 @@ pub struct Accepted {
     pub accepted: usize,
 }
 
-fn validate(state: &SharedState, hit: HitInput, now_ms: u64) -> Result<ValidHit, ApiError> {
+/// Checks a hit to a resource with `retention` (`None`: there is no such resource).
+fn validate(
+    hit: HitInput,
+    retention: Option<Option<u32>>,
+    now_ms: u64,
+) -> Result<ValidHit, ApiError> {
     hitcount_wire::validate_resource_id(&hit.resource_id)
         .map_err(|error| ApiError::bad_request("invalid_resource_id", error.to_string()))?;
-    let retention_days = state
-        .resource_retention(&hit.resource_id)
-        .ok_or_else(|| unknown_resource(&hit.resource_id))?;
+    let retention_days = retention.ok_or_else(|| unknown_resource(&hit.resource_id))?;
     let timestamp_ms = match hit.timestamp {
         None => now_ms,
         Some(TimeInput::Millis(ms)) if ms > query::TIME_MS_MAX => {
@@ -160,6 +166,55 @@ fn validate(state: &SharedState, hit: HitInput, now_ms: u64) -> Result<ValidHit,
     })
 }
 
+/// The syntactically valid ids of `inputs` the cache lacks, with their hits (invalid ids are
+/// refused by validation before anything is created).
+fn missing_resources(state: &SharedState, inputs: &[HitInput]) -> Vec<Missing> {
+    let mut missing: HashMap<&str, Missing> = HashMap::new();
+    for hit in inputs {
+        if let Some(item) = missing.get_mut(hit.resource_id.as_str()) {
+            item.hits += 1;
+        } else if hitcount_wire::validate_resource_id(&hit.resource_id).is_ok()
+            && !state.resource_exists(&hit.resource_id)
+        {
+            missing.insert(
+                &hit.resource_id,
+                Missing {
+                    resource_id: hit.resource_id.clone(),
+                    entries: 1,
+                    hits: 1,
+                },
+            );
+        }
+    }
+    missing.into_values().collect()
+}
+
+/// The answer to a request with refused unknown resources, if any: 404 when an id matches no
+/// pattern, else 409 `pattern_full`.
+fn refusal_error(refusals: &[Refusal]) -> Option<ApiError> {
+    let refusal = refusals
+        .iter()
+        .find(|refusal| refusal.reason == RefusalReason::NoPattern)
+        .or_else(|| refusals.first())?;
+    Some(match refusal.reason {
+        RefusalReason::NoPattern => ApiError::NotFound(format!(
+            "no resource with id {:?}, and no pattern matches it (create it with POST /resources, \
+             or a pattern with POST /patterns); nothing in the request was counted",
+            refusal.resource_id
+        )),
+        RefusalReason::PatternFull => ApiError::Conflict {
+            code: "pattern_full",
+            message: format!(
+                "resource {:?} would be created by pattern {:?}, which has reached its \
+                 resources_max; raise it or delete resources under it. Nothing in the request \
+                 was counted",
+                refusal.resource_id,
+                refusal.pattern.as_deref().unwrap_or_default()
+            ),
+        },
+    })
+}
+
 #[utoipa::path(
     post, path = "/hits", tag = "hits",
     request_body = HitsBody,
@@ -168,7 +223,8 @@ fn validate(state: &SharedState, hit: HitInput, now_ms: u64) -> Result<ValidHit,
         (status = 400, description = "Malformed JSON, a body of neither shape, or a field outside its schema", body = ErrorBody),
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
         (status = 403, description = "Token lacks the ingest scope", body = ErrorBody),
-        (status = 404, description = "Unknown resource; nothing in the request was counted", body = ErrorBody),
+        (status = 404, description = "Unknown resource and no pattern matches it; nothing in the request was counted", body = ErrorBody),
+        (status = 409, description = "`pattern_full`: an unknown resource's pattern has reached its resources_max; nothing in the request was counted", body = ErrorBody),
         (status = 413, description = "Body over 1 MiB", body = ErrorBody),
         (status = 415, description = "Body is not `application/json`", body = ErrorBody),
         (status = 422, description = "A timestamp outside the last 7 days and the next 5 minutes, or older than the resource's retention; nothing was counted", body = ErrorBody),
@@ -194,10 +250,43 @@ pub async fn record(
         ));
     }
     let now = now_ms();
+    let missing = missing_resources(&state, &inputs);
+    // A missing id is checked against the retention its pattern would give it, so that a request
+    // refused for its content creates nothing.
+    let tentative: HashMap<&str, Option<u32>> = missing
+        .iter()
+        .map(|item| {
+            let retention = state
+                .patterns
+                .registry
+                .longest_match(&item.resource_id)
+                .and_then(|found| found.retention_days);
+            (item.resource_id.as_str(), retention)
+        })
+        .collect();
     let hits = inputs
         .into_iter()
-        .map(|hit| validate(&state, hit, now))
+        .map(|hit| {
+            let retention = state
+                .resource_retention(&hit.resource_id)
+                .or_else(|| tentative.get(hit.resource_id.as_str()).copied());
+            validate(hit, retention, now)
+        })
         .collect::<Result<Vec<_>, _>>()?;
+    if !missing.is_empty() {
+        let refusals = patterns::admit(&state, missing, Admission::AllOrNothing, now).await?;
+        if let Some(error) = refusal_error(&refusals) {
+            patterns::record_refusals(&state, &refusals, now);
+            return Err(error);
+        }
+        // Created meanwhile and deleted again: as if it never existed.
+        if let Some(hit) = hits
+            .iter()
+            .find(|hit| !state.resource_exists(&hit.resource_id))
+        {
+            return Err(unknown_resource(&hit.resource_id));
+        }
+    }
     let accepted = hits.len();
     state.ingestor.submit(hits).await.map_err(|error| {
         let message = match error {

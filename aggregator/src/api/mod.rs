@@ -6,6 +6,7 @@ mod deltas;
 mod extract;
 mod health;
 mod hits;
+mod patterns;
 mod resources;
 mod schemas;
 
@@ -47,6 +48,9 @@ const ROUTES: &[&str] = &[
     "/tokens/{token_id}",
     "/edge-keys",
     "/edge-keys/{edge_id}",
+    "/patterns",
+    "/patterns/{pattern}",
+    "/unknown-resources",
     "/healthz",
     "/readyz",
     "/metrics",
@@ -89,6 +93,11 @@ pub fn validate_name(name: &str) -> Result<String, ApiError> {
         admin::create_edge_key,
         admin::list_edge_keys,
         admin::delete_edge_key,
+        patterns::create,
+        patterns::list,
+        patterns::get_one,
+        patterns::delete_one,
+        patterns::unknown_resources,
         health::healthz,
         health::readyz,
         health::metrics,
@@ -230,6 +239,12 @@ pub fn router(state: SharedState) -> Router {
             post(admin::create_edge_key).get(admin::list_edge_keys),
         )
         .route("/edge-keys/{edge_id}", delete(admin::delete_edge_key))
+        .route("/patterns", post(patterns::create).get(patterns::list))
+        .route(
+            "/patterns/{pattern}",
+            get(patterns::get_one).delete(patterns::delete_one),
+        )
+        .route("/unknown-resources", get(patterns::unknown_resources))
         .layer(extract::body_limit(JSON_BODY_BYTES_MAX))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

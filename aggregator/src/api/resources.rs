@@ -137,11 +137,7 @@ pub async fn create(
         }
     }
     let body = ResourceBody::from(&record);
-    state
-        .resources
-        .write()
-        .unwrap_or_else(|poison| poison.into_inner())
-        .insert(record.id.clone(), record);
+    state.insert_resources([record]);
     tracing::info!(resource_id = %body.resource_id, "resource created");
     Ok((StatusCode::CREATED, Json(body)))
 }
@@ -249,10 +245,7 @@ pub async fn delete_one(
     caller.require(Scope::Admin)?;
     // Forget it first, so hits arriving from now on are refused while the counts are purged.
     let removed = state
-        .resources
-        .write()
-        .unwrap_or_else(|poison| poison.into_inner())
-        .remove(&resource_id)
+        .remove_resource(&resource_id)
         .ok_or_else(|| unknown_resource(&resource_id))?;
     match state.store.delete_resource(resource_id.clone()).await {
         Ok(_) => {
@@ -260,11 +253,7 @@ pub async fn delete_one(
             Ok(StatusCode::NO_CONTENT)
         }
         Err(error) => {
-            state
-                .resources
-                .write()
-                .unwrap_or_else(|poison| poison.into_inner())
-                .insert(resource_id, removed);
+            state.insert_resources([removed]);
             Err(error.into())
         }
     }

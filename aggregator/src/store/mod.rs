@@ -127,6 +127,8 @@ pub struct Applied {
     pub hits: u64,
     /// Entries for resources that do not exist (never created, or deleted): not counted.
     pub unknown_resource_entries: u64,
+    /// The hits of those entries.
+    pub unknown_resource_hits: u64,
     /// Entries older than their resource's retention: not counted.
     pub expired_entries: u64,
 }
@@ -226,6 +228,10 @@ macro_rules! forward {
         }
     };
 }
+
+// After `forward!`, which it uses (a macro is visible only below its definition).
+mod patterns;
+pub use patterns::PatternRecord;
 
 impl Backend {
     pub async fn apply(

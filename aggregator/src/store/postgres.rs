@@ -16,6 +16,9 @@ use hitcount_wire::{DeltaEntry, MINUTE_MS, Sketch};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 
+// Resource patterns and resources created on first sight (`postgres/patterns.rs`).
+mod patterns;
+
 use super::{
     Applied, ApplyOutcome, BatchKey, COMPACTION_ROWS_MAX, CountCell, CreateOutcome,
     DEDUPE_RETENTION_MS, EMPTY_SKETCH, Pruned, RETENTION_DELETE_ROWS_MAX, ResourceRecord,
@@ -285,18 +288,7 @@ impl PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(classify)?;
-        rows.into_iter()
-            .map(|row| {
-                let retention: Option<i32> = row.try_get(2)?;
-                Ok(ResourceRecord {
-                    id: row.try_get(0)?,
-                    name: row.try_get(1)?,
-                    retention_days: retention.map(|days| days.max(0) as u32),
-                    created_at_ms: unsigned(row.try_get(3)?),
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(classify)
+        patterns::resource_rows(rows)
     }
 
     pub async fn delete_resource(&self, id: String) -> Result<bool, StoreError> {
@@ -521,6 +513,7 @@ async fn apply_in(
     for entry in entries {
         let Some(retention_days) = retention.get(&entry.resource_id) else {
             applied.unknown_resource_entries += 1;
+            applied.unknown_resource_hits += entry.hits;
             continue;
         };
         let retention_days = retention_days.map(|days| days.max(0) as u32);

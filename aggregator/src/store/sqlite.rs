@@ -35,6 +35,9 @@ fn classify(error: rusqlite::Error) -> StoreError {
     }
 }
 
+// Resource patterns and resources created on first sight (`sqlite/patterns.rs`).
+mod patterns;
+
 use super::{
     Applied, ApplyOutcome, BatchKey, COMPACTION_ROWS_MAX, CountCell, CreateOutcome,
     DEDUPE_RETENTION_MS, EMPTY_SKETCH, Pruned, RETENTION_DELETE_ROWS_MAX, ResourceRecord,
@@ -65,7 +68,8 @@ impl std::fmt::Debug for SqliteStore {
 
 /// Schema versions, applied in order and recorded in `PRAGMA user_version`. A hand-written list:
 /// the embedded store has one schema and this is all a migration crate would do for it.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE resources (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -111,7 +115,18 @@ CREATE TABLE edge_keys (
     secret BLOB NOT NULL,
     created_at_ms INTEGER NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE patterns (
+    pattern TEXT PRIMARY KEY,
+    resources_max INTEGER NOT NULL,
+    retention_days INTEGER,
+    refused_hits INTEGER NOT NULL DEFAULT 0,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE INDEX resources_by_creation ON resources (created_at_ms);
+"#,
+];
 
 fn configure(connection: &Connection) -> rusqlite::Result<()> {
     connection.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))?;
@@ -338,14 +353,7 @@ impl SqliteStore {
             let mut statement = connection.prepare(
                 "SELECT id, name, retention_days, created_at_ms FROM resources ORDER BY id",
             )?;
-            let rows = statement.query_map([], |row| {
-                Ok(ResourceRecord {
-                    id: row.get(0)?,
-                    name: row.get(1)?,
-                    retention_days: row.get(2)?,
-                    created_at_ms: unmillis(row.get(3)?),
-                })
-            })?;
+            let rows = statement.query_map([], patterns::resource_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
@@ -684,6 +692,7 @@ fn apply_blocking(
             };
             let Some(retention_days) = retention else {
                 applied.unknown_resource_entries += 1;
+                applied.unknown_resource_hits += entry.hits;
                 continue;
             };
             let Some(buckets) = entry_buckets(entry, retention_days, now_ms) else {
