@@ -18,7 +18,9 @@ use hitcount_aggregator::auth::{Scope, generate_token, random_hex, token_digest}
 use hitcount_aggregator::config::{Config as AggregatorConfig, EdgeKey};
 use hitcount_aggregator::store::TokenRecord;
 use hitcount_edge::Edge;
-use hitcount_edge::config::{Config as EdgeConfig, WINDOW_MS_DEFAULT, WINDOW_MS_MAX, WINDOW_MS_MIN};
+use hitcount_edge::config::{
+    Config as EdgeConfig, WINDOW_MS_DEFAULT, WINDOW_MS_MAX, WINDOW_MS_MIN,
+};
 use hitcount_process::now_ms;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -96,7 +98,8 @@ pub struct DevStack {
     pub edge_address: SocketAddr,
     pub aggregator_address: SocketAddr,
     pub session_token: String,
-    stop: watch::Sender<bool>,
+    stop_edge: watch::Sender<bool>,
+    stop_aggregator: watch::Sender<bool>,
     aggregator_task: tokio::task::JoinHandle<anyhow::Result<()>>,
     edge_task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -105,8 +108,11 @@ impl DevStack {
     /// Stops the edge first (it delivers its last windows to the still running aggregator),
     /// then the aggregator (which commits what it queued).
     pub async fn stop(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(true);
-        self.edge_task.await.context("the edge task panicked")??;
+        let _ = self.stop_edge.send(true);
+        let edge_stopped = self.edge_task.await.context("the edge task panicked");
+        // Only now: the edge's last delivery needed the aggregator.
+        let _ = self.stop_aggregator.send(true);
+        edge_stopped??;
         self.aggregator_task
             .await
             .context("the aggregator task panicked")??;
@@ -164,11 +170,12 @@ pub async fn start(settings: &DevSettings) -> anyhow::Result<DevStack> {
         .local_addr()
         .context("reading the edge's address")?;
 
-    let (stop, stop_receiver) = watch::channel(false);
+    let (stop_aggregator, aggregator_stopped) = watch::channel(false);
+    let (stop_edge, edge_stopped) = watch::channel(false);
     let aggregator_task = tokio::spawn(hitcount_aggregator::serve(
         aggregator_listener,
         aggregator,
-        stopped(stop_receiver.clone()),
+        stopped(aggregator_stopped),
     ));
     let aggregator_url = format!("http://{aggregator_address}");
     prepare_aggregator(&aggregator_url, &session_token).await?;
@@ -183,13 +190,14 @@ pub async fn start(settings: &DevSettings) -> anyhow::Result<DevStack> {
     let edge_task = tokio::spawn(hitcount_edge::serve(
         edge_listener,
         edge,
-        stopped(stop_receiver),
+        stopped(edge_stopped),
     ));
     Ok(DevStack {
         edge_address,
         aggregator_address,
         session_token,
-        stop,
+        stop_edge,
+        stop_aggregator,
         aggregator_task,
         edge_task,
     })

@@ -38,7 +38,9 @@ fn the_readme_shows_the_banner_commands_as_printed() {
     let readme = readme();
     let mut shown = 0;
     for line in banner.lines() {
-        let Some((_, command)) = line.split_once(':') else { continue };
+        let Some((_, command)) = line.split_once(':') else {
+            continue;
+        };
         let command = command.trim();
         if !command.starts_with("curl ") || command.contains("Bearer") {
             continue;

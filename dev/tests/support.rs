@@ -130,7 +130,11 @@ impl Drop for DevProcess {
 /// Runs `command` through `bash -c`, exactly as written; returns its standard output. Fails the
 /// test if it exits non-zero.
 pub fn run_shell(command: &str) -> String {
-    let output = Command::new("bash").arg("-c").arg(command).output().unwrap();
+    let output = Command::new("bash")
+        .arg("-c")
+        .arg(command)
+        .output()
+        .unwrap();
     assert!(
         output.status.success(),
         "`{command}` failed: {}\n{}",

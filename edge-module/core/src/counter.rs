@@ -4,8 +4,8 @@ use hitcount_wire::journal::put_journal_record;
 use hitcount_wire::{DeltaEntry, MINUTE_MS, WindowCounts};
 
 use crate::delivery::{Delivery, DeliveryFull};
-use crate::filter::{BotPolicy, BotVerdicts};
 use crate::filter::{self, HitRequest, Rejection};
+use crate::filter::{BotPolicy, BotVerdicts};
 use crate::{DAY_MS, VisitorHasher};
 
 /// What `record` did with a hit.

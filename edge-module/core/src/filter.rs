@@ -137,7 +137,11 @@ fn automaton(markers: &[&str]) -> aho_corasick::AhoCorasick {
 fn all_markers() -> &'static aho_corasick::AhoCorasick {
     static MARKERS: std::sync::OnceLock<aho_corasick::AhoCorasick> = std::sync::OnceLock::new();
     MARKERS.get_or_init(|| {
-        let all: Vec<&str> = BOT_MARKERS.iter().chain(HTTP_CLIENT_MARKERS).copied().collect();
+        let all: Vec<&str> = BOT_MARKERS
+            .iter()
+            .chain(HTTP_CLIENT_MARKERS)
+            .copied()
+            .collect();
         automaton(&all)
     })
 }
@@ -287,7 +291,12 @@ mod tests {
 
     #[test]
     fn http_clients_are_counted_only_under_their_policy() {
-        for client in ["curl/8.5.0", "Wget/1.21", "python-requests/2.31", "Go-http-client/1.1"] {
+        for client in [
+            "curl/8.5.0",
+            "Wget/1.21",
+            "python-requests/2.31",
+            "Go-http-client/1.1",
+        ] {
             assert!(is_bot(client), "{client} is refused in production");
             assert!(
                 !is_bot_under(client, BotPolicy::CountHttpClients),
@@ -295,7 +304,10 @@ mod tests {
             );
         }
         for bot in ["Googlebot/2.1", "HeadlessChrome/120", "", "  "] {
-            assert!(is_bot_under(bot, BotPolicy::CountHttpClients), "{bot:?} is a bot either way");
+            assert!(
+                is_bot_under(bot, BotPolicy::CountHttpClients),
+                "{bot:?} is a bot either way"
+            );
         }
         assert!(!is_bot_under(BROWSER, BotPolicy::RefuseHttpClients));
         let mut counting = BotVerdicts::new(BotPolicy::CountHttpClients);
