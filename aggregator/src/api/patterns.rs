@@ -2,12 +2,13 @@
 //! up to a bound; and `/unknown-resources`, what was refused for lack of one.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::ApiJson;
+use super::extract::ApiPath;
 use super::resources::RETENTION_DAYS_MAX;
 use crate::auth::{Caller, Scope};
 use crate::error::{ApiError, ErrorBody};
@@ -38,10 +39,12 @@ pub struct CreatePatternRequest {
     /// How many resources may exist under the prefix (explicitly created ones included) before
     /// new ids are refused; 1 to 1000000, default 10000.
     #[schema(minimum = 1, maximum = 1000000, default = 10000)]
+    #[serde(default, deserialize_with = "super::extract::optional_whole_number")]
     pub resources_max: Option<u64>,
     /// The retention of the resources the pattern creates (1 to 36500 days); absent keeps their
     /// day counts forever.
-    #[schema(minimum = 1, maximum = 36500)]
+    #[schema(schema_with = super::schemas::retention_days)]
+    #[serde(default, deserialize_with = "super::extract::optional_whole_number")]
     pub retention_days: Option<u32>,
 }
 
@@ -121,15 +124,18 @@ fn unknown_pattern(pattern: &str) -> ApiError {
 }
 
 #[utoipa::path(
-    post, path = "/patterns", tag = "patterns",
+    post, path = "/patterns", tag = "patterns", operation_id = "create_pattern",
     request_body = CreatePatternRequest,
     responses(
-        (status = 201, description = "Created; new ids under it are created on first sight", body = PatternBody),
+        (status = 201, description = "Created; new ids under it are created on first sight", body = PatternBody, links(
+            ("GetPattern" = (operation_id = "get_pattern", parameters(("pattern" = "$response.body#/pattern")))),
+            ("DeletePattern" = (operation_id = "delete_pattern", parameters(("pattern" = "$response.body#/pattern")))),
+        )),
         (status = 400, description = "Invalid pattern, resources_max or retention_days", body = ErrorBody),
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
         (status = 403, description = "Token lacks the admin scope", body = ErrorBody),
         (status = 409, description = "`pattern_exists`, or `too_many_patterns` (1000 exist)", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
         (status = 415, description = "Body is not JSON", body = ErrorBody),
         (status = 429, description = "Rate limited", body = ErrorBody),
         (status = 503, description = "The store is unavailable; nothing was created, retry", body = ErrorBody),
@@ -194,7 +200,7 @@ pub async fn create(
 }
 
 #[utoipa::path(
-    get, path = "/patterns", tag = "patterns",
+    get, path = "/patterns", tag = "patterns", operation_id = "list_patterns",
     responses(
         (status = 200, description = "Every pattern, with its resources and refusals now", body = PatternList),
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
@@ -220,13 +226,14 @@ pub async fn list(
 }
 
 #[utoipa::path(
-    get, path = "/patterns/{pattern}", tag = "patterns",
+    get, path = "/patterns/{pattern}", tag = "patterns", operation_id = "get_pattern",
     params(("pattern" = String, Path, description = "The pattern, such as `blog.*` (`*` may be sent as `%2A`)",
             max_length = 64, pattern = r"^[A-Za-z0-9._-]{0,63}\*$")),
     responses(
         (status = 200, description = "The pattern", body = PatternBody),
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
         (status = 403, description = "Token lacks the admin scope", body = ErrorBody),
+        (status = 400, description = "The path segment is not UTF-8", body = ErrorBody),
         (status = 404, description = "No such pattern", body = ErrorBody),
         (status = 429, description = "Rate limited", body = ErrorBody),
     ),
@@ -235,7 +242,7 @@ pub async fn list(
 pub async fn get_one(
     State(state): State<SharedState>,
     caller: Caller,
-    Path(pattern): Path<String>,
+    ApiPath(pattern): ApiPath<String>,
 ) -> Result<Json<PatternBody>, ApiError> {
     caller.require(Scope::Admin)?;
     let view = state
@@ -247,13 +254,14 @@ pub async fn get_one(
 }
 
 #[utoipa::path(
-    delete, path = "/patterns/{pattern}", tag = "patterns",
+    delete, path = "/patterns/{pattern}", tag = "patterns", operation_id = "delete_pattern",
     params(("pattern" = String, Path, description = "The pattern, such as `blog.*` (`*` may be sent as `%2A`)",
             max_length = 64, pattern = r"^[A-Za-z0-9._-]{0,63}\*$")),
     responses(
         (status = 204, description = "Deleted; the resources it created stay, new ids under it are refused"),
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
         (status = 403, description = "Token lacks the admin scope", body = ErrorBody),
+        (status = 400, description = "The path segment is not UTF-8", body = ErrorBody),
         (status = 404, description = "No such pattern", body = ErrorBody),
         (status = 429, description = "Rate limited", body = ErrorBody),
         (status = 503, description = "The store is unavailable; nothing was deleted, retry", body = ErrorBody),
@@ -263,7 +271,7 @@ pub async fn get_one(
 pub async fn delete_one(
     State(state): State<SharedState>,
     caller: Caller,
-    Path(pattern): Path<String>,
+    ApiPath(pattern): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require(Scope::Admin)?;
     if !state.store.delete_pattern(pattern.clone()).await? {
