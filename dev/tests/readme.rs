@@ -160,28 +160,24 @@ fn run_script(script: &str, directory: &std::path::Path, environment: &[(&str, &
     stdout
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn using_the_api() {
+#[test]
+fn using_the_api() {
     let _ports = DEFAULT_PORTS
         .lock()
         .unwrap_or_else(|poison| poison.into_inner());
     let directory = TempDir::new().unwrap();
-    let aggregator = hitcount_test_support::aggregator(
+    // The aggregator runs on this runtime's threads while the script runs on this one.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let aggregator = runtime.block_on(hitcount_test_support::aggregator(
         directory.path(),
         Some("127.0.0.1:8080".parse().unwrap()),
         &[],
-    )
-    .await;
-    let script = block_run_by("using_the_api");
-    let output = tokio::task::spawn_blocking(move || {
-        run_script(
-            &script,
-            &workspace_root(),
-            &[("HITCOUNT_TOKEN", ADMIN_TOKEN)],
-        )
-    })
-    .await
-    .unwrap();
+    ));
+    let output = run_script(
+        &block_run_by("using_the_api"),
+        &workspace_root(),
+        &[("HITCOUNT_TOKEN", ADMIN_TOKEN)],
+    );
     if let Some(at) = output.find("{\"error\":{\"code\"") {
         panic!(
             "a command failed: {}",
@@ -197,7 +193,7 @@ async fn using_the_api() {
     assert!(output.contains("\"edge_id\":\"edge-paris\""), "{output}");
     assert!(output.contains("hitcount_http_requests_total"), "{output}");
     assert!(output.contains("\"openapi\""), "{output}");
-    aggregator.stop().await;
+    runtime.block_on(aggregator.stop());
 }
 
 #[test]

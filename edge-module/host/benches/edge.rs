@@ -114,7 +114,7 @@ fn module_rates(duration_s: u64) {
     println!("\n## Recording in the component (one instance, one core)\n");
     println!("| path | hits/s | vs native core |");
     println!("|---|---|---|");
-    let now = hitcount_edge::now_ms();
+    let now = hitcount_process::now_ms();
     let duration = std::time::Duration::from_secs(duration_s);
 
     // Baseline: the same core, called natively.
