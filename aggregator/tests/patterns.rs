@@ -309,7 +309,7 @@ async fn direct_hits_create_resources_under_a_pattern_all_or_nothing() {
         .await;
     assert_eq!(
         (status, error_code(&value).as_str()),
-        (StatusCode::BAD_REQUEST, "invalid_timestamp")
+        (StatusCode::UNPROCESSABLE_ENTITY, "timestamp_out_of_range")
     );
     let (status, _) = api.get("/resources/app.w").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
