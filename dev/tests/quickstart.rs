@@ -20,8 +20,8 @@ const TARGET: &str = "wasm32-wasip2";
 /// A cold release build on two cores takes about a quarter of an hour.
 const FIRST_START_TIMEOUT: Duration = Duration::from_secs(45 * 60);
 
-/// The README's first command: the first line of the first `sh` block under "## Quickstart".
-fn first_readme_command(readme: &str) -> String {
+/// The lines of the first `sh` block under "## Quickstart": the README's two commands.
+fn quickstart_commands(readme: &str) -> Vec<String> {
     let quickstart = readme
         .split_once("## Quickstart")
         .expect("README.md has a Quickstart section")
@@ -30,7 +30,24 @@ fn first_readme_command(readme: &str) -> String {
         .split_once("```sh\n")
         .expect("the Quickstart has a sh block")
         .1;
-    block.lines().next().unwrap().to_owned()
+    block
+        .lines()
+        .take_while(|line| *line != "```")
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The block the README marks as run here after the first command.
+fn production_build_block(readme: &str) -> String {
+    let marker = "<!-- commands: run by dev/tests/quickstart.rs (on the clean clone, after the first command) -->";
+    let block = readme
+        .split_once(marker)
+        .expect("README.md marks its production build block")
+        .1
+        .split_once("```sh\n")
+        .unwrap()
+        .1;
+    block.split_once("\n```").unwrap().0.to_owned()
 }
 
 fn checked(command: &mut Command) -> String {
@@ -126,7 +143,13 @@ fn the_readme_quickstart_works_as_written_without_the_wasm_target() {
     let toolchain = toolchain_without_target(&home);
     let home_variable = home.to_str().unwrap().to_owned();
 
-    let command = first_readme_command(&readme());
+    let commands = quickstart_commands(&readme());
+    assert_eq!(
+        commands.len(),
+        2,
+        "the quickstart is two commands: {commands:?}"
+    );
+    let command = commands[0].clone();
     assert!(
         command.starts_with("cargo run"),
         "the first command: {command}"
@@ -160,18 +183,8 @@ fn the_readme_quickstart_works_as_written_without_the_wasm_target() {
             .any(|line| line == TARGET),
         "the build installed {TARGET} into the toolchain that lacked it"
     );
-    // What the README's second command needs is there too; CI runs it itself.
-    let second = readme()
-        .split_once("## Quickstart")
-        .unwrap()
-        .1
-        .split_once("```sh\n")
-        .unwrap()
-        .1
-        .lines()
-        .nth(1)
-        .unwrap()
-        .to_owned();
+    // The README's second command is CI's own test command.
+    let second = &commands[1];
     assert!(second.starts_with("cargo test --workspace"), "{second}");
     let ci = std::fs::read_to_string(workspace_root().join(".ci/run")).unwrap();
     let test_command = second.split('#').next().unwrap().trim();
@@ -179,4 +192,41 @@ fn the_readme_quickstart_works_as_written_without_the_wasm_target() {
         ci.contains(test_command),
         ".ci/run calls the README's test command `{test_command}`"
     );
+
+    // The production build and `hitcount-dev --help`, as the README writes them.
+    let output = Command::new("bash")
+        .args([
+            "-e",
+            "-o",
+            "pipefail",
+            "-c",
+            &production_build_block(&readme()),
+        ])
+        .current_dir(&clone)
+        .envs(environment)
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the production build block failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for flag in [
+        "--listen",
+        "--aggregator-listen",
+        "--data-dir",
+        "--window-ms",
+    ] {
+        assert!(
+            help.contains(flag),
+            "hitcount-dev --help names {flag}: {help}"
+        );
+    }
+    for binary in ["hitcount-aggregator", "hitcount-edge"] {
+        assert!(
+            target_dir.join("release").join(binary).is_file(),
+            "the build left {binary} in the release directory"
+        );
+    }
 }

@@ -56,9 +56,8 @@ impl DevProcess {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if lines_sender.send(line).is_err() {
-                    // Nobody listens any more; keep draining.
-                }
+                // Once nobody listens any more, the lines are only drained.
+                let _ = lines_sender.send(line);
             }
         });
         let mut banner = Vec::new();
