@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 
+use crate::merge::MERGE_INTERVAL_MS_MAX;
+
 /// Requests per second allowed per client address and per token by default.
 pub const RATE_LIMIT_PER_SECOND_DEFAULT: u32 = 1_000;
 
@@ -53,6 +55,11 @@ pub struct Args {
     /// can lose).
     #[arg(long, env = "HITCOUNT_FLUSH_INTERVAL_MS", default_value_t = FLUSH_INTERVAL_MS_DEFAULT)]
     pub flush_interval_ms: u64,
+
+    /// How long the first delta batch of a group waits for others before they are merged and
+    /// committed together, in ms (0: only what queued during the previous commit).
+    #[arg(long, env = "HITCOUNT_MERGE_INTERVAL_MS", default_value_t = crate::merge::MERGE_INTERVAL_MS_DEFAULT)]
+    pub merge_interval_ms: u64,
 
     /// Requests per second per client address (0 disables the limit).
     #[arg(long, env = "HITCOUNT_RATE_LIMIT_IP", default_value_t = RATE_LIMIT_PER_SECOND_DEFAULT)]
@@ -114,6 +121,7 @@ pub struct Config {
     pub edge_keys: Vec<EdgeKey>,
     pub ack: AckMode,
     pub flush_interval_ms: u64,
+    pub merge_interval_ms: u64,
     pub rate_limit_ip: u32,
     pub rate_limit_token: u32,
     pub retention_interval_s: u64,
@@ -134,6 +142,8 @@ pub enum ConfigError {
     AdminTokenShort,
     #[error("--flush-interval-ms must be between 1 and {FLUSH_INTERVAL_MS_MAX}")]
     FlushInterval,
+    #[error("--merge-interval-ms must be between 0 and {MERGE_INTERVAL_MS_MAX}")]
+    MergeInterval,
     #[error("--retention-interval-s must be between 1 and {RETENTION_INTERVAL_S_MAX}")]
     RetentionInterval,
     #[error("--database-url must be a postgres:// or postgresql:// URL")]
@@ -156,6 +166,7 @@ impl Config {
             edge_keys: Vec::new(),
             ack: AckMode::Durable,
             flush_interval_ms: FLUSH_INTERVAL_MS_DEFAULT,
+            merge_interval_ms: crate::merge::MERGE_INTERVAL_MS_DEFAULT,
             rate_limit_ip: RATE_LIMIT_PER_SECOND_DEFAULT,
             rate_limit_token: RATE_LIMIT_PER_SECOND_DEFAULT,
             retention_interval_s: 60,
@@ -204,6 +215,9 @@ impl TryFrom<Args> for Config {
         if !(1..=FLUSH_INTERVAL_MS_MAX).contains(&args.flush_interval_ms) {
             return Err(ConfigError::FlushInterval);
         }
+        if args.merge_interval_ms > MERGE_INTERVAL_MS_MAX {
+            return Err(ConfigError::MergeInterval);
+        }
         if !(1..=RETENTION_INTERVAL_S_MAX).contains(&args.retention_interval_s) {
             return Err(ConfigError::RetentionInterval);
         }
@@ -227,6 +241,7 @@ impl TryFrom<Args> for Config {
             edge_keys,
             ack: args.ack,
             flush_interval_ms: args.flush_interval_ms,
+            merge_interval_ms: args.merge_interval_ms,
             rate_limit_ip: args.rate_limit_ip,
             rate_limit_token: args.rate_limit_token,
             retention_interval_s: args.retention_interval_s,
@@ -272,6 +287,16 @@ mod tests {
             parse(&["--admin-token", "short"]),
             Err(ConfigError::AdminTokenShort)
         ));
+        assert!(matches!(
+            parse(&["--merge-interval-ms", "501"]),
+            Err(ConfigError::MergeInterval)
+        ));
+        assert_eq!(
+            parse(&["--merge-interval-ms", "0"])
+                .unwrap()
+                .merge_interval_ms,
+            0
+        );
     }
 
     #[test]

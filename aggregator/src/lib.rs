@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod ingest;
+pub mod merge;
 pub mod patterns;
 pub mod query;
 pub mod rate_limit;
@@ -27,6 +28,7 @@ use tokio::task::JoinHandle;
 use crate::auth::{BOOTSTRAP_TOKEN_ID, EdgeKeyRegistry, EdgeSecret, Scope, TokenRegistry};
 use crate::config::Config;
 use crate::ingest::Ingestor;
+use crate::merge::Merger;
 use crate::rate_limit::RateLimits;
 use crate::state::{AppState, SharedState};
 use crate::store::{Store, TokenRecord};
@@ -49,6 +51,7 @@ use hitcount_process::{metrics_handle, shutdown_signal};
 pub struct Aggregator {
     state: SharedState,
     ingest_task: JoinHandle<()>,
+    merge_task: JoinHandle<()>,
     maintenance_task: JoinHandle<()>,
     generated_admin_token: Option<String>,
 }
@@ -115,11 +118,16 @@ impl Aggregator {
             config.ack,
             Duration::from_millis(config.flush_interval_ms),
         );
+        let (merger, merge_task) = Merger::start(
+            store.clone(),
+            Duration::from_millis(config.merge_interval_ms),
+        );
         let state = Arc::new(AppState {
             limits: RateLimits::new(config.rate_limit_ip, config.rate_limit_token),
             config,
             store,
             ingestor,
+            merger,
             resources: RwLock::new(resources),
             patterns,
             tokens,
@@ -130,6 +138,7 @@ impl Aggregator {
         Ok(Self {
             state,
             ingest_task,
+            merge_task,
             maintenance_task,
             generated_admin_token,
         })
@@ -148,10 +157,12 @@ impl Aggregator {
         self.generated_admin_token.as_deref()
     }
 
-    /// Commits every queued hit, then stops the background tasks.
+    /// Commits every queued hit and delta batch, then stops the background tasks.
     pub async fn shutdown(self) {
         self.state.ingestor.shutdown().await;
         let _ = self.ingest_task.await;
+        self.state.merger.shutdown().await;
+        let _ = self.merge_task.await;
         // Stopped first, so that no flush of its own is cut off halfway by the abort.
         self.maintenance_task.abort();
         let _ = self.maintenance_task.await;

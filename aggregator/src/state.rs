@@ -8,6 +8,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::auth::{EdgeKeyRegistry, TokenRegistry};
 use crate::config::Config;
 use crate::ingest::Ingestor;
+use crate::merge::Merger;
 use crate::patterns::Patterns;
 use crate::rate_limit::RateLimits;
 use crate::store::{ResourceRecord, Store};
@@ -17,6 +18,8 @@ pub struct AppState {
     pub config: Config,
     pub store: Store,
     pub ingestor: Ingestor,
+    /// Edge delta batches, merged in groups (the second aggregation level).
+    pub merger: Merger,
     /// Resources by id, loaded at start and kept in step with every create and delete, so that
     /// validating a hit costs no store round trip.
     pub resources: RwLock<BTreeMap<String, ResourceRecord>>,

@@ -12,3 +12,4 @@ mod deltas_fuzz;
 mod durability;
 mod faults;
 mod patterns;
+mod store_contract;

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, ErrorBody};
+use crate::merge::{MERGE_RETRY_AFTER_S, MergeError};
 use crate::now_ms;
 use crate::patterns::{self, Admission};
 use crate::state::SharedState;
@@ -99,7 +100,7 @@ fn authenticate(
         (status = 415, description = "Wrong content type", body = ErrorBody),
         (status = 422, description = "Window too old to deduplicate, or in the future", body = ErrorBody),
         (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "The store is unavailable; not applied, retry", body = ErrorBody),
+        (status = 503, description = "The store is unavailable or the merge queue is full (2,000,000 entries waiting); not applied; see Retry-After", body = ErrorBody),
     ),
     security(("edge_signature" = []))
 )]
@@ -182,10 +183,24 @@ pub async fn apply(
         refusals
     };
     let outcome = state
-        .store
-        .apply(entries, Some(key), now)
+        .merger
+        .submit(entries, Some(key))
         .await
-        .map_err(unavailable)?;
+        .map_err(|error| match error {
+            MergeError::Overloaded => {
+                metrics::counter!("hitcount_deltas_overloaded_total").increment(1);
+                ApiError::Unavailable {
+                    message: "the merge queue is full; the batch was not applied, retry".to_owned(),
+                    retry_after_s: MERGE_RETRY_AFTER_S,
+                }
+            }
+            MergeError::ShuttingDown => ApiError::Unavailable {
+                message: "the aggregator is shutting down; the batch was not applied, retry"
+                    .to_owned(),
+                retry_after_s: MERGE_RETRY_AFTER_S,
+            },
+            MergeError::Store(error) => unavailable(error),
+        })?;
     match outcome {
         ApplyOutcome::Applied(mut applied) => {
             metrics::counter!("hitcount_deltas_applied_total").increment(1);

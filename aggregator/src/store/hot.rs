@@ -18,6 +18,7 @@
 //! merges hold the read side from their commit until their Redis write, so no merge is in the
 //! snapshot and then written again, or missed by both.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -25,7 +26,7 @@ use hitcount_wire::{DeltaEntry, MINUTE_MS, Sketch};
 use redis::aio::ConnectionManager;
 use tokio::sync::RwLock;
 
-use super::{ApplyOutcome, Backend, BatchKey, CountCell, StoreError, Tier};
+use super::{ApplyOutcome, CountCell, DurableStore, MergeBatch, StoreError, Tier};
 
 /// How far back the hot tier holds minutes.
 pub const HOT_WINDOW_MS: u64 = 60 * MINUTE_MS;
@@ -127,48 +128,62 @@ impl HotTier {
         }
     }
 
-    /// Merges into the backend, then (if that committed and the tier is usable) into Redis.
+    /// Merges a group into the backend, then (if that committed and the tier is usable) the
+    /// group's recent applied entries into Redis, one pipelined write per distinct cell.
     pub async fn apply_through(
         &self,
-        backend: &Backend,
-        entries: Vec<DeltaEntry>,
-        key: Option<BatchKey>,
+        backend: &dyn DurableStore,
+        batches: Vec<MergeBatch>,
         now_ms: u64,
-    ) -> Result<ApplyOutcome, StoreError> {
+    ) -> Result<Vec<ApplyOutcome>, StoreError> {
         let hot_start = now_ms.saturating_sub(HOT_WINDOW_MS);
-        let recent: Vec<DeltaEntry> = entries
+        let recent: Vec<(usize, DeltaEntry)> = batches
             .iter()
-            .filter(|entry| entry.minute * MINUTE_MS >= hot_start)
-            .cloned()
+            .enumerate()
+            .flat_map(|(index, batch)| {
+                batch
+                    .entries
+                    .iter()
+                    .filter(|entry| entry.minute * MINUTE_MS >= hot_start)
+                    .map(move |entry| (index, entry.clone()))
+            })
             .collect();
         let _order = self.order.read().await;
-        let outcome = backend.apply(entries, key, now_ms).await?;
-        if matches!(outcome, ApplyOutcome::Applied(_))
-            && !recent.is_empty()
+        let outcomes = backend.apply_group(batches, now_ms).await?;
+        let mut cells: BTreeMap<(String, u64), (u64, Sketch)> = BTreeMap::new();
+        for (index, entry) in recent {
+            if matches!(outcomes[index], ApplyOutcome::Applied(_)) {
+                let cell = cells
+                    .entry((entry.resource_id, entry.minute * MINUTE_MS))
+                    .or_default();
+                cell.0 += entry.hits;
+                cell.1.merge(&entry.visitors);
+            }
+        }
+        if !cells.is_empty()
             && self.is_healthy()
-            && let Err(reason) = self.write(&recent).await
+            && let Err(reason) = self.write(&cells).await
         {
             self.degrade(&reason);
         }
-        Ok(outcome)
+        Ok(outcomes)
     }
 
-    async fn write(&self, entries: &[DeltaEntry]) -> Result<(), String> {
+    async fn write(&self, cells: &BTreeMap<(String, u64), (u64, Sketch)>) -> Result<(), String> {
         let mut pipeline = redis::pipe();
         pipeline.get(self.epoch_key());
-        for entry in entries {
-            let minute_ms = entry.minute * MINUTE_MS;
+        for ((resource_id, minute_ms), (hits, visitors)) in cells {
             let expire_at_s = ((minute_ms + HOT_WINDOW_MS + EXPIRY_MARGIN_MS) / 1_000) as i64;
-            let hits = self.hits_key(&entry.resource_id, minute_ms);
+            let hits_key = self.hits_key(resource_id, *minute_ms);
             pipeline
-                .incr(&hits, entry.hits)
+                .incr(&hits_key, *hits)
                 .ignore()
-                .expire_at(&hits, expire_at_s)
+                .expire_at(&hits_key, expire_at_s)
                 .ignore();
-            if !entry.visitors.is_empty() {
-                let sketch = self.sketch_key(&entry.resource_id, minute_ms);
+            if !visitors.is_empty() {
+                let sketch = self.sketch_key(resource_id, *minute_ms);
                 pipeline
-                    .rpush(&sketch, entry.visitors.to_bytes())
+                    .rpush(&sketch, visitors.to_bytes())
                     .ignore()
                     .expire_at(&sketch, expire_at_s)
                     .ignore();
@@ -189,7 +204,7 @@ impl HotTier {
     /// Minute cells of the last hour from Redis, older ones and other tiers from the backend.
     pub async fn cells(
         &self,
-        backend: &Backend,
+        backend: &dyn DurableStore,
         resource_id: String,
         tier: Tier,
         start_ms: u64,
@@ -336,7 +351,7 @@ impl HotTier {
     /// rebuild ran.
     pub async fn repair_if_needed(
         &self,
-        backend: &Backend,
+        backend: &dyn DurableStore,
         now_ms: u64,
     ) -> Result<bool, StoreError> {
         if self.is_healthy() {

@@ -8,6 +8,7 @@ pub mod hot;
 mod postgres;
 mod sqlite;
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -212,67 +213,224 @@ pub enum CreateOutcome {
     NameTaken,
 }
 
-/// The durable store: the embedded one or PostgreSQL; every method means the same for both.
+/// One batch of a group merge: an edge's delta batch with its idempotency key, or a window of
+/// direct hits without one.
 #[derive(Debug, Clone)]
-pub enum Backend {
-    Embedded(SqliteStore),
-    Postgres(PgStore),
+pub struct MergeBatch {
+    pub entries: Vec<DeltaEntry>,
+    pub key: Option<BatchKey>,
 }
 
-/// Calls the same method on whichever backend this is.
-macro_rules! forward {
-    ($backend:expr, $method:ident ( $($argument:expr),* )) => {
-        match $backend {
-            Backend::Embedded(store) => store.$method($($argument),*).await,
-            Backend::Postgres(store) => store.$method($($argument),*).await,
-        }
-    };
-}
-
-// After `forward!`, which it uses (a macro is visible only below its definition).
-mod patterns;
-pub use patterns::PatternRecord;
-
-impl Backend {
-    pub async fn apply(
-        &self,
-        entries: Vec<DeltaEntry>,
-        key: Option<BatchKey>,
-        now_ms: u64,
-    ) -> Result<ApplyOutcome, StoreError> {
-        forward!(self, apply(entries, key, now_ms))
+impl MergeBatch {
+    /// A group of one batch.
+    pub fn alone(entries: Vec<DeltaEntry>, key: Option<BatchKey>) -> Vec<Self> {
+        vec![Self { entries, key }]
     }
 
-    pub async fn cells(
+    /// The outcome of a group of one.
+    fn outcome_alone(outcomes: &[ApplyOutcome]) -> ApplyOutcome {
+        assert_eq!(outcomes.len(), 1, "one outcome per batch");
+        outcomes[0]
+    }
+}
+
+/// The durable store's contract: the embedded store ([`SqliteStore`]) and PostgreSQL
+/// ([`PgStore`]) implement it, and one conformance suite (`aggregator/tests/store_contract.rs`)
+/// holds both to it. Every method means the same for both.
+#[async_trait::async_trait]
+pub trait DurableStore: PatternStore + std::fmt::Debug + Send + Sync {
+    /// Merges a group of batches in one transaction: every batch's dedupe record, one upsert per
+    /// distinct cell of every tier for the whole group, one pending sketch per distinct
+    /// (resource, minute). Returns one outcome per batch, in order. A batch applied before (in
+    /// an earlier transaction or earlier in this group) is `Duplicate` with the same body and
+    /// `Conflict` with another, and changes nothing; it does not fail the others.
+    async fn apply_group(
+        &self,
+        batches: Vec<MergeBatch>,
+        now_ms: u64,
+    ) -> Result<Vec<ApplyOutcome>, StoreError>;
+
+    /// The cells of one tier in `[start_ms, end_ms)`, sorted by bucket, pending sketches merged,
+    /// read in one snapshot.
+    async fn cells(
         &self,
         resource_id: String,
         tier: Tier,
         start_ms: u64,
         end_ms: u64,
-    ) -> Result<Vec<CountCell>, StoreError> {
-        forward!(self, cells(resource_id, tier, start_ms, end_ms))
-    }
+    ) -> Result<Vec<CountCell>, StoreError>;
 
-    /// Every minute cell from `start_ms` on, pending sketches merged: what the hot tier is
-    /// rebuilt from.
-    pub async fn minute_cells_since(
+    /// Every minute cell from `start_ms` on with its pending sketches merged, read in one
+    /// snapshot, sorted by (resource, minute): what the hot tier is rebuilt from.
+    async fn minute_cells_since(
         &self,
         start_ms: u64,
-    ) -> Result<Vec<(String, CountCell)>, StoreError> {
-        match self {
-            Self::Postgres(store) => store.minute_cells_since(start_ms).await,
-            Self::Embedded(_) => Err(StoreError::Task(
-                "the hot tier needs PostgreSQL behind it".to_owned(),
-            )),
+    ) -> Result<Vec<(String, CountCell)>, StoreError>;
+
+    /// Folds pending sketches into their cells; returns how many pending rows were folded. Safe
+    /// to run from several processes on one database at once.
+    async fn compact(&self) -> Result<u64, StoreError>;
+
+    async fn create_resource(&self, record: ResourceRecord) -> Result<CreateOutcome, StoreError>;
+
+    /// Every resource, sorted by id.
+    async fn resources(&self) -> Result<Vec<ResourceRecord>, StoreError>;
+
+    /// Deletes a resource and purges its counts. False if it did not exist.
+    async fn delete_resource(&self, id: String) -> Result<bool, StoreError>;
+
+    /// Every token, oldest first.
+    async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+
+    /// Inserts a token, or replaces the one with the same id.
+    async fn put_token(&self, record: TokenRecord) -> Result<(), StoreError>;
+
+    async fn delete_token(&self, id: String) -> Result<bool, StoreError>;
+
+    /// Every stored edge key as (edge id, secret, created at), sorted by edge id.
+    async fn edge_keys(&self) -> Result<Vec<(String, Vec<u8>, u64)>, StoreError>;
+
+    /// Inserts an edge key, or replaces the one of the same edge.
+    async fn put_edge_key(
+        &self,
+        edge_id: String,
+        secret: Vec<u8>,
+        now_ms: u64,
+    ) -> Result<(), StoreError>;
+
+    async fn delete_edge_key(&self, edge_id: String) -> Result<bool, StoreError>;
+
+    /// Deletes counts past retention and old dedupe records, in bounded transactions.
+    async fn prune(&self, now_ms: u64) -> Result<Pruned, StoreError>;
+}
+
+mod patterns;
+pub use patterns::{PatternRecord, PatternStore};
+
+/// A batch key as the dedupe table keys it.
+pub(crate) type KeyId = (String, u64, u64);
+
+impl BatchKey {
+    pub(crate) fn id(&self) -> KeyId {
+        (self.edge_id.clone(), self.boot_epoch, self.sequence)
+    }
+}
+
+/// What the dedupe table says about a key of the group, once the group's records are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Recorded {
+    /// This transaction recorded the key, for the group's batch at this index.
+    Now { batch: usize },
+    /// The key was recorded by an earlier transaction, with this body digest.
+    Before([u8; 32]),
+}
+
+/// The group's distinct keys in key order (so concurrent groups lock dedupe rows in the same
+/// order), each with the index of the first batch that carries it.
+pub(crate) fn first_occurrences(batches: &[MergeBatch]) -> Vec<(usize, &BatchKey)> {
+    let mut firsts: BTreeMap<KeyId, (usize, &BatchKey)> = BTreeMap::new();
+    for (index, batch) in batches.iter().enumerate() {
+        if let Some(key) = &batch.key {
+            firsts.entry(key.id()).or_insert((index, key));
         }
     }
+    firsts.into_values().collect()
+}
+
+/// What one group merge writes, and each batch's answer.
+#[derive(Debug, Default)]
+pub(crate) struct GroupWrites {
+    pub outcomes: Vec<ApplyOutcome>,
+    /// Hits to add per cell of every tier, in key order (concurrent merges cannot deadlock).
+    pub cells: BTreeMap<(String, Tier, u64), u64>,
+    /// Visitors per (resource, minute ms), merged across the group: one pending row each.
+    pub sketches: BTreeMap<(String, u64), Sketch>,
+}
+
+impl GroupWrites {
+    pub fn applied_any(&self) -> bool {
+        self.outcomes
+            .iter()
+            .any(|outcome| matches!(outcome, ApplyOutcome::Applied(_)))
+    }
+}
+
+/// Decides every batch of a group from the dedupe records (`recorded` holds every key of the
+/// group) and folds the entries of those to apply into the group's writes. `retention` holds
+/// the retention of every existing resource the group names; a resource missing from it does
+/// not exist and its entries are not counted.
+pub(crate) fn fold_group(
+    batches: &[MergeBatch],
+    recorded: &HashMap<KeyId, Recorded>,
+    retention: &HashMap<String, Option<u32>>,
+    now_ms: u64,
+) -> GroupWrites {
+    let mut writes = GroupWrites::default();
+    for (index, batch) in batches.iter().enumerate() {
+        if let Some(key) = &batch.key {
+            let digest_kept = match recorded.get(&key.id()) {
+                Some(Recorded::Now { batch }) if *batch == index => None,
+                Some(Recorded::Now { batch }) => {
+                    batches[*batch].key.as_ref().map(|first| first.body_sha256)
+                }
+                Some(Recorded::Before(digest)) => Some(*digest),
+                None => unreachable!("every key of the group was recorded or looked up"),
+            };
+            if let Some(digest) = digest_kept {
+                writes.outcomes.push(if digest == key.body_sha256 {
+                    ApplyOutcome::Duplicate
+                } else {
+                    ApplyOutcome::Conflict
+                });
+                continue;
+            }
+        }
+        let mut applied = Applied::default();
+        for entry in &batch.entries {
+            let Some(retention_days) = retention.get(&entry.resource_id) else {
+                applied.unknown_resource_entries += 1;
+                applied.unknown_resource_hits += entry.hits;
+                continue;
+            };
+            let Some(buckets) = entry_buckets(entry, *retention_days, now_ms) else {
+                applied.expired_entries += 1;
+                continue;
+            };
+            for (tier, bucket_ms) in buckets {
+                *writes
+                    .cells
+                    .entry((entry.resource_id.clone(), tier, bucket_ms))
+                    .or_default() += entry.hits;
+            }
+            if !entry.visitors.is_empty() {
+                writes
+                    .sketches
+                    .entry((entry.resource_id.clone(), entry.minute * MINUTE_MS))
+                    .or_default()
+                    .merge(&entry.visitors);
+            }
+            applied.entries += 1;
+            applied.hits += entry.hits;
+        }
+        writes.outcomes.push(ApplyOutcome::Applied(applied));
+    }
+    writes
+}
+
+/// Every resource id a group names, each once, sorted.
+pub(crate) fn group_resource_ids(batches: &[MergeBatch]) -> Vec<&str> {
+    let ids: BTreeSet<&str> = batches
+        .iter()
+        .flat_map(|batch| batch.entries.iter().map(|entry| entry.resource_id.as_str()))
+        .collect();
+    ids.into_iter().collect()
 }
 
 /// What the rest of the aggregator uses: the durable backend, and with `--redis-url` the hot
 /// tier in front of it for recent minute counts.
 #[derive(Debug, Clone)]
 pub struct Store {
-    backend: Backend,
+    backend: Arc<dyn DurableStore>,
     hot: Option<Arc<HotTier>>,
 }
 
@@ -280,7 +438,7 @@ impl Store {
     /// The embedded store in `data_dir`.
     pub fn open_embedded(data_dir: &Path) -> Result<Self, StoreError> {
         Ok(Self {
-            backend: Backend::Embedded(SqliteStore::open(data_dir)?),
+            backend: Arc::new(SqliteStore::open(data_dir)?),
             hot: None,
         })
     }
@@ -288,9 +446,14 @@ impl Store {
     /// PostgreSQL at `url`, migrated to the current schema.
     pub async fn open_postgres(url: &str) -> Result<Self, StoreError> {
         Ok(Self {
-            backend: Backend::Postgres(PgStore::connect(url).await?),
+            backend: Arc::new(PgStore::connect(url).await?),
             hot: None,
         })
+    }
+
+    /// The durable store behind the hot tier (what the conformance suite and tools use directly).
+    pub fn durable(&self) -> &dyn DurableStore {
+        self.backend.as_ref()
     }
 
     /// Puts the hot tier in front (PostgreSQL only).
@@ -312,9 +475,25 @@ impl Store {
         key: Option<BatchKey>,
         now_ms: u64,
     ) -> Result<ApplyOutcome, StoreError> {
+        let outcomes = self
+            .apply_group(MergeBatch::alone(entries, key), now_ms)
+            .await?;
+        Ok(MergeBatch::outcome_alone(&outcomes))
+    }
+
+    /// [`DurableStore::apply_group`], then with a hot tier one Redis write for the group's
+    /// applied entries.
+    pub async fn apply_group(
+        &self,
+        batches: Vec<MergeBatch>,
+        now_ms: u64,
+    ) -> Result<Vec<ApplyOutcome>, StoreError> {
         match &self.hot {
-            Some(hot) => hot.apply_through(&self.backend, entries, key, now_ms).await,
-            None => self.backend.apply(entries, key, now_ms).await,
+            Some(hot) => {
+                hot.apply_through(self.backend.as_ref(), batches, now_ms)
+                    .await
+            }
+            None => self.backend.apply_group(batches, now_ms).await,
         }
     }
 
@@ -329,7 +508,7 @@ impl Store {
     ) -> Result<Vec<CountCell>, StoreError> {
         match &self.hot {
             Some(hot) => {
-                hot.cells(&self.backend, resource_id, tier, start_ms, end_ms)
+                hot.cells(self.backend.as_ref(), resource_id, tier, start_ms, end_ms)
                     .await
             }
             None => {
@@ -344,30 +523,30 @@ impl Store {
     /// unreachable, restarted or flushed). Returns whether a rebuild ran.
     pub async fn repair_hot_tier(&self, now_ms: u64) -> Result<bool, StoreError> {
         match &self.hot {
-            Some(hot) => hot.repair_if_needed(&self.backend, now_ms).await,
+            Some(hot) => hot.repair_if_needed(self.backend.as_ref(), now_ms).await,
             None => Ok(false),
         }
     }
 
     /// Folds pending sketches into their cells; returns how many pending rows were folded.
     pub async fn compact(&self) -> Result<u64, StoreError> {
-        forward!(&self.backend, compact())
+        self.backend.compact().await
     }
 
     pub async fn create_resource(
         &self,
         record: ResourceRecord,
     ) -> Result<CreateOutcome, StoreError> {
-        forward!(&self.backend, create_resource(record))
+        self.backend.create_resource(record).await
     }
 
     pub async fn resources(&self) -> Result<Vec<ResourceRecord>, StoreError> {
-        forward!(&self.backend, resources())
+        self.backend.resources().await
     }
 
     /// Deletes a resource and purges its counts (in the hot tier too). False if it did not exist.
     pub async fn delete_resource(&self, id: String) -> Result<bool, StoreError> {
-        let deleted = forward!(&self.backend, delete_resource(id.clone()))?;
+        let deleted = self.backend.delete_resource(id.clone()).await?;
         if let Some(hot) = &self.hot {
             hot.forget_resource(&id).await;
         }
@@ -375,20 +554,20 @@ impl Store {
     }
 
     pub async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        forward!(&self.backend, tokens())
+        self.backend.tokens().await
     }
 
     /// Inserts a token, or replaces the one with the same id.
     pub async fn put_token(&self, record: TokenRecord) -> Result<(), StoreError> {
-        forward!(&self.backend, put_token(record))
+        self.backend.put_token(record).await
     }
 
     pub async fn delete_token(&self, id: String) -> Result<bool, StoreError> {
-        forward!(&self.backend, delete_token(id))
+        self.backend.delete_token(id).await
     }
 
     pub async fn edge_keys(&self) -> Result<Vec<(String, Vec<u8>, u64)>, StoreError> {
-        forward!(&self.backend, edge_keys())
+        self.backend.edge_keys().await
     }
 
     pub async fn put_edge_key(
@@ -397,16 +576,16 @@ impl Store {
         secret: Vec<u8>,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        forward!(&self.backend, put_edge_key(edge_id, secret, now_ms))
+        self.backend.put_edge_key(edge_id, secret, now_ms).await
     }
 
     pub async fn delete_edge_key(&self, edge_id: String) -> Result<bool, StoreError> {
-        forward!(&self.backend, delete_edge_key(edge_id))
+        self.backend.delete_edge_key(edge_id).await
     }
 
     /// Deletes counts past retention and old dedupe records, in bounded transactions.
     pub async fn prune(&self, now_ms: u64) -> Result<Pruned, StoreError> {
-        forward!(&self.backend, prune(now_ms))
+        self.backend.prune(now_ms).await
     }
 }
 

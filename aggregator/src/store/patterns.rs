@@ -2,7 +2,7 @@
 //! the refusal counters flushed into it, and resources created on first sight (idempotently, so
 //! that aggregators sharing a database can create the same id at once).
 
-use super::{Backend, ResourceRecord, Store, StoreError};
+use super::{ResourceRecord, Store, StoreError};
 
 /// A stored pattern, such as `blog.*`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,37 +16,35 @@ pub struct PatternRecord {
     pub created_at_ms: u64,
 }
 
-impl Backend {
-    async fn patterns(&self) -> Result<Vec<PatternRecord>, StoreError> {
-        forward!(self, patterns())
-    }
+/// The patterns' part of the store contract (see [`super::DurableStore`]).
+#[async_trait::async_trait]
+pub trait PatternStore {
+    async fn patterns(&self) -> Result<Vec<PatternRecord>, StoreError>;
 
-    async fn create_pattern(&self, record: PatternRecord) -> Result<bool, StoreError> {
-        forward!(self, create_pattern(record))
-    }
+    /// Stores a new pattern; false if one with the same text exists.
+    async fn create_pattern(&self, record: PatternRecord) -> Result<bool, StoreError>;
 
-    async fn delete_pattern(&self, pattern: String) -> Result<bool, StoreError> {
-        forward!(self, delete_pattern(pattern))
-    }
+    /// Deletes a pattern (the resources it created stay); false if it did not exist.
+    async fn delete_pattern(&self, pattern: String) -> Result<bool, StoreError>;
 
-    async fn add_refused_hits(&self, counts: Vec<(String, u64)>) -> Result<(), StoreError> {
-        forward!(self, add_refused_hits(counts))
-    }
+    /// Adds refused hits to the patterns' stored counters (patterns deleted meanwhile are
+    /// skipped), in one transaction.
+    async fn add_refused_hits(&self, counts: Vec<(String, u64)>) -> Result<(), StoreError>;
 
+    /// The stored resources among `ids`, and (if asked) every resource created since
+    /// `created_since_ms`.
     async fn resources_current(
         &self,
         ids: Vec<String>,
         created_since_ms: Option<u64>,
-    ) -> Result<Vec<ResourceRecord>, StoreError> {
-        forward!(self, resources_current(ids, created_since_ms))
-    }
+    ) -> Result<Vec<ResourceRecord>, StoreError>;
 
+    /// Inserts the records whose id and name are both free and returns the stored record of
+    /// every id asked for that exists afterwards.
     async fn insert_resources_if_absent(
         &self,
         records: Vec<ResourceRecord>,
-    ) -> Result<Vec<ResourceRecord>, StoreError> {
-        forward!(self, insert_resources_if_absent(records))
-    }
+    ) -> Result<Vec<ResourceRecord>, StoreError>;
 }
 
 impl Store {

@@ -17,12 +17,12 @@
 //! one connection avoids `SQLITE_BUSY` between our own writers); reads use a pool of read-only
 //! connections, which WAL lets run beside the writer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hitcount_wire::{DeltaEntry, MINUTE_MS, Sketch};
+use hitcount_wire::Sketch;
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
@@ -39,9 +39,10 @@ fn classify(error: rusqlite::Error) -> StoreError {
 mod patterns;
 
 use super::{
-    Applied, ApplyOutcome, BatchKey, COMPACTION_ROWS_MAX, CountCell, CreateOutcome,
-    DEDUPE_RETENTION_MS, EMPTY_SKETCH, Pruned, RETENTION_DELETE_ROWS_MAX, ResourceRecord,
-    StoreError, Tier, TokenRecord, entry_buckets, merge_pending, retention_rules,
+    ApplyOutcome, COMPACTION_ROWS_MAX, CountCell, CreateOutcome, DEDUPE_RETENTION_MS, DurableStore,
+    EMPTY_SKETCH, MergeBatch, Pruned, RETENTION_DELETE_ROWS_MAX, Recorded, ResourceRecord,
+    StoreError, Tier, TokenRecord, first_occurrences, fold_group, group_resource_ids,
+    merge_pending, retention_rules,
 };
 
 /// Compaction rounds that may find their cells changed underneath before giving up for now.
@@ -215,18 +216,19 @@ impl SqliteStore {
         .await
         .map_err(|error| StoreError::Task(error.to_string()))?
     }
+}
 
-    /// Merges delta entries into every tier in one transaction. With a batch key, the dedupe
-    /// record is written in that same transaction, so a batch is applied exactly once even if
-    /// the process dies at any point.
-    pub async fn apply(
+#[async_trait::async_trait]
+impl DurableStore for SqliteStore {
+    /// With batch keys, the dedupe records are written in the merge's transaction, so a batch is
+    /// applied exactly once even if the process dies at any point.
+    async fn apply_group(
         &self,
-        entries: Vec<DeltaEntry>,
-        key: Option<BatchKey>,
+        batches: Vec<MergeBatch>,
         now_ms: u64,
-    ) -> Result<ApplyOutcome, StoreError> {
+    ) -> Result<Vec<ApplyOutcome>, StoreError> {
         self.write(move |connection| {
-            apply_blocking(connection, &entries, key.as_ref(), now_ms).map_err(classify)
+            apply_group_blocking(connection, &batches, now_ms).map_err(classify)
         })
         .await
     }
@@ -234,7 +236,7 @@ impl SqliteStore {
     /// The cells of one tier in `[start_ms, end_ms)`, sorted by bucket, with pending sketches
     /// merged in. Both are read in one transaction, so a compaction in between cannot hide or
     /// double a visitor.
-    pub async fn cells(
+    async fn cells(
         &self,
         resource_id: String,
         tier: Tier,
@@ -286,13 +288,60 @@ impl SqliteStore {
         .await
     }
 
+    async fn minute_cells_since(
+        &self,
+        start_ms: u64,
+    ) -> Result<Vec<(String, CountCell)>, StoreError> {
+        self.read(move |connection| {
+            let snapshot = connection.unchecked_transaction()?;
+            let mut cells: BTreeMap<(String, u64), CountCell> = BTreeMap::new();
+            {
+                let mut statement = snapshot.prepare_cached(
+                    "SELECT resource_id, bucket_ms, hits, sketch FROM counts
+                     WHERE tier = ?1 AND bucket_ms >= ?2",
+                )?;
+                let mut rows = statement.query(params![Tier::Minute.code(), millis(start_ms)])?;
+                while let Some(row) = rows.next()? {
+                    let bucket_ms = unmillis(row.get(1)?);
+                    let sketch: Vec<u8> = row.get(3)?;
+                    cells.insert(
+                        (row.get(0)?, bucket_ms),
+                        CountCell {
+                            bucket_ms,
+                            hits: unmillis(row.get(2)?),
+                            visitors: Sketch::from_bytes(&sketch)?,
+                        },
+                    );
+                }
+                let mut pending = snapshot.prepare_cached(
+                    "SELECT resource_id, minute_ms, sketch FROM pending_sketches
+                     WHERE minute_ms >= ?1",
+                )?;
+                let mut rows = pending.query([millis(start_ms)])?;
+                while let Some(row) = rows.next()? {
+                    let key: (String, u64) = (row.get(0)?, unmillis(row.get(1)?));
+                    let sketch: Vec<u8> = row.get(2)?;
+                    if let Some(cell) = cells.get_mut(&key) {
+                        cell.visitors.merge(&Sketch::from_bytes(&sketch)?);
+                    }
+                }
+            }
+            snapshot.commit()?;
+            Ok(cells
+                .into_iter()
+                .map(|((resource_id, _), cell)| (resource_id, cell))
+                .collect())
+        })
+        .await
+    }
+
     /// Folds pending sketches into their cells. Returns how many pending rows were folded.
     ///
     /// The merging happens on a read connection, outside the writer lock, so ingest waits only
     /// for the final writes. Those are conditional on each cell's sketch being what was read
     /// (only compaction writes sketches, but two processes may compact one file); if any cell
     /// changed, the write is rolled back and the round starts over.
-    pub async fn compact(&self) -> Result<u64, StoreError> {
+    async fn compact(&self) -> Result<u64, StoreError> {
         let mut folded = 0;
         let mut conflicts = 0;
         loop {
@@ -318,10 +367,7 @@ impl SqliteStore {
         }
     }
 
-    pub async fn create_resource(
-        &self,
-        record: ResourceRecord,
-    ) -> Result<CreateOutcome, StoreError> {
+    async fn create_resource(&self, record: ResourceRecord) -> Result<CreateOutcome, StoreError> {
         self.write(move |connection| {
             let result = connection.execute(
                 "INSERT INTO resources (id, name, retention_days, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
@@ -348,7 +394,7 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn resources(&self) -> Result<Vec<ResourceRecord>, StoreError> {
+    async fn resources(&self) -> Result<Vec<ResourceRecord>, StoreError> {
         self.read(|connection| {
             let mut statement = connection.prepare(
                 "SELECT id, name, retention_days, created_at_ms FROM resources ORDER BY id",
@@ -360,7 +406,7 @@ impl SqliteStore {
     }
 
     /// Deletes a resource and purges all its counts. Returns false if it did not exist.
-    pub async fn delete_resource(&self, id: String) -> Result<bool, StoreError> {
+    async fn delete_resource(&self, id: String) -> Result<bool, StoreError> {
         self.write(move |connection| {
             let transaction = connection.transaction()?;
             let deleted = transaction.execute("DELETE FROM resources WHERE id = ?1", [&id])?;
@@ -372,7 +418,7 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+    async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
         self.read(|connection| {
             let mut statement = connection.prepare(
                 "SELECT id, name, token_sha256, scopes, created_at_ms FROM tokens ORDER BY created_at_ms, id",
@@ -393,7 +439,7 @@ impl SqliteStore {
     }
 
     /// Inserts a token, or replaces the one with the same id.
-    pub async fn put_token(&self, record: TokenRecord) -> Result<(), StoreError> {
+    async fn put_token(&self, record: TokenRecord) -> Result<(), StoreError> {
         self.write(move |connection| {
             connection.execute(
                 "INSERT INTO tokens (id, name, token_sha256, scopes, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -412,14 +458,14 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn delete_token(&self, id: String) -> Result<bool, StoreError> {
+    async fn delete_token(&self, id: String) -> Result<bool, StoreError> {
         self.write(move |connection| {
             Ok(connection.execute("DELETE FROM tokens WHERE id = ?1", [&id])? == 1)
         })
         .await
     }
 
-    pub async fn edge_keys(&self) -> Result<Vec<(String, Vec<u8>, u64)>, StoreError> {
+    async fn edge_keys(&self) -> Result<Vec<(String, Vec<u8>, u64)>, StoreError> {
         self.read(|connection| {
             let mut statement = connection
                 .prepare("SELECT edge_id, secret, created_at_ms FROM edge_keys ORDER BY edge_id")?;
@@ -431,7 +477,7 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn put_edge_key(
+    async fn put_edge_key(
         &self,
         edge_id: String,
         secret: Vec<u8>,
@@ -448,7 +494,7 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn delete_edge_key(&self, edge_id: String) -> Result<bool, StoreError> {
+    async fn delete_edge_key(&self, edge_id: String) -> Result<bool, StoreError> {
         self.write(move |connection| {
             Ok(connection.execute("DELETE FROM edge_keys WHERE edge_id = ?1", [&edge_id])? == 1)
         })
@@ -457,7 +503,7 @@ impl SqliteStore {
 
     /// Deletes counts past their tier's or their resource's retention, and old dedupe records,
     /// in transactions of bounded size.
-    pub async fn prune(&self, now_ms: u64) -> Result<Pruned, StoreError> {
+    async fn prune(&self, now_ms: u64) -> Result<Pruned, StoreError> {
         let mut pruned = Pruned::default();
         let resources = self.resources().await?;
         for (resource, tier, cutoff_ms) in retention_rules(&resources, now_ms) {
@@ -639,101 +685,87 @@ fn write_compaction(connection: &mut Connection, plan: &CompactionPlan) -> rusql
     Ok(true)
 }
 
-fn apply_blocking(
+fn apply_group_blocking(
     connection: &mut Connection,
-    entries: &[DeltaEntry],
-    key: Option<&BatchKey>,
+    batches: &[MergeBatch],
     now_ms: u64,
-) -> rusqlite::Result<ApplyOutcome> {
+) -> rusqlite::Result<Vec<ApplyOutcome>> {
     let transaction =
         connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    if let Some(key) = key {
-        let stored: Option<Vec<u8>> = transaction
-            .prepare_cached(
-                "SELECT body_sha256 FROM applied_batches
-                 WHERE edge_id = ?1 AND boot_epoch = ?2 AND sequence = ?3",
-            )?
-            .query_row(
-                params![key.edge_id, key.boot_epoch as i64, key.sequence as i64],
-                |row| row.get(0),
-            )
-            .optional()?;
-        if let Some(stored) = stored {
-            return Ok(if stored == key.body_sha256 {
-                ApplyOutcome::Duplicate
-            } else {
-                ApplyOutcome::Conflict
-            });
+    // The writer is alone (one connection, an immediate transaction), so looking a key up and
+    // then recording it cannot race another merge.
+    let mut recorded = HashMap::new();
+    {
+        let mut find_key = transaction.prepare_cached(
+            "SELECT body_sha256 FROM applied_batches
+             WHERE edge_id = ?1 AND boot_epoch = ?2 AND sequence = ?3",
+        )?;
+        let mut record_key = transaction.prepare_cached(
+            "INSERT INTO applied_batches (edge_id, boot_epoch, sequence, body_sha256, applied_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        for (index, key) in first_occurrences(batches) {
+            let id = params![key.edge_id, millis(key.boot_epoch), millis(key.sequence)];
+            let stored: Option<Vec<u8>> = find_key.query_row(id, |row| row.get(0)).optional()?;
+            let verdict = match stored {
+                // A stored digest of the wrong length matches no body: a conflict.
+                Some(digest) => Recorded::Before(digest.try_into().unwrap_or([0; 32])),
+                None => {
+                    record_key.execute(params![
+                        key.edge_id,
+                        millis(key.boot_epoch),
+                        millis(key.sequence),
+                        key.body_sha256.as_slice(),
+                        millis(now_ms)
+                    ])?;
+                    Recorded::Now { batch: index }
+                }
+            };
+            recorded.insert(key.id(), verdict);
         }
     }
-    let mut applied = Applied::default();
+    let mut retention = HashMap::new();
     {
         let mut find_resource =
             transaction.prepare_cached("SELECT retention_days FROM resources WHERE id = ?1")?;
+        for id in group_resource_ids(batches) {
+            let days: Option<Option<u32>> =
+                find_resource.query_row([id], |row| row.get(0)).optional()?;
+            if let Some(days) = days {
+                retention.insert(id.to_owned(), days);
+            }
+        }
+    }
+    let writes = fold_group(batches, &recorded, &retention, now_ms);
+    if !writes.applied_any() {
+        // Only duplicates and conflicts: nothing was recorded, nothing to commit.
+        return Ok(writes.outcomes);
+    }
+    {
         let mut add_hits = transaction.prepare_cached(
             "INSERT INTO counts (resource_id, tier, bucket_ms, hits, sketch) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (resource_id, tier, bucket_ms) DO UPDATE SET hits = hits + excluded.hits",
         )?;
+        for ((resource_id, tier, bucket_ms), hits) in &writes.cells {
+            add_hits.execute(params![
+                resource_id,
+                tier.code(),
+                millis(*bucket_ms),
+                millis(*hits),
+                EMPTY_SKETCH
+            ])?;
+        }
         let mut add_pending_sketch = transaction.prepare_cached(
             "INSERT INTO pending_sketches (resource_id, minute_ms, sketch) VALUES (?1, ?2, ?3)",
         )?;
-        // Entries arrive sorted by resource, so each resource is looked up once.
-        let mut current: Option<(&str, Option<Option<u32>>)> = None;
-        for entry in entries {
-            let retention = match current {
-                Some((id, retention)) if id == entry.resource_id => retention,
-                _ => {
-                    let retention: Option<Option<u32>> = find_resource
-                        .query_row([&entry.resource_id], |row| row.get(0))
-                        .optional()?;
-                    current = Some((&entry.resource_id, retention));
-                    retention
-                }
-            };
-            let Some(retention_days) = retention else {
-                applied.unknown_resource_entries += 1;
-                applied.unknown_resource_hits += entry.hits;
-                continue;
-            };
-            let Some(buckets) = entry_buckets(entry, retention_days, now_ms) else {
-                applied.expired_entries += 1;
-                continue;
-            };
-            for (tier, bucket_ms) in buckets {
-                add_hits.execute(params![
-                    entry.resource_id,
-                    tier.code(),
-                    millis(bucket_ms),
-                    millis(entry.hits),
-                    EMPTY_SKETCH
-                ])?;
-            }
-            let entry_ms = entry.minute * MINUTE_MS;
-            if !entry.visitors.is_empty() {
-                add_pending_sketch.execute(params![
-                    entry.resource_id,
-                    millis(entry_ms),
-                    entry.visitors.to_bytes()
-                ])?;
-            }
-            applied.entries += 1;
-            applied.hits += entry.hits;
+        for ((resource_id, minute_ms), sketch) in &writes.sketches {
+            add_pending_sketch.execute(params![
+                resource_id,
+                millis(*minute_ms),
+                sketch.to_bytes()
+            ])?;
         }
     }
-    if let Some(key) = key {
-        transaction
-            .prepare_cached(
-                "INSERT INTO applied_batches (edge_id, boot_epoch, sequence, body_sha256, applied_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?
-            .execute(params![
-                key.edge_id,
-                key.boot_epoch as i64,
-                key.sequence as i64,
-                key.body_sha256.as_slice(),
-                millis(now_ms)
-            ])?;
-    }
     transaction.commit()?;
-    Ok(ApplyOutcome::Applied(applied))
+    Ok(writes.outcomes)
 }

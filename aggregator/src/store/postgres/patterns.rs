@@ -4,7 +4,7 @@ use sqlx::Row;
 use sqlx::postgres::PgRow;
 
 use super::{PgStore, classify, signed, unsigned};
-use crate::store::{PatternRecord, ResourceRecord, StoreError};
+use crate::store::{PatternRecord, PatternStore, ResourceRecord, StoreError};
 
 fn resource_row(row: PgRow) -> Result<ResourceRecord, sqlx::Error> {
     let retention: Option<i32> = row.try_get(2)?;
@@ -24,8 +24,9 @@ pub(super) fn resource_rows(rows: Vec<PgRow>) -> Result<Vec<ResourceRecord>, Sto
         .map_err(classify)
 }
 
-impl PgStore {
-    pub async fn patterns(&self) -> Result<Vec<PatternRecord>, StoreError> {
+#[async_trait::async_trait]
+impl PatternStore for PgStore {
+    async fn patterns(&self) -> Result<Vec<PatternRecord>, StoreError> {
         let rows = sqlx::query(
             "SELECT pattern, resources_max, retention_days, refused_hits, created_at_ms
              FROM patterns ORDER BY pattern",
@@ -48,7 +49,7 @@ impl PgStore {
             .map_err(classify)
     }
 
-    pub async fn create_pattern(&self, record: PatternRecord) -> Result<bool, StoreError> {
+    async fn create_pattern(&self, record: PatternRecord) -> Result<bool, StoreError> {
         let inserted = sqlx::query(
             "INSERT INTO patterns (pattern, resources_max, retention_days, refused_hits, created_at_ms)
              VALUES ($1, $2, $3, 0, $4) ON CONFLICT (pattern) DO NOTHING",
@@ -64,7 +65,7 @@ impl PgStore {
         Ok(inserted == 1)
     }
 
-    pub async fn delete_pattern(&self, pattern: String) -> Result<bool, StoreError> {
+    async fn delete_pattern(&self, pattern: String) -> Result<bool, StoreError> {
         let deleted = sqlx::query("DELETE FROM patterns WHERE pattern = $1")
             .bind(&pattern)
             .execute(&self.pool)
@@ -74,7 +75,7 @@ impl PgStore {
         Ok(deleted == 1)
     }
 
-    pub async fn add_refused_hits(&self, counts: Vec<(String, u64)>) -> Result<(), StoreError> {
+    async fn add_refused_hits(&self, counts: Vec<(String, u64)>) -> Result<(), StoreError> {
         let (patterns, hits): (Vec<String>, Vec<i64>) = counts
             .into_iter()
             .map(|(pattern, hits)| (pattern, signed(hits)))
@@ -92,7 +93,7 @@ impl PgStore {
         Ok(())
     }
 
-    pub async fn resources_current(
+    async fn resources_current(
         &self,
         ids: Vec<String>,
         created_since_ms: Option<u64>,
@@ -110,7 +111,7 @@ impl PgStore {
         resource_rows(rows)
     }
 
-    pub async fn insert_resources_if_absent(
+    async fn insert_resources_if_absent(
         &self,
         mut records: Vec<ResourceRecord>,
     ) -> Result<Vec<ResourceRecord>, StoreError> {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use rusqlite::{OptionalExtension, params};
 
 use super::{SqliteStore, classify, millis, unmillis};
-use crate::store::{PatternRecord, ResourceRecord, StoreError};
+use crate::store::{PatternRecord, PatternStore, ResourceRecord, StoreError};
 
 /// A row of `SELECT id, name, retention_days, created_at_ms FROM resources`.
 pub(super) fn resource_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ResourceRecord> {
@@ -17,8 +17,9 @@ pub(super) fn resource_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Resource
     })
 }
 
-impl SqliteStore {
-    pub async fn patterns(&self) -> Result<Vec<PatternRecord>, StoreError> {
+#[async_trait::async_trait]
+impl PatternStore for SqliteStore {
+    async fn patterns(&self) -> Result<Vec<PatternRecord>, StoreError> {
         self.read(|connection| {
             let mut statement = connection.prepare(
                 "SELECT pattern, resources_max, retention_days, refused_hits, created_at_ms
@@ -38,7 +39,7 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn create_pattern(&self, record: PatternRecord) -> Result<bool, StoreError> {
+    async fn create_pattern(&self, record: PatternRecord) -> Result<bool, StoreError> {
         self.write(move |connection| {
             let inserted = connection
                 .execute(
@@ -57,7 +58,7 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn delete_pattern(&self, pattern: String) -> Result<bool, StoreError> {
+    async fn delete_pattern(&self, pattern: String) -> Result<bool, StoreError> {
         self.write(move |connection| {
             let deleted = connection
                 .execute("DELETE FROM patterns WHERE pattern = ?1", [&pattern])
@@ -67,7 +68,7 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn add_refused_hits(&self, counts: Vec<(String, u64)>) -> Result<(), StoreError> {
+    async fn add_refused_hits(&self, counts: Vec<(String, u64)>) -> Result<(), StoreError> {
         self.write(move |connection| {
             let transaction = connection.transaction().map_err(classify)?;
             {
@@ -85,7 +86,7 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn resources_current(
+    async fn resources_current(
         &self,
         ids: Vec<String>,
         created_since_ms: Option<u64>,
@@ -119,7 +120,7 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn insert_resources_if_absent(
+    async fn insert_resources_if_absent(
         &self,
         mut records: Vec<ResourceRecord>,
     ) -> Result<Vec<ResourceRecord>, StoreError> {

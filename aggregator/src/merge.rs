@@ -1,0 +1,309 @@
+//! The second aggregation level: edge delta batches that arrive within one merge interval, from
+//! any edges, are merged in memory and committed together by [`Store::apply_group`] (one upsert
+//! per distinct cell of every tier for the whole group, every batch's dedupe record in the same
+//! transaction). Each batch is answered only after that commit, so nothing acknowledged is lost
+//! through `kill -9`, and a duplicate or conflicting batch inside a group gets its own answer
+//! without failing the others.
+//!
+//! Durable writes therefore grow with the distinct counters of a merge interval, not with
+//! edges x windows: a hundred edges that each touched the same hot resource in one interval
+//! cost one row per tier, not a hundred.
+//!
+//! Bounded: batches wait in a queue limited by entries ([`MERGE_QUEUE_ENTRIES_MAX`]); past the
+//! limit a batch is refused at once with [`MergeError::Overloaded`] (503 with Retry-After), and
+//! edges resend the same bytes later. Memory does not grow with load.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::store::{ApplyOutcome, BatchKey, MergeBatch, Store, StoreError};
+use hitcount_wire::DeltaEntry;
+
+/// Delta entries waiting to be merged, over all batches; past this deltas get 503. At about
+/// 200 bytes an entry in memory (id, counts, a sparse sketch) this bounds the queue near 400 MB,
+/// about four seconds of the headline load (100 edges sending ~5k entries a second each).
+pub const MERGE_QUEUE_ENTRIES_MAX: usize = 2_000_000;
+/// Batches waiting to be merged (a second bound, for many tiny batches).
+pub const MERGE_QUEUE_BATCHES_MAX: usize = 16_384;
+/// Entries in one group commit: bounds the transaction's size and its time.
+pub const MERGE_GROUP_ENTRIES_MAX: usize = 400_000;
+/// Default time the first batch of a group waits for others to join it.
+pub const MERGE_INTERVAL_MS_DEFAULT: u64 = 100;
+/// Longest merge interval: acknowledgements (and read-after-write) must stay within a second.
+pub const MERGE_INTERVAL_MS_MAX: u64 = 500;
+/// What a refused batch is told to wait before resending.
+pub const MERGE_RETRY_AFTER_S: u64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MergeError {
+    #[error("the merge queue is full")]
+    Overloaded,
+    #[error("the aggregator is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+struct Request {
+    batch: MergeBatch,
+    received: Instant,
+    reply: oneshot::Sender<Result<ApplyOutcome, Arc<StoreError>>>,
+    /// Held until the batch is answered: its entries' room in the queue.
+    room: OwnedSemaphorePermit,
+}
+
+enum Message {
+    Batch(Request),
+    Shutdown(oneshot::Sender<()>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Merger {
+    sender: mpsc::Sender<Message>,
+    room: Arc<Semaphore>,
+    entries_max: usize,
+}
+
+impl Merger {
+    /// Starts the merge task. With `interval` zero a group is whatever queued while the previous
+    /// commit ran (group commit alone).
+    pub fn start(store: Store, interval: Duration) -> (Self, JoinHandle<()>) {
+        Self::start_with_room(store, interval, MERGE_QUEUE_ENTRIES_MAX)
+    }
+
+    /// [`Merger::start`] with room for `entries_max` waiting entries (tests fill a small queue).
+    fn start_with_room(
+        store: Store,
+        interval: Duration,
+        entries_max: usize,
+    ) -> (Self, JoinHandle<()>) {
+        assert!(entries_max <= MERGE_QUEUE_ENTRIES_MAX);
+        let (sender, receiver) = mpsc::channel(MERGE_QUEUE_BATCHES_MAX);
+        let task = tokio::spawn(run(store, receiver, interval));
+        (
+            Self {
+                sender,
+                room: Arc::new(Semaphore::new(entries_max)),
+                entries_max,
+            },
+            task,
+        )
+    }
+
+    /// Queues one batch and waits for the commit of its group.
+    pub async fn submit(
+        &self,
+        entries: Vec<DeltaEntry>,
+        key: Option<BatchKey>,
+    ) -> Result<ApplyOutcome, MergeError> {
+        // An empty batch still needs its room of one, for its dedupe record.
+        let needed = u32::try_from(entries.len().max(1)).unwrap_or(u32::MAX);
+        let permit = Arc::clone(&self.room)
+            .try_acquire_many_owned(needed)
+            .map_err(|error| match error {
+                tokio::sync::TryAcquireError::Closed => MergeError::ShuttingDown,
+                tokio::sync::TryAcquireError::NoPermits => MergeError::Overloaded,
+            })?;
+        let (reply, answer) = oneshot::channel();
+        let request = Request {
+            batch: MergeBatch { entries, key },
+            received: Instant::now(),
+            reply,
+            room: permit,
+        };
+        self.sender
+            .try_send(Message::Batch(request))
+            .map_err(|error| match error {
+                mpsc::error::TrySendError::Full(_) => MergeError::Overloaded,
+                mpsc::error::TrySendError::Closed(_) => MergeError::ShuttingDown,
+            })?;
+        match answer.await {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(error)) => Err(MergeError::Store(shared_error(&error))),
+            Err(_) => Err(MergeError::ShuttingDown),
+        }
+    }
+
+    /// Merges every batch queued before this call, then stops the merge task.
+    pub async fn shutdown(&self) {
+        let (sender, receiver) = oneshot::channel();
+        if self.sender.send(Message::Shutdown(sender)).await.is_ok() {
+            let _ = receiver.await;
+        }
+    }
+
+    /// Entries waiting now (for the metrics gauge and tests).
+    pub fn queued_entries(&self) -> usize {
+        self.entries_max - self.room.available_permits()
+    }
+}
+
+/// One store failure answers every batch of its group; each gets an error of the same kind.
+fn shared_error(error: &StoreError) -> StoreError {
+    match error {
+        StoreError::Busy => StoreError::Busy,
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+async fn run(store: Store, mut receiver: mpsc::Receiver<Message>, interval: Duration) {
+    let mut carried: Option<Request> = None;
+    let mut shutdown_replies = Vec::new();
+    loop {
+        let first = match carried.take() {
+            Some(request) => request,
+            // After `close`, `recv` still yields everything queued, then `None`.
+            None => match receiver.recv().await {
+                Some(Message::Batch(request)) => request,
+                Some(Message::Shutdown(reply)) => {
+                    receiver.close();
+                    shutdown_replies.push(reply);
+                    continue;
+                }
+                None => break,
+            },
+        };
+        // The interval runs from the first batch's arrival: a batch that queued during the
+        // previous commit has waited already and is committed with whatever else is queued.
+        let deadline = first.received + interval;
+        let mut entries = first.batch.entries.len();
+        let mut group = vec![first];
+        while entries < MERGE_GROUP_ENTRIES_MAX {
+            let next = if Instant::now() >= deadline {
+                receiver.try_recv().ok()
+            } else {
+                tokio::time::timeout_at(deadline.into(), receiver.recv())
+                    .await
+                    .ok()
+                    .flatten()
+            };
+            match next {
+                Some(Message::Batch(request)) => {
+                    if entries + request.batch.entries.len() > MERGE_GROUP_ENTRIES_MAX {
+                        carried = Some(request);
+                        break;
+                    }
+                    entries += request.batch.entries.len();
+                    group.push(request);
+                }
+                Some(Message::Shutdown(reply)) => {
+                    // Stop taking new batches but merge every one already queued.
+                    receiver.close();
+                    shutdown_replies.push(reply);
+                }
+                None => break,
+            }
+        }
+        commit(&store, group, entries).await;
+    }
+    for reply in shutdown_replies {
+        let _ = reply.send(());
+    }
+}
+
+async fn commit(store: &Store, group: Vec<Request>, entries: usize) {
+    let batches_in_group = group.len();
+    let mut batches = Vec::with_capacity(group.len());
+    let mut replies = Vec::with_capacity(group.len());
+    for request in group {
+        batches.push(request.batch);
+        replies.push((request.reply, request.room));
+    }
+    let started = Instant::now();
+    let result = store.apply_group(batches, crate::now_ms()).await;
+    metrics::histogram!("hitcount_merge_commit_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!("hitcount_merge_group_batches").record(batches_in_group as f64);
+    metrics::counter!("hitcount_merge_groups_total").increment(1);
+    metrics::counter!("hitcount_merge_entries_total").increment(entries as u64);
+    match result {
+        Ok(outcomes) => {
+            assert_eq!(outcomes.len(), replies.len(), "one outcome per batch");
+            for ((reply, _room), outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(Ok(outcome));
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, batches = batches_in_group, entries, "a group merge failed");
+            metrics::counter!("hitcount_merge_failures_total").increment(1);
+            let error = Arc::new(error);
+            for (reply, _room) in replies {
+                let _ = reply.send(Err(Arc::clone(&error)));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::store::{ResourceRecord, Tier};
+    use hitcount_wire::{MINUTE_MS, Sketch};
+
+    fn entries(count: u64) -> Vec<DeltaEntry> {
+        let minute = crate::now_ms() / MINUTE_MS;
+        (0..count)
+            .map(|offset| DeltaEntry {
+                resource_id: "page".to_owned(),
+                minute: minute - offset,
+                hits: 1,
+                visitors: Sketch::new(),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_at_once_and_every_queued_batch_is_still_merged() {
+        let directory = tempfile::TempDir::new().unwrap();
+        let store = Store::open_embedded(directory.path()).unwrap();
+        store
+            .create_resource(ResourceRecord {
+                id: "page".to_owned(),
+                name: "page".to_owned(),
+                retention_days: None,
+                created_at_ms: 0,
+            })
+            .await
+            .unwrap();
+        // Another connection holds SQLite's write lock, so the first commit waits for it.
+        let blocker =
+            rusqlite::Connection::open(directory.path().join("hitcount.sqlite3")).unwrap();
+        blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let (merger, task) = Merger::start_with_room(store.clone(), Duration::ZERO, 10);
+        let waiting: Vec<_> = (0..2)
+            .map(|_| {
+                let merger = merger.clone();
+                tokio::spawn(async move { merger.submit(entries(4), None).await })
+            })
+            .collect();
+        while merger.queued_entries() < 8 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let refused = merger.submit(entries(4), None).await;
+        assert!(
+            matches!(refused, Err(MergeError::Overloaded)),
+            "{refused:?}"
+        );
+        blocker.execute_batch("ROLLBACK").unwrap();
+        for batch in waiting {
+            let outcome = batch.await.unwrap().unwrap();
+            assert!(matches!(outcome, ApplyOutcome::Applied(applied) if applied.hits == 4));
+        }
+        assert_eq!(
+            merger.queued_entries(),
+            0,
+            "answered batches give their room back"
+        );
+        let cells = store
+            .cells("page".to_owned(), Tier::Day, 0, crate::now_ms() + MINUTE_MS)
+            .await
+            .unwrap();
+        assert_eq!(cells.iter().map(|cell| cell.hits).sum::<u64>(), 8);
+        merger.shutdown().await;
+        task.await.unwrap();
+    }
+}

@@ -1,0 +1,560 @@
+//! The store contract's conformance suite: every case runs against the embedded store and
+//! against PostgreSQL (a database of its own on the machine's server), through the
+//! `DurableStore` trait alone. A behaviour one backend has and the other lacks fails here.
+
+use std::collections::HashSet;
+
+use hitcount_aggregator::now_ms;
+use hitcount_aggregator::store::{
+    ApplyOutcome, BatchKey, CreateOutcome, DAY_MS, DurableStore, HOUR_MS, MINUTE_TIER_RETENTION_MS,
+    MergeBatch, PatternRecord, PgStore, ResourceRecord, SqliteStore, Tier, TokenRecord,
+};
+use hitcount_wire::{DeltaEntry, MINUTE_MS, SKETCH_STANDARD_ERROR, Sketch};
+use tempfile::TempDir;
+
+type Case = fn(&dyn DurableStore) -> std::pin::Pin<Box<dyn Future<Output = ()> + '_>>;
+
+/// Runs `case` on both backends: SQLite always, PostgreSQL when it answers (under `CI=true` an
+/// unreachable PostgreSQL fails the test).
+async fn on_both(case: Case) {
+    let directory = TempDir::new().unwrap();
+    let sqlite = SqliteStore::open(directory.path()).unwrap();
+    case(&sqlite).await;
+    if crate::support::postgres_or_skip() {
+        // A database of its own, named after the temporary directory (unique per test).
+        let fresh = crate::support::postgres_database(directory.path());
+        let postgres = PgStore::connect(&fresh).await.unwrap();
+        case(&postgres).await;
+    }
+}
+
+macro_rules! contract {
+    ($($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                on_both(|store| Box::pin(cases::$case(store))).await;
+            }
+        )*
+    };
+}
+
+contract!(
+    a_batch_is_applied_once_and_a_changed_body_conflicts,
+    a_group_answers_each_batch_and_merges_them,
+    unknown_resources_and_expired_entries_are_reported_not_counted,
+    tiers_roll_up_and_sketches_survive_compaction,
+    minute_cells_since_lists_recent_minutes_with_pending_visitors,
+    resources_are_unique_by_id_and_name_and_deletion_purges_counts,
+    tokens_and_edge_keys_are_replaced_by_id,
+    prune_deletes_expired_minutes_and_old_dedupe_records,
+    patterns_and_resources_created_on_first_sight,
+);
+
+fn minute_now() -> u64 {
+    now_ms() / MINUTE_MS
+}
+
+fn entry(resource_id: &str, minute: u64, hits: u64, visitors: &[&str]) -> DeltaEntry {
+    let mut sketch = Sketch::new();
+    for visitor in visitors {
+        sketch.insert(visitor.as_bytes());
+    }
+    DeltaEntry {
+        resource_id: resource_id.to_owned(),
+        minute,
+        hits,
+        visitors: sketch,
+    }
+}
+
+fn key(edge_id: &str, sequence: u64, body: &str) -> BatchKey {
+    use sha2::Digest;
+    BatchKey {
+        edge_id: edge_id.to_owned(),
+        boot_epoch: 1,
+        sequence,
+        body_sha256: sha2::Sha256::digest(body.as_bytes()).into(),
+    }
+}
+
+fn resource(id: &str, retention_days: Option<u32>) -> ResourceRecord {
+    ResourceRecord {
+        id: id.to_owned(),
+        name: format!("name of {id}"),
+        retention_days,
+        created_at_ms: now_ms(),
+    }
+}
+
+async fn total(store: &dyn DurableStore, id: &str, tier: Tier) -> (u64, Sketch) {
+    let cells = store
+        .cells(id.to_owned(), tier, 0, now_ms() + DAY_MS)
+        .await
+        .unwrap();
+    let mut visitors = Sketch::new();
+    for cell in &cells {
+        visitors.merge(&cell.visitors);
+    }
+    (cells.iter().map(|cell| cell.hits).sum(), visitors)
+}
+
+/// One batch alone, as a group of one.
+async fn apply(
+    store: &dyn DurableStore,
+    entries: Vec<DeltaEntry>,
+    key: Option<BatchKey>,
+    now_ms: u64,
+) -> ApplyOutcome {
+    let outcomes = store
+        .apply_group(MergeBatch::alone(entries, key), now_ms)
+        .await
+        .unwrap();
+    assert_eq!(outcomes.len(), 1);
+    outcomes[0]
+}
+
+fn applied_hits(outcome: ApplyOutcome) -> u64 {
+    match outcome {
+        ApplyOutcome::Applied(applied) => applied.hits,
+        other => panic!("expected applied, got {other:?}"),
+    }
+}
+
+mod cases {
+    use super::*;
+
+    pub async fn a_batch_is_applied_once_and_a_changed_body_conflicts(store: &dyn DurableStore) {
+        store.create_resource(resource("page", None)).await.unwrap();
+        let minute = minute_now();
+        let entries = vec![entry("page", minute, 3, &["a", "b"])];
+        let first = apply(
+            store,
+            entries.clone(),
+            Some(key("edge", 0, "one")),
+            now_ms(),
+        )
+        .await;
+        assert_eq!(applied_hits(first), 3);
+        let again = apply(
+            store,
+            entries.clone(),
+            Some(key("edge", 0, "one")),
+            now_ms(),
+        )
+        .await;
+        assert_eq!(again, ApplyOutcome::Duplicate);
+        let changed = apply(
+            store,
+            entries.clone(),
+            Some(key("edge", 0, "two")),
+            now_ms(),
+        )
+        .await;
+        assert_eq!(changed, ApplyOutcome::Conflict);
+        // Without a key (direct hits) every apply counts.
+        apply(store, entries, None, now_ms()).await;
+        assert_eq!(total(store, "page", Tier::Minute).await.0, 6);
+    }
+
+    pub async fn a_group_answers_each_batch_and_merges_them(store: &dyn DurableStore) {
+        store.create_resource(resource("hot", None)).await.unwrap();
+        store.create_resource(resource("cold", None)).await.unwrap();
+        let minute = minute_now();
+        let old = apply(
+            store,
+            vec![entry("hot", minute, 100, &[])],
+            Some(key("edge-b", 7, "seven")),
+            now_ms(),
+        )
+        .await;
+        assert_eq!(applied_hits(old), 100);
+        let group = vec![
+            MergeBatch {
+                entries: vec![
+                    entry("hot", minute, 1, &["v1"]),
+                    entry("cold", minute, 2, &["v2"]),
+                ],
+                key: Some(key("edge-a", 0, "a0")),
+            },
+            // The same batch again inside the group: a duplicate, counted once.
+            MergeBatch {
+                entries: vec![
+                    entry("hot", minute, 1, &["v1"]),
+                    entry("cold", minute, 2, &["v2"]),
+                ],
+                key: Some(key("edge-a", 0, "a0")),
+            },
+            // The same key with another body inside the group: a conflict, not counted.
+            MergeBatch {
+                entries: vec![entry("hot", minute, 50, &[])],
+                key: Some(key("edge-a", 0, "a0-changed")),
+            },
+            // A batch applied by an earlier transaction: a duplicate; with another body, a
+            // conflict.
+            MergeBatch {
+                entries: vec![entry("hot", minute, 100, &[])],
+                key: Some(key("edge-b", 7, "seven")),
+            },
+            MergeBatch {
+                entries: vec![entry("hot", minute, 9, &[])],
+                key: Some(key("edge-b", 7, "other")),
+            },
+            MergeBatch {
+                entries: vec![
+                    entry("hot", minute, 4, &["v3"]),
+                    entry("hot", minute + 1, 5, &["v4"]),
+                ],
+                key: Some(key("edge-c", 0, "c0")),
+            },
+            MergeBatch {
+                entries: vec![entry("hot", minute, 10, &[])],
+                key: None,
+            },
+        ];
+        let outcomes = store.apply_group(group, now_ms()).await.unwrap();
+        assert_eq!(outcomes.len(), 7);
+        assert_eq!(applied_hits(outcomes[0]), 3);
+        assert_eq!(outcomes[1], ApplyOutcome::Duplicate);
+        assert_eq!(outcomes[2], ApplyOutcome::Conflict);
+        assert_eq!(outcomes[3], ApplyOutcome::Duplicate);
+        assert_eq!(outcomes[4], ApplyOutcome::Conflict);
+        assert_eq!(applied_hits(outcomes[5]), 9);
+        assert_eq!(applied_hits(outcomes[6]), 10);
+        let (hot, visitors) = total(store, "hot", Tier::Minute).await;
+        assert_eq!(hot, 100 + 1 + 4 + 5 + 10);
+        assert_eq!(visitors.count(), 3, "v1, v3, v4");
+        assert_eq!(total(store, "cold", Tier::Day).await.0, 2);
+        // The group's keys were recorded: resending any of them changes nothing.
+        let resent = apply(
+            store,
+            vec![entry("hot", minute, 4, &[])],
+            Some(key("edge-c", 0, "c0")),
+            now_ms(),
+        )
+        .await;
+        assert_eq!(resent, ApplyOutcome::Duplicate);
+        // A group of only duplicates writes nothing and answers each.
+        let outcomes = store
+            .apply_group(
+                vec![
+                    MergeBatch {
+                        entries: vec![],
+                        key: Some(key("edge-a", 0, "a0")),
+                    },
+                    MergeBatch {
+                        entries: vec![],
+                        key: Some(key("edge-c", 0, "zz")),
+                    },
+                ],
+                now_ms(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            outcomes,
+            vec![ApplyOutcome::Duplicate, ApplyOutcome::Conflict]
+        );
+        assert_eq!(total(store, "hot", Tier::Minute).await.0, 120);
+    }
+
+    pub async fn unknown_resources_and_expired_entries_are_reported_not_counted(
+        store: &dyn DurableStore,
+    ) {
+        store
+            .create_resource(resource("short", Some(1)))
+            .await
+            .unwrap();
+        let minute = minute_now();
+        let three_days_ago = minute - 3 * DAY_MS / MINUTE_MS;
+        let outcome = apply(
+            store,
+            vec![
+                entry("short", minute, 2, &[]),
+                entry("short", three_days_ago, 7, &[]),
+                entry("nobody", minute, 5, &[]),
+            ],
+            Some(key("edge", 1, "mixed")),
+            now_ms(),
+        )
+        .await;
+        let ApplyOutcome::Applied(applied) = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert_eq!(applied.entries, 1);
+        assert_eq!(applied.hits, 2);
+        assert_eq!(applied.expired_entries, 1);
+        assert_eq!(applied.unknown_resource_entries, 1);
+        assert_eq!(applied.unknown_resource_hits, 5);
+        assert_eq!(total(store, "short", Tier::Day).await.0, 2);
+        assert_eq!(total(store, "nobody", Tier::Day).await.0, 0);
+    }
+
+    pub async fn tiers_roll_up_and_sketches_survive_compaction(store: &dyn DurableStore) {
+        store.create_resource(resource("site", None)).await.unwrap();
+        let hour_start = now_ms() / HOUR_MS * HOUR_MS - HOUR_MS;
+        let first_minute = hour_start / MINUTE_MS;
+        let visitors: Vec<String> = (0..3_000).map(|index| format!("visitor-{index}")).collect();
+        // Sixty minutes of one hour, each with its own 50 visitors, in groups of ten batches.
+        for group in 0..6 {
+            let batches = (0..10)
+                .map(|offset| {
+                    let minute = first_minute + group * 10 + offset;
+                    let names: Vec<&str> = visitors[(minute - first_minute) as usize * 50..][..50]
+                        .iter()
+                        .map(String::as_str)
+                        .collect();
+                    MergeBatch {
+                        entries: vec![entry("site", minute, 2, &names)],
+                        key: Some(key("edge", 100 + minute, &minute.to_string())),
+                    }
+                })
+                .collect();
+            store.apply_group(batches, now_ms()).await.unwrap();
+        }
+        let (minute_hits, minute_visitors) = total(store, "site", Tier::Minute).await;
+        let (hour_hits, hour_visitors) = total(store, "site", Tier::Hour).await;
+        let (day_hits, _) = total(store, "site", Tier::Day).await;
+        assert_eq!((minute_hits, hour_hits, day_hits), (120, 120, 120));
+        let hour_cells = store
+            .cells("site".to_owned(), Tier::Hour, 0, now_ms() + DAY_MS)
+            .await
+            .unwrap();
+        assert_eq!(hour_cells.len(), 1);
+        assert_eq!(hour_cells[0].bucket_ms, hour_start);
+        let error_max = 3.0 * SKETCH_STANDARD_ERROR * 3_000.0;
+        assert!((hour_visitors.estimate() - 3_000.0).abs() < error_max);
+        let before = hour_visitors.estimate();
+        let folded = store.compact().await.unwrap();
+        assert!(folded > 0, "pending sketches were folded");
+        assert_eq!(store.compact().await.unwrap(), 0, "nothing left to fold");
+        let (_, after) = total(store, "site", Tier::Hour).await;
+        assert_eq!(after.estimate(), before, "folding changes no answer");
+        assert_eq!(
+            total(store, "site", Tier::Minute).await.1.estimate(),
+            minute_visitors.estimate()
+        );
+    }
+
+    pub async fn minute_cells_since_lists_recent_minutes_with_pending_visitors(
+        store: &dyn DurableStore,
+    ) {
+        store.create_resource(resource("a", None)).await.unwrap();
+        store.create_resource(resource("b", None)).await.unwrap();
+        let minute = minute_now();
+        apply(
+            store,
+            vec![
+                entry("a", minute - 120, 1, &["old"]),
+                entry("a", minute, 2, &["x", "y"]),
+                entry("b", minute - 1, 3, &["z"]),
+            ],
+            None,
+            now_ms(),
+        )
+        .await;
+        let since = (minute - 10) * MINUTE_MS;
+        let cells = store.minute_cells_since(since).await.unwrap();
+        let listed: Vec<(String, u64, u64, u64)> = cells
+            .iter()
+            .map(|(id, cell)| {
+                (
+                    id.clone(),
+                    cell.bucket_ms / MINUTE_MS,
+                    cell.hits,
+                    cell.visitors.count(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            listed,
+            vec![
+                ("a".to_owned(), minute, 2, 2),
+                ("b".to_owned(), minute - 1, 3, 1),
+            ]
+        );
+    }
+
+    pub async fn resources_are_unique_by_id_and_name_and_deletion_purges_counts(
+        store: &dyn DurableStore,
+    ) {
+        assert_eq!(
+            store.create_resource(resource("r1", None)).await.unwrap(),
+            CreateOutcome::Created
+        );
+        assert_eq!(
+            store
+                .create_resource(resource("r1", Some(3)))
+                .await
+                .unwrap(),
+            CreateOutcome::IdTaken
+        );
+        let mut same_name = resource("r2", None);
+        same_name.name = "name of r1".to_owned();
+        assert_eq!(
+            store.create_resource(same_name).await.unwrap(),
+            CreateOutcome::NameTaken
+        );
+        store
+            .create_resource(resource("r0", Some(30)))
+            .await
+            .unwrap();
+        let listed: Vec<(String, Option<u32>)> = store
+            .resources()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|record| (record.id, record.retention_days))
+            .collect();
+        assert_eq!(
+            listed,
+            vec![("r0".to_owned(), Some(30)), ("r1".to_owned(), None)]
+        );
+        apply(
+            store,
+            vec![entry("r1", minute_now(), 4, &["v"])],
+            None,
+            now_ms(),
+        )
+        .await;
+        assert!(store.delete_resource("r1".to_owned()).await.unwrap());
+        assert!(!store.delete_resource("r1".to_owned()).await.unwrap());
+        // Created again, it starts from nothing.
+        store.create_resource(resource("r1", None)).await.unwrap();
+        assert_eq!(total(store, "r1", Tier::Minute).await.0, 0);
+        assert_eq!(total(store, "r1", Tier::Minute).await.1.count(), 0);
+    }
+
+    pub async fn tokens_and_edge_keys_are_replaced_by_id(store: &dyn DurableStore) {
+        let token = |name: &str, created_at_ms| TokenRecord {
+            id: "t1".to_owned(),
+            name: name.to_owned(),
+            token_sha256: [7; 32],
+            scopes: vec!["read".to_owned(), "write".to_owned()],
+            created_at_ms,
+        };
+        store.put_token(token("first", 1)).await.unwrap();
+        store.put_token(token("second", 2)).await.unwrap();
+        assert_eq!(store.tokens().await.unwrap(), vec![token("second", 2)]);
+        assert!(store.delete_token("t1".to_owned()).await.unwrap());
+        assert!(!store.delete_token("t1".to_owned()).await.unwrap());
+        store
+            .put_edge_key("edge-2".to_owned(), b"secret-one".to_vec(), 10)
+            .await
+            .unwrap();
+        store
+            .put_edge_key("edge-1".to_owned(), b"secret-two".to_vec(), 11)
+            .await
+            .unwrap();
+        store
+            .put_edge_key("edge-2".to_owned(), b"secret-three".to_vec(), 12)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.edge_keys().await.unwrap(),
+            vec![
+                ("edge-1".to_owned(), b"secret-two".to_vec(), 11),
+                ("edge-2".to_owned(), b"secret-three".to_vec(), 12),
+            ]
+        );
+        assert!(store.delete_edge_key("edge-1".to_owned()).await.unwrap());
+        assert!(!store.delete_edge_key("edge-1".to_owned()).await.unwrap());
+    }
+
+    pub async fn prune_deletes_expired_minutes_and_old_dedupe_records(store: &dyn DurableStore) {
+        store.create_resource(resource("p", None)).await.unwrap();
+        let now = now_ms();
+        let minute = now / MINUTE_MS;
+        apply(
+            store,
+            vec![entry("p", minute, 1, &[])],
+            Some(key("edge", 1, "x")),
+            now,
+        )
+        .await;
+        let later = now + MINUTE_TIER_RETENTION_MS + 2 * MINUTE_MS;
+        let pruned = store.prune(later).await.unwrap();
+        assert!(pruned.count_rows >= 1, "the minute row expired: {pruned:?}");
+        let minutes = store
+            .cells("p".to_owned(), Tier::Minute, 0, later)
+            .await
+            .unwrap();
+        assert!(minutes.is_empty());
+        assert_eq!(
+            total(store, "p", Tier::Day).await.0,
+            1,
+            "the day tier is kept"
+        );
+        let much_later = now + hitcount_aggregator::store::DEDUPE_RETENTION_MS + MINUTE_MS;
+        assert!(store.prune(much_later).await.unwrap().dedupe_rows >= 1);
+        // The dedupe record is gone, so the same key is new again.
+        let again = apply(store, vec![], Some(key("edge", 1, "y")), now).await;
+        assert!(matches!(again, ApplyOutcome::Applied(_)));
+    }
+
+    pub async fn patterns_and_resources_created_on_first_sight(store: &dyn DurableStore) {
+        let pattern = PatternRecord {
+            pattern: "blog.*".to_owned(),
+            resources_max: 10,
+            retention_days: Some(5),
+            refused_hits: 0,
+            created_at_ms: 1,
+        };
+        assert!(store.create_pattern(pattern.clone()).await.unwrap());
+        assert!(!store.create_pattern(pattern.clone()).await.unwrap());
+        store
+            .add_refused_hits(vec![("blog.*".to_owned(), 4), ("gone.*".to_owned(), 9)])
+            .await
+            .unwrap();
+        let stored = store.patterns().await.unwrap();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].refused_hits, 4);
+        store
+            .create_resource(resource("blog.taken", None))
+            .await
+            .unwrap();
+        let mut named_like_taken = resource("blog.other", Some(5));
+        named_like_taken.name = "name of blog.taken".to_owned();
+        let created = store
+            .insert_resources_if_absent(vec![
+                resource("blog.b", Some(5)),
+                resource("blog.a", Some(5)),
+                resource("blog.taken", Some(5)),
+                named_like_taken,
+            ])
+            .await
+            .unwrap();
+        let ids: HashSet<String> = created.iter().map(|record| record.id.clone()).collect();
+        // The existing one is returned as stored; the one whose name is taken is not created.
+        assert_eq!(
+            ids,
+            HashSet::from([
+                "blog.a".to_owned(),
+                "blog.b".to_owned(),
+                "blog.taken".to_owned()
+            ])
+        );
+        let taken = created
+            .iter()
+            .find(|record| record.id == "blog.taken")
+            .unwrap();
+        assert_eq!(taken.retention_days, None);
+        let current = store
+            .resources_current(vec!["blog.a".to_owned(), "nope".to_owned()], None)
+            .await
+            .unwrap();
+        assert_eq!(current.len(), 1);
+        let since = store
+            .resources_current(vec![], Some(now_ms() - 60_000))
+            .await
+            .unwrap();
+        assert_eq!(since.len(), 3);
+        assert!(store.delete_pattern("blog.*".to_owned()).await.unwrap());
+        assert!(!store.delete_pattern("blog.*".to_owned()).await.unwrap());
+        assert_eq!(
+            store.resources().await.unwrap().len(),
+            3,
+            "its resources stay"
+        );
+    }
+}
