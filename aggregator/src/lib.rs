@@ -163,6 +163,8 @@ impl Aggregator {
         let _ = self.ingest_task.await;
         self.state.merger.shutdown().await;
         let _ = self.merge_task.await;
+        // After the last write: the other aggregators need not rebuild for this one.
+        self.state.store.leave_hot_tier().await;
         // Stopped first, so that no flush of its own is cut off halfway by the abort.
         self.maintenance_task.abort();
         let _ = self.maintenance_task.await;

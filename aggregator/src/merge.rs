@@ -219,9 +219,13 @@ async fn commit(store: &Store, group: Vec<Request>, entries: usize) {
     metrics::counter!("hitcount_merge_groups_total").increment(1);
     metrics::counter!("hitcount_merge_entries_total").increment(entries as u64);
     match result {
-        Ok(outcomes) => {
-            assert_eq!(outcomes.len(), replies.len(), "one outcome per batch");
-            for ((reply, _room), outcome) in replies.into_iter().zip(outcomes) {
+        Ok(committed) => {
+            assert_eq!(
+                committed.outcomes.len(),
+                replies.len(),
+                "one outcome per batch"
+            );
+            for ((reply, _room), outcome) in replies.into_iter().zip(committed.outcomes) {
                 let _ = reply.send(Ok(outcome));
             }
         }

@@ -109,7 +109,8 @@ async fn apply(
     let outcomes = store
         .apply_group(MergeBatch::alone(entries, key), now_ms)
         .await
-        .unwrap();
+        .unwrap()
+        .outcomes;
     assert_eq!(outcomes.len(), 1);
     outcomes[0]
 }
@@ -212,7 +213,7 @@ mod cases {
                 key: None,
             },
         ];
-        let outcomes = store.apply_group(group, now_ms()).await.unwrap();
+        let outcomes = store.apply_group(group, now_ms()).await.unwrap().outcomes;
         assert_eq!(outcomes.len(), 7);
         assert_eq!(applied_hits(outcomes[0]), 3);
         assert_eq!(outcomes[1], ApplyOutcome::Duplicate);
@@ -252,9 +253,10 @@ mod cases {
             .await
             .unwrap();
         assert_eq!(
-            outcomes,
+            outcomes.outcomes,
             vec![ApplyOutcome::Duplicate, ApplyOutcome::Conflict]
         );
+        assert_eq!(outcomes.transaction, None, "nothing was committed");
         assert_eq!(total(store, "hot", Tier::Minute).await.0, 120);
     }
 
@@ -354,7 +356,7 @@ mod cases {
         )
         .await;
         let since = (minute - 10) * MINUTE_MS;
-        let cells = store.minute_cells_since(since).await.unwrap();
+        let cells = store.minute_cells_since(since).await.unwrap().cells;
         let listed: Vec<(String, u64, u64, u64)> = cells
             .iter()
             .map(|(id, cell)| {

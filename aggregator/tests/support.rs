@@ -193,6 +193,18 @@ impl TestServer {
         self._temporary.take()
     }
 
+    /// A handle for the JSON helpers on a server at `base` that this process does not run.
+    pub fn at(base: &str) -> Self {
+        Self {
+            base: base.to_owned(),
+            client: Client::new(),
+            data_dir: PathBuf::new(),
+            shutdown: None,
+            task: None,
+            _temporary: None,
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
@@ -458,8 +470,10 @@ impl BinaryServer {
             .arg("0")
             .arg("--rate-limit-token")
             .arg("0")
+            // A test that names its database itself (several servers on one) keeps it.
             .args(
                 database_url_for(data_dir)
+                    .filter(|_| !extra.contains(&"--database-url"))
                     .map(|url| vec!["--database-url".to_owned(), url])
                     .unwrap_or_default(),
             )
@@ -511,14 +525,7 @@ impl BinaryServer {
 
     /// A `TestServer`-shaped handle for the JSON helpers (no in-process task behind it).
     pub fn handle(&self) -> TestServer {
-        TestServer {
-            base: self.base.clone(),
-            client: Client::new(),
-            data_dir: PathBuf::new(),
-            shutdown: None,
-            task: None,
-            _temporary: None,
-        }
+        TestServer::at(&self.base)
     }
 }
 

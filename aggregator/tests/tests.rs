@@ -12,4 +12,5 @@ mod deltas_fuzz;
 mod durability;
 mod faults;
 mod patterns;
+mod shared_hot_tier;
 mod store_contract;

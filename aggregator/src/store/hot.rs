@@ -1,32 +1,51 @@
 //! The hot tier (`--redis-url`): the last hour of minute counts in Redis, in front of
 //! PostgreSQL. Redis is a cache: a merge is acknowledged once PostgreSQL committed it, whatever
-//! Redis does, and the hot tier can always be rebuilt from PostgreSQL.
+//! Redis does, and the hot tier can always be rebuilt from PostgreSQL. Several aggregators share
+//! one tier (one `--redis-prefix`), and it stays exact.
 //!
-//! Per (resource, minute) two keys, written with one pipelined round trip per merge after the
-//! commit: `{prefix}:h:{resource}:{minute_ms}` (INCRBY of the hits) and
-//! `{prefix}:s:{resource}:{minute_ms}` (RPUSH of the entry's sketch, encoded by us). Both expire
-//! an hour after their minute. Sketches are merged here, in Rust, when a query reads them: no
-//! bytes from an edge ever reach a Redis HyperLogLog command (crafted HLL strings have corrupted
-//! Redis memory, CVE-2025-32023), and concurrent merges cannot lose each other's visitors because
-//! appending commutes.
+//! Keys. Per (resource, minute) two keys of the current *generation*:
+//! `{prefix}:g{generation}:h:{resource}:{minute_ms}` (INCRBY of the hits) and
+//! `...:s:{resource}:{minute_ms}` (RPUSH of the group's sketch, encoded by us), both expiring an
+//! hour after their minute. Sketches are merged here, in Rust, when a query reads them: no bytes
+//! from an edge ever reach a Redis HyperLogLog command (crafted HLL strings have corrupted Redis
+//! memory, CVE-2025-32023), and concurrent merges cannot lose each other's visitors because
+//! appending commutes. `{prefix}:epoch` names the current generation and the PostgreSQL snapshot
+//! it was rebuilt from (`{generation}|{xmin:xmax:in-progress}`), or says a rebuild is under way
+//! (`rebuilding|{owner}|{deadline_ms}`).
 //!
-//! The tier answers queries only while it is known to be complete. Any failed or timed-out write
-//! or read marks it unusable (queries go to PostgreSQL); the maintenance task then rebuilds it
-//! from PostgreSQL once Redis answers again. `{prefix}:epoch` holds the id of the last rebuild,
-//! checked by every read and write, so a Redis that restarted empty or was flushed is noticed.
-//! A rebuild holds the write side of `order` while it snapshots PostgreSQL and rewrites Redis;
-//! merges hold the read side from their commit until their Redis write, so no merge is in the
-//! snapshot and then written again, or missed by both.
+//! Writes. A merge's cells are written after its commit by a script that applies them only if
+//! the epoch is still the one this process knows (and its lease is alive): all or nothing, in
+//! Redis's one thread. A rebuild first marks the epoch `rebuilding`, then reads PostgreSQL in one
+//! snapshot, writes a new generation and publishes it. So a write accepted under the old epoch
+//! came before the mark, its commit before the snapshot: the new generation has it. A write
+//! refused because the epoch changed is settled by the merge's transaction id: if the new
+//! epoch's snapshot sees that transaction, the rebuild counted it; if not, the write is made
+//! again in the new generation. A write refused during a rebuild waits (bounded) for the new
+//! epoch. A write whose outcome is unknown (a timeout: it may have been applied) cannot be
+//! repeated; this process then starts a rebuild, whose snapshot sees the merge.
+//!
+//! Membership. Every aggregator holds a lease key renewed each second and is listed in
+//! `{prefix}:members`. One that dies between a commit and its Redis write leaves a merge the tier
+//! lacks; its lease expires within [`HOT_LEASE_MS`] and whoever notices rebuilds (and removes
+//! it). A starting aggregator rebuilds too, since it may be the restart of one that was killed.
+//! Until then answers can miss that one group; this is the bound, documented in README.md.
+//!
+//! Reads. The tier answers queries only while this process knows the current epoch and has no
+//! write waiting; otherwise queries go to PostgreSQL. Every read checks the epoch in the same
+//! round trip, so a Redis that restarted empty or was flushed is noticed at once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use hitcount_wire::{DeltaEntry, MINUTE_MS, Sketch};
 use redis::aio::ConnectionManager;
-use tokio::sync::RwLock;
 
-use super::{ApplyOutcome, CountCell, DurableStore, MergeBatch, StoreError, Tier};
+use super::{
+    ApplyOutcome, CountCell, DurableStore, GroupCommit, MergeBatch, StoreError, Tier,
+    TransactionSnapshot,
+};
 
 /// How far back the hot tier holds minutes.
 pub const HOT_WINDOW_MS: u64 = 60 * MINUTE_MS;
@@ -35,19 +54,118 @@ const EXPIRY_MARGIN_MS: u64 = 5 * MINUTE_MS;
 /// A Redis call taking longer than this counts as a failure (a paused or overloaded Redis must
 /// not hold up ingest or queries).
 pub const HOT_OPERATION_TIMEOUT_MS: u64 = 250;
-/// A rebuild may take this long before it is abandoned and tried again.
+/// A rebuild may take this long; past it another aggregator may take the rebuild over.
 pub const HOT_REBUILD_TIMEOUT_MS: u64 = 30_000;
-/// Keys deleted per command when a rebuild clears the tier.
-const REBUILD_DELETE_KEYS_MAX: usize = 1_000;
+/// An aggregator's lease: renewed every second, so this is how long a dead one goes unnoticed.
+pub const HOT_LEASE_MS: u64 = 3_000;
+/// Cells written per script call: one call holds Redis's thread for its whole length.
+const WRITE_CELLS_MAX: usize = 2_000;
+/// Cells of refused writes kept for the next epoch; past this they are dropped and a rebuild
+/// (whose snapshot sees them) is started instead.
+pub const HOT_WAITING_CELLS_MAX: usize = 1_000_000;
+/// Keys deleted or written per command when a rebuild or a deletion runs.
+const REBUILD_KEYS_MAX: usize = 1_000;
+
+/// Applies one merge's cells if the epoch is the expected one and the writer's lease is alive.
+/// KEYS: epoch, lease, then per cell its hits key and sketch key. ARGV: the expected epoch, then
+/// per cell hits, expiry (Unix seconds), sketch bytes (empty for none). Returns {status, epoch}:
+/// 1 applied, 0 the epoch differs, 2 the lease is gone.
+const WRITE_SCRIPT: &str = r"
+local current = redis.call('GET', KEYS[1]) or ''
+if current ~= ARGV[1] then return {0, current} end
+if redis.call('EXISTS', KEYS[2]) == 0 then return {2, current} end
+local cell = 0
+for index = 3, #KEYS, 2 do
+  local argument = 2 + cell * 3
+  redis.call('INCRBY', KEYS[index], ARGV[argument])
+  redis.call('EXPIREAT', KEYS[index], ARGV[argument + 1])
+  if #ARGV[argument + 2] > 0 then
+    redis.call('RPUSH', KEYS[index + 1], ARGV[argument + 2])
+    redis.call('EXPIREAT', KEYS[index + 1], ARGV[argument + 1])
+  end
+  cell = cell + 1
+end
+return {1, current}
+";
+
+/// Sets the epoch to ARGV[2] if it is ARGV[1] (empty: absent). Returns {1, old} or {0, current}.
+const SWAP_EPOCH_SCRIPT: &str = r"
+local current = redis.call('GET', KEYS[1]) or ''
+if current ~= ARGV[1] then return {0, current} end
+redis.call('SET', KEYS[1], ARGV[2])
+return {1, current}
+";
+
+/// One merge's cells: (resource, minute ms) to hits and visitors.
+type Cells = BTreeMap<(String, u64), (u64, Sketch)>;
+
+/// A merge committed in PostgreSQL whose Redis write is not settled yet.
+#[derive(Debug)]
+struct Waiting {
+    transaction: u64,
+    cells: Cells,
+}
+
+/// What the epoch key says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Epoch {
+    Absent,
+    Rebuilding {
+        deadline_ms: u64,
+    },
+    Current {
+        generation: String,
+        snapshot: Option<TransactionSnapshot>,
+    },
+}
+
+impl Epoch {
+    fn parse(value: &str) -> Self {
+        let mut parts = value.split('|');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(""), None, None) | (None, _, _) => Self::Absent,
+            (Some("rebuilding"), Some(_owner), Some(deadline)) => Self::Rebuilding {
+                deadline_ms: deadline.parse().unwrap_or(0),
+            },
+            (Some(generation), Some(snapshot), None) => Self::Current {
+                generation: generation.to_owned(),
+                snapshot: TransactionSnapshot::parse(snapshot),
+            },
+            // Something this version does not write: treat it as lost and rebuild.
+            _ => Self::Absent,
+        }
+    }
+}
+
+/// This process's view of the tier.
+#[derive(Debug, Default)]
+struct Attachment {
+    /// The epoch value writes and reads expect (empty until the first one is learnt).
+    epoch: String,
+    generation: String,
+    /// Refused writes waiting for the next epoch, oldest first.
+    waiting: VecDeque<Waiting>,
+    waiting_cells: usize,
+    /// A write's outcome is unknown, or the tier was found lost: rebuild before serving.
+    rebuild_needed: bool,
+}
 
 pub struct HotTier {
     connection: ConnectionManager,
     prefix: String,
-    /// The hot tier holds every merge since the last rebuild.
+    /// This process's member id (random per start).
+    member: String,
+    /// Queries may be served from Redis (see the module documentation).
     healthy: AtomicBool,
-    /// The id of the rebuild Redis must still hold (see the module documentation).
-    epoch: AtomicU64,
-    order: RwLock<()>,
+    attachment: Mutex<Attachment>,
+    rebuilds: AtomicU64,
+    /// This process's merges hold the read side from before their commit until their write is
+    /// settled; its rebuilds hold the write side. So no merge of this process commits while its
+    /// own rebuild reads PostgreSQL: exact even where one snapshot does not cover every shard
+    /// (Citus), which the transaction-id rule below needs (see README.md, Citus).
+    order: tokio::sync::RwLock<()>,
+    write_script: redis::Script,
+    swap_epoch_script: redis::Script,
 }
 
 impl std::fmt::Debug for HotTier {
@@ -55,13 +173,10 @@ impl std::fmt::Debug for HotTier {
         formatter
             .debug_struct("HotTier")
             .field("prefix", &self.prefix)
+            .field("member", &self.member)
             .field("healthy", &self.healthy.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
-}
-
-fn redis_error(error: redis::RedisError) -> String {
-    error.to_string()
 }
 
 async fn within<T>(
@@ -69,21 +184,25 @@ async fn within<T>(
     work: impl Future<Output = Result<T, redis::RedisError>>,
 ) -> Result<T, String> {
     match tokio::time::timeout(Duration::from_millis(limit_ms), work).await {
-        Ok(result) => result.map_err(redis_error),
+        Ok(result) => result.map_err(|error| error.to_string()),
         Err(_) => Err(format!("no answer within {limit_ms} ms")),
     }
 }
 
-fn random_epoch() -> u64 {
+fn random_hex() -> String {
     let mut bytes = [0u8; 8];
     getrandom::fill(&mut bytes).unwrap_or_else(|error| panic!("OS random source failed: {error}"));
-    u64::from_le_bytes(bytes) | 1
+    hex::encode(bytes)
+}
+
+fn expire_at_s(minute_ms: u64) -> u64 {
+    (minute_ms + HOT_WINDOW_MS + EXPIRY_MARGIN_MS) / 1_000
 }
 
 impl HotTier {
     /// Prepares the connection without waiting for Redis: the aggregator starts (on PostgreSQL
-    /// alone) even when Redis is down. The tier is unusable until the first rebuild, which the
-    /// maintenance task runs within a second of Redis answering ([`HotTier::repair_if_needed`]).
+    /// alone) even when Redis is down. The tier is unusable until this process has rebuilt it
+    /// once ([`HotTier::maintain`], within a second of Redis answering).
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
         let client = redis::Client::open(url)
             .map_err(|error| StoreError::Unavailable(format!("redis: {error}")))?;
@@ -96,9 +215,17 @@ impl HotTier {
         Ok(Self {
             connection,
             prefix: prefix.to_owned(),
+            member: random_hex(),
             healthy: AtomicBool::new(false),
-            epoch: AtomicU64::new(0),
-            order: RwLock::new(()),
+            attachment: Mutex::new(Attachment {
+                // It may be the restart of an aggregator killed between a commit and its write.
+                rebuild_needed: true,
+                ..Attachment::default()
+            }),
+            rebuilds: AtomicU64::new(0),
+            order: tokio::sync::RwLock::new(()),
+            write_script: redis::Script::new(WRITE_SCRIPT),
+            swap_epoch_script: redis::Script::new(SWAP_EPOCH_SCRIPT),
         })
     }
 
@@ -106,36 +233,58 @@ impl HotTier {
         self.healthy.load(Ordering::Acquire)
     }
 
-    fn hits_key(&self, resource_id: &str, minute_ms: u64) -> String {
-        format!("{}:h:{resource_id}:{minute_ms}", self.prefix)
+    fn attachment(&self) -> std::sync::MutexGuard<'_, Attachment> {
+        self.attachment
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
-    fn sketch_key(&self, resource_id: &str, minute_ms: u64) -> String {
-        format!("{}:s:{resource_id}:{minute_ms}", self.prefix)
+    fn hits_key(&self, generation: &str, resource_id: &str, minute_ms: u64) -> String {
+        format!("{}:g{generation}:h:{resource_id}:{minute_ms}", self.prefix)
+    }
+
+    fn sketch_key(&self, generation: &str, resource_id: &str, minute_ms: u64) -> String {
+        format!("{}:g{generation}:s:{resource_id}:{minute_ms}", self.prefix)
     }
 
     fn epoch_key(&self) -> String {
         format!("{}:epoch", self.prefix)
     }
 
-    fn degrade(&self, why: &str) {
+    fn members_key(&self) -> String {
+        format!("{}:members", self.prefix)
+    }
+
+    fn lease_key(&self, member: &str) -> String {
+        format!("{}:lease:{member}", self.prefix)
+    }
+
+    /// Stops serving queries from Redis until the tier is settled again; with `rebuild`, the
+    /// next maintenance rebuilds it.
+    fn degrade(&self, why: &str, rebuild: bool) {
+        if rebuild {
+            let mut attachment = self.attachment();
+            attachment.rebuild_needed = true;
+            attachment.waiting.clear();
+            attachment.waiting_cells = 0;
+        }
         if self.healthy.swap(false, Ordering::AcqRel) {
             tracing::warn!(
                 reason = why,
-                "the hot tier is unusable; queries use PostgreSQL until it is rebuilt"
+                "the hot tier is unusable; queries use PostgreSQL until it is settled"
             );
             metrics::counter!("hitcount_hot_tier_failures_total").increment(1);
         }
     }
 
-    /// Merges a group into the backend, then (if that committed and the tier is usable) the
-    /// group's recent applied entries into Redis, one pipelined write per distinct cell.
+    /// Merges a group into the backend, then (if that committed) the group's recent applied
+    /// entries into Redis, one write per distinct cell.
     pub async fn apply_through(
         &self,
         backend: &dyn DurableStore,
         batches: Vec<MergeBatch>,
         now_ms: u64,
-    ) -> Result<Vec<ApplyOutcome>, StoreError> {
+    ) -> Result<GroupCommit, StoreError> {
         let hot_start = now_ms.saturating_sub(HOT_WINDOW_MS);
         let recent: Vec<(usize, DeltaEntry)> = batches
             .iter()
@@ -149,10 +298,10 @@ impl HotTier {
             })
             .collect();
         let _order = self.order.read().await;
-        let outcomes = backend.apply_group(batches, now_ms).await?;
-        let mut cells: BTreeMap<(String, u64), (u64, Sketch)> = BTreeMap::new();
+        let committed = backend.apply_group(batches, now_ms).await?;
+        let mut cells = Cells::new();
         for (index, entry) in recent {
-            if matches!(outcomes[index], ApplyOutcome::Applied(_)) {
+            if matches!(committed.outcomes[index], ApplyOutcome::Applied(_)) {
                 let cell = cells
                     .entry((entry.resource_id, entry.minute * MINUTE_MS))
                     .or_default();
@@ -160,45 +309,123 @@ impl HotTier {
                 cell.1.merge(&entry.visitors);
             }
         }
-        if !cells.is_empty()
-            && self.is_healthy()
-            && let Err(reason) = self.write(&cells).await
-        {
-            self.degrade(&reason);
+        if let (false, Some(transaction)) = (cells.is_empty(), committed.transaction) {
+            self.settle(Waiting { transaction, cells }).await;
         }
-        Ok(outcomes)
+        Ok(committed)
     }
 
-    async fn write(&self, cells: &BTreeMap<(String, u64), (u64, Sketch)>) -> Result<(), String> {
-        let mut pipeline = redis::pipe();
-        pipeline.get(self.epoch_key());
-        for ((resource_id, minute_ms), (hits, visitors)) in cells {
-            let expire_at_s = ((minute_ms + HOT_WINDOW_MS + EXPIRY_MARGIN_MS) / 1_000) as i64;
-            let hits_key = self.hits_key(resource_id, *minute_ms);
-            pipeline
-                .incr(&hits_key, *hits)
-                .ignore()
-                .expire_at(&hits_key, expire_at_s)
-                .ignore();
-            if !visitors.is_empty() {
-                let sketch = self.sketch_key(resource_id, *minute_ms);
-                pipeline
-                    .rpush(&sketch, visitors.to_bytes())
-                    .ignore()
-                    .expire_at(&sketch, expire_at_s)
-                    .ignore();
+    /// Writes a committed merge's cells under the epoch this process knows, or settles a refusal
+    /// (see the module documentation).
+    async fn settle(&self, write: Waiting) {
+        // Each refusal names a newer epoch; a few in a row mean rebuilds are racing this write.
+        for _ in 0..3 {
+            let (epoch, generation) = {
+                let attachment = self.attachment();
+                if attachment.rebuild_needed {
+                    // The coming rebuild's snapshot is later than this commit: it counts it.
+                    return;
+                }
+                (attachment.epoch.clone(), attachment.generation.clone())
+            };
+            match self.write(&epoch, &generation, &write.cells).await {
+                Ok(Written::Applied) => return,
+                Ok(Written::LeaseLost) => {
+                    // Paused longer than the lease: take it again and retry in this epoch
+                    // (if a rebuild started meanwhile, the epoch check refuses the retry).
+                    if let Err(reason) = self.renew_lease().await {
+                        self.degrade(&reason, true);
+                        return;
+                    }
+                }
+                Ok(Written::EpochChanged(current)) => match Epoch::parse(&current) {
+                    Epoch::Current {
+                        generation,
+                        snapshot,
+                    } => {
+                        if snapshot.is_some_and(|snapshot| snapshot.sees(write.transaction)) {
+                            // The rebuild read this merge: adopt its epoch, nothing to write.
+                            self.adopt(&current, &generation);
+                            return;
+                        }
+                        self.adopt(&current, &generation);
+                    }
+                    Epoch::Rebuilding { .. } => {
+                        self.wait(write);
+                        return;
+                    }
+                    Epoch::Absent => {
+                        self.degrade("Redis lost the hot tier (restarted or flushed)", true);
+                        return;
+                    }
+                },
+                Err(reason) => {
+                    self.degrade(&reason, true);
+                    return;
+                }
+            }
+            // Around again: all of the write goes to the new generation, chunks an older one
+            // took included (they are not in the new one).
+        }
+        self.degrade("rebuilds kept replacing the epoch during a write", true);
+    }
+
+    /// Takes a newer epoch as this process's own. Called only when none of this process's
+    /// writes accepted under the old one can be missing from it (they came before its rebuild
+    /// began), and before the refused write in hand is settled.
+    fn adopt(&self, epoch: &str, generation: &str) {
+        let mut attachment = self.attachment();
+        if attachment.epoch != epoch {
+            attachment.epoch = epoch.to_owned();
+            attachment.generation = generation.to_owned();
+            self.healthy.store(false, Ordering::Release);
+        }
+    }
+
+    fn wait(&self, write: Waiting) {
+        let mut attachment = self.attachment();
+        attachment.waiting_cells += write.cells.len();
+        attachment.waiting.push_back(write);
+        self.healthy.store(false, Ordering::Release);
+        if attachment.waiting_cells > HOT_WAITING_CELLS_MAX {
+            drop(attachment);
+            self.degrade("too many writes waiting for a rebuild", true);
+        }
+    }
+
+    async fn write(&self, epoch: &str, generation: &str, cells: &Cells) -> Result<Written, String> {
+        let cells: Vec<_> = cells.iter().collect();
+        for chunk in cells.chunks(WRITE_CELLS_MAX) {
+            let mut invocation = self.write_script.prepare_invoke();
+            invocation
+                .key(self.epoch_key())
+                .key(self.lease_key(&self.member))
+                .arg(epoch);
+            for ((resource_id, minute_ms), (hits, visitors)) in chunk {
+                invocation
+                    .key(self.hits_key(generation, resource_id, *minute_ms))
+                    .key(self.sketch_key(generation, resource_id, *minute_ms))
+                    .arg(*hits)
+                    .arg(expire_at_s(*minute_ms))
+                    .arg(if visitors.is_empty() {
+                        Vec::new()
+                    } else {
+                        visitors.to_bytes()
+                    });
+            }
+            let mut connection = self.connection.clone();
+            let (status, current): (i64, String) = within(
+                HOT_OPERATION_TIMEOUT_MS,
+                invocation.invoke_async(&mut connection),
+            )
+            .await?;
+            match status {
+                1 => {}
+                2 => return Ok(Written::LeaseLost),
+                _ => return Ok(Written::EpochChanged(current)),
             }
         }
-        let mut connection = self.connection.clone();
-        let (epoch,): (Option<u64>,) = within(
-            HOT_OPERATION_TIMEOUT_MS,
-            pipeline.query_async(&mut connection),
-        )
-        .await?;
-        if epoch != Some(self.epoch.load(Ordering::Acquire)) {
-            return Err("Redis lost the hot tier (restarted or flushed)".to_owned());
-        }
-        Ok(())
+        Ok(Written::Applied)
     }
 
     /// Minute cells of the last hour from Redis, older ones and other tiers from the backend.
@@ -231,7 +458,7 @@ impl HotTier {
                 Ok(cells)
             }
             Err(reason) => {
-                self.degrade(&reason);
+                self.degrade(&reason, false);
                 metrics::counter!("hitcount_hot_tier_reads_total", "served" => "database")
                     .increment(1);
                 backend.cells(resource_id, tier, start_ms, end_ms).await
@@ -245,16 +472,18 @@ impl HotTier {
         start_ms: u64,
         end_ms: u64,
     ) -> Result<Vec<CountCell>, String> {
+        let (epoch, generation) = {
+            let attachment = self.attachment();
+            (attachment.epoch.clone(), attachment.generation.clone())
+        };
         let first = start_ms.div_ceil(MINUTE_MS) * MINUTE_MS;
         let minutes: Vec<u64> = (first..end_ms).step_by(MINUTE_MS as usize).collect();
         let mut pipeline = redis::pipe();
         pipeline.get(self.epoch_key());
         for minute_ms in &minutes {
-            pipeline.get(self.hits_key(resource_id, *minute_ms)).lrange(
-                self.sketch_key(resource_id, *minute_ms),
-                0,
-                -1,
-            );
+            pipeline
+                .get(self.hits_key(&generation, resource_id, *minute_ms))
+                .lrange(self.sketch_key(&generation, resource_id, *minute_ms), 0, -1);
         }
         let mut connection = self.connection.clone();
         let values: Vec<redis::Value> = within(
@@ -263,12 +492,12 @@ impl HotTier {
         )
         .await?;
         let mut values = values.into_iter();
-        let epoch: Option<u64> = values
+        let current: Option<String> = values
             .next()
             .map(|value| redis::from_redis_value(value).unwrap_or(None))
             .unwrap_or(None);
-        if epoch != Some(self.epoch.load(Ordering::Acquire)) {
-            return Err("Redis lost the hot tier (restarted or flushed)".to_owned());
+        if current.as_deref() != Some(epoch.as_str()) {
+            return Err("the hot tier's epoch changed (rebuilt, restarted or flushed)".to_owned());
         }
         let mut cells = Vec::new();
         for minute_ms in minutes {
@@ -302,13 +531,12 @@ impl HotTier {
         Ok(cells)
     }
 
-    /// A deleted resource's hot keys go with it; if they cannot be deleted now the tier is
-    /// rebuilt (without them) instead.
+    /// A deleted resource's hot keys go with it, in every generation; if they cannot be deleted
+    /// now the tier is rebuilt (without them) instead.
     pub async fn forget_resource(&self, resource_id: &str) {
-        let _order = self.order.write().await;
-        let pattern = format!("{}:*:{resource_id}:*", self.prefix);
+        let pattern = format!("{}:g*:[hs]:{resource_id}:*", self.prefix);
         if let Err(reason) = self.delete_matching(&pattern).await {
-            self.degrade(&reason);
+            self.degrade(&reason, true);
         }
     }
 
@@ -323,7 +551,7 @@ impl HotTier {
                     .arg("MATCH")
                     .arg(pattern)
                     .arg("COUNT")
-                    .arg(REBUILD_DELETE_KEYS_MAX)
+                    .arg(REBUILD_KEYS_MAX)
                     .query_async(&mut connection)
                     .await?;
                 keys.extend(batch);
@@ -334,7 +562,7 @@ impl HotTier {
             }
         })
         .await?;
-        for chunk in keys.chunks(REBUILD_DELETE_KEYS_MAX) {
+        for chunk in keys.chunks(REBUILD_KEYS_MAX) {
             let mut connection = self.connection.clone();
             within(
                 HOT_OPERATION_TIMEOUT_MS,
@@ -347,78 +575,252 @@ impl HotTier {
         Ok(())
     }
 
-    /// Rebuilds from the backend when the tier is unusable and Redis answers. Returns whether a
-    /// rebuild ran.
-    pub async fn repair_if_needed(
+    async fn renew_lease(&self) -> Result<(), String> {
+        let mut pipeline = redis::pipe();
+        pipeline
+            .cmd("SET")
+            .arg(self.lease_key(&self.member))
+            .arg(1)
+            .arg("PX")
+            .arg(HOT_LEASE_MS)
+            .ignore()
+            .sadd(self.members_key(), &self.member)
+            .ignore();
+        let mut connection = self.connection.clone();
+        within(
+            HOT_OPERATION_TIMEOUT_MS,
+            pipeline.query_async::<()>(&mut connection),
+        )
+        .await
+    }
+
+    /// Members whose lease has expired: they may have died between a commit and its write.
+    async fn dead_members(&self) -> Result<Vec<String>, String> {
+        let mut connection = self.connection.clone();
+        let members: Vec<String> = within(
+            HOT_OPERATION_TIMEOUT_MS,
+            redis::cmd("SMEMBERS")
+                .arg(self.members_key())
+                .query_async(&mut connection),
+        )
+        .await?;
+        let others: Vec<String> = members
+            .into_iter()
+            .filter(|member| *member != self.member)
+            .collect();
+        if others.is_empty() {
+            return Ok(others);
+        }
+        let mut pipeline = redis::pipe();
+        for member in &others {
+            pipeline.exists(self.lease_key(member));
+        }
+        let alive: Vec<bool> = within(
+            HOT_OPERATION_TIMEOUT_MS,
+            pipeline.query_async(&mut connection),
+        )
+        .await?;
+        Ok(others
+            .into_iter()
+            .zip(alive)
+            .filter_map(|(member, alive)| (!alive).then_some(member))
+            .collect())
+    }
+
+    /// Once a second: renew the lease, notice dead members and a lost tier, settle writes that
+    /// waited for a rebuild, rebuild when needed. Returns whether this process rebuilt.
+    pub async fn maintain(
         &self,
         backend: &dyn DurableStore,
         now_ms: u64,
     ) -> Result<bool, StoreError> {
-        if self.is_healthy() {
+        if let Err(reason) = self.renew_lease().await {
+            self.degrade(&reason, true);
             return Ok(false);
         }
+        let dead = match self.dead_members().await {
+            Ok(dead) => dead,
+            Err(reason) => {
+                self.degrade(&reason, true);
+                return Ok(false);
+            }
+        };
         let mut connection = self.connection.clone();
-        if within(
+        let current: Option<String> = match within(
             HOT_OPERATION_TIMEOUT_MS,
-            redis::cmd("PING").query_async::<String>(&mut connection),
+            redis::cmd("GET")
+                .arg(self.epoch_key())
+                .query_async(&mut connection),
         )
         .await
-        .is_err()
         {
-            return Ok(false);
+            Ok(current) => current,
+            Err(reason) => {
+                self.degrade(&reason, true);
+                return Ok(false);
+            }
+        };
+        let current = current.unwrap_or_default();
+        let epoch = Epoch::parse(&current);
+        let rebuild_needed = self.attachment().rebuild_needed;
+        match epoch {
+            Epoch::Rebuilding { deadline_ms } if deadline_ms > now_ms => Ok(false),
+            Epoch::Current { .. } if !rebuild_needed && dead.is_empty() => {
+                self.settle_waiting(&current).await;
+                Ok(false)
+            }
+            _ => self.rebuild(backend, &current, &dead, now_ms).await,
         }
+    }
+
+    /// Settles the writes that waited for a rebuild against the epoch now current, then serves
+    /// from Redis again if nothing is left.
+    async fn settle_waiting(&self, current: &str) {
+        let Epoch::Current {
+            generation,
+            snapshot,
+        } = Epoch::parse(current)
+        else {
+            return;
+        };
+        let waiting: Vec<Waiting> = {
+            let mut attachment = self.attachment();
+            attachment.waiting_cells = 0;
+            attachment.waiting.drain(..).collect()
+        };
+        self.adopt(current, &generation);
+        for write in waiting {
+            if !snapshot
+                .as_ref()
+                .is_some_and(|snapshot| snapshot.sees(write.transaction))
+            {
+                self.settle(write).await;
+            }
+        }
+        let attachment = self.attachment();
+        if attachment.epoch == current
+            && attachment.waiting.is_empty()
+            && !attachment.rebuild_needed
+            && !self.healthy.swap(true, Ordering::AcqRel)
+        {
+            tracing::info!("the hot tier serves queries");
+        }
+    }
+
+    /// Marks the epoch `rebuilding`, writes a new generation from one PostgreSQL snapshot and
+    /// publishes it, unless another process changed the epoch first.
+    async fn rebuild(
+        &self,
+        backend: &dyn DurableStore,
+        current: &str,
+        dead: &[String],
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
         let _order = self.order.write().await;
-        let cells = backend
+        let mark = format!(
+            "rebuilding|{}|{}",
+            self.member,
+            now_ms + HOT_REBUILD_TIMEOUT_MS
+        );
+        match self.swap_epoch(current, &mark).await {
+            Ok(true) => {}
+            // Someone else changed it first; the next tick looks again.
+            Ok(false) => return Ok(false),
+            Err(reason) => {
+                self.degrade(&reason, true);
+                return Ok(false);
+            }
+        }
+        {
+            // From here on this rebuild's snapshot sees every merge this process committed.
+            let mut attachment = self.attachment();
+            attachment.rebuild_needed = false;
+            attachment.waiting.clear();
+            attachment.waiting_cells = 0;
+        }
+        self.healthy.store(false, Ordering::Release);
+        let minute_cells = backend
             .minute_cells_since(now_ms.saturating_sub(HOT_WINDOW_MS + EXPIRY_MARGIN_MS))
-            .await?;
-        let rebuilt = self.rewrite(&cells).await;
-        match rebuilt {
-            Ok(epoch) => {
-                self.epoch.store(epoch, Ordering::Release);
-                self.healthy.store(true, Ordering::Release);
+            .await;
+        let minute_cells = match minute_cells {
+            Ok(cells) => cells,
+            Err(error) => {
+                self.attachment().rebuild_needed = true;
+                return Err(error);
+            }
+        };
+        let snapshot = minute_cells
+            .snapshot
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let generation = random_hex();
+        let published = format!("{generation}|{snapshot}");
+        let written = self.rewrite(&generation, &minute_cells.cells).await;
+        let swapped = match written {
+            Ok(()) => self.swap_epoch(&mark, &published).await,
+            Err(reason) => Err(reason),
+        };
+        match swapped {
+            Ok(true) => {
+                self.rebuilds.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("hitcount_hot_tier_rebuilds_total").increment(1);
                 tracing::info!(
-                    cells = cells.len(),
+                    cells = minute_cells.cells.len(),
                     "the hot tier was rebuilt from PostgreSQL"
                 );
+                if !dead.is_empty() {
+                    let mut connection = self.connection.clone();
+                    let _ = within(
+                        HOT_OPERATION_TIMEOUT_MS,
+                        redis::cmd("SREM")
+                            .arg(self.members_key())
+                            .arg(dead)
+                            .query_async::<()>(&mut connection),
+                    )
+                    .await;
+                }
+                self.settle_waiting(&published).await;
                 Ok(true)
             }
+            Ok(false) => Ok(false),
             Err(reason) => {
                 tracing::warn!(%reason, "rebuilding the hot tier failed; will retry");
+                self.attachment().rebuild_needed = true;
                 Ok(false)
             }
         }
     }
 
-    async fn rewrite(&self, cells: &[(String, CountCell)]) -> Result<u64, String> {
-        // The old epoch goes first, so a half-done rebuild is never taken for a complete tier.
+    async fn swap_epoch(&self, expected: &str, new: &str) -> Result<bool, String> {
+        let mut invocation = self.swap_epoch_script.prepare_invoke();
+        invocation.key(self.epoch_key()).arg(expected).arg(new);
         let mut connection = self.connection.clone();
-        within(
+        let (swapped, _current): (i64, String) = within(
             HOT_OPERATION_TIMEOUT_MS,
-            redis::cmd("DEL")
-                .arg(self.epoch_key())
-                .query_async::<()>(&mut connection),
+            invocation.invoke_async(&mut connection),
         )
         .await?;
-        self.delete_matching(&format!("{}:[hs]:*", self.prefix))
-            .await?;
-        for chunk in cells.chunks(REBUILD_DELETE_KEYS_MAX) {
+        Ok(swapped == 1)
+    }
+
+    async fn rewrite(&self, generation: &str, cells: &[(String, CountCell)]) -> Result<(), String> {
+        for chunk in cells.chunks(REBUILD_KEYS_MAX) {
             let mut pipeline = redis::pipe();
             for (resource_id, cell) in chunk {
-                let expire_at_s =
-                    ((cell.bucket_ms + HOT_WINDOW_MS + EXPIRY_MARGIN_MS) / 1_000) as i64;
-                let hits = self.hits_key(resource_id, cell.bucket_ms);
+                let expire_at = expire_at_s(cell.bucket_ms);
+                let hits = self.hits_key(generation, resource_id, cell.bucket_ms);
                 pipeline
                     .set(&hits, cell.hits)
                     .ignore()
-                    .expire_at(&hits, expire_at_s)
+                    .expire_at(&hits, expire_at as i64)
                     .ignore();
                 if !cell.visitors.is_empty() {
-                    let sketch = self.sketch_key(resource_id, cell.bucket_ms);
+                    let sketch = self.sketch_key(generation, resource_id, cell.bucket_ms);
                     pipeline
                         .rpush(&sketch, cell.visitors.to_bytes())
                         .ignore()
-                        .expire_at(&sketch, expire_at_s)
+                        .expire_at(&sketch, expire_at as i64)
                         .ignore();
                 }
             }
@@ -429,16 +831,62 @@ impl HotTier {
             )
             .await?;
         }
-        let epoch = random_epoch();
+        Ok(())
+    }
+
+    /// Leaves the membership after the last write (a clean shutdown).
+    pub async fn leave(&self) {
+        let mut pipeline = redis::pipe();
+        pipeline
+            .del(self.lease_key(&self.member))
+            .ignore()
+            .srem(self.members_key(), &self.member)
+            .ignore();
         let mut connection = self.connection.clone();
-        within(
+        let _ = within(
             HOT_OPERATION_TIMEOUT_MS,
-            redis::cmd("SET")
-                .arg(self.epoch_key())
-                .arg(epoch)
-                .query_async::<()>(&mut connection),
+            pipeline.query_async::<()>(&mut connection),
         )
-        .await?;
-        Ok(epoch)
+        .await;
+    }
+
+    /// Rebuilds this process ran (for tests and benchmarks).
+    pub fn rebuilds(&self) -> u64 {
+        self.rebuilds.load(Ordering::Relaxed)
+    }
+}
+
+/// How a write ended.
+#[derive(Debug)]
+enum Written {
+    Applied,
+    LeaseLost,
+    EpochChanged(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epochs_parse_as_written() {
+        assert_eq!(Epoch::parse(""), Epoch::Absent);
+        assert_eq!(
+            Epoch::parse("rebuilding|abc|123"),
+            Epoch::Rebuilding { deadline_ms: 123 }
+        );
+        let Epoch::Current {
+            generation,
+            snapshot,
+        } = Epoch::parse("f00d|10:20:12,15")
+        else {
+            panic!("a current epoch")
+        };
+        assert_eq!(generation, "f00d");
+        let snapshot = snapshot.unwrap_or_else(|| panic!("a snapshot"));
+        assert!(snapshot.sees(9) && snapshot.sees(13) && snapshot.sees(19));
+        assert!(!snapshot.sees(12) && !snapshot.sees(15) && !snapshot.sees(20));
+        assert_eq!(snapshot.to_string(), "10:20:12,15");
+        assert_eq!(Epoch::parse("x|y|z|w"), Epoch::Absent);
     }
 }

@@ -248,7 +248,7 @@ pub trait DurableStore: PatternStore + std::fmt::Debug + Send + Sync {
         &self,
         batches: Vec<MergeBatch>,
         now_ms: u64,
-    ) -> Result<Vec<ApplyOutcome>, StoreError>;
+    ) -> Result<GroupCommit, StoreError>;
 
     /// The cells of one tier in `[start_ms, end_ms)`, sorted by bucket, pending sketches merged,
     /// read in one snapshot.
@@ -262,10 +262,7 @@ pub trait DurableStore: PatternStore + std::fmt::Debug + Send + Sync {
 
     /// Every minute cell from `start_ms` on with its pending sketches merged, read in one
     /// snapshot, sorted by (resource, minute): what the hot tier is rebuilt from.
-    async fn minute_cells_since(
-        &self,
-        start_ms: u64,
-    ) -> Result<Vec<(String, CountCell)>, StoreError>;
+    async fn minute_cells_since(&self, start_ms: u64) -> Result<MinuteCells, StoreError>;
 
     /// Folds pending sketches into their cells; returns how many pending rows were folded. Safe
     /// to run from several processes on one database at once.
@@ -306,6 +303,76 @@ pub trait DurableStore: PatternStore + std::fmt::Debug + Send + Sync {
 
 mod patterns;
 pub use patterns::{PatternRecord, PatternStore};
+
+/// What a group merge returns: one outcome per batch, and on PostgreSQL the id of the transaction
+/// that committed them (if any batch was applied), which the hot tier compares with rebuild
+/// snapshots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupCommit {
+    pub outcomes: Vec<ApplyOutcome>,
+    pub transaction: Option<u64>,
+}
+
+/// Minute cells read in one snapshot, and on PostgreSQL which transactions that snapshot sees.
+#[derive(Debug, Clone, Default)]
+pub struct MinuteCells {
+    pub cells: Vec<(String, CountCell)>,
+    pub snapshot: Option<TransactionSnapshot>,
+}
+
+/// Which transactions a PostgreSQL snapshot sees, as `pg_current_snapshot()` writes it
+/// (`xmin:xmax:in-progress,...`): every transaction below `xmin`, and those below `xmax` that
+/// were not in progress. Ids are 64-bit (`xid8`), so they never wrap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransactionSnapshot {
+    xmin: u64,
+    xmax: u64,
+    in_progress: Vec<u64>,
+}
+
+impl TransactionSnapshot {
+    /// Parses `pg_current_snapshot()::text`; `None` for anything else.
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut parts = text.split(':');
+        let xmin = parts.next()?.parse().ok()?;
+        let xmax = parts.next()?.parse().ok()?;
+        let in_progress = match parts.next()? {
+            "" => Vec::new(),
+            list => list
+                .split(',')
+                .map(str::parse)
+                .collect::<Result<_, _>>()
+                .ok()?,
+        };
+        if parts.next().is_some() || xmin > xmax {
+            return None;
+        }
+        Some(Self {
+            xmin,
+            xmax,
+            in_progress,
+        })
+    }
+
+    /// True when the transaction had committed (or aborted) before the snapshot was taken.
+    pub fn sees(&self, transaction: u64) -> bool {
+        transaction < self.xmin
+            || (transaction < self.xmax && !self.in_progress.contains(&transaction))
+    }
+}
+
+impl std::fmt::Display for TransactionSnapshot {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let in_progress: Vec<String> = self.in_progress.iter().map(u64::to_string).collect();
+        write!(
+            formatter,
+            "{}:{}:{}",
+            self.xmin,
+            self.xmax,
+            in_progress.join(",")
+        )
+    }
+}
 
 /// A batch key as the dedupe table keys it.
 pub(crate) type KeyId = (String, u64, u64);
@@ -475,10 +542,10 @@ impl Store {
         key: Option<BatchKey>,
         now_ms: u64,
     ) -> Result<ApplyOutcome, StoreError> {
-        let outcomes = self
+        let committed = self
             .apply_group(MergeBatch::alone(entries, key), now_ms)
             .await?;
-        Ok(MergeBatch::outcome_alone(&outcomes))
+        Ok(MergeBatch::outcome_alone(&committed.outcomes))
     }
 
     /// [`DurableStore::apply_group`], then with a hot tier one Redis write for the group's
@@ -487,7 +554,7 @@ impl Store {
         &self,
         batches: Vec<MergeBatch>,
         now_ms: u64,
-    ) -> Result<Vec<ApplyOutcome>, StoreError> {
+    ) -> Result<GroupCommit, StoreError> {
         match &self.hot {
             Some(hot) => {
                 hot.apply_through(self.backend.as_ref(), batches, now_ms)
@@ -519,12 +586,22 @@ impl Store {
         }
     }
 
-    /// Rebuilds the hot tier from the backend if it is not known to be complete (Redis was
-    /// unreachable, restarted or flushed). Returns whether a rebuild ran.
+    /// Keeps the hot tier in step: renews this process's lease, resolves its writes that a
+    /// rebuild interrupted, and rebuilds from the backend when the tier is not known to be
+    /// complete (Redis was unreachable, restarted or flushed, or an aggregator died between a
+    /// commit and its Redis write). Returns whether this process ran a rebuild.
     pub async fn repair_hot_tier(&self, now_ms: u64) -> Result<bool, StoreError> {
         match &self.hot {
-            Some(hot) => hot.repair_if_needed(self.backend.as_ref(), now_ms).await,
+            Some(hot) => hot.maintain(self.backend.as_ref(), now_ms).await,
             None => Ok(false),
+        }
+    }
+
+    /// Leaves the hot tier's membership (at a clean shutdown, after the last write), so the
+    /// others need not rebuild for this process.
+    pub async fn leave_hot_tier(&self) {
+        if let Some(hot) = &self.hot {
+            hot.leave().await;
         }
     }
 

@@ -20,10 +20,11 @@ use sqlx::{Postgres, Row, Transaction};
 mod patterns;
 
 use super::{
-    ApplyOutcome, BatchKey, COMPACTION_ROWS_MAX, CountCell, CreateOutcome, DEDUPE_RETENTION_MS,
-    DurableStore, EMPTY_SKETCH, GroupWrites, KeyId, MergeBatch, Pruned, RETENTION_DELETE_ROWS_MAX,
-    Recorded, ResourceRecord, StoreError, Tier, TokenRecord, first_occurrences, fold_group,
-    group_resource_ids, merge_pending, retention_rules,
+    BatchKey, COMPACTION_ROWS_MAX, CountCell, CreateOutcome, DEDUPE_RETENTION_MS, DurableStore,
+    EMPTY_SKETCH, GroupCommit, GroupWrites, KeyId, MergeBatch, MinuteCells, Pruned,
+    RETENTION_DELETE_ROWS_MAX, Recorded, ResourceRecord, StoreError, Tier, TokenRecord,
+    TransactionSnapshot, first_occurrences, fold_group, group_resource_ids, merge_pending,
+    retention_rules,
 };
 
 /// Pooled connections. Merges are short; more connections than this only add lock waits.
@@ -112,17 +113,28 @@ impl DurableStore for PgStore {
         &self,
         batches: Vec<MergeBatch>,
         now_ms: u64,
-    ) -> Result<Vec<ApplyOutcome>, StoreError> {
+    ) -> Result<GroupCommit, StoreError> {
         let mut transaction = self.begin().await?;
         let writes = apply_group_in(&mut transaction, &batches, now_ms)
             .await
             .map_err(classify)?;
-        if writes.applied_any() {
-            transaction.commit().await.map_err(classify)?;
-        } else {
+        if !writes.applied_any() {
             transaction.rollback().await.map_err(classify)?;
+            return Ok(GroupCommit {
+                outcomes: writes.outcomes,
+                transaction: None,
+            });
         }
-        Ok(writes.outcomes)
+        // The id rebuilds of the hot tier compare with their snapshot (see `store/hot.rs`).
+        let id: String = sqlx::query_scalar("SELECT pg_current_xact_id()::text")
+            .fetch_one(&mut *transaction)
+            .await
+            .map_err(classify)?;
+        transaction.commit().await.map_err(classify)?;
+        Ok(GroupCommit {
+            outcomes: writes.outcomes,
+            transaction: id.parse().ok(),
+        })
     }
 
     async fn cells(
@@ -185,13 +197,16 @@ impl DurableStore for PgStore {
 
     /// Every minute cell from `start_ms` on, with its pending sketches merged, read in one
     /// snapshot (what the hot tier is rebuilt from).
-    async fn minute_cells_since(
-        &self,
-        start_ms: u64,
-    ) -> Result<Vec<(String, CountCell)>, StoreError> {
+    async fn minute_cells_since(&self, start_ms: u64) -> Result<MinuteCells, StoreError> {
         let mut transaction = self.begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .execute(&mut *transaction)
+            .await
+            .map_err(classify)?;
+        // The transaction's first statement takes its snapshot; this one also says which
+        // transactions it sees.
+        let snapshot: String = sqlx::query_scalar("SELECT pg_current_snapshot()::text")
+            .fetch_one(&mut *transaction)
             .await
             .map_err(classify)?;
         let mut cells: BTreeMap<(String, u64), CountCell> = BTreeMap::new();
@@ -233,10 +248,13 @@ impl DurableStore for PgStore {
             }
         }
         transaction.commit().await.map_err(classify)?;
-        Ok(cells
-            .into_iter()
-            .map(|((resource_id, _), cell)| (resource_id, cell))
-            .collect())
+        Ok(MinuteCells {
+            cells: cells
+                .into_iter()
+                .map(|((resource_id, _), cell)| (resource_id, cell))
+                .collect(),
+            snapshot: TransactionSnapshot::parse(&snapshot),
+        })
     }
 
     /// Folds pending sketches into their cells, a bounded number of rows per transaction. One

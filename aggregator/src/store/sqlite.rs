@@ -40,9 +40,9 @@ mod patterns;
 
 use super::{
     ApplyOutcome, COMPACTION_ROWS_MAX, CountCell, CreateOutcome, DEDUPE_RETENTION_MS, DurableStore,
-    EMPTY_SKETCH, MergeBatch, Pruned, RETENTION_DELETE_ROWS_MAX, Recorded, ResourceRecord,
-    StoreError, Tier, TokenRecord, first_occurrences, fold_group, group_resource_ids,
-    merge_pending, retention_rules,
+    EMPTY_SKETCH, GroupCommit, MergeBatch, MinuteCells, Pruned, RETENTION_DELETE_ROWS_MAX,
+    Recorded, ResourceRecord, StoreError, Tier, TokenRecord, first_occurrences, fold_group,
+    group_resource_ids, merge_pending, retention_rules,
 };
 
 /// Compaction rounds that may find their cells changed underneath before giving up for now.
@@ -226,11 +226,16 @@ impl DurableStore for SqliteStore {
         &self,
         batches: Vec<MergeBatch>,
         now_ms: u64,
-    ) -> Result<Vec<ApplyOutcome>, StoreError> {
-        self.write(move |connection| {
-            apply_group_blocking(connection, &batches, now_ms).map_err(classify)
+    ) -> Result<GroupCommit, StoreError> {
+        let outcomes = self
+            .write(move |connection| {
+                apply_group_blocking(connection, &batches, now_ms).map_err(classify)
+            })
+            .await?;
+        Ok(GroupCommit {
+            outcomes,
+            transaction: None,
         })
-        .await
     }
 
     /// The cells of one tier in `[start_ms, end_ms)`, sorted by bucket, with pending sketches
@@ -288,10 +293,7 @@ impl DurableStore for SqliteStore {
         .await
     }
 
-    async fn minute_cells_since(
-        &self,
-        start_ms: u64,
-    ) -> Result<Vec<(String, CountCell)>, StoreError> {
+    async fn minute_cells_since(&self, start_ms: u64) -> Result<MinuteCells, StoreError> {
         self.read(move |connection| {
             let snapshot = connection.unchecked_transaction()?;
             let mut cells: BTreeMap<(String, u64), CountCell> = BTreeMap::new();
@@ -327,10 +329,13 @@ impl DurableStore for SqliteStore {
                 }
             }
             snapshot.commit()?;
-            Ok(cells
-                .into_iter()
-                .map(|((resource_id, _), cell)| (resource_id, cell))
-                .collect())
+            Ok(MinuteCells {
+                cells: cells
+                    .into_iter()
+                    .map(|((resource_id, _), cell)| (resource_id, cell))
+                    .collect(),
+                snapshot: None,
+            })
         })
         .await
     }
