@@ -78,6 +78,10 @@ pub struct Args {
     #[arg(long, env = "HITCOUNT_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
+    /// --redis-url names Redis Cluster seed nodes (comma-separated `redis://` URLs).
+    #[arg(long, env = "HITCOUNT_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
+
     /// Prefix of the hot tier's Redis keys (several deployments can share one Redis).
     #[arg(long, env = "HITCOUNT_REDIS_PREFIX", default_value = "hitcount")]
     pub redis_prefix: String,
@@ -127,6 +131,8 @@ pub struct Config {
     pub retention_interval_s: u64,
     pub database_url: Option<String>,
     pub redis_url: Option<String>,
+    /// With `redis_cluster`, the seed nodes of a Redis Cluster, comma-separated.
+    pub redis_cluster: bool,
     pub redis_prefix: String,
 }
 
@@ -148,7 +154,9 @@ pub enum ConfigError {
     RetentionInterval,
     #[error("--database-url must be a postgres:// or postgresql:// URL")]
     DatabaseUrl,
-    #[error("--redis-url must be a redis:// URL")]
+    #[error(
+        "--redis-url must be a redis:// URL (several, comma-separated, only with --redis-cluster)"
+    )]
     RedisUrl,
     #[error(
         "--redis-url needs --database-url: Redis is a cache of recent counts, PostgreSQL keeps them"
@@ -172,6 +180,7 @@ impl Config {
             retention_interval_s: 60,
             database_url: None,
             redis_url: None,
+            redis_cluster: false,
             redis_prefix: "hitcount".to_owned(),
         }
     }
@@ -226,8 +235,15 @@ impl TryFrom<Args> for Config {
         }) {
             return Err(ConfigError::DatabaseUrl);
         }
-        if let Some(url) = &args.redis_url {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        if let Some(urls) = &args.redis_url {
+            let mut urls = urls.split(',');
+            if !urls.all(|url| url.starts_with("redis://") || url.starts_with("rediss://"))
+                || (!args.redis_cluster
+                    && args
+                        .redis_url
+                        .as_deref()
+                        .is_some_and(|url| url.contains(',')))
+            {
                 return Err(ConfigError::RedisUrl);
             }
             if args.database_url.is_none() {
@@ -247,6 +263,7 @@ impl TryFrom<Args> for Config {
             retention_interval_s: args.retention_interval_s,
             database_url: args.database_url,
             redis_url: args.redis_url,
+            redis_cluster: args.redis_cluster,
             redis_prefix: args.redis_prefix,
         })
     }
@@ -317,5 +334,22 @@ mod tests {
             parse(&["--redis-url", "redis://127.0.0.1:6379"]),
             Err(ConfigError::RedisWithoutDatabase)
         ));
+        let nodes = "redis://127.0.0.1:7001,redis://127.0.0.1:7002";
+        let database = ["--database-url", "postgres://root@127.0.0.1/test"];
+        assert!(matches!(
+            parse(&[database[0], database[1], "--redis-url", nodes]),
+            Err(ConfigError::RedisUrl)
+        ));
+        assert!(
+            parse(&[
+                database[0],
+                database[1],
+                "--redis-url",
+                nodes,
+                "--redis-cluster"
+            ])
+            .unwrap()
+            .redis_cluster
+        );
     }
 }

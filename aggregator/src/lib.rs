@@ -66,6 +66,14 @@ impl Aggregator {
                 .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
         };
         let store = match &config.redis_url {
+            Some(url) if config.redis_cluster => {
+                let nodes: Vec<String> = url.split(',').map(str::to_owned).collect();
+                store.with_hot_tier(
+                    crate::store::hot::HotTier::connect_cluster(&nodes, &config.redis_prefix)
+                        .await
+                        .context("preparing the Redis Cluster client")?,
+                )
+            }
             Some(url) => store.with_hot_tier(
                 crate::store::hot::HotTier::connect(url, &config.redis_prefix)
                     .await

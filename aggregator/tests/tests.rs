@@ -12,5 +12,6 @@ mod deltas_fuzz;
 mod durability;
 mod faults;
 mod patterns;
+mod redis_cluster;
 mod shared_hot_tier;
 mod store_contract;

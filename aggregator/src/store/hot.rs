@@ -3,7 +3,10 @@
 //! Redis does, and the hot tier can always be rebuilt from PostgreSQL. Several aggregators share
 //! one tier (one `--redis-prefix`), and it stays exact.
 //!
-//! Keys. Per (resource, minute) two keys of the current *generation*:
+//! Keys. Every key starts with the prefix in braces, `{hitcount}`: a Redis Cluster hash tag, so
+//! the whole tier is in one slot and every script and pipeline stays on one node (on a cluster
+//! the tier lives on the node of that slot; other deployments can use other slots). Per
+//! (resource, minute) two keys of the current *generation*:
 //! `{prefix}:g{generation}:h:{resource}:{minute_ms}` (INCRBY of the hits) and
 //! `...:s:{resource}:{minute_ms}` (RPUSH of the group's sketch, encoded by us), both expiring an
 //! hour after their minute. Sketches are merged here, in Rust, when a query reads them: no bytes
@@ -151,7 +154,10 @@ struct Attachment {
 }
 
 pub struct HotTier {
-    connection: ConnectionManager,
+    connection: HotConnection,
+    /// `{prefix}`, braces included: a Redis Cluster hash tag, so that every key of the tier is
+    /// in one slot and each script and pipeline stays on one node.
+    tag: String,
     prefix: String,
     /// This process's member id (random per start).
     member: String,
@@ -212,8 +218,34 @@ impl HotTier {
             .set_number_of_retries(1);
         let connection = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|error| StoreError::Unavailable(format!("redis: {error}")))?;
-        Ok(Self {
+        Ok(Self::with_connection(
+            HotConnection::Single(connection),
+            prefix,
+        ))
+    }
+
+    /// The tier on a Redis Cluster reached through any of `urls` (seed nodes). The connection is
+    /// made on first use, so the aggregator starts while the cluster is down too.
+    pub async fn connect_cluster(urls: &[String], prefix: &str) -> Result<Self, StoreError> {
+        let client = redis::cluster::ClusterClientBuilder::new(urls.to_vec())
+            .connection_timeout(Duration::from_millis(HOT_OPERATION_TIMEOUT_MS * 4))
+            .response_timeout(Duration::from_millis(HOT_OPERATION_TIMEOUT_MS))
+            .retries(1)
+            .build()
+            .map_err(|error| StoreError::Unavailable(format!("redis cluster: {error}")))?;
+        Ok(Self::with_connection(
+            HotConnection::Cluster {
+                client: Box::new(client),
+                connection: std::sync::Arc::new(tokio::sync::OnceCell::new()),
+            },
+            prefix,
+        ))
+    }
+
+    fn with_connection(connection: HotConnection, prefix: &str) -> Self {
+        Self {
             connection,
+            tag: format!("{{{prefix}}}"),
             prefix: prefix.to_owned(),
             member: random_hex(),
             healthy: AtomicBool::new(false),
@@ -226,7 +258,21 @@ impl HotTier {
             order: tokio::sync::RwLock::new(()),
             write_script: redis::Script::new(WRITE_SCRIPT),
             swap_epoch_script: redis::Script::new(SWAP_EPOCH_SCRIPT),
-        })
+        }
+    }
+
+    async fn connected(&self) -> Result<Connected, String> {
+        match &self.connection {
+            HotConnection::Single(connection) => Ok(Connected::Single(connection.clone())),
+            HotConnection::Cluster { client, connection } => {
+                let connection = within(
+                    HOT_OPERATION_TIMEOUT_MS * 4,
+                    connection.get_or_try_init(|| client.get_async_connection()),
+                )
+                .await?;
+                Ok(Connected::Cluster(connection.clone()))
+            }
+        }
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -240,23 +286,23 @@ impl HotTier {
     }
 
     fn hits_key(&self, generation: &str, resource_id: &str, minute_ms: u64) -> String {
-        format!("{}:g{generation}:h:{resource_id}:{minute_ms}", self.prefix)
+        format!("{}:g{generation}:h:{resource_id}:{minute_ms}", self.tag)
     }
 
     fn sketch_key(&self, generation: &str, resource_id: &str, minute_ms: u64) -> String {
-        format!("{}:g{generation}:s:{resource_id}:{minute_ms}", self.prefix)
+        format!("{}:g{generation}:s:{resource_id}:{minute_ms}", self.tag)
     }
 
     fn epoch_key(&self) -> String {
-        format!("{}:epoch", self.prefix)
+        format!("{}:epoch", self.tag)
     }
 
     fn members_key(&self) -> String {
-        format!("{}:members", self.prefix)
+        format!("{}:members", self.tag)
     }
 
     fn lease_key(&self, member: &str) -> String {
-        format!("{}:lease:{member}", self.prefix)
+        format!("{}:lease:{member}", self.tag)
     }
 
     /// Stops serving queries from Redis until the tier is settled again; with `rebuild`, the
@@ -413,7 +459,7 @@ impl HotTier {
                         visitors.to_bytes()
                     });
             }
-            let mut connection = self.connection.clone();
+            let mut connection = self.connected().await?;
             let (status, current): (i64, String) = within(
                 HOT_OPERATION_TIMEOUT_MS,
                 invocation.invoke_async(&mut connection),
@@ -485,7 +531,7 @@ impl HotTier {
                 .get(self.hits_key(&generation, resource_id, *minute_ms))
                 .lrange(self.sketch_key(&generation, resource_id, *minute_ms), 0, -1);
         }
-        let mut connection = self.connection.clone();
+        let mut connection = self.connected().await?;
         let values: Vec<redis::Value> = within(
             HOT_OPERATION_TIMEOUT_MS,
             pipeline.query_async(&mut connection),
@@ -531,39 +577,26 @@ impl HotTier {
         Ok(cells)
     }
 
-    /// A deleted resource's hot keys go with it, in every generation; if they cannot be deleted
-    /// now the tier is rebuilt (without them) instead.
+    /// A deleted resource's hot keys go with it (those of the current generation: no other is
+    /// read again); if they cannot be deleted now the tier is rebuilt (without them) instead.
     pub async fn forget_resource(&self, resource_id: &str) {
-        let pattern = format!("{}:g*:[hs]:{resource_id}:*", self.prefix);
-        if let Err(reason) = self.delete_matching(&pattern).await {
+        let generation = self.attachment().generation.clone();
+        let now_minute_ms = crate::now_ms() / MINUTE_MS * MINUTE_MS;
+        let first_ms = now_minute_ms.saturating_sub(HOT_WINDOW_MS + EXPIRY_MARGIN_MS);
+        let mut keys = Vec::new();
+        // A minute ahead too: edges' clocks may run a little fast.
+        for minute_ms in (first_ms..=now_minute_ms + MINUTE_MS).step_by(MINUTE_MS as usize) {
+            keys.push(self.hits_key(&generation, resource_id, minute_ms));
+            keys.push(self.sketch_key(&generation, resource_id, minute_ms));
+        }
+        if let Err(reason) = self.delete_keys(&keys).await {
             self.degrade(&reason, true);
         }
     }
 
-    async fn delete_matching(&self, pattern: &str) -> Result<(), String> {
-        let mut connection = self.connection.clone();
-        let keys: Vec<String> = within(HOT_REBUILD_TIMEOUT_MS, async {
-            let mut keys = Vec::new();
-            let mut cursor: u64 = 0;
-            loop {
-                let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(pattern)
-                    .arg("COUNT")
-                    .arg(REBUILD_KEYS_MAX)
-                    .query_async(&mut connection)
-                    .await?;
-                keys.extend(batch);
-                if next == 0 {
-                    return Ok(keys);
-                }
-                cursor = next;
-            }
-        })
-        .await?;
+    async fn delete_keys(&self, keys: &[String]) -> Result<(), String> {
         for chunk in keys.chunks(REBUILD_KEYS_MAX) {
-            let mut connection = self.connection.clone();
+            let mut connection = self.connected().await?;
             within(
                 HOT_OPERATION_TIMEOUT_MS,
                 redis::cmd("DEL")
@@ -586,7 +619,7 @@ impl HotTier {
             .ignore()
             .sadd(self.members_key(), &self.member)
             .ignore();
-        let mut connection = self.connection.clone();
+        let mut connection = self.connected().await?;
         within(
             HOT_OPERATION_TIMEOUT_MS,
             pipeline.query_async::<()>(&mut connection),
@@ -596,7 +629,7 @@ impl HotTier {
 
     /// Members whose lease has expired: they may have died between a commit and its write.
     async fn dead_members(&self) -> Result<Vec<String>, String> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.connected().await?;
         let members: Vec<String> = within(
             HOT_OPERATION_TIMEOUT_MS,
             redis::cmd("SMEMBERS")
@@ -645,15 +678,7 @@ impl HotTier {
                 return Ok(false);
             }
         };
-        let mut connection = self.connection.clone();
-        let current: Option<String> = match within(
-            HOT_OPERATION_TIMEOUT_MS,
-            redis::cmd("GET")
-                .arg(self.epoch_key())
-                .query_async(&mut connection),
-        )
-        .await
-        {
+        let current: Option<String> = match self.get_epoch().await {
             Ok(current) => current,
             Err(reason) => {
                 self.degrade(&reason, true);
@@ -671,6 +696,17 @@ impl HotTier {
             }
             _ => self.rebuild(backend, &current, &dead, now_ms).await,
         }
+    }
+
+    async fn get_epoch(&self) -> Result<Option<String>, String> {
+        let mut connection = self.connected().await?;
+        within(
+            HOT_OPERATION_TIMEOUT_MS,
+            redis::cmd("GET")
+                .arg(self.epoch_key())
+                .query_async(&mut connection),
+        )
+        .await
     }
 
     /// Settles the writes that waited for a rebuild against the epoch now current, then serves
@@ -769,8 +805,9 @@ impl HotTier {
                     cells = minute_cells.cells.len(),
                     "the hot tier was rebuilt from PostgreSQL"
                 );
-                if !dead.is_empty() {
-                    let mut connection = self.connection.clone();
+                if !dead.is_empty()
+                    && let Ok(mut connection) = self.connected().await
+                {
                     let _ = within(
                         HOT_OPERATION_TIMEOUT_MS,
                         redis::cmd("SREM")
@@ -795,7 +832,7 @@ impl HotTier {
     async fn swap_epoch(&self, expected: &str, new: &str) -> Result<bool, String> {
         let mut invocation = self.swap_epoch_script.prepare_invoke();
         invocation.key(self.epoch_key()).arg(expected).arg(new);
-        let mut connection = self.connection.clone();
+        let mut connection = self.connected().await?;
         let (swapped, _current): (i64, String) = within(
             HOT_OPERATION_TIMEOUT_MS,
             invocation.invoke_async(&mut connection),
@@ -824,7 +861,7 @@ impl HotTier {
                         .ignore();
                 }
             }
-            let mut connection = self.connection.clone();
+            let mut connection = self.connected().await?;
             within(
                 HOT_REBUILD_TIMEOUT_MS,
                 pipeline.query_async::<()>(&mut connection),
@@ -842,17 +879,66 @@ impl HotTier {
             .ignore()
             .srem(self.members_key(), &self.member)
             .ignore();
-        let mut connection = self.connection.clone();
-        let _ = within(
-            HOT_OPERATION_TIMEOUT_MS,
-            pipeline.query_async::<()>(&mut connection),
-        )
-        .await;
+        if let Ok(mut connection) = self.connected().await {
+            let _ = within(
+                HOT_OPERATION_TIMEOUT_MS,
+                pipeline.query_async::<()>(&mut connection),
+            )
+            .await;
+        }
     }
 
     /// Rebuilds this process ran (for tests and benchmarks).
     pub fn rebuilds(&self) -> u64 {
         self.rebuilds.load(Ordering::Relaxed)
+    }
+}
+
+/// How the tier reaches Redis: one server (or a proxy in front of many), or a Redis Cluster.
+#[derive(Clone)]
+enum HotConnection {
+    Single(ConnectionManager),
+    Cluster {
+        client: Box<redis::cluster::ClusterClient>,
+        connection: std::sync::Arc<tokio::sync::OnceCell<redis::cluster_async::ClusterConnection>>,
+    },
+}
+
+/// A connection of either kind, for one call.
+enum Connected {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+/// Plain delegation: the redis crate's commands, pipelines and scripts run on either kind.
+impl redis::aio::ConnectionLike for Connected {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        command: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Self::Single(connection) => connection.req_packed_command(command),
+            Self::Cluster(connection) => connection.req_packed_command(command),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Self::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(connection) => connection.get_db(),
+            Self::Cluster(connection) => connection.get_db(),
+        }
     }
 }
 
