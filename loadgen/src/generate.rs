@@ -365,3 +365,66 @@ mod tests {
         assert!(scratch.hits.iter().all(|hits| *hits == 0));
     }
 }
+
+#[cfg(test)]
+mod cost {
+    use super::*;
+
+    /// `cargo test --release -p hitcount-loadgen --lib -- --ignored --nocapture draw_cost`
+    #[test]
+    #[ignore = "a timing, not a test: run in release"]
+    fn draw_cost() {
+        use clap::Parser;
+        let config = Config::parse_from(["hitcount-loadgen"]);
+        let popularity = Popularity::new(config.resources, config.zipf).unwrap();
+        let ids = config.resource_ids();
+        let sample = Sample::choose(&config);
+        let mut scratch = Scratch::new(config.resources);
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let windows = 100;
+        let hits = 10_000;
+        let started = Instant::now();
+        let mut entries = 0;
+        for _ in 0..windows {
+            scratch.draw(&mut rng, &popularity, config.visitors, &sample, hits);
+            entries += scratch.entries(&ids, 7).len();
+            scratch.clear();
+        }
+        let elapsed = started.elapsed();
+        eprintln!(
+            "{} hits in {elapsed:?}: {:.1} ns a hit, {} entries a window",
+            windows * hits,
+            elapsed.as_nanos() as f64 / (windows * hits) as f64,
+            entries / windows as usize
+        );
+        let mut delivery = hitcount_edge_core::Delivery::new(
+            "edge-1",
+            1,
+            hitcount_wire::BATCH_ENTRIES_MAX,
+            [0; 16],
+        );
+        let started = Instant::now();
+        let mut merged = 0;
+        for window in 0..10u64 {
+            scratch.draw(&mut rng, &popularity, config.visitors, &sample, hits);
+            let closed = ClosedWindow {
+                generation: window + 1,
+                start_ms: window * 1_000,
+                end_ms: window * 1_000 + 1_000,
+                hits,
+                entries: scratch.entries(&ids, 0),
+            };
+            if delivery.add_window(closed).is_ok() {
+                merged += 1;
+            }
+            scratch.clear();
+        }
+        let merging = started.elapsed();
+        let started = Instant::now();
+        let bytes = delivery.next_batch().map_or(0, |batch| batch.bytes.len());
+        eprintln!(
+            "10 windows drawn and merged into one pending map ({merged} fit) in {merging:?}; sealed ({bytes} bytes) in {:?}",
+            started.elapsed()
+        );
+    }
+}

@@ -26,6 +26,8 @@ pub struct Mismatch {
     pub what: &'static str,
     pub expected: u64,
     pub found: u64,
+    /// The aggregator answered 404: it does not know the resource (counted as 0).
+    pub absent: bool,
 }
 
 /// What verification found.
@@ -130,6 +132,7 @@ pub async fn verify(
                     what: "hits",
                     expected: *hits,
                     found: count,
+                    absent: status == 404,
                 });
             }
             if let Some(uniques) = uniques {
@@ -140,6 +143,7 @@ pub async fn verify(
                         what: "uniques",
                         expected: *uniques,
                         found: distinct,
+                        absent: status == 404,
                     });
                 }
             }

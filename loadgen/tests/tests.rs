@@ -141,8 +141,9 @@ async fn verification_catches_a_hit_the_run_did_not_send() {
             mismatch.resource_id.as_str(),
             mismatch.what,
             mismatch.expected,
-            mismatch.found
+            mismatch.found,
+            mismatch.absent
         ),
-        ("load-r000000", "hits", sent, sent + 1)
+        ("load-r000000", "hits", sent, sent + 1, false)
     );
 }
