@@ -66,9 +66,34 @@ pub fn generate_token() -> String {
 #[derive(Debug, Default)]
 pub struct TokenRegistry {
     by_digest: RwLock<HashMap<[u8; 32], Arc<TokenRecord>>>,
+    /// Bumped by every insert and removal here, so a reload that read the store meanwhile can
+    /// tell and is skipped (it might bring back a token revoked here).
+    changes: std::sync::atomic::AtomicU64,
 }
 
 impl TokenRegistry {
+    pub fn changes(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Replaces every token with `records` (read from the store after [`Self::changes`] said
+    /// `changes_before`), unless a token was created or revoked here since. Returns whether it
+    /// replaced them.
+    pub fn replace_unless_changed(&self, records: Vec<TokenRecord>, changes_before: u64) -> bool {
+        let mut map = self
+            .by_digest
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if self.changes() != changes_before {
+            return false;
+        }
+        map.clear();
+        for record in records {
+            map.insert(record.token_sha256, Arc::new(record));
+        }
+        true
+    }
+
     pub fn replace_all(&self, records: Vec<TokenRecord>) {
         let mut map = self
             .by_digest
@@ -87,6 +112,8 @@ impl TokenRegistry {
             .unwrap_or_else(|poison| poison.into_inner());
         map.retain(|_, existing| existing.id != record.id);
         map.insert(record.token_sha256, Arc::new(record));
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     pub fn remove(&self, id: &str) {
@@ -95,6 +122,8 @@ impl TokenRegistry {
             .write()
             .unwrap_or_else(|poison| poison.into_inner());
         map.retain(|_, existing| existing.id != id);
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     pub fn find(&self, digest: &[u8; 32]) -> Option<Arc<TokenRecord>> {
@@ -179,6 +208,8 @@ impl std::fmt::Debug for EdgeSecret {
 #[derive(Debug, Default)]
 pub struct EdgeKeyRegistry {
     keys: RwLock<HashMap<String, EdgeSecret>>,
+    /// As [`TokenRegistry`]'s: a reload that overlapped a local change is skipped.
+    changes: std::sync::atomic::AtomicU64,
 }
 
 impl EdgeKeyRegistry {
@@ -187,6 +218,8 @@ impl EdgeKeyRegistry {
             .write()
             .unwrap_or_else(|poison| poison.into_inner())
             .insert(edge_id, secret);
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     pub fn remove(&self, edge_id: &str) {
@@ -194,6 +227,38 @@ impl EdgeKeyRegistry {
             .write()
             .unwrap_or_else(|poison| poison.into_inner())
             .remove(edge_id);
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    pub fn changes(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Replaces the stored keys with `stored` (edge id, secret, created at; read from the store
+    /// after [`Self::changes`] said `changes_before`), keeping the configured ones, which win over
+    /// stored keys of the same edge as at start. Skipped if a key was set or revoked here since.
+    pub fn replace_stored_unless_changed(
+        &self,
+        stored: Vec<(String, Vec<u8>, u64)>,
+        changes_before: u64,
+    ) -> bool {
+        let mut keys = self
+            .keys
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if self.changes() != changes_before {
+            return false;
+        }
+        keys.retain(|_, secret| secret.configured);
+        for (edge_id, secret, created_at_ms) in stored {
+            keys.entry(edge_id).or_insert(EdgeSecret {
+                secret,
+                configured: false,
+                created_at_ms,
+            });
+        }
+        true
     }
 
     pub fn get(&self, edge_id: &str) -> Option<EdgeSecret> {

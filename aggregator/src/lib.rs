@@ -237,7 +237,18 @@ async fn maintain(state: SharedState) {
         state.limits.forget_idle();
         // Other aggregators on the same database create and delete resources too.
         if ticks.is_multiple_of(RESOURCE_RELOAD_TICKS) {
+            reload_credentials(&state).await;
             let reload_started_ms = now_ms();
+            // Ids cached before the read began: only those can be gone because another
+            // aggregator deleted them. One cached later was created here after the read began
+            // (its commit may not be in the read, whatever its creation time says).
+            let cached_before: std::collections::HashSet<String> = state
+                .resources
+                .read()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .keys()
+                .cloned()
+                .collect();
             match state.store.resources().await {
                 Ok(records) => {
                     let mut loaded: BTreeMap<_, _> = records
@@ -251,7 +262,9 @@ async fn maintain(state: SharedState) {
                     // A resource created here while the list was being read is not in it yet.
                     let recent = reload_started_ms.saturating_sub(RESOURCE_RELOAD_GRACE_MS);
                     for (id, record) in cache.iter() {
-                        if record.created_at_ms >= recent && !loaded.contains_key(id) {
+                        if !loaded.contains_key(id)
+                            && (!cached_before.contains(id) || record.created_at_ms >= recent)
+                        {
                             loaded.insert(id.clone(), record.clone());
                         }
                     }
@@ -279,6 +292,27 @@ async fn maintain(state: SharedState) {
             }
         }
         ticks += 1;
+    }
+}
+
+/// Tokens and edge keys created or revoked through another aggregator on the same database take
+/// effect here within a reload period.
+async fn reload_credentials(state: &SharedState) {
+    let token_changes = state.tokens.changes();
+    match state.store.tokens().await {
+        Ok(records) => {
+            state.tokens.replace_unless_changed(records, token_changes);
+        }
+        Err(error) => tracing::warn!(%error, "reloading tokens failed; will retry"),
+    }
+    let key_changes = state.edge_keys.changes();
+    match state.store.edge_keys().await {
+        Ok(stored) => {
+            state
+                .edge_keys
+                .replace_stored_unless_changed(stored, key_changes);
+        }
+        Err(error) => tracing::warn!(%error, "reloading edge keys failed; will retry"),
     }
 }
 

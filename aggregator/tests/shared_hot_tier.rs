@@ -233,3 +233,118 @@ async fn three_aggregators_share_one_hot_tier_exactly_through_a_kill() {
         );
     }
 }
+
+/// Waits until `check` holds, or fails naming `what` after 10 s (two reload periods).
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within 10 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_edge_keys_set_through_one_aggregator_work_through_the_others() {
+    if !postgres_or_skip() {
+        return;
+    }
+    let directory = TempDir::new().unwrap();
+    let database = postgres_database(directory.path());
+    let flags = ["--database-url", database.as_str()];
+    let first = BinaryServer::start(&directory.path().join("a"), &flags).await;
+    let second = BinaryServer::start(&directory.path().join("b"), &flags).await;
+    let (through_first, through_second) = (first.handle(), second.handle());
+    let admin = Api::admin(&through_first);
+    admin.create_resource("home").await;
+    let (status, created) = admin
+        .post(
+            "/tokens",
+            serde_json::json!({"name": "reader", "scopes": ["read"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let token = created["token"].as_str().unwrap().to_owned();
+    let (status, key) = admin
+        .post(
+            "/edge-keys",
+            serde_json::json!({"edge_id": "edge-new", "secret": "edge-new-secret-0123456789"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{key}");
+    let client = reqwest::Client::new();
+    let bytes = batch_from("edge-new", 1, 0, &[("home", 2, &["v"])])
+        .encode()
+        .unwrap();
+    let signed_post = |bytes: Vec<u8>| {
+        let client = client.clone();
+        let base = through_second.base.clone();
+        async move {
+            let timestamp_ms = now_ms();
+            let signature = hitcount_wire::auth::sign(
+                b"edge-new-secret-0123456789",
+                "edge-new",
+                timestamp_ms,
+                &bytes,
+            );
+            client
+                .post(format!("{base}/v1/deltas"))
+                .header("content-type", hitcount_wire::auth::DELTA_CONTENT_TYPE)
+                .header(hitcount_wire::auth::EDGE_HEADER, "edge-new")
+                .header(
+                    hitcount_wire::auth::TIMESTAMP_HEADER,
+                    timestamp_ms.to_string(),
+                )
+                .header(hitcount_wire::auth::SIGNATURE_HEADER, signature)
+                .body(bytes)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    eventually("the token works through the second aggregator", || async {
+        Api::with_token(&through_second, &token)
+            .get("/hits/home?window=1h")
+            .await
+            .0
+            == StatusCode::OK
+    })
+    .await;
+    eventually("the edge key works through the second aggregator", || {
+        let post = signed_post(bytes.clone());
+        async move { post.await == StatusCode::OK }
+    })
+    .await;
+    let token_id = created["id"].as_str().unwrap();
+    assert_eq!(
+        admin.delete(&format!("/tokens/{token_id}")).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        admin.delete("/edge-keys/edge-new").await.0,
+        StatusCode::NO_CONTENT
+    );
+    eventually(
+        "the revoked token is refused by the second aggregator",
+        || async {
+            Api::with_token(&through_second, &token)
+                .get("/hits/home?window=1h")
+                .await
+                .0
+                == StatusCode::UNAUTHORIZED
+        },
+    )
+    .await;
+    eventually(
+        "the revoked edge key is refused by the second aggregator",
+        || {
+            let post = signed_post(bytes.clone());
+            async move { post.await == StatusCode::UNAUTHORIZED }
+        },
+    )
+    .await;
+}
