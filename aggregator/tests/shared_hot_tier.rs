@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::support::{
     Api, BinaryServer, EDGE_ID, EDGE_SECRET, batch_from, metric, postgres_database,
-    postgres_or_skip,
+    postgres_or_skip, signed_delta,
 };
 
 const REDIS_URL: &str = "redis://127.0.0.1:6379";
@@ -44,19 +44,7 @@ async fn try_post(
     base: &str,
     bytes: &[u8],
 ) -> Option<(StatusCode, Value)> {
-    let timestamp_ms = now_ms();
-    let signature = hitcount_wire::auth::sign(EDGE_SECRET.as_bytes(), EDGE_ID, timestamp_ms, bytes);
-    let response = client
-        .post(format!("{base}/v1/deltas"))
-        .header("content-type", hitcount_wire::auth::DELTA_CONTENT_TYPE)
-        .header(hitcount_wire::auth::EDGE_HEADER, EDGE_ID)
-        .header(
-            hitcount_wire::auth::TIMESTAMP_HEADER,
-            timestamp_ms.to_string(),
-        )
-        .header(hitcount_wire::auth::SIGNATURE_HEADER, signature)
-        .body(bytes.to_vec())
-        .send()
+    let response = signed_delta(client, base, EDGE_ID, EDGE_SECRET, now_ms(), bytes.to_vec())
         .await
         .ok()?;
     let status = response.status();
@@ -283,27 +271,17 @@ async fn tokens_and_edge_keys_set_through_one_aggregator_work_through_the_others
         let client = client.clone();
         let base = through_second.base.clone();
         async move {
-            let timestamp_ms = now_ms();
-            let signature = hitcount_wire::auth::sign(
-                b"edge-new-secret-0123456789",
+            signed_delta(
+                &client,
+                &base,
                 "edge-new",
-                timestamp_ms,
-                &bytes,
-            );
-            client
-                .post(format!("{base}/v1/deltas"))
-                .header("content-type", hitcount_wire::auth::DELTA_CONTENT_TYPE)
-                .header(hitcount_wire::auth::EDGE_HEADER, "edge-new")
-                .header(
-                    hitcount_wire::auth::TIMESTAMP_HEADER,
-                    timestamp_ms.to_string(),
-                )
-                .header(hitcount_wire::auth::SIGNATURE_HEADER, signature)
-                .body(bytes)
-                .send()
-                .await
-                .unwrap()
-                .status()
+                "edge-new-secret-0123456789",
+                now_ms(),
+                bytes,
+            )
+            .await
+            .unwrap()
+            .status()
         }
     };
     eventually("the token works through the second aggregator", || async {

@@ -420,10 +420,32 @@ pub async fn post_delta_bytes(
     timestamp_ms: u64,
     bytes: Vec<u8>,
 ) -> (StatusCode, Value) {
+    let response = signed_delta(
+        &server.client,
+        &server.base,
+        edge_id,
+        secret,
+        timestamp_ms,
+        bytes,
+    )
+    .await
+    .expect("request");
+    body(response).await
+}
+
+/// Sends a signed delta to the aggregator at `base`; `Err` when it is not there (tests that stop
+/// aggregators on purpose resend elsewhere).
+pub async fn signed_delta(
+    client: &Client,
+    base: &str,
+    edge_id: &str,
+    secret: &str,
+    timestamp_ms: u64,
+    bytes: Vec<u8>,
+) -> reqwest::Result<Response> {
     let signature = hitcount_wire::auth::sign(secret.as_bytes(), edge_id, timestamp_ms, &bytes);
-    let response = server
-        .client
-        .post(server.url("/v1/deltas"))
+    client
+        .post(format!("{base}/v1/deltas"))
         .header("content-type", hitcount_wire::auth::DELTA_CONTENT_TYPE)
         .header(hitcount_wire::auth::EDGE_HEADER, edge_id)
         .header(
@@ -434,8 +456,6 @@ pub async fn post_delta_bytes(
         .body(bytes)
         .send()
         .await
-        .expect("request");
-    body(response).await
 }
 
 pub async fn post_delta(server: &TestServer, batch: &DeltaBatch) -> (StatusCode, Value) {
