@@ -26,6 +26,12 @@ use hitcount_wire::DeltaEntry;
 /// 200 bytes an entry in memory (id, counts, a sparse sketch) this bounds the queue near 400 MB,
 /// about four seconds of the headline load (100 edges sending ~5k entries a second each).
 pub const MERGE_QUEUE_ENTRIES_MAX: usize = 2_000_000;
+/// Longest a batch should wait in the queue: past what the recent groups merged in this time,
+/// batches are refused (503) rather than queued, so an edge hears "later" at once instead of
+/// timing out while the store catches up.
+pub const MERGE_QUEUE_WAIT_MS_MAX: u64 = 2_000;
+/// However slow the store has been, this many entries may always wait (four full batches).
+pub const MERGE_QUEUE_ENTRIES_MIN: usize = 4 * hitcount_wire::BATCH_ENTRIES_MAX;
 /// Batches waiting to be merged (a second bound, for many tiny batches).
 pub const MERGE_QUEUE_BATCHES_MAX: usize = 16_384;
 /// Entries in one group commit: bounds the transaction's size and its time.
@@ -65,6 +71,8 @@ pub struct Merger {
     sender: mpsc::Sender<Message>,
     room: Arc<Semaphore>,
     entries_max: usize,
+    /// Entries merged per second lately (a moving average kept by the merge task).
+    rate: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Merger {
@@ -82,12 +90,14 @@ impl Merger {
     ) -> (Self, JoinHandle<()>) {
         assert!(entries_max <= MERGE_QUEUE_ENTRIES_MAX);
         let (sender, receiver) = mpsc::channel(MERGE_QUEUE_BATCHES_MAX);
-        let task = tokio::spawn(run(store, receiver, interval));
+        let rate = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let task = tokio::spawn(run(store, receiver, interval, Arc::clone(&rate)));
         (
             Self {
                 sender,
                 room: Arc::new(Semaphore::new(entries_max)),
                 entries_max,
+                rate,
             },
             task,
         )
@@ -101,6 +111,14 @@ impl Merger {
     ) -> Result<ApplyOutcome, MergeError> {
         // An empty batch still needs its room of one, for its dedupe record.
         let needed = u32::try_from(entries.len().max(1)).unwrap_or(u32::MAX);
+        // What the store merges in the longest wait allowed, but never less than a few batches.
+        let rate = self.rate.load(std::sync::atomic::Ordering::Relaxed);
+        let waiting_max = (rate.saturating_mul(MERGE_QUEUE_WAIT_MS_MAX) / 1_000)
+            .max(MERGE_QUEUE_ENTRIES_MIN as u64);
+        let queued = self.queued_entries() as u64;
+        if queued > 0 && queued + u64::from(needed) > waiting_max {
+            return Err(MergeError::Overloaded);
+        }
         let permit = Arc::clone(&self.room)
             .try_acquire_many_owned(needed)
             .map_err(|error| match error {
@@ -149,8 +167,14 @@ fn shared_error(error: &StoreError) -> StoreError {
     }
 }
 
-async fn run(store: Store, mut receiver: mpsc::Receiver<Message>, interval: Duration) {
+async fn run(
+    store: Store,
+    mut receiver: mpsc::Receiver<Message>,
+    interval: Duration,
+    rate: Arc<std::sync::atomic::AtomicU64>,
+) {
     let mut carried: Option<Request> = None;
+    let mut previous_commit: Option<Instant> = None;
     let mut shutdown_replies = Vec::new();
     loop {
         let first = match carried.take() {
@@ -198,6 +222,21 @@ async fn run(store: Store, mut receiver: mpsc::Receiver<Message>, interval: Dura
             }
         }
         commit(&store, group, entries).await;
+        // Entries per second of wall time since the previous commit ended, averaged: how fast
+        // the queue drains under this load.
+        let now = Instant::now();
+        if let Some(previous) = previous_commit {
+            let seconds = now.duration_since(previous).as_secs_f64().max(0.001);
+            let measured = entries as f64 / seconds;
+            let average = rate.load(std::sync::atomic::Ordering::Relaxed) as f64;
+            let smoothed = if average == 0.0 {
+                measured
+            } else {
+                0.7 * average + 0.3 * measured
+            };
+            rate.store(smoothed as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        previous_commit = Some(now);
     }
     for reply in shutdown_replies {
         let _ = reply.send(());

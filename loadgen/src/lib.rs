@@ -61,6 +61,9 @@ pub enum SetupMode {
     /// entry arrives, before merging it (exact, and no setup time, but creation happens during
     /// the run's first seconds).
     Pattern,
+    /// The resources exist already: the caller made them (the scale benchmark writes them into
+    /// the store directly, 100k in a second, before the aggregators start).
+    Existing,
 }
 
 /// Everything a run is told. Every flag is also an environment variable.
@@ -286,7 +289,7 @@ impl Config {
 
     /// The run's resource ids, in popularity order (index 0 is the most popular). Zero padding
     /// makes index order the ids' byte order, which is the order entries take in a batch.
-    fn resource_ids(&self) -> Vec<String> {
+    pub fn resource_ids(&self) -> Vec<String> {
         let width = digits(self.resources.saturating_sub(1)).max(6);
         (0..self.resources)
             .map(|index| format!("{}{index:0width$}", self.resource_prefix))

@@ -98,6 +98,7 @@ pub async fn run(
     match config.setup {
         SetupMode::Resources => create_resources(client, config, resource_ids).await?,
         SetupMode::Pattern => create_pattern(client, config).await?,
+        SetupMode::Existing => {}
     }
     Ok(secrets
         .iter()

@@ -100,7 +100,7 @@ fn authenticate(
         (status = 415, description = "Wrong content type", body = ErrorBody),
         (status = 422, description = "Window too old to deduplicate, or in the future", body = ErrorBody),
         (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "The store is unavailable or the merge queue is full (2,000,000 entries waiting); not applied; see Retry-After", body = ErrorBody),
+        (status = 503, description = "The store is unavailable, or more entries wait to be merged than the store merged in the last 2 s (at least 65,536, at most 2,000,000); not applied; see Retry-After", body = ErrorBody),
     ),
     security(("edge_signature" = []))
 )]

@@ -201,8 +201,9 @@ pub struct Pruned {
 
 /// The retention job deletes at most this many rows per transaction, so ingest never waits long.
 pub(crate) const RETENTION_DELETE_ROWS_MAX: usize = 10_000;
-/// Pending sketch rows folded into cells per compaction transaction.
-pub(crate) const COMPACTION_ROWS_MAX: usize = 50_000;
+/// Pending sketch rows folded into cells per compaction transaction: small transactions, so that
+/// merges wait little for the cells' row locks.
+pub(crate) const COMPACTION_ROWS_MAX: usize = 10_000;
 /// The encoding of an empty sketch.
 pub(crate) const EMPTY_SKETCH: &[u8] = &[0];
 

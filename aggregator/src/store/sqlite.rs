@@ -10,7 +10,7 @@
 //! rewriting every hot cell's sketch in every group commit made the write-ahead log, not the
 //! hits, the cost. A merge appends the entry's (usually tiny, sparse) sketch to
 //! `pending_sketches` in the same transaction as the counts, and [`SqliteStore::compact`] folds pending
-//! rows into their cells about once a second. Queries merge both, so results never depend on
+//! rows into their cells every 10 s. Queries merge both, so results never depend on
 //! whether compaction has run, and the append is as durable as the counts.
 //!
 //! All writes go through one connection behind a mutex (SQLite allows one writer at a time, and

@@ -1,0 +1,490 @@
+//! `cargo bench -p hitcount-loadgen --bench scale`: the aggregator (release build) under
+//! simulated edges from `hitcount-loadgen`, with PostgreSQL and Redis on this machine, and the
+//! baseline of raw batched PostgreSQL upserts measured in the same run.
+//!
+//! Every scenario gets a fresh store: its resources are written into it directly (the REST API
+//! takes a resource per request, half a minute for 100k), then the aggregators start and the
+//! run's own edges, keys and counts go through HTTP only. While the load runs a reader asks one
+//! hot resource for 24 h at minute granularity every 50 ms. Figures: offered and acknowledged
+//! hits/s, the worst second of the last 30, delta acknowledgement p50/p99, verification,
+//! PostgreSQL rows written per second (`pg_stat_user_tables`), aggregator CPU and read latency.
+//!
+//! `HITCOUNT_BENCH_SCALE_ONLY=name,name` runs only those scenarios; `HITCOUNT_BENCH_SCALE_S` sets
+//! the load's duration (default 60 s).
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use hitcount_aggregator::store::{ResourceRecord, Store};
+use hitcount_loadgen::Config;
+
+const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
+const DATABASE_SERVER: &str = "postgres://root@127.0.0.1:5432";
+const REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// Resources written per store call when a scenario's store is filled.
+const RESOURCE_CHUNK: usize = 10_000;
+/// Reads of the hot resource while the load runs, one per this many ms.
+const READ_PERIOD_MS: u64 = 50;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Embedded,
+    Postgres,
+    PostgresRedis,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Scenario {
+    name: &'static str,
+    backend: Backend,
+    aggregators: usize,
+    hits_per_second: u64,
+    resources: usize,
+}
+
+const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "embedded-100k",
+        backend: Backend::Embedded,
+        aggregators: 1,
+        hits_per_second: 100_000,
+        resources: 100_000,
+    },
+    Scenario {
+        name: "embedded-300k",
+        backend: Backend::Embedded,
+        aggregators: 1,
+        hits_per_second: 300_000,
+        resources: 100_000,
+    },
+    Scenario {
+        name: "embedded-1m",
+        backend: Backend::Embedded,
+        aggregators: 1,
+        hits_per_second: 1_000_000,
+        resources: 100_000,
+    },
+    Scenario {
+        name: "pg-redis-100k",
+        backend: Backend::PostgresRedis,
+        aggregators: 1,
+        hits_per_second: 100_000,
+        resources: 100_000,
+    },
+    Scenario {
+        name: "pg-redis-300k",
+        backend: Backend::PostgresRedis,
+        aggregators: 1,
+        hits_per_second: 300_000,
+        resources: 100_000,
+    },
+    Scenario {
+        name: "pg-redis-1m",
+        backend: Backend::PostgresRedis,
+        aggregators: 1,
+        hits_per_second: 1_000_000,
+        resources: 100_000,
+    },
+    Scenario {
+        name: "pg-100k",
+        backend: Backend::Postgres,
+        aggregators: 1,
+        hits_per_second: 100_000,
+        resources: 100_000,
+    },
+    Scenario {
+        name: "pg-redis-10k-res-100k",
+        backend: Backend::PostgresRedis,
+        aggregators: 1,
+        hits_per_second: 100_000,
+        resources: 10_000,
+    },
+    Scenario {
+        name: "pg-redis-10k-res-1m",
+        backend: Backend::PostgresRedis,
+        aggregators: 1,
+        hits_per_second: 1_000_000,
+        resources: 10_000,
+    },
+    Scenario {
+        name: "pg-redis-100k-x2",
+        backend: Backend::PostgresRedis,
+        aggregators: 2,
+        hits_per_second: 100_000,
+        resources: 100_000,
+    },
+    Scenario {
+        name: "pg-redis-100k-x3",
+        backend: Backend::PostgresRedis,
+        aggregators: 3,
+        hits_per_second: 100_000,
+        resources: 100_000,
+    },
+];
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+fn psql(database: &str, sql: &str) -> String {
+    let output = Command::new("psql")
+        .arg(format!("{DATABASE_SERVER}/{database}"))
+        .args(["-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+fn spare_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// CPU seconds (user + system) a process has used, from `/proc/{pid}/stat`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|field| field.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // After the command name: state is field 0, utime 11, stime 12; 100 ticks a second.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Rows inserted and updated so far in the scenario's database.
+fn rows_written(database: &str) -> f64 {
+    psql(
+        database,
+        "SELECT coalesce(sum(n_tup_ins + n_tup_upd), 0) FROM pg_stat_user_tables",
+    )
+    .parse()
+    .unwrap_or(0.0)
+}
+
+fn percentile(sorted: &[f64], share: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * share).round() as usize]
+}
+
+/// Raw batched upserts of 1000 rows (`INSERT ... SELECT FROM unnest ... ON CONFLICT DO UPDATE`)
+/// into a keyed table of 100k existing rows, for `seconds`: what PostgreSQL takes here.
+fn raw_upserts_per_second(seconds: u64) -> f64 {
+    psql(
+        "postgres",
+        "DROP DATABASE IF EXISTS bench_scale_raw WITH (FORCE)",
+    );
+    psql("postgres", "CREATE DATABASE bench_scale_raw");
+    psql(
+        "bench_scale_raw",
+        "CREATE TABLE cells (resource_id text, tier int2, bucket_ms int8, hit_count int8, PRIMARY KEY (resource_id, tier, bucket_ms));
+         INSERT INTO cells SELECT 'r' || i, 0, 0, 1 FROM generate_series(0, 99999) i",
+    );
+    let statement = "INSERT INTO cells SELECT 'r' || (random() * 99999)::int, 0, 0, 1 FROM generate_series(1, 1000) \
+                     ON CONFLICT (resource_id, tier, bucket_ms) DO UPDATE SET hit_count = cells.hit_count + 1";
+    // Duplicate keys in one statement are refused by ON CONFLICT DO UPDATE; a DISTINCT ON keeps
+    // each batch's keys unique.
+    let statement = statement.replace(
+        "SELECT 'r' || (random() * 99999)::int, 0, 0, 1 FROM generate_series(1, 1000)",
+        "SELECT DISTINCT ON (id) id, 0, 0, 1 FROM (SELECT 'r' || (random() * 99999)::int AS id FROM generate_series(1, 1000)) k",
+    );
+    let script = format!("\\set ON_ERROR_STOP 1\n{statement};\n");
+    let path = std::env::temp_dir().join("hitcount-bench-raw.sql");
+    std::fs::write(&path, script).unwrap();
+    let output = Command::new("pgbench")
+        .arg(format!("{DATABASE_SERVER}/bench_scale_raw"))
+        .args(["-n", "-c", "2", "-T", &seconds.to_string(), "-f"])
+        .arg(&path)
+        .output();
+    match output {
+        Ok(output) if output.status.success() => {
+            let text = String::from_utf8_lossy(&output.stdout);
+            let tps: f64 = text
+                .lines()
+                .find(|line| line.starts_with("tps"))
+                .and_then(|line| line.split_whitespace().nth(2))
+                .and_then(|value| value.parse().ok())
+                .unwrap_or(0.0);
+            // About 990 distinct keys in each batch of 1000 draws over 100k.
+            tps * 995.0
+        }
+        _ => f64::NAN,
+    }
+}
+
+struct Running {
+    children: Vec<Child>,
+    urls: Vec<String>,
+    database: Option<String>,
+    _directory: tempfile::TempDir,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+async fn prepare(scenario: &Scenario, loadgen: &Config) -> Running {
+    let directory = tempfile::TempDir::new().unwrap();
+    let database = (scenario.backend != Backend::Embedded).then(|| {
+        let name = format!("bench_scale_{}", scenario.name.replace('-', "_"));
+        psql(
+            "postgres",
+            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        );
+        psql("postgres", &format!("CREATE DATABASE {name}"));
+        name
+    });
+    let store = match &database {
+        Some(name) => Store::open_postgres(&format!("{DATABASE_SERVER}/{name}"))
+            .await
+            .unwrap(),
+        None => Store::open_embedded(directory.path()).unwrap(),
+    };
+    let ids = loadgen.resource_ids();
+    for chunk in ids.chunks(RESOURCE_CHUNK) {
+        let records = chunk
+            .iter()
+            .map(|id| ResourceRecord {
+                id: id.clone(),
+                name: id.clone(),
+                retention_days: None,
+                created_at_ms: 0,
+            })
+            .collect();
+        store.create_resources_if_absent(records).await.unwrap();
+    }
+    drop(store);
+    let binary = target_dir().join("release/hitcount-aggregator");
+    let prefix = format!(
+        "bench-scale-{}-{}",
+        scenario.name,
+        hitcount_process::now_ms()
+    );
+    let mut children = Vec::new();
+    let mut urls = Vec::new();
+    for index in 0..scenario.aggregators {
+        let port = spare_port();
+        let mut command = Command::new(&binary);
+        command
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(directory.path())
+            .args([
+                "--admin-token",
+                ADMIN_TOKEN,
+                "--rate-limit-ip",
+                "0",
+                "--rate-limit-token",
+                "0",
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(name) = &database {
+            command
+                .arg("--database-url")
+                .arg(format!("{DATABASE_SERVER}/{name}"));
+        }
+        if scenario.backend == Backend::PostgresRedis {
+            command.args(["--redis-url", REDIS_URL, "--redis-prefix", &prefix]);
+        }
+        children.push(command.spawn().unwrap_or_else(|error| {
+            panic!(
+                "{} ({error}): build it with cargo build --release -p hitcount-aggregator",
+                binary.display()
+            )
+        }));
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let client = reqwest::Client::new();
+        while !client
+            .get(format!("{url}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|answer| answer.status().is_success())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "aggregator {index} never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        urls.push(url);
+    }
+    Running {
+        children,
+        urls,
+        database,
+        _directory: directory,
+    }
+}
+
+async fn measure(scenario: &Scenario, duration_s: u64) -> String {
+    let mut arguments = vec!["hitcount-loadgen".to_owned()];
+    let rate = scenario.hits_per_second.to_string();
+    let resources = scenario.resources.to_string();
+    let duration = duration_s.to_string();
+    for argument in [
+        "--admin-token",
+        ADMIN_TOKEN,
+        "--setup",
+        "existing",
+        "--edges",
+        "100",
+        "--hits-per-second",
+        &rate,
+        "--resources",
+        &resources,
+        "--duration-s",
+        &duration,
+        "--window-ms",
+        "1000",
+        "--zipf",
+        "1.0",
+        "--quiet",
+    ] {
+        arguments.push(argument.to_owned());
+    }
+    let mut config = Config::try_parse_from(&arguments).unwrap();
+    let running = prepare(scenario, &config).await;
+    config.aggregators = running.urls.clone();
+    let cpu_before: f64 = running
+        .children
+        .iter()
+        .map(|child| cpu_seconds(child.id()))
+        .sum();
+    let rows_before = running.database.as_deref().map(rows_written);
+    let reading = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let reader = {
+        let reading = std::sync::Arc::clone(&reading);
+        let url = format!(
+            "{}/hits/{}?window=24h&granularity=minute",
+            running.urls[0],
+            config.resource_ids()[0]
+        );
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut latencies = Vec::new();
+            while reading.load(std::sync::atomic::Ordering::Relaxed) {
+                let started = Instant::now();
+                if let Ok(answer) = client.get(&url).bearer_auth(ADMIN_TOKEN).send().await
+                    && answer.status().is_success()
+                    && answer.bytes().await.is_ok()
+                {
+                    latencies.push(started.elapsed().as_secs_f64() * 1_000.0);
+                }
+                tokio::time::sleep(Duration::from_millis(READ_PERIOD_MS)).await;
+            }
+            latencies
+        })
+    };
+    let started = Instant::now();
+    let outcome = hitcount_loadgen::run(config).await.unwrap();
+    let wall_s = started.elapsed().as_secs_f64();
+    reading.store(false, std::sync::atomic::Ordering::Relaxed);
+    let mut latencies = reader.await.unwrap();
+    latencies.sort_by(f64::total_cmp);
+    let cpu_after: f64 = running
+        .children
+        .iter()
+        .map(|child| cpu_seconds(child.id()))
+        .sum();
+    let report = &outcome.report;
+    // Load and drain, not verification: the rows and CPU of taking the deltas.
+    let busy_s = report.duration_s + report.drain_s;
+    let rows = match (rows_before, running.database.as_deref()) {
+        (Some(before), Some(database)) => {
+            format!("{:.0}", (rows_written(database) - before) / wall_s)
+        }
+        _ => "-".to_owned(),
+    };
+    let line = format!(
+        "| {} | {} | {} | {:.0} | {:.0} | {} | {:.0} / {:.0} | {} | {} | {:.2} | {:.1} / {:.1} |",
+        scenario.name,
+        scenario.aggregators,
+        scenario.resources,
+        report.hits_offered as f64 / report.duration_s,
+        report.hits_acknowledged as f64 / busy_s,
+        report
+            .last_30s_min_ack_ratio
+            .map_or("-".to_owned(), |ratio| format!("{ratio:.3}")),
+        report.ack_p50_ms.unwrap_or(f64::NAN),
+        report.ack_p99_ms.unwrap_or(f64::NAN),
+        if report.verification.verified && report.errors == 0 {
+            "yes".to_owned()
+        } else {
+            format!(
+                "no ({} mismatches, {} errors)",
+                report.verification.mismatches, report.errors
+            )
+        },
+        rows,
+        (cpu_after - cpu_before) / wall_s,
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+    );
+    eprintln!("{}", serde_json::to_string(report).unwrap());
+    line
+}
+
+#[tokio::main]
+async fn main() {
+    // `cargo test` runs benches with `--bench` absent; only a real `cargo bench` measures.
+    if !std::env::args().any(|argument| argument == "--bench") {
+        return;
+    }
+    let duration_s: u64 = std::env::var("HITCOUNT_BENCH_SCALE_S")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(60);
+    let only: Option<Vec<String>> = std::env::var("HITCOUNT_BENCH_SCALE_ONLY")
+        .ok()
+        .map(|names| names.split(',').map(str::to_owned).collect());
+    println!(
+        "raw PostgreSQL upserts (1000-row unnest batches, 2 clients, 10 s): {:.0} rows/s",
+        raw_upserts_per_second(10)
+    );
+    println!();
+    println!(
+        "| scenario | aggregators | resources | offered hits/s | acknowledged hits/s | last 30 s min ack ratio | ack p50 / p99 ms | verified | PostgreSQL rows/s | aggregator CPU cores | GET 24 h p50 / p99 ms |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for scenario in SCENARIOS {
+        if only
+            .as_ref()
+            .is_some_and(|only| !only.iter().any(|name| name == scenario.name))
+        {
+            continue;
+        }
+        println!("{}", measure(scenario, duration_s).await);
+    }
+}
