@@ -157,7 +157,8 @@ async fn three_aggregators_share_one_hot_tier_exactly_through_a_kill() {
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_millis(700)).await;
         redis::cmd("DEL")
-            .arg(format!("{prefix}:epoch"))
+            // The braces are the key's hash tag (see store/hot.rs).
+            .arg(format!("{{{prefix}}}:epoch"))
             .query_async::<()>(&mut connection)
             .await
             .unwrap();

@@ -239,6 +239,7 @@ struct Running {
     children: Vec<Child>,
     urls: Vec<String>,
     database: Option<String>,
+    redis_prefix: Option<String>,
     _directory: tempfile::TempDir,
 }
 
@@ -247,6 +248,15 @@ impl Drop for Running {
         for child in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        // A scenario's hot tier is millions of keys; left for their hour they slow every other
+        // user of the machine's Redis (the Spin edge tests timed out behind them).
+        if let Some(prefix) = &self.redis_prefix {
+            let pattern = format!("{{{prefix}}}:*");
+            let _ = Command::new("sh")
+                .arg("-c")
+                .arg(format!("redis-cli --scan --pattern '{pattern}' | xargs -r -n 5000 redis-cli del > /dev/null"))
+                .status();
         }
     }
 }
@@ -340,10 +350,12 @@ async fn prepare(scenario: &Scenario, loadgen: &Config) -> Running {
         }
         urls.push(url);
     }
+    let redis_prefix = (scenario.backend == Backend::PostgresRedis).then_some(prefix);
     Running {
         children,
         urls,
         database,
+        redis_prefix,
         _directory: directory,
     }
 }

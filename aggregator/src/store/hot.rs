@@ -376,14 +376,6 @@ impl HotTier {
             };
             match self.write(&epoch, &generation, &write.cells).await {
                 Ok(Written::Applied) => return,
-                Ok(Written::LeaseLost) => {
-                    // Paused longer than the lease: take it again and retry in this epoch
-                    // (if a rebuild started meanwhile, the epoch check refuses the retry).
-                    if let Err(reason) = self.renew_lease().await {
-                        self.degrade(&reason, true);
-                        return;
-                    }
-                }
                 Ok(Written::EpochChanged(current)) => match Epoch::parse(&current) {
                     Epoch::Current {
                         generation,
@@ -459,16 +451,26 @@ impl HotTier {
                         visitors.to_bytes()
                     });
             }
-            let mut connection = self.connected().await?;
-            let (status, current): (i64, String) = within(
-                HOT_OPERATION_TIMEOUT_MS,
-                invocation.invoke_async(&mut connection),
-            )
-            .await?;
-            match status {
-                1 => {}
-                2 => return Ok(Written::LeaseLost),
-                _ => return Ok(Written::EpochChanged(current)),
+            // A lease lost (this process paused past it) is taken again and the same chunk
+            // retried once: the chunks before it were applied in this epoch and must not be
+            // sent again.
+            let mut lease_renewed = false;
+            loop {
+                let mut connection = self.connected().await?;
+                let (status, current): (i64, String) = within(
+                    HOT_OPERATION_TIMEOUT_MS,
+                    invocation.invoke_async(&mut connection),
+                )
+                .await?;
+                match status {
+                    1 => break,
+                    2 if !lease_renewed => {
+                        self.renew_lease().await?;
+                        lease_renewed = true;
+                    }
+                    2 => return Err("the hot tier lease could not be kept".to_owned()),
+                    _ => return Ok(Written::EpochChanged(current)),
+                }
             }
         }
         Ok(Written::Applied)
@@ -946,7 +948,6 @@ impl redis::aio::ConnectionLike for Connected {
 #[derive(Debug)]
 enum Written {
     Applied,
-    LeaseLost,
     EpochChanged(String),
 }
 
