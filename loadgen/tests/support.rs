@@ -31,6 +31,55 @@ fn aggregator_binary() -> PathBuf {
     beside
 }
 
+/// A port the system just handed out and this process let go: free, barring a race with another
+/// process binding port 0 in between.
+pub fn spare_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Starts the aggregator binary on `port` with its data in `data_dir` (and `extra` flags), and
+/// waits until it answers `/readyz`.
+pub async fn spawn_ready(
+    port: u16,
+    data_dir: &std::path::Path,
+    extra: &[&str],
+) -> tokio::process::Child {
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = tokio::process::Command::new(aggregator_binary())
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--admin-token")
+        .arg(ADMIN_TOKEN)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the aggregator binary starts");
+    let client = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = client.get(format!("{base}/readyz")).send().await;
+        if ready.is_ok_and(|response| response.status().is_success()) {
+            return child;
+        }
+        if let Ok(Some(exit)) = child.try_wait() {
+            panic!("the aggregator exited before it was ready: {exit}");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the aggregator is not ready within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub struct Aggregator {
     pub base: String,
     client: reqwest::Client,
@@ -43,45 +92,11 @@ impl Aggregator {
     /// answers `/readyz`.
     pub async fn start() -> Self {
         let data = TempDir::new().expect("temporary directory");
-        // A port the system just handed out and this process let go: free, barring a race
-        // with another process binding port 0 in between.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        let base = format!("http://127.0.0.1:{port}");
-        let mut child = tokio::process::Command::new(aggregator_binary())
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data-dir")
-            .arg(data.path())
-            .arg("--admin-token")
-            .arg(ADMIN_TOKEN)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the aggregator binary starts");
-        let client = reqwest::Client::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let ready = client.get(format!("{base}/readyz")).send().await;
-            if ready.is_ok_and(|response| response.status().is_success()) {
-                break;
-            }
-            if let Ok(Some(exit)) = child.try_wait() {
-                panic!("the aggregator exited before it was ready: {exit}");
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the aggregator is not ready within 30 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let port = spare_port();
+        let child = spawn_ready(port, data.path(), &[]).await;
         Self {
-            base,
-            client,
+            base: format!("http://127.0.0.1:{port}"),
+            client: reqwest::Client::new(),
             _child: child,
             _data: data,
         }

@@ -147,3 +147,124 @@ async fn verification_catches_a_hit_the_run_did_not_send() {
         ("load-r000000", "hits", sent, sent + 1, false)
     );
 }
+
+/// A database of its own on the machine's PostgreSQL; `None` (a printed skip) when it is
+/// unreachable, a failure under `CI=true`.
+fn fresh_database() -> Option<String> {
+    let server = "postgres://root@127.0.0.1:5432";
+    let name = format!(
+        "hitcount_loadgen_{}_{}",
+        std::process::id(),
+        hitcount_process::now_ms()
+    );
+    let created = std::process::Command::new("psql")
+        .arg(format!("{server}/postgres"))
+        .args(["-c", &format!("CREATE DATABASE {name}")])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !created {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "PostgreSQL at {server} is unreachable and CI=true"
+        );
+        eprintln!("SKIPPED: PostgreSQL at {server} is unreachable");
+        return None;
+    }
+    Some(format!("{server}/{name}"))
+}
+
+/// Edges spread over three aggregators sharing one PostgreSQL and one Redis prefix, with
+/// duplicate copies, and one aggregator SIGKILLed mid-run and started again on its port: every
+/// hit is counted once, and the answers (recent minutes from the shared hot tier) say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edges_over_three_aggregators_on_one_store_are_counted_exactly_through_a_kill() {
+    let Some(database) = fresh_database() else {
+        return;
+    };
+    if std::net::TcpStream::connect("127.0.0.1:6379").is_err() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "Redis is unreachable and CI=true"
+        );
+        eprintln!("SKIPPED: Redis at 127.0.0.1:6379 is unreachable");
+        return;
+    }
+    let prefix = format!("hitcount-loadgen-{}", hitcount_process::now_ms());
+    let flags = [
+        "--database-url",
+        database.as_str(),
+        "--redis-url",
+        "redis://127.0.0.1:6379",
+        "--redis-prefix",
+        prefix.as_str(),
+        "--rate-limit-ip",
+        "0",
+        "--rate-limit-token",
+        "0",
+    ];
+    let directories: Vec<tempfile::TempDir> =
+        (0..3).map(|_| tempfile::TempDir::new().unwrap()).collect();
+    let ports: Vec<u16> = (0..3).map(|_| support::spare_port()).collect();
+    let mut children = Vec::new();
+    for (port, directory) in ports.iter().zip(&directories) {
+        children.push(support::spawn_ready(*port, directory.path(), &flags).await);
+    }
+    let mut arguments = vec!["hitcount-loadgen".to_owned()];
+    for port in &ports {
+        arguments.push("--aggregator".to_owned());
+        arguments.push(format!("http://127.0.0.1:{port}"));
+    }
+    for argument in [
+        "--admin-token",
+        support::ADMIN_TOKEN,
+        "--edges",
+        "6",
+        "--hits-per-second",
+        "3000",
+        "--resources",
+        "300",
+        "--duration-s",
+        "8",
+        "--duplicate-percent",
+        "10",
+        "--quiet",
+    ] {
+        arguments.push(argument.to_owned());
+    }
+    let config = <hitcount_loadgen::Config as clap::Parser>::parse_from(arguments);
+    let run = tokio::spawn(hitcount_loadgen::run(config));
+    // Killed once deltas flow through it (setup creates resources and keys first).
+    let metrics = format!("http://127.0.0.1:{}/metrics", ports[1]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+        let applied = text
+            .lines()
+            .find_map(|line| line.strip_prefix("hitcount_deltas_applied_total "))
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if applied >= 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no delta reached the second aggregator"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    children[1].kill().await.unwrap();
+    // Down for more than a window, so its edges' next sends fail and are resent after the
+    // restart.
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    children[1] = support::spawn_ready(ports[1], directories[1].path(), &flags).await;
+    let outcome = run.await.unwrap().unwrap();
+    let report = &outcome.report;
+    println!("{}", serde_json::to_string(report).unwrap());
+    assert_eq!(report.errors, 0, "{:?}", report.error_examples);
+    assert_eq!(report.hits_acknowledged, report.hits_offered);
+    assert!(report.verification.verified, "{:?}", report.verification);
+    assert!(
+        report.sends.network_errors > 0,
+        "the kill was felt by the edges"
+    );
+}
