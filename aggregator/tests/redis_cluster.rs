@@ -19,14 +19,6 @@ struct Node {
     child: Child,
 }
 
-fn spare_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn start_node(directory: &Path, port: u16) -> std::io::Result<Node> {
     let child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -118,14 +110,16 @@ async fn the_hot_tier_runs_on_a_redis_cluster_and_survives_a_node_stopping() {
         return;
     }
     let directory = TempDir::new().unwrap();
-    let ports: Vec<u16> = (0..3).map(|_| spare_port()).collect();
+    let ports: Vec<u16> = (0..3)
+        .map(|_| hitcount_test_support::spare_port())
+        .collect();
     let mut nodes = Vec::new();
     for port in &ports {
         match start_node(directory.path(), *port) {
             Ok(node) => nodes.push(Some(node)),
             Err(error) => {
                 assert!(
-                    std::env::var("CI").as_deref() != Ok("true"),
+                    !hitcount_test_support::under_ci(),
                     "redis-server cannot start and CI=true: {error}"
                 );
                 eprintln!("SKIPPED: redis-server cannot start ({error})");

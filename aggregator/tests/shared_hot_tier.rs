@@ -18,22 +18,8 @@ use crate::support::{
     postgres_or_skip, signed_delta,
 };
 
-const REDIS_URL: &str = "redis://127.0.0.1:6379";
 const SENDERS: u64 = 3;
 const BATCHES_PER_SENDER: u64 = 200;
-
-/// True when the machine's Redis answers; unreachable, it fails the test under `CI=true`.
-fn redis_or_skip() -> bool {
-    let answered = std::net::TcpStream::connect("127.0.0.1:6379").is_ok();
-    if !answered {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "Redis at 127.0.0.1:6379 is unreachable and CI=true"
-        );
-        eprintln!("SKIPPED: Redis at 127.0.0.1:6379 is unreachable");
-    }
-    answered
-}
 
 /// The base URLs of the running aggregators; a restart replaces one.
 type Servers = Arc<RwLock<Vec<String>>>;
@@ -114,9 +100,12 @@ async fn send(servers: Servers, sender: u64) -> (u64, BTreeSet<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_aggregators_share_one_hot_tier_exactly_through_a_kill() {
-    if !postgres_or_skip() || !redis_or_skip() {
+    if !postgres_or_skip() {
         return;
     }
+    let Some(redis_url) = hitcount_test_support::redis_or_skip().await else {
+        return;
+    };
     let directory = TempDir::new().unwrap();
     let database = postgres_database(directory.path());
     let prefix = format!("hitcount-shared-{}", now_ms());
@@ -124,7 +113,7 @@ async fn three_aggregators_share_one_hot_tier_exactly_through_a_kill() {
         "--database-url",
         &database,
         "--redis-url",
-        REDIS_URL,
+        &redis_url,
         "--redis-prefix",
         &prefix,
         "--merge-interval-ms",
@@ -152,7 +141,7 @@ async fn three_aggregators_share_one_hot_tier_exactly_through_a_kill() {
     // Mid-run, the tier is lost twice (its epoch deleted, as a flush or a Redis restart
     // would), so every aggregator has writes refused while others rebuild; and the second
     // aggregator is killed (no shutdown of any kind) and started again.
-    let redis = redis::Client::open(REDIS_URL).unwrap();
+    let redis = redis::Client::open(redis_url.as_str()).unwrap();
     let mut connection = redis.get_multiplexed_async_connection().await.unwrap();
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_millis(700)).await;

@@ -146,14 +146,6 @@ fn psql(database: &str, sql: &str) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
-fn spare_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// CPU seconds (user + system) a process has used, from `/proc/{pid}/stat`.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -301,7 +293,7 @@ async fn prepare(scenario: &Scenario, loadgen: &Config) -> Running {
     let mut children = Vec::new();
     let mut urls = Vec::new();
     for index in 0..scenario.aggregators {
-        let port = spare_port();
+        let port = hitcount_test_support::spare_port();
         let mut command = Command::new(&binary);
         command
             .arg("--listen")

@@ -31,15 +31,6 @@ fn aggregator_binary() -> PathBuf {
     beside
 }
 
-/// A port the system just handed out and this process let go: free, barring a race with another
-/// process binding port 0 in between.
-pub fn spare_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 /// Starts the aggregator binary on `port` with its data in `data_dir` (and `extra` flags), and
 /// waits until it answers `/readyz`.
 pub async fn spawn_ready(
@@ -92,7 +83,7 @@ impl Aggregator {
     /// answers `/readyz`.
     pub async fn start() -> Self {
         let data = TempDir::new().expect("temporary directory");
-        let port = spare_port();
+        let port = hitcount_test_support::spare_port();
         let child = spawn_ready(port, data.path(), &[]).await;
         Self {
             base: format!("http://127.0.0.1:{port}"),

@@ -164,7 +164,7 @@ fn fresh_database() -> Option<String> {
         .is_ok_and(|output| output.status.success());
     if !created {
         assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
+            !hitcount_test_support::under_ci(),
             "PostgreSQL at {server} is unreachable and CI=true"
         );
         eprintln!("SKIPPED: PostgreSQL at {server} is unreachable");
@@ -181,20 +181,15 @@ async fn edges_over_three_aggregators_on_one_store_are_counted_exactly_through_a
     let Some(database) = fresh_database() else {
         return;
     };
-    if std::net::TcpStream::connect("127.0.0.1:6379").is_err() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "Redis is unreachable and CI=true"
-        );
-        eprintln!("SKIPPED: Redis at 127.0.0.1:6379 is unreachable");
+    let Some(redis_url) = hitcount_test_support::redis_or_skip().await else {
         return;
-    }
+    };
     let prefix = format!("hitcount-loadgen-{}", hitcount_process::now_ms());
     let flags = [
         "--database-url",
         database.as_str(),
         "--redis-url",
-        "redis://127.0.0.1:6379",
+        redis_url.as_str(),
         "--redis-prefix",
         prefix.as_str(),
         "--rate-limit-ip",
@@ -204,7 +199,9 @@ async fn edges_over_three_aggregators_on_one_store_are_counted_exactly_through_a
     ];
     let directories: Vec<tempfile::TempDir> =
         (0..3).map(|_| tempfile::TempDir::new().unwrap()).collect();
-    let ports: Vec<u16> = (0..3).map(|_| support::spare_port()).collect();
+    let ports: Vec<u16> = (0..3)
+        .map(|_| hitcount_test_support::spare_port())
+        .collect();
     let mut children = Vec::new();
     for (port, directory) in ports.iter().zip(&directories) {
         children.push(support::spawn_ready(*port, directory.path(), &flags).await);

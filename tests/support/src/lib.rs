@@ -159,6 +159,16 @@ pub async fn metric(base: &str, name: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
+/// A port the system just handed out and this process let go: free, barring a race with another
+/// process binding port 0 in between. For servers a test starts as processes, on a port it must
+/// know before they listen (or keep across a restart).
+pub fn spare_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 /// True when `CI=true`: a test whose server is unreachable must fail, not skip.
 pub fn under_ci() -> bool {
     std::env::var("CI").as_deref() == Ok("true")
