@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Parser, ValueEnum};
 
 use crate::merge::MERGE_INTERVAL_MS_MAX;
+use crate::store::inbox::FOLD_INTERVAL_MS_MAX;
 
 /// Requests per second allowed per client address and per token by default.
 pub const RATE_LIMIT_PER_SECOND_DEFAULT: u32 = 1_000;
@@ -60,6 +61,13 @@ pub struct Args {
     /// committed together, in ms (0: only what queued during the previous commit).
     #[arg(long, env = "HITCOUNT_MERGE_INTERVAL_MS", default_value_t = crate::merge::MERGE_INTERVAL_MS_DEFAULT)]
     pub merge_interval_ms: u64,
+
+    /// The durable inbox: above 0, a group commit appends its merged minute counts to an inbox
+    /// and is acknowledged then, and every this many ms the inbox is folded into the hour, day
+    /// and minute counters (0: every group commit writes all counters itself). For large
+    /// numbers of resources: durable writes follow the counters touched per fold interval.
+    #[arg(long, env = "HITCOUNT_FOLD_INTERVAL_MS", default_value_t = 0)]
+    pub fold_interval_ms: u64,
 
     /// Requests per second per client address (0 disables the limit).
     #[arg(long, env = "HITCOUNT_RATE_LIMIT_IP", default_value_t = RATE_LIMIT_PER_SECOND_DEFAULT)]
@@ -126,6 +134,8 @@ pub struct Config {
     pub ack: AckMode,
     pub flush_interval_ms: u64,
     pub merge_interval_ms: u64,
+    /// 0: the direct write shape; above: the durable inbox folded at this interval.
+    pub fold_interval_ms: u64,
     pub rate_limit_ip: u32,
     pub rate_limit_token: u32,
     pub retention_interval_s: u64,
@@ -150,6 +160,8 @@ pub enum ConfigError {
     FlushInterval,
     #[error("--merge-interval-ms must be between 0 and {MERGE_INTERVAL_MS_MAX}")]
     MergeInterval,
+    #[error("--fold-interval-ms must be between 0 and {FOLD_INTERVAL_MS_MAX}")]
+    FoldInterval,
     #[error("--retention-interval-s must be between 1 and {RETENTION_INTERVAL_S_MAX}")]
     RetentionInterval,
     #[error("--database-url must be a postgres:// or postgresql:// URL")]
@@ -175,6 +187,7 @@ impl Config {
             ack: AckMode::Durable,
             flush_interval_ms: FLUSH_INTERVAL_MS_DEFAULT,
             merge_interval_ms: crate::merge::MERGE_INTERVAL_MS_DEFAULT,
+            fold_interval_ms: 0,
             rate_limit_ip: RATE_LIMIT_PER_SECOND_DEFAULT,
             rate_limit_token: RATE_LIMIT_PER_SECOND_DEFAULT,
             retention_interval_s: 60,
@@ -227,6 +240,9 @@ impl TryFrom<Args> for Config {
         if args.merge_interval_ms > MERGE_INTERVAL_MS_MAX {
             return Err(ConfigError::MergeInterval);
         }
+        if args.fold_interval_ms > FOLD_INTERVAL_MS_MAX {
+            return Err(ConfigError::FoldInterval);
+        }
         if !(1..=RETENTION_INTERVAL_S_MAX).contains(&args.retention_interval_s) {
             return Err(ConfigError::RetentionInterval);
         }
@@ -258,6 +274,7 @@ impl TryFrom<Args> for Config {
             ack: args.ack,
             flush_interval_ms: args.flush_interval_ms,
             merge_interval_ms: args.merge_interval_ms,
+            fold_interval_ms: args.fold_interval_ms,
             rate_limit_ip: args.rate_limit_ip,
             rate_limit_token: args.rate_limit_token,
             retention_interval_s: args.retention_interval_s,
@@ -313,6 +330,13 @@ mod tests {
                 .unwrap()
                 .merge_interval_ms,
             0
+        );
+        assert!(parse(&["--fold-interval-ms", "60001"]).is_err());
+        assert_eq!(
+            parse(&["--fold-interval-ms", "2000"])
+                .unwrap()
+                .fold_interval_ms,
+            2000
         );
     }
 

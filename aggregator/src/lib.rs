@@ -31,7 +31,7 @@ use crate::ingest::Ingestor;
 use crate::merge::Merger;
 use crate::rate_limit::RateLimits;
 use crate::state::{AppState, SharedState};
-use crate::store::{Store, TokenRecord};
+use crate::store::{DurableStore, PgStore, SqliteStore, Store, TokenRecord};
 
 /// How often the maintenance task runs: metrics histograms compacted, idle rate-limit buckets
 /// forgotten, the hot tier kept in step (and, every few ticks, the slower jobs below).
@@ -59,18 +59,37 @@ pub struct Aggregator {
     ingest_task: JoinHandle<()>,
     merge_task: JoinHandle<()>,
     maintenance_task: JoinHandle<()>,
+    /// With the durable inbox, the task that folds it.
+    fold_task: Option<JoinHandle<()>>,
     generated_admin_token: Option<String>,
 }
 
 impl Aggregator {
     pub async fn start(config: Config) -> anyhow::Result<Self> {
-        let store = match &config.database_url {
-            Some(url) => Store::open_postgres(url)
-                .await
-                .context("connecting to PostgreSQL and migrating its schema")?,
-            None => Store::open_embedded(&config.data_dir)
-                .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
+        let inbox = config.fold_interval_ms > 0;
+        let backend: Arc<dyn DurableStore> = match &config.database_url {
+            Some(url) => {
+                let store = PgStore::connect(url)
+                    .await
+                    .context("connecting to PostgreSQL and migrating its schema")?;
+                Arc::new(if inbox { store.with_inbox() } else { store })
+            }
+            None => {
+                let store = SqliteStore::open(&config.data_dir).with_context(|| {
+                    format!("opening the store in {}", config.data_dir.display())
+                })?;
+                Arc::new(if inbox { store.with_inbox() } else { store })
+            }
         };
+        let store = Store::new(backend);
+        if inbox {
+            // Rows a killed process left unfolded are in no overlay: fold them before serving,
+            // so that this process answers them at once.
+            store
+                .fold_inbox(now_ms())
+                .await
+                .context("folding the inbox rows left by an earlier run")?;
+        }
         let store = match &config.redis_url {
             Some(url) if config.redis_cluster => {
                 let nodes: Vec<String> = url.split(',').map(str::to_owned).collect();
@@ -149,11 +168,18 @@ impl Aggregator {
             metrics: metrics_handle(),
         });
         let maintenance_task = tokio::spawn(maintain(Arc::clone(&state)));
+        let fold_task = (state.config.fold_interval_ms > 0).then(|| {
+            tokio::spawn(fold(
+                state.store.clone(),
+                Duration::from_millis(state.config.fold_interval_ms),
+            ))
+        });
         Ok(Self {
             state,
             ingest_task,
             merge_task,
             maintenance_task,
+            fold_task,
             generated_admin_token,
         })
     }
@@ -182,6 +208,15 @@ impl Aggregator {
         // Stopped first, so that no flush of its own is cut off halfway by the abort.
         self.maintenance_task.abort();
         let _ = self.maintenance_task.await;
+        if let Some(task) = self.fold_task {
+            task.abort();
+            let _ = task.await;
+            // Not needed for durability (the inbox is durable), but a clean stop leaves the
+            // counters complete for whoever reads the database next.
+            if let Err(error) = self.state.store.fold_inbox(now_ms()).await {
+                tracing::warn!(%error, "the last inbox fold failed; the next start folds it");
+            }
+        }
         crate::patterns::flush_refusals(&self.state).await;
     }
 }
@@ -222,6 +257,29 @@ async fn bootstrap_admin_token(
         .await
         .context("storing the admin token")?;
     Ok(configured.is_none().then_some(token))
+}
+
+/// Folds the durable inbox every `interval` (a fold that finds more than one transaction's worth
+/// runs on at once). Any aggregator's rows are folded, so a killed one's rows are too.
+async fn fold(store: Store, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let started = std::time::Instant::now();
+        match store.fold_inbox(now_ms()).await {
+            Ok(rows) => {
+                metrics::counter!("hitcount_inbox_folded_rows_total").increment(rows);
+                metrics::histogram!("hitcount_inbox_fold_seconds")
+                    .record(started.elapsed().as_secs_f64());
+            }
+            Err(error) => {
+                metrics::counter!("hitcount_inbox_fold_failures_total").increment(1);
+                tracing::warn!(%error, "folding the inbox failed; will retry");
+            }
+        }
+        metrics::gauge!("hitcount_inbox_unfolded_entries").set(store.unfolded_entries() as f64);
+    }
 }
 
 async fn maintain(state: SharedState) {

@@ -393,6 +393,7 @@ async fn the_hot_tier_matches_postgres_and_survives_redis_faults() {
     let served_before = metric(&hot, "hitcount_hot_tier_reads_total{served=\"redis\"").await;
     let (from_redis, _) = minute_answer(&hot).await;
     assert!(metric(&hot, "hitcount_hot_tier_reads_total{served=\"redis\"").await > served_before);
+    hot.fold_inbox().await;
     assert_eq!(from_redis, minute_answer(&plain).await.0);
     assert_eq!(from_redis["count"], acknowledged);
 
@@ -401,11 +402,13 @@ async fn the_hot_tier_matches_postgres_and_survives_redis_faults() {
     acknowledged += send(7, "c").await;
     let (paused, latency) = minute_answer(&hot).await;
     assert!(latency < Duration::from_secs(1), "{latency:?}");
+    hot.fold_inbox().await;
     assert_eq!(paused, minute_answer(&plain).await.0);
     assert_eq!(paused["count"], acknowledged);
     redis.signal("-CONT");
     wait_for_metric(&hot, "hitcount_hot_tier_rebuilds_total", 2).await;
     let (repaired, _) = minute_answer(&hot).await;
+    hot.fold_inbox().await;
     assert_eq!(repaired, minute_answer(&plain).await.0);
 
     // Stopped, then back empty on the same port: rebuilt from PostgreSQL.
@@ -420,6 +423,7 @@ async fn the_hot_tier_matches_postgres_and_survives_redis_faults() {
     let served_before = metric(&hot, "hitcount_hot_tier_reads_total{served=\"redis\"").await;
     let (after, _) = minute_answer(&hot).await;
     assert!(metric(&hot, "hitcount_hot_tier_reads_total{served=\"redis\"").await > served_before);
+    hot.fold_inbox().await;
     assert_eq!(after, minute_answer(&plain).await.0);
     // Exactly what was acknowledged; five visitors.
     assert_eq!(after["count"], acknowledged);

@@ -511,6 +511,8 @@ async fn concurrent_creation_through_two_aggregators_is_idempotent() {
         );
     }
     let api = Api::admin(&first);
+    // The second's deltas reach the first's answers once folded (with the durable inbox).
+    second.fold_inbox().await;
     for id in [&ids[0], &ids[49]] {
         assert_eq!(api.count(id, "5m").await.0, 2);
     }

@@ -1,6 +1,7 @@
 //! The store contract's conformance suite: every case runs against the embedded store and
-//! against PostgreSQL (a database of its own on the machine's server), through the
-//! `DurableStore` trait alone. A behaviour one backend has and the other lacks fails here.
+//! against PostgreSQL (a database of its own on the machine's server), each in both write shapes
+//! (direct, and the durable inbox left unfolded unless the case folds it), through the
+//! `DurableStore` trait alone. A behaviour one backend or shape has and another lacks fails here.
 
 use std::collections::HashSet;
 
@@ -14,17 +15,25 @@ use tempfile::TempDir;
 
 type Case = fn(&dyn DurableStore) -> std::pin::Pin<Box<dyn Future<Output = ()> + '_>>;
 
-/// Runs `case` on both backends: SQLite always, PostgreSQL when it answers (under `CI=true` an
-/// unreachable PostgreSQL fails the test).
+/// Runs `case` on both backends in both write shapes: SQLite always, PostgreSQL when it answers
+/// (under `CI=true` an unreachable PostgreSQL fails the test).
 async fn on_both(case: Case) {
     let directory = TempDir::new().unwrap();
     let sqlite = SqliteStore::open(directory.path()).unwrap();
     case(&sqlite).await;
+    let inbox_directory = TempDir::new().unwrap();
+    let sqlite_inbox = SqliteStore::open(inbox_directory.path())
+        .unwrap()
+        .with_inbox();
+    case(&sqlite_inbox).await;
     if crate::support::postgres_or_skip() {
         // A database of its own, named after the temporary directory (unique per test).
         let fresh = crate::support::postgres_database(directory.path());
         let postgres = PgStore::connect(&fresh).await.unwrap();
         case(&postgres).await;
+        let fresh = crate::support::postgres_database(inbox_directory.path());
+        let postgres_inbox = PgStore::connect(&fresh).await.unwrap().with_inbox();
+        case(&postgres_inbox).await;
     }
 }
 
@@ -327,6 +336,12 @@ mod cases {
         let error_max = 3.0 * SKETCH_STANDARD_ERROR * 3_000.0;
         assert!((hour_visitors.estimate() - 3_000.0).abs() < error_max);
         let before = hour_visitors.estimate();
+        // With the inbox, its fold writes the counters and pending sketches; an answer is the
+        // same before and after.
+        store.fold_inbox(now_ms()).await.unwrap();
+        assert_eq!(store.unfolded_entries(), 0);
+        assert_eq!(total(store, "site", Tier::Hour).await.0, 120);
+        assert_eq!(total(store, "site", Tier::Hour).await.1.estimate(), before);
         let folded = store.compact().await.unwrap();
         assert!(folded > 0, "pending sketches were folded");
         assert_eq!(store.compact().await.unwrap(), 0, "nothing left to fold");
@@ -475,6 +490,7 @@ mod cases {
         )
         .await;
         let later = now + MINUTE_TIER_RETENTION_MS + 2 * MINUTE_MS;
+        store.fold_inbox(now).await.unwrap();
         let pruned = store.prune(later).await.unwrap();
         assert!(pruned.count_rows >= 1, "the minute row expired: {pruned:?}");
         let minutes = store
@@ -559,4 +575,83 @@ mod cases {
             "its resources stay"
         );
     }
+}
+
+/// The inbox across processes: a second store on the same database folds the first's rows. The
+/// first's answers stay exact throughout (its overlay still holds the rows, but its reads' own
+/// snapshot finds them folded, so they are counted once, from the counters), nothing is folded
+/// twice, and the overlay lets go of the rows folded elsewhere.
+#[tokio::test]
+async fn another_process_folds_the_inbox_and_answers_stay_exact() {
+    let directory = TempDir::new().unwrap();
+    let first = SqliteStore::open(directory.path()).unwrap().with_inbox();
+    let second = SqliteStore::open(directory.path()).unwrap().with_inbox();
+    folded_elsewhere(&first, &second).await;
+    if crate::support::postgres_or_skip() {
+        let url = crate::support::postgres_database(directory.path());
+        let first = PgStore::connect(&url).await.unwrap().with_inbox();
+        let second = PgStore::connect(&url).await.unwrap().with_inbox();
+        folded_elsewhere(&first, &second).await;
+    }
+}
+
+async fn folded_elsewhere(first: &dyn DurableStore, second: &dyn DurableStore) {
+    first
+        .create_resource(resource("shared", None))
+        .await
+        .unwrap();
+    let minute = minute_now();
+    for sequence in 0..5 {
+        let visitor = format!("v{sequence}");
+        apply(
+            first,
+            vec![entry("shared", minute, 2, &["a", visitor.as_str()])],
+            Some(key("edge", sequence, &sequence.to_string())),
+            now_ms(),
+        )
+        .await;
+    }
+    apply(
+        second,
+        vec![entry("shared", minute, 1, &["b"])],
+        Some(key("edge", 99, "99")),
+        now_ms(),
+    )
+    .await;
+    assert_eq!(first.unfolded_entries(), 5, "one cell in each of five rows");
+    // Each sees its own unfolded rows at once, the other's once folded.
+    assert_eq!(total(first, "shared", Tier::Minute).await.0, 10);
+    assert_eq!(total(second, "shared", Tier::Minute).await.0, 1);
+    assert_eq!(
+        second.fold_inbox(now_ms()).await.unwrap(),
+        6,
+        "every row, the first's too"
+    );
+    assert_eq!(first.unfolded_entries(), 5, "the first has not looked yet");
+    for tier in Tier::ALL {
+        let (hits, visitors) = total(first, "shared", tier).await;
+        assert_eq!(
+            (tier, hits, visitors.count()),
+            (tier, 11, 7),
+            "a, b, v0..v4"
+        );
+        assert_eq!(total(second, "shared", tier).await.0, 11);
+    }
+    assert_eq!(
+        first.fold_inbox(now_ms()).await.unwrap(),
+        0,
+        "nothing is folded twice"
+    );
+    assert_eq!(first.unfolded_entries(), 0, "folded rows leave the overlay");
+    assert_eq!(total(first, "shared", Tier::Minute).await.0, 11);
+    // Dedupe records are not in the inbox: a resent batch is still a duplicate after the fold.
+    let resent = apply(
+        first,
+        vec![entry("shared", minute, 2, &["a", "v0"])],
+        Some(key("edge", 0, "0")),
+        now_ms(),
+    )
+    .await;
+    assert_eq!(resent, ApplyOutcome::Duplicate);
+    assert_eq!(total(first, "shared", Tier::Day).await.0, 11);
 }

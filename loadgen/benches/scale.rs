@@ -44,7 +44,12 @@ struct Scenario {
     aggregators: usize,
     hits_per_second: u64,
     resources: usize,
+    /// `--fold-interval-ms`: 0 for the direct write shape, above for the durable inbox.
+    fold_interval_ms: u64,
 }
+
+/// The fold interval of the inbox scenarios.
+const INBOX_FOLD_INTERVAL_MS: u64 = 2_000;
 
 const SCENARIOS: &[Scenario] = &[
     Scenario {
@@ -53,6 +58,7 @@ const SCENARIOS: &[Scenario] = &[
         aggregators: 1,
         hits_per_second: 100_000,
         resources: 100_000,
+        fold_interval_ms: 0,
     },
     Scenario {
         name: "embedded-300k",
@@ -60,6 +66,7 @@ const SCENARIOS: &[Scenario] = &[
         aggregators: 1,
         hits_per_second: 300_000,
         resources: 100_000,
+        fold_interval_ms: 0,
     },
     Scenario {
         name: "embedded-1m",
@@ -67,6 +74,7 @@ const SCENARIOS: &[Scenario] = &[
         aggregators: 1,
         hits_per_second: 1_000_000,
         resources: 100_000,
+        fold_interval_ms: 0,
     },
     Scenario {
         name: "pg-redis-100k",
@@ -74,6 +82,7 @@ const SCENARIOS: &[Scenario] = &[
         aggregators: 1,
         hits_per_second: 100_000,
         resources: 100_000,
+        fold_interval_ms: 0,
     },
     Scenario {
         name: "pg-redis-300k",
@@ -81,6 +90,7 @@ const SCENARIOS: &[Scenario] = &[
         aggregators: 1,
         hits_per_second: 300_000,
         resources: 100_000,
+        fold_interval_ms: 0,
     },
     Scenario {
         name: "pg-redis-1m",
@@ -88,6 +98,7 @@ const SCENARIOS: &[Scenario] = &[
         aggregators: 1,
         hits_per_second: 1_000_000,
         resources: 100_000,
+        fold_interval_ms: 0,
     },
     Scenario {
         name: "pg-100k",
@@ -95,6 +106,7 @@ const SCENARIOS: &[Scenario] = &[
         aggregators: 1,
         hits_per_second: 100_000,
         resources: 100_000,
+        fold_interval_ms: 0,
     },
     Scenario {
         name: "pg-redis-10k-res-100k",
@@ -102,6 +114,7 @@ const SCENARIOS: &[Scenario] = &[
         aggregators: 1,
         hits_per_second: 100_000,
         resources: 10_000,
+        fold_interval_ms: 0,
     },
     Scenario {
         name: "pg-redis-10k-res-1m",
@@ -109,6 +122,7 @@ const SCENARIOS: &[Scenario] = &[
         aggregators: 1,
         hits_per_second: 1_000_000,
         resources: 10_000,
+        fold_interval_ms: 0,
     },
     Scenario {
         name: "pg-redis-100k-x2",
@@ -116,6 +130,7 @@ const SCENARIOS: &[Scenario] = &[
         aggregators: 2,
         hits_per_second: 100_000,
         resources: 100_000,
+        fold_interval_ms: 0,
     },
     Scenario {
         name: "pg-redis-100k-x3",
@@ -123,6 +138,95 @@ const SCENARIOS: &[Scenario] = &[
         aggregators: 3,
         hits_per_second: 100_000,
         resources: 100_000,
+        fold_interval_ms: 0,
+    },
+    Scenario {
+        name: "embedded-inbox-100k",
+        backend: Backend::Embedded,
+        aggregators: 1,
+        hits_per_second: 100_000,
+        resources: 100_000,
+        fold_interval_ms: INBOX_FOLD_INTERVAL_MS,
+    },
+    Scenario {
+        name: "embedded-inbox-300k",
+        backend: Backend::Embedded,
+        aggregators: 1,
+        hits_per_second: 300_000,
+        resources: 100_000,
+        fold_interval_ms: INBOX_FOLD_INTERVAL_MS,
+    },
+    Scenario {
+        name: "embedded-inbox-1m",
+        backend: Backend::Embedded,
+        aggregators: 1,
+        hits_per_second: 1_000_000,
+        resources: 100_000,
+        fold_interval_ms: INBOX_FOLD_INTERVAL_MS,
+    },
+    Scenario {
+        name: "pg-inbox-100k",
+        backend: Backend::Postgres,
+        aggregators: 1,
+        hits_per_second: 100_000,
+        resources: 100_000,
+        fold_interval_ms: INBOX_FOLD_INTERVAL_MS,
+    },
+    Scenario {
+        name: "pg-inbox-300k",
+        backend: Backend::Postgres,
+        aggregators: 1,
+        hits_per_second: 300_000,
+        resources: 100_000,
+        fold_interval_ms: INBOX_FOLD_INTERVAL_MS,
+    },
+    Scenario {
+        name: "pg-inbox-1m",
+        backend: Backend::Postgres,
+        aggregators: 1,
+        hits_per_second: 1_000_000,
+        resources: 100_000,
+        fold_interval_ms: INBOX_FOLD_INTERVAL_MS,
+    },
+    Scenario {
+        name: "pg-redis-inbox-100k",
+        backend: Backend::PostgresRedis,
+        aggregators: 1,
+        hits_per_second: 100_000,
+        resources: 100_000,
+        fold_interval_ms: INBOX_FOLD_INTERVAL_MS,
+    },
+    Scenario {
+        name: "pg-redis-inbox-300k",
+        backend: Backend::PostgresRedis,
+        aggregators: 1,
+        hits_per_second: 300_000,
+        resources: 100_000,
+        fold_interval_ms: INBOX_FOLD_INTERVAL_MS,
+    },
+    Scenario {
+        name: "pg-redis-inbox-1m",
+        backend: Backend::PostgresRedis,
+        aggregators: 1,
+        hits_per_second: 1_000_000,
+        resources: 100_000,
+        fold_interval_ms: INBOX_FOLD_INTERVAL_MS,
+    },
+    Scenario {
+        name: "pg-inbox-10k-res-1m",
+        backend: Backend::Postgres,
+        aggregators: 1,
+        hits_per_second: 1_000_000,
+        resources: 10_000,
+        fold_interval_ms: INBOX_FOLD_INTERVAL_MS,
+    },
+    Scenario {
+        name: "pg-inbox-1m-x3",
+        backend: Backend::Postgres,
+        aggregators: 3,
+        hits_per_second: 1_000_000,
+        resources: 100_000,
+        fold_interval_ms: INBOX_FOLD_INTERVAL_MS,
     },
 ];
 
@@ -318,6 +422,11 @@ async fn prepare(scenario: &Scenario, loadgen: &Config) -> Running {
         }
         if scenario.backend == Backend::PostgresRedis {
             command.args(["--redis-url", REDIS_URL, "--redis-prefix", &prefix]);
+        }
+        if scenario.fold_interval_ms > 0 {
+            command
+                .arg("--fold-interval-ms")
+                .arg(scenario.fold_interval_ms.to_string());
         }
         children.push(command.spawn().unwrap_or_else(|error| {
             panic!(

@@ -178,6 +178,18 @@ fn fresh_database() -> Option<String> {
 /// hit is counted once, and the answers (recent minutes from the shared hot tier) say so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edges_over_three_aggregators_on_one_store_are_counted_exactly_through_a_kill() {
+    three_aggregators_through_a_kill(&[]).await;
+}
+
+/// The same with the durable inbox: the killed aggregator's unfolded rows are folded by the
+/// others (or by itself at its restart), once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_aggregators_with_the_inbox_are_counted_exactly_through_a_kill() {
+    three_aggregators_through_a_kill(&["--fold-interval-ms", "500"]).await;
+}
+
+#[allow(clippy::unwrap_used)] // a test body, called by the tests above
+async fn three_aggregators_through_a_kill(extra: &[&str]) {
     let Some(database) = fresh_database() else {
         return;
     };
@@ -185,7 +197,7 @@ async fn edges_over_three_aggregators_on_one_store_are_counted_exactly_through_a
         return;
     };
     let prefix = format!("hitcount-loadgen-{}", hitcount_process::now_ms());
-    let flags = [
+    let mut flags = vec![
         "--database-url",
         database.as_str(),
         "--redis-url",
@@ -197,6 +209,7 @@ async fn edges_over_three_aggregators_on_one_store_are_counted_exactly_through_a
         "--rate-limit-token",
         "0",
     ];
+    flags.extend_from_slice(extra);
     let directories: Vec<tempfile::TempDir> =
         (0..3).map(|_| tempfile::TempDir::new().unwrap()).collect();
     let ports: Vec<u16> = (0..3)

@@ -80,11 +80,14 @@ if redis.call('EXISTS', KEYS[2]) == 0 then return {2, current} end
 local cell = 0
 for index = 3, #KEYS, 2 do
   local argument = 2 + cell * 3
-  redis.call('INCRBY', KEYS[index], ARGV[argument])
-  redis.call('EXPIREAT', KEYS[index], ARGV[argument + 1])
+  -- A key's expiry is a function of its minute: set it only when the key is new.
+  if redis.call('INCRBY', KEYS[index], ARGV[argument]) == tonumber(ARGV[argument]) then
+    redis.call('EXPIREAT', KEYS[index], ARGV[argument + 1])
+  end
   if #ARGV[argument + 2] > 0 then
-    redis.call('RPUSH', KEYS[index + 1], ARGV[argument + 2])
-    redis.call('EXPIREAT', KEYS[index + 1], ARGV[argument + 1])
+    if redis.call('RPUSH', KEYS[index + 1], ARGV[argument + 2]) == 1 then
+      redis.call('EXPIREAT', KEYS[index + 1], ARGV[argument + 1])
+    end
   end
   cell = cell + 1
 end

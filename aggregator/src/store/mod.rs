@@ -5,6 +5,7 @@
 //! record in that same transaction, sketches appended to `pending_sketches` and folded later.
 
 pub mod hot;
+pub mod inbox;
 mod postgres;
 mod sqlite;
 
@@ -108,6 +109,10 @@ pub enum StoreError {
     Postgres(#[from] sqlx::Error),
     #[error("postgresql migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("an inbox row is corrupt: {0}")]
+    CorruptInbox(&'static str),
+    #[error("an inbox row does not decode: {0}")]
+    InboxEncoding(#[from] postcard::Error),
     /// The database cannot be reached or is shutting down: nothing was written, retry later.
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
@@ -300,6 +305,25 @@ pub trait DurableStore: PatternStore + std::fmt::Debug + Send + Sync {
 
     /// Deletes counts past retention and old dedupe records, in bounded transactions.
     async fn prune(&self, now_ms: u64) -> Result<Pruned, StoreError>;
+
+    /// With the inbox shape, folds every inbox row (this process's and any other's) into the
+    /// counters, in bounded transactions, one folder per database at a time; returns how many
+    /// rows were folded (0 when another process holds the fold, or without the inbox). Also
+    /// forgets the overlay's rows that another process folded.
+    async fn fold_inbox(&self, now_ms: u64) -> Result<u64, StoreError>;
+
+    /// With the durable inbox, this process's unfolded rows.
+    fn overlay(&self) -> Option<&inbox::Overlay>;
+
+    /// Cells this process holds for its unfolded inbox rows (0 without the inbox).
+    fn unfolded_entries(&self) -> usize {
+        self.overlay().map_or(0, inbox::Overlay::entries)
+    }
+
+    /// How this backend's group commits write.
+    fn write_shape(&self) -> WriteShape {
+        WriteShape::of(self.overlay())
+    }
 }
 
 mod patterns;
@@ -405,12 +429,35 @@ pub(crate) fn first_occurrences(batches: &[MergeBatch]) -> Vec<(usize, &BatchKey
     firsts.into_values().collect()
 }
 
+/// How a group commit writes its counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WriteShape {
+    /// Every tier's cells in the group's transaction (`--fold-interval-ms 0`).
+    #[default]
+    Direct,
+    /// The group's minute cells as inbox rows, folded into the tiers later (see `inbox.rs`).
+    Inbox,
+}
+
+impl WriteShape {
+    /// The shape of a backend with this overlay (the inbox's), or none.
+    pub(crate) fn of(overlay: Option<&inbox::Overlay>) -> Self {
+        match overlay {
+            Some(_) => Self::Inbox,
+            None => Self::Direct,
+        }
+    }
+}
+
 /// What one group merge writes, and each batch's answer.
 #[derive(Debug, Default)]
 pub(crate) struct GroupWrites {
     pub outcomes: Vec<ApplyOutcome>,
-    /// Hits to add per cell of every tier, in key order (concurrent merges cannot deadlock).
+    /// Hits to add per cell of every tier, in key order (concurrent merges cannot deadlock);
+    /// written by the direct shape and by folds.
     pub cells: BTreeMap<(String, Tier, u64), u64>,
+    /// Hits per (resource, minute ms): what the inbox shape appends instead of `cells`.
+    pub minutes: BTreeMap<(String, u64), u64>,
     /// Visitors per (resource, minute ms), merged across the group: one pending row each.
     pub sketches: BTreeMap<(String, u64), Sketch>,
 }
@@ -432,6 +479,7 @@ pub(crate) fn fold_group(
     recorded: &HashMap<KeyId, Recorded>,
     retention: &HashMap<String, Option<u32>>,
     now_ms: u64,
+    shape: WriteShape,
 ) -> GroupWrites {
     let mut writes = GroupWrites::default();
     for (index, batch) in batches.iter().enumerate() {
@@ -464,11 +512,21 @@ pub(crate) fn fold_group(
                 applied.expired_entries += 1;
                 continue;
             };
-            for (tier, bucket_ms) in buckets {
-                *writes
-                    .cells
-                    .entry((entry.resource_id.clone(), tier, bucket_ms))
-                    .or_default() += entry.hits;
+            match shape {
+                WriteShape::Direct => {
+                    for (tier, bucket_ms) in buckets {
+                        *writes
+                            .cells
+                            .entry((entry.resource_id.clone(), tier, bucket_ms))
+                            .or_default() += entry.hits;
+                    }
+                }
+                WriteShape::Inbox => {
+                    *writes
+                        .minutes
+                        .entry((entry.resource_id.clone(), entry.minute * MINUTE_MS))
+                        .or_default() += entry.hits;
+                }
             }
             if !entry.visitors.is_empty() {
                 writes
@@ -503,6 +561,11 @@ pub struct Store {
 }
 
 impl Store {
+    /// A store over the given backend, without a hot tier.
+    pub fn new(backend: Arc<dyn DurableStore>) -> Self {
+        Self { backend, hot: None }
+    }
+
     /// The embedded store in `data_dir`.
     pub fn open_embedded(data_dir: &Path) -> Result<Self, StoreError> {
         Ok(Self {
@@ -611,6 +674,21 @@ impl Store {
         self.backend.compact().await
     }
 
+    /// [`DurableStore::fold_inbox`].
+    pub async fn fold_inbox(&self, now_ms: u64) -> Result<u64, StoreError> {
+        self.backend.fold_inbox(now_ms).await
+    }
+
+    /// True when group commits append to the durable inbox.
+    pub fn has_inbox(&self) -> bool {
+        self.backend.write_shape() == WriteShape::Inbox
+    }
+
+    /// [`DurableStore::unfolded_entries`].
+    pub fn unfolded_entries(&self) -> usize {
+        self.backend.unfolded_entries()
+    }
+
     pub async fn create_resource(
         &self,
         record: ResourceRecord,
@@ -707,14 +785,16 @@ pub(crate) fn entry_buckets(
         Tier::ALL
             .into_iter()
             .map(|tier| (tier, entry_ms / tier.resolution_ms() * tier.resolution_ms()))
-            // Writing a row the retention job would delete next is wasted work.
-            .filter(|(tier, bucket_ms)| {
-                !tier.retention_ms().is_some_and(|retention| {
-                    bucket_ms + tier.resolution_ms() <= now_ms.saturating_sub(retention)
-                })
-            })
+            .filter(|(tier, bucket_ms)| tier_kept(*tier, *bucket_ms, now_ms))
             .collect(),
     )
+}
+
+/// False for a bucket the retention job would delete next: writing it is wasted work.
+pub(crate) fn tier_kept(tier: Tier, bucket_ms: u64, now_ms: u64) -> bool {
+    !tier.retention_ms().is_some_and(|retention| {
+        bucket_ms + tier.resolution_ms() <= now_ms.saturating_sub(retention)
+    })
 }
 
 /// Merges pending sketches (by minute) into cells of `tier` sorted by bucket.

@@ -19,13 +19,18 @@ use sqlx::{Postgres, Row, Transaction};
 // Resource patterns and resources created on first sight (`postgres/patterns.rs`).
 mod patterns;
 
+use super::inbox::{
+    FOLD_ROWS_LISTED_MAX, InboxRow, Overlay, add_minutes_since, choose_fold_rows, fold_rows,
+    rows_resource_ids,
+};
 use super::{
     BatchKey, COMPACTION_ROWS_MAX, CountCell, CreateOutcome, DEDUPE_RETENTION_MS, DurableStore,
     EMPTY_SKETCH, GroupCommit, GroupWrites, KeyId, MergeBatch, MinuteCells, Pruned,
     RETENTION_DELETE_ROWS_MAX, Recorded, ResourceRecord, StoreError, Tier, TokenRecord,
-    TransactionSnapshot, first_occurrences, fold_group, group_resource_ids, merge_pending,
-    retention_rules,
+    TransactionSnapshot, WriteShape, first_occurrences, fold_group, group_resource_ids,
+    merge_pending, retention_rules,
 };
+use std::sync::Arc;
 
 /// Pooled connections. Merges are short; more connections than this only add lock waits.
 pub const POOL_CONNECTIONS_MAX: u32 = 16;
@@ -34,6 +39,8 @@ pub const POOL_CONNECTIONS_MAX: u32 = 16;
 pub const POOL_ACQUIRE_TIMEOUT_MS: u64 = 2_000;
 /// The advisory lock compactors take (see `compact`): "hitcount" in ASCII.
 const COMPACTION_LOCK_KEY: i64 = 0x6869_7463_6f75_6e74;
+/// The advisory lock folders take (see `fold_inbox`): "hitfolds" in ASCII.
+const FOLD_LOCK_KEY: i64 = 0x6869_7466_6f6c_6473;
 /// Statements that run longer than this are cancelled by the server.
 pub const STATEMENT_TIMEOUT_MS: u64 = 30_000;
 
@@ -75,6 +82,8 @@ fn classify(error: sqlx::Error) -> StoreError {
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// With the inbox shape, this process's unfolded rows.
+    inbox: Option<Arc<Overlay>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -99,7 +108,13 @@ impl PgStore {
             .await
             .map_err(classify)?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self { pool, inbox: None })
+    }
+
+    /// Group commits append to the durable inbox, folded by [`DurableStore::fold_inbox`].
+    pub fn with_inbox(mut self) -> Self {
+        self.inbox = Some(Arc::new(Overlay::default()));
+        self
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
@@ -115,7 +130,7 @@ impl DurableStore for PgStore {
         now_ms: u64,
     ) -> Result<GroupCommit, StoreError> {
         let mut transaction = self.begin().await?;
-        let writes = apply_group_in(&mut transaction, &batches, now_ms)
+        let writes = apply_group_in(&mut transaction, &batches, now_ms, self.write_shape())
             .await
             .map_err(classify)?;
         if !writes.applied_any() {
@@ -125,12 +140,33 @@ impl DurableStore for PgStore {
                 transaction: None,
             });
         }
+        let mut appended = Vec::new();
+        if self.inbox.is_some() {
+            for row in InboxRow::from_writes(&writes) {
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO inbox (created_at_ms, entries, body) VALUES ($1, $2, $3)
+                     RETURNING id",
+                )
+                .bind(signed(now_ms))
+                .bind(i32::try_from(row.len()).unwrap_or(i32::MAX))
+                .bind(row.encode())
+                .fetch_one(&mut *transaction)
+                .await
+                .map_err(classify)?;
+                appended.push((unsigned(id), row));
+            }
+        }
         // The id rebuilds of the hot tier compare with their snapshot (see `store/hot.rs`).
         let id: String = sqlx::query_scalar("SELECT pg_current_xact_id()::text")
             .fetch_one(&mut *transaction)
             .await
             .map_err(classify)?;
         transaction.commit().await.map_err(classify)?;
+        if let Some(overlay) = &self.inbox {
+            for (id, row) in appended {
+                overlay.insert(id, row);
+            }
+        }
         Ok(GroupCommit {
             outcomes: writes.outcomes,
             transaction: id.parse().ok(),
@@ -144,9 +180,17 @@ impl DurableStore for PgStore {
         start_ms: u64,
         end_ms: u64,
     ) -> Result<Vec<CountCell>, StoreError> {
+        // This process's unfolded rows of the resource, listed before the snapshot is taken: a
+        // row listed is committed in the snapshot, so it is either still in the inbox there
+        // (and added below) or folded into the cells read (and not added).
+        let unfolded = self
+            .inbox
+            .as_ref()
+            .map(|overlay| overlay.rows_for(&resource_id))
+            .unwrap_or_default();
         let mut transaction = self.begin().await?;
-        // One snapshot for both reads, so a compaction in between cannot hide or double a
-        // visitor.
+        // One snapshot for every read, so a compaction or a fold in between cannot hide or
+        // double a hit or a visitor.
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .execute(&mut *transaction)
             .await
@@ -190,6 +234,20 @@ impl DurableStore for PgStore {
                 unsigned(row.try_get(0).map_err(classify)?),
                 &Sketch::from_bytes(&sketch)?,
             );
+        }
+        if !unfolded.is_empty() {
+            let ids: Vec<i64> = unfolded.iter().map(|(id, _)| signed(*id)).collect();
+            let present: Vec<i64> = sqlx::query_scalar("SELECT id FROM inbox WHERE id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&mut *transaction)
+                .await
+                .map_err(classify)?;
+            let now_ms = crate::now_ms();
+            for (id, row) in &unfolded {
+                if present.contains(&signed(*id)) {
+                    row.add_to(&mut cells, &resource_id, tier, start_ms, end_ms, now_ms);
+                }
+            }
         }
         transaction.commit().await.map_err(classify)?;
         Ok(cells)
@@ -246,6 +304,27 @@ impl DurableStore for PgStore {
             if let Some(cell) = cells.get_mut(&(resource_id, minute_ms)) {
                 cell.visitors.merge(&Sketch::from_bytes(&sketch)?);
             }
+        }
+        // Unfolded inbox rows (of any process) are counted as well: in this snapshot each is
+        // either here or in the cells above.
+        let bodies: Vec<Vec<u8>> = sqlx::query_scalar("SELECT body FROM inbox ORDER BY id")
+            .fetch_all(&mut *transaction)
+            .await
+            .map_err(classify)?;
+        if !bodies.is_empty() {
+            let rows = bodies
+                .iter()
+                .map(|body| InboxRow::decode(body))
+                .collect::<Result<Vec<_>, _>>()?;
+            let existing: std::collections::HashSet<String> =
+                sqlx::query_scalar("SELECT id FROM resources WHERE id = ANY($1)")
+                    .bind(rows_resource_ids(&rows))
+                    .fetch_all(&mut *transaction)
+                    .await
+                    .map_err(classify)?
+                    .into_iter()
+                    .collect();
+            add_minutes_since(&mut cells, &rows, &existing, start_ms);
         }
         transaction.commit().await.map_err(classify)?;
         Ok(MinuteCells {
@@ -325,6 +404,12 @@ impl DurableStore for PgStore {
     }
 
     async fn delete_resource(&self, id: String) -> Result<bool, StoreError> {
+        if let Some(overlay) = &self.inbox {
+            // Unfolded hits of the resource go now, not at the next fold, so that a resource
+            // made again under this id soon after does not get them.
+            self.fold_inbox(crate::now_ms()).await?;
+            overlay.forget_resource(&id);
+        }
         let mut transaction = self.begin().await?;
         let deleted = sqlx::query("DELETE FROM resources WHERE id = $1")
             .bind(&id)
@@ -486,30 +571,148 @@ impl DurableStore for PgStore {
         }
         Ok(pruned)
     }
+
+    /// Folds in bounded transactions until the inbox is empty. Each takes the folders' advisory
+    /// lock (a process that does not get it leaves the work to the one that has it) and claims
+    /// its rows by deleting them (so even two folders could not fold one row twice), then writes
+    /// their cells as a direct merge would, all in one transaction.
+    async fn fold_inbox(&self, now_ms: u64) -> Result<u64, StoreError> {
+        let Some(overlay) = &self.inbox else {
+            return Ok(0);
+        };
+        let mut folded = 0;
+        loop {
+            let mut transaction = self.begin().await?;
+            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+                .bind(FOLD_LOCK_KEY)
+                .fetch_one(&mut *transaction)
+                .await
+                .map_err(classify)?;
+            if !locked {
+                transaction.rollback().await.map_err(classify)?;
+                break;
+            }
+            let listed: Vec<(i64, i32)> =
+                sqlx::query_as("SELECT id, entries FROM inbox ORDER BY id LIMIT $1")
+                    .bind(FOLD_ROWS_LISTED_MAX)
+                    .fetch_all(&mut *transaction)
+                    .await
+                    .map_err(classify)?;
+            let chosen = choose_fold_rows(
+                &listed
+                    .iter()
+                    .map(|(id, entries)| (unsigned(*id), usize::try_from(*entries).unwrap_or(0)))
+                    .collect::<Vec<_>>(),
+            );
+            if chosen.is_empty() {
+                transaction.rollback().await.map_err(classify)?;
+                break;
+            }
+            // This process's own rows are in memory already: their bodies are not sent back.
+            let own: Vec<i64> = chosen
+                .iter()
+                .filter(|id| overlay.get(**id).is_some())
+                .map(|id| signed(*id))
+                .collect();
+            let claimed: Vec<(i64, Option<Vec<u8>>)> = sqlx::query_as(
+                "DELETE FROM inbox WHERE id = ANY($1)
+                 RETURNING id, CASE WHEN id = ANY($2) THEN NULL ELSE body END",
+            )
+            .bind(chosen.iter().map(|id| signed(*id)).collect::<Vec<_>>())
+            .bind(&own)
+            .fetch_all(&mut *transaction)
+            .await
+            .map_err(classify)?;
+            let mut rows = Vec::with_capacity(claimed.len());
+            for (id, body) in &claimed {
+                rows.push(match body {
+                    Some(body) => Arc::new(InboxRow::decode(body)?),
+                    None => overlay.get(unsigned(*id)).ok_or(StoreError::CorruptInbox(
+                        "an own row left the overlay unfolded",
+                    ))?,
+                });
+            }
+            let retention = resource_retention(
+                &mut transaction,
+                &rows_resource_ids(rows.iter().map(Arc::as_ref)),
+            )
+            .await
+            .map_err(classify)?;
+            let writes = fold_rows(rows.iter().map(Arc::as_ref), &retention, now_ms);
+            write_cells(&mut transaction, &writes)
+                .await
+                .map_err(classify)?;
+            transaction.commit().await.map_err(classify)?;
+            let ids: Vec<u64> = claimed.iter().map(|(id, _)| unsigned(*id)).collect();
+            overlay.remove(&ids);
+            folded += ids.len() as u64;
+            metrics::counter!("hitcount_inbox_folded_cells_total")
+                .increment(rows.iter().map(|row| row.len() as u64).sum());
+            if chosen.len() == listed.len() && listed.len() < FOLD_ROWS_LISTED_MAX as usize {
+                break;
+            }
+        }
+        // Rows another process folded leave the overlay (reads would skip them anyway).
+        let ids: Vec<i64> = overlay.ids().into_iter().map(signed).collect();
+        if !ids.is_empty() {
+            let present: Vec<i64> = sqlx::query_scalar("SELECT id FROM inbox WHERE id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(classify)?;
+            let gone: Vec<u64> = ids
+                .iter()
+                .filter(|id| !present.contains(id))
+                .map(|id| unsigned(*id))
+                .collect();
+            overlay.remove(&gone);
+        }
+        Ok(folded)
+    }
+
+    fn overlay(&self) -> Option<&Overlay> {
+        self.inbox.as_deref()
+    }
+}
+
+/// The retention of every existing resource among `resource_ids`.
+async fn resource_retention(
+    transaction: &mut Transaction<'static, Postgres>,
+    resource_ids: &[impl AsRef<str> + Sync],
+) -> Result<HashMap<String, Option<u32>>, sqlx::Error> {
+    let ids: Vec<&str> = resource_ids.iter().map(AsRef::as_ref).collect();
+    sqlx::query("SELECT id, retention_days FROM resources WHERE id = ANY($1)")
+        .bind(&ids)
+        .fetch_all(&mut **transaction)
+        .await?
+        .into_iter()
+        .map(|row| {
+            let days: Option<i32> = row.try_get(1)?;
+            Ok((row.try_get(0)?, days.map(|days| days.max(0) as u32)))
+        })
+        .collect()
 }
 
 async fn apply_group_in(
     transaction: &mut Transaction<'static, Postgres>,
     batches: &[MergeBatch],
     now_ms: u64,
+    shape: WriteShape,
 ) -> Result<GroupWrites, sqlx::Error> {
     let recorded = record_keys(transaction, batches, now_ms).await?;
-    let resource_ids = group_resource_ids(batches);
-    let retention: HashMap<String, Option<u32>> =
-        sqlx::query("SELECT id, retention_days FROM resources WHERE id = ANY($1)")
-            .bind(&resource_ids)
-            .fetch_all(&mut **transaction)
-            .await?
-            .into_iter()
-            .map(|row| {
-                let days: Option<i32> = row.try_get(1)?;
-                Ok((row.try_get(0)?, days.map(|days| days.max(0) as u32)))
-            })
-            .collect::<Result<_, sqlx::Error>>()?;
-    let writes = fold_group(batches, &recorded, &retention, now_ms);
-    if !writes.applied_any() {
-        return Ok(writes);
+    let retention = resource_retention(transaction, &group_resource_ids(batches)).await?;
+    let writes = fold_group(batches, &recorded, &retention, now_ms, shape);
+    if writes.applied_any() && shape == WriteShape::Direct {
+        write_cells(transaction, &writes).await?;
     }
+    Ok(writes)
+}
+
+/// Adds a merge's (or a fold's) hits to every tier's cells and appends its pending sketches.
+async fn write_cells(
+    transaction: &mut Transaction<'static, Postgres>,
+    writes: &GroupWrites,
+) -> Result<(), sqlx::Error> {
     if !writes.cells.is_empty() {
         let mut columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for ((resource_id, tier, bucket_ms), hits) in &writes.cells {
@@ -551,7 +754,7 @@ async fn apply_group_in(
         .execute(&mut **transaction)
         .await?;
     }
-    Ok(writes)
+    Ok(())
 }
 
 /// Writes the dedupe record of every distinct key of the group (in key order, so that groups of

@@ -38,11 +38,15 @@ fn classify(error: rusqlite::Error) -> StoreError {
 // Resource patterns and resources created on first sight (`sqlite/patterns.rs`).
 mod patterns;
 
+use super::inbox::{
+    FOLD_ROWS_LISTED_MAX, InboxRow, Overlay, add_minutes_since, choose_fold_rows, fold_rows,
+    rows_resource_ids,
+};
 use super::{
     ApplyOutcome, COMPACTION_ROWS_MAX, CountCell, CreateOutcome, DEDUPE_RETENTION_MS, DurableStore,
-    EMPTY_SKETCH, GroupCommit, MergeBatch, MinuteCells, Pruned, RETENTION_DELETE_ROWS_MAX,
-    Recorded, ResourceRecord, StoreError, Tier, TokenRecord, first_occurrences, fold_group,
-    group_resource_ids, merge_pending, retention_rules,
+    EMPTY_SKETCH, GroupCommit, GroupWrites, MergeBatch, MinuteCells, Pruned,
+    RETENTION_DELETE_ROWS_MAX, Recorded, ResourceRecord, StoreError, Tier, TokenRecord, WriteShape,
+    first_occurrences, fold_group, group_resource_ids, merge_pending, retention_rules,
 };
 
 /// Compaction rounds that may find their cells changed underneath before giving up for now.
@@ -57,6 +61,8 @@ const DATABASE_FILE: &str = "hitcount.sqlite3";
 pub struct SqliteStore {
     writer: Arc<Mutex<Connection>>,
     readers: r2d2::Pool<SqliteConnectionManager>,
+    /// With the inbox shape, this process's unfolded rows.
+    inbox: Option<Arc<Overlay>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -127,6 +133,16 @@ CREATE TABLE patterns (
 );
 CREATE INDEX resources_by_creation ON resources (created_at_ms);
 "#,
+    r#"
+-- The durable inbox (`--fold-interval-ms` above zero; see aggregator/src/store/inbox.rs).
+-- AUTOINCREMENT: row ids are never reused, as the overlay keys its rows by them.
+CREATE TABLE inbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at_ms INTEGER NOT NULL,
+    entries INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
+"#,
 ];
 
 fn configure(connection: &Connection) -> rusqlite::Result<()> {
@@ -184,7 +200,14 @@ impl SqliteStore {
         Ok(Self {
             writer: Arc::new(Mutex::new(writer)),
             readers,
+            inbox: None,
         })
+    }
+
+    /// Group commits append to the durable inbox, folded by [`DurableStore::fold_inbox`].
+    pub fn with_inbox(mut self) -> Self {
+        self.inbox = Some(Arc::new(Overlay::default()));
+        self
     }
 
     async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
@@ -227,11 +250,17 @@ impl DurableStore for SqliteStore {
         batches: Vec<MergeBatch>,
         now_ms: u64,
     ) -> Result<GroupCommit, StoreError> {
-        let outcomes = self
+        let shape = self.write_shape();
+        let (outcomes, appended) = self
             .write(move |connection| {
-                apply_group_blocking(connection, &batches, now_ms).map_err(classify)
+                apply_group_blocking(connection, &batches, now_ms, shape).map_err(classify)
             })
             .await?;
+        if let Some(overlay) = &self.inbox {
+            for (id, row) in appended {
+                overlay.insert(id, row);
+            }
+        }
         Ok(GroupCommit {
             outcomes,
             transaction: None,
@@ -248,6 +277,12 @@ impl DurableStore for SqliteStore {
         start_ms: u64,
         end_ms: u64,
     ) -> Result<Vec<CountCell>, StoreError> {
+        // Listed before the snapshot is taken (see the PostgreSQL store's `cells`).
+        let unfolded = self
+            .inbox
+            .as_ref()
+            .map(|overlay| overlay.rows_for(&resource_id))
+            .unwrap_or_default();
         self.read(move |connection| {
             let snapshot = connection.unchecked_transaction()?;
             let mut cells = Vec::new();
@@ -285,6 +320,15 @@ impl DurableStore for SqliteStore {
                         unmillis(row.get(0)?),
                         &Sketch::from_bytes(&sketch)?,
                     );
+                }
+                if let (Some((first, _)), Some((last, _))) = (unfolded.first(), unfolded.last()) {
+                    let present = inbox_ids_between(&snapshot, *first, *last)?;
+                    let now_ms = crate::now_ms();
+                    for (id, row) in &unfolded {
+                        if present.contains(id) {
+                            row.add_to(&mut cells, &resource_id, tier, start_ms, end_ms, now_ms);
+                        }
+                    }
                 }
             }
             snapshot.commit()?;
@@ -326,6 +370,23 @@ impl DurableStore for SqliteStore {
                     if let Some(cell) = cells.get_mut(&key) {
                         cell.visitors.merge(&Sketch::from_bytes(&sketch)?);
                     }
+                }
+                // Unfolded inbox rows: in this snapshot each is either here or in the cells.
+                let mut bodies = snapshot.prepare_cached("SELECT body FROM inbox ORDER BY id")?;
+                let rows = bodies
+                    .query_map([], |row| row.get::<_, Vec<u8>>(0))?
+                    .map(|body| InboxRow::decode(&body?))
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                if !rows.is_empty() {
+                    let mut exists =
+                        snapshot.prepare_cached("SELECT 1 FROM resources WHERE id = ?1")?;
+                    let mut existing = std::collections::HashSet::new();
+                    for id in rows_resource_ids(&rows) {
+                        if exists.exists([&id])? {
+                            existing.insert(id);
+                        }
+                    }
+                    add_minutes_since(&mut cells, &rows, &existing, start_ms);
                 }
             }
             snapshot.commit()?;
@@ -412,6 +473,11 @@ impl DurableStore for SqliteStore {
 
     /// Deletes a resource and purges all its counts. Returns false if it did not exist.
     async fn delete_resource(&self, id: String) -> Result<bool, StoreError> {
+        if let Some(overlay) = &self.inbox {
+            // Unfolded hits of the resource go now, not at the next fold.
+            self.fold_inbox(crate::now_ms()).await?;
+            overlay.forget_resource(&id);
+        }
         self.write(move |connection| {
             let transaction = connection.transaction()?;
             let deleted = transaction.execute("DELETE FROM resources WHERE id = ?1", [&id])?;
@@ -560,6 +626,122 @@ impl DurableStore for SqliteStore {
         }
         Ok(pruned)
     }
+
+    /// Folds in bounded transactions until the inbox is empty. The writer connection is this
+    /// process's only one, and an immediate transaction locks the file, so one fold runs at a
+    /// time; rows are still claimed by deleting them, as on PostgreSQL.
+    async fn fold_inbox(&self, now_ms: u64) -> Result<u64, StoreError> {
+        let Some(overlay) = &self.inbox else {
+            return Ok(0);
+        };
+        let mut folded = 0;
+        loop {
+            let overlay_in_task = Arc::clone(overlay);
+            let (ids, cells, more) = self
+                .write(move |connection| fold_blocking(connection, &overlay_in_task, now_ms))
+                .await?;
+            overlay.remove(&ids);
+            folded += ids.len() as u64;
+            metrics::counter!("hitcount_inbox_folded_cells_total").increment(cells);
+            if !more {
+                break;
+            }
+        }
+        let ids = overlay.ids();
+        if let (Some(first), Some(last)) = (ids.first().copied(), ids.last().copied()) {
+            let present = self
+                .read(move |connection| Ok(inbox_ids_between(connection, first, last)?))
+                .await?;
+            let gone: Vec<u64> = ids.into_iter().filter(|id| !present.contains(id)).collect();
+            overlay.remove(&gone);
+        }
+        Ok(folded)
+    }
+
+    fn overlay(&self) -> Option<&Overlay> {
+        self.inbox.as_deref()
+    }
+}
+
+/// Inbox row ids in `[first, last]`.
+fn inbox_ids_between(
+    connection: &Connection,
+    first: u64,
+    last: u64,
+) -> rusqlite::Result<std::collections::HashSet<u64>> {
+    let mut statement =
+        connection.prepare_cached("SELECT id FROM inbox WHERE id >= ?1 AND id <= ?2")?;
+    statement
+        .query_map(params![millis(first), millis(last)], |row| {
+            row.get::<_, i64>(0)
+        })?
+        .map(|id| id.map(unmillis))
+        .collect()
+}
+
+/// One fold transaction: returns the rows folded, their cells, and whether rows are left.
+fn fold_blocking(
+    connection: &mut Connection,
+    overlay: &Overlay,
+    now_ms: u64,
+) -> Result<(Vec<u64>, u64, bool), StoreError> {
+    let transaction =
+        connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let listed: Vec<(u64, usize)> = {
+        let mut statement =
+            transaction.prepare_cached("SELECT id, entries FROM inbox ORDER BY id LIMIT ?1")?;
+        statement
+            .query_map([FOLD_ROWS_LISTED_MAX], |row| {
+                Ok((
+                    unmillis(row.get(0)?),
+                    usize::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
+                ))
+            })?
+            .collect::<rusqlite::Result<_>>()?
+    };
+    let chosen = choose_fold_rows(&listed);
+    if chosen.is_empty() {
+        return Ok((Vec::new(), 0, false));
+    }
+    let mut rows = Vec::with_capacity(chosen.len());
+    {
+        let mut body = transaction.prepare_cached("SELECT body FROM inbox WHERE id = ?1")?;
+        let mut claim = transaction.prepare_cached("DELETE FROM inbox WHERE id = ?1")?;
+        for id in &chosen {
+            // This process's own rows are in memory already.
+            let row = match overlay.get(*id) {
+                Some(row) => row,
+                None => Arc::new(InboxRow::decode(
+                    &body.query_row([millis(*id)], |row| row.get::<_, Vec<u8>>(0))?,
+                )?),
+            };
+            assert_eq!(
+                claim.execute([millis(*id)])?,
+                1,
+                "a listed row is claimed once"
+            );
+            rows.push(row);
+        }
+    }
+    let mut retention = HashMap::new();
+    {
+        let mut find_resource =
+            transaction.prepare_cached("SELECT retention_days FROM resources WHERE id = ?1")?;
+        for id in rows_resource_ids(rows.iter().map(Arc::as_ref)) {
+            let days: Option<Option<u32>> = find_resource
+                .query_row([&id], |row| row.get(0))
+                .optional()?;
+            if let Some(days) = days {
+                retention.insert(id, days);
+            }
+        }
+    }
+    let writes = fold_rows(rows.iter().map(Arc::as_ref), &retention, now_ms);
+    write_cells_blocking(&transaction, &writes)?;
+    transaction.commit()?;
+    let cells = rows.iter().map(|row| row.len() as u64).sum();
+    let more = chosen.len() < listed.len() || listed.len() == FOLD_ROWS_LISTED_MAX as usize;
+    Ok((chosen, cells, more))
 }
 
 /// One cell a compaction round rewrites, with its encoded sketch before and after.
@@ -690,11 +872,15 @@ fn write_compaction(connection: &mut Connection, plan: &CompactionPlan) -> rusql
     Ok(true)
 }
 
+/// A group's outcomes and, with the inbox shape, the rows it appended.
+type Appended = (Vec<ApplyOutcome>, Vec<(u64, InboxRow)>);
+
 fn apply_group_blocking(
     connection: &mut Connection,
     batches: &[MergeBatch],
     now_ms: u64,
-) -> rusqlite::Result<Vec<ApplyOutcome>> {
+    shape: WriteShape,
+) -> rusqlite::Result<Appended> {
     let transaction =
         connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     // The writer is alone (one connection, an immediate transaction), so looking a key up and
@@ -741,11 +927,33 @@ fn apply_group_blocking(
             }
         }
     }
-    let writes = fold_group(batches, &recorded, &retention, now_ms);
+    let writes = fold_group(batches, &recorded, &retention, now_ms, shape);
     if !writes.applied_any() {
         // Only duplicates and conflicts: nothing was recorded, nothing to commit.
-        return Ok(writes.outcomes);
+        return Ok((writes.outcomes, Vec::new()));
     }
+    let mut appended = Vec::new();
+    match shape {
+        WriteShape::Direct => write_cells_blocking(&transaction, &writes)?,
+        WriteShape::Inbox => {
+            let mut append = transaction.prepare_cached(
+                "INSERT INTO inbox (created_at_ms, entries, body) VALUES (?1, ?2, ?3)",
+            )?;
+            for row in InboxRow::from_writes(&writes) {
+                append.execute(params![millis(now_ms), row.len() as i64, row.encode()])?;
+                appended.push((unmillis(transaction.last_insert_rowid()), row));
+            }
+        }
+    }
+    transaction.commit()?;
+    Ok((writes.outcomes, appended))
+}
+
+/// Adds a merge's (or a fold's) hits to every tier's cells and appends its pending sketches.
+fn write_cells_blocking(
+    transaction: &rusqlite::Transaction<'_>,
+    writes: &GroupWrites,
+) -> rusqlite::Result<()> {
     {
         let mut add_hits = transaction.prepare_cached(
             "INSERT INTO counts (resource_id, tier, bucket_ms, hits, sketch) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -771,6 +979,5 @@ fn apply_group_blocking(
             ])?;
         }
     }
-    transaction.commit()?;
-    Ok(writes.outcomes)
+    Ok(())
 }
