@@ -69,23 +69,23 @@ pub struct InboxRow {
 
 impl InboxRow {
     /// The rows a group's writes go into: its minute cells in key order, split every
-    /// [`INBOX_ROW_CELLS_MAX`].
-    pub(crate) fn from_writes(writes: &GroupWrites) -> Vec<Self> {
+    /// [`INBOX_ROW_CELLS_MAX`]. Takes the cells out of `writes` (its outcomes stay), so that no
+    /// id or sketch is copied on the way.
+    pub(crate) fn from_writes(writes: &mut GroupWrites) -> Vec<Self> {
+        let mut sketches = std::mem::take(&mut writes.sketches);
         let mut rows = Vec::new();
         let mut row = Self::default();
-        for ((resource_id, minute_ms), hits) in &writes.minutes {
+        for (key, hits) in std::mem::take(&mut writes.minutes) {
             if row.cells.len() == INBOX_ROW_CELLS_MAX {
                 rows.push(std::mem::take(&mut row));
             }
+            let visitors = sketches.remove(&key).unwrap_or_default();
+            let (resource_id, minute_ms) = key;
             row.cells.push(InboxCell {
-                resource_id: resource_id.clone(),
-                minute_ms: *minute_ms,
-                hits: *hits,
-                visitors: writes
-                    .sketches
-                    .get(&(resource_id.clone(), *minute_ms))
-                    .cloned()
-                    .unwrap_or_default(),
+                resource_id,
+                minute_ms,
+                hits,
+                visitors,
             });
         }
         if !row.cells.is_empty() {
@@ -405,7 +405,7 @@ mod tests {
 
     #[test]
     fn a_row_decodes_to_what_was_encoded_and_garbage_is_an_error() {
-        let rows = InboxRow::from_writes(&writes(&[
+        let rows = InboxRow::from_writes(&mut writes(&[
             ("a", 0, 3, &["x", "y"]),
             ("a", MINUTE_MS, 1, &[]),
             ("b", 0, 2, &["z"]),
@@ -430,7 +430,7 @@ mod tests {
         for index in 0..(INBOX_ROW_CELLS_MAX + 5) {
             group.minutes.insert((format!("r{index:06}"), 0), 1);
         }
-        let rows = InboxRow::from_writes(&group);
+        let rows = InboxRow::from_writes(&mut group);
         assert_eq!(
             rows.iter().map(InboxRow::len).collect::<Vec<_>>(),
             vec![INBOX_ROW_CELLS_MAX, 5]
@@ -439,8 +439,11 @@ mod tests {
 
     #[test]
     fn overlay_cells_join_stored_ones_by_bucket() {
-        let row = InboxRow::from_writes(&writes(&[("a", 0, 3, &[]), ("a", 2 * MINUTE_MS, 4, &[])]))
-            .remove(0);
+        let row = InboxRow::from_writes(&mut writes(&[
+            ("a", 0, 3, &[]),
+            ("a", 2 * MINUTE_MS, 4, &[]),
+        ]))
+        .remove(0);
         let mut cells = vec![CountCell {
             bucket_ms: 2 * MINUTE_MS,
             hits: 10,
@@ -476,7 +479,7 @@ mod tests {
     #[test]
     fn the_overlay_counts_its_cells() {
         let overlay = Overlay::default();
-        let rows = InboxRow::from_writes(&writes(&[("a", 0, 1, &[]), ("b", 0, 1, &[])]));
+        let rows = InboxRow::from_writes(&mut writes(&[("a", 0, 1, &[]), ("b", 0, 1, &[])]));
         overlay.insert(1, rows[0].clone());
         assert_eq!(overlay.entries(), 2);
         overlay.forget_resource("a");

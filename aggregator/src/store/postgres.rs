@@ -130,7 +130,7 @@ impl DurableStore for PgStore {
         now_ms: u64,
     ) -> Result<GroupCommit, StoreError> {
         let mut transaction = self.begin().await?;
-        let writes = apply_group_in(&mut transaction, &batches, now_ms, self.write_shape())
+        let mut writes = apply_group_in(&mut transaction, &batches, now_ms, self.write_shape())
             .await
             .map_err(classify)?;
         if !writes.applied_any() {
@@ -142,7 +142,7 @@ impl DurableStore for PgStore {
         }
         let mut appended = Vec::new();
         if self.inbox.is_some() {
-            for row in InboxRow::from_writes(&writes) {
+            for row in InboxRow::from_writes(&mut writes) {
                 let id: i64 = sqlx::query_scalar(
                     "INSERT INTO inbox (created_at_ms, entries, body) VALUES ($1, $2, $3)
                      RETURNING id",

@@ -927,7 +927,7 @@ fn apply_group_blocking(
             }
         }
     }
-    let writes = fold_group(batches, &recorded, &retention, now_ms, shape);
+    let mut writes = fold_group(batches, &recorded, &retention, now_ms, shape);
     if !writes.applied_any() {
         // Only duplicates and conflicts: nothing was recorded, nothing to commit.
         return Ok((writes.outcomes, Vec::new()));
@@ -939,7 +939,7 @@ fn apply_group_blocking(
             let mut append = transaction.prepare_cached(
                 "INSERT INTO inbox (created_at_ms, entries, body) VALUES (?1, ?2, ?3)",
             )?;
-            for row in InboxRow::from_writes(&writes) {
+            for row in InboxRow::from_writes(&mut writes) {
                 append.execute(params![millis(now_ms), row.len() as i64, row.encode()])?;
                 appended.push((unmillis(transaction.last_insert_rowid()), row));
             }
