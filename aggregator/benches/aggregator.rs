@@ -351,8 +351,8 @@ async fn hello_world() -> SocketAddr {
 fn bench_config(directory: &std::path::Path) -> Config {
     let mut config = Config::for_data_dir(directory.to_path_buf());
     config.admin_token = Some(ADMIN_TOKEN.to_owned());
-    config.rate_limit_ip = 0;
-    config.rate_limit_token = 0;
+    config.rate_limit_ip_per_second = 0;
+    config.rate_limit_token_per_second = 0;
     config
 }
 

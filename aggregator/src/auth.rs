@@ -7,15 +7,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use axum::extract::FromRequestParts;
-use axum::http::header::AUTHORIZATION;
-use axum::http::request::Parts;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
-use crate::state::SharedState;
 use crate::store::TokenRecord;
 
 /// The id under which the bootstrap admin token is stored.
@@ -143,6 +139,11 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// The caller holding `token` (the bearer extractor in `api/extract.rs` finds it).
+    pub fn new(token: Arc<TokenRecord>) -> Self {
+        Self { token }
+    }
+
     pub fn token_id(&self) -> &str {
         &self.token.id
     }
@@ -158,32 +159,6 @@ impl Caller {
                 scope.as_str()
             )))
         }
-    }
-}
-
-impl FromRequestParts<SharedState> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, ApiError> {
-        let header = parts.headers.get(AUTHORIZATION).ok_or_else(|| {
-            ApiError::unauthorized("missing `Authorization: Bearer <token>` header")
-        })?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|token| !token.is_empty())
-            .ok_or_else(|| {
-                ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
-            })?;
-        let digest = token_digest(token);
-        let record = state
-            .tokens
-            .find(&digest)
-            .ok_or_else(|| ApiError::unauthorized("unknown or revoked token"))?;
-        state.limits.check_token(digest)?;
-        Ok(Self { token: record })
     }
 }
 

@@ -69,13 +69,15 @@ pub struct Args {
     #[arg(long, env = "HITCOUNT_FOLD_INTERVAL_MS", default_value_t = 0)]
     pub fold_interval_ms: u64,
 
-    /// Requests per second per client address (0 disables the limit).
-    #[arg(long, env = "HITCOUNT_RATE_LIMIT_IP", default_value_t = RATE_LIMIT_PER_SECOND_DEFAULT)]
-    pub rate_limit_ip: u32,
+    /// Requests per second per client address (0 disables the limit). `--rate-limit-ip` is the
+    /// name of earlier releases.
+    #[arg(long, alias = "rate-limit-ip", env = "HITCOUNT_RATE_LIMIT_IP_PER_SECOND", default_value_t = RATE_LIMIT_PER_SECOND_DEFAULT)]
+    pub rate_limit_ip_per_second: u32,
 
-    /// Requests per second per API token (0 disables the limit).
-    #[arg(long, env = "HITCOUNT_RATE_LIMIT_TOKEN", default_value_t = RATE_LIMIT_PER_SECOND_DEFAULT)]
-    pub rate_limit_token: u32,
+    /// Requests per second per API token (0 disables the limit). `--rate-limit-token` is the
+    /// name of earlier releases.
+    #[arg(long, alias = "rate-limit-token", env = "HITCOUNT_RATE_LIMIT_TOKEN_PER_SECOND", default_value_t = RATE_LIMIT_PER_SECOND_DEFAULT)]
+    pub rate_limit_token_per_second: u32,
 
     /// PostgreSQL (or Citus) for counts, resources, tokens and keys, e.g.
     /// `postgres://user@host/db`; the embedded store in --data-dir if absent.
@@ -136,8 +138,8 @@ pub struct Config {
     pub merge_interval_ms: u64,
     /// 0: the direct write shape; above: the durable inbox folded at this interval.
     pub fold_interval_ms: u64,
-    pub rate_limit_ip: u32,
-    pub rate_limit_token: u32,
+    pub rate_limit_ip_per_second: u32,
+    pub rate_limit_token_per_second: u32,
     pub retention_interval_s: u64,
     pub database_url: Option<String>,
     pub redis_url: Option<String>,
@@ -188,8 +190,8 @@ impl Config {
             flush_interval_ms: FLUSH_INTERVAL_MS_DEFAULT,
             merge_interval_ms: crate::merge::MERGE_INTERVAL_MS_DEFAULT,
             fold_interval_ms: 0,
-            rate_limit_ip: RATE_LIMIT_PER_SECOND_DEFAULT,
-            rate_limit_token: RATE_LIMIT_PER_SECOND_DEFAULT,
+            rate_limit_ip_per_second: RATE_LIMIT_PER_SECOND_DEFAULT,
+            rate_limit_token_per_second: RATE_LIMIT_PER_SECOND_DEFAULT,
             retention_interval_s: 60,
             database_url: None,
             redis_url: None,
@@ -275,8 +277,8 @@ impl TryFrom<Args> for Config {
             flush_interval_ms: args.flush_interval_ms,
             merge_interval_ms: args.merge_interval_ms,
             fold_interval_ms: args.fold_interval_ms,
-            rate_limit_ip: args.rate_limit_ip,
-            rate_limit_token: args.rate_limit_token,
+            rate_limit_ip_per_second: args.rate_limit_ip_per_second,
+            rate_limit_token_per_second: args.rate_limit_token_per_second,
             retention_interval_s: args.retention_interval_s,
             database_url: args.database_url,
             redis_url: args.redis_url,

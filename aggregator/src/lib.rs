@@ -31,7 +31,7 @@ use crate::ingest::Ingestor;
 use crate::merge::Merger;
 use crate::rate_limit::RateLimits;
 use crate::state::{AppState, SharedState};
-use crate::store::{DurableStore, PgStore, SqliteStore, Store, TokenRecord};
+use crate::store::{DurableStore, EmbeddedStore, PgStore, Store, TokenRecord};
 
 /// How often the maintenance task runs: metrics histograms compacted, idle rate-limit buckets
 /// forgotten, the hot tier kept in step (and, every few ticks, the slower jobs below).
@@ -75,7 +75,7 @@ impl Aggregator {
                 Arc::new(if inbox { store.with_inbox() } else { store })
             }
             None => {
-                let store = SqliteStore::open(&config.data_dir).with_context(|| {
+                let store = EmbeddedStore::open(&config.data_dir).with_context(|| {
                     format!("opening the store in {}", config.data_dir.display())
                 })?;
                 Arc::new(if inbox { store.with_inbox() } else { store })
@@ -156,7 +156,10 @@ impl Aggregator {
             Duration::from_millis(config.merge_interval_ms),
         );
         let state = Arc::new(AppState {
-            limits: RateLimits::new(config.rate_limit_ip, config.rate_limit_token),
+            limits: RateLimits::new(
+                config.rate_limit_ip_per_second,
+                config.rate_limit_token_per_second,
+            ),
             config,
             store,
             ingestor,

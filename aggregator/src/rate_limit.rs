@@ -1,16 +1,12 @@
 //! Token-bucket rate limits per client address and per API token (governor's keyed limiters).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 
-use axum::extract::{ConnectInfo, Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::error::ApiError;
-use crate::state::SharedState;
 
 /// A bucket holds this many seconds' worth of requests, so short bursts pass.
 const BURST_SECONDS: u32 = 2;
@@ -33,8 +29,10 @@ fn limiter<K: std::hash::Hash + Eq + Clone>(per_second: u32) -> Option<DefaultKe
 fn retry_after(not_until: &governor::NotUntil<governor::clock::QuantaInstant>) -> ApiError {
     let wait = not_until.wait_time_from(DefaultClock::default().now());
     metrics::counter!("hitcount_rate_limited_total").increment(1);
+    // Rounded up: a client that waits the whole seconds it is told finds a token.
+    let wait_s = wait.as_millis().div_ceil(1_000).max(1);
     ApiError::RateLimited {
-        retry_after_s: wait.as_secs().max(1),
+        retry_after_s: u64::try_from(wait_s).unwrap_or(u64::MAX),
     }
 }
 
@@ -76,20 +74,4 @@ impl RateLimits {
             limiter.shrink_to_fit();
         }
     }
-}
-
-/// Middleware: the per-address limit, applied before authentication so that guessing tokens is
-/// rate limited too.
-pub async fn limit_by_address(
-    State(state): State<SharedState>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let address = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(address)| address.ip())
-        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-    state.limits.check_address(address)?;
-    Ok(next.run(request).await)
 }

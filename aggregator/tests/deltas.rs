@@ -320,3 +320,50 @@ async fn edge_keys_are_managed_by_admins() {
     assert_eq!(status, StatusCode::FORBIDDEN);
     server.stop().await;
 }
+
+/// The skew window is five minutes either way of the aggregator's clock, and only that: a batch
+/// signed just inside it, in the past or the future, counts; just outside it, either way, is 401.
+#[tokio::test]
+async fn signatures_count_within_five_minutes_of_the_clock_either_way() {
+    let server = TestServer::start().await;
+    let api = Api::admin(&server);
+    api.create_resource("home").await;
+    let skew = hitcount_wire::auth::SIGNATURE_SKEW_MS_MAX;
+    let margin_ms = 2_000;
+    let now = now_ms();
+    let cases = [
+        ("just inside, past", now - skew + margin_ms, StatusCode::OK),
+        (
+            "just inside, future",
+            now + skew - margin_ms,
+            StatusCode::OK,
+        ),
+        (
+            "just outside, past",
+            now - skew - margin_ms,
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "just outside, future",
+            now + skew + margin_ms,
+            StatusCode::UNAUTHORIZED,
+        ),
+    ];
+    for (sequence, (name, timestamp, expected)) in cases.into_iter().enumerate() {
+        let bytes = batch(sequence as u64, &[("home", 1, &[])])
+            .encode()
+            .unwrap();
+        let (status, value) =
+            post_delta_bytes(&server, EDGE_ID, EDGE_SECRET, timestamp, bytes).await;
+        assert_eq!(status, expected, "{name}: {value}");
+        if expected == StatusCode::UNAUTHORIZED {
+            assert_eq!(error_code(&value), "unauthorized", "{name}");
+        }
+    }
+    assert_eq!(
+        api.count("home", "1h").await.0,
+        2,
+        "the two inside the window"
+    );
+    server.stop().await;
+}

@@ -138,16 +138,23 @@ async fn kill_nine_scenario(extra: &[&str]) {
     binary.terminate().await;
 }
 
-/// In fast mode 202 comes before commit; SIGTERM still commits everything queued.
+/// In fast mode 202 comes before commit; SIGTERM still commits everything queued. The flush
+/// interval is the longest allowed, so the hits sent just before SIGTERM reach the database only
+/// through the shutdown flush.
 #[tokio::test]
 async fn graceful_shutdown_flushes_fast_mode_hits() {
     let directory = TempDir::new().unwrap();
-    let binary = BinaryServer::start(directory.path(), &["--ack", "fast"]).await;
+    let interval = hitcount_aggregator::config::FLUSH_INTERVAL_MS_MAX.to_string();
+    let binary = BinaryServer::start(
+        directory.path(),
+        &["--ack", "fast", "--flush-interval-ms", &interval],
+    )
+    .await;
     let handle = binary.handle();
     let api = Api::admin(&handle);
     api.create_resource("home").await;
     let mut sent = 0;
-    for index in 0..200 {
+    for index in 0..20 {
         let hits: Vec<_> = (0..50)
             .map(|hit| json!({"resource_id": "home", "visitor_id": format!("{index}-{hit}")}))
             .collect();
@@ -160,6 +167,59 @@ async fn graceful_shutdown_flushes_fast_mode_hits() {
     let binary = BinaryServer::start(directory.path(), &[]).await;
     let handle = binary.handle();
     assert_eq!(Api::admin(&handle).count("home", "1h").await.0, sent);
+    binary.terminate().await;
+}
+
+/// The README's bound for `--ack fast`: a crash loses at most the hits of one flush interval plus
+/// one commit. Hits go in for two seconds, the process is killed with SIGKILL, and every hit
+/// answered 202 earlier than the bound before the kill is counted after a restart.
+#[tokio::test]
+async fn fast_mode_loses_at_most_one_flush_interval_in_a_crash() {
+    const FLUSH_INTERVAL_MS: u64 = 200;
+    // One commit of a few hundred hits on this machine takes well under this.
+    const COMMIT_ALLOWANCE_MS: u64 = 300;
+    let directory = TempDir::new().unwrap();
+    let interval = FLUSH_INTERVAL_MS.to_string();
+    let binary = BinaryServer::start(
+        directory.path(),
+        &["--ack", "fast", "--flush-interval-ms", &interval],
+    )
+    .await;
+    let handle = binary.handle();
+    let api = Api::admin(&handle);
+    api.create_resource("home").await;
+    // (answered at, hits) for every 202.
+    let mut answered: Vec<(std::time::Instant, u64)> = Vec::new();
+    let started = std::time::Instant::now();
+    let mut index = 0;
+    while started.elapsed() < Duration::from_secs(2) {
+        let hits: Vec<_> = (0..20)
+            .map(|hit| json!({"resource_id": "home", "visitor_id": format!("{index}-{hit}")}))
+            .collect();
+        let (status, _) = api.post("/hits", json!({"hits": hits})).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        answered.push((std::time::Instant::now(), 20));
+        index += 1;
+    }
+    let killed_at = std::time::Instant::now();
+    binary.kill().await;
+    let sent: u64 = answered.iter().map(|(_, hits)| hits).sum();
+    let bound = Duration::from_millis(FLUSH_INTERVAL_MS + COMMIT_ALLOWANCE_MS);
+    let safe: u64 = answered
+        .iter()
+        .filter(|(at, _)| killed_at.duration_since(*at) > bound)
+        .map(|(_, hits)| hits)
+        .sum();
+    assert!(safe > 0, "hits were answered long enough before the kill");
+
+    let binary = BinaryServer::start(directory.path(), &[]).await;
+    let handle = binary.handle();
+    let counted = Api::admin(&handle).count("home", "1h").await.0;
+    assert!(
+        (safe..=sent).contains(&counted),
+        "{counted} counted after the crash; {safe} were answered more than {bound:?} before it, \
+         {sent} in all"
+    );
     binary.terminate().await;
 }
 
@@ -206,7 +266,8 @@ async fn retention_keeps_coarse_tiers_and_honours_resource_retention() {
     // With the durable inbox the server's rows wait for a fold; retention prunes the counters.
     store.fold_inbox(now).await.unwrap();
     let pruned = store.prune(later).await.unwrap();
-    assert!(pruned.count_rows >= 4, "{pruned:?}");
+    // Two minute rows (home's and short's hit now), short's hour and day rows; nothing else.
+    assert_eq!(pruned.count_rows, 4, "{pruned:?}");
     let minute_cells = store
         .cells("home".to_owned(), Tier::Minute, 0, u64::MAX / 2)
         .await
@@ -222,6 +283,121 @@ async fn retention_keeps_coarse_tiers_and_honours_resource_retention() {
         .await
         .unwrap();
     assert!(day_cells.is_empty(), "the one-day resource was purged");
+
+    // Hour rows are kept 90 days: at 86 days the older (three days before now) is 89 days old.
+    assert_eq!(store.prune(now + 86 * DAY_MS).await.unwrap().count_rows, 0);
+    // At 91 days both hour rows are past it; day rows stay.
+    assert_eq!(store.prune(now + 91 * DAY_MS).await.unwrap().count_rows, 2);
+    let hours_left = store
+        .cells("home".to_owned(), Tier::Hour, 0, u64::MAX / 2)
+        .await
+        .unwrap();
+    assert!(hours_left.is_empty(), "{hours_left:?}");
+    // Day rows of a resource without retention_days are kept forever.
+    assert_eq!(
+        store.prune(now + 3_650 * DAY_MS).await.unwrap().count_rows,
+        0
+    );
+    let days = store
+        .cells("home".to_owned(), Tier::Day, 0, u64::MAX / 2)
+        .await
+        .unwrap();
+    assert_eq!(days.iter().map(|cell| cell.hits).sum::<u64>(), 2);
+    server.stop().await;
+}
+
+/// Rows per tier (minute, hour, day) of one resource.
+async fn tier_rows(store: &hitcount_aggregator::store::Store, resource_id: &str) -> [usize; 3] {
+    let mut rows = [0; 3];
+    for (index, tier) in [Tier::Minute, Tier::Hour, Tier::Day]
+        .into_iter()
+        .enumerate()
+    {
+        rows[index] = store
+            .cells(resource_id.to_owned(), tier, 0, u64::MAX / 2)
+            .await
+            .unwrap()
+            .len();
+    }
+    rows
+}
+
+/// The aggregator's own retention task (not a direct call) deletes what is past retention: rows
+/// written as if three and a hundred days ago go within a few seconds of start.
+#[tokio::test]
+async fn the_retention_task_prunes_by_itself() {
+    let directory = TempDir::new().unwrap();
+    let server = TestServer::start_with(test_config(directory.path())).await;
+    let api = Api::admin(&server);
+    api.create_resource("home").await;
+    let (status, _) = api
+        .post(
+            "/resources",
+            json!({"name": "Short", "resource_id": "short", "retention_days": 1}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    drop(api);
+    server.stop().await;
+
+    // Rows from earlier runs: each applied with the clock of its day, so every tier holds them.
+    let store = crate::support::open_store(directory.path()).await;
+    let now = now_ms();
+    for (resource_id, days_ago) in [
+        ("home", 0),
+        ("home", 3),
+        ("home", 100),
+        ("short", 0),
+        ("short", 3),
+    ] {
+        let then = now - days_ago * DAY_MS;
+        let mut visitors = hitcount_wire::Sketch::new();
+        visitors.insert(b"visitor");
+        let entry = hitcount_wire::DeltaEntry {
+            resource_id: resource_id.to_owned(),
+            minute: then / hitcount_wire::MINUTE_MS,
+            hits: 1,
+            visitors,
+        };
+        store.apply(vec![entry], None, then).await.unwrap();
+        // With the durable inbox, folded on its day too (a fold applies retention as of its
+        // own clock).
+        store.fold_inbox(then).await.unwrap();
+    }
+    assert_eq!(tier_rows(&store, "home").await, [3, 3, 3]);
+    assert_eq!(tier_rows(&store, "short").await, [2, 2, 2]);
+
+    let mut config = test_config(directory.path());
+    config.retention_interval_s = 1;
+    let server = TestServer::start_with(config).await;
+    // home loses the minute rows of 3 and 100 days ago and the hour row of 100 days ago; short
+    // its minute, hour and day rows of 3 days ago. (Read from the store, not from the metric:
+    // every server in this test process adds to the same one.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let rows = (
+            tier_rows(&store, "home").await,
+            tier_rows(&store, "short").await,
+        );
+        if rows == ([1, 2, 3], [1, 1, 1]) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the task did not prune: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let api = Api::admin(&server);
+    let (_, value) = api.get("/hits/home?window=365d&granularity=day").await;
+    assert_eq!(value["count"], 3, "day rows of home are kept forever");
+    let (_, value) = api.get("/hits/home?window=7d&granularity=hour").await;
+    assert_eq!(value["count"], 2);
+    let (_, value) = api.get("/hits/home?window=48h&granularity=minute").await;
+    assert_eq!(value["count"], 1);
+    let (_, value) = api.get("/hits/short?window=30d&granularity=day").await;
+    assert_eq!(value["count"], 1, "short keeps only today's hit");
+    drop(api);
     server.stop().await;
 }
 

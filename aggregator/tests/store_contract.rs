@@ -7,8 +7,9 @@ use std::collections::HashSet;
 
 use hitcount_aggregator::now_ms;
 use hitcount_aggregator::store::{
-    ApplyOutcome, BatchKey, CreateOutcome, DAY_MS, DurableStore, HOUR_MS, MINUTE_TIER_RETENTION_MS,
-    MergeBatch, PatternRecord, PgStore, ResourceRecord, SqliteStore, Tier, TokenRecord,
+    ApplyOutcome, BatchKey, CreateOutcome, DAY_MS, DurableStore, EmbeddedStore, HOUR_MS,
+    MINUTE_TIER_RETENTION_MS, MergeBatch, PatternRecord, PgStore, ResourceRecord, Tier,
+    TokenRecord,
 };
 use hitcount_wire::{DeltaEntry, MINUTE_MS, SKETCH_STANDARD_ERROR, Sketch};
 use tempfile::TempDir;
@@ -19,10 +20,10 @@ type Case = fn(&dyn DurableStore) -> std::pin::Pin<Box<dyn Future<Output = ()> +
 /// (under `CI=true` an unreachable PostgreSQL fails the test).
 async fn on_both(case: Case) {
     let directory = TempDir::new().unwrap();
-    let sqlite = SqliteStore::open(directory.path()).unwrap();
+    let sqlite = EmbeddedStore::open(directory.path()).unwrap();
     case(&sqlite).await;
     let inbox_directory = TempDir::new().unwrap();
-    let sqlite_inbox = SqliteStore::open(inbox_directory.path())
+    let sqlite_inbox = EmbeddedStore::open(inbox_directory.path())
         .unwrap()
         .with_inbox();
     case(&sqlite_inbox).await;
@@ -584,8 +585,8 @@ mod cases {
 #[tokio::test]
 async fn another_process_folds_the_inbox_and_answers_stay_exact() {
     let directory = TempDir::new().unwrap();
-    let first = SqliteStore::open(directory.path()).unwrap().with_inbox();
-    let second = SqliteStore::open(directory.path()).unwrap().with_inbox();
+    let first = EmbeddedStore::open(directory.path()).unwrap().with_inbox();
+    let second = EmbeddedStore::open(directory.path()).unwrap().with_inbox();
     folded_elsewhere(&first, &second).await;
     if crate::support::postgres_or_skip() {
         let url = crate::support::postgres_database(directory.path());

@@ -17,7 +17,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// One admin token for every test binary of the workspace (the shared kit's).
+pub use hitcount_test_support::ADMIN_TOKEN;
 pub const EDGE_ID: &str = "edge-test";
 pub const EDGE_SECRET: &str = "edge-secret-0123456789";
 
@@ -112,7 +113,7 @@ fn psql(server: &str, sql: &str) -> String {
 /// The store of a test server's data, opened beside the server (for retention and compaction
 /// tests that call the store directly).
 pub async fn open_store(data_dir: &Path) -> hitcount_aggregator::store::Store {
-    use hitcount_aggregator::store::{DurableStore, PgStore, SqliteStore, Store};
+    use hitcount_aggregator::store::{DurableStore, EmbeddedStore, PgStore, Store};
     // In the suite's inbox run, with the inbox too, so that `fold_inbox` folds the server's rows.
     let inbox = test_config(data_dir).fold_interval_ms > 0;
     let backend: std::sync::Arc<dyn DurableStore> = match database_url_for(data_dir) {
@@ -121,7 +122,7 @@ pub async fn open_store(data_dir: &Path) -> hitcount_aggregator::store::Store {
             std::sync::Arc::new(if inbox { store.with_inbox() } else { store })
         }
         None => {
-            let store = SqliteStore::open(data_dir).expect("store opens");
+            let store = EmbeddedStore::open(data_dir).expect("store opens");
             std::sync::Arc::new(if inbox { store.with_inbox() } else { store })
         }
     };
@@ -137,8 +138,8 @@ pub fn test_config(data_dir: &Path) -> Config {
         edge_id: EDGE_ID.to_owned(),
         secret: EDGE_SECRET.as_bytes().to_vec(),
     }];
-    config.rate_limit_ip = 100_000;
-    config.rate_limit_token = 100_000;
+    config.rate_limit_ip_per_second = 100_000;
+    config.rate_limit_token_per_second = 100_000;
     config.database_url = database_url_for(data_dir);
     // CI runs the suite once more with the durable inbox (the aggregator binaries the tests
     // start read the same variable themselves).
@@ -255,14 +256,10 @@ pub async fn metrics_text(server: &TestServer) -> String {
         .expect("metrics text")
 }
 
-/// The sum over label sets of the series whose line starts with `prefix`.
+/// The sum over label sets of the series whose line starts with `prefix` (the shared kit's
+/// reading of `/metrics`).
 pub async fn metric(server: &TestServer, prefix: &str) -> u64 {
-    metrics_text(server)
-        .await
-        .lines()
-        .filter(|line| line.starts_with(prefix))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+    hitcount_test_support::metric(&server.base, prefix).await
 }
 
 pub async fn body(response: Response) -> (StatusCode, Value) {
@@ -518,9 +515,9 @@ impl BinaryServer {
             .arg(ADMIN_TOKEN)
             .arg("--edge-key")
             .arg(format!("{EDGE_ID}={EDGE_SECRET}"))
-            .arg("--rate-limit-ip")
+            .arg("--rate-limit-ip-per-second")
             .arg("0")
-            .arg("--rate-limit-token")
+            .arg("--rate-limit-token-per-second")
             .arg("0")
             // A test that names its database itself (several servers on one) keeps it.
             .args(

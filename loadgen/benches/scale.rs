@@ -407,9 +407,9 @@ async fn prepare(scenario: &Scenario, loadgen: &Config) -> Running {
             .args([
                 "--admin-token",
                 ADMIN_TOKEN,
-                "--rate-limit-ip",
+                "--rate-limit-ip-per-second",
                 "0",
-                "--rate-limit-token",
+                "--rate-limit-token-per-second",
                 "0",
             ])
             .env("RUST_LOG", "warn")

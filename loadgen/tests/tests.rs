@@ -204,9 +204,9 @@ async fn three_aggregators_through_a_kill(extra: &[&str]) {
         redis_url.as_str(),
         "--redis-prefix",
         prefix.as_str(),
-        "--rate-limit-ip",
+        "--rate-limit-ip-per-second",
         "0",
-        "--rate-limit-token",
+        "--rate-limit-token-per-second",
         "0",
     ];
     flags.extend_from_slice(extra);

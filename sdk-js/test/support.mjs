@@ -28,7 +28,7 @@ export async function startAggregator() {
   if (!path) return undefined;
   const dataDir = mkdtempSync(join(tmpdir(), "hitcount-sdk-"));
   const child = spawn(path, ["--listen", "127.0.0.1:0", "--data-dir", dataDir, "--admin-token", ADMIN_TOKEN,
-    "--rate-limit-ip", "0", "--rate-limit-token", "0"], { env: { ...process.env, RUST_LOG: "info", NO_COLOR: "1" } });
+    "--rate-limit-ip-per-second", "0", "--rate-limit-token-per-second", "0"], { env: { ...process.env, RUST_LOG: "info", NO_COLOR: "1" } });
   const base = await new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error("the aggregator did not start")), 30_000);
     lines(child.stderr, (line) => {

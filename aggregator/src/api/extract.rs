@@ -16,7 +16,9 @@ use tower::ServiceBuilder;
 use tower::layer::util::{Identity, Stack};
 
 use super::JSON_BODY_BYTES_MAX;
+use crate::auth::{Caller, token_digest};
 use crate::error::ApiError;
+use crate::state::SharedState;
 
 /// The body limit of the route a request was routed to, for the 413 message.
 #[derive(Debug, Clone, Copy)]
@@ -161,4 +163,51 @@ fn as_whole<T: TryFrom<u64>>(number: &serde_json::Number) -> Option<T> {
             .map(|float| float as u64)
     })?;
     T::try_from(whole).ok()
+}
+
+/// The bearer token of a request, authenticated against the token registry and charged to its
+/// rate limit.
+impl FromRequestParts<SharedState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(|| {
+                ApiError::unauthorized("missing `Authorization: Bearer <token>` header")
+            })?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|token| !token.is_empty())
+            .ok_or_else(|| {
+                ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
+            })?;
+        let digest = token_digest(token);
+        let record = state
+            .tokens
+            .find(&digest)
+            .ok_or_else(|| ApiError::unauthorized("unknown or revoked token"))?;
+        state.limits.check_token(digest)?;
+        Ok(Caller::new(record))
+    }
+}
+
+/// Middleware: the per-address limit, applied before authentication so that guessing tokens is
+/// rate limited too.
+pub async fn limit_by_address(
+    axum::extract::State(state): axum::extract::State<SharedState>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Result<axum::response::Response, ApiError> {
+    let address = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|axum::extract::ConnectInfo(address)| address.ip())
+        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+    state.limits.check_address(address)?;
+    Ok(next.run(request).await)
 }

@@ -27,7 +27,6 @@ pub use self::extract::{ApiJson, ApiPath, ApiQuery};
 pub use self::hits::{HITS_PER_REQUEST_MAX, VISITOR_ID_CHARS_MAX};
 pub use self::resources::{LIST_PAGE_MAX, RETENTION_DAYS_MAX};
 use crate::error::{ApiError, ErrorBody};
-use crate::rate_limit;
 use crate::state::SharedState;
 
 /// Body limit of JSON requests other than `POST /hits`.
@@ -248,7 +247,7 @@ pub fn router(state: SharedState) -> Router {
         .layer(extract::body_limit(JSON_BODY_BYTES_MAX))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
-            rate_limit::limit_by_address,
+            extract::limit_by_address,
         ));
     Router::new()
         .route("/healthz", get(health::healthz))

@@ -1,13 +1,13 @@
 //! The stores counts live in. [`Store`] is what the rest of the aggregator uses; behind it is
-//! either the embedded SQLite store (`sqlite.rs`, one file in the data directory) or PostgreSQL
-//! (`postgres.rs`, which is also what Azure Cosmos DB for PostgreSQL / Citus speaks). Both keep
-//! the same tables and the same rules: three tiers written in the merge's transaction, the dedupe
+//! either the embedded store (`embedded.rs`, SQLite in one file in the data directory) or
+//! PostgreSQL (`postgres.rs`, which is also what Azure Cosmos DB for PostgreSQL / Citus speaks).
+//! Both keep the same rules (their table and column names differ, see ARCHITECTURE.md): three tiers written in the merge's transaction, the dedupe
 //! record in that same transaction, sketches appended to `pending_sketches` and folded later.
 
+mod embedded;
 pub mod hot;
 pub mod inbox;
 mod postgres;
-mod sqlite;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -17,8 +17,8 @@ use hot::HotTier;
 
 use hitcount_wire::{DeltaEntry, MINUTE_MS, Sketch};
 
+pub use embedded::EmbeddedStore;
 pub use postgres::PgStore;
-pub use sqlite::SqliteStore;
 
 pub const HOUR_MS: u64 = 60 * MINUTE_MS;
 pub const DAY_MS: u64 = 24 * HOUR_MS;
@@ -240,7 +240,7 @@ impl MergeBatch {
     }
 }
 
-/// The durable store's contract: the embedded store ([`SqliteStore`]) and PostgreSQL
+/// The durable store's contract: the embedded store ([`EmbeddedStore`]) and PostgreSQL
 /// ([`PgStore`]) implement it, and one conformance suite (`aggregator/tests/store_contract.rs`)
 /// holds both to it. Every method means the same for both.
 #[async_trait::async_trait]
@@ -569,7 +569,7 @@ impl Store {
     /// The embedded store in `data_dir`.
     pub fn open_embedded(data_dir: &Path) -> Result<Self, StoreError> {
         Ok(Self {
-            backend: Arc::new(SqliteStore::open(data_dir)?),
+            backend: Arc::new(EmbeddedStore::open(data_dir)?),
             hot: None,
         })
     }

@@ -1,4 +1,5 @@
-//! The PostgreSQL store (`--database-url`): the same tables and rules as the embedded store,
+//! The PostgreSQL store (`--database-url`): the embedded store's rules (its tables are
+//! `hit_counts` with `hit_count` where the embedded store has `counts` with `hits`),
 //! through a pooled connection (sqlx), schema managed by the migrations in `aggregator/migrations`
 //! (run at start).
 //!

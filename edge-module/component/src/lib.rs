@@ -10,7 +10,7 @@ mod component {
     use std::cell::RefCell;
 
     use hitcount_edge_core::{
-        BotPolicy, Delivery, EdgeCounter, HitRequest, Recorded, Rejection, SealedBatch,
+        BotPolicy, Counting, Delivery, EdgeCounter, HitRequest, Recorded, Rejection, SealedBatch,
     };
 
     use exports::hitcount::edge::counter::{Batch, Config, EdgeStatus, Guest, Hit, Outcome};
@@ -20,10 +20,9 @@ mod component {
         world: "edge",
     });
 
-    struct Edge {
-        counter: EdgeCounter,
-        delivery: Delivery,
-    }
+    /// The instance's window and delivery queue (the core's `Counting`, which also owns the
+    /// rule for a full window).
+    type Edge = Counting;
 
     thread_local! {
         // Components are single-threaded; the cell only satisfies Rust's rules for statics.
@@ -57,14 +56,9 @@ mod component {
             prefetch: hit.prefetch,
             timestamp_ms: hit.timestamp_ms,
         };
-        match edge.counter.record(&request, now_ms) {
-            // A full window is flushed early into the queue; only if that is full too is the hit
-            // refused (and the host answers 503). Counted hits are never dropped.
-            Recorded::WindowFull if edge.counter.flush_into(&mut edge.delivery, now_ms).is_ok() => {
-                outcome(edge.counter.record(&request, now_ms))
-            }
-            recorded => outcome(recorded),
-        }
+        // A refusal as full (the host answers 503) means the window and the queue are both
+        // full; counted hits are never dropped.
+        outcome(edge.record(&request, now_ms))
     }
 
     fn batch_of(batch: &SealedBatch) -> Batch {
@@ -88,19 +82,19 @@ mod component {
             };
             let counter = EdgeCounter::new(&config.secret, config.window_entries_max as usize)
                 .with_bot_policy(policy);
-            let edge = Edge {
-                counter: if config.journal {
+            let edge = Counting::new(
+                if config.journal {
                     counter.with_journal()
                 } else {
                     counter
                 },
-                delivery: Delivery::new(
+                Delivery::new(
                     &config.edge_id,
                     config.boot_epoch,
                     config.pending_entries_max as usize,
                     hitcount_edge_core::window_map_key(&config.secret),
                 ),
-            };
+            );
             EDGE.with(|cell| *cell.borrow_mut() = Some(edge));
             Ok(())
         }
@@ -118,9 +112,7 @@ mod component {
         }
 
         fn flush(now_ms: u64) -> bool {
-            with_edge(false, |edge| {
-                edge.counter.flush_into(&mut edge.delivery, now_ms).is_ok()
-            })
+            with_edge(false, |edge| edge.flush(now_ms).is_ok())
         }
 
         fn next_batch() -> Option<Batch> {
@@ -172,23 +164,13 @@ mod component {
                 .map_err(|error| format!("the journal is malformed: {error}"))?;
             with_edge(Err("the module is not configured".to_owned()), |edge| {
                 for (index, record) in records.iter().enumerate() {
-                    let mut recorded = edge.counter.record_hashed(
+                    // As for new hits, a full window is flushed early into the pending map.
+                    let recorded = edge.record_hashed(
                         &record.resource_id,
                         record.minute,
                         record.visitor,
                         now_ms,
                     );
-                    // As for new hits: a full window is flushed early into the pending map.
-                    if recorded == Recorded::WindowFull
-                        && edge.counter.flush_into(&mut edge.delivery, now_ms).is_ok()
-                    {
-                        recorded = edge.counter.record_hashed(
-                            &record.resource_id,
-                            record.minute,
-                            record.visitor,
-                            now_ms,
-                        );
-                    }
                     if recorded != Recorded::Counted {
                         return Err(format!(
                             "the window and the pending map are full after {index} of {} \

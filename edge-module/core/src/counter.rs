@@ -3,7 +3,6 @@
 use hitcount_wire::journal::put_journal_record;
 use hitcount_wire::{DeltaEntry, MINUTE_MS, WindowCounts};
 
-use crate::delivery::{Delivery, DeliveryFull};
 use crate::filter::{self, HitRequest, Rejection};
 use crate::filter::{BotPolicy, BotVerdicts};
 use crate::{DAY_MS, VisitorHasher};
@@ -148,30 +147,25 @@ impl EdgeCounter {
         self.window.hits_for(resource_id)
     }
 
-    /// Closes the window into `delivery`. When the delivery queue is full the window stays open,
-    /// exactly as it was, and the queue's error says so.
-    pub fn flush_into(
-        &mut self,
-        delivery: &mut Delivery,
-        now_ms: u64,
-    ) -> Result<u64, DeliveryFull> {
-        let Some(window) = self.flush(now_ms) else {
-            return Ok(0);
-        };
-        let hits = window.hits;
-        match delivery.add_window(window) {
-            Ok(()) => Ok(hits),
-            Err(full) => {
-                for entry in &full.window.entries {
-                    // These are the counters just drained from this window: they fit.
-                    let restored = self.window.merge_entry(entry);
-                    debug_assert!(restored.is_ok());
-                }
-                self.window_start_ms = Some(full.window.start_ms);
-                self.generation = full.window.generation;
-                Err(full)
-            }
+    /// Reopens a window that [`EdgeCounter::flush`] closed and nobody could take, exactly as it
+    /// was: its counters (which were drained from this window, so they fit), its start and its
+    /// generation. Nothing may have been recorded since the flush.
+    pub fn reopen(&mut self, window: ClosedWindow) {
+        assert!(
+            self.window_start_ms.is_none() && self.window.hits() == 0,
+            "a window reopens only into an empty counter"
+        );
+        assert_eq!(
+            window.generation + 1,
+            self.generation,
+            "the window reopened is the one just closed"
+        );
+        for entry in &window.entries {
+            let restored = self.window.merge_entry(entry);
+            debug_assert!(restored.is_ok());
         }
+        self.window_start_ms = Some(window.start_ms);
+        self.generation = window.generation;
     }
 
     /// Closes the window at `now_ms`; `None` if nothing was counted.
@@ -193,14 +187,15 @@ impl EdgeCounter {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const BROWSER: &str =
         "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:133.0) Gecko/20100101 Firefox/133.0";
-    const NOW_MS: u64 = 1_780_000_000_000;
+    pub(crate) const NOW_MS: u64 = 1_780_000_000_000;
 
-    fn hit<'a>(resource_id: &'a str, client_address: &'a str) -> HitRequest<'a> {
+    /// A browser's hit on `resource_id` from `client_address` (shared with `counting.rs`).
+    pub(crate) fn hit<'a>(resource_id: &'a str, client_address: &'a str) -> HitRequest<'a> {
         HitRequest {
             resource_id,
             site: "example.com",
@@ -246,29 +241,6 @@ mod tests {
             .collect();
         assert_eq!(summary, vec![("blog", 1, 1), ("home", 3, 2)]);
         assert!(counter.flush(NOW_MS + 62_000).is_none());
-    }
-
-    #[test]
-    fn a_full_delivery_queue_leaves_the_window_open_and_whole() {
-        let mut counter = EdgeCounter::new(b"secret", 10);
-        let mut delivery = Delivery::new("edge-1", 1, 1, [0; 16]);
-        counter.record(&hit("a", "1.1.1.1"), NOW_MS);
-        assert_eq!(counter.flush_into(&mut delivery, NOW_MS + 1), Ok(1));
-        counter.record(&hit("b", "1.1.1.1"), NOW_MS + 2);
-        counter.record(&hit("b", "2.2.2.2"), NOW_MS + 3);
-        assert!(counter.flush_into(&mut delivery, NOW_MS + 4).is_err());
-        assert_eq!(
-            counter.hits_for("b"),
-            2,
-            "the refused window is still counted here"
-        );
-        // Once the aggregator acknowledges, the queue drains and the window goes through.
-        let sequence = delivery.next_batch().unwrap().sequence;
-        delivery.acknowledge(sequence);
-        assert!(delivery.next_batch().is_none());
-        assert_eq!(counter.flush_into(&mut delivery, NOW_MS + 5), Ok(2));
-        assert_eq!(delivery.unacknowledged_hits_for("b"), 2);
-        assert!(counter.is_empty());
     }
 
     #[test]

@@ -81,10 +81,10 @@ pub enum Rejection {
 impl Rejection {
     pub fn code(self) -> &'static str {
         match self {
-            Self::InvalidResource => "invalid-resource",
+            Self::InvalidResource => "invalid_resource_id",
             Self::Bot => "bot",
             Self::Prefetch => "prefetch",
-            Self::TimestampOutOfRange => "timestamp",
+            Self::TimestampOutOfRange => "invalid_timestamp",
         }
     }
 }

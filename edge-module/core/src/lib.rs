@@ -5,6 +5,8 @@
 //! - [`VisitorHasher`]: the visitor hash, keyed with a salt that rotates daily, so raw client
 //!   addresses never leave the edge and visitors cannot be linked across days.
 //! - [`EdgeCounter`]: the bounded window map of one edge and its flush into delta entries.
+//! - [`Counting`]: a window and its delivery queue together, with the rule that a full window
+//!   is flushed early into the queue; what a host calls.
 //! - [`Delivery`]: the order in which windows become numbered batches, and what happens while
 //!   the aggregator is unreachable: one batch is in flight and retried with the same key until
 //!   acknowledged, and new windows merge into one pending map, so memory grows with distinct
@@ -15,11 +17,13 @@
 
 pub mod beacon;
 mod counter;
+mod counting;
 mod delivery;
 pub mod filter;
 mod visitor;
 
 pub use counter::{ClosedWindow, EdgeCounter, Recorded};
+pub use counting::Counting;
 pub use delivery::{BatchIdentity, Delivery, DeliveryFull, SealedBatch, seal_entries};
 pub use filter::{BotPolicy, HitRequest, Rejection};
 pub use visitor::{DAY_MS, VisitorHasher, window_map_key};

@@ -221,8 +221,8 @@ async fn http_rates(duration_s: u64) {
         edge_id: "bench".to_owned(),
         secret: EDGE_KEY.as_bytes().to_vec(),
     }];
-    config.rate_limit_ip = 0;
-    config.rate_limit_token = 0;
+    config.rate_limit_ip_per_second = 0;
+    config.rate_limit_token_per_second = 0;
     let aggregator = hitcount_aggregator::Aggregator::start(config)
         .await
         .unwrap();

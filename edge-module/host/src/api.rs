@@ -13,153 +13,16 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tower_http::cors::{Any, CorsLayer};
 
-use hitcount_edge_core::beacon::{BeaconError, PURPOSE_HEADERS, is_prefetch, parse_beacon};
+use hitcount_edge_core::beacon::{BeaconError, parse_beacon};
 
-use crate::module::{Hit, Outcome};
-use crate::spool::Spool;
-use crate::{EdgeState, now_ms};
+use crate::EdgeState;
+use crate::counting::{hit_from, record, result_code};
+use crate::error::EdgeError;
+use crate::module::Outcome;
 
 pub use hitcount_edge_core::beacon::{BEACON_BODY_BYTES_MAX, PIXEL_GIF, RESULT_HEADER};
 
 type Shared = Arc<EdgeState>;
-
-/// The outcomes in a fixed order, for [`HitCounters`].
-const OUTCOMES: [Outcome; 6] = [
-    Outcome::Counted,
-    Outcome::InvalidResource,
-    Outcome::Bot,
-    Outcome::Prefetch,
-    Outcome::Timestamp,
-    Outcome::Full,
-];
-
-/// `hitcount_edge_hits_total` per result, registered once: looking a labelled counter up on every
-/// hit cost more than the rest of the metrics work per request.
-#[derive(Debug)]
-pub(crate) struct HitCounters {
-    by_outcome: [metrics::Counter; 6],
-}
-
-impl HitCounters {
-    pub(crate) fn new() -> Self {
-        Self {
-            by_outcome: OUTCOMES.map(|outcome| {
-                metrics::counter!("hitcount_edge_hits_total", "result" => result_code(outcome))
-            }),
-        }
-    }
-
-    fn count(&self, outcome: Outcome) {
-        let index = OUTCOMES
-            .iter()
-            .position(|candidate| *candidate == outcome)
-            .unwrap_or(0);
-        self.by_outcome[index].increment(1);
-    }
-}
-
-pub(crate) fn result_code(outcome: Outcome) -> &'static str {
-    match outcome {
-        Outcome::Counted => "counted",
-        Outcome::InvalidResource => "invalid-resource",
-        Outcome::Bot => "bot",
-        Outcome::Prefetch => "prefetch",
-        Outcome::Timestamp => "timestamp",
-        Outcome::Full => "full",
-    }
-}
-
-pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    (
-        status,
-        Json(json!({"error": {"code": code, "message": message}})),
-    )
-        .into_response()
-}
-
-/// The parts of a request the module needs, besides the resource id.
-pub(crate) fn hit_from(
-    state: &EdgeState,
-    headers: &HeaderMap,
-    peer: Option<SocketAddr>,
-    resource_id: String,
-    timestamp_ms: Option<u64>,
-) -> Hit {
-    let text = |name: header::HeaderName| {
-        headers
-            .get(name)
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let forwarded = state
-        .config
-        .trust_forwarded_for
-        .then(|| {
-            headers
-                .get("x-forwarded-for")
-                .and_then(|value| value.to_str().ok())
-        })
-        .flatten()
-        .and_then(|list| list.split(',').next())
-        .map(|address| address.trim().to_owned());
-    let client_address =
-        forwarded.unwrap_or_else(|| peer.map(|peer| peer.ip().to_string()).unwrap_or_default());
-    let origin = text(header::ORIGIN);
-    let site = if origin.is_empty() {
-        text(header::HOST)
-    } else {
-        origin
-    };
-    let purpose = is_prefetch(
-        PURPOSE_HEADERS
-            .iter()
-            .filter_map(|name| headers.get(*name).and_then(|value| value.to_str().ok())),
-    );
-    Hit {
-        resource_id,
-        site,
-        client_address,
-        user_agent: text(header::USER_AGENT),
-        prefetch: purpose,
-        timestamp_ms,
-    }
-}
-
-pub(crate) async fn record(state: &EdgeState, hit: Hit) -> Result<Outcome, ()> {
-    let spool = state.spool.as_ref();
-    if spool.is_some_and(Spool::is_full) {
-        metrics::counter!("hitcount_edge_hits_total", "result" => "spool-full").increment(1);
-        return Ok(Outcome::Full);
-    }
-    let index = state.instances.pick();
-    let now = now_ms();
-    let (outcome, durable) = state
-        .instances
-        .with(index, |counter, store| {
-            let outcome = counter.call_record(&mut *store, &hit, now)?;
-            // Taken and queued under the instance's lock, so the journal keeps its order.
-            let durable = match (spool, outcome) {
-                (Some(spool), Outcome::Counted) => {
-                    let records = counter.call_take_journal(&mut *store)?;
-                    Some(spool.append(store.data().boot_epoch, records))
-                }
-                _ => None,
-            };
-            Ok((outcome, durable))
-        })
-        .map_err(|_| ())?;
-    if let Some(durable) = durable
-        && let Err(error) = crate::spool::wait(durable).await
-    {
-        // The hit is counted in memory and will be delivered; only its crash safety is lost,
-        // and the metric and the log say so.
-        metrics::counter!("hitcount_edge_spool_failures_total").increment(1);
-        tracing::error!(%error, "the spool could not make a hit durable");
-    }
-    state.hit_counters.count(outcome);
-    Ok(outcome)
-}
 
 /// `POST /hit`: a beacon from `navigator.sendBeacon` (text/plain) or fetch (application/json).
 async fn post_hit(
@@ -174,25 +37,14 @@ async fn post_hit(
     // in plain text, and cost a boxed service per beacon). A body that fails to arrive at all
     // (the client went away) gets the same answer, which nobody reads.
     let Ok(body) = axum::body::to_bytes(body, BEACON_BODY_BYTES_MAX).await else {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            BeaconError::TooLarge.code(),
-            &BeaconError::TooLarge.to_string(),
-        );
+        return EdgeError::Beacon(BeaconError::TooLarge).into_response();
     };
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok());
     let beacon = match parse_beacon(content_type, &body) {
         Ok(beacon) => beacon,
-        Err(refused) => {
-            let status = match refused {
-                BeaconError::ContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                BeaconError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-                BeaconError::Json(_) => StatusCode::BAD_REQUEST,
-            };
-            return error(status, refused.code(), &refused.to_string());
-        }
+        Err(refused) => return EdgeError::from(refused).into_response(),
     };
     let hit = hit_from(
         &state,
@@ -203,39 +55,15 @@ async fn post_hit(
     );
     let outcome = match record(&state, hit).await {
         Ok(outcome) => outcome,
-        Err(()) => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the counter failed; retry",
-            );
-        }
+        Err(_trapped) => return EdgeError::Unavailable.into_response(),
     };
     let mut response = match outcome {
         Outcome::Counted | Outcome::Bot | Outcome::Prefetch => {
             StatusCode::NO_CONTENT.into_response()
         }
-        Outcome::InvalidResource => error(
-            StatusCode::BAD_REQUEST,
-            "invalid_resource_id",
-            "resource ids are 1 to 64 of A-Z a-z 0-9 . _ -",
-        ),
-        Outcome::Timestamp => error(
-            StatusCode::BAD_REQUEST,
-            "invalid_timestamp",
-            "timestamp must be within the last 24 hours and at most 5 minutes ahead",
-        ),
-        Outcome::Full => {
-            let mut response = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "full",
-                "the edge cannot reach the aggregator and holds all it can; retry",
-            );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            response
-        }
+        Outcome::InvalidResource => EdgeError::InvalidResourceId.into_response(),
+        Outcome::Timestamp => EdgeError::InvalidTimestamp.into_response(),
+        Outcome::Full => EdgeError::Full.into_response(),
     };
     response.headers_mut().insert(
         RESULT_HEADER,
@@ -262,12 +90,12 @@ async fn pixel(
         .ok()
         .and_then(|Query(query)| query.r.map(|r| (r, query.t)))
     {
-        None => "invalid-resource",
+        None => "invalid_resource_id",
         Some((resource_id, timestamp)) => {
             let hit = hit_from(&state, &headers, Some(peer), resource_id, timestamp);
             match record(&state, hit).await {
                 Ok(outcome) => result_code(outcome),
-                Err(()) => "unavailable",
+                Err(_trapped) => EdgeError::Unavailable.code(),
             }
         }
     };
@@ -291,18 +119,10 @@ async fn read_your_writes(
     RawQuery(query): RawQuery,
 ) -> Response {
     let Some(token) = &state.config.aggregator_token else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "not_configured",
-            "start the edge with --aggregator-token to serve counts",
-        );
+        return EdgeError::NotConfigured.into_response();
     };
     if hitcount_wire::validate_resource_id(&resource_id).is_err() {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_resource_id",
-            "resource ids are 1 to 64 of A-Z a-z 0-9 . _ -",
-        );
+        return EdgeError::InvalidResourceId.into_response();
     }
     let local = state.unacknowledged_hits_for(&resource_id);
     let url = format!(
@@ -312,25 +132,13 @@ async fn read_your_writes(
     );
     let response = match state.client.get(url).bearer_auth(token).send().await {
         Ok(response) => response,
-        Err(_) => {
-            return error(
-                StatusCode::BAD_GATEWAY,
-                "aggregator_unreachable",
-                "the aggregator did not answer",
-            );
-        }
+        Err(_) => return EdgeError::AggregatorUnreachable.into_response(),
     };
     let status =
         StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut body: Value = match response.json().await {
         Ok(body) => body,
-        Err(_) => {
-            return error(
-                StatusCode::BAD_GATEWAY,
-                "aggregator_unreadable",
-                "the aggregator's answer was not JSON",
-            );
-        }
+        Err(_) => return EdgeError::AggregatorUnreadable.into_response(),
     };
     if status == StatusCode::OK
         && let Some(count) = body.get("count").and_then(Value::as_u64)
@@ -360,7 +168,7 @@ async fn beacon_script() -> Response {
 
 async fn demo_page(State(state): State<Shared>) -> Response {
     if !state.config.demo {
-        return error(StatusCode::NOT_FOUND, "not_found", "no such route");
+        return EdgeError::NotFound.into_response();
     }
     (
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
@@ -381,7 +189,7 @@ async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
 }
 
 async fn not_found() -> Response {
-    error(StatusCode::NOT_FOUND, "not_found", "no such route")
+    EdgeError::NotFound.into_response()
 }
 
 pub fn router(state: Shared) -> Router {

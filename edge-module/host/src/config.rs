@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::proxy::{CountRoute, CountRoutes, ProxyConfig, RouteError};
+use crate::proxy::{
+    CountRoute, CountRoutes, ORIGIN_TIMEOUT_MS_DEFAULT, ORIGIN_TIMEOUT_MS_MAX, ProxyConfig,
+    RouteError,
+};
 use crate::spool::SPOOL_BYTES_MAX_DEFAULT;
 
 pub const WINDOW_MS_DEFAULT: u64 = 1_000;
@@ -85,6 +88,15 @@ pub struct Args {
         requires = "origin"
     )]
     pub count_routes: Vec<String>,
+    /// With --origin: how long the origin may take to start answering (status and headers), in
+    /// ms; past it the browser gets 504. A body may stream for as long as it takes.
+    #[arg(
+        long,
+        env = "HITCOUNT_ORIGIN_TIMEOUT_MS",
+        default_value_t = ORIGIN_TIMEOUT_MS_DEFAULT,
+        requires = "origin"
+    )]
+    pub origin_timeout_ms: u64,
     /// Make every counted hit durable here before answering, so a crash of the edge loses none.
     #[arg(long, env = "HITCOUNT_SPOOL_DIR")]
     pub spool_dir: Option<PathBuf>,
@@ -154,6 +166,8 @@ pub enum ConfigError {
     Origin(String),
     #[error(transparent)]
     Route(#[from] RouteError),
+    #[error("--origin-timeout-ms must be between 1 and {ORIGIN_TIMEOUT_MS_MAX}")]
+    OriginTimeout,
     #[error("--window-ms must be between {WINDOW_MS_MIN} and {WINDOW_MS_MAX}")]
     Window,
     #[error("--instances must be between 1 and {INSTANCES_MAX}")]
@@ -243,9 +257,13 @@ impl TryFrom<Args> for Config {
                     .iter()
                     .map(|route| CountRoute::parse(route))
                     .collect::<Result<Vec<_>, _>>()?;
+                if !(1..=ORIGIN_TIMEOUT_MS_MAX).contains(&args.origin_timeout_ms) {
+                    return Err(ConfigError::OriginTimeout);
+                }
                 Some(ProxyConfig {
                     origin: origin.trim_end_matches('/').to_owned(),
                     routes: CountRoutes::new(&routes)?,
+                    origin_timeout_ms: args.origin_timeout_ms,
                 })
             }
         };

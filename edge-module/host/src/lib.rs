@@ -7,6 +7,8 @@
 
 pub mod api;
 pub mod config;
+mod counting;
+pub mod error;
 pub mod module;
 pub mod proxy;
 mod ship;
@@ -40,7 +42,7 @@ pub struct EdgeState {
     spool: Option<spool::Spool>,
     /// Batches committed by an earlier run, sent before this run's.
     recovered: Mutex<VecDeque<spool::RecoveredBatch>>,
-    hit_counters: api::HitCounters,
+    hit_counters: counting::HitCounters,
 }
 
 impl EdgeState {
@@ -153,7 +155,7 @@ impl Edge {
             metrics: metrics_handle(),
             spool,
             recovered: Mutex::new(recovered),
-            hit_counters: api::HitCounters::new(),
+            hit_counters: counting::HitCounters::new(),
         });
         let (stop, stopped) = watch::channel(false);
         let shipper = tokio::spawn(ship::run(Arc::clone(&state), stopped));

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::config::INSTANCES_MAX;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -95,15 +96,19 @@ impl std::fmt::Debug for Instances {
 #[error("the counting module trapped: {0}")]
 pub struct Trapped(String);
 
-/// Distinct for every instance and every start or replacement of one: its start time in ms
-/// times 64, plus its index (fewer than 64 instances).
 /// wasmtime has its own error type; this keeps its full chain in the message.
 fn wasm<T>(result: wasmtime::Result<T>, what: &str) -> anyhow::Result<T> {
     result.map_err(|error| anyhow::anyhow!("{what}: {error:?}"))
 }
 
+/// Distinct for every instance and every start or replacement of one: its start time in ms
+/// times [`INSTANCES_MAX`], plus its index (configuration keeps the index below it).
 fn boot_epoch(started_ms: u64, index: usize) -> u64 {
-    started_ms * 64 + index as u64
+    assert!(
+        index < INSTANCES_MAX,
+        "instance {index} of at most {INSTANCES_MAX}"
+    );
+    started_ms * INSTANCES_MAX as u64 + index as u64
 }
 
 impl Instances {

@@ -16,13 +16,17 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header}
 use axum::response::{IntoResponse, Response};
 
 use crate::EdgeState;
-use crate::api::{error, hit_from, record, result_code};
+use crate::counting::{hit_from, record, result_code};
+use crate::error::EdgeError;
 
 /// Requests with a larger declared body get 413 without reaching the origin; a chunked body
 /// that grows past it is cut off, and the origin's connection with it.
 pub const PROXY_REQUEST_BODY_BYTES_MAX: usize = 64 * 1024 * 1024;
-/// The origin must start answering within this time.
-pub const PROXY_TIMEOUT_MS: u64 = 30_000;
+/// The origin must start answering (status and headers) within this time unless
+/// `--origin-timeout-ms` says otherwise; the body then streams without a deadline.
+pub const ORIGIN_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// The longest `--origin-timeout-ms`.
+pub const ORIGIN_TIMEOUT_MS_MAX: u64 = 600_000;
 /// Counted routes per edge: each is one entry in the route table.
 pub const COUNT_ROUTES_MAX: usize = 1_024;
 
@@ -155,6 +159,19 @@ pub struct ProxyConfig {
     /// `http://host:port`, no trailing slash.
     pub origin: String,
     pub routes: CountRoutes,
+    /// How long the origin may take to send its status and headers.
+    pub origin_timeout_ms: u64,
+}
+
+impl ProxyConfig {
+    /// Proxy mode for `origin` with the default origin timeout.
+    pub fn new(origin: &str, routes: CountRoutes) -> Self {
+        Self {
+            origin: origin.trim_end_matches('/').to_owned(),
+            routes,
+            origin_timeout_ms: ORIGIN_TIMEOUT_MS_DEFAULT,
+        }
+    }
 }
 
 /// The HTTP client for origins: no redirects followed (the browser must see them), no automatic
@@ -180,7 +197,11 @@ fn connection_listed(headers: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
-fn forwarded_headers(headers: &HeaderMap, peer: SocketAddr) -> HeaderMap {
+/// The request's headers for the origin: hop-by-hop ones dropped, `X-Forwarded-*` set. With
+/// `--trust-forwarded-for` the edge sits behind a proxy or CDN, whose `X-Forwarded-Proto` (say,
+/// `https` where it ended TLS) is the browser's and is kept; otherwise it is `http`, what the edge
+/// itself serves.
+fn forwarded_headers(headers: &HeaderMap, peer: SocketAddr, behind_proxy: bool) -> HeaderMap {
     let listed = connection_listed(headers);
     let mut forwarded = HeaderMap::with_capacity(headers.len() + 3);
     for (name, value) in headers {
@@ -201,7 +222,14 @@ fn forwarded_headers(headers: &HeaderMap, peer: SocketAddr) -> HeaderMap {
     if let Some(host) = headers.get(header::HOST) {
         forwarded.insert("x-forwarded-host", host.clone());
     }
-    forwarded.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    let proto_from_proxy = headers
+        .get("x-forwarded-proto")
+        .filter(|_| behind_proxy)
+        .cloned();
+    forwarded.insert(
+        "x-forwarded-proto",
+        proto_from_proxy.unwrap_or(HeaderValue::from_static("http")),
+    );
     forwarded
 }
 
@@ -220,7 +248,7 @@ pub async fn forward(
     request: Request,
 ) -> Response {
     let Some(proxy) = &state.config.proxy else {
-        return error(StatusCode::NOT_FOUND, "not_found", "no such route");
+        return EdgeError::NotFound.into_response();
     };
     let (parts, body) = request.into_parts();
     let declared_length = parts
@@ -229,13 +257,7 @@ pub async fn forward(
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
     if declared_length.is_some_and(|length| length > PROXY_REQUEST_BODY_BYTES_MAX as u64) {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            &format!(
-                "request bodies through the edge are limited to {PROXY_REQUEST_BODY_BYTES_MAX} bytes"
-            ),
-        );
+        return EdgeError::ProxyBodyTooLarge.into_response();
     }
     let path_and_query = parts
         .uri
@@ -246,32 +268,28 @@ pub async fn forward(
     let method = reqwest::Method::from_bytes(parts.method.as_str().as_bytes())
         .unwrap_or(reqwest::Method::GET);
     let limited = http_body_util::Limited::new(body, PROXY_REQUEST_BODY_BYTES_MAX);
-    let upstream = state
+    let sending = state
         .proxy_client
         .request(method, url)
-        .headers(forwarded_headers(&parts.headers, peer))
+        .headers(forwarded_headers(
+            &parts.headers,
+            peer,
+            state.config.trust_forwarded_for,
+        ))
         .body(reqwest::Body::wrap_stream(
             Body::new(limited).into_data_stream(),
         ))
-        .timeout(Duration::from_millis(PROXY_TIMEOUT_MS))
-        .send()
-        .await;
+        .send();
+    // The deadline covers the origin's status and headers only (`send` resolves with them):
+    // reqwest's own request timeout would also cut off a body that streams for longer.
+    let upstream =
+        tokio::time::timeout(Duration::from_millis(proxy.origin_timeout_ms), sending).await;
     let upstream = match upstream {
-        Ok(upstream) => upstream,
-        Err(failure) if failure.is_timeout() => {
-            return error(
-                StatusCode::GATEWAY_TIMEOUT,
-                "origin_timeout",
-                "the origin did not answer in time",
-            );
-        }
-        Err(failure) => {
+        Ok(Ok(upstream)) => upstream,
+        Err(_elapsed) => return EdgeError::OriginTimeout.into_response(),
+        Ok(Err(failure)) => {
             tracing::warn!(error = %failure, "the origin is unreachable");
-            return error(
-                StatusCode::BAD_GATEWAY,
-                "origin_unreachable",
-                "the origin did not answer",
-            );
+            return EdgeError::OriginUnreachable.into_response();
         }
     };
     let status = upstream.status();
@@ -285,7 +303,7 @@ pub async fn forward(
                 metrics::counter!("hitcount_edge_proxied_views_total", "result" => result_code(outcome))
                     .increment(1);
             }
-            Err(()) => {
+            Err(_trapped) => {
                 metrics::counter!("hitcount_edge_proxied_views_total", "result" => "unavailable")
                     .increment(1);
             }

@@ -88,7 +88,7 @@ async fn send(state: &EdgeState, bytes: &[u8]) -> Delivered {
     }
 }
 
-type Commit = tokio::sync::oneshot::Receiver<Result<(), String>>;
+type Commit = tokio::sync::oneshot::Receiver<Result<(), spool::SpoolError>>;
 
 /// The instance's batch to send now, its boot epoch, and with a spool the commit to wait for
 /// first when the batch was sealed since the last commit. All batches of one seal are committed
@@ -114,7 +114,16 @@ fn next_to_send(
             let next_sequence = fresh
                 .last()
                 .map_or(batch.sequence + 1, |(sequence, _)| sequence + 1);
-            let open_generation = counter.call_status(&mut *store)?.generation;
+            let status = counter.call_status(&mut *store)?;
+            // Records of the open window carry its generation; an empty window has none, so the
+            // journal file closed by this commit holds nothing newer than the last closed window,
+            // and saying so lets the commit retire it. Otherwise a spool an outage filled would
+            // stay full (every beacon refused) until a commit that only a new beacon could bring.
+            let open_generation = if status.window_hits == 0 {
+                status.generation.saturating_sub(1)
+            } else {
+                status.generation
+            };
             store.data_mut().committed_next_sequence = next_sequence;
             Some(spool.commit(spool::BatchCommit {
                 boot_epoch,

@@ -39,8 +39,8 @@ async fn bad_beacons_are_refused_and_nothing_is_counted() {
 
     // The pixel always answers a 43-byte GIF; the header says what happened.
     for (query, result) in [
-        ("", "invalid-resource"),
-        ("?r=bad%20id", "invalid-resource"),
+        ("", "invalid_resource_id"),
+        ("?r=bad%20id", "invalid_resource_id"),
         ("?r=r0", "bot"),
     ] {
         let response = client

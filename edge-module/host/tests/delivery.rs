@@ -29,10 +29,12 @@ async fn assert_exact_at(aggregator: &str, hits_sent: u64, resources: u64) {
     for resource in 0..resources {
         let (hits, uniques) = count_at(aggregator, &format!("r{resource}")).await;
         assert_eq!(hits, hits_sent / resources, "resource r{resource}");
-        // With 50 visitors, register collisions (about one resource in thirteen has one) make a
-        // single estimate a few low; the visitor hash changes daily, so which resource varies.
+        // Fifty visitors fill about fifty of the sketch's 16,384 registers, where its estimate is
+        // exact; two visitors sharing a register (about one resource in thirteen; the visitor
+        // hash changes daily, so which one varies) make it one low. Never more than 50: that
+        // would be a visitor counted under a second hash.
         assert!(
-            (40..=55).contains(&uniques),
+            (47..=50).contains(&uniques),
             "resource r{resource}: {uniques} uniques for 50"
         );
         uniques_total += uniques;

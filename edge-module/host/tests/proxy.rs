@@ -71,10 +71,10 @@ async fn proxied_page_views_are_counted_and_everything_passes_through() {
         .iter()
         .map(|route| CountRoute::parse(route).unwrap())
         .collect::<Vec<_>>();
-    config.proxy = Some(ProxyConfig {
-        origin: format!("http://{}", origin.address),
-        routes: CountRoutes::new(&routes).unwrap(),
-    });
+    config.proxy = Some(ProxyConfig::new(
+        &format!("http://{}", origin.address),
+        CountRoutes::new(&routes).unwrap(),
+    ));
     let edge = edge(config).await;
     // Redirects reach the browser as they are.
     let client = Client::builder()
@@ -181,10 +181,10 @@ async fn an_unreachable_origin_is_a_502_and_counts_nothing() {
         listener.local_addr().unwrap()
     };
     let mut config = edge_config(&format!("http://{}", aggregator.address));
-    config.proxy = Some(ProxyConfig {
-        origin: format!("http://{closed}"),
-        routes: CountRoutes::new(&[CountRoute::parse("/=home").unwrap()]).unwrap(),
-    });
+    config.proxy = Some(ProxyConfig::new(
+        &format!("http://{closed}"),
+        CountRoutes::new(&[CountRoute::parse("/=home").unwrap()]).unwrap(),
+    ));
     let edge = edge(config).await;
     let response = Client::new()
         .get(edge.url("/"))
@@ -209,5 +209,253 @@ async fn an_unreachable_origin_is_a_502_and_counts_nothing() {
     assert!(answer.contains("body_too_large"), "{answer}");
     edge.stop().await;
     assert_eq!(count(&aggregator, "home").await, (0, 0));
+    aggregator.stop().await;
+}
+
+/// How long the origin in the next test may take to answer; its slow page takes longer.
+const ORIGIN_TIMEOUT_MS: u64 = 500;
+/// The streamed page: chunks this far apart, three of them, so it outlasts the origin timeout.
+const STREAM_CHUNK_GAP_MS: u64 = 400;
+
+/// One counted route whose pages answer in every way the counting rule distinguishes.
+async fn varied_origin() -> Server {
+    let page = |axum::extract::Path(slug): axum::extract::Path<String>, headers: HeaderMap| async move {
+        use axum::response::IntoResponse;
+        match slug.as_str() {
+            "gone" => (AxumStatus::NOT_FOUND, "no such post").into_response(),
+            "moved" => (
+                AxumStatus::MOVED_PERMANENTLY,
+                [("location", "/blog/cached")],
+            )
+                .into_response(),
+            "broken" => (AxumStatus::INTERNAL_SERVER_ERROR, "origin error").into_response(),
+            "cached"
+                if headers
+                    .get("if-none-match")
+                    .is_some_and(|tag| tag == "\"v1\"") =>
+            {
+                (AxumStatus::NOT_MODIFIED, [("etag", "\"v1\"")]).into_response()
+            }
+            "cached" => ([("etag", "\"v1\"")], "cached post").into_response(),
+            "slow" => {
+                tokio::time::sleep(std::time::Duration::from_millis(4 * ORIGIN_TIMEOUT_MS)).await;
+                "too late".into_response()
+            }
+            "stream" => {
+                let chunks = futures_util::stream::unfold(0u32, |sent| async move {
+                    if sent == 3 {
+                        return None;
+                    }
+                    if sent > 0 {
+                        tokio::time::sleep(std::time::Duration::from_millis(STREAM_CHUNK_GAP_MS))
+                            .await;
+                    }
+                    Some((
+                        Ok::<_, std::convert::Infallible>(format!("chunk {sent};")),
+                        sent + 1,
+                    ))
+                });
+                axum::body::Body::from_stream(chunks).into_response()
+            }
+            "headers" => {
+                let seen: serde_json::Map<String, serde_json::Value> = headers
+                    .iter()
+                    .map(|(name, value)| {
+                        (name.to_string(), json!(value.to_str().unwrap_or_default()))
+                    })
+                    .collect();
+                // A header the origin declares hop-by-hop: the browser must not see it.
+                (
+                    [
+                        ("connection", "x-origin-hop"),
+                        ("x-origin-hop", "1"),
+                        ("x-origin", "yes"),
+                    ],
+                    axum::Json(serde_json::Value::Object(seen)),
+                )
+                    .into_response()
+            }
+            _ => "a post".into_response(),
+        }
+    };
+    let router = Router::new().route("/blog/{slug}", get(page).post(|| async { "posted" }));
+    hitcount_test_support::serve_router(router).await
+}
+
+/// The counting rule on a counted route: only a GET answered 2xx or 304 counts; 3xx, 4xx, 5xx,
+/// a timeout (504) and a POST pass through uncounted. Hop-by-hop headers go neither way, the
+/// origin's deadline covers its headers but not a body that streams for longer, and
+/// X-Forwarded-Proto is the edge's own unless a trusted proxy in front set it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_successful_gets_of_counted_routes_count_and_headers_are_proxied_by_the_rules() {
+    let directory = TempDir::new().unwrap();
+    let aggregator = aggregator(&directory, None).await;
+    let slugs = [
+        "gone", "moved", "broken", "cached", "slow", "stream", "headers", "posted",
+    ];
+    for slug in slugs {
+        create(&aggregator, &format!("blog.{slug}")).await;
+    }
+    let origin = varied_origin().await;
+    let routes =
+        CountRoutes::new(&[CountRoute::parse("/blog/{slug}=blog.{slug}").unwrap()]).unwrap();
+    let mut proxy = ProxyConfig::new(&format!("http://{}", origin.address), routes);
+    proxy.origin_timeout_ms = ORIGIN_TIMEOUT_MS;
+    let mut config = edge_config(&format!("http://{}", aggregator.address));
+    config.trust_forwarded_for = false;
+    config.proxy = Some(proxy.clone());
+    let edge = edge(config).await;
+    let client = Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let get = |path: &str| {
+        client
+            .get(edge.url(path))
+            .header("user-agent", BROWSER)
+            .send()
+    };
+
+    assert_eq!(
+        get("/blog/gone").await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        get("/blog/moved").await.unwrap().status(),
+        StatusCode::MOVED_PERMANENTLY
+    );
+    assert_eq!(
+        get("/blog/broken").await.unwrap().status(),
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    let first = get("/blog/cached").await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(first.headers()["etag"], "\"v1\"");
+    let revalidated = client
+        .get(edge.url("/blog/cached"))
+        .header("user-agent", BROWSER)
+        .header("if-none-match", "\"v1\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revalidated.status(), StatusCode::NOT_MODIFIED);
+    let posted = client
+        .post(edge.url("/blog/posted"))
+        .header("user-agent", BROWSER)
+        .body("form")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.text().await.unwrap(), "posted");
+
+    // Past the origin timeout: 504 with the JSON error, not counted.
+    let started = std::time::Instant::now();
+    let slow = get("/blog/slow").await.unwrap();
+    assert_eq!(slow.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert!(started.elapsed() < std::time::Duration::from_millis(3 * ORIGIN_TIMEOUT_MS));
+    let body: serde_json::Value = slow.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "origin_timeout");
+
+    // A body that streams for longer than the timeout arrives whole, its first chunk long before
+    // the origin has finished.
+    let started = std::time::Instant::now();
+    let mut streamed = get("/blog/stream").await.unwrap();
+    assert_eq!(streamed.status(), StatusCode::OK);
+    let first_chunk = streamed.chunk().await.unwrap().unwrap();
+    let first_chunk_after = started.elapsed();
+    let mut text = String::from_utf8(first_chunk.to_vec()).unwrap();
+    while let Some(chunk) = streamed.chunk().await.unwrap() {
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    let whole_after = started.elapsed();
+    assert_eq!(text, "chunk 0;chunk 1;chunk 2;");
+    assert!(
+        first_chunk_after < std::time::Duration::from_millis(STREAM_CHUNK_GAP_MS),
+        "{first_chunk_after:?}"
+    );
+    assert!(
+        whole_after > std::time::Duration::from_millis(ORIGIN_TIMEOUT_MS),
+        "{whole_after:?}"
+    );
+
+    // Hop-by-hop headers: those RFC 9110 names and those the Connection header lists are
+    // dropped both ways; the others pass; X-Forwarded-Proto from an untrusted client is replaced.
+    let direct = client
+        .get(format!("http://{}/blog/headers", origin.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        direct.headers()["x-origin-hop"],
+        "1",
+        "the origin does send it"
+    );
+    let proxied = client
+        .get(edge.url("/blog/headers"))
+        .header("user-agent", BROWSER)
+        .header("connection", "keep-alive, x-client-hop")
+        .header("x-client-hop", "1")
+        .header("keep-alive", "timeout=5")
+        .header("te", "trailers")
+        .header("proxy-authorization", "Basic c2VjcmV0")
+        .header("x-kept", "yes")
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(proxied.status(), StatusCode::OK);
+    assert!(
+        proxied.headers().get("x-origin-hop").is_none(),
+        "{:?}",
+        proxied.headers()
+    );
+    assert_eq!(proxied.headers()["x-origin"], "yes");
+    let seen: serde_json::Value = proxied.json().await.unwrap();
+    for dropped in ["x-client-hop", "keep-alive", "te", "proxy-authorization"] {
+        assert!(
+            seen.get(dropped).is_none(),
+            "{dropped} reached the origin: {seen}"
+        );
+    }
+    assert_eq!(seen["x-kept"], "yes");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(seen["x-forwarded-host"], edge.address.to_string());
+    edge.stop().await;
+
+    // Behind a trusted proxy that ended TLS, its X-Forwarded-Proto is the browser's.
+    let mut config = edge_config(&format!("http://{}", aggregator.address));
+    config.proxy = Some(proxy);
+    let trusting = crate::support::edge(config).await;
+    let seen: serde_json::Value = client
+        .get(trusting.url("/blog/headers"))
+        .header("user-agent", BROWSER)
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(seen["x-forwarded-proto"], "https");
+    trusting.stop().await;
+
+    let mut counts = Vec::new();
+    for slug in slugs {
+        counts.push((slug, count(&aggregator, &format!("blog.{slug}")).await.0));
+    }
+    assert_eq!(
+        counts,
+        [
+            ("gone", 0),
+            ("moved", 0),
+            ("broken", 0),
+            ("cached", 2),
+            ("slow", 0),
+            ("stream", 1),
+            ("headers", 2),
+            ("posted", 0),
+        ]
+    );
+    origin.stop().await;
     aggregator.stop().await;
 }

@@ -190,7 +190,6 @@ async fn an_edge_killed_mid_run_with_a_spool_loses_and_doubles_nothing() {
     let mut second_edge = second_edge;
     assert!(second_edge.wait().unwrap().success());
 
-    let mut total_counted = 0;
     let mut total_unknown = 0;
     let mut uniques_total = 0;
     for resource in 0..RESOURCES {
@@ -200,9 +199,10 @@ async fn an_edge_killed_mid_run_with_a_spool_loses_and_doubles_nothing() {
             .sum::<u64>();
         let unknown = phase_two.unknown.get(&resource).copied().unwrap_or(0);
         let (hits, uniques) = count(&second_aggregator, &format!("r{resource}")).await;
-        // 50 distinct visitors per resource; replayed records keep their visitor hashes.
+        // 50 distinct visitors per resource; replayed records keep their visitor hashes, so the
+        // estimate is 50, or one or two low where visitors share a sketch register, never more.
         assert!(
-            (40..=55).contains(&uniques),
+            (47..=50).contains(&uniques),
             "r{resource}: {uniques} uniques for 50"
         );
         uniques_total += uniques;
@@ -211,7 +211,6 @@ async fn an_edge_killed_mid_run_with_a_spool_loses_and_doubles_nothing() {
             (counted..=counted + unknown).contains(&hits),
             "r{resource}: {hits} counted at the aggregator, {counted} answered, {unknown} cut off"
         );
-        total_counted += counted;
         total_unknown += unknown;
     }
     assert!(
@@ -219,8 +218,15 @@ async fn an_edge_killed_mid_run_with_a_spool_loses_and_doubles_nothing() {
         "{total_unknown} requests cut off"
     );
     hitcount_test_support::assert_uniques_near(uniques_total, 50 * RESOURCES);
-    assert!(total_counted >= 14_000);
-    // Delivered and acknowledged: the spool holds no batch and no journal record any more.
+    // Delivered and acknowledged: the spool holds no batch and no journal record any more, as
+    // the edge's own recovery reads it.
     assert!(spool_files(spool.path(), ".batch").is_empty());
+    let left = hitcount_edge::spool::recover(spool.path()).unwrap();
+    assert!(
+        left.batches.is_empty(),
+        "{} batches left",
+        left.batches.len()
+    );
+    assert_eq!(left.journal_records, 0, "journal records left in the spool");
     second_aggregator.stop().await;
 }

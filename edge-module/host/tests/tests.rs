@@ -7,6 +7,7 @@ mod support;
 
 mod beacons;
 mod delivery;
+mod limits;
 mod proxy;
 mod spool;
 mod tls;

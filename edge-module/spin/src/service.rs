@@ -110,10 +110,10 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
 
 fn rejection_code(rejection: Rejection) -> &'static str {
     match rejection {
-        Rejection::InvalidResource => "invalid-resource",
+        Rejection::InvalidResource => "invalid_resource_id",
         Rejection::Bot => "bot",
         Rejection::Prefetch => "prefetch",
-        Rejection::TimestampOutOfRange => "timestamp",
+        Rejection::TimestampOutOfRange => "invalid_timestamp",
     }
 }
 
@@ -445,13 +445,13 @@ async fn hit(
         }
         Ok(Recorded::Rejected(Rejection::InvalidResource)) => answer(
             StatusCode::BAD_REQUEST,
-            "invalid-resource",
+            "invalid_resource_id",
             "invalid_resource_id",
             "resource ids are 1 to 64 of A-Z a-z 0-9 . _ -",
         ),
         Ok(Recorded::Rejected(Rejection::TimestampOutOfRange)) => answer(
             StatusCode::BAD_REQUEST,
-            "timestamp",
+            "invalid_timestamp",
             "invalid_timestamp",
             "timestamp must be within the last 24 hours and at most 5 minutes ahead",
         ),
@@ -540,7 +540,7 @@ async fn handle(request: Request) -> Reply {
                 Some(resource_id) => hit(request.headers(), resource_id, timestamp, true).await,
                 None => with_result(
                     reply(StatusCode::OK, "image/gif", PIXEL_GIF.to_vec()),
-                    "invalid-resource",
+                    "invalid_resource_id",
                 ),
             }
         }

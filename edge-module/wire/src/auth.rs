@@ -67,4 +67,17 @@ mod tests {
         assert!(!verify(b"secret", "edge-1", 1_000, b"bodY", &signature));
         assert!(!verify(b"secret", "edge-1", 1_000, b"body", "zz"));
     }
+
+    /// The documented format pinned by a vector computed outside this code (Python's `hmac`:
+    /// `hmac.new(b"edge-secret-for-the-vector", b"edge-1\n1764633600000\n" + b"\x01\x02body",
+    /// hashlib.sha256).hexdigest()`), so a change to the signed string cannot pass by changing
+    /// signer and verifier together.
+    #[test]
+    fn the_signature_matches_an_independent_vector() {
+        let expected = "1258e825b8e5ba262872bff9ef223e860daee6a3cfb739f40abcfb1a690a39e4";
+        let body = b"\x01\x02body";
+        let secret = b"edge-secret-for-the-vector";
+        assert_eq!(sign(secret, "edge-1", 1_764_633_600_000, body), expected);
+        assert!(verify(secret, "edge-1", 1_764_633_600_000, body, expected));
+    }
 }

@@ -89,8 +89,8 @@ pub async fn aggregator(
             secret: secret.as_bytes().to_vec(),
         })
         .collect();
-    config.rate_limit_ip = 0;
-    config.rate_limit_token = 0;
+    config.rate_limit_ip_per_second = 0;
+    config.rate_limit_token_per_second = 0;
     let aggregator = Aggregator::start(config).await.unwrap();
     let listener =
         tokio::net::TcpListener::bind(address.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()))
@@ -237,7 +237,7 @@ pub const BAD_BEACONS: [BadBeacon; 7] = [
         content_type: "text/plain",
         user_agent: BROWSER,
         status: 400,
-        result: Some("invalid-resource"),
+        result: Some("invalid_resource_id"),
     },
     BadBeacon {
         body: r#"{"resource_id":"r0","extra":1}"#,
@@ -251,7 +251,7 @@ pub const BAD_BEACONS: [BadBeacon; 7] = [
         content_type: "text/plain",
         user_agent: BROWSER,
         status: 400,
-        result: Some("timestamp"),
+        result: Some("invalid_timestamp"),
     },
     BadBeacon {
         body: r#"{"resource_id":"r0"}"#,

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{SqliteStore, classify, millis, unmillis};
+use super::{EmbeddedStore, classify, millis, unmillis};
 use crate::store::{PatternRecord, PatternStore, ResourceRecord, StoreError};
 
 /// A row of `SELECT id, name, retention_days, created_at_ms FROM resources`.
@@ -18,7 +18,7 @@ pub(super) fn resource_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Resource
 }
 
 #[async_trait::async_trait]
-impl PatternStore for SqliteStore {
+impl PatternStore for EmbeddedStore {
     async fn patterns(&self) -> Result<Vec<PatternRecord>, StoreError> {
         self.read(|connection| {
             let mut statement = connection.prepare(

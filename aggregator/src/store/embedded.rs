@@ -9,7 +9,7 @@
 //! Unique-visitor sketches are not rewritten on every merge: a dense sketch is 12 KiB, and
 //! rewriting every hot cell's sketch in every group commit made the write-ahead log, not the
 //! hits, the cost. A merge appends the entry's (usually tiny, sparse) sketch to
-//! `pending_sketches` in the same transaction as the counts, and [`SqliteStore::compact`] folds pending
+//! `pending_sketches` in the same transaction as the counts, and [`EmbeddedStore::compact`] folds pending
 //! rows into their cells every 10 s. Queries merge both, so results never depend on
 //! whether compaction has run, and the append is as durable as the counts.
 //!
@@ -35,7 +35,7 @@ fn classify(error: rusqlite::Error) -> StoreError {
     }
 }
 
-// Resource patterns and resources created on first sight (`sqlite/patterns.rs`).
+// Resource patterns and resources created on first sight (`embedded/patterns.rs`).
 mod patterns;
 
 use super::inbox::{
@@ -58,17 +58,17 @@ const BUSY_TIMEOUT_MS: u64 = 5_000;
 const DATABASE_FILE: &str = "hitcount.sqlite3";
 
 #[derive(Clone)]
-pub struct SqliteStore {
+pub struct EmbeddedStore {
     writer: Arc<Mutex<Connection>>,
     readers: r2d2::Pool<SqliteConnectionManager>,
     /// With the inbox shape, this process's unfolded rows.
     inbox: Option<Arc<Overlay>>,
 }
 
-impl std::fmt::Debug for SqliteStore {
+impl std::fmt::Debug for EmbeddedStore {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
-            .debug_struct("SqliteStore")
+            .debug_struct("EmbeddedStore")
             .finish_non_exhaustive()
     }
 }
@@ -174,7 +174,7 @@ fn unmillis(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
-impl SqliteStore {
+impl EmbeddedStore {
     /// Opens (creating if needed) the database in `data_dir` and brings its schema up to date.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
@@ -242,7 +242,7 @@ impl SqliteStore {
 }
 
 #[async_trait::async_trait]
-impl DurableStore for SqliteStore {
+impl DurableStore for EmbeddedStore {
     /// With batch keys, the dedupe records are written in the merge's transaction, so a batch is
     /// applied exactly once even if the process dies at any point.
     async fn apply_group(
