@@ -25,7 +25,7 @@ use axum::routing::{get, post};
 use hitcount_aggregator::config::{AckMode, Config};
 use hitcount_aggregator::store::{BatchKey, Store};
 use hitcount_aggregator::{Aggregator, now_ms};
-use hitcount_test_support::wrk::{WrkReport, run_wrk};
+use hitcount_bench_support::{WrkReport, run_wrk};
 use hitcount_wire::{DeltaEntry, MINUTE_MS, Sketch};
 use rusqlite::params;
 

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod ingest;
@@ -14,10 +15,9 @@ pub mod rate_limit;
 pub mod state;
 pub mod store;
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -26,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::auth::{BOOTSTRAP_TOKEN_ID, EdgeKeyRegistry, EdgeSecret, Scope, TokenRegistry};
+use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::ingest::Ingestor;
 use crate::merge::Merger;
@@ -45,9 +46,6 @@ const COMPACTION_TICKS: u64 = 10;
 /// How often (in maintenance ticks, one a second) the resource cache is reloaded from the store,
 /// so resources created or deleted through another aggregator on the same database appear here.
 const RESOURCE_RELOAD_TICKS: u64 = 5;
-/// Resources created this shortly before a reload began are kept in the cache even if the
-/// reload's list lacks them (their transaction may not have been visible to it yet).
-const RESOURCE_RELOAD_GRACE_MS: u64 = 2_000;
 /// The clock, re-exported: the aggregator's modules and tests read time through this one function.
 pub use hitcount_process::now_ms;
 use hitcount_process::{metrics_handle, shutdown_signal};
@@ -134,17 +132,9 @@ impl Aggregator {
                 },
             );
         }
-        let resources: BTreeMap<_, _> = store
-            .resources()
-            .await
-            .context("loading resources")?
-            .into_iter()
-            .map(|record| (record.id.clone(), record))
-            .collect();
-        let patterns = crate::patterns::Patterns::default();
-        patterns.registry.replace(
+        let catalog = Catalog::new(
+            store.resources().await.context("loading resources")?,
             store.patterns().await.context("loading patterns")?,
-            &resources,
         );
         let (ingestor, ingest_task) = Ingestor::start(
             store.clone(),
@@ -164,8 +154,7 @@ impl Aggregator {
             store,
             ingestor,
             merger,
-            resources: RwLock::new(resources),
-            patterns,
+            catalog,
             tokens,
             edge_keys,
             metrics: metrics_handle(),
@@ -220,7 +209,7 @@ impl Aggregator {
                 tracing::warn!(%error, "the last inbox fold failed; the next start folds it");
             }
         }
-        crate::patterns::flush_refusals(&self.state).await;
+        self.state.catalog.flush_refusals(&self.state.store).await;
     }
 }
 
@@ -309,43 +298,17 @@ async fn maintain(state: SharedState) {
         // Other aggregators on the same database create and delete resources too.
         if ticks.is_multiple_of(RESOURCE_RELOAD_TICKS) {
             reload_credentials(&state).await;
+            // The time before the read, so the grace for resources created meanwhile holds.
             let reload_started_ms = now_ms();
-            // Ids cached before the read began: only those can be gone because another
-            // aggregator deleted them. One cached later was created here after the read began
-            // (its commit may not be in the read, whatever its creation time says).
-            let cached_before: std::collections::HashSet<String> = state
-                .resources
-                .read()
-                .unwrap_or_else(|poison| poison.into_inner())
-                .keys()
-                .cloned()
-                .collect();
-            match state.store.resources().await {
-                Ok(records) => {
-                    let mut loaded: BTreeMap<_, _> = records
-                        .into_iter()
-                        .map(|record| (record.id.clone(), record))
-                        .collect();
-                    let mut cache = state
-                        .resources
-                        .write()
-                        .unwrap_or_else(|poison| poison.into_inner());
-                    // A resource created here while the list was being read is not in it yet.
-                    let recent = reload_started_ms.saturating_sub(RESOURCE_RELOAD_GRACE_MS);
-                    for (id, record) in cache.iter() {
-                        if !loaded.contains_key(id)
-                            && (!cached_before.contains(id) || record.created_at_ms >= recent)
-                        {
-                            loaded.insert(id.clone(), record.clone());
-                        }
-                    }
-                    *cache = loaded;
-                    state.patterns.registry.recount(&cache);
-                }
-                Err(error) => tracing::warn!(%error, "reloading resources failed; will retry"),
-            }
+            state
+                .catalog
+                .reload_resources(&state.store, reload_started_ms)
+                .await;
         }
-        crate::patterns::maintain(&state, ticks.is_multiple_of(RESOURCE_RELOAD_TICKS)).await;
+        state
+            .catalog
+            .maintain_patterns(&state.store, ticks.is_multiple_of(RESOURCE_RELOAD_TICKS))
+            .await;
         if ticks.is_multiple_of(retention_every) {
             match state.store.prune(now_ms()).await {
                 Ok(pruned) => {

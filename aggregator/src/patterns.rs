@@ -22,12 +22,11 @@ use std::ops::Bound;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use hitcount_wire::{DeltaEntry, RESOURCE_ID_BYTES_MAX, WireError};
+use hitcount_wire::{RESOURCE_ID_BYTES_MAX, WireError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::state::AppState;
-use crate::store::{PatternRecord, ResourceRecord, StoreError};
+use crate::store::{PatternRecord, ResourceRecord};
 
 /// Resources a pattern may create when the request names no `resources_max`.
 pub const PATTERN_RESOURCES_DEFAULT: u64 = 10_000;
@@ -119,7 +118,7 @@ struct PatternState {
     unflushed_refused_hits: u64,
 }
 
-/// The resource cache's type (see [`AppState::resources`]).
+/// The resource cache's type (see [`crate::catalog::Catalog`]).
 pub type ResourceCache = BTreeMap<String, ResourceRecord>;
 
 fn count_under(cache: &ResourceCache, prefix: &str) -> u64 {
@@ -304,7 +303,7 @@ impl PatternRegistry {
         self.table().get(prefix).map(Self::view)
     }
 
-    fn refused(&self, pattern: &str, hits: u64) {
+    pub(crate) fn refused(&self, pattern: &str, hits: u64) {
         if let Ok(prefix) = parse_pattern(pattern)
             && let Some(state) = self.table().get_mut(prefix)
         {
@@ -313,7 +312,7 @@ impl PatternRegistry {
     }
 
     /// Takes the refusals not yet flushed to the store, by pattern.
-    fn take_unflushed(&self) -> Vec<(String, u64)> {
+    pub(crate) fn take_unflushed(&self) -> Vec<(String, u64)> {
         self.table()
             .values_mut()
             .filter(|state| state.unflushed_refused_hits > 0)
@@ -326,7 +325,7 @@ impl PatternRegistry {
 
     /// After a flush: what was stored becomes part of the stored count; what failed is kept
     /// for the next flush.
-    fn flushed(&self, counts: &[(String, u64)], stored: bool) {
+    pub(crate) fn flushed(&self, counts: &[(String, u64)], stored: bool) {
         let mut table = self.table();
         for (pattern, hits) in counts {
             let Some(state) = parse_pattern(pattern)
@@ -373,7 +372,7 @@ pub struct UnknownResources {
 }
 
 impl UnknownResources {
-    fn record(&self, refusal: &Refusal, now_ms: u64) {
+    pub(crate) fn record(&self, refusal: &Refusal, now_ms: u64) {
         let mut list = self
             .list
             .lock()
@@ -431,7 +430,7 @@ pub struct Patterns {
     pub unknown: UnknownResources,
     /// Held while deciding about and creating resources, so two requests of this aggregator
     /// cannot both take a pattern's last places.
-    creating: tokio::sync::Mutex<()>,
+    pub(crate) creating: tokio::sync::Mutex<()>,
 }
 
 /// A resource id the cache does not have, with what a batch or request carries for it.
@@ -461,186 +460,12 @@ pub enum Admission {
     WhatFits,
 }
 
-/// The ids among `entries` (sorted by resource, as batches are) that the cache does not have.
-pub fn missing_in(state: &AppState, entries: &[DeltaEntry]) -> Vec<Missing> {
-    let cache = state
-        .resources
-        .read()
-        .unwrap_or_else(|poison| poison.into_inner());
-    let mut missing: Vec<Missing> = Vec::new();
-    for entry in entries {
-        match missing.last_mut() {
-            Some(last) if last.resource_id == entry.resource_id => {
-                last.entries += 1;
-                last.hits += entry.hits;
-            }
-            _ if cache.contains_key(&entry.resource_id) => {}
-            _ => missing.push(Missing {
-                resource_id: entry.resource_id.clone(),
-                entries: 1,
-                hits: entry.hits,
-            }),
-        }
-    }
-    missing
-}
-
-/// Makes the missing ids exist where a pattern allows it: first takes in what the store has
-/// that the cache lacks (created through another aggregator), then creates the ids under a
-/// pattern with room, longest prefix first. Returns the ids refused; with
-/// [`Admission::AllOrNothing`], any refusal means nothing was created.
-pub async fn admit(
-    state: &AppState,
-    mut missing: Vec<Missing>,
-    admission: Admission,
-    now_ms: u64,
-) -> Result<Vec<Refusal>, StoreError> {
-    let registry = &state.patterns.registry;
-    let may_create = missing
-        .iter()
-        .any(|item| registry.longest_match(&item.resource_id).is_some());
-    // The ids may have been created through another aggregator since the last reload; and when
-    // something may be created here, so may others under the same prefixes lately, which count
-    // toward the bounds.
-    let ids = missing
-        .iter()
-        .map(|item| item.resource_id.clone())
-        .collect();
-    let created_since_ms = may_create.then(|| now_ms.saturating_sub(RECENT_RESOURCES_MS));
-    let current = state.store.resources_current(ids, created_since_ms).await?;
-    state.insert_resources(current);
-    missing.retain(|item| !state.resource_exists(&item.resource_id));
-    if !may_create {
-        return Ok(missing
-            .into_iter()
-            .map(|item| Refusal {
-                resource_id: item.resource_id,
-                reason: RefusalReason::NoPattern,
-                pattern: None,
-                entries: item.entries,
-                hits: item.hits,
-            })
-            .collect());
-    }
-    let _creating = state.patterns.creating.lock().await;
-    // Another request of this aggregator may have created some while this one waited.
-    missing.retain(|item| !state.resource_exists(&item.resource_id));
-
-    let mut refusals = Vec::new();
-    let mut creations = Vec::new();
-    let mut planned: HashMap<String, u64> = HashMap::new();
-    for item in missing {
-        let Some(found) = state.patterns.registry.longest_match(&item.resource_id) else {
-            refusals.push(Refusal {
-                resource_id: item.resource_id,
-                reason: RefusalReason::NoPattern,
-                pattern: None,
-                entries: item.entries,
-                hits: item.hits,
-            });
-            continue;
-        };
-        let planned_here = planned.entry(found.pattern.clone()).or_default();
-        if found.resources + *planned_here >= found.resources_max {
-            refusals.push(Refusal {
-                resource_id: item.resource_id,
-                reason: RefusalReason::PatternFull,
-                pattern: Some(found.pattern),
-                entries: item.entries,
-                hits: item.hits,
-            });
-            continue;
-        }
-        *planned_here += 1;
-        creations.push(ResourceRecord {
-            name: item.resource_id.clone(),
-            id: item.resource_id,
-            retention_days: found.retention_days,
-            created_at_ms: now_ms,
-        });
-    }
-    if creations.is_empty() || (admission == Admission::AllOrNothing && !refusals.is_empty()) {
-        return Ok(refusals);
-    }
-    let wanted = creations.len();
-    let created = state.store.create_resources_if_absent(creations).await?;
-    for record in &created {
-        tracing::debug!(resource_id = %record.id, "resource created by a pattern");
-    }
-    tracing::info!(
-        resources = created.len(),
-        wanted,
-        "resources created by patterns"
-    );
-    metrics::counter!("hitcount_resources_created_by_pattern_total")
-        .increment(created.len() as u64);
-    state.insert_resources(created);
-    Ok(refusals)
-}
-
-/// Counts refusals: the metric, the pattern's `refused_hits` and the unknown-resources list.
-pub fn record_refusals(state: &AppState, refusals: &[Refusal], now_ms: u64) {
-    for refusal in refusals {
-        metrics::counter!("hitcount_resources_refused_total", "reason" => refusal.reason.as_str())
-            .increment(refusal.hits);
-        if let Some(pattern) = &refusal.pattern {
-            state.patterns.registry.refused(pattern, refusal.hits);
-        }
-        state.patterns.unknown.record(refusal, now_ms);
-    }
-    if let Some(first) = refusals.first() {
-        tracing::debug!(
-            refused = refusals.len(),
-            first = %first.resource_id,
-            reason = first.reason.as_str(),
-            "entries for unknown resources refused"
-        );
-    }
-}
-
 /// The ids of refusals, for filtering entries.
 pub fn refused_ids(refusals: &[Refusal]) -> BTreeSet<&str> {
     refusals
         .iter()
         .map(|refusal| refusal.resource_id.as_str())
         .collect()
-}
-
-/// Writes refusals not yet stored into the patterns' counters; on failure they wait for the
-/// next call.
-pub async fn flush_refusals(state: &AppState) {
-    let counts = state.patterns.registry.take_unflushed();
-    if counts.is_empty() {
-        return;
-    }
-    let stored = state.store.add_refused_hits(counts.clone()).await;
-    if let Err(error) = &stored {
-        tracing::warn!(%error, "storing refused hits of patterns failed; will retry");
-    }
-    state.patterns.registry.flushed(&counts, stored.is_ok());
-}
-
-/// The maintenance task's part, every tick: flushes refusals and, with `reload`, loads the
-/// stored patterns (created or deleted through another aggregator too).
-pub async fn maintain(state: &AppState, reload: bool) {
-    flush_refusals(state).await;
-    if !reload {
-        return;
-    }
-    let local_changes = state.patterns.registry.local_changes();
-    match state.store.patterns().await {
-        Ok(records) => {
-            let cache = state
-                .resources
-                .read()
-                .unwrap_or_else(|poison| poison.into_inner());
-            state
-                .patterns
-                .registry
-                .replace_unless_changed(records, &cache, local_changes);
-        }
-        Err(error) => tracing::warn!(%error, "reloading patterns failed; will retry"),
-    }
 }
 
 #[cfg(test)]

@@ -6,11 +6,11 @@ use hitcount_aggregator::now_ms;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{Api, TestServer, body, error_code, openapi_document, test_config};
+use crate::support::{Api, Server, body, error_code, openapi_document, test_config};
 
 #[tokio::test]
 async fn resources_lifecycle() {
-    let server = TestServer::start().await;
+    let server = Server::start().await;
     let api = Api::admin(&server);
 
     let (status, created) = api
@@ -127,7 +127,7 @@ async fn resources_lifecycle() {
 
 #[tokio::test]
 async fn tokens_and_scopes() {
-    let server = TestServer::start().await;
+    let server = Server::start().await;
     let admin = Api::admin(&server);
     admin.create_resource("home").await;
 
@@ -258,12 +258,22 @@ async fn tokens_and_scopes() {
     );
     let (status, _) = admin.delete(&format!("/tokens/{reader_id}")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // The flag's token cannot be revoked through the API: the next start would restore it.
+    let (status, value) = admin.delete("/tokens/bootstrap-admin").await;
+    assert_eq!(
+        (status, error_code(&value).as_str()),
+        (StatusCode::CONFLICT, "admin_token_configured"),
+        "{value}"
+    );
+    let (status, _) = admin.get("/tokens").await;
+    assert_eq!(status, StatusCode::OK, "and it still works");
     server.stop().await;
 }
 
 #[tokio::test]
 async fn hits_are_counted_exactly_and_visible_at_once() {
-    let server = TestServer::start().await;
+    let server = Server::start().await;
     let api = Api::admin(&server);
     api.create_resource("home").await;
     api.create_resource("blog").await;
@@ -335,7 +345,7 @@ async fn hits_are_counted_exactly_and_visible_at_once() {
 
 #[tokio::test]
 async fn bad_hits_are_refused_and_nothing_is_counted() {
-    let server = TestServer::start().await;
+    let server = Server::start().await;
     let api = Api::admin(&server);
     api.create_resource("home").await;
 
@@ -454,7 +464,7 @@ async fn bad_hits_are_refused_and_nothing_is_counted() {
 
 #[tokio::test]
 async fn queries_validate_windows_and_shape_series() {
-    let server = TestServer::start().await;
+    let server = Server::start().await;
     let api = Api::admin(&server);
     api.create_resource("home").await;
     let (status, _) = api
@@ -574,7 +584,7 @@ async fn rate_limits_answer_429_with_retry_after() {
     let directory = tempfile::TempDir::new().unwrap();
     let mut config = test_config(directory.path());
     config.rate_limit_token_per_second = 1;
-    let server = TestServer::start_with(config).await;
+    let server = Server::start_with(config).await;
     let api = Api::admin(&server);
     // The bucket holds two seconds' worth, so the third immediate request is refused, and so is
     // every later one until a second has passed: Retry-After says exactly that.
@@ -627,7 +637,7 @@ async fn rate_limits_answer_429_with_retry_after() {
     let directory = tempfile::TempDir::new().unwrap();
     let mut config = test_config(directory.path());
     config.rate_limit_ip_per_second = 1;
-    let server = TestServer::start_with(config).await;
+    let server = Server::start_with(config).await;
     let mut statuses = Vec::new();
     for _ in 0..4 {
         // Unauthenticated requests count against the address, so token guessing is limited too.
@@ -664,7 +674,7 @@ async fn rate_limits_answer_429_with_retry_after() {
 
 #[tokio::test]
 async fn operations_endpoints_and_openapi() {
-    let server = TestServer::start().await;
+    let server = Server::start().await;
     for path in ["/healthz", "/readyz"] {
         let (status, value) = body(server.client.get(server.url(path)).send().await.unwrap()).await;
         assert_eq!(status, StatusCode::OK, "{path}");
@@ -720,7 +730,7 @@ async fn operations_endpoints_and_openapi() {
         ("/v1/deltas", "post", &[200, 400, 401, 409, 413, 422]),
         ("/tokens", "post", &[201, 400, 401, 403]),
         ("/tokens", "get", &[200, 401, 403]),
-        ("/tokens/{token_id}", "delete", &[204, 401, 404]),
+        ("/tokens/{token_id}", "delete", &[204, 401, 404, 409]),
         ("/edge-keys", "post", &[201, 400, 401, 409]),
         ("/edge-keys", "get", &[200, 401]),
         ("/edge-keys/{edge_id}", "delete", &[204, 404, 409]),
@@ -739,7 +749,7 @@ async fn fast_mode_hits_are_visible_within_a_second() {
     let directory = tempfile::TempDir::new().unwrap();
     let mut config = test_config(directory.path());
     config.ack = hitcount_aggregator::config::AckMode::Fast;
-    let server = TestServer::start_with(config).await;
+    let server = Server::start_with(config).await;
     let api = Api::admin(&server);
     api.create_resource("home").await;
     let started = std::time::Instant::now();

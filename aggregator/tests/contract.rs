@@ -9,7 +9,7 @@ use hitcount_wire::{EDGE_ID_BYTES_MAX, RESOURCE_ID_BYTES_MAX};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{Api, TestServer, body, documented_statuses, error_code, openapi_document};
+use crate::support::{Api, Server, body, documented_statuses, error_code, openapi_document};
 
 fn as_usize(value: &Value) -> usize {
     usize::try_from(
@@ -22,7 +22,7 @@ fn as_usize(value: &Value) -> usize {
 
 #[tokio::test]
 async fn the_document_states_the_limits_from_their_constants() {
-    let server = TestServer::start().await;
+    let server = Server::start().await;
     let document = openapi_document(&server).await;
     let schemas = &document["components"]["schemas"];
 
@@ -87,7 +87,7 @@ async fn the_document_states_the_limits_from_their_constants() {
 
 #[tokio::test]
 async fn refusals_are_json_and_name_the_route_limit() {
-    let server = TestServer::start().await;
+    let server = Server::start().await;
     let api = Api::admin(&server);
     api.create_resource("home").await;
 

@@ -6,13 +6,12 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::support::{
-    Api, EDGE_ID, EDGE_SECRET, TestServer, batch, batch_from, error_code, post_delta,
-    post_delta_bytes,
+    Api, EDGE_ID, EDGE_SECRET, Server, batch, batch_from, error_code, post_delta, post_delta_bytes,
 };
 
 #[tokio::test]
 async fn deltas_apply_once_and_replays_change_nothing() {
-    let server = TestServer::start().await;
+    let server = Server::start().await;
     let api = Api::admin(&server);
     api.create_resource("home").await;
     api.create_resource("blog").await;
@@ -64,7 +63,7 @@ async fn deltas_apply_once_and_replays_change_nothing() {
 
 #[tokio::test]
 async fn uniques_merge_across_edges_and_with_direct_hits() {
-    let server = TestServer::start().await;
+    let server = Server::start().await;
     let api = Api::admin(&server);
     api.create_resource("home").await;
     let (status, key) = api.post("/edge-keys", json!({"edge_id": "edge-two"})).await;
@@ -105,7 +104,7 @@ async fn uniques_merge_across_edges_and_with_direct_hits() {
 
 #[tokio::test]
 async fn bad_deltas_are_refused() {
-    let server = TestServer::start().await;
+    let server = Server::start().await;
     let api = Api::admin(&server);
     api.create_resource("home").await;
     let good = batch(0, &[("home", 1, &[])]).encode().unwrap();
@@ -248,7 +247,7 @@ async fn bad_deltas_are_refused() {
 
 #[tokio::test]
 async fn edge_keys_are_managed_by_admins() {
-    let server = TestServer::start().await;
+    let server = Server::start().await;
     let api = Api::admin(&server);
     api.create_resource("home").await;
 
@@ -325,7 +324,7 @@ async fn edge_keys_are_managed_by_admins() {
 /// signed just inside it, in the past or the future, counts; just outside it, either way, is 401.
 #[tokio::test]
 async fn signatures_count_within_five_minutes_of_the_clock_either_way() {
-    let server = TestServer::start().await;
+    let server = Server::start().await;
     let api = Api::admin(&server);
     api.create_resource("home").await;
     let skew = hitcount_wire::auth::SIGNATURE_SKEW_MS_MAX;

@@ -8,8 +8,8 @@ use hitcount_wire::auth::{DELTA_CONTENT_TYPE, EDGE_HEADER, SIGNATURE_HEADER, TIM
 use reqwest::StatusCode;
 
 use crate::support::{
-    Api, EDGE_ID, EDGE_SECRET, TestServer, batch, batch_from, body, documented_statuses,
-    error_code, openapi_document, post_delta,
+    Api, EDGE_ID, EDGE_SECRET, Server, batch, batch_from, body, documented_statuses, error_code,
+    openapi_document, post_delta,
 };
 
 /// Generated requests per run: a few seconds against a dev build.
@@ -124,7 +124,7 @@ fn hex_of(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
-async fn send(server: &TestServer, case: Case) -> (StatusCode, serde_json::Value) {
+async fn send(server: &Server, case: Case) -> (StatusCode, serde_json::Value) {
     let mut request = server.client.post(server.url("/v1/deltas")).body(case.body);
     for (name, value) in [
         ("content-type", case.content_type.map(str::to_owned)),
@@ -141,7 +141,7 @@ async fn send(server: &TestServer, case: Case) -> (StatusCode, serde_json::Value
 
 #[tokio::test]
 async fn generated_deltas_get_documented_answers_and_apply_once() {
-    let server = TestServer::start().await;
+    let server = Server::start().await;
     let api = Api::admin(&server);
     api.create_resource("home").await;
     api.create_resource("exact").await;

@@ -8,12 +8,12 @@ use reqwest::StatusCode;
 use serde_json::json;
 use tempfile::TempDir;
 
-use crate::support::{Api, BinaryServer, TestServer, batch, post_delta, test_config};
+use crate::support::{Api, BinaryServer, Server, batch, post_delta, test_config};
 
 #[tokio::test]
 async fn counts_tokens_and_dedupe_state_survive_a_restart() {
     let directory = TempDir::new().unwrap();
-    let server = TestServer::start_with(test_config(directory.path())).await;
+    let server = Server::start_with(test_config(directory.path())).await;
     let api = Api::admin(&server);
     api.create_resource("home").await;
     let reader = api.token_with(&["read"]).await;
@@ -24,7 +24,7 @@ async fn counts_tokens_and_dedupe_state_survive_a_restart() {
     drop(api);
     server.stop().await;
 
-    let server = TestServer::start_with(test_config(directory.path())).await;
+    let server = Server::start_with(test_config(directory.path())).await;
     let api = Api::with_token(&server, &reader);
     assert_eq!(api.count("home", "5m").await, (8, 3));
     let (status, value) = post_delta(&server, &delta).await;
@@ -225,7 +225,7 @@ async fn fast_mode_loses_at_most_one_flush_interval_in_a_crash() {
 
 #[tokio::test]
 async fn retention_keeps_coarse_tiers_and_honours_resource_retention() {
-    let server = TestServer::start().await;
+    let server = Server::start().await;
     let api = Api::admin(&server);
     api.create_resource("home").await;
     let (status, _) = api
@@ -327,7 +327,7 @@ async fn tier_rows(store: &hitcount_aggregator::store::Store, resource_id: &str)
 #[tokio::test]
 async fn the_retention_task_prunes_by_itself() {
     let directory = TempDir::new().unwrap();
-    let server = TestServer::start_with(test_config(directory.path())).await;
+    let server = Server::start_with(test_config(directory.path())).await;
     let api = Api::admin(&server);
     api.create_resource("home").await;
     let (status, _) = api
@@ -369,7 +369,7 @@ async fn the_retention_task_prunes_by_itself() {
 
     let mut config = test_config(directory.path());
     config.retention_interval_s = 1;
-    let server = TestServer::start_with(config).await;
+    let server = Server::start_with(config).await;
     // home loses the minute rows of 3 and 100 days ago and the hour row of 100 days ago; short
     // its minute, hour and day rows of 3 days ago. (Read from the store, not from the metric:
     // every server in this test process adds to the same one.)
@@ -404,7 +404,7 @@ async fn the_retention_task_prunes_by_itself() {
 /// Compaction folds pending sketches into cells without changing any answer.
 #[tokio::test]
 async fn sketch_compaction_changes_no_answer() {
-    let server = TestServer::start().await;
+    let server = Server::start().await;
     let api = Api::admin(&server);
     api.create_resource("home").await;
     for round in 0..5 {

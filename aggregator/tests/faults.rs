@@ -9,7 +9,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use tempfile::TempDir;
 
-use crate::support::{Api, TestServer, batch, metric, post_delta, test_config};
+use crate::support::{Api, Server, batch, metric, post_delta, test_config};
 
 /// A PostgreSQL cluster owned by this test, run as the `postgres` user (initdb refuses root).
 struct OwnPostgres {
@@ -205,7 +205,7 @@ async fn a_stopped_database_gives_503_and_the_aggregator_recovers_by_itself() {
         return;
     };
     let directory = TempDir::new().unwrap();
-    let server = TestServer::start_with(server_config(directory.path(), &postgres)).await;
+    let server = Server::start_with(server_config(directory.path(), &postgres)).await;
     let api = Api::admin(&server);
     api.create_resource("home").await;
     let first = batch(0, &[("home", 5, &["a", "b"])]);
@@ -325,7 +325,7 @@ impl Drop for OwnRedis {
 }
 
 /// Waits until the metric reaches `at_least`, for at most `budget`.
-async fn wait_for_metric(server: &TestServer, name: &str, at_least: u64, budget: Duration) {
+async fn wait_for_metric(server: &Server, name: &str, at_least: u64, budget: Duration) {
     let deadline = Instant::now() + budget;
     while metric(server, name).await < at_least {
         assert!(
@@ -342,7 +342,7 @@ const REBUILD_BUDGET: Duration = Duration::from_millis(2_500);
 
 /// The last 24 hours at minute granularity, as a dashboard asks for it: the last hour comes from
 /// Redis, the rest from PostgreSQL.
-async fn minute_answer(server: &TestServer) -> (serde_json::Value, Duration) {
+async fn minute_answer(server: &Server) -> (serde_json::Value, Duration) {
     let started = Instant::now();
     let (status, value) = Api::admin(server)
         .get("/hits/home?window=24h&granularity=minute")
@@ -369,7 +369,7 @@ async fn the_hot_tier_matches_postgres_and_survives_redis_faults() {
         listener.local_addr().unwrap().port()
     };
     config.redis_url = Some(format!("redis://127.0.0.1:{redis_port}"));
-    let hot = TestServer::start_with(config).await;
+    let hot = Server::start_with(config).await;
     let api = Api::admin(&hot);
     api.create_resource("home").await;
     let (status, value) = api.get("/hits/home?window=1h&granularity=minute").await;
@@ -381,7 +381,7 @@ async fn the_hot_tier_matches_postgres_and_survives_redis_faults() {
     // resources at start): what every answer must equal.
     let mut plain_config = test_config(directory.path());
     plain_config.database_url = Some(database);
-    let plain = TestServer::start_with(plain_config).await;
+    let plain = Server::start_with(plain_config).await;
     wait_for_metric(
         &hot,
         "hitcount_hot_tier_rebuilds_total",
@@ -468,7 +468,7 @@ async fn aggregators_sharing_a_database_see_each_others_resources() {
     let start = || {
         let mut config = test_config(directory.path());
         config.database_url = Some(database.clone());
-        TestServer::start_with(config)
+        Server::start_with(config)
     };
     let first = start().await;
     let second = start().await;

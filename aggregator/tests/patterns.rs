@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::support::{
-    Api, TestServer, batch, batch_from, error_code, metric, open_store, post_delta, test_config,
+    Api, Server, batch, batch_from, error_code, metric, open_store, post_delta, test_config,
 };
 
 const PATTERN_FULL_METRIC: &str = "hitcount_resources_refused_total{reason=\"pattern_full\"}";
@@ -33,7 +33,7 @@ async fn pattern(api: &Api<'_>, pattern: &str) -> Value {
 
 #[tokio::test]
 async fn a_pattern_creates_resources_on_first_sight_and_counts_them_once() {
-    let server = TestServer::start().await;
+    let server = Server::start().await;
     let api = Api::admin(&server);
 
     let (status, created) = api
@@ -153,7 +153,7 @@ async fn a_pattern_creates_resources_on_first_sight_and_counts_them_once() {
 #[tokio::test]
 async fn a_full_pattern_refuses_new_ids_until_resources_are_deleted() {
     let directory = tempfile::TempDir::new().unwrap();
-    let server = TestServer::start_with(test_config(directory.path())).await;
+    let server = Server::start_with(test_config(directory.path())).await;
     let api = Api::admin(&server);
     let (status, value) = api
         .post(
@@ -239,7 +239,7 @@ async fn a_full_pattern_refuses_new_ids_until_resources_are_deleted() {
     // Refused hits are stored (flushed about once a second, and at shutdown): a restart keeps them.
     let directory_kept = server.stop().await;
     assert!(directory_kept.is_none(), "the test owns the directory");
-    let server = TestServer::start_with(test_config(directory.path())).await;
+    let server = Server::start_with(test_config(directory.path())).await;
     let api = Api::admin(&server);
     let shop = pattern(&api, "shop.*").await;
     assert_eq!(
@@ -251,7 +251,7 @@ async fn a_full_pattern_refuses_new_ids_until_resources_are_deleted() {
 
 #[tokio::test]
 async fn direct_hits_create_resources_under_a_pattern_all_or_nothing() {
-    let server = TestServer::start().await;
+    let server = Server::start().await;
     let api = Api::admin(&server);
     let (status, _) = api
         .post(
@@ -347,7 +347,7 @@ async fn direct_hits_create_resources_under_a_pattern_all_or_nothing() {
 
 #[tokio::test]
 async fn bad_patterns_are_refused_with_json_errors() {
-    let server = TestServer::start().await;
+    let server = Server::start().await;
     let api = Api::admin(&server);
     let too_long = format!("{}*", "a".repeat(hitcount_wire::RESOURCE_ID_BYTES_MAX));
     let longest = format!("{}*", "a".repeat(hitcount_wire::RESOURCE_ID_BYTES_MAX - 1));
@@ -433,7 +433,7 @@ async fn bad_patterns_are_refused_with_json_errors() {
 
 #[tokio::test]
 async fn openapi_limits_match_the_constants() {
-    let server = TestServer::start().await;
+    let server = Server::start().await;
     let (status, document) = Api::admin(&server).get("/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
     let request = &document["components"]["schemas"]["CreatePatternRequest"]["properties"];
@@ -480,13 +480,13 @@ async fn openapi_limits_match_the_constants() {
 #[tokio::test]
 async fn concurrent_creation_through_two_aggregators_is_idempotent() {
     let directory = tempfile::TempDir::new().unwrap();
-    let first = TestServer::start_with(test_config(directory.path())).await;
+    let first = Server::start_with(test_config(directory.path())).await;
     let (status, _) = Api::admin(&first)
         .post("/patterns", json!({"pattern": "docs.*"}))
         .await;
     assert_eq!(status, StatusCode::CREATED);
     // Started after the pattern exists, so it loads it at start.
-    let second = TestServer::start_with(test_config(directory.path())).await;
+    let second = Server::start_with(test_config(directory.path())).await;
     let ids: Vec<String> = (0..50)
         .map(|index| format!("docs.page-{index:02}"))
         .collect();
@@ -591,7 +591,7 @@ async fn stores_create_resources_if_absent_idempotently() {
 #[tokio::test]
 async fn a_second_aggregator_respects_the_bound_before_its_reload() {
     let directory = tempfile::TempDir::new().unwrap();
-    let first = TestServer::start_with(test_config(directory.path())).await;
+    let first = Server::start_with(test_config(directory.path())).await;
     let (status, _) = Api::admin(&first)
         .post(
             "/patterns",
@@ -599,7 +599,7 @@ async fn a_second_aggregator_respects_the_bound_before_its_reload() {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED);
-    let second = TestServer::start_with(test_config(directory.path())).await;
+    let second = Server::start_with(test_config(directory.path())).await;
     let (status, value) = post_delta(
         &first,
         &batch_from(

@@ -12,7 +12,7 @@ use reqwest::StatusCode;
 use tempfile::TempDir;
 
 use crate::support::{
-    Api, BinaryServer, TestServer, batch, metric, post_delta, postgres_database, postgres_or_skip,
+    Api, BinaryServer, Server, batch, metric, post_delta, postgres_database, postgres_or_skip,
 };
 
 struct Node {
@@ -61,7 +61,7 @@ impl Drop for Node {
 }
 
 /// The tier's answer for the last hour, and whether Redis served it.
-async fn answer(server: &TestServer) -> (u64, bool) {
+async fn answer(server: &Server) -> (u64, bool) {
     let served_before = metric(server, "hitcount_hot_tier_reads_total{served=\"redis\"").await;
     let (status, value) = Api::admin(server)
         .get("/hits/home?window=1h&granularity=minute")
@@ -74,7 +74,7 @@ async fn answer(server: &TestServer) -> (u64, bool) {
 
 /// Waits until the answer is `truth` and came from Redis (or from PostgreSQL, `from_redis`
 /// false); an answer above the truth fails at once.
-async fn wait_for(server: &TestServer, truth: u64, from_redis: bool, phase: &str) {
+async fn wait_for(server: &Server, truth: u64, from_redis: bool, phase: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (count, served_by_redis) = answer(server).await;
@@ -91,7 +91,7 @@ async fn wait_for(server: &TestServer, truth: u64, from_redis: bool, phase: &str
 }
 
 /// Sends `count` batches of 3 hits, each answered within a second; returns the hits sent.
-async fn ingest(server: &TestServer, first_sequence: u64, count: u64) -> u64 {
+async fn ingest(server: &Server, first_sequence: u64, count: u64) -> u64 {
     for sequence in first_sequence..first_sequence + count {
         let started = Instant::now();
         let (status, value) = post_delta(server, &batch(sequence, &[("home", 3, &["v"])])).await;

@@ -8,7 +8,8 @@ use utoipa::ToSchema;
 
 use super::{ApiJson, ApiPath, schemas, validate_name};
 use crate::auth::{
-    Caller, EdgeSecret, Scope, TOKEN_RANDOM_BYTES, generate_token, random_hex, token_digest,
+    BOOTSTRAP_TOKEN_ID, Caller, EdgeSecret, Scope, TOKEN_RANDOM_BYTES, generate_token, random_hex,
+    token_digest,
 };
 use crate::config::SECRET_BYTES_MIN;
 use crate::error::{ApiError, ErrorBody};
@@ -153,6 +154,7 @@ pub async fn list_tokens(
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
         (status = 403, description = "Token lacks the admin scope", body = ErrorBody),
         (status = 404, description = "No such token", body = ErrorBody),
+        (status = 409, description = "`admin_token_configured`: the token is `bootstrap-admin` and the aggregator runs with `--admin-token`, which would put it back at the next start; change or remove the flag instead", body = ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
         (status = 503, description = "The store is unavailable; nothing was revoked, retry", body = ErrorBody),
     ),
@@ -164,6 +166,16 @@ pub async fn delete_token(
     ApiPath(token_id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require(Scope::Admin)?;
+    // A revocation that the next start silently undoes would be a lie: the flag is the source of
+    // that token, so it is changed there.
+    if token_id == BOOTSTRAP_TOKEN_ID && state.config.admin_token.is_some() {
+        return Err(ApiError::Conflict {
+            code: "admin_token_configured",
+            message: "the bootstrap admin token comes from --admin-token (HITCOUNT_ADMIN_TOKEN); \
+                      change or remove the flag and restart instead"
+                .to_owned(),
+        });
+    }
     if !state.store.delete_token(token_id.clone()).await? {
         return Err(ApiError::NotFound(format!("no token with id {token_id:?}")));
     }

@@ -170,12 +170,14 @@ pub async fn apply(
     };
     // Resources the cache lacks are created first where a pattern allows; the rest are left out
     // of the merge, so that what is reported refused is exactly what was not counted.
-    let missing = patterns::missing_in(&state, &batch.entries);
+    let missing = state.catalog.missing_in(&batch.entries);
     let mut entries = batch.entries;
     let refusals = if missing.is_empty() {
         Vec::new()
     } else {
-        let refusals = patterns::admit(&state, missing, Admission::WhatFits, now)
+        let refusals = state
+            .catalog
+            .admit(&state.store, missing, Admission::WhatFits, now)
             .await
             .map_err(unavailable)?;
         let refused = patterns::refused_ids(&refusals);
@@ -206,7 +208,7 @@ pub async fn apply(
             metrics::counter!("hitcount_deltas_applied_total").increment(1);
             metrics::counter!("hitcount_delta_hits_applied_total").increment(applied.hits);
             // Counted only once applied: a replay answers `duplicate` and refuses nothing again.
-            patterns::record_refusals(&state, &refusals, now);
+            state.catalog.record_refusals(&refusals, now);
             if applied.unknown_resource_hits > 0 {
                 // Known when admitted, gone when merged: deleted meanwhile.
                 metrics::counter!("hitcount_resources_refused_total", "reason" => "deleted")

@@ -14,7 +14,7 @@ use crate::auth::{Caller, Scope};
 use crate::error::{ApiError, ErrorBody};
 use crate::ingest::{IngestError, ValidHit};
 use crate::now_ms;
-use crate::patterns::{self, Admission, Missing, Refusal, RefusalReason};
+use crate::patterns::{Admission, Missing, Refusal, RefusalReason};
 use crate::query::{self, HitsQuery, HitsResponse};
 use crate::state::SharedState;
 use crate::store::{DAY_MS, DELTA_AGE_MS_MAX};
@@ -174,7 +174,7 @@ fn missing_resources(state: &SharedState, inputs: &[HitInput]) -> Vec<Missing> {
         if let Some(item) = missing.get_mut(hit.resource_id.as_str()) {
             item.hits += 1;
         } else if hitcount_wire::validate_resource_id(&hit.resource_id).is_ok()
-            && !state.resource_exists(&hit.resource_id)
+            && !state.catalog.resource_exists(&hit.resource_id)
         {
             missing.insert(
                 &hit.resource_id,
@@ -257,6 +257,7 @@ pub async fn record(
         .iter()
         .map(|item| {
             let retention = state
+                .catalog
                 .patterns
                 .registry
                 .longest_match(&item.resource_id)
@@ -268,21 +269,25 @@ pub async fn record(
         .into_iter()
         .map(|hit| {
             let retention = state
+                .catalog
                 .resource_retention(&hit.resource_id)
                 .or_else(|| tentative.get(hit.resource_id.as_str()).copied());
             validate(hit, retention, now)
         })
         .collect::<Result<Vec<_>, _>>()?;
     if !missing.is_empty() {
-        let refusals = patterns::admit(&state, missing, Admission::AllOrNothing, now).await?;
+        let refusals = state
+            .catalog
+            .admit(&state.store, missing, Admission::AllOrNothing, now)
+            .await?;
         if let Some(error) = refusal_error(&refusals) {
-            patterns::record_refusals(&state, &refusals, now);
+            state.catalog.record_refusals(&refusals, now);
             return Err(error);
         }
         // Created meanwhile and deleted again: as if it never existed.
         if let Some(hit) = hits
             .iter()
-            .find(|hit| !state.resource_exists(&hit.resource_id))
+            .find(|hit| !state.catalog.resource_exists(&hit.resource_id))
         {
             return Err(unknown_resource(&hit.resource_id));
         }
@@ -325,7 +330,7 @@ pub async fn query(
     ApiQuery(query): ApiQuery<HitsQuery>,
 ) -> Result<Json<HitsResponse>, ApiError> {
     caller.require(Scope::Read)?;
-    if !state.resource_exists(&resource_id) {
+    if !state.catalog.resource_exists(&resource_id) {
         return Err(unknown_resource(&resource_id));
     }
     let plan = query::plan(&query, now_ms())?;

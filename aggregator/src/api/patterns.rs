@@ -164,7 +164,7 @@ pub async fn create(
             format!("retention_days must be between 1 and {RETENTION_DAYS_MAX}"),
         ));
     }
-    if state.patterns.registry.len() >= PATTERNS_MAX {
+    if state.catalog.patterns.registry.len() >= PATTERNS_MAX {
         return Err(ApiError::Conflict {
             code: "too_many_patterns",
             message: format!("{PATTERNS_MAX} patterns exist; delete one first"),
@@ -184,14 +184,16 @@ pub async fn create(
         });
     }
     {
-        let cache = state
-            .resources
-            .read()
-            .unwrap_or_else(|poison| poison.into_inner());
-        state.patterns.registry.insert(record.clone(), &cache);
+        let cache = state.catalog.read();
+        state
+            .catalog
+            .patterns
+            .registry
+            .insert(record.clone(), &cache);
     }
     tracing::info!(pattern = %record.pattern, resources_max, "pattern created");
     let view = state
+        .catalog
         .patterns
         .registry
         .get(&record.pattern)
@@ -216,6 +218,7 @@ pub async fn list(
     caller.require(Scope::Admin)?;
     Ok(Json(PatternList {
         patterns: state
+            .catalog
             .patterns
             .registry
             .list()
@@ -246,6 +249,7 @@ pub async fn get_one(
 ) -> Result<Json<PatternBody>, ApiError> {
     caller.require(Scope::Admin)?;
     let view = state
+        .catalog
         .patterns
         .registry
         .get(&pattern)
@@ -277,7 +281,7 @@ pub async fn delete_one(
     if !state.store.delete_pattern(pattern.clone()).await? {
         return Err(unknown_pattern(&pattern));
     }
-    state.patterns.registry.remove(&pattern);
+    state.catalog.patterns.registry.remove(&pattern);
     tracing::info!(%pattern, "pattern deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -299,6 +303,7 @@ pub async fn unknown_resources(
     caller.require(Scope::Read)?;
     Ok(Json(UnknownResourceList {
         unknown_resources: state
+            .catalog
             .patterns
             .unknown
             .list()

@@ -137,7 +137,7 @@ pub async fn create(
         }
     }
     let body = ResourceBody::from(&record);
-    state.insert_resources([record]);
+    state.catalog.insert_resources([record]);
     tracing::info!(resource_id = %body.resource_id, "resource created");
     Ok((StatusCode::CREATED, Json(body)))
 }
@@ -167,10 +167,7 @@ pub async fn list(
             format!("limit must be between 1 and {LIST_PAGE_MAX}"),
         ));
     }
-    let resources = state
-        .resources
-        .read()
-        .unwrap_or_else(|poison| poison.into_inner());
+    let resources = state.catalog.read();
     let range = match &query.after {
         Some(after) => resources.range::<String, _>((
             std::ops::Bound::Excluded(after.clone()),
@@ -214,6 +211,7 @@ pub async fn get_one(
 ) -> Result<Json<ResourceBody>, ApiError> {
     caller.require(Scope::Read)?;
     let record = state
+        .catalog
         .resource(&resource_id)
         .ok_or_else(|| unknown_resource(&resource_id))?;
     Ok(Json((&record).into()))
@@ -245,6 +243,7 @@ pub async fn delete_one(
     caller.require(Scope::Admin)?;
     // Forget it first, so hits arriving from now on are refused while the counts are purged.
     let removed = state
+        .catalog
         .remove_resource(&resource_id)
         .ok_or_else(|| unknown_resource(&resource_id))?;
     match state.store.delete_resource(resource_id.clone()).await {
@@ -253,7 +252,7 @@ pub async fn delete_one(
             Ok(StatusCode::NO_CONTENT)
         }
         Err(error) => {
-            state.insert_resources([removed]);
+            state.catalog.insert_resources([removed]);
             Err(error.into())
         }
     }

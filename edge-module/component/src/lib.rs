@@ -10,7 +10,8 @@ mod component {
     use std::cell::RefCell;
 
     use hitcount_edge_core::{
-        BotPolicy, Counting, Delivery, EdgeCounter, HitRequest, Recorded, Rejection, SealedBatch,
+        BotPolicy, Counting, Delivery, EdgeCounter, HitRequest, Outcome as Core, Rejection,
+        SealedBatch,
     };
 
     use exports::hitcount::edge::counter::{Batch, Config, EdgeStatus, Guest, Hit, Outcome};
@@ -36,14 +37,15 @@ mod component {
         })
     }
 
-    fn outcome(recorded: Recorded) -> Outcome {
-        match recorded {
-            Recorded::Counted => Outcome::Counted,
-            Recorded::WindowFull => Outcome::Full,
-            Recorded::Rejected(Rejection::InvalidResource) => Outcome::InvalidResource,
-            Recorded::Rejected(Rejection::Bot) => Outcome::Bot,
-            Recorded::Rejected(Rejection::Prefetch) => Outcome::Prefetch,
-            Recorded::Rejected(Rejection::TimestampOutOfRange) => Outcome::Timestamp,
+    /// The core's outcome as the interface names it (one variant per refusal reason).
+    fn outcome(core: Core) -> Outcome {
+        match core {
+            Core::Counted => Outcome::Counted,
+            Core::Full => Outcome::Full,
+            Core::Rejected(Rejection::InvalidResourceId) => Outcome::InvalidResourceId,
+            Core::Rejected(Rejection::Bot) => Outcome::Bot,
+            Core::Rejected(Rejection::Prefetch) => Outcome::Prefetch,
+            Core::Rejected(Rejection::InvalidTimestamp) => Outcome::InvalidTimestamp,
         }
     }
 
@@ -74,7 +76,8 @@ mod component {
 
     impl Guest for Component {
         fn configure(config: Config) -> Result<(), String> {
-            hitcount_edge_core::validate_config(&config.edge_id, &config.secret)?;
+            hitcount_edge_core::validate_config(&config.edge_id, &config.secret)
+                .map_err(|error| error.to_string())?;
             let policy = if config.count_http_clients {
                 BotPolicy::CountHttpClients
             } else {
@@ -165,13 +168,13 @@ mod component {
             with_edge(Err("the module is not configured".to_owned()), |edge| {
                 for (index, record) in records.iter().enumerate() {
                     // As for new hits, a full window is flushed early into the pending map.
-                    let recorded = edge.record_hashed(
+                    let outcome = edge.record_hashed(
                         &record.resource_id,
                         record.minute,
                         record.visitor,
                         now_ms,
                     );
-                    if recorded != Recorded::Counted {
+                    if outcome != Core::Counted {
                         return Err(format!(
                             "the window and the pending map are full after {index} of {} \
                              journal records; raise --pending-entries-max",

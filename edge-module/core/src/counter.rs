@@ -9,13 +9,13 @@ use crate::{DAY_MS, VisitorHasher};
 
 /// What `record` did with a hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Recorded {
+pub enum Outcome {
     /// Counted.
     Counted,
     /// Not counted, for this reason (the caller reports it, e.g. in a response header).
     Rejected(Rejection),
     /// Not counted: the window holds its maximum of distinct counters. Flush, then record again.
-    WindowFull,
+    Full,
 }
 
 /// A closed window, ready for [`crate::Delivery::add_window`].
@@ -84,7 +84,7 @@ impl EdgeCounter {
             .unwrap_or_default()
     }
 
-    pub fn record(&mut self, hit: &HitRequest<'_>, now_ms: u64) -> Recorded {
+    pub fn record(&mut self, hit: &HitRequest<'_>, now_ms: u64) -> Outcome {
         // The salt day follows the edge's clock, not the client's claimed time. The user agent's
         // digest is made once: the bot test looks its verdict up by it, the visitor hash takes it.
         let mut digest = None;
@@ -96,7 +96,7 @@ impl EdgeCounter {
         });
         let at_ms = match checked {
             Ok(at_ms) => at_ms,
-            Err(rejection) => return Recorded::Rejected(rejection),
+            Err(rejection) => return Outcome::Rejected(rejection),
         };
         // A hit that passed the checks passed the bot test, which made the digest.
         let digest =
@@ -115,16 +115,16 @@ impl EdgeCounter {
         minute: u64,
         visitor: u64,
         now_ms: u64,
-    ) -> Recorded {
+    ) -> Outcome {
         match self.window.record(resource_id, minute, 1, Some(visitor)) {
             Ok(()) => {
                 self.window_start_ms.get_or_insert(now_ms);
                 if let Some(journal) = &mut self.journal {
                     put_journal_record(journal, self.generation, resource_id, minute, visitor);
                 }
-                Recorded::Counted
+                Outcome::Counted
             }
-            Err(_) => Recorded::WindowFull,
+            Err(_) => Outcome::Full,
         }
     }
 
@@ -211,18 +211,18 @@ pub(crate) mod tests {
         for address in ["1.1.1.1", "2.2.2.2", "1.1.1.1"] {
             assert_eq!(
                 counter.record(&hit("home", address), NOW_MS),
-                Recorded::Counted
+                Outcome::Counted
             );
         }
         assert_eq!(
             counter.record(&hit("blog", "1.1.1.1"), NOW_MS + 60_000),
-            Recorded::Counted
+            Outcome::Counted
         );
         let mut bot = hit("home", "3.3.3.3");
         bot.user_agent = "Googlebot/2.1";
         assert_eq!(
             counter.record(&bot, NOW_MS),
-            Recorded::Rejected(Rejection::Bot)
+            Outcome::Rejected(Rejection::Bot)
         );
         assert_eq!(counter.hits_for("home"), 3);
         let window = counter.flush(NOW_MS + 61_000).unwrap();
@@ -266,7 +266,7 @@ pub(crate) mod tests {
         for record in first.iter().chain(&second) {
             assert_eq!(
                 replayed.record_hashed(&record.resource_id, record.minute, record.visitor, NOW_MS),
-                Recorded::Counted
+                Outcome::Counted
             );
         }
         let mut original = closed.entries;
@@ -281,25 +281,22 @@ pub(crate) mod tests {
         let mut counter = EdgeCounter::new(b"secret", 2);
         assert_eq!(
             counter.record(&hit("a", "1.1.1.1"), NOW_MS),
-            Recorded::Counted
+            Outcome::Counted
         );
         assert_eq!(
             counter.record(&hit("b", "1.1.1.1"), NOW_MS),
-            Recorded::Counted
+            Outcome::Counted
         );
-        assert_eq!(
-            counter.record(&hit("c", "1.1.1.1"), NOW_MS),
-            Recorded::WindowFull
-        );
+        assert_eq!(counter.record(&hit("c", "1.1.1.1"), NOW_MS), Outcome::Full);
         assert_eq!(
             counter.record(&hit("a", "2.2.2.2"), NOW_MS),
-            Recorded::Counted
+            Outcome::Counted
         );
         let window = counter.flush(NOW_MS + 1).unwrap();
         assert_eq!(window.hits, 3);
         assert_eq!(
             counter.record(&hit("c", "1.1.1.1"), NOW_MS + 2),
-            Recorded::Counted
+            Outcome::Counted
         );
     }
 }

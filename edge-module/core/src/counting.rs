@@ -3,7 +3,7 @@
 //! early into the queue and is recorded again in the new one; only when the queue is full too is
 //! it refused. Hosts (the component, and through it every runtime) call this, not the two parts.
 
-use crate::counter::{EdgeCounter, Recorded};
+use crate::counter::{EdgeCounter, Outcome};
 use crate::delivery::{Delivery, DeliveryFull};
 use crate::filter::HitRequest;
 
@@ -19,11 +19,8 @@ impl Counting {
     }
 
     /// Counts a hit (see the module's rule for a full window).
-    pub fn record(&mut self, hit: &HitRequest<'_>, now_ms: u64) -> Recorded {
-        match self.counter.record(hit, now_ms) {
-            Recorded::WindowFull if self.flush(now_ms).is_ok() => self.counter.record(hit, now_ms),
-            recorded => recorded,
-        }
+    pub fn record(&mut self, hit: &HitRequest<'_>, now_ms: u64) -> Outcome {
+        self.record_with(now_ms, |counter| counter.record(hit, now_ms))
     }
 
     /// Counts a journal record again after a crash (see the module's rule for a full window).
@@ -33,16 +30,23 @@ impl Counting {
         minute: u64,
         visitor: u64,
         now_ms: u64,
-    ) -> Recorded {
-        match self
-            .counter
-            .record_hashed(resource_id, minute, visitor, now_ms)
-        {
-            Recorded::WindowFull if self.flush(now_ms).is_ok() => {
-                self.counter
-                    .record_hashed(resource_id, minute, visitor, now_ms)
-            }
-            recorded => recorded,
+    ) -> Outcome {
+        self.record_with(now_ms, |counter| {
+            counter.record_hashed(resource_id, minute, visitor, now_ms)
+        })
+    }
+
+    /// The rule itself, once for both kinds of record: a full window is closed into the queue
+    /// and the record tried once more in the new window; a queue that cannot take the window
+    /// leaves the refusal as it was.
+    fn record_with(
+        &mut self,
+        now_ms: u64,
+        mut record: impl FnMut(&mut EdgeCounter) -> Outcome,
+    ) -> Outcome {
+        match record(&mut self.counter) {
+            Outcome::Full if self.flush(now_ms).is_ok() => record(&mut self.counter),
+            outcome => outcome,
         }
     }
 
@@ -109,24 +113,24 @@ mod tests {
         for resource in ["a", "b"] {
             assert_eq!(
                 edge.record(&hit(resource, "1.1.1.1"), NOW_MS),
-                Recorded::Counted
+                Outcome::Counted
             );
         }
         // A third counter: the window closes into the queue, the hit opens the next one.
         assert_eq!(
             edge.record(&hit("c", "1.1.1.1"), NOW_MS + 1),
-            Recorded::Counted
+            Outcome::Counted
         );
         assert_eq!(edge.counter.hits(), 1);
         assert_eq!(edge.delivery.unacknowledged_hits(), 2);
         // The same for a replayed journal record.
         assert_eq!(
             edge.record_hashed("d", NOW_MS / 60_000, 7, NOW_MS + 2),
-            Recorded::Counted
+            Outcome::Counted
         );
         assert_eq!(
             edge.record_hashed("e", NOW_MS / 60_000, 7, NOW_MS + 2),
-            Recorded::Counted
+            Outcome::Counted
         );
         assert_eq!(
             edge.counter.hits(),
@@ -144,8 +148,8 @@ mod tests {
         let mut refused = None;
         for (index, resource) in resources.iter().enumerate() {
             match edge.record(&hit(resource, "1.1.1.1"), NOW_MS) {
-                Recorded::Counted => counted += 1,
-                Recorded::WindowFull => {
+                Outcome::Counted => counted += 1,
+                Outcome::Full => {
                     refused = Some(index);
                     break;
                 }
@@ -157,10 +161,7 @@ mod tests {
         assert!(refused <= 3, "refused only at counter {refused}");
         // A counter the window already holds still counts.
         let held = resources[refused - 1];
-        assert_eq!(
-            edge.record(&hit(held, "2.2.2.2"), NOW_MS),
-            Recorded::Counted
-        );
+        assert_eq!(edge.record(&hit(held, "2.2.2.2"), NOW_MS), Outcome::Counted);
         counted += 1;
         assert_eq!(
             edge.counter.hits() + edge.delivery.unacknowledged_hits(),

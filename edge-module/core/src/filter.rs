@@ -69,22 +69,22 @@ pub struct HitRequest<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
     #[error("invalid resource id")]
-    InvalidResource,
+    InvalidResourceId,
     #[error("the user agent is a bot")]
     Bot,
     #[error("the request is a prefetch or prerender")]
     Prefetch,
     #[error("the hit's timestamp is too old or in the future")]
-    TimestampOutOfRange,
+    InvalidTimestamp,
 }
 
 impl Rejection {
     pub fn code(self) -> &'static str {
         match self {
-            Self::InvalidResource => "invalid_resource_id",
+            Self::InvalidResourceId => "invalid_resource_id",
             Self::Bot => "bot",
             Self::Prefetch => "prefetch",
-            Self::TimestampOutOfRange => "invalid_timestamp",
+            Self::InvalidTimestamp => "invalid_timestamp",
         }
     }
 }
@@ -231,7 +231,7 @@ pub fn check_with(
     now_ms: u64,
     is_bot: impl FnOnce(&str) -> bool,
 ) -> Result<u64, Rejection> {
-    validate_resource_id(hit.resource_id).map_err(|_| Rejection::InvalidResource)?;
+    validate_resource_id(hit.resource_id).map_err(|_| Rejection::InvalidResourceId)?;
     if hit.prefetch {
         return Err(Rejection::Prefetch);
     }
@@ -241,7 +241,7 @@ pub fn check_with(
     match hit.timestamp_ms {
         None => Ok(now_ms),
         Some(at) if at > now_ms + HIT_CLOCK_SKEW_MS_MAX || at + HIT_AGE_MS_MAX < now_ms => {
-            Err(Rejection::TimestampOutOfRange)
+            Err(Rejection::InvalidTimestamp)
         }
         Some(at) => Ok(at),
     }
@@ -338,14 +338,14 @@ mod tests {
         assert_eq!(check(&prefetch, 1_000), Err(Rejection::Prefetch));
         let mut invalid = hit(BROWSER);
         invalid.resource_id = "no spaces";
-        assert_eq!(check(&invalid, 1_000), Err(Rejection::InvalidResource));
+        assert_eq!(check(&invalid, 1_000), Err(Rejection::InvalidResourceId));
         let now = 10 * HIT_AGE_MS_MAX;
         let mut future = hit(BROWSER);
         future.timestamp_ms = Some(now + HIT_CLOCK_SKEW_MS_MAX + 1);
-        assert_eq!(check(&future, now), Err(Rejection::TimestampOutOfRange));
+        assert_eq!(check(&future, now), Err(Rejection::InvalidTimestamp));
         let mut old = hit(BROWSER);
         old.timestamp_ms = Some(now - HIT_AGE_MS_MAX - 1);
-        assert_eq!(check(&old, now), Err(Rejection::TimestampOutOfRange));
+        assert_eq!(check(&old, now), Err(Rejection::InvalidTimestamp));
         let mut recent = hit(BROWSER);
         recent.timestamp_ms = Some(now - 60_000);
         assert_eq!(check(&recent, now), Ok(now - 60_000));

@@ -22,7 +22,7 @@ mod delivery;
 pub mod filter;
 mod visitor;
 
-pub use counter::{ClosedWindow, EdgeCounter, Recorded};
+pub use counter::{ClosedWindow, EdgeCounter, Outcome};
 pub use counting::Counting;
 pub use delivery::{BatchIdentity, Delivery, DeliveryFull, SealedBatch, seal_entries};
 pub use filter::{BotPolicy, HitRequest, Rejection};
@@ -31,13 +31,43 @@ pub use visitor::{DAY_MS, VisitorHasher, window_map_key};
 /// Shortest deployment secret accepted: shorter ones make the daily salt guessable.
 pub const SECRET_BYTES_MIN: usize = 16;
 
+/// Why an edge's configuration was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid edge id: {0}")]
+    EdgeId(#[from] hitcount_wire::WireError),
+    #[error("the secret must be at least {SECRET_BYTES_MIN} bytes, not {0}")]
+    SecretTooShort(usize),
+}
+
 /// Checks what an edge is configured with, before it counts anything.
-pub fn validate_config(edge_id: &str, secret: &[u8]) -> Result<(), String> {
-    hitcount_wire::validate_edge_id(edge_id).map_err(|error| error.to_string())?;
+pub fn validate_config(edge_id: &str, secret: &[u8]) -> Result<(), ConfigError> {
+    hitcount_wire::validate_edge_id(edge_id)?;
     if secret.len() < SECRET_BYTES_MIN {
-        return Err(format!(
-            "the secret must be at least {SECRET_BYTES_MIN} bytes"
-        ));
+        return Err(ConfigError::SecretTooShort(secret.len()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_configuration_is_refused_for_a_bad_edge_id_or_a_short_secret() {
+        let secret = [7u8; SECRET_BYTES_MIN];
+        assert_eq!(validate_config("edge-1", &secret), Ok(()));
+        assert!(matches!(
+            validate_config("", &secret),
+            Err(ConfigError::EdgeId(_))
+        ));
+        assert!(matches!(
+            validate_config("edge/1", &secret),
+            Err(ConfigError::EdgeId(_))
+        ));
+        assert_eq!(
+            validate_config("edge-1", &secret[1..]),
+            Err(ConfigError::SecretTooShort(SECRET_BYTES_MIN - 1))
+        );
+    }
 }

@@ -17,11 +17,11 @@ use std::time::Instant;
 
 use axum::http::StatusCode;
 use axum::routing::post;
+use hitcount_bench_support::{WrkReport, run_wrk};
 use hitcount_edge::Edge;
 use hitcount_edge::config::Config as EdgeConfig;
 use hitcount_edge::module::{Hit, InstanceSettings, Instances};
 use hitcount_edge_core::{EdgeCounter, HitRequest};
-use hitcount_test_support::wrk::{WrkReport, run_wrk};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -61,8 +61,8 @@ async fn post_hit(
         Outcome::Counted | Outcome::Bot | Outcome::Prefetch => {
             StatusCode::NO_CONTENT.into_response()
         }
-        Outcome::InvalidResource => EdgeError::InvalidResourceId.into_response(),
-        Outcome::Timestamp => EdgeError::InvalidTimestamp.into_response(),
+        Outcome::InvalidResourceId => EdgeError::InvalidResourceId.into_response(),
+        Outcome::InvalidTimestamp => EdgeError::InvalidTimestamp.into_response(),
         Outcome::Full => EdgeError::Full.into_response(),
     };
     response.headers_mut().insert(

@@ -14,10 +14,10 @@ use crate::{EdgeState, now_ms};
 /// The outcomes in a fixed order, for [`HitCounters`].
 const OUTCOMES: [Outcome; 6] = [
     Outcome::Counted,
-    Outcome::InvalidResource,
+    Outcome::InvalidResourceId,
     Outcome::Bot,
     Outcome::Prefetch,
-    Outcome::Timestamp,
+    Outcome::InvalidTimestamp,
     Outcome::Full,
 ];
 
@@ -49,10 +49,10 @@ impl HitCounters {
 pub(crate) fn result_code(outcome: Outcome) -> &'static str {
     match outcome {
         Outcome::Counted => "counted",
-        Outcome::InvalidResource => "invalid_resource_id",
+        Outcome::InvalidResourceId => "invalid_resource_id",
         Outcome::Bot => "bot",
         Outcome::Prefetch => "prefetch",
-        Outcome::Timestamp => "invalid_timestamp",
+        Outcome::InvalidTimestamp => "invalid_timestamp",
         Outcome::Full => "full",
     }
 }

@@ -293,7 +293,7 @@ async fn a_flush_whose_answer_was_lost_is_resent_and_counted_once() {
 
     // The next flush sends the same windows again: the same bytes under the same keys, so the
     // aggregator answers duplicate, not conflict, and counts nothing twice.
-    let duplicates_before = metric(&aggregator.url(""), "hitcount_deltas_duplicate_total").await;
+    let duplicates_before = metric(&aggregator, "hitcount_deltas_duplicate_total").await;
     lose.store(false, Ordering::SeqCst);
     // (A flush delivers at most 16 windows; flush until all are in.)
     flush_until(&edge, &aggregator, 1, 100).await;
@@ -307,11 +307,9 @@ async fn a_flush_whose_answer_was_lost_is_resent_and_counted_once() {
         .unwrap();
     assert!(left.is_empty(), "delivered windows leave Redis: {left:?}");
     // At least the window whose answer was lost went again, and was a duplicate.
-    assert!(
-        metric(&aggregator.url(""), "hitcount_deltas_duplicate_total").await > duplicates_before
-    );
+    assert!(metric(&aggregator, "hitcount_deltas_duplicate_total").await > duplicates_before);
     assert_eq!(
-        metric(&aggregator.url(""), "hitcount_deltas_conflict_total").await,
+        metric(&aggregator, "hitcount_deltas_conflict_total").await,
         0
     );
 

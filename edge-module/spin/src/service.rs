@@ -66,7 +66,8 @@ async fn settings() -> Result<Settings, String> {
         redis_address: variable("redis_address").await?,
         window_ms,
     };
-    hitcount_edge_core::validate_config(&settings.edge_id, settings.visitor_secret.as_bytes())?;
+    hitcount_edge_core::validate_config(&settings.edge_id, settings.visitor_secret.as_bytes())
+        .map_err(|error| error.to_string())?;
     Ok(settings)
 }
 
@@ -108,15 +109,6 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
         .unwrap_or_default()
 }
 
-fn rejection_code(rejection: Rejection) -> &'static str {
-    match rejection {
-        Rejection::InvalidResource => "invalid_resource_id",
-        Rejection::Bot => "bot",
-        Rejection::Prefetch => "prefetch",
-        Rejection::TimestampOutOfRange => "invalid_timestamp",
-    }
-}
-
 fn parameter(text: impl AsRef<[u8]>) -> RedisParameter {
     RedisParameter::Binary(text.as_ref().to_vec())
 }
@@ -130,7 +122,8 @@ fn text_of(result: &RedisResult) -> Option<String> {
     }
 }
 
-enum Recorded {
+/// What `record` did with a hit.
+enum Outcome {
     Counted { oldest_window: u64 },
     Rejected(Rejection),
 }
@@ -143,7 +136,7 @@ async fn record(
     resource_id: &str,
     timestamp_ms: Option<u64>,
     now: u64,
-) -> Result<Recorded, String> {
+) -> Result<Outcome, String> {
     let address = match header(headers, "spin-client-addr") {
         "" => header(headers, "x-forwarded-for")
             .split(',')
@@ -171,7 +164,7 @@ async fn record(
     };
     let at_ms = match filter::check(&hit, now) {
         Ok(at_ms) => at_ms,
-        Err(rejection) => return Ok(Recorded::Rejected(rejection)),
+        Err(rejection) => return Ok(Outcome::Rejected(rejection)),
     };
     let visitor = VisitorHasher::new(settings.visitor_secret.as_bytes()).hash(
         now,
@@ -205,7 +198,7 @@ async fn record(
                 let oldest_window = text_of(oldest)
                     .and_then(|text| text.parse().ok())
                     .unwrap_or(window);
-                return Ok(Recorded::Counted { oldest_window });
+                return Ok(Outcome::Counted { oldest_window });
             }
             // The window closed under this hit: it belongs to the next one.
             [RedisResult::Int64(0)] => window += 1,
@@ -433,9 +426,9 @@ async fn hit(
         }
     };
     let now = now_ms();
-    let recorded = record(&settings, &redis, headers, &resource_id, timestamp, now).await;
-    match recorded {
-        Ok(Recorded::Counted { oldest_window }) => {
+    let outcome = record(&settings, &redis, headers, &resource_id, timestamp, now).await;
+    match outcome {
+        Ok(Outcome::Counted { oldest_window }) => {
             if oldest_window < window_index(now, settings.window_ms)
                 && let Err(reason) = flush_closed(&settings, &redis, now).await
             {
@@ -443,20 +436,20 @@ async fn hit(
             }
             answer(StatusCode::NO_CONTENT, "counted", "", "")
         }
-        Ok(Recorded::Rejected(Rejection::InvalidResource)) => answer(
+        Ok(Outcome::Rejected(Rejection::InvalidResourceId)) => answer(
             StatusCode::BAD_REQUEST,
             "invalid_resource_id",
             "invalid_resource_id",
             "resource ids are 1 to 64 of A-Z a-z 0-9 . _ -",
         ),
-        Ok(Recorded::Rejected(Rejection::TimestampOutOfRange)) => answer(
+        Ok(Outcome::Rejected(Rejection::InvalidTimestamp)) => answer(
             StatusCode::BAD_REQUEST,
             "invalid_timestamp",
             "invalid_timestamp",
             "timestamp must be within the last 24 hours and at most 5 minutes ahead",
         ),
-        Ok(Recorded::Rejected(rejection)) => {
-            answer(StatusCode::NO_CONTENT, rejection_code(rejection), "", "")
+        Ok(Outcome::Rejected(rejection)) => {
+            answer(StatusCode::NO_CONTENT, rejection.code(), "", "")
         }
         Err(reason) => {
             eprintln!("hitcount: recording failed: {reason}");

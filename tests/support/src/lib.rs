@@ -1,112 +1,35 @@
-//! Shared by the integration tests of `hitcount-edge`, `hitcount-spin-host` and the store tests:
-//! an aggregator in the test process on a real port-0 socket, the REST calls tests make, and the
-//! machine's Redis (or a skip with the reason, or a failure under `CI=true`); and, for the
-//! benchmarks, a wrk runner.
+//! The one test kit of the workspace, shared by the integration tests of `hitcount-aggregator`,
+//! `hitcount-edge`, `hitcount-spin-host` and `hitcount-dev`: servers in the test process on real
+//! port-0 sockets ([`Server`]: an aggregator on the embedded store or PostgreSQL, or any
+//! router), the REST and delta calls tests make, and the machine's PostgreSQL and Redis (or a
+//! skip with the reason, or a failure under `CI=true`). The benchmarks'
+//! wrk runner is in `hitcount-bench-support`, apart, so tests never build it.
 
 // Test support: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
-pub mod wrk;
-
-use std::net::SocketAddr;
-use std::path::Path;
-
-use hitcount_aggregator::Aggregator;
-use hitcount_aggregator::config::{Config as AggregatorConfig, EdgeKey};
 use reqwest::Client;
-use serde_json::{Value, json};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use serde_json::Value;
 
+pub mod api;
+pub mod deltas;
+pub mod postgres;
+pub mod server;
+
+pub use api::{
+    Api, assert_documented, body, documented_statuses, error_code, metric, metrics_text,
+    openapi_document,
+};
+pub use deltas::{batch, batch_from, post_delta, post_delta_bytes, signed_delta};
+pub use postgres::{database_url_for, open_store, postgres_database, postgres_or_skip, psql};
+pub use server::{Server, aggregator, serve_router, test_config};
+
+/// The admin token of every test server (and of the aggregator binaries tests start).
 pub const ADMIN_TOKEN: &str = "test-support-admin-token-0123";
+/// The edge key [`test_config`] configures.
+pub const EDGE_ID: &str = "edge-test";
+pub const EDGE_SECRET: &str = "edge-secret-0123456789";
 pub const BROWSER: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0";
-
-/// A server running in this process until [`Server::stop`].
-#[derive(Debug)]
-pub struct Server {
-    pub address: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
-}
-
-impl Server {
-    pub fn new(
-        address: SocketAddr,
-        stop: oneshot::Sender<()>,
-        task: JoinHandle<anyhow::Result<()>>,
-    ) -> Self {
-        Self {
-            address,
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.address)
-    }
-
-    /// Stops gracefully and waits; the server's own error fails the test.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await.unwrap().unwrap();
-        }
-    }
-}
-
-/// Serves `router` on a port-0 listener until [`Server::stop`] (origins, proxies, stubs).
-pub async fn serve_router(router: axum::Router) -> Server {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            })
-            .await
-            .map_err(anyhow::Error::from)
-    });
-    Server::new(address, stop, task)
-}
-
-/// An aggregator on `directory` (its embedded store), listening on `address` or port 0, with
-/// the admin token [`ADMIN_TOKEN`], the given edge keys and no rate limits.
-pub async fn aggregator(
-    directory: &Path,
-    address: Option<SocketAddr>,
-    edge_keys: &[(&str, &str)],
-) -> Server {
-    let mut config = AggregatorConfig::for_data_dir(directory.to_path_buf());
-    config.admin_token = Some(ADMIN_TOKEN.to_owned());
-    config.edge_keys = edge_keys
-        .iter()
-        .map(|(edge_id, secret)| EdgeKey {
-            edge_id: (*edge_id).to_owned(),
-            secret: secret.as_bytes().to_vec(),
-        })
-        .collect();
-    config.rate_limit_ip_per_second = 0;
-    config.rate_limit_token_per_second = 0;
-    let aggregator = Aggregator::start(config).await.unwrap();
-    let listener =
-        tokio::net::TcpListener::bind(address.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()))
-            .await
-            .unwrap();
-    let address = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(hitcount_aggregator::serve(
-        listener,
-        aggregator,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    Server::new(address, stop, task)
-}
 
 /// Creates resources `r0` .. `r{count-1}` at the aggregator at `base` (`http://host:port`).
 pub async fn create_resources(base: &str, count: usize) {
@@ -116,47 +39,14 @@ pub async fn create_resources(base: &str, count: usize) {
 }
 
 pub async fn create_resource(base: &str, resource_id: &str) {
-    let response = Client::new()
-        .post(format!("{base}/resources"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"name": resource_id, "resource_id": resource_id}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201, "creating {resource_id}");
+    Api::admin(&Server::at(base))
+        .create_resource(resource_id)
+        .await;
 }
 
 /// (hits, uniques) of a resource over the last hour.
 pub async fn count(base: &str, resource_id: &str) -> (u64, u64) {
-    let value: Value = Client::new()
-        .get(format!("{base}/hits/{resource_id}?window=1h"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    (
-        value["count"].as_u64().unwrap(),
-        value["uniques"].as_u64().unwrap(),
-    )
-}
-
-/// The sum over label sets of a Prometheus counter at `base/metrics`.
-pub async fn metric(base: &str, name: &str) -> u64 {
-    let text = Client::new()
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|line| line.starts_with(name))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+    Api::admin(&Server::at(base)).count(resource_id, "1h").await
 }
 
 /// A port the system just handed out and this process let go: free, barring a race with another

@@ -1,0 +1,304 @@
+//! What resources and patterns exist, as this aggregator knows them: the resource cache (loaded
+//! at start, kept in step with every create and delete here and reloaded from the store every few
+//! seconds for other aggregators' changes) and the patterns whose resource counts follow it, with
+//! the decisions that need both: which ids of a request are missing, and which a pattern may
+//! create ([`Catalog::admit`]).
+//!
+//! It knows the store, not the HTTP layer: handlers call it with the state's store, so neither
+//! `state.rs` nor `api/` is imported here.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{RwLock, RwLockReadGuard};
+
+use hitcount_wire::DeltaEntry;
+
+use crate::patterns::{
+    Admission, Missing, Patterns, RECENT_RESOURCES_MS, Refusal, RefusalReason, ResourceCache,
+};
+use crate::store::{ResourceRecord, Store, StoreError};
+
+/// Resources created this shortly before a reload began are kept in the cache even if the
+/// reload's list lacks them (their transaction may not have been visible to it yet).
+const RESOURCE_RELOAD_GRACE_MS: u64 = 2_000;
+
+/// The resource cache and the patterns, under one lock order: the cache first, then the
+/// patterns' registry.
+#[derive(Debug)]
+pub struct Catalog {
+    /// Resources by id, so that validating a hit costs no store round trip.
+    resources: RwLock<ResourceCache>,
+    /// Resource patterns, with their resource counts kept in step with `resources`.
+    pub patterns: Patterns,
+}
+
+impl Catalog {
+    /// A catalog of `resources` (as the store lists them) and the stored `patterns`.
+    pub fn new(
+        resources: impl IntoIterator<Item = ResourceRecord>,
+        patterns: Vec<crate::store::PatternRecord>,
+    ) -> Self {
+        let resources: ResourceCache = resources
+            .into_iter()
+            .map(|record| (record.id.clone(), record))
+            .collect();
+        let catalog = Self {
+            resources: RwLock::new(BTreeMap::new()),
+            patterns: Patterns::default(),
+        };
+        catalog.patterns.registry.replace(patterns, &resources);
+        *catalog
+            .resources
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner()) = resources;
+        catalog
+    }
+
+    /// The resource cache, for reading (a listing, a pattern's count).
+    pub fn read(&self) -> RwLockReadGuard<'_, ResourceCache> {
+        self.resources
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    pub fn resource(&self, id: &str) -> Option<ResourceRecord> {
+        self.read().get(id).cloned()
+    }
+
+    /// `Some(retention_days)` if the resource exists.
+    pub fn resource_retention(&self, id: &str) -> Option<Option<u32>> {
+        self.read().get(id).map(|record| record.retention_days)
+    }
+
+    pub fn resource_exists(&self, id: &str) -> bool {
+        self.read().contains_key(id)
+    }
+
+    /// Adds resources to the cache (replacing cached records of the same id), keeping the
+    /// patterns' counts in step under the same lock.
+    pub fn insert_resources(&self, records: impl IntoIterator<Item = ResourceRecord>) {
+        let mut cache = self
+            .resources
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner());
+        for record in records {
+            let id = record.id.clone();
+            if cache.insert(id.clone(), record).is_none() {
+                self.patterns.registry.resource_added(&id);
+            }
+        }
+    }
+
+    /// Removes a resource from the cache, keeping the patterns' counts in step.
+    pub fn remove_resource(&self, id: &str) -> Option<ResourceRecord> {
+        let mut cache = self
+            .resources
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let removed = cache.remove(id);
+        if removed.is_some() {
+            self.patterns.registry.resource_removed(id);
+        }
+        removed
+    }
+
+    /// Replaces the cache with the store's list, so resources created or deleted through
+    /// another aggregator on the same database appear here; the patterns are recounted.
+    pub async fn reload_resources(&self, store: &Store, now_ms: u64) {
+        // Ids cached before the read began: only those can be gone because another aggregator
+        // deleted them. One cached later was created here after the read began (its commit may
+        // not be in the read, whatever its creation time says).
+        let cached_before: HashSet<String> = self.read().keys().cloned().collect();
+        match store.resources().await {
+            Ok(records) => {
+                let mut loaded: ResourceCache = records
+                    .into_iter()
+                    .map(|record| (record.id.clone(), record))
+                    .collect();
+                let mut cache = self
+                    .resources
+                    .write()
+                    .unwrap_or_else(|poison| poison.into_inner());
+                // A resource created here while the list was being read is not in it yet.
+                let recent = now_ms.saturating_sub(RESOURCE_RELOAD_GRACE_MS);
+                for (id, record) in cache.iter() {
+                    if !loaded.contains_key(id)
+                        && (!cached_before.contains(id) || record.created_at_ms >= recent)
+                    {
+                        loaded.insert(id.clone(), record.clone());
+                    }
+                }
+                *cache = loaded;
+                self.patterns.registry.recount(&cache);
+            }
+            Err(error) => tracing::warn!(%error, "reloading resources failed; will retry"),
+        }
+    }
+
+    /// The ids among `entries` (sorted by resource, as batches are) that the cache does not have.
+    pub fn missing_in(&self, entries: &[DeltaEntry]) -> Vec<Missing> {
+        let cache = self.read();
+        let mut missing: Vec<Missing> = Vec::new();
+        for entry in entries {
+            match missing.last_mut() {
+                Some(last) if last.resource_id == entry.resource_id => {
+                    last.entries += 1;
+                    last.hits += entry.hits;
+                }
+                _ if cache.contains_key(&entry.resource_id) => {}
+                _ => missing.push(Missing {
+                    resource_id: entry.resource_id.clone(),
+                    entries: 1,
+                    hits: entry.hits,
+                }),
+            }
+        }
+        missing
+    }
+
+    /// Makes the missing ids exist where a pattern allows it: first takes in what the store has
+    /// that the cache lacks (created through another aggregator), then creates the ids under a
+    /// pattern with room, longest prefix first. Returns the ids refused; with
+    /// [`Admission::AllOrNothing`], any refusal means nothing was created.
+    pub async fn admit(
+        &self,
+        store: &Store,
+        mut missing: Vec<Missing>,
+        admission: Admission,
+        now_ms: u64,
+    ) -> Result<Vec<Refusal>, StoreError> {
+        let registry = &self.patterns.registry;
+        let may_create = missing
+            .iter()
+            .any(|item| registry.longest_match(&item.resource_id).is_some());
+        // The ids may have been created through another aggregator since the last reload; and when
+        // something may be created here, so may others under the same prefixes lately, which count
+        // toward the bounds.
+        let ids = missing
+            .iter()
+            .map(|item| item.resource_id.clone())
+            .collect();
+        let created_since_ms = may_create.then(|| now_ms.saturating_sub(RECENT_RESOURCES_MS));
+        let current = store.resources_current(ids, created_since_ms).await?;
+        self.insert_resources(current);
+        missing.retain(|item| !self.resource_exists(&item.resource_id));
+        if !may_create {
+            return Ok(missing
+                .into_iter()
+                .map(|item| Refusal {
+                    resource_id: item.resource_id,
+                    reason: RefusalReason::NoPattern,
+                    pattern: None,
+                    entries: item.entries,
+                    hits: item.hits,
+                })
+                .collect());
+        }
+        let _creating = self.patterns.creating.lock().await;
+        // Another request of this aggregator may have created some while this one waited.
+        missing.retain(|item| !self.resource_exists(&item.resource_id));
+
+        let mut refusals = Vec::new();
+        let mut creations = Vec::new();
+        let mut planned: HashMap<String, u64> = HashMap::new();
+        for item in missing {
+            let Some(found) = self.patterns.registry.longest_match(&item.resource_id) else {
+                refusals.push(Refusal {
+                    resource_id: item.resource_id,
+                    reason: RefusalReason::NoPattern,
+                    pattern: None,
+                    entries: item.entries,
+                    hits: item.hits,
+                });
+                continue;
+            };
+            let planned_here = planned.entry(found.pattern.clone()).or_default();
+            if found.resources + *planned_here >= found.resources_max {
+                refusals.push(Refusal {
+                    resource_id: item.resource_id,
+                    reason: RefusalReason::PatternFull,
+                    pattern: Some(found.pattern),
+                    entries: item.entries,
+                    hits: item.hits,
+                });
+                continue;
+            }
+            *planned_here += 1;
+            creations.push(ResourceRecord {
+                name: item.resource_id.clone(),
+                id: item.resource_id,
+                retention_days: found.retention_days,
+                created_at_ms: now_ms,
+            });
+        }
+        if creations.is_empty() || (admission == Admission::AllOrNothing && !refusals.is_empty()) {
+            return Ok(refusals);
+        }
+        let wanted = creations.len();
+        let created = store.create_resources_if_absent(creations).await?;
+        for record in &created {
+            tracing::debug!(resource_id = %record.id, "resource created by a pattern");
+        }
+        tracing::info!(
+            resources = created.len(),
+            wanted,
+            "resources created by patterns"
+        );
+        metrics::counter!("hitcount_resources_created_by_pattern_total")
+            .increment(created.len() as u64);
+        self.insert_resources(created);
+        Ok(refusals)
+    }
+
+    /// Counts refusals: the metric, the pattern's `refused_hits` and the unknown-resources list.
+    pub fn record_refusals(&self, refusals: &[Refusal], now_ms: u64) {
+        for refusal in refusals {
+            metrics::counter!("hitcount_resources_refused_total", "reason" => refusal.reason.as_str())
+                .increment(refusal.hits);
+            if let Some(pattern) = &refusal.pattern {
+                self.patterns.registry.refused(pattern, refusal.hits);
+            }
+            self.patterns.unknown.record(refusal, now_ms);
+        }
+        if let Some(first) = refusals.first() {
+            tracing::debug!(
+                refused = refusals.len(),
+                first = %first.resource_id,
+                reason = first.reason.as_str(),
+                "entries for unknown resources refused"
+            );
+        }
+    }
+
+    /// Writes refusals not yet stored into the patterns' counters; on failure they wait for the
+    /// next call.
+    pub async fn flush_refusals(&self, store: &Store) {
+        let counts = self.patterns.registry.take_unflushed();
+        if counts.is_empty() {
+            return;
+        }
+        let stored = store.add_refused_hits(counts.clone()).await;
+        if let Err(error) = &stored {
+            tracing::warn!(%error, "storing refused hits of patterns failed; will retry");
+        }
+        self.patterns.registry.flushed(&counts, stored.is_ok());
+    }
+
+    /// The maintenance task's part, every tick: flushes refusals and, with `reload`, loads the
+    /// stored patterns (created or deleted through another aggregator too).
+    pub async fn maintain_patterns(&self, store: &Store, reload: bool) {
+        self.flush_refusals(store).await;
+        if !reload {
+            return;
+        }
+        let local_changes = self.patterns.registry.local_changes();
+        match store.patterns().await {
+            Ok(records) => {
+                let cache = self.read();
+                self.patterns
+                    .registry
+                    .replace_unless_changed(records, &cache, local_changes);
+            }
+            Err(error) => tracing::warn!(%error, "reloading patterns failed; will retry"),
+        }
+    }
+}
