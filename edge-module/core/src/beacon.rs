@@ -112,7 +112,30 @@ mod tests {
             parse_beacon(None, &vec![b' '; BEACON_BODY_BYTES_MAX + 1]),
             Err(BeaconError::TooLarge)
         );
-        assert!(is_prefetch(["Prefetch;prerender"]));
+        // The limit itself is allowed: a body of exactly BEACON_BODY_BYTES_MAX bytes parses.
+        let mut at_limit = br#"{"resource_id":"a"}"#.to_vec();
+        at_limit.resize(BEACON_BODY_BYTES_MAX, b' ');
+        assert_eq!(BEACON_BODY_BYTES_MAX, 4096);
+        assert_eq!(parse_beacon(None, &at_limit).unwrap().resource_id, "a");
+    }
+
+    #[test]
+    fn every_refusal_has_its_code() {
+        assert_eq!(BeaconError::ContentType.code(), "unsupported_media_type");
+        assert_eq!(BeaconError::TooLarge.code(), "body_too_large");
+        assert_eq!(
+            BeaconError::Json("expected value".to_owned()).code(),
+            "invalid_beacon"
+        );
+    }
+
+    #[test]
+    fn each_purpose_word_alone_marks_a_prefetch() {
+        for value in ["prefetch", "Prerender", "preview", "Prefetch;prerender"] {
+            assert!(is_prefetch([value]), "{value}");
+            assert!(is_prefetch(["", value]), "{value} in a second header");
+        }
         assert!(!is_prefetch(["document"]));
+        assert!(!is_prefetch(["", "navigate"]));
     }
 }

@@ -234,13 +234,35 @@ pub(crate) mod tests {
             .map(|entry| {
                 (
                     entry.resource_id.as_str(),
+                    entry.minute,
                     entry.hits,
                     entry.visitors.count(),
                 )
             })
             .collect();
-        assert_eq!(summary, vec![("blog", 1, 1), ("home", 3, 2)]);
+        let minute = NOW_MS / MINUTE_MS;
+        assert_eq!(
+            summary,
+            vec![("blog", minute + 1, 1, 1), ("home", minute, 3, 2)]
+        );
         assert!(counter.flush(NOW_MS + 62_000).is_none());
+    }
+
+    #[test]
+    fn a_hit_counts_in_the_minute_its_beacon_names() {
+        let mut counter = EdgeCounter::new(b"secret", 100);
+        let mut earlier = hit("home", "1.1.1.1");
+        // Three and a half minutes before the edge's clock: still within the last 24 hours.
+        earlier.timestamp_ms = Some(NOW_MS - 210_000);
+        assert_eq!(counter.record(&earlier, NOW_MS), Outcome::Counted);
+        // The bot verdicts are remembered for the edge's day, not the beacon's.
+        assert!(
+            format!("{counter:?}").contains(&format!("day: {}", NOW_MS / DAY_MS)),
+            "{counter:?}"
+        );
+        let window = counter.flush(NOW_MS + 1).unwrap();
+        assert_eq!(window.entries.len(), 1);
+        assert_eq!(window.entries[0].minute, (NOW_MS - 210_000) / MINUTE_MS);
     }
 
     #[test]
@@ -279,15 +301,20 @@ pub(crate) mod tests {
     #[test]
     fn a_full_window_refuses_new_counters_without_dropping_counted_ones() {
         let mut counter = EdgeCounter::new(b"secret", 2);
+        assert!(counter.is_empty());
         assert_eq!(
             counter.record(&hit("a", "1.1.1.1"), NOW_MS),
             Outcome::Counted
         );
+        assert!(!counter.is_empty());
+        assert_eq!(counter.len(), 1);
         assert_eq!(
             counter.record(&hit("b", "1.1.1.1"), NOW_MS),
             Outcome::Counted
         );
+        assert_eq!(counter.len(), 2);
         assert_eq!(counter.record(&hit("c", "1.1.1.1"), NOW_MS), Outcome::Full);
+        assert_eq!(counter.len(), 2, "the refused counter took no room");
         assert_eq!(
             counter.record(&hit("a", "2.2.2.2"), NOW_MS),
             Outcome::Counted

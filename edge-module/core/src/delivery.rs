@@ -9,15 +9,13 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use hitcount_wire::varint::VARINT_BYTES_MAX;
 use hitcount_wire::{
-    BATCH_BYTES_MAX, BATCH_ENTRIES_MAX, DeltaBatch, DeltaEntry, DeltaHeader, WINDOW_SPAN_MS_MAX,
-    WindowCounts,
+    BATCH_BYTES_MAX, BATCH_ENTRIES_MAX, DeltaBatch, DeltaEntry, DeltaHeader, HEADER_BYTES_MAX,
+    WINDOW_SPAN_MS_MAX, WindowCounts,
 };
 
 use crate::counter::ClosedWindow;
-
-/// Room for the header of any batch (magic, version, a 64-byte edge id and five varints).
-const HEADER_BYTES_MAX: usize = 4 + 1 + 1 + 64 + 5 * 10;
 
 /// The pending map has no room for a window's new counters. The window is handed back untouched.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -189,7 +187,7 @@ pub fn seal_entries(
     let mut chunk: Vec<DeltaEntry> = Vec::new();
     let mut chunk_bytes = HEADER_BYTES_MAX;
     for entry in entries {
-        let entry_bytes = 1 + entry.resource_id.len() + 10 + 10 + entry.visitors.to_bytes().len();
+        let entry_bytes = entry_bytes_max(&entry);
         if !chunk.is_empty()
             && (chunk_bytes + entry_bytes > BATCH_BYTES_MAX || chunk.len() == BATCH_ENTRIES_MAX)
         {
@@ -210,6 +208,13 @@ pub fn seal_entries(
         sealed.push(encode(identity, sequence, chunk, generation));
     }
     sealed
+}
+
+/// The most bytes `entry` can take in a batch: its id with a one-byte length (ids are at most 64
+/// bytes), the minute and the hits as varints of any length, and its sketch. It overcounts the
+/// varints (a few bytes an entry), so a cut batch is a little under the byte bound, never over.
+fn entry_bytes_max(entry: &DeltaEntry) -> usize {
+    1 + entry.resource_id.len() + 2 * VARINT_BYTES_MAX + entry.visitors.to_bytes().len()
 }
 
 fn encode(
@@ -277,16 +282,28 @@ mod tests {
         delivery.add_window(window(60_000, &[("a", 1, 2)])).unwrap();
         let first = delivery.next_batch().unwrap().clone();
         assert_eq!(first.sequence, 0);
-        // The aggregator is down: more windows arrive while batch 0 is unacknowledged.
+        assert_eq!(first.resource_hits, BTreeMap::from([("a".to_owned(), 2)]));
+        // The aggregator is down: more windows arrive while batch 0 is unacknowledged, and it is
+        // resent between them; they wait in the pending map, merged, not in batches of their own.
         delivery
             .add_window(window(61_000, &[("a", 1, 3), ("b", 1, 1)]))
             .unwrap();
+        assert_eq!(delivery.next_batch().unwrap(), &first, "resent unchanged");
         delivery.add_window(window(62_000, &[("a", 1, 5)])).unwrap();
         assert_eq!(delivery.next_batch().unwrap(), &first, "resent unchanged");
+        assert_eq!(delivery.sealed_batches().collect::<Vec<_>>(), [&first]);
+        assert_eq!(delivery.pending_len(), 2, "a and b, merged");
         assert_eq!(delivery.unacknowledged_hits(), 11);
+        assert_eq!(delivery.unacknowledged_hits_for("a"), 10);
+        assert_eq!(delivery.unacknowledged_hits_for("b"), 1);
         delivery.acknowledge(0);
         let second = delivery.next_batch().unwrap().clone();
         assert_eq!(second.sequence, 1);
+        assert_eq!(
+            second.resource_hits,
+            BTreeMap::from([("a".to_owned(), 8), ("b".to_owned(), 1)])
+        );
+        assert_eq!(delivery.pending_len(), 0);
         let decoded = DeltaBatch::decode(&second.bytes).unwrap();
         assert_eq!(decoded.hits(), 9);
         assert_eq!(
@@ -351,17 +368,117 @@ mod tests {
             .unwrap();
         let mut total = 0;
         let mut sequences = Vec::new();
+        let mut batches = Vec::new();
         while let Some(batch) = delivery.next_batch().cloned() {
             assert!(batch.bytes.len() <= BATCH_BYTES_MAX);
-            total += DeltaBatch::decode(&batch.bytes).unwrap().hits();
+            let decoded = DeltaBatch::decode(&batch.bytes).unwrap();
+            total += decoded.hits();
             sequences.push(batch.sequence);
+            batches.push((batch.bytes.len(), decoded));
             delivery.acknowledge(batch.sequence);
         }
         assert_eq!(total, 6_000_000);
-        assert!(
-            sequences.len() >= 2,
-            "12 MB of dense sketches needs more than one batch"
+        assert_eq!(
+            sequences,
+            [0, 1],
+            "12 MB of dense sketches needs two batches, numbered in order"
         );
-        assert_eq!(sequences, (0..sequences.len() as u64).collect::<Vec<_>>());
+        // The first batch is packed up to the bound, less what the size estimate overcounts:
+        // the header's bound over this header, and at most two varints' slack an entry.
+        let (first_bytes, first) = &batches[0];
+        let header_bytes = DeltaBatch {
+            header: first.header.clone(),
+            entries: Vec::new(),
+        }
+        .encode()
+        .unwrap()
+        .len();
+        let entries = first.entries.len();
+        let entry_bytes = (first_bytes - header_bytes) / entries;
+        let packed_least =
+            (BATCH_BYTES_MAX - HEADER_BYTES_MAX) / (entry_bytes + 2 * VARINT_BYTES_MAX);
+        let packed_most = (BATCH_BYTES_MAX - header_bytes) / entry_bytes;
+        assert!(
+            (packed_least..=packed_most).contains(&entries),
+            "{entries} entries of {entry_bytes} bytes in the first batch, not {packed_least}..={packed_most}"
+        );
+    }
+
+    /// Whatever the entries' sizes, no sealed batch passes the byte bound: the estimate must
+    /// never undercount. Ids of every fourth length with one dense sketch each put the cut
+    /// points all over an entry's size, so an estimate a few bytes short overflows some batch.
+    #[test]
+    fn no_batch_passes_the_byte_bound_whatever_the_id_length() {
+        let mut visitors = Sketch::new();
+        for visitor in 0..20_000u64 {
+            visitors.insert(&visitor.to_le_bytes());
+        }
+        let identity = BatchIdentity {
+            edge_id: "edge-1",
+            boot_epoch: 7,
+            first_sequence: 0,
+            window_start_ms: 60_000,
+            window_end_ms: 61_000,
+        };
+        let entry_bytes = visitors.to_bytes().len();
+        for id_length in (4..=hitcount_wire::RESOURCE_ID_BYTES_MAX).step_by(4) {
+            let count = BATCH_BYTES_MAX / entry_bytes + 2;
+            let entries: Vec<DeltaEntry> = (0..count)
+                .map(|index| DeltaEntry {
+                    resource_id: format!("{index:0id_length$}"),
+                    minute: 1,
+                    hits: 1,
+                    visitors: visitors.clone(),
+                })
+                .collect();
+            // `encode` panics on a batch over the bound; the sizes are checked here too.
+            let sealed = seal_entries(&identity, entries, 1);
+            assert_eq!(sealed.len(), 2, "ids of {id_length} bytes");
+            assert!(
+                sealed
+                    .iter()
+                    .all(|batch| batch.bytes.len() <= BATCH_BYTES_MAX)
+            );
+        }
+    }
+
+    #[test]
+    fn sealing_cuts_at_the_entry_bound_and_numbers_from_the_first_sequence() {
+        let entries: Vec<DeltaEntry> = (0..=2 * BATCH_ENTRIES_MAX)
+            .map(|index| DeltaEntry {
+                resource_id: format!("r{index:05}"),
+                minute: 1,
+                hits: 1,
+                visitors: Sketch::new(),
+            })
+            .collect();
+        let identity = BatchIdentity {
+            edge_id: "edge-1",
+            boot_epoch: 7,
+            first_sequence: 5,
+            window_start_ms: 60_000,
+            window_end_ms: 61_000,
+        };
+        let sealed = seal_entries(&identity, entries, 3);
+        let shape: Vec<(u64, usize, u64)> = sealed
+            .iter()
+            .map(|batch| {
+                let decoded = DeltaBatch::decode(&batch.bytes).unwrap();
+                (batch.sequence, decoded.entries.len(), batch.hits)
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                (5, BATCH_ENTRIES_MAX, BATCH_ENTRIES_MAX as u64),
+                (6, BATCH_ENTRIES_MAX, BATCH_ENTRIES_MAX as u64),
+                (7, 1, 1)
+            ]
+        );
+        assert_eq!(
+            sealed[2].resource_hits,
+            BTreeMap::from([(format!("r{:05}", 2 * BATCH_ENTRIES_MAX), 1)])
+        );
+        assert!(sealed.iter().all(|batch| batch.generation == 3));
     }
 }

@@ -112,11 +112,7 @@ pub fn is_bot_under(user_agent: &str, policy: BotPolicy) -> bool {
         return true;
     }
     // Cut at the last character boundary within the limit, without walking the characters.
-    let mut cut = user_agent.len().min(USER_AGENT_BYTES_MAX);
-    while !user_agent.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    let inspected = &user_agent[..cut];
+    let inspected = &user_agent[..user_agent.floor_char_boundary(USER_AGENT_BYTES_MAX)];
     match policy {
         BotPolicy::RefuseHttpClients => all_markers().is_match(inspected),
         BotPolicy::CountHttpClients => bot_markers().is_match(inspected),
@@ -329,6 +325,10 @@ mod tests {
         // A remembered verdict is only trusted on the day its digest was made: digest 8 is the
         // bot's yesterday, and whatever it is today gets scanned.
         assert!(!verdicts.is_bot(2, 8, BROWSER));
+        // An empty slot remembers nothing, not even for digest 0 (which an empty slot holds).
+        let mut fresh = BotVerdicts::default();
+        assert!(fresh.is_bot(1, 0, "curl/8.5.0"));
+        assert!(fresh.is_bot(1, 0, "curl/8.5.0"), "and remembered");
     }
 
     #[test]
@@ -349,5 +349,54 @@ mod tests {
         let mut recent = hit(BROWSER);
         recent.timestamp_ms = Some(now - 60_000);
         assert_eq!(check(&recent, now), Ok(now - 60_000));
+    }
+
+    #[test]
+    fn hit_times_count_from_24_hours_back_to_5_minutes_ahead_inclusive() {
+        // The documented window in milliseconds, not through the constants it is made of.
+        let now: u64 = 1_780_000_000_000;
+        for (offset_ms, counted) in [
+            (-86_400_000, true),
+            (-86_400_001, false),
+            (300_000, true),
+            (300_001, false),
+        ] {
+            let mut timed = hit(BROWSER);
+            let at = now.checked_add_signed(offset_ms).unwrap();
+            timed.timestamp_ms = Some(at);
+            let expected = if counted {
+                Ok(at)
+            } else {
+                Err(Rejection::InvalidTimestamp)
+            };
+            assert_eq!(check(&timed, now), expected, "{offset_ms} ms");
+        }
+    }
+
+    #[test]
+    fn every_rejection_has_its_code() {
+        let codes = [
+            Rejection::InvalidResourceId,
+            Rejection::Bot,
+            Rejection::Prefetch,
+            Rejection::InvalidTimestamp,
+        ]
+        .map(Rejection::code);
+        assert_eq!(
+            codes,
+            [
+                "invalid_resource_id",
+                "bot",
+                "prefetch",
+                "invalid_timestamp"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_verdict_cache_shows_its_day() {
+        let mut verdicts = BotVerdicts::default();
+        verdicts.is_bot(19_000, 7, BROWSER);
+        assert_eq!(format!("{verdicts:?}"), "BotVerdicts { day: 19000, .. }");
     }
 }

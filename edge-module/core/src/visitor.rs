@@ -167,4 +167,31 @@ mod tests {
             hasher.hash(today, "a", "bc", "")
         );
     }
+
+    #[test]
+    fn the_window_map_key_is_the_secret_s_and_nobody_else_s() {
+        let key = window_map_key(b"deployment secret");
+        assert_eq!(
+            key,
+            window_map_key(b"deployment secret"),
+            "every edge alike"
+        );
+        assert_ne!(key, window_map_key(b"another secret"));
+        assert_ne!(
+            key,
+            day_key(b"deployment secret", 0),
+            "apart from the salts"
+        );
+    }
+
+    #[test]
+    fn the_hasher_shows_its_day_and_never_its_secret() {
+        let mut hasher = VisitorHasher::new(b"deployment secret");
+        assert_eq!(format!("{hasher:?}"), "VisitorHasher { day: None, .. }");
+        hasher.hash(20_000 * DAY_MS + 5, "s", "ip", "ua");
+        assert_eq!(
+            format!("{hasher:?}"),
+            "VisitorHasher { day: Some(20000), .. }"
+        );
+    }
 }

@@ -252,6 +252,16 @@ mod tests {
     }
 
     #[test]
+    fn the_counter_bound_is_clamped_to_what_one_batch_carries() {
+        assert_eq!(WindowCounts::new(5).entries_max(), 5);
+        assert_eq!(WindowCounts::new(0).entries_max(), 1);
+        assert_eq!(
+            WindowCounts::new(usize::MAX).entries_max(),
+            BATCH_ENTRIES_MAX
+        );
+    }
+
+    #[test]
     fn the_hash_key_changes_nothing_but_the_table_layout() {
         let mut keyed = WindowCounts::with_hash_key(5_000, *b"0123456789abcdef");
         let mut fixed = WindowCounts::new(5_000);

@@ -14,7 +14,7 @@
 //! (one batch, one byte string) and lets a repeated resource id cost a single byte.
 
 use crate::sketch::{SKETCH_ENCODED_BYTES_MAX, Sketch};
-use crate::varint::{self, Reader};
+use crate::varint::{self, Reader, varint_bytes};
 use crate::{EDGE_ID_BYTES_MAX, RESOURCE_ID_BYTES_MAX, WireError};
 
 pub const MAGIC: [u8; 4] = *b"HCDB";
@@ -31,6 +31,20 @@ pub const ENTRY_HITS_MAX: u64 = 1 << 48;
 pub const MINUTE_MS: u64 = 60_000;
 /// Minute buckets are kept below 2^40 minutes (two million years) so that milliseconds fit i64.
 const MINUTE_MAX: u64 = 1 << 40;
+/// The latest window end a header may name: the last millisecond of minute [`MINUTE_MAX`].
+const WINDOW_END_MS_MAX: u64 = (MINUTE_MAX + 1) * MINUTE_MS - 1;
+/// The longest header a batch can have (everything before the first entry): magic, version, a
+/// longest edge id with its length, the boot epoch and sequence at their largest, a window start
+/// no later than the latest end, the longest span, and the most entries. Senders that cut
+/// batches by size start each batch's byte count from this.
+pub const HEADER_BYTES_MAX: usize = MAGIC.len()
+    + 1
+    + varint_bytes(EDGE_ID_BYTES_MAX as u64)
+    + EDGE_ID_BYTES_MAX
+    + 2 * varint_bytes(u64::MAX)
+    + varint_bytes(WINDOW_END_MS_MAX)
+    + varint_bytes(WINDOW_SPAN_MS_MAX)
+    + varint_bytes(BATCH_ENTRIES_MAX as u64);
 
 /// Who sent a batch and which window it covers. (edge id, boot epoch, sequence) is the batch's
 /// idempotency key: an edge numbers batches from 0 after each boot, and the boot epoch (its start
@@ -103,6 +117,18 @@ impl DeltaBatch {
     /// Encodes the batch after checking every rule the decoder checks, so that an edge can never
     /// ship a batch the aggregator would reject as malformed.
     pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        let out = self.encode_any_length()?;
+        if out.len() > BATCH_BYTES_MAX {
+            return Err(WireError::BatchTooLarge {
+                length: out.len(),
+                max: BATCH_BYTES_MAX,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Everything [`DeltaBatch::encode`] checks but the total length.
+    fn encode_any_length(&self) -> Result<Vec<u8>, WireError> {
         validate_header(&self.header)?;
         if self.entries.len() > BATCH_ENTRIES_MAX {
             return Err(WireError::TooLong {
@@ -139,12 +165,6 @@ impl DeltaBatch {
             varint::put_u64(&mut out, entry.hits);
             entry.visitors.encode(&mut out);
             previous = Some(entry);
-        }
-        if out.len() > BATCH_BYTES_MAX {
-            return Err(WireError::BatchTooLarge {
-                length: out.len(),
-                max: BATCH_BYTES_MAX,
-            });
         }
         Ok(out)
     }
@@ -255,4 +275,191 @@ fn read_identifier(
         reason: "not UTF-8",
     })?;
     Ok(text.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worst_header(window_end_ms: u64) -> DeltaHeader {
+        DeltaHeader {
+            edge_id: "e".repeat(EDGE_ID_BYTES_MAX),
+            boot_epoch: u64::MAX,
+            sequence: u64::MAX,
+            window_start_ms: window_end_ms - WINDOW_SPAN_MS_MAX,
+            window_end_ms,
+        }
+    }
+
+    #[test]
+    fn the_header_bound_is_the_longest_header_the_format_allows() {
+        let batch = DeltaBatch {
+            header: worst_header(WINDOW_END_MS_MAX),
+            entries: Vec::new(),
+        };
+        let bytes = batch.encode().unwrap();
+        // With no entries the count takes one byte; with the most it takes this many.
+        let count_bytes = varint_bytes(BATCH_ENTRIES_MAX as u64);
+        assert_eq!(bytes.len() - 1 + count_bytes, HEADER_BYTES_MAX);
+        assert_eq!(HEADER_BYTES_MAX, 106);
+        // One millisecond later is past the last minute a header may name.
+        let later = DeltaBatch {
+            header: worst_header(WINDOW_END_MS_MAX + 1),
+            entries: Vec::new(),
+        };
+        assert!(matches!(
+            later.encode(),
+            Err(WireError::InvalidWindow { .. })
+        ));
+    }
+
+    #[test]
+    fn a_count_the_remaining_bytes_cannot_hold_is_refused_before_any_entry() {
+        let mut bytes = DeltaBatch {
+            header: header(60 * MINUTE_MS, 60 * MINUTE_MS + 1_000),
+            entries: Vec::new(),
+        }
+        .encode()
+        .unwrap();
+        assert_eq!(bytes.pop(), Some(0), "the entry count of an empty batch");
+        // 100 entries claimed, 300 bytes left: at four bytes an entry at least, too few.
+        bytes.push(100);
+        bytes.extend([0; 300]);
+        assert_eq!(
+            DeltaBatch::decode(&bytes),
+            Err(WireError::Truncated {
+                offset: bytes.len()
+            })
+        );
+    }
+
+    /// The limits as the README and ARCHITECTURE.md state them, in plain numbers.
+    #[test]
+    fn the_limits_are_the_documented_ones() {
+        assert_eq!(BATCH_BYTES_MAX, 8_388_608, "8 MiB");
+        assert_eq!(WINDOW_SPAN_MS_MAX, 604_800_000, "seven days");
+        assert_eq!(BATCH_ENTRIES_MAX, 16_384);
+        assert_eq!(crate::auth::SIGNATURE_SKEW_MS_MAX, 300_000, "five minutes");
+    }
+
+    fn entry(resource_id: String, minute: u64, hits: u64, visitors: Sketch) -> DeltaEntry {
+        DeltaEntry {
+            resource_id,
+            minute,
+            hits,
+            visitors,
+        }
+    }
+
+    fn header(window_start_ms: u64, window_end_ms: u64) -> DeltaHeader {
+        DeltaHeader {
+            edge_id: "edge-1".to_owned(),
+            boot_epoch: 1,
+            sequence: 0,
+            window_start_ms,
+            window_end_ms,
+        }
+    }
+
+    #[test]
+    fn windows_entries_hits_and_minutes_are_allowed_up_to_their_bounds() {
+        let start = 60 * MINUTE_MS;
+        let one = |hits, minute| DeltaBatch {
+            header: header(start, start + 1_000),
+            entries: vec![entry("a".to_owned(), minute, hits, Sketch::new())],
+        };
+        assert!(one(ENTRY_HITS_MAX, 60).encode().is_ok());
+        assert!(matches!(
+            one(ENTRY_HITS_MAX + 1, 60).encode(),
+            Err(WireError::InvalidHitCount { .. })
+        ));
+        assert!(one(1, MINUTE_MAX).encode().is_ok());
+        assert!(matches!(
+            one(1, MINUTE_MAX + 1).encode(),
+            Err(WireError::MinuteOutOfRange { .. })
+        ));
+        let spanning = |span| DeltaBatch {
+            header: header(start, start + span),
+            entries: Vec::new(),
+        };
+        assert!(spanning(WINDOW_SPAN_MS_MAX).encode().is_ok());
+        assert!(matches!(
+            spanning(WINDOW_SPAN_MS_MAX + 1).encode(),
+            Err(WireError::InvalidWindow { .. })
+        ));
+        let counters = |count: usize| DeltaBatch {
+            header: header(start, start + 1_000),
+            entries: (0..count)
+                .map(|index| entry(format!("r{index:05}"), 60, 1, Sketch::new()))
+                .collect(),
+        };
+        let most = counters(BATCH_ENTRIES_MAX).encode().unwrap();
+        assert_eq!(
+            DeltaBatch::decode(&most).unwrap().entries.len(),
+            BATCH_ENTRIES_MAX
+        );
+        assert!(matches!(
+            counters(BATCH_ENTRIES_MAX + 1).encode(),
+            Err(WireError::TooLong { .. })
+        ));
+    }
+
+    /// A batch that encodes to exactly `bytes` (a few hundred entries or more, so that the entry
+    /// count takes two bytes): entries with one dense sketch each, then entries without visitors
+    /// whose id lengths make up the rest.
+    fn batch_of_exactly(bytes: usize) -> DeltaBatch {
+        let mut dense = Sketch::new();
+        for visitor in 0..20_000u64 {
+            dense.insert(&visitor.to_le_bytes());
+        }
+        let header = header(60 * MINUTE_MS, 60 * MINUTE_MS + 1_000);
+        let size = |entries: &[DeltaEntry]| {
+            DeltaBatch {
+                header: header.clone(),
+                entries: entries.to_vec(),
+            }
+            .encode_any_length()
+            .unwrap()
+            .len()
+        };
+        let one = [entry("d00000".to_owned(), 60, 1, dense.clone())];
+        let dense_bytes = size(&one) - size(&[]);
+        let dense_count = bytes / dense_bytes - 2;
+        let mut entries: Vec<DeltaEntry> = (0..dense_count)
+            .map(|index| entry(format!("d{index:05}"), 60, 1, dense.clone()))
+            .collect();
+        // An entry without visitors, minute delta 0 and one hit is its id and four bytes.
+        let mut remaining = bytes - size(&entries);
+        let mut filler = 0;
+        while remaining > 0 {
+            let entry_bytes = match remaining {
+                10..=68 => remaining,
+                69..=136 => remaining / 2,
+                _ => 68,
+            };
+            let id = format!("z{filler:05}{}", "a".repeat(entry_bytes - 4 - 6));
+            entries.push(entry(id, 60, 1, Sketch::new()));
+            filler += 1;
+            remaining -= entry_bytes;
+        }
+        DeltaBatch { header, entries }
+    }
+
+    #[test]
+    fn a_batch_of_exactly_the_byte_bound_encodes_and_decodes_and_one_byte_more_does_not() {
+        let largest = batch_of_exactly(BATCH_BYTES_MAX);
+        let bytes = largest.encode().unwrap();
+        assert_eq!(bytes.len(), BATCH_BYTES_MAX);
+        assert_eq!(DeltaBatch::decode(&bytes).unwrap(), largest);
+        assert!(matches!(
+            batch_of_exactly(BATCH_BYTES_MAX + 1).encode(),
+            Err(WireError::BatchTooLarge { .. })
+        ));
+        let mut longer = bytes;
+        longer.push(0);
+        assert!(matches!(
+            DeltaBatch::decode(&longer),
+            Err(WireError::BatchTooLarge { .. })
+        ));
+    }
 }

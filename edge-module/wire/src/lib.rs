@@ -49,7 +49,7 @@ pub mod varint;
 pub use aggregate::{WindowCounts, WindowFull};
 pub use batch::{
     BATCH_BYTES_MAX, BATCH_ENTRIES_MAX, DeltaBatch, DeltaEntry, DeltaHeader, ENTRY_HITS_MAX,
-    FORMAT_VERSION, MAGIC, MINUTE_MS, WINDOW_SPAN_MS_MAX,
+    FORMAT_VERSION, HEADER_BYTES_MAX, MAGIC, MINUTE_MS, WINDOW_SPAN_MS_MAX,
 };
 pub use ids::{EDGE_ID_BYTES_MAX, RESOURCE_ID_BYTES_MAX, validate_edge_id, validate_resource_id};
 pub use sketch::{SKETCH_STANDARD_ERROR, Sketch, visitor_hash};
@@ -115,5 +115,36 @@ impl WireError {
             Self::SketchInvalid { .. } => "invalid_sketch",
             Self::TrailingBytes { .. } => "trailing_bytes",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The codes are part of the aggregator's API (error bodies, metric labels): they stay.
+    #[test]
+    fn every_fault_has_its_stable_code() {
+        let codes = [
+            WireError::Truncated { offset: 0 },
+            WireError::BadMagic,
+            WireError::InvalidWindow {
+                start_ms: 1,
+                end_ms: 0,
+            },
+            WireError::NoPreviousResource,
+            WireError::TrailingBytes { offset: 3 },
+        ]
+        .map(|error| error.code());
+        assert_eq!(
+            codes,
+            [
+                "truncated",
+                "bad_magic",
+                "invalid_window",
+                "entries_not_sorted",
+                "trailing_bytes"
+            ]
+        );
     }
 }

@@ -318,13 +318,10 @@ impl Sketch {
                     registers: Registers::Dense(registers),
                 })
             }
-            tag => Err(WireError::SketchInvalid {
+            // Every tag up to TAG_DENSE is matched above.
+            _ => Err(WireError::SketchInvalid {
                 offset,
-                reason: if tag > TAG_DENSE {
-                    "unknown sketch form"
-                } else {
-                    "unreachable"
-                },
+                reason: "unknown sketch form",
             }),
         }
     }
@@ -437,6 +434,166 @@ mod tests {
     fn empty_sketch_counts_zero() {
         assert_eq!(Sketch::new().count(), 0);
         assert_eq!(Sketch::new().to_bytes(), vec![TAG_EMPTY]);
+    }
+
+    #[test]
+    fn ranks_run_from_one_to_the_most_the_hash_can_show() {
+        // All zeros after the index: the longest run a hash can have, capped at the rank bound.
+        assert_eq!(index_and_rank(0), (0, SKETCH_RANK_MAX));
+        assert_eq!(SKETCH_RANK_MAX, 51);
+        // A one right after the index: rank 1, in the last register.
+        assert_eq!(index_and_rank(u64::MAX), ((SKETCH_REGISTERS - 1) as u16, 1));
+        assert_eq!(index_and_rank(1 << (HASH_BITS_AFTER_INDEX - 3)), (0, 3));
+    }
+
+    /// A hash that lands in register `index` with rank 1.
+    fn in_register(index: usize) -> u64 {
+        ((index as u64) << HASH_BITS_AFTER_INDEX) | (1 << (HASH_BITS_AFTER_INDEX - 1))
+    }
+
+    #[test]
+    fn a_sketch_turns_dense_past_its_sparse_bound_and_says_so() {
+        let mut sketch = Sketch::new();
+        assert!(sketch.is_empty());
+        assert_eq!(
+            format!("{sketch:?}"),
+            r#"Sketch { form: "sparse(0)", estimate: 0.0 }"#
+        );
+        for index in 0..SPARSE_REGISTERS_MAX {
+            sketch.insert_hash(in_register(index));
+        }
+        assert!(!sketch.is_empty());
+        assert!(format!("{sketch:?}").contains(&format!("sparse({SPARSE_REGISTERS_MAX})")));
+        // The same register again changes nothing; one more register is past the bound.
+        sketch.insert_hash(in_register(0));
+        assert!(format!("{sketch:?}").contains("sparse("));
+        sketch.insert_hash(in_register(SPARSE_REGISTERS_MAX));
+        assert!(
+            format!("{sketch:?}").contains(r#"form: "dense""#),
+            "{sketch:?}"
+        );
+        assert!(!sketch.is_empty());
+    }
+
+    #[test]
+    fn a_dense_sketch_with_every_register_set_is_not_empty() {
+        let mut sketch = Sketch::new();
+        for index in 0..SKETCH_REGISTERS {
+            sketch.insert_hash(in_register(index));
+        }
+        // Every register set: the mutation "empty means every register non-zero" would say yes.
+        assert!(!sketch.is_empty());
+        assert!(format!("{sketch:?}").contains(r#"form: "dense""#));
+    }
+
+    #[test]
+    fn both_forms_of_the_same_registers_estimate_alike() {
+        let sparse = sketch_of(0..1_000);
+        assert!(format!("{sparse:?}").contains("sparse("), "{sparse:?}");
+        let mut dense = sparse.clone();
+        dense.densify();
+        assert!(format!("{dense:?}").contains(r#"form: "dense""#));
+        assert_eq!(sparse.estimate(), dense.estimate());
+    }
+
+    /// A hash that lands in register `index` with `rank` (1 ..= SKETCH_RANK_MAX).
+    fn ranked(index: usize, rank: u8) -> u64 {
+        let after_index = match u32::from(rank) {
+            rank if rank > HASH_BITS_AFTER_INDEX => 0,
+            rank => 1 << (HASH_BITS_AFTER_INDEX - rank),
+        };
+        ((index as u64) << HASH_BITS_AFTER_INDEX) | after_index
+    }
+
+    fn close(actual: f64, expected: f64) -> bool {
+        (actual - expected).abs() <= 1e-12 * expected.abs().max(1.0)
+    }
+
+    /// Saturated registers (rank SKETCH_RANK_MAX) take Ertl's tau term, which ordinary data
+    /// almost never reaches. The expected values come from an independent Python rendering of
+    /// Ertl's algorithm 6, not from this code.
+    #[test]
+    fn saturated_registers_are_estimated_as_ertl_says() {
+        assert_eq!(tau(0.0), 0.0);
+        assert_eq!(tau(1.0), 0.0);
+        assert!(close(tau(0.5), 0.149_929_495_864_088_07), "{}", tau(0.5));
+        assert!(close(tau(0.25), 0.199_964_747_932_044_02), "{}", tau(0.25));
+        let mut sketch = Sketch::new();
+        for index in 0..100 {
+            sketch.insert_hash(ranked(index, SKETCH_RANK_MAX));
+        }
+        for index in 100..5_100 {
+            sketch.insert_hash(ranked(index, 1));
+        }
+        assert!(
+            close(sketch.estimate(), 5_942.761_887_913_916),
+            "{}",
+            sketch.estimate()
+        );
+    }
+
+    #[test]
+    fn decoding_keeps_the_form_bound_and_the_rank_bound() {
+        let mut at_bound = Sketch::new();
+        for index in 0..SPARSE_REGISTERS_MAX {
+            at_bound.insert_hash(ranked(index, SKETCH_RANK_MAX));
+        }
+        let decoded = Sketch::from_bytes(&at_bound.to_bytes()).unwrap();
+        assert!(format!("{decoded:?}").contains(&format!("sparse({SPARSE_REGISTERS_MAX})")));
+        assert_eq!(decoded, at_bound, "the highest rank decodes");
+        let mut past_bound = at_bound.clone();
+        past_bound.insert_hash(ranked(SPARSE_REGISTERS_MAX, 1));
+        // Written sparse (it is smaller), read back dense: what a sketch past the bound is.
+        assert_eq!(past_bound.to_bytes()[0], TAG_SPARSE);
+        let decoded = Sketch::from_bytes(&past_bound.to_bytes()).unwrap();
+        assert!(
+            format!("{decoded:?}").contains(r#"form: "dense""#),
+            "{decoded:?}"
+        );
+        // A rank past the bound, in either form, is refused.
+        let mut sparse = vec![TAG_SPARSE];
+        varint::put_u64(&mut sparse, 1);
+        varint::put_u64(&mut sparse, sparse_word(None, 3, SKETCH_RANK_MAX + 1));
+        assert!(matches!(
+            Sketch::from_bytes(&sparse),
+            Err(WireError::SketchInvalid { .. })
+        ));
+        let mut dense = vec![TAG_DENSE];
+        dense.extend(std::iter::repeat_n(0, DENSE_ENCODED_BYTES));
+        dense[1] = SKETCH_RANK_MAX + 1;
+        assert!(matches!(
+            Sketch::from_bytes(&dense),
+            Err(WireError::SketchInvalid { .. })
+        ));
+        dense[1] = SKETCH_RANK_MAX;
+        assert!(Sketch::from_bytes(&dense).is_ok());
+    }
+
+    /// The sparse form is written only when it is smaller than the dense one; on a tie, dense.
+    #[test]
+    fn the_smaller_form_is_written_and_a_tie_goes_dense() {
+        // Registers two apart from index 2 on: a two-byte word each, plus two bytes of count.
+        let spaced = |registers: usize| {
+            let mut sketch = Sketch::new();
+            for register in 1..=registers {
+                sketch.insert_hash(ranked(2 * register, 1));
+            }
+            sketch
+        };
+        let words = (1..=6_143u16).map(|register| (2 * register, 1));
+        assert_eq!(sparse_size(words).1, DENSE_ENCODED_BYTES);
+        assert_eq!(spaced(6_143).to_bytes()[0], TAG_DENSE);
+        assert_eq!(spaced(6_142).to_bytes()[0], TAG_SPARSE);
+        assert_eq!(spaced(6_142).to_bytes().len(), 1 + DENSE_ENCODED_BYTES - 2);
+        let mut unknown = vec![TAG_DENSE + 1];
+        unknown.extend(std::iter::repeat_n(0, DENSE_ENCODED_BYTES));
+        assert_eq!(
+            Sketch::from_bytes(&unknown),
+            Err(WireError::SketchInvalid {
+                offset: 0,
+                reason: "unknown sketch form"
+            })
+        );
     }
 
     #[test]

@@ -6,6 +6,17 @@ use crate::WireError;
 /// A u64 never needs more than ten LEB128 bytes.
 pub const VARINT_BYTES_MAX: usize = 10;
 
+/// The bytes [`put_u64`] writes for `value` (a `const fn`, so that format bounds can be named
+/// constants).
+pub const fn varint_bytes(mut value: u64) -> usize {
+    let mut bytes = 1;
+    while value >= 0x80 {
+        value >>= 7;
+        bytes += 1;
+    }
+    bytes
+}
+
 pub fn put_u64(out: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
         out.push((value as u8) | 0x80);
@@ -129,10 +140,23 @@ mod tests {
             let mut out = Vec::new();
             put_u64(&mut out, value);
             assert!(out.len() <= VARINT_BYTES_MAX);
+            assert_eq!(varint_bytes(value), out.len(), "{value}");
             let mut reader = Reader::new(&out);
+            assert_eq!(reader.position(), 0);
             assert_eq!(reader.u64().unwrap(), value);
             assert_eq!(reader.remaining(), 0);
+            assert_eq!(reader.position(), out.len());
         }
+    }
+
+    #[test]
+    fn varint_lengths_step_every_seven_bits() {
+        let lengths: Vec<usize> = [0, 127, 128, 16_383, 16_384, 1 << 56, u64::MAX]
+            .into_iter()
+            .map(varint_bytes)
+            .collect();
+        assert_eq!(lengths, [1, 1, 2, 2, 3, 9, 10]);
+        assert_eq!(varint_bytes(u64::MAX), VARINT_BYTES_MAX);
     }
 
     #[test]
