@@ -7,7 +7,7 @@
 //! It knows the store, not the HTTP layer: handlers call it with the state's store, so neither
 //! `state.rs` nor `api/` is imported here.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{RwLock, RwLockReadGuard};
 
 use hitcount_wire::DeltaEntry;
@@ -41,16 +41,12 @@ impl Catalog {
             .into_iter()
             .map(|record| (record.id.clone(), record))
             .collect();
-        let catalog = Self {
-            resources: RwLock::new(BTreeMap::new()),
-            patterns: Patterns::default(),
-        };
-        catalog.patterns.registry.replace(patterns, &resources);
-        *catalog
-            .resources
-            .write()
-            .unwrap_or_else(|poison| poison.into_inner()) = resources;
-        catalog
+        let catalog_patterns = Patterns::default();
+        catalog_patterns.registry.replace(patterns, &resources);
+        Self {
+            resources: RwLock::new(resources),
+            patterns: catalog_patterns,
+        }
     }
 
     /// The resource cache, for reading (a listing, a pattern's count).
@@ -103,7 +99,8 @@ impl Catalog {
 
     /// Replaces the cache with the store's list, so resources created or deleted through
     /// another aggregator on the same database appear here; the patterns are recounted.
-    pub async fn reload_resources(&self, store: &Store, now_ms: u64) {
+    /// `reload_started_ms` is the clock just before the call.
+    pub async fn reload_resources(&self, store: &Store, reload_started_ms: u64) {
         // Ids cached before the read began: only those can be gone because another aggregator
         // deleted them. One cached later was created here after the read began (its commit may
         // not be in the read, whatever its creation time says).
@@ -119,7 +116,7 @@ impl Catalog {
                     .write()
                     .unwrap_or_else(|poison| poison.into_inner());
                 // A resource created here while the list was being read is not in it yet.
-                let recent = now_ms.saturating_sub(RESOURCE_RELOAD_GRACE_MS);
+                let recent = reload_started_ms.saturating_sub(RESOURCE_RELOAD_GRACE_MS);
                 for (id, record) in cache.iter() {
                     if !loaded.contains_key(id)
                         && (!cached_before.contains(id) || record.created_at_ms >= recent)
