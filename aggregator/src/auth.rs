@@ -47,12 +47,7 @@ pub fn token_digest(token: &str) -> [u8; 32] {
 }
 
 /// Random bytes from the operating system, hex-encoded.
-pub fn random_hex(bytes: usize) -> String {
-    let mut buffer = vec![0u8; bytes];
-    // The OS random source failing is not something a server can continue through.
-    getrandom::fill(&mut buffer).unwrap_or_else(|error| panic!("OS random source failed: {error}"));
-    hex::encode(buffer)
-}
+pub use crate::store::random_hex;
 
 pub fn generate_token() -> String {
     format!("{TOKEN_PREFIX}{}", random_hex(TOKEN_RANDOM_BYTES))

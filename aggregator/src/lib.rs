@@ -13,7 +13,7 @@ pub mod patterns;
 pub mod query;
 pub mod rate_limit;
 pub mod state;
-pub mod store;
+pub use hitcount_store as store;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -390,7 +390,13 @@ mod tests {
             "answered batches give their room back"
         );
         let cells = store
-            .cells("page".to_owned(), Tier::Day, 0, crate::now_ms() + MINUTE_MS)
+            .cells(
+                "page".to_owned(),
+                Tier::Day,
+                0,
+                crate::now_ms() + MINUTE_MS,
+                crate::now_ms(),
+            )
             .await
             .unwrap();
         assert_eq!(cells.iter().map(|cell| cell.hits).sum::<u64>(), 8);

@@ -269,17 +269,17 @@ async fn retention_keeps_coarse_tiers_and_honours_resource_retention() {
     // Two minute rows (home's and short's hit now), short's hour and day rows; nothing else.
     assert_eq!(pruned.count_rows, 4, "{pruned:?}");
     let minute_cells = store
-        .cells("home".to_owned(), Tier::Minute, 0, u64::MAX / 2)
+        .cells("home".to_owned(), Tier::Minute, 0, u64::MAX / 2, now_ms())
         .await
         .unwrap();
     assert!(minute_cells.is_empty());
     let hour_cells = store
-        .cells("home".to_owned(), Tier::Hour, 0, u64::MAX / 2)
+        .cells("home".to_owned(), Tier::Hour, 0, u64::MAX / 2, now_ms())
         .await
         .unwrap();
     assert_eq!(hour_cells.iter().map(|cell| cell.hits).sum::<u64>(), 2);
     let day_cells = store
-        .cells("short".to_owned(), Tier::Day, 0, u64::MAX / 2)
+        .cells("short".to_owned(), Tier::Day, 0, u64::MAX / 2, now_ms())
         .await
         .unwrap();
     assert!(day_cells.is_empty(), "the one-day resource was purged");
@@ -289,7 +289,7 @@ async fn retention_keeps_coarse_tiers_and_honours_resource_retention() {
     // At 91 days both hour rows are past it; day rows stay.
     assert_eq!(store.prune(now + 91 * DAY_MS).await.unwrap().count_rows, 2);
     let hours_left = store
-        .cells("home".to_owned(), Tier::Hour, 0, u64::MAX / 2)
+        .cells("home".to_owned(), Tier::Hour, 0, u64::MAX / 2, now_ms())
         .await
         .unwrap();
     assert!(hours_left.is_empty(), "{hours_left:?}");
@@ -299,7 +299,7 @@ async fn retention_keeps_coarse_tiers_and_honours_resource_retention() {
         0
     );
     let days = store
-        .cells("home".to_owned(), Tier::Day, 0, u64::MAX / 2)
+        .cells("home".to_owned(), Tier::Day, 0, u64::MAX / 2, now_ms())
         .await
         .unwrap();
     assert_eq!(days.iter().map(|cell| cell.hits).sum::<u64>(), 2);
@@ -314,7 +314,7 @@ async fn tier_rows(store: &hitcount_aggregator::store::Store, resource_id: &str)
         .enumerate()
     {
         rows[index] = store
-            .cells(resource_id.to_owned(), tier, 0, u64::MAX / 2)
+            .cells(resource_id.to_owned(), tier, 0, u64::MAX / 2, now_ms())
             .await
             .unwrap()
             .len();

@@ -99,7 +99,7 @@ fn resource(id: &str, retention_days: Option<u32>) -> ResourceRecord {
 
 async fn total(store: &dyn DurableStore, id: &str, tier: Tier) -> (u64, Sketch) {
     let cells = store
-        .cells(id.to_owned(), tier, 0, now_ms() + DAY_MS)
+        .cells(id.to_owned(), tier, 0, now_ms() + DAY_MS, now_ms())
         .await
         .unwrap();
     let mut visitors = Sketch::new();
@@ -329,7 +329,13 @@ mod cases {
         let (day_hits, _) = total(store, "site", Tier::Day).await;
         assert_eq!((minute_hits, hour_hits, day_hits), (120, 120, 120));
         let hour_cells = store
-            .cells("site".to_owned(), Tier::Hour, 0, now_ms() + DAY_MS)
+            .cells(
+                "site".to_owned(),
+                Tier::Hour,
+                0,
+                now_ms() + DAY_MS,
+                now_ms(),
+            )
             .await
             .unwrap();
         assert_eq!(hour_cells.len(), 1);
@@ -435,8 +441,18 @@ mod cases {
             now_ms(),
         )
         .await;
-        assert!(store.delete_resource("r1".to_owned()).await.unwrap());
-        assert!(!store.delete_resource("r1".to_owned()).await.unwrap());
+        assert!(
+            store
+                .delete_resource("r1".to_owned(), now_ms())
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .delete_resource("r1".to_owned(), now_ms())
+                .await
+                .unwrap()
+        );
         // Created again, it starts from nothing.
         store.create_resource(resource("r1", None)).await.unwrap();
         assert_eq!(total(store, "r1", Tier::Minute).await.0, 0);
@@ -495,7 +511,7 @@ mod cases {
         let pruned = store.prune(later).await.unwrap();
         assert!(pruned.count_rows >= 1, "the minute row expired: {pruned:?}");
         let minutes = store
-            .cells("p".to_owned(), Tier::Minute, 0, later)
+            .cells("p".to_owned(), Tier::Minute, 0, later, now_ms())
             .await
             .unwrap();
         assert!(minutes.is_empty());

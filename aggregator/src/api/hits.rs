@@ -333,10 +333,17 @@ pub async fn query(
     if !state.catalog.resource_exists(&resource_id) {
         return Err(unknown_resource(&resource_id));
     }
-    let plan = query::plan(&query, now_ms())?;
+    let now_ms = now_ms();
+    let plan = query::plan(&query, now_ms)?;
     let cells = state
         .store
-        .cells(resource_id.clone(), plan.tier, plan.start_ms, plan.end_ms)
+        .cells(
+            resource_id.clone(),
+            plan.tier,
+            plan.start_ms,
+            plan.end_ms,
+            now_ms,
+        )
         .await?;
     Ok(Json(query::fold(resource_id, &plan, &cells)))
 }

@@ -246,7 +246,11 @@ pub async fn delete_one(
         .catalog
         .remove_resource(&resource_id)
         .ok_or_else(|| unknown_resource(&resource_id))?;
-    match state.store.delete_resource(resource_id.clone()).await {
+    match state
+        .store
+        .delete_resource(resource_id.clone(), now_ms())
+        .await
+    {
         Ok(_) => {
             tracing::info!(%resource_id, "resource deleted");
             Ok(StatusCode::NO_CONTENT)

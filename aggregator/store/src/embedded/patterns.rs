@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use rusqlite::{OptionalExtension, params};
 
 use super::{EmbeddedStore, classify, millis, unmillis};
-use crate::store::{PatternRecord, PatternStore, ResourceRecord, StoreError};
+use crate::{PatternRecord, PatternStore, ResourceRecord, StoreError};
 
 /// A row of `SELECT id, name, retention_days, created_at_ms FROM resources`.
 pub(super) fn resource_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ResourceRecord> {

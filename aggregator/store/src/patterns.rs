@@ -4,6 +4,10 @@
 
 use super::{ResourceRecord, Store, StoreError};
 
+/// A resource created under a name another resource has gets this many random bytes, in hex,
+/// after it: enough that two renames of one name do not meet.
+const RENAME_SUFFIX_BYTES: usize = 4;
+
 /// A stored pattern, such as `blog.*`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PatternRecord {
@@ -94,7 +98,11 @@ impl Store {
             .into_iter()
             .filter(|record| !stored.iter().any(|existing| existing.id == record.id))
             .map(|record| ResourceRecord {
-                name: format!("{} ({})", record.name, crate::auth::random_hex(4)),
+                name: format!(
+                    "{} ({})",
+                    record.name,
+                    crate::random_hex(RENAME_SUFFIX_BYTES)
+                ),
                 ..record
             })
             .collect();

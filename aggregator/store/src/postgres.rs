@@ -180,6 +180,7 @@ impl DurableStore for PgStore {
         tier: Tier,
         start_ms: u64,
         end_ms: u64,
+        now_ms: u64,
     ) -> Result<Vec<CountCell>, StoreError> {
         // This process's unfolded rows of the resource, listed before the snapshot is taken: a
         // row listed is committed in the snapshot, so it is either still in the inbox there
@@ -243,7 +244,6 @@ impl DurableStore for PgStore {
                 .fetch_all(&mut *transaction)
                 .await
                 .map_err(classify)?;
-            let now_ms = crate::now_ms();
             for (id, row) in &unfolded {
                 if present.contains(&signed(*id)) {
                     row.add_to(&mut cells, &resource_id, tier, start_ms, end_ms, now_ms);
@@ -404,11 +404,11 @@ impl DurableStore for PgStore {
         patterns::resource_rows(rows)
     }
 
-    async fn delete_resource(&self, id: String) -> Result<bool, StoreError> {
+    async fn delete_resource(&self, id: String, now_ms: u64) -> Result<bool, StoreError> {
         if let Some(overlay) = &self.inbox {
             // Unfolded hits of the resource go now, not at the next fold, so that a resource
             // made again under this id soon after does not get them.
-            self.fold_inbox(crate::now_ms()).await?;
+            self.fold_inbox(now_ms).await?;
             overlay.forget_resource(&id);
         }
         let mut transaction = self.begin().await?;

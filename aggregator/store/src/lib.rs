@@ -20,6 +20,15 @@ use hitcount_wire::{DeltaEntry, MINUTE_MS, Sketch};
 pub use embedded::EmbeddedStore;
 pub use postgres::PgStore;
 
+/// `bytes` random bytes from the OS, hex-encoded: ids of tokens, resources and hot-tier
+/// generations, and the suffix that tells a renamed resource apart.
+pub fn random_hex(bytes: usize) -> String {
+    let mut buffer = vec![0u8; bytes];
+    // The OS random source failing is not something a server can continue through.
+    getrandom::fill(&mut buffer).unwrap_or_else(|error| panic!("OS random source failed: {error}"));
+    hex::encode(buffer)
+}
+
 pub const HOUR_MS: u64 = 60 * MINUTE_MS;
 pub const DAY_MS: u64 = 24 * HOUR_MS;
 /// Minute counts are kept for 48 hours.
@@ -32,17 +41,9 @@ pub const DELTA_AGE_MS_MAX: u64 = 7 * DAY_MS;
 pub const DEDUPE_RETENTION_MS: u64 = DELTA_AGE_MS_MAX + DAY_MS;
 
 #[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    serde::Serialize,
-    serde::Deserialize,
-    utoipa::ToSchema,
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Tier {
     Minute,
@@ -257,13 +258,15 @@ pub trait DurableStore: PatternStore + std::fmt::Debug + Send + Sync {
     ) -> Result<GroupCommit, StoreError>;
 
     /// The cells of one tier in `[start_ms, end_ms)`, sorted by bucket, pending sketches merged,
-    /// read in one snapshot.
+    /// read in one snapshot. `now_ms` is the reader's clock: unfolded inbox cells past their
+    /// tier's retention by then are not counted, as a fold would drop them.
     async fn cells(
         &self,
         resource_id: String,
         tier: Tier,
         start_ms: u64,
         end_ms: u64,
+        now_ms: u64,
     ) -> Result<Vec<CountCell>, StoreError>;
 
     /// Every minute cell from `start_ms` on with its pending sketches merged, read in one
@@ -279,8 +282,9 @@ pub trait DurableStore: PatternStore + std::fmt::Debug + Send + Sync {
     /// Every resource, sorted by id.
     async fn resources(&self) -> Result<Vec<ResourceRecord>, StoreError>;
 
-    /// Deletes a resource and purges its counts. False if it did not exist.
-    async fn delete_resource(&self, id: String) -> Result<bool, StoreError>;
+    /// Deletes a resource and purges its counts (its unfolded inbox cells are folded first, as of
+    /// `now_ms`). False if it did not exist.
+    async fn delete_resource(&self, id: String, now_ms: u64) -> Result<bool, StoreError>;
 
     /// Every token, oldest first.
     async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
@@ -636,15 +640,23 @@ impl Store {
         tier: Tier,
         start_ms: u64,
         end_ms: u64,
+        now_ms: u64,
     ) -> Result<Vec<CountCell>, StoreError> {
         match &self.hot {
             Some(hot) => {
-                hot.cells(self.backend.as_ref(), resource_id, tier, start_ms, end_ms)
-                    .await
+                hot.cells(
+                    self.backend.as_ref(),
+                    resource_id,
+                    tier,
+                    start_ms,
+                    end_ms,
+                    now_ms,
+                )
+                .await
             }
             None => {
                 self.backend
-                    .cells(resource_id, tier, start_ms, end_ms)
+                    .cells(resource_id, tier, start_ms, end_ms, now_ms)
                     .await
             }
         }
@@ -701,10 +713,10 @@ impl Store {
     }
 
     /// Deletes a resource and purges its counts (in the hot tier too). False if it did not exist.
-    pub async fn delete_resource(&self, id: String) -> Result<bool, StoreError> {
-        let deleted = self.backend.delete_resource(id.clone()).await?;
+    pub async fn delete_resource(&self, id: String, now_ms: u64) -> Result<bool, StoreError> {
+        let deleted = self.backend.delete_resource(id.clone(), now_ms).await?;
         if let Some(hot) = &self.hot {
-            hot.forget_resource(&id).await;
+            hot.forget_resource(&id, now_ms).await;
         }
         Ok(deleted)
     }

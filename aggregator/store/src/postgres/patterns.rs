@@ -4,7 +4,7 @@ use sqlx::Row;
 use sqlx::postgres::PgRow;
 
 use super::{PgStore, classify, signed, unsigned};
-use crate::store::{PatternRecord, PatternStore, ResourceRecord, StoreError};
+use crate::{PatternRecord, PatternStore, ResourceRecord, StoreError};
 
 fn resource_row(row: PgRow) -> Result<ResourceRecord, sqlx::Error> {
     let retention: Option<i32> = row.try_get(2)?;

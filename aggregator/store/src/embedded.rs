@@ -276,6 +276,7 @@ impl DurableStore for EmbeddedStore {
         tier: Tier,
         start_ms: u64,
         end_ms: u64,
+        now_ms: u64,
     ) -> Result<Vec<CountCell>, StoreError> {
         // Listed before the snapshot is taken (see the PostgreSQL store's `cells`).
         let unfolded = self
@@ -323,7 +324,6 @@ impl DurableStore for EmbeddedStore {
                 }
                 if let (Some((first, _)), Some((last, _))) = (unfolded.first(), unfolded.last()) {
                     let present = inbox_ids_between(&snapshot, *first, *last)?;
-                    let now_ms = crate::now_ms();
                     for (id, row) in &unfolded {
                         if present.contains(id) {
                             row.add_to(&mut cells, &resource_id, tier, start_ms, end_ms, now_ms);
@@ -472,10 +472,10 @@ impl DurableStore for EmbeddedStore {
     }
 
     /// Deletes a resource and purges all its counts. Returns false if it did not exist.
-    async fn delete_resource(&self, id: String) -> Result<bool, StoreError> {
+    async fn delete_resource(&self, id: String, now_ms: u64) -> Result<bool, StoreError> {
         if let Some(overlay) = &self.inbox {
             // Unfolded hits of the resource go now, not at the next fold.
-            self.fold_inbox(crate::now_ms()).await?;
+            self.fold_inbox(now_ms).await?;
             overlay.forget_resource(&id);
         }
         self.write(move |connection| {

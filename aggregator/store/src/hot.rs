@@ -68,6 +68,8 @@ const WRITE_CELLS_MAX: usize = 2_000;
 pub const HOT_WAITING_CELLS_MAX: usize = 1_000_000;
 /// Keys deleted or written per command when a rebuild or a deletion runs.
 const REBUILD_KEYS_MAX: usize = 1_000;
+/// Lease members and generations are named by 64 random bits: two aggregators never pick the same.
+const RANDOM_NAME_BYTES: usize = 8;
 
 /// Applies one merge's cells if the epoch is the expected one and the writer's lease is alive.
 /// KEYS: epoch, lease, then per cell its hits key and sketch key. ARGV: the expected epoch, then
@@ -198,12 +200,6 @@ async fn within<T>(
     }
 }
 
-fn random_hex() -> String {
-    let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).unwrap_or_else(|error| panic!("OS random source failed: {error}"));
-    hex::encode(bytes)
-}
-
 fn expire_at_s(minute_ms: u64) -> u64 {
     (minute_ms + HOT_WINDOW_MS + EXPIRY_MARGIN_MS) / 1_000
 }
@@ -250,7 +246,7 @@ impl HotTier {
             connection,
             tag: format!("{{{prefix}}}"),
             prefix: prefix.to_owned(),
-            member: random_hex(),
+            member: crate::random_hex(RANDOM_NAME_BYTES),
             healthy: AtomicBool::new(false),
             attachment: Mutex::new(Attachment {
                 // It may be the restart of an aggregator killed between a commit and its write.
@@ -487,19 +483,23 @@ impl HotTier {
         tier: Tier,
         start_ms: u64,
         end_ms: u64,
+        now_ms: u64,
     ) -> Result<Vec<CountCell>, StoreError> {
-        let now = crate::now_ms();
         // Whole minutes only: the hot part starts at a minute boundary inside the window.
-        let hot_start = (now.saturating_sub(HOT_WINDOW_MS) / MINUTE_MS + 1) * MINUTE_MS;
+        let hot_start = (now_ms.saturating_sub(HOT_WINDOW_MS) / MINUTE_MS + 1) * MINUTE_MS;
         if tier != Tier::Minute || end_ms <= hot_start || !self.is_healthy() {
             metrics::counter!("hitcount_hot_tier_reads_total", "served" => "database").increment(1);
-            return backend.cells(resource_id, tier, start_ms, end_ms).await;
+            return backend
+                .cells(resource_id, tier, start_ms, end_ms, now_ms)
+                .await;
         }
         let split = start_ms.max(hot_start);
         match self.read(&resource_id, split, end_ms).await {
             Ok(hot) => {
                 let mut cells = if start_ms < split {
-                    backend.cells(resource_id, tier, start_ms, split).await?
+                    backend
+                        .cells(resource_id, tier, start_ms, split, now_ms)
+                        .await?
                 } else {
                     Vec::new()
                 };
@@ -512,7 +512,9 @@ impl HotTier {
                 self.degrade(&reason, false);
                 metrics::counter!("hitcount_hot_tier_reads_total", "served" => "database")
                     .increment(1);
-                backend.cells(resource_id, tier, start_ms, end_ms).await
+                backend
+                    .cells(resource_id, tier, start_ms, end_ms, now_ms)
+                    .await
             }
         }
     }
@@ -584,9 +586,9 @@ impl HotTier {
 
     /// A deleted resource's hot keys go with it (those of the current generation: no other is
     /// read again); if they cannot be deleted now the tier is rebuilt (without them) instead.
-    pub async fn forget_resource(&self, resource_id: &str) {
+    pub async fn forget_resource(&self, resource_id: &str, now_ms: u64) {
         let generation = self.attachment().generation.clone();
-        let now_minute_ms = crate::now_ms() / MINUTE_MS * MINUTE_MS;
+        let now_minute_ms = now_ms / MINUTE_MS * MINUTE_MS;
         let first_ms = now_minute_ms.saturating_sub(HOT_WINDOW_MS + EXPIRY_MARGIN_MS);
         let mut keys = Vec::new();
         // A minute ahead too: edges' clocks may run a little fast.
@@ -795,7 +797,7 @@ impl HotTier {
             .as_ref()
             .map(ToString::to_string)
             .unwrap_or_default();
-        let generation = random_hex();
+        let generation = crate::random_hex(RANDOM_NAME_BYTES);
         let published = format!("{generation}|{snapshot}");
         let written = self.rewrite(&generation, &minute_cells.cells).await;
         let swapped = match written {
