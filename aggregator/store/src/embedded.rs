@@ -134,7 +134,7 @@ CREATE TABLE patterns (
 CREATE INDEX resources_by_creation ON resources (created_at_ms);
 "#,
     r#"
--- The durable inbox (`--fold-interval-ms` above zero; see aggregator/src/store/inbox.rs).
+-- The durable inbox (`--fold-interval-ms` above zero; see aggregator/store/src/inbox.rs).
 -- AUTOINCREMENT: row ids are never reused, as the overlay keys its rows by them.
 CREATE TABLE inbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,

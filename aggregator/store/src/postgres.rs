@@ -1,6 +1,6 @@
 //! The PostgreSQL store (`--database-url`): the embedded store's rules (its tables are
 //! `hit_counts` with `hit_count` where the embedded store has `counts` with `hits`),
-//! through a pooled connection (sqlx), schema managed by the migrations in `aggregator/migrations`
+//! through a pooled connection (sqlx), schema managed by the migrations in `aggregator/store/migrations`
 //! (run at start).
 //!
 //! A merge is one transaction: the batch's dedupe record first (its primary key serialises two
