@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{ApiJson, ApiPath, schemas, validate_name};
+use super::{ApiJson, ApiPath, EDGE_SECRET_BYTES_MAX, schemas, validate_name};
 use crate::auth::{
     BOOTSTRAP_TOKEN_ID, Caller, EdgeSecret, Scope, TOKEN_RANDOM_BYTES, generate_token, random_hex,
     token_digest,
@@ -17,9 +17,6 @@ use crate::now_ms;
 use crate::query::format_time;
 use crate::state::SharedState;
 use crate::store::TokenRecord;
-
-/// Longest edge secret accepted through the API.
-pub const EDGE_SECRET_BYTES_MAX: usize = 256;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -8,8 +8,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::resources::unknown_resource;
-use super::{ApiJson, ApiPath, ApiQuery, schemas};
+use super::{ApiJson, ApiPath, ApiQuery, VISITOR_ID_CHARS_MAX, schemas, unknown_resource};
 use crate::auth::{Caller, Scope};
 use crate::error::{ApiError, ErrorBody};
 use crate::ingest::{IngestError, ValidHit};
@@ -22,9 +21,6 @@ use hitcount_wire::{MINUTE_MS, visitor_hash};
 
 /// Hits in one `POST /hits` request.
 pub const HITS_PER_REQUEST_MAX: usize = 1_000;
-/// Longest visitor id, in characters (what JSON Schema's `maxLength` counts); longer ones are
-/// almost certainly not ids.
-pub const VISITOR_ID_CHARS_MAX: usize = 256;
 /// How far ahead of the aggregator's clock a hit's timestamp may be.
 pub const CLOCK_SKEW_MS_MAX: u64 = 5 * 60 * 1_000;
 

@@ -24,8 +24,7 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 
 pub use self::extract::{ApiJson, ApiPath, ApiQuery};
-pub use self::hits::{HITS_PER_REQUEST_MAX, VISITOR_ID_CHARS_MAX};
-pub use self::resources::{LIST_PAGE_MAX, RETENTION_DAYS_MAX};
+pub use self::hits::HITS_PER_REQUEST_MAX;
 use crate::error::{ApiError, ErrorBody};
 use crate::state::SharedState;
 
@@ -33,8 +32,20 @@ use crate::state::SharedState;
 pub const JSON_BODY_BYTES_MAX: usize = 64 * 1024;
 /// Body limit of `POST /hits`.
 pub const HITS_BODY_BYTES_MAX: usize = 1024 * 1024;
+// The request limits `schemas.rs` states and more than one handler file checks live here, in the
+// parent of both, so that no handler file and the schemas import each other.
+
 /// Name lengths for resources and tokens.
 pub const NAME_CHARS_MAX: usize = 200;
+/// Longest per-resource retention: a hundred years.
+pub const RETENTION_DAYS_MAX: u32 = 36_500;
+/// Most resources one list page returns.
+pub const LIST_PAGE_MAX: usize = 1_000;
+/// Longest visitor id, in characters (what JSON Schema's `maxLength` counts); longer ones are
+/// almost certainly not ids.
+pub const VISITOR_ID_CHARS_MAX: usize = 256;
+/// Longest edge secret accepted through the API.
+pub const EDGE_SECRET_BYTES_MAX: usize = 256;
 
 /// Route templates, for metric labels without an allocation per request.
 const ROUTES: &[&str] = &[
@@ -55,6 +66,11 @@ const ROUTES: &[&str] = &[
     "/metrics",
     "/openapi.json",
 ];
+
+/// The answer for a resource id nobody created (or that was deleted), for every handler alike.
+pub fn unknown_resource(resource_id: &str) -> ApiError {
+    ApiError::NotFound(format!("no resource with id {resource_id:?}"))
+}
 
 /// The name as given is checked (what the document's `name` schema states), and stored trimmed.
 pub fn validate_name(name: &str) -> Result<String, ApiError> {

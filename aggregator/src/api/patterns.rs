@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::ApiJson;
+use super::RETENTION_DAYS_MAX;
 use super::extract::ApiPath;
-use super::resources::RETENTION_DAYS_MAX;
 use crate::auth::{Caller, Scope};
 use crate::error::{ApiError, ErrorBody};
 use crate::now_ms;

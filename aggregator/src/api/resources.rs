@@ -6,7 +6,10 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{ApiJson, ApiPath, ApiQuery, schemas, validate_name};
+use super::{
+    ApiJson, ApiPath, ApiQuery, LIST_PAGE_MAX, RETENTION_DAYS_MAX, schemas, unknown_resource,
+    validate_name,
+};
 use crate::auth::{Caller, Scope, random_hex};
 use crate::error::{ApiError, ErrorBody};
 use crate::now_ms;
@@ -14,10 +17,6 @@ use crate::query::format_time;
 use crate::state::SharedState;
 use crate::store::{CreateOutcome, ResourceRecord};
 
-/// Longest per-resource retention: a hundred years.
-pub const RETENTION_DAYS_MAX: u32 = 36_500;
-/// Most resources one list page returns.
-pub const LIST_PAGE_MAX: usize = 1_000;
 const LIST_PAGE_DEFAULT: usize = 100;
 /// Random bytes in a generated resource id (hex-encoded, so twice as many characters).
 const GENERATED_ID_BYTES: usize = 8;
@@ -215,10 +214,6 @@ pub async fn get_one(
         .resource(&resource_id)
         .ok_or_else(|| unknown_resource(&resource_id))?;
     Ok(Json((&record).into()))
-}
-
-pub fn unknown_resource(resource_id: &str) -> ApiError {
-    ApiError::NotFound(format!("no resource with id {resource_id:?}"))
 }
 
 #[utoipa::path(

@@ -11,10 +11,9 @@ use utoipa::openapi::schema::{
 use utoipa::openapi::{RefOr, Required, Schema};
 use utoipa::{IntoParams, PartialSchema};
 
-use super::NAME_CHARS_MAX;
-use super::admin::EDGE_SECRET_BYTES_MAX;
-use super::hits::VISITOR_ID_CHARS_MAX;
-use super::resources::{LIST_PAGE_MAX, RETENTION_DAYS_MAX};
+use super::{
+    EDGE_SECRET_BYTES_MAX, LIST_PAGE_MAX, NAME_CHARS_MAX, RETENTION_DAYS_MAX, VISITOR_ID_CHARS_MAX,
+};
 use crate::config::SECRET_BYTES_MIN;
 use crate::query::{HitsQuery, TIME_MS_MAX};
 use crate::store::Tier;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+use crate::module::INSTANCES_MAX;
 use crate::proxy::{
     CountRoute, CountRoutes, ORIGIN_TIMEOUT_MS_DEFAULT, ORIGIN_TIMEOUT_MS_MAX, ProxyConfig,
     RouteError,
@@ -20,8 +21,6 @@ pub const WINDOW_ENTRIES_MAX_DEFAULT: u32 = 16_384;
 /// Distinct counters per instance waiting for the aggregator during an outage; past this,
 /// beacons for new counters get 503.
 pub const PENDING_ENTRIES_MAX_DEFAULT: u32 = 16_384;
-/// Instances beyond this add contention, not throughput.
-pub const INSTANCES_MAX: usize = 64;
 const SECRET_BYTES_MIN: usize = 16;
 
 #[derive(Debug, Parser)]

@@ -7,8 +7,6 @@ use axum::response::{IntoResponse, Response};
 use hitcount_edge_core::beacon::BeaconError;
 use serde_json::json;
 
-use crate::proxy::PROXY_REQUEST_BODY_BYTES_MAX;
-
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
     #[error(transparent)]
@@ -29,8 +27,9 @@ pub enum EdgeError {
     AggregatorUnreachable,
     #[error("the aggregator's answer was not JSON")]
     AggregatorUnreadable,
-    #[error("request bodies through the edge are limited to {PROXY_REQUEST_BODY_BYTES_MAX} bytes")]
-    ProxyBodyTooLarge,
+    /// The limit travels with the refusal, so this type names no module of the edge's own.
+    #[error("request bodies through the edge are limited to {limit_bytes} bytes")]
+    ProxyBodyTooLarge { limit_bytes: usize },
     #[error("the origin did not answer in time")]
     OriginTimeout,
     #[error("the origin did not answer")]
@@ -41,7 +40,7 @@ impl EdgeError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Beacon(BeaconError::ContentType) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Beacon(BeaconError::TooLarge) | Self::ProxyBodyTooLarge => {
+            Self::Beacon(BeaconError::TooLarge) | Self::ProxyBodyTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             Self::Beacon(BeaconError::Json(_))
@@ -68,7 +67,7 @@ impl EdgeError {
             Self::NotConfigured => "not_configured",
             Self::AggregatorUnreachable => "aggregator_unreachable",
             Self::AggregatorUnreadable => "aggregator_unreadable",
-            Self::ProxyBodyTooLarge => "body_too_large",
+            Self::ProxyBodyTooLarge { .. } => "body_too_large",
             Self::OriginTimeout => "origin_timeout",
             Self::OriginUnreachable => "origin_unreachable",
         }

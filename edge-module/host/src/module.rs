@@ -7,10 +7,12 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::config::INSTANCES_MAX;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// Instances beyond this add contention, not throughput.
+pub const INSTANCES_MAX: usize = 64;
 
 mod bindings {
     wasmtime::component::bindgen!({

@@ -257,7 +257,10 @@ pub async fn forward(
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
     if declared_length.is_some_and(|length| length > PROXY_REQUEST_BODY_BYTES_MAX as u64) {
-        return EdgeError::ProxyBodyTooLarge.into_response();
+        return EdgeError::ProxyBodyTooLarge {
+            limit_bytes: PROXY_REQUEST_BODY_BYTES_MAX,
+        }
+        .into_response();
     }
     let path_and_query = parts
         .uri

@@ -21,8 +21,8 @@ pub use api::{
     openapi_document,
 };
 pub use deltas::{batch, batch_from, post_delta, post_delta_bytes, signed_delta};
-pub use postgres::{database_url_for, open_store, postgres_database, postgres_or_skip, psql};
-pub use server::{Server, aggregator, serve_router, test_config};
+pub use postgres::{database_url_for, postgres_database, postgres_or_skip, psql};
+pub use server::{Server, aggregator, open_store, serve_router, test_config};
 
 /// The admin token of every test server (and of the aggregator binaries tests start).
 pub const ADMIN_TOKEN: &str = "test-support-admin-token-0123";

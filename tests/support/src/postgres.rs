@@ -1,9 +1,7 @@
 //! The machine's PostgreSQL for tests: a database per data directory, or a skip (a failure
-//! under `CI=true`), and the store of a test server opened beside it.
+//! under `CI=true`).
 
 use std::path::Path;
-
-use crate::server::test_config;
 
 /// Which store the tests run on: the embedded one, or PostgreSQL with `HITCOUNT_TEST_STORE=postgres`
 /// (`.ci/run` runs this test binary both ways). On PostgreSQL each data directory gets its own
@@ -91,23 +89,4 @@ pub fn psql(server: &str, sql: &str) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// The store of a test server's data, opened beside the server (for retention and compaction
-/// tests that call the store directly).
-pub async fn open_store(data_dir: &Path) -> hitcount_aggregator::store::Store {
-    use hitcount_aggregator::store::{DurableStore, EmbeddedStore, PgStore, Store};
-    // In the suite's inbox run, with the inbox too, so that `fold_inbox` folds the server's rows.
-    let inbox = test_config(data_dir).fold_interval_ms > 0;
-    let backend: std::sync::Arc<dyn DurableStore> = match database_url_for(data_dir) {
-        Some(url) => {
-            let store = PgStore::connect(&url).await.expect("PostgreSQL opens");
-            std::sync::Arc::new(if inbox { store.with_inbox() } else { store })
-        }
-        None => {
-            let store = EmbeddedStore::open(data_dir).expect("store opens");
-            std::sync::Arc::new(if inbox { store.with_inbox() } else { store })
-        }
-    };
-    Store::new(backend)
 }

@@ -218,3 +218,22 @@ pub async fn aggregator(
     config.rate_limit_token_per_second = 0;
     Server::start_at(config, address).await
 }
+
+/// The store of a test server's data, opened beside the server (for retention and compaction
+/// tests that call the store directly).
+pub async fn open_store(data_dir: &Path) -> hitcount_aggregator::store::Store {
+    use hitcount_aggregator::store::{DurableStore, EmbeddedStore, PgStore, Store};
+    // In the suite's inbox run, with the inbox too, so that `fold_inbox` folds the server's rows.
+    let inbox = test_config(data_dir).fold_interval_ms > 0;
+    let backend: std::sync::Arc<dyn DurableStore> = match database_url_for(data_dir) {
+        Some(url) => {
+            let store = PgStore::connect(&url).await.expect("PostgreSQL opens");
+            std::sync::Arc::new(if inbox { store.with_inbox() } else { store })
+        }
+        None => {
+            let store = EmbeddedStore::open(data_dir).expect("store opens");
+            std::sync::Arc::new(if inbox { store.with_inbox() } else { store })
+        }
+    };
+    Store::new(backend)
+}
