@@ -8,5 +8,6 @@
 mod support;
 
 mod banner;
+mod docs;
 mod quickstart;
 mod readme;
