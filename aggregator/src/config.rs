@@ -123,7 +123,7 @@ impl std::fmt::Debug for EdgeKey {
 }
 
 /// Shortest secret accepted for edge keys and admin tokens: shorter ones can be brute-forced.
-pub const SECRET_BYTES_MIN: usize = 16;
+pub use hitcount_wire::SECRET_BYTES_MIN;
 /// Bounds the retention job's period: at least a second, at most a day.
 const RETENTION_INTERVAL_S_MAX: u64 = 86_400;
 

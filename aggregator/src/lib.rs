@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod ingest;
+pub mod intake;
 pub mod merge;
 pub mod patterns;
 pub mod query;

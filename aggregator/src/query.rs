@@ -2,13 +2,16 @@
 //! folding stored cells into a total and a series.
 
 use hitcount_wire::Sketch;
+use hitcount_wire::text::duration_text;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
-use crate::store::{CountCell, DAY_MS, HOUR_MS, Tier};
+use crate::store::{
+    CountCell, DAY_MS, HOUR_MS, HOUR_TIER_RETENTION_MS, MINUTE_TIER_RETENTION_MS, Tier,
+};
 
 /// The most points one series may hold (48 hours of minutes fits; ten years of hours does not).
 pub const SERIES_POINTS_MAX: u64 = 10_000;
@@ -205,9 +208,15 @@ pub fn plan(query: &HitsQuery, now_ms: u64) -> Result<Plan, ApiError> {
     // times, so if this one no longer covers the window, none does.
     if !covers(granularity, start_ms, now_ms) {
         let kept = match granularity {
-            Tier::Minute => "minute counts are kept for 48 hours",
-            Tier::Hour => "hour counts are kept for 90 days",
-            Tier::Day => "day counts are kept for the resource's retention",
+            Tier::Minute => format!(
+                "minute counts are kept for {}",
+                duration_text(MINUTE_TIER_RETENTION_MS)
+            ),
+            Tier::Hour => format!(
+                "hour counts are kept for {}",
+                duration_text(HOUR_TIER_RETENTION_MS)
+            ),
+            Tier::Day => "day counts are kept for the resource's retention".to_owned(),
         };
         return Err(ApiError::Unprocessable {
             code: "granularity_not_kept",

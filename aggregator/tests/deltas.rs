@@ -327,7 +327,7 @@ async fn signatures_count_within_five_minutes_of_the_clock_either_way() {
     let server = Server::start().await;
     let api = Api::admin(&server);
     api.create_resource("home").await;
-    let skew = hitcount_wire::auth::SIGNATURE_SKEW_MS_MAX;
+    let skew = hitcount_wire::CLOCK_SKEW_MS_MAX;
     let margin_ms = 2_000;
     let now = now_ms();
     let cases = [

@@ -181,3 +181,211 @@ fn the_check_tells_paths_types_and_routes_apart() {
     assert!(defines_type("pub struct Store {", "Store"));
     assert!(!defines_type("pub struct StoreError {", "Store"));
 }
+
+/// A byte size as the README writes it: `4 KiB`, `8 MiB`, `1 GiB`.
+fn bytes_text(bytes: u64) -> String {
+    let units = [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    units
+        .iter()
+        .find(|(_, size)| bytes >= *size && bytes.is_multiple_of(*size))
+        .map(|(unit, size)| format!("{} {unit}", bytes / size))
+        .unwrap_or_else(|| format!("{bytes} bytes"))
+}
+
+/// The README's statements of limits, each written with the number its constant holds. A
+/// constant changed without the README (or the README without the code) fails here.
+fn limit_statements() -> Vec<String> {
+    use hitcount_aggregator::api::{
+        EDGE_SECRET_BYTES_MAX, HITS_BODY_BYTES_MAX, HITS_PER_REQUEST_MAX, JSON_BODY_BYTES_MAX,
+        LIST_PAGE_MAX, NAME_CHARS_MAX, RETENTION_DAYS_MAX, VISITOR_ID_CHARS_MAX,
+    };
+    use hitcount_aggregator::config::{
+        FLUSH_INTERVAL_MS_DEFAULT, FLUSH_INTERVAL_MS_MAX, RATE_LIMIT_PER_SECOND_DEFAULT,
+    };
+    use hitcount_aggregator::merge::{
+        MERGE_INTERVAL_MS_DEFAULT, MERGE_INTERVAL_MS_MAX, MERGE_QUEUE_ENTRIES_MAX,
+        MERGE_QUEUE_ENTRIES_MIN, MERGE_QUEUE_WAIT_MS_MAX, MERGE_RETRY_AFTER_S,
+    };
+    use hitcount_aggregator::patterns::{
+        PATTERN_PREFIX_BYTES_MAX, PATTERN_RESOURCES_DEFAULT, PATTERN_RESOURCES_MAX, PATTERNS_MAX,
+        RECENT_RESOURCES_MS, UNKNOWN_RESOURCES_LISTED_MAX,
+    };
+    use hitcount_aggregator::query::SERIES_POINTS_MAX;
+    use hitcount_aggregator::store::hot::{
+        HOT_LEASE_MS, HOT_OPERATION_TIMEOUT_MS, HOT_REBUILD_TIMEOUT_MS,
+    };
+    use hitcount_aggregator::store::inbox::{FOLD_INTERVAL_MS_MAX, UNFOLDED_ENTRIES_MAX};
+    use hitcount_aggregator::store::{
+        DELTA_AGE_MS_MAX, HOUR_TIER_RETENTION_MS, MINUTE_TIER_RETENTION_MS,
+    };
+    use hitcount_edge::config::{
+        PENDING_ENTRIES_MAX_DEFAULT, WINDOW_ENTRIES_MAX_DEFAULT, WINDOW_MS_DEFAULT, WINDOW_MS_MAX,
+        WINDOW_MS_MIN,
+    };
+    use hitcount_edge::proxy::{
+        COUNT_ROUTES_MAX, ORIGIN_TIMEOUT_MS_DEFAULT, ORIGIN_TIMEOUT_MS_MAX,
+        PROXY_REQUEST_BODY_BYTES_MAX,
+    };
+    use hitcount_edge::spool::SPOOL_BYTES_MAX_DEFAULT;
+    use hitcount_edge_core::beacon::{BEACON_BODY_BYTES_MAX, PIXEL_GIF};
+    use hitcount_edge_core::filter::USER_AGENT_VERDICTS;
+    use hitcount_wire::text::{count_text, duration_text};
+    use hitcount_wire::{
+        BATCH_BYTES_MAX, BATCH_ENTRIES_MAX, CLOCK_SKEW_MS_MAX, RESOURCE_ID_BYTES_MAX,
+        SECRET_BYTES_MIN, SKETCH_STANDARD_ERROR,
+    };
+    let count = |n: u64| count_text(n);
+    let bytes = |n: usize| bytes_text(n as u64);
+    let (age, skew) = (
+        duration_text(DELTA_AGE_MS_MAX),
+        duration_text(CLOCK_SKEW_MS_MAX),
+    );
+    vec![
+        // Requests and their limits.
+        format!("up to {RESOURCE_ID_BYTES_MAX} characters) unless"),
+        format!("`limit` 1 to {LIST_PAGE_MAX}, at least one scope"),
+        format!(
+            "({} for `POST /hits`, {} for `POST /v1/deltas`, {} for every other route)",
+            bytes(HITS_BODY_BYTES_MAX),
+            bytes(BATCH_BYTES_MAX),
+            bytes(JSON_BODY_BYTES_MAX)
+        ),
+        format!("a hit timestamp outside the last {age} and the next {skew}"),
+        format!("more than {} points", count(SERIES_POINTS_MAX)),
+        format!("(`A-Z a-z 0-9 . _ -`, up to {PATTERN_PREFIX_BYTES_MAX}) followed by `*`"),
+        format!(
+            "`resources_max` (default {}, at most {})",
+            count(PATTERN_RESOURCES_DEFAULT),
+            count(PATTERN_RESOURCES_MAX)
+        ),
+        format!(
+            "the store those created in the last {} s",
+            RECENT_RESOURCES_MS / 1_000
+        ),
+        format!("At most {} patterns exist.", count(PATTERNS_MAX as u64)),
+        format!("at most {})", bytes(BATCH_BYTES_MAX)),
+        format!("Signatures more than {skew} from the aggregator's clock are refused"),
+        format!("422 for a window more than {age} old"),
+        // The edge.
+        format!("at most {}. 204 when counted", bytes(BEACON_BODY_BYTES_MAX)),
+        format!("always answers the {}-byte GIF", PIXEL_GIF.len()),
+        format!(
+            "verdicts for {} user agents",
+            count(USER_AGENT_VERDICTS as u64)
+        ),
+        format!(
+            "Bodies declared over {} get 413",
+            bytes(PROXY_REQUEST_BODY_BYTES_MAX)
+        ),
+        format!(
+            "`--origin-timeout-ms` ({} s) 504",
+            ORIGIN_TIMEOUT_MS_DEFAULT / 1_000
+        ),
+        format!(
+            "bounded by `--spool-bytes-max` ({})",
+            bytes_text(SPOOL_BYTES_MAX_DEFAULT)
+        ),
+        format!("| none, {} |", bytes_text(SPOOL_BYTES_MAX_DEFAULT)),
+        format!("up to {COUNT_ROUTES_MAX} routes"),
+        format!("| `{ORIGIN_TIMEOUT_MS_DEFAULT}` | with `--origin`"),
+        format!("(then 504), 1 to {ORIGIN_TIMEOUT_MS_MAX};"),
+        format!(
+            "| `{WINDOW_MS_DEFAULT}` | window length, {WINDOW_MS_MIN} to {} |",
+            count(WINDOW_MS_MAX)
+        ),
+        format!("| {WINDOW_ENTRIES_MAX_DEFAULT} | distinct counters per instance per window"),
+        format!("| {PENDING_ENTRIES_MAX_DEFAULT} | distinct counters per instance per window"),
+        // The aggregator.
+        format!("(default {FLUSH_INTERVAL_MS_DEFAULT} ms)"),
+        format!("with {:.2}% standard error", SKETCH_STANDARD_ERROR * 100.0),
+        format!(
+            "Minute counts are kept {}, hour counts {}",
+            duration_text(MINUTE_TIER_RETENTION_MS),
+            duration_text(HOUR_TIER_RETENTION_MS)
+        ),
+        format!(
+            "`--merge-interval-ms` (default {MERGE_INTERVAL_MS_DEFAULT}, at most {MERGE_INTERVAL_MS_MAX})"
+        ),
+        format!(
+            "merged in the last {} s (at least {}, four full batches; never more than {})",
+            MERGE_QUEUE_WAIT_MS_MAX / 1_000,
+            count(MERGE_QUEUE_ENTRIES_MIN as u64),
+            count(MERGE_QUEUE_ENTRIES_MAX as u64)
+        ),
+        format!("`Retry-After: {MERGE_RETRY_AFTER_S}`"),
+        format!(
+            "at most {} cells, then 503",
+            count(UNFOLDED_ENTRIES_MAX as u64)
+        ),
+        format!("time out after {HOT_OPERATION_TIMEOUT_MS} ms"),
+        format!("holds a {} s lease in Redis", HOT_LEASE_MS / 1_000),
+        format!("for up to {} s after an", HOT_LEASE_MS / 1_000),
+        format!("its {} s budget", HOT_REBUILD_TIMEOUT_MS / 1_000),
+        // The flags table.
+        format!("admin bearer token (at least {SECRET_BYTES_MIN} characters)"),
+        format!("edge signing keys (secret at least {SECRET_BYTES_MIN} characters)"),
+        format!(
+            "| `{FLUSH_INTERVAL_MS_DEFAULT}` | fast mode's gathering time, 1 to {FLUSH_INTERVAL_MS_MAX} |"
+        ),
+        format!(
+            "| `{MERGE_INTERVAL_MS_DEFAULT}` | how long the first delta batch of a group waits"
+        ),
+        format!("is committed, 0 to {MERGE_INTERVAL_MS_MAX} |"),
+        format!("this often, 0 to {FOLD_INTERVAL_MS_MAX} (see"),
+        format!("| `{RATE_LIMIT_PER_SECOND_DEFAULT}` | requests/s per client address"),
+        format!("| `{RATE_LIMIT_PER_SECOND_DEFAULT}` | requests/s per token"),
+        // The limits paragraph.
+        format!(
+            "bodies of {} for `POST /hits` (1 to {HITS_PER_REQUEST_MAX} hits), {} (and {} entries) \
+             for `POST /v1/deltas`, {} for every other route",
+            bytes(HITS_BODY_BYTES_MAX),
+            bytes(BATCH_BYTES_MAX),
+            count(BATCH_ENTRIES_MAX as u64),
+            bytes(JSON_BODY_BYTES_MAX)
+        ),
+        format!("names of 1 to {NAME_CHARS_MAX} characters"),
+        format!("resource and edge ids of 1 to {RESOURCE_ID_BYTES_MAX} characters"),
+        format!("edge secrets of {SECRET_BYTES_MIN} to {EDGE_SECRET_BYTES_MAX} visible ASCII"),
+        format!("visitor ids up to {VISITOR_ID_CHARS_MAX} characters"),
+        format!("`limit` 1 to {LIST_PAGE_MAX} per page"),
+        format!(
+            "retention 1 to {} days",
+            count(u64::from(RETENTION_DAYS_MAX))
+        ),
+        format!("{} points per series", count(SERIES_POINTS_MAX)),
+        format!("hit timestamps from {age} ago to {skew} ahead"),
+        format!(
+            "{} patterns of up to {} resources each ({} by default); {} ids in `GET /unknown-resources`",
+            count(PATTERNS_MAX as u64),
+            count(PATTERN_RESOURCES_MAX),
+            count(PATTERN_RESOURCES_DEFAULT),
+            count(UNKNOWN_RESOURCES_LISTED_MAX as u64)
+        ),
+    ]
+}
+
+#[test]
+fn the_readme_states_the_limits_the_code_has() {
+    let readme = crate::support::readme();
+    // Sentences wrap anywhere in the README's source: compare with whitespace collapsed.
+    let flat = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let readme = flat(&readme);
+    let missing: Vec<String> = limit_statements()
+        .iter()
+        .map(|statement| flat(statement))
+        .filter(|statement| !readme.contains(statement.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "README.md does not say (with the constants' numbers):\n{}",
+        missing.join("\n")
+    );
+}
+
+#[test]
+fn byte_sizes_read_as_the_readme_writes_them() {
+    assert_eq!(bytes_text(4 * 1024), "4 KiB");
+    assert_eq!(bytes_text(8 * 1024 * 1024), "8 MiB");
+    assert_eq!(bytes_text(1 << 30), "1 GiB");
+    assert_eq!(bytes_text(1_000), "1000 bytes");
+}

@@ -40,8 +40,7 @@ pub const RESOURCES_MAX: usize = 10_000_000;
 /// window's hits fit a `u32` per resource.
 pub const HITS_PER_SECOND_MAX: u64 = 100_000_000;
 /// Window lengths an edge accepts (`--window-ms` of `hitcount-edge`).
-pub const WINDOW_MS_MIN: u64 = 100;
-pub const WINDOW_MS_MAX: u64 = 10_000;
+pub use hitcount_edge_core::{WINDOW_MS_MAX, WINDOW_MS_MIN};
 /// Longest run.
 pub const DURATION_S_MAX: u64 = 24 * 60 * 60;
 /// Longest random delay before a send.

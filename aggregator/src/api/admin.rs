@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{ApiJson, ApiPath, EDGE_SECRET_BYTES_MAX, schemas, validate_name};
+use super::{ApiJson, ApiPath, EDGE_SECRET_BYTES_MAX, JSON_BODY_BYTES_MAX, schemas, validate_name};
 use crate::auth::{
     BOOTSTRAP_TOKEN_ID, Caller, EdgeSecret, Scope, TOKEN_RANDOM_BYTES, generate_token, random_hex,
     token_digest,
@@ -62,7 +62,7 @@ pub struct TokenList {
         (status = 400, description = "Malformed JSON, or a name or scopes outside their schema", body = ErrorBody),
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
         (status = 403, description = "Token lacks the admin scope", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 413, description = schemas::body_over(JSON_BODY_BYTES_MAX), body = ErrorBody),
         (status = 415, description = "Body is not `application/json`", body = ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
         (status = 503, description = "The store is unavailable; nothing was created, retry", body = ErrorBody),
@@ -229,7 +229,7 @@ fn configured_key_conflict(edge_id: &str) -> ApiError {
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
         (status = 403, description = "Token lacks the admin scope", body = ErrorBody),
         (status = 409, description = "The key is set by flag", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 413, description = schemas::body_over(JSON_BODY_BYTES_MAX), body = ErrorBody),
         (status = 415, description = "Body is not `application/json`", body = ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
         (status = 503, description = "The store is unavailable; nothing was stored, retry", body = ErrorBody),

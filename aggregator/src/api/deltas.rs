@@ -5,20 +5,20 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
-use hitcount_wire::auth::{
-    DELTA_CONTENT_TYPE, EDGE_HEADER, SIGNATURE_HEADER, SIGNATURE_SKEW_MS_MAX, TIMESTAMP_HEADER,
-};
-use hitcount_wire::{BATCH_BYTES_MAX, DeltaBatch};
+use hitcount_wire::BATCH_BYTES_MAX;
+use hitcount_wire::auth::{DELTA_CONTENT_TYPE, EDGE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
+use super::schemas;
 use crate::error::{ApiError, ErrorBody};
+use crate::intake::{self, Accepted, Intake, IntakeError, Signature};
 use crate::merge::{MERGE_RETRY_AFTER_S, MergeError};
 use crate::now_ms;
-use crate::patterns::{self, Admission};
 use crate::state::SharedState;
-use crate::store::{ApplyOutcome, BatchKey, DELTA_AGE_MS_MAX, StoreError};
+
+/// A store that failed may be back in a second; the edge resends the same bytes then.
+const STORE_RETRY_AFTER_S: u64 = 1;
 
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -55,35 +55,82 @@ fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Result<&'a str, ApiErr
         .ok_or_else(|| ApiError::unauthorized(format!("missing {name} header")))
 }
 
-/// Checks the edge signature and returns the edge id that signed.
-fn authenticate(
-    state: &SharedState,
-    headers: &HeaderMap,
-    body: &[u8],
-    now_ms: u64,
-) -> Result<String, ApiError> {
+/// The signature headers, as sent; the intake checks them.
+fn signature(headers: &HeaderMap) -> Result<Signature<'_>, ApiError> {
     let edge_id = header_text(headers, EDGE_HEADER)?;
-    let timestamp_ms: u64 = header_text(headers, TIMESTAMP_HEADER)?
+    let timestamp_ms = header_text(headers, TIMESTAMP_HEADER)?
         .parse()
         .map_err(|_| {
             ApiError::unauthorized(format!("{TIMESTAMP_HEADER} must be Unix milliseconds"))
         })?;
-    let signature = header_text(headers, SIGNATURE_HEADER)?;
-    if timestamp_ms.abs_diff(now_ms) > SIGNATURE_SKEW_MS_MAX {
-        return Err(ApiError::unauthorized(
-            "the request timestamp is more than 5 minutes from the aggregator's clock",
-        ));
+    let hex = header_text(headers, SIGNATURE_HEADER)?;
+    Ok(Signature {
+        edge_id,
+        timestamp_ms,
+        hex,
+    })
+}
+
+/// Only the two media types of a batch are accepted: a batch is not JSON.
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    if content_type.starts_with(DELTA_CONTENT_TYPE)
+        || content_type.starts_with("application/octet-stream")
+    {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType(format!(
+            "deltas must be sent as {DELTA_CONTENT_TYPE}"
+        )))
     }
-    let key = state
-        .edge_keys
-        .get(edge_id)
-        .ok_or_else(|| ApiError::unauthorized("unknown or revoked edge key"))?;
-    if !hitcount_wire::auth::verify(&key.secret, edge_id, timestamp_ms, body, signature) {
-        return Err(ApiError::unauthorized(
-            "the signature does not match the body",
-        ));
+}
+
+impl From<IntakeError> for ApiError {
+    fn from(error: IntakeError) -> Self {
+        let message = error.to_string();
+        match error {
+            IntakeError::StaleSignature
+            | IntakeError::UnknownEdge
+            | IntakeError::WrongSignature => ApiError::unauthorized(message),
+            IntakeError::Malformed(wire) => ApiError::bad_request(wire.code(), message),
+            IntakeError::WrongEdge { .. } => ApiError::Forbidden(message),
+            IntakeError::WindowTooOld => ApiError::Unprocessable {
+                code: "window_too_old",
+                message,
+            },
+            IntakeError::WindowInFuture => ApiError::Unprocessable {
+                code: "window_in_future",
+                message,
+            },
+            IntakeError::Conflict => ApiError::Conflict {
+                code: "sequence_conflict",
+                message,
+            },
+            IntakeError::Merge(MergeError::Overloaded) => {
+                metrics::counter!("hitcount_deltas_overloaded_total").increment(1);
+                ApiError::Unavailable {
+                    message: "the merge queue is full; the batch was not applied, retry".to_owned(),
+                    retry_after_s: MERGE_RETRY_AFTER_S,
+                }
+            }
+            IntakeError::Merge(MergeError::ShuttingDown) => ApiError::Unavailable {
+                message: "the aggregator is shutting down; the batch was not applied, retry"
+                    .to_owned(),
+                retry_after_s: MERGE_RETRY_AFTER_S,
+            },
+            IntakeError::Merge(MergeError::Store(error)) => {
+                tracing::warn!(%error, "applying a delta failed");
+                ApiError::Unavailable {
+                    message: "the store could not apply the batch; it was not applied, retry"
+                        .to_owned(),
+                    retry_after_s: STORE_RETRY_AFTER_S,
+                }
+            }
+        }
     }
-    Ok(edge_id.to_owned())
 }
 
 #[utoipa::path(
@@ -96,11 +143,11 @@ fn authenticate(
         (status = 401, description = "Missing, stale or wrong signature", body = ErrorBody),
         (status = 403, description = "The batch names another edge than the key that signed it", body = ErrorBody),
         (status = 409, description = "This (edge, boot epoch, sequence) was applied with a different body", body = ErrorBody),
-        (status = 413, description = "Body over 8 MiB", body = ErrorBody),
+        (status = 413, description = schemas::body_over(BATCH_BYTES_MAX), body = ErrorBody),
         (status = 415, description = "Wrong content type", body = ErrorBody),
         (status = 422, description = "Window too old to deduplicate, or in the future", body = ErrorBody),
         (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "The store is unavailable, or more entries wait to be merged than the store merged in the last 2 s (at least 65,536, at most 2,000,000); not applied; see Retry-After", body = ErrorBody),
+        (status = 503, description = schemas::deltas_unavailable(), body = ErrorBody),
     ),
     security(("edge_signature" = []))
 )]
@@ -109,17 +156,7 @@ pub async fn apply(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<DeltaResponse>), ApiError> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default();
-    if !(content_type.starts_with(DELTA_CONTENT_TYPE)
-        || content_type.starts_with("application/octet-stream"))
-    {
-        return Err(ApiError::UnsupportedMediaType(format!(
-            "deltas must be sent as {DELTA_CONTENT_TYPE}"
-        )));
-    }
+    check_content_type(&headers)?;
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge {
@@ -129,125 +166,27 @@ pub async fn apply(
             ApiError::bad_request("invalid_body", rejection.body_text())
         }
     })?;
-    let now = now_ms();
-    let signer = authenticate(&state, &headers, &body, now)?;
-    let batch = DeltaBatch::decode(&body).map_err(|error| {
-        metrics::counter!("hitcount_deltas_rejected_total", "reason" => error.code()).increment(1);
-        ApiError::bad_request(error.code(), format!("malformed delta batch: {error}"))
-    })?;
-    if batch.header.edge_id != signer {
-        return Err(ApiError::Forbidden(format!(
-            "the batch is from edge {:?} but was signed by {signer:?}",
-            batch.header.edge_id
-        )));
-    }
-    if batch.header.window_end_ms + DELTA_AGE_MS_MAX < now {
-        return Err(ApiError::Unprocessable {
-            code: "window_too_old",
-            message:
-                "the batch's window ended more than 7 days ago; it can no longer be deduplicated"
-                    .to_owned(),
-        });
-    }
-    if batch.header.window_start_ms > now + SIGNATURE_SKEW_MS_MAX {
-        return Err(ApiError::Unprocessable {
-            code: "window_in_future",
-            message: "the batch's window starts in the future; check the edge's clock".to_owned(),
-        });
-    }
-    let key = BatchKey {
-        edge_id: batch.header.edge_id.clone(),
-        boot_epoch: batch.header.boot_epoch,
-        sequence: batch.header.sequence,
-        body_sha256: Sha256::digest(&body).into(),
+    let intake = Intake {
+        edge_keys: &state.edge_keys,
+        catalog: &state.catalog,
+        store: &state.store,
+        merger: &state.merger,
     };
-    let unavailable = |error: StoreError| {
-        tracing::warn!(%error, edge_id = %signer, "applying a delta failed");
-        ApiError::Unavailable {
-            message: "the store could not apply the batch; it was not applied, retry".to_owned(),
-            retry_after_s: 1,
-        }
+    let response = match intake::accept(intake, signature(&headers)?, &body, now_ms()).await? {
+        Accepted::Applied(applied) => DeltaResponse {
+            status: DeltaStatus::Applied,
+            entries: Some(applied.entries),
+            hits: Some(applied.hits),
+            unknown_resource_entries: Some(applied.unknown_resource_entries),
+            expired_entries: Some(applied.expired_entries),
+        },
+        Accepted::Duplicate => DeltaResponse {
+            status: DeltaStatus::Duplicate,
+            entries: None,
+            hits: None,
+            unknown_resource_entries: None,
+            expired_entries: None,
+        },
     };
-    // Resources the cache lacks are created first where a pattern allows; the rest are left out
-    // of the merge, so that what is reported refused is exactly what was not counted.
-    let missing = state.catalog.missing_in(&batch.entries);
-    let mut entries = batch.entries;
-    let refusals = if missing.is_empty() {
-        Vec::new()
-    } else {
-        let refusals = state
-            .catalog
-            .admit(&state.store, missing, Admission::WhatFits, now)
-            .await
-            .map_err(unavailable)?;
-        let refused = patterns::refused_ids(&refusals);
-        entries.retain(|entry| !refused.contains(entry.resource_id.as_str()));
-        refusals
-    };
-    let outcome = state
-        .merger
-        .submit(entries, Some(key))
-        .await
-        .map_err(|error| match error {
-            MergeError::Overloaded => {
-                metrics::counter!("hitcount_deltas_overloaded_total").increment(1);
-                ApiError::Unavailable {
-                    message: "the merge queue is full; the batch was not applied, retry".to_owned(),
-                    retry_after_s: MERGE_RETRY_AFTER_S,
-                }
-            }
-            MergeError::ShuttingDown => ApiError::Unavailable {
-                message: "the aggregator is shutting down; the batch was not applied, retry"
-                    .to_owned(),
-                retry_after_s: MERGE_RETRY_AFTER_S,
-            },
-            MergeError::Store(error) => unavailable(error),
-        })?;
-    match outcome {
-        ApplyOutcome::Applied(mut applied) => {
-            metrics::counter!("hitcount_deltas_applied_total").increment(1);
-            metrics::counter!("hitcount_delta_hits_applied_total").increment(applied.hits);
-            // Counted only once applied: a replay answers `duplicate` and refuses nothing again.
-            state.catalog.record_refusals(&refusals, now);
-            if applied.unknown_resource_hits > 0 {
-                // Known when admitted, gone when merged: deleted meanwhile.
-                metrics::counter!("hitcount_resources_refused_total", "reason" => "deleted")
-                    .increment(applied.unknown_resource_hits);
-            }
-            applied.unknown_resource_entries +=
-                refusals.iter().map(|refusal| refusal.entries).sum::<u64>();
-            tracing::debug!(edge_id = %signer, sequence = batch.header.sequence, hits = applied.hits, "delta applied");
-            Ok((
-                StatusCode::OK,
-                Json(DeltaResponse {
-                    status: DeltaStatus::Applied,
-                    entries: Some(applied.entries),
-                    hits: Some(applied.hits),
-                    unknown_resource_entries: Some(applied.unknown_resource_entries),
-                    expired_entries: Some(applied.expired_entries),
-                }),
-            ))
-        }
-        ApplyOutcome::Duplicate => {
-            metrics::counter!("hitcount_deltas_duplicate_total").increment(1);
-            Ok((
-                StatusCode::OK,
-                Json(DeltaResponse {
-                    status: DeltaStatus::Duplicate,
-                    entries: None,
-                    hits: None,
-                    unknown_resource_entries: None,
-                    expired_entries: None,
-                }),
-            ))
-        }
-        ApplyOutcome::Conflict => {
-            metrics::counter!("hitcount_deltas_conflict_total").increment(1);
-            Err(ApiError::Conflict {
-                code: "sequence_conflict",
-                message: "this edge, boot epoch and sequence were applied with a different body"
-                    .to_owned(),
-            })
-        }
-    }
+    Ok((StatusCode::OK, Json(response)))
 }

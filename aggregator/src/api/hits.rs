@@ -8,7 +8,10 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{ApiJson, ApiPath, ApiQuery, VISITOR_ID_CHARS_MAX, schemas, unknown_resource};
+use super::{
+    ApiJson, ApiPath, ApiQuery, HITS_BODY_BYTES_MAX, VISITOR_ID_CHARS_MAX, schemas,
+    unknown_resource,
+};
 use crate::auth::{Caller, Scope};
 use crate::error::{ApiError, ErrorBody};
 use crate::ingest::{IngestError, ValidHit};
@@ -17,13 +20,11 @@ use crate::patterns::{Admission, Missing, Refusal, RefusalReason};
 use crate::query::{self, HitsQuery, HitsResponse};
 use crate::state::SharedState;
 use crate::store::{DAY_MS, DELTA_AGE_MS_MAX};
-use hitcount_wire::{MINUTE_MS, visitor_hash};
+use hitcount_wire::text::duration_text;
+use hitcount_wire::{CLOCK_SKEW_MS_MAX, MINUTE_MS, visitor_hash};
 
 /// Hits in one `POST /hits` request.
 pub const HITS_PER_REQUEST_MAX: usize = 1_000;
-/// How far ahead of the aggregator's clock a hit's timestamp may be.
-pub const CLOCK_SKEW_MS_MAX: u64 = 5 * 60 * 1_000;
-
 /// A time as RFC 3339 text or Unix milliseconds.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
@@ -133,8 +134,11 @@ fn validate(
     if timestamp_ms + DELTA_AGE_MS_MAX < now_ms || timestamp_ms > now_ms + CLOCK_SKEW_MS_MAX {
         return Err(ApiError::Unprocessable {
             code: "timestamp_out_of_range",
-            message: "timestamp must be within the last 7 days and at most 5 minutes ahead"
-                .to_owned(),
+            message: format!(
+                "timestamp must be within the last {} and at most {} ahead",
+                duration_text(DELTA_AGE_MS_MAX),
+                duration_text(CLOCK_SKEW_MS_MAX)
+            ),
         });
     }
     if let Some(days) = retention_days
@@ -221,9 +225,9 @@ fn refusal_error(refusals: &[Refusal]) -> Option<ApiError> {
         (status = 403, description = "Token lacks the ingest scope", body = ErrorBody),
         (status = 404, description = "Unknown resource and no pattern matches it; nothing in the request was counted", body = ErrorBody),
         (status = 409, description = "`pattern_full`: an unknown resource's pattern has reached its resources_max; nothing in the request was counted", body = ErrorBody),
-        (status = 413, description = "Body over 1 MiB", body = ErrorBody),
+        (status = 413, description = schemas::body_over(HITS_BODY_BYTES_MAX), body = ErrorBody),
         (status = 415, description = "Body is not `application/json`", body = ErrorBody),
-        (status = 422, description = "A timestamp outside the last 7 days and the next 5 minutes, or older than the resource's retention; nothing was counted", body = ErrorBody),
+        (status = 422, description = schemas::timestamp_out_of_range(), body = ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
         (status = 503, description = "Overloaded or the store failed; nothing was counted, retry", body = ErrorBody),
     ),

@@ -7,9 +7,8 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::ApiJson;
-use super::RETENTION_DAYS_MAX;
 use super::extract::ApiPath;
+use super::{ApiJson, JSON_BODY_BYTES_MAX, RETENTION_DAYS_MAX, schemas};
 use crate::auth::{Caller, Scope};
 use crate::error::{ApiError, ErrorBody};
 use crate::now_ms;
@@ -135,7 +134,7 @@ fn unknown_pattern(pattern: &str) -> ApiError {
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
         (status = 403, description = "Token lacks the admin scope", body = ErrorBody),
         (status = 409, description = "`pattern_exists`, or `too_many_patterns` (1000 exist)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 413, description = schemas::body_over(JSON_BODY_BYTES_MAX), body = ErrorBody),
         (status = 415, description = "Body is not JSON", body = ErrorBody),
         (status = 429, description = "Rate limited", body = ErrorBody),
         (status = 503, description = "The store is unavailable; nothing was created, retry", body = ErrorBody),

@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
-    ApiJson, ApiPath, ApiQuery, LIST_PAGE_MAX, RETENTION_DAYS_MAX, schemas, unknown_resource,
-    validate_name,
+    ApiJson, ApiPath, ApiQuery, JSON_BODY_BYTES_MAX, LIST_PAGE_MAX, RETENTION_DAYS_MAX, schemas,
+    unknown_resource, validate_name,
 };
 use crate::auth::{Caller, Scope, random_hex};
 use crate::error::{ApiError, ErrorBody};
@@ -84,7 +84,7 @@ pub struct ListQuery {
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
         (status = 403, description = "Token lacks the admin scope", body = ErrorBody),
         (status = 409, description = "Name or id already taken", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 413, description = schemas::body_over(JSON_BODY_BYTES_MAX), body = ErrorBody),
         (status = 415, description = "Body is not `application/json`", body = ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
         (status = 503, description = "The store is unavailable; nothing was created, retry", body = ErrorBody),

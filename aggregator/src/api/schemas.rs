@@ -2,7 +2,8 @@
 //! only, so these are built in code from the constants themselves: the document cannot drift
 //! from what the handlers enforce.
 
-use hitcount_wire::{EDGE_ID_BYTES_MAX, RESOURCE_ID_BYTES_MAX};
+use hitcount_wire::text::{count_text, duration_text};
+use hitcount_wire::{CLOCK_SKEW_MS_MAX, EDGE_ID_BYTES_MAX, RESOURCE_ID_BYTES_MAX};
 use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn, ParameterStyle};
 use utoipa::openapi::schema::{
     AdditionalProperties, KnownFormat, Object, ObjectBuilder, OneOfBuilder, SchemaFormat,
@@ -15,8 +16,10 @@ use super::{
     EDGE_SECRET_BYTES_MAX, LIST_PAGE_MAX, NAME_CHARS_MAX, RETENTION_DAYS_MAX, VISITOR_ID_CHARS_MAX,
 };
 use crate::config::SECRET_BYTES_MIN;
+use crate::error::byte_size;
+use crate::merge::{MERGE_QUEUE_ENTRIES_MAX, MERGE_QUEUE_ENTRIES_MIN, MERGE_QUEUE_WAIT_MS_MAX};
 use crate::query::{HitsQuery, TIME_MS_MAX};
-use crate::store::Tier;
+use crate::store::{DELTA_AGE_MS_MAX, Tier};
 
 /// The characters of resource and edge ids (`hitcount_wire::validate_resource_id`).
 pub const IDENTIFIER_PATTERN: &str = "^[A-Za-z0-9._-]+$";
@@ -141,11 +144,48 @@ pub fn timestamp() -> RefOr<Schema> {
         .item(millis)
         .item(time_text())
         .item(null)
-        .description(Some(
-            "When the hit happened (default: now). A time outside the last 7 days and the next 5 \
-             minutes, or older than the resource's retention, is answered 422.",
-        ))
+        .description(Some(format!(
+            "When the hit happened (default: now). A time outside {}, or older than the \
+             resource's retention, is answered 422.",
+            timestamp_range()
+        )))
         .into()
+}
+
+/// The span a hit's own timestamp may fall in, in words.
+fn timestamp_range() -> String {
+    format!(
+        "the last {} and the next {}",
+        duration_text(DELTA_AGE_MS_MAX),
+        duration_text(CLOCK_SKEW_MS_MAX)
+    )
+}
+
+// Response descriptions that state a limit: `#[utoipa::path]` takes an expression there, so the
+// document says what the constant says.
+
+/// A 413 answer's description.
+pub fn body_over(limit_bytes: usize) -> String {
+    format!("Body over {}", byte_size(limit_bytes))
+}
+
+/// `POST /hits`' 422 answer's description.
+pub fn timestamp_out_of_range() -> String {
+    format!(
+        "A timestamp outside {}, or older than the resource's retention; nothing was counted",
+        timestamp_range()
+    )
+}
+
+/// `POST /v1/deltas`' 503 answer's description.
+pub fn deltas_unavailable() -> String {
+    format!(
+        "The store is unavailable, or more entries wait to be merged than the store merged in the \
+         last {} (at least {}, at most {}); not applied; see Retry-After",
+        duration_text(MERGE_QUEUE_WAIT_MS_MAX),
+        count_text(MERGE_QUEUE_ENTRIES_MIN as u64),
+        count_text(MERGE_QUEUE_ENTRIES_MAX as u64)
+    )
 }
 
 impl IntoParams for HitsQuery {

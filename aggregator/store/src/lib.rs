@@ -29,8 +29,7 @@ pub fn random_hex(bytes: usize) -> String {
     hex::encode(buffer)
 }
 
-pub const HOUR_MS: u64 = 60 * MINUTE_MS;
-pub const DAY_MS: u64 = 24 * HOUR_MS;
+pub use hitcount_wire::{DAY_MS, HOUR_MS};
 /// Minute counts are kept for 48 hours.
 pub const MINUTE_TIER_RETENTION_MS: u64 = 48 * HOUR_MS;
 /// Hour counts are kept for 90 days; day counts are kept until the resource's retention ends.

@@ -3,9 +3,10 @@
 use hitcount_wire::journal::put_journal_record;
 use hitcount_wire::{DeltaEntry, MINUTE_MS, WindowCounts};
 
+use crate::VisitorHasher;
 use crate::filter::{self, HitRequest, Rejection};
 use crate::filter::{BotPolicy, BotVerdicts};
-use crate::{DAY_MS, VisitorHasher};
+use hitcount_wire::DAY_MS;
 
 /// What `record` did with a hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,13 +1,13 @@
 //! Deciding whether a request is a countable hit.
 
-use hitcount_wire::validate_resource_id;
+use hitcount_wire::text::duration_text;
+use hitcount_wire::{CLOCK_SKEW_MS_MAX, DAY_MS, RESOURCE_ID_BYTES_MAX, validate_resource_id};
 
 /// Longest user agent inspected; longer ones are cut (bot markers appear early).
 pub const USER_AGENT_BYTES_MAX: usize = 512;
-/// How far ahead of the edge clock a hit's own timestamp may be.
-pub const HIT_CLOCK_SKEW_MS_MAX: u64 = 5 * 60 * 1_000;
-/// How old a hit's own timestamp may be (a beacon queued by a sleeping laptop, say).
-pub const HIT_AGE_MS_MAX: u64 = 24 * 60 * 60 * 1_000;
+/// How old a hit's own timestamp may be (a beacon queued by a sleeping laptop, say). How far
+/// ahead it may be is the wire's `CLOCK_SKEW_MS_MAX`.
+pub const HIT_AGE_MS_MAX: u64 = DAY_MS;
 
 /// Substrings (lowercase) of user agents that are not people. Matching is a heuristic: it keeps
 /// the big crawlers, monitors and headless browsers out of the counts, as GoatCounter and
@@ -68,13 +68,17 @@ pub struct HitRequest<'a> {
 /// Why a request was not counted. `code()` is what the edge reports in its rejection header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
-    #[error("invalid resource id")]
+    #[error("resource ids are 1 to {RESOURCE_ID_BYTES_MAX} of A-Z a-z 0-9 . _ -")]
     InvalidResourceId,
     #[error("the user agent is a bot")]
     Bot,
     #[error("the request is a prefetch or prerender")]
     Prefetch,
-    #[error("the hit's timestamp is too old or in the future")]
+    #[error(
+        "timestamp must be within the last {} and at most {} ahead",
+        duration_text(HIT_AGE_MS_MAX),
+        duration_text(CLOCK_SKEW_MS_MAX)
+    )]
     InvalidTimestamp,
 }
 
@@ -236,7 +240,7 @@ pub fn check_with(
     }
     match hit.timestamp_ms {
         None => Ok(now_ms),
-        Some(at) if at > now_ms + HIT_CLOCK_SKEW_MS_MAX || at + HIT_AGE_MS_MAX < now_ms => {
+        Some(at) if at > now_ms + CLOCK_SKEW_MS_MAX || at + HIT_AGE_MS_MAX < now_ms => {
             Err(Rejection::InvalidTimestamp)
         }
         Some(at) => Ok(at),
@@ -341,7 +345,7 @@ mod tests {
         assert_eq!(check(&invalid, 1_000), Err(Rejection::InvalidResourceId));
         let now = 10 * HIT_AGE_MS_MAX;
         let mut future = hit(BROWSER);
-        future.timestamp_ms = Some(now + HIT_CLOCK_SKEW_MS_MAX + 1);
+        future.timestamp_ms = Some(now + CLOCK_SKEW_MS_MAX + 1);
         assert_eq!(check(&future, now), Err(Rejection::InvalidTimestamp));
         let mut old = hit(BROWSER);
         old.timestamp_ms = Some(now - HIT_AGE_MS_MAX - 1);

@@ -26,10 +26,17 @@ pub use counter::{ClosedWindow, EdgeCounter, Outcome};
 pub use counting::Counting;
 pub use delivery::{BatchIdentity, Delivery, DeliveryFull, SealedBatch, seal_entries};
 pub use filter::{BotPolicy, HitRequest, Rejection};
-pub use visitor::{DAY_MS, VisitorHasher, window_map_key};
+pub use visitor::{VisitorHasher, window_map_key};
 
-/// Shortest deployment secret accepted: shorter ones make the daily salt guessable.
-pub const SECRET_BYTES_MIN: usize = 16;
+pub use hitcount_wire::SECRET_BYTES_MIN;
+
+/// The default length of an edge's window: hits are at the aggregator about a second after they
+/// happen.
+pub const WINDOW_MS_DEFAULT: u64 = 1_000;
+/// Shorter windows would send a batch per instance several times a second for little freshness.
+pub const WINDOW_MS_MIN: u64 = 100;
+/// Windows longer than this would make hits older than the aggregator's freshness promise.
+pub const WINDOW_MS_MAX: u64 = 10_000;
 
 /// Why an edge's configuration was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -8,11 +8,10 @@
 
 use std::hash::Hasher;
 
+use hitcount_wire::DAY_MS;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use siphasher::sip::SipHasher13;
-
-pub const DAY_MS: u64 = 24 * 60 * 60 * 1_000;
 
 /// Derives per-day keys from a secret and hashes visitors with them.
 #[derive(Clone)]

@@ -12,16 +12,12 @@ use crate::proxy::{
 };
 use crate::spool::SPOOL_BYTES_MAX_DEFAULT;
 
-pub const WINDOW_MS_DEFAULT: u64 = 1_000;
-pub const WINDOW_MS_MIN: u64 = 100;
-/// Windows longer than this would make hits older than the aggregator's freshness promise.
-pub const WINDOW_MS_MAX: u64 = 10_000;
+pub use hitcount_edge_core::{SECRET_BYTES_MIN, WINDOW_MS_DEFAULT, WINDOW_MS_MAX, WINDOW_MS_MIN};
 /// Distinct (resource, minute) counters per window and instance.
 pub const WINDOW_ENTRIES_MAX_DEFAULT: u32 = 16_384;
 /// Distinct counters per instance waiting for the aggregator during an outage; past this,
 /// beacons for new counters get 503.
 pub const PENDING_ENTRIES_MAX_DEFAULT: u32 = 16_384;
-const SECRET_BYTES_MIN: usize = 16;
 
 #[derive(Debug, Parser)]
 #[command(

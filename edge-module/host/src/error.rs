@@ -4,6 +4,7 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use hitcount_edge_core::Rejection;
 use hitcount_edge_core::beacon::BeaconError;
 use serde_json::json;
 
@@ -11,9 +12,9 @@ use serde_json::json;
 pub enum EdgeError {
     #[error(transparent)]
     Beacon(#[from] BeaconError),
-    #[error("resource ids are 1 to 64 of A-Z a-z 0-9 . _ -")]
+    #[error("{}", Rejection::InvalidResourceId)]
     InvalidResourceId,
-    #[error("timestamp must be within the last 24 hours and at most 5 minutes ahead")]
+    #[error("{}", Rejection::InvalidTimestamp)]
     InvalidTimestamp,
     #[error("the edge cannot reach the aggregator and holds all it can; retry")]
     Full,

@@ -440,13 +440,13 @@ async fn hit(
             StatusCode::BAD_REQUEST,
             "invalid_resource_id",
             "invalid_resource_id",
-            "resource ids are 1 to 64 of A-Z a-z 0-9 . _ -",
+            &Rejection::InvalidResourceId.to_string(),
         ),
         Ok(Outcome::Rejected(Rejection::InvalidTimestamp)) => answer(
             StatusCode::BAD_REQUEST,
             "invalid_timestamp",
             "invalid_timestamp",
-            "timestamp must be within the last 24 hours and at most 5 minutes ahead",
+            &Rejection::InvalidTimestamp.to_string(),
         ),
         Ok(Outcome::Rejected(rejection)) => {
             answer(StatusCode::NO_CONTENT, rejection.code(), "", "")

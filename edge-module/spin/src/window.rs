@@ -28,10 +28,8 @@ pub const VARIABLES: [&str; 6] = [
     "window_ms",
 ];
 
-/// Default window length for Spin edges; a variable can change it.
-pub const WINDOW_MS_DEFAULT: u64 = 1_000;
-pub const WINDOW_MS_MIN: u64 = 100;
-pub const WINDOW_MS_MAX: u64 = 10_000;
+/// The window's bounds and default are every edge's (a variable can change the length).
+pub use hitcount_edge_core::{WINDOW_MS_DEFAULT, WINDOW_MS_MAX, WINDOW_MS_MIN};
 /// Batches one window may be split into (by the wire format's 8 MiB bound). Sequence numbers
 /// are `window * SEAL_PARTS_MAX + part`.
 pub const SEAL_PARTS_MAX: u64 = 64;

@@ -13,8 +13,14 @@ pub const TIMESTAMP_HEADER: &str = "x-hitcount-timestamp";
 pub const SIGNATURE_HEADER: &str = "x-hitcount-signature";
 /// The media type of an encoded [`crate::DeltaBatch`].
 pub const DELTA_CONTENT_TYPE: &str = "application/vnd.hitcount.delta";
-/// A signature older or newer than this (by the aggregator's clock) is rejected.
-pub const SIGNATURE_SKEW_MS_MAX: u64 = 5 * 60 * 1_000;
+/// How far apart an edge's clock and the aggregator's may be: a signature older or newer than
+/// this by the receiver's clock is refused, and so is a hit (or a batch window) dated further
+/// ahead, at the edge and at the aggregator alike.
+pub const CLOCK_SKEW_MS_MAX: u64 = 5 * crate::MINUTE_MS;
+/// Shortest secret accepted: edge keys (which sign deltas, so both sides check them), the edge's
+/// visitor secret (shorter ones make the daily salt guessable) and the aggregator's admin token
+/// (shorter ones can be brute-forced).
+pub const SECRET_BYTES_MIN: usize = 16;
 
 fn mac(secret: &[u8], edge_id: &str, timestamp_ms: u64, body: &[u8]) -> Hmac<Sha256> {
     // HMAC accepts keys of any length, so this cannot fail.

@@ -25,10 +25,12 @@ pub const BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
 pub const BATCH_ENTRIES_MAX: usize = 16_384;
 /// A batch may cover at most seven days: edges merge pending windows during an aggregator outage,
 /// and the aggregator keeps dedupe records at least this long.
-pub const WINDOW_SPAN_MS_MAX: u64 = 7 * 24 * 60 * 60 * 1_000;
+pub const WINDOW_SPAN_MS_MAX: u64 = 7 * DAY_MS;
 /// Hits in one entry; far above any real window, low enough that sums cannot overflow.
 pub const ENTRY_HITS_MAX: u64 = 1 << 48;
 pub const MINUTE_MS: u64 = 60_000;
+pub const HOUR_MS: u64 = 60 * MINUTE_MS;
+pub const DAY_MS: u64 = 24 * HOUR_MS;
 /// Minute buckets are kept below 2^40 minutes (two million years) so that milliseconds fit i64.
 const MINUTE_MAX: u64 = 1 << 40;
 /// The latest window end a header may name: the last millisecond of minute [`MINUTE_MAX`].
@@ -339,7 +341,7 @@ mod tests {
         assert_eq!(BATCH_BYTES_MAX, 8_388_608, "8 MiB");
         assert_eq!(WINDOW_SPAN_MS_MAX, 604_800_000, "seven days");
         assert_eq!(BATCH_ENTRIES_MAX, 16_384);
-        assert_eq!(crate::auth::SIGNATURE_SKEW_MS_MAX, 300_000, "five minutes");
+        assert_eq!(crate::auth::CLOCK_SKEW_MS_MAX, 300_000, "five minutes");
     }
 
     fn entry(resource_id: String, minute: u64, hits: u64, visitors: Sketch) -> DeltaEntry {

@@ -44,12 +44,15 @@ mod batch;
 mod ids;
 pub mod journal;
 pub mod sketch;
+pub mod text;
 pub mod varint;
 
 pub use aggregate::{WindowCounts, WindowFull};
+pub use auth::{CLOCK_SKEW_MS_MAX, SECRET_BYTES_MIN};
 pub use batch::{
-    BATCH_BYTES_MAX, BATCH_ENTRIES_MAX, DeltaBatch, DeltaEntry, DeltaHeader, ENTRY_HITS_MAX,
-    FORMAT_VERSION, HEADER_BYTES_MAX, MAGIC, MINUTE_MS, WINDOW_SPAN_MS_MAX,
+    BATCH_BYTES_MAX, BATCH_ENTRIES_MAX, DAY_MS, DeltaBatch, DeltaEntry, DeltaHeader,
+    ENTRY_HITS_MAX, FORMAT_VERSION, HEADER_BYTES_MAX, HOUR_MS, MAGIC, MINUTE_MS,
+    WINDOW_SPAN_MS_MAX,
 };
 pub use ids::{EDGE_ID_BYTES_MAX, RESOURCE_ID_BYTES_MAX, validate_edge_id, validate_resource_id};
 pub use sketch::{SKETCH_STANDARD_ERROR, Sketch, visitor_hash};
