@@ -14,4 +14,3 @@ mod faults;
 mod patterns;
 mod redis_cluster;
 mod shared_hot_tier;
-mod store_contract;

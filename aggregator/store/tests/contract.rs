@@ -3,10 +3,13 @@
 //! (direct, and the durable inbox left unfolded unless the case folds it), through the
 //! `DurableStore` trait alone. A behaviour one backend or shape has and another lacks fails here.
 
+// Tests unwrap freely: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::HashSet;
 
-use hitcount_aggregator::now_ms;
-use hitcount_aggregator::store::{
+use hitcount_process::now_ms;
+use hitcount_store::{
     ApplyOutcome, BatchKey, CreateOutcome, DAY_MS, DurableStore, EmbeddedStore, HOUR_MS,
     MINUTE_TIER_RETENTION_MS, MergeBatch, PatternRecord, PgStore, ResourceRecord, Tier,
     TokenRecord,
@@ -27,12 +30,12 @@ async fn on_both(case: Case) {
         .unwrap()
         .with_inbox();
     case(&sqlite_inbox).await;
-    if crate::support::postgres_or_skip() {
+    if hitcount_test_support::postgres_or_skip() {
         // A database of its own, named after the temporary directory (unique per test).
-        let fresh = crate::support::postgres_database(directory.path());
+        let fresh = hitcount_test_support::postgres_database(directory.path());
         let postgres = PgStore::connect(&fresh).await.unwrap();
         case(&postgres).await;
-        let fresh = crate::support::postgres_database(inbox_directory.path());
+        let fresh = hitcount_test_support::postgres_database(inbox_directory.path());
         let postgres_inbox = PgStore::connect(&fresh).await.unwrap().with_inbox();
         case(&postgres_inbox).await;
     }
@@ -520,7 +523,7 @@ mod cases {
             1,
             "the day tier is kept"
         );
-        let much_later = now + hitcount_aggregator::store::DEDUPE_RETENTION_MS + MINUTE_MS;
+        let much_later = now + hitcount_store::DEDUPE_RETENTION_MS + MINUTE_MS;
         assert!(store.prune(much_later).await.unwrap().dedupe_rows >= 1);
         // The dedupe record is gone, so the same key is new again.
         let again = apply(store, vec![], Some(key("edge", 1, "y")), now).await;
@@ -604,8 +607,8 @@ async fn another_process_folds_the_inbox_and_answers_stay_exact() {
     let first = EmbeddedStore::open(directory.path()).unwrap().with_inbox();
     let second = EmbeddedStore::open(directory.path()).unwrap().with_inbox();
     folded_elsewhere(&first, &second).await;
-    if crate::support::postgres_or_skip() {
-        let url = crate::support::postgres_database(directory.path());
+    if hitcount_test_support::postgres_or_skip() {
+        let url = hitcount_test_support::postgres_database(directory.path());
         let first = PgStore::connect(&url).await.unwrap().with_inbox();
         let second = PgStore::connect(&url).await.unwrap().with_inbox();
         folded_elsewhere(&first, &second).await;

@@ -1,0 +1,98 @@
+//! The contract every durable backend keeps, held to it by one conformance suite.
+
+use crate::group::WriteShape;
+use crate::inbox;
+use crate::patterns::PatternStore;
+use crate::records::{
+    CountCell, CreateOutcome, GroupCommit, MergeBatch, MinuteCells, Pruned, ResourceRecord,
+    StoreError, Tier, TokenRecord,
+};
+
+/// The durable store's contract: the embedded store ([`EmbeddedStore`]) and PostgreSQL
+/// ([`PgStore`]) implement it, and one conformance suite (`aggregator/store/tests/contract.rs`)
+/// holds both to it. Every method means the same for both.
+#[async_trait::async_trait]
+pub trait DurableStore: PatternStore + std::fmt::Debug + Send + Sync {
+    /// Merges a group of batches in one transaction: every batch's dedupe record, one upsert per
+    /// distinct cell of every tier for the whole group, one pending sketch per distinct
+    /// (resource, minute). Returns one outcome per batch, in order. A batch applied before (in
+    /// an earlier transaction or earlier in this group) is `Duplicate` with the same body and
+    /// `Conflict` with another, and changes nothing; it does not fail the others.
+    async fn apply_group(
+        &self,
+        batches: Vec<MergeBatch>,
+        now_ms: u64,
+    ) -> Result<GroupCommit, StoreError>;
+
+    /// The cells of one tier in `[start_ms, end_ms)`, sorted by bucket, pending sketches merged,
+    /// read in one snapshot. `now_ms` is the reader's clock: unfolded inbox cells past their
+    /// tier's retention by then are not counted, as a fold would drop them.
+    async fn cells(
+        &self,
+        resource_id: String,
+        tier: Tier,
+        start_ms: u64,
+        end_ms: u64,
+        now_ms: u64,
+    ) -> Result<Vec<CountCell>, StoreError>;
+
+    /// Every minute cell from `start_ms` on with its pending sketches merged, read in one
+    /// snapshot, sorted by (resource, minute): what the hot tier is rebuilt from.
+    async fn minute_cells_since(&self, start_ms: u64) -> Result<MinuteCells, StoreError>;
+
+    /// Folds pending sketches into their cells; returns how many pending rows were folded. Safe
+    /// to run from several processes on one database at once.
+    async fn compact(&self) -> Result<u64, StoreError>;
+
+    async fn create_resource(&self, record: ResourceRecord) -> Result<CreateOutcome, StoreError>;
+
+    /// Every resource, sorted by id.
+    async fn resources(&self) -> Result<Vec<ResourceRecord>, StoreError>;
+
+    /// Deletes a resource and purges its counts (its unfolded inbox cells are folded first, as of
+    /// `now_ms`). False if it did not exist.
+    async fn delete_resource(&self, id: String, now_ms: u64) -> Result<bool, StoreError>;
+
+    /// Every token, oldest first.
+    async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+
+    /// Inserts a token, or replaces the one with the same id.
+    async fn put_token(&self, record: TokenRecord) -> Result<(), StoreError>;
+
+    async fn delete_token(&self, id: String) -> Result<bool, StoreError>;
+
+    /// Every stored edge key as (edge id, secret, created at), sorted by edge id.
+    async fn edge_keys(&self) -> Result<Vec<(String, Vec<u8>, u64)>, StoreError>;
+
+    /// Inserts an edge key, or replaces the one of the same edge.
+    async fn put_edge_key(
+        &self,
+        edge_id: String,
+        secret: Vec<u8>,
+        now_ms: u64,
+    ) -> Result<(), StoreError>;
+
+    async fn delete_edge_key(&self, edge_id: String) -> Result<bool, StoreError>;
+
+    /// Deletes counts past retention and old dedupe records, in bounded transactions.
+    async fn prune(&self, now_ms: u64) -> Result<Pruned, StoreError>;
+
+    /// With the inbox shape, folds every inbox row (this process's and any other's) into the
+    /// counters, in bounded transactions, one folder per database at a time; returns how many
+    /// rows were folded (0 when another process holds the fold, or without the inbox). Also
+    /// forgets the overlay's rows that another process folded.
+    async fn fold_inbox(&self, now_ms: u64) -> Result<u64, StoreError>;
+
+    /// With the durable inbox, this process's unfolded rows.
+    fn overlay(&self) -> Option<&inbox::Overlay>;
+
+    /// Cells this process holds for its unfolded inbox rows (0 without the inbox).
+    fn unfolded_entries(&self) -> usize {
+        self.overlay().map_or(0, inbox::Overlay::entries)
+    }
+
+    /// How this backend's group commits write.
+    fn write_shape(&self) -> WriteShape {
+        WriteShape::of(self.overlay())
+    }
+}

@@ -1,0 +1,218 @@
+//! `Store`, what the aggregator calls: the durable backend, and the hot tier in front of it.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use hitcount_wire::DeltaEntry;
+
+use crate::contract::DurableStore;
+use crate::embedded::EmbeddedStore;
+use crate::group::WriteShape;
+use crate::hot::HotTier;
+use crate::postgres::PgStore;
+use crate::records::{
+    ApplyOutcome, BatchKey, CountCell, CreateOutcome, GroupCommit, MergeBatch, Pruned,
+    ResourceRecord, StoreError, Tier, TokenRecord,
+};
+
+/// What the rest of the aggregator uses: the durable backend, and with `--redis-url` the hot
+/// tier in front of it for recent minute counts.
+#[derive(Debug, Clone)]
+pub struct Store {
+    /// `patterns.rs` adds the patterns' methods on the same backend.
+    pub(crate) backend: Arc<dyn DurableStore>,
+    hot: Option<Arc<HotTier>>,
+}
+
+impl Store {
+    /// A store over the given backend, without a hot tier.
+    pub fn new(backend: Arc<dyn DurableStore>) -> Self {
+        Self { backend, hot: None }
+    }
+
+    /// The embedded store in `data_dir`.
+    pub fn open_embedded(data_dir: &Path) -> Result<Self, StoreError> {
+        Ok(Self {
+            backend: Arc::new(EmbeddedStore::open(data_dir)?),
+            hot: None,
+        })
+    }
+
+    /// PostgreSQL at `url`, migrated to the current schema.
+    pub async fn open_postgres(url: &str) -> Result<Self, StoreError> {
+        Ok(Self {
+            backend: Arc::new(PgStore::connect(url).await?),
+            hot: None,
+        })
+    }
+
+    /// The durable store behind the hot tier (what the conformance suite and tools use directly).
+    pub fn durable(&self) -> &dyn DurableStore {
+        self.backend.as_ref()
+    }
+
+    /// Puts the hot tier in front (PostgreSQL only).
+    pub fn with_hot_tier(mut self, hot: HotTier) -> Self {
+        self.hot = Some(Arc::new(hot));
+        self
+    }
+
+    pub fn hot_tier(&self) -> Option<&HotTier> {
+        self.hot.as_deref()
+    }
+
+    /// Merges delta entries into every tier in one transaction, with the batch's dedupe record;
+    /// with a hot tier, then into Redis (a delta is acknowledged once the backend committed it,
+    /// whatever Redis does).
+    pub async fn apply(
+        &self,
+        entries: Vec<DeltaEntry>,
+        key: Option<BatchKey>,
+        now_ms: u64,
+    ) -> Result<ApplyOutcome, StoreError> {
+        let committed = self
+            .apply_group(MergeBatch::alone(entries, key), now_ms)
+            .await?;
+        Ok(MergeBatch::outcome_alone(&committed.outcomes))
+    }
+
+    /// [`DurableStore::apply_group`], then with a hot tier one Redis write for the group's
+    /// applied entries.
+    pub async fn apply_group(
+        &self,
+        batches: Vec<MergeBatch>,
+        now_ms: u64,
+    ) -> Result<GroupCommit, StoreError> {
+        match &self.hot {
+            Some(hot) => {
+                hot.apply_through(self.backend.as_ref(), batches, now_ms)
+                    .await
+            }
+            None => self.backend.apply_group(batches, now_ms).await,
+        }
+    }
+
+    /// The cells of one tier in `[start_ms, end_ms)`, sorted by bucket, pending sketches merged;
+    /// recent minutes from the hot tier when it is healthy.
+    pub async fn cells(
+        &self,
+        resource_id: String,
+        tier: Tier,
+        start_ms: u64,
+        end_ms: u64,
+        now_ms: u64,
+    ) -> Result<Vec<CountCell>, StoreError> {
+        match &self.hot {
+            Some(hot) => {
+                hot.cells(
+                    self.backend.as_ref(),
+                    resource_id,
+                    tier,
+                    start_ms,
+                    end_ms,
+                    now_ms,
+                )
+                .await
+            }
+            None => {
+                self.backend
+                    .cells(resource_id, tier, start_ms, end_ms, now_ms)
+                    .await
+            }
+        }
+    }
+
+    /// Keeps the hot tier in step: renews this process's lease, resolves its writes that a
+    /// rebuild interrupted, and rebuilds from the backend when the tier is not known to be
+    /// complete (Redis was unreachable, restarted or flushed, or an aggregator died between a
+    /// commit and its Redis write). Returns whether this process ran a rebuild.
+    pub async fn repair_hot_tier(&self, now_ms: u64) -> Result<bool, StoreError> {
+        match &self.hot {
+            Some(hot) => hot.maintain(self.backend.as_ref(), now_ms).await,
+            None => Ok(false),
+        }
+    }
+
+    /// Leaves the hot tier's membership (at a clean shutdown, after the last write), so the
+    /// others need not rebuild for this process.
+    pub async fn leave_hot_tier(&self) {
+        if let Some(hot) = &self.hot {
+            hot.leave().await;
+        }
+    }
+
+    /// Folds pending sketches into their cells; returns how many pending rows were folded.
+    pub async fn compact(&self) -> Result<u64, StoreError> {
+        self.backend.compact().await
+    }
+
+    /// [`DurableStore::fold_inbox`].
+    pub async fn fold_inbox(&self, now_ms: u64) -> Result<u64, StoreError> {
+        self.backend.fold_inbox(now_ms).await
+    }
+
+    /// True when group commits append to the durable inbox.
+    pub fn has_inbox(&self) -> bool {
+        self.backend.write_shape() == WriteShape::Inbox
+    }
+
+    /// [`DurableStore::unfolded_entries`].
+    pub fn unfolded_entries(&self) -> usize {
+        self.backend.unfolded_entries()
+    }
+
+    pub async fn create_resource(
+        &self,
+        record: ResourceRecord,
+    ) -> Result<CreateOutcome, StoreError> {
+        self.backend.create_resource(record).await
+    }
+
+    pub async fn resources(&self) -> Result<Vec<ResourceRecord>, StoreError> {
+        self.backend.resources().await
+    }
+
+    /// Deletes a resource and purges its counts (in the hot tier too). False if it did not exist.
+    pub async fn delete_resource(&self, id: String, now_ms: u64) -> Result<bool, StoreError> {
+        let deleted = self.backend.delete_resource(id.clone(), now_ms).await?;
+        if let Some(hot) = &self.hot {
+            hot.forget_resource(&id, now_ms).await;
+        }
+        Ok(deleted)
+    }
+
+    pub async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.backend.tokens().await
+    }
+
+    /// Inserts a token, or replaces the one with the same id.
+    pub async fn put_token(&self, record: TokenRecord) -> Result<(), StoreError> {
+        self.backend.put_token(record).await
+    }
+
+    pub async fn delete_token(&self, id: String) -> Result<bool, StoreError> {
+        self.backend.delete_token(id).await
+    }
+
+    pub async fn edge_keys(&self) -> Result<Vec<(String, Vec<u8>, u64)>, StoreError> {
+        self.backend.edge_keys().await
+    }
+
+    pub async fn put_edge_key(
+        &self,
+        edge_id: String,
+        secret: Vec<u8>,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.backend.put_edge_key(edge_id, secret, now_ms).await
+    }
+
+    pub async fn delete_edge_key(&self, edge_id: String) -> Result<bool, StoreError> {
+        self.backend.delete_edge_key(edge_id).await
+    }
+
+    /// Deletes counts past retention and old dedupe records, in bounded transactions.
+    pub async fn prune(&self, now_ms: u64) -> Result<Pruned, StoreError> {
+        self.backend.prune(now_ms).await
+    }
+}

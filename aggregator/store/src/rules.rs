@@ -1,0 +1,76 @@
+//! Rules both backends apply alike: which buckets an entry writes, what retention deletes, how
+//! pending sketches join cells, and the sizes of their transactions.
+
+use hitcount_wire::{DeltaEntry, MINUTE_MS, Sketch};
+
+use crate::DAY_MS;
+use crate::records::{CountCell, ResourceRecord, Tier};
+
+/// The retention job deletes at most this many rows per transaction, so ingest never waits long.
+pub(crate) const RETENTION_DELETE_ROWS_MAX: usize = 10_000;
+/// Pending sketch rows folded into cells per compaction transaction: small transactions, so that
+/// merges wait little for the cells' row locks.
+pub(crate) const COMPACTION_ROWS_MAX: usize = 10_000;
+/// The encoding of an empty sketch.
+pub(crate) const EMPTY_SKETCH: &[u8] = &[0];
+
+/// Retention rules for `prune`: (resource or all, tier, cutoff) for every tier with a retention
+/// and every resource with its own.
+pub(crate) fn retention_rules(
+    resources: &[ResourceRecord],
+    now_ms: u64,
+) -> Vec<(Option<String>, Tier, u64)> {
+    let mut rules = Vec::new();
+    for tier in Tier::ALL {
+        if let Some(retention) = tier.retention_ms() {
+            rules.push((None, tier, now_ms.saturating_sub(retention)));
+        }
+    }
+    for resource in resources {
+        if let Some(days) = resource.retention_days {
+            let cutoff = now_ms.saturating_sub(u64::from(days) * DAY_MS);
+            for tier in Tier::ALL {
+                rules.push((Some(resource.id.clone()), tier, cutoff));
+            }
+        }
+    }
+    rules
+}
+
+/// What a merge writes for one entry: the bucket of each tier still kept, or nothing when the
+/// entry is past its resource's retention.
+pub(crate) fn entry_buckets(
+    entry: &DeltaEntry,
+    retention_days: Option<u32>,
+    now_ms: u64,
+) -> Option<Vec<(Tier, u64)>> {
+    let entry_ms = entry.minute * MINUTE_MS;
+    if let Some(days) = retention_days
+        && entry_ms + MINUTE_MS <= now_ms.saturating_sub(u64::from(days) * DAY_MS)
+    {
+        return None;
+    }
+    Some(
+        Tier::ALL
+            .into_iter()
+            .map(|tier| (tier, entry_ms / tier.resolution_ms() * tier.resolution_ms()))
+            .filter(|(tier, bucket_ms)| tier_kept(*tier, *bucket_ms, now_ms))
+            .collect(),
+    )
+}
+
+/// False for a bucket the retention job would delete next: writing it is wasted work.
+pub(crate) fn tier_kept(tier: Tier, bucket_ms: u64, now_ms: u64) -> bool {
+    !tier.retention_ms().is_some_and(|retention| {
+        bucket_ms + tier.resolution_ms() <= now_ms.saturating_sub(retention)
+    })
+}
+
+/// Merges pending sketches (by minute) into cells of `tier` sorted by bucket.
+pub(crate) fn merge_pending(cells: &mut [CountCell], tier: Tier, minute_ms: u64, sketch: &Sketch) {
+    let bucket_ms = minute_ms / tier.resolution_ms() * tier.resolution_ms();
+    // A pending sketch whose cell retention already removed has nothing to join.
+    if let Ok(index) = cells.binary_search_by_key(&bucket_ms, |cell| cell.bucket_ms) {
+        cells[index].visitors.merge(sketch);
+    }
+}
