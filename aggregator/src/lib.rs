@@ -65,74 +65,12 @@ pub struct Aggregator {
 
 impl Aggregator {
     pub async fn start(config: Config) -> anyhow::Result<Self> {
-        let inbox = config.fold_interval_ms > 0;
-        let backend: Arc<dyn DurableStore> = match &config.database_url {
-            Some(url) => {
-                let store = PgStore::connect(url)
-                    .await
-                    .context("connecting to PostgreSQL and migrating its schema")?;
-                Arc::new(if inbox { store.with_inbox() } else { store })
-            }
-            None => {
-                let store = EmbeddedStore::open(&config.data_dir).with_context(|| {
-                    format!("opening the store in {}", config.data_dir.display())
-                })?;
-                Arc::new(if inbox { store.with_inbox() } else { store })
-            }
-        };
-        let store = Store::new(backend);
-        if inbox {
-            // Rows a killed process left unfolded are in no overlay: fold them before serving,
-            // so that this process answers them at once.
-            store
-                .fold_inbox(now_ms())
-                .await
-                .context("folding the inbox rows left by an earlier run")?;
-        }
-        let store = match &config.redis_url {
-            Some(url) if config.redis_cluster => {
-                let nodes: Vec<String> = url.split(',').map(str::to_owned).collect();
-                store.with_hot_tier(
-                    crate::store::hot::HotTier::connect_cluster(&nodes, &config.redis_prefix)
-                        .await
-                        .context("preparing the Redis Cluster client")?,
-                )
-            }
-            Some(url) => store.with_hot_tier(
-                crate::store::hot::HotTier::connect(url, &config.redis_prefix)
-                    .await
-                    .context("connecting to Redis")?,
-            ),
-            None => store,
-        };
+        let store = open_store(&config).await?;
         let generated_admin_token =
             bootstrap_admin_token(&store, config.admin_token.as_deref()).await?;
         let tokens = TokenRegistry::default();
         tokens.replace_all(store.tokens().await.context("loading tokens")?);
-        let edge_keys = EdgeKeyRegistry::default();
-        for (edge_id, secret, created_at_ms) in
-            store.edge_keys().await.context("loading edge keys")?
-        {
-            edge_keys.insert(
-                edge_id,
-                EdgeSecret {
-                    secret,
-                    configured: false,
-                    created_at_ms,
-                },
-            );
-        }
-        let started_ms = now_ms();
-        for key in &config.edge_keys {
-            edge_keys.insert(
-                key.edge_id.clone(),
-                EdgeSecret {
-                    secret: key.secret.clone(),
-                    configured: true,
-                    created_at_ms: started_ms,
-                },
-            );
-        }
+        let edge_keys = load_edge_keys(&store, &config.edge_keys, now_ms()).await?;
         let catalog = Catalog::new(
             store.resources().await.context("loading resources")?,
             store.patterns().await.context("loading patterns")?,
@@ -390,4 +328,79 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding {listen}"))?;
     tracing::info!(address = %listener.local_addr().context("reading the bound address")?, "hitcount aggregator listening");
     serve(listener, aggregator, stopped).await
+}
+
+/// The store the configuration names: the embedded store or PostgreSQL, with the durable inbox
+/// if asked (what an earlier run left unfolded is folded first), and the hot tier if asked.
+async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let inbox = config.fold_interval_ms > 0;
+    let backend: Arc<dyn DurableStore> = match &config.database_url {
+        Some(url) => {
+            let store = PgStore::connect(url)
+                .await
+                .context("connecting to PostgreSQL and migrating its schema")?;
+            Arc::new(if inbox { store.with_inbox() } else { store })
+        }
+        None => {
+            let store = EmbeddedStore::open(&config.data_dir)
+                .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+            Arc::new(if inbox { store.with_inbox() } else { store })
+        }
+    };
+    let store = Store::new(backend);
+    if inbox {
+        // Rows a killed process left unfolded are in no overlay: fold them before serving,
+        // so that this process answers them at once.
+        store
+            .fold_inbox(now_ms())
+            .await
+            .context("folding the inbox rows left by an earlier run")?;
+    }
+    Ok(match &config.redis_url {
+        Some(url) if config.redis_cluster => {
+            let nodes: Vec<String> = url.split(',').map(str::to_owned).collect();
+            store.with_hot_tier(
+                crate::store::hot::HotTier::connect_cluster(&nodes, &config.redis_prefix)
+                    .await
+                    .context("preparing the Redis Cluster client")?,
+            )
+        }
+        Some(url) => store.with_hot_tier(
+            crate::store::hot::HotTier::connect(url, &config.redis_prefix)
+                .await
+                .context("connecting to Redis")?,
+        ),
+        None => store,
+    })
+}
+
+/// The edge keys stored through the API, then those of `--edge-key`, which win over a stored key
+/// of the same edge.
+async fn load_edge_keys(
+    store: &Store,
+    configured: &[config::EdgeKey],
+    started_ms: u64,
+) -> anyhow::Result<EdgeKeyRegistry> {
+    let edge_keys = EdgeKeyRegistry::default();
+    for (edge_id, secret, created_at_ms) in store.edge_keys().await.context("loading edge keys")? {
+        edge_keys.insert(
+            edge_id,
+            EdgeSecret {
+                secret,
+                configured: false,
+                created_at_ms,
+            },
+        );
+    }
+    for key in configured {
+        edge_keys.insert(
+            key.edge_id.clone(),
+            EdgeSecret {
+                secret: key.secret.clone(),
+                configured: true,
+                created_at_ms: started_ms,
+            },
+        );
+    }
+    Ok(edge_keys)
 }

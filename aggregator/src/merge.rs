@@ -52,6 +52,13 @@ pub const MERGE_COMMITS_IN_FLIGHT_MAX: usize = 4;
 /// What a refused batch is told to wait before resending.
 pub const MERGE_RETRY_AFTER_S: u64 = 1;
 
+const _: () = assert!(
+    hitcount_wire::BATCH_ENTRIES_MAX <= MERGE_GROUP_ENTRIES_MAX
+        && MERGE_GROUP_ENTRIES_MAX <= MERGE_QUEUE_ENTRIES_MAX
+        && MERGE_QUEUE_ENTRIES_MIN <= MERGE_QUEUE_ENTRIES_MAX,
+    "a wire batch fits a group, and a group and the queue's floor fit the queue"
+);
+
 #[derive(Debug, thiserror::Error)]
 pub enum MergeError {
     #[error("the merge queue is full")]
@@ -136,6 +143,12 @@ impl Merger {
         entries: Vec<DeltaEntry>,
         key: Option<BatchKey>,
     ) -> Result<ApplyOutcome, MergeError> {
+        debug_assert!(
+            entries.len() <= hitcount_wire::BATCH_ENTRIES_MAX,
+            "a submitted batch is one decoded wire batch (at most BATCH_ENTRIES_MAX entries), so \
+             a group of it alone is within MERGE_GROUP_ENTRIES_MAX: {} entries",
+            entries.len()
+        );
         // An empty batch still needs its room of one, for its dedupe record.
         let needed = u32::try_from(entries.len().max(1)).unwrap_or(u32::MAX);
         // What the store merges in the longest wait allowed, but never less than a few batches.
@@ -256,6 +269,13 @@ async fn run(
                 None => break,
             }
         }
+        // Only the first batch is taken unchecked; every later one was checked to fit.
+        assert!(
+            entries <= MERGE_GROUP_ENTRIES_MAX || group.len() == 1,
+            "a group holds at most MERGE_GROUP_ENTRIES_MAX entries unless one batch alone is \
+             larger: {entries} entries in {} batches",
+            group.len()
+        );
         while in_flight.len() >= commits_in_flight_max {
             let _ = in_flight.join_next().await;
         }
@@ -283,7 +303,15 @@ async fn run(
                 rate.store(smoothed as u64, std::sync::atomic::Ordering::Relaxed);
             }
         });
+        debug_assert!(
+            in_flight.len() <= commits_in_flight_max,
+            "at most commits_in_flight_max group commits run at once"
+        );
     }
+    assert!(
+        carried.is_none(),
+        "the merge task stops only with no batch carried over: every batch taken is answered"
+    );
     // Every queued batch is committed and answered before shutdown is confirmed.
     while in_flight.join_next().await.is_some() {}
     for reply in shutdown_replies {
@@ -292,6 +320,20 @@ async fn run(
 }
 
 async fn commit(store: &Store, group: Vec<Request>, entries: usize) {
+    debug_assert_eq!(
+        entries,
+        group
+            .iter()
+            .map(|request| request.batch.entries.len())
+            .sum::<usize>(),
+        "a group's entry count is the sum of its batches' entries"
+    );
+    debug_assert!(
+        group
+            .iter()
+            .all(|request| request.room.num_permits() == request.batch.entries.len().max(1)),
+        "each queued batch holds one permit of queue room per entry (one if empty) until answered"
+    );
     let batches_in_group = group.len();
     let mut batches = Vec::with_capacity(group.len());
     let mut replies = Vec::with_capacity(group.len());

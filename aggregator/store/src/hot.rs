@@ -285,6 +285,10 @@ impl HotTier {
     }
 
     fn hits_key(&self, generation: &str, resource_id: &str, minute_ms: u64) -> String {
+        debug_assert!(
+            minute_ms.is_multiple_of(MINUTE_MS),
+            "hot keys name minutes: {minute_ms} is not minute-aligned"
+        );
         format!("{}:g{generation}:h:{resource_id}:{minute_ms}", self.tag)
     }
 
@@ -331,6 +335,7 @@ impl HotTier {
         now_ms: u64,
     ) -> Result<GroupCommit, StoreError> {
         let hot_start = now_ms.saturating_sub(HOT_WINDOW_MS);
+        let batches_in_group = batches.len();
         let recent: Vec<(usize, DeltaEntry)> = batches
             .iter()
             .enumerate()
@@ -344,6 +349,11 @@ impl HotTier {
             .collect();
         let _order = self.order.read().await;
         let committed = backend.apply_group(batches, now_ms).await?;
+        assert_eq!(
+            committed.outcomes.len(),
+            batches_in_group,
+            "a group commit answers each of its batches once: outcomes are indexed by batch"
+        );
         let mut cells = Cells::new();
         for (index, entry) in recent {
             if matches!(committed.outcomes[index], ApplyOutcome::Applied(_)) {
@@ -411,6 +421,13 @@ impl HotTier {
     /// writes accepted under the old one can be missing from it (they came before its rebuild
     /// began), and before the refused write in hand is settled.
     fn adopt(&self, epoch: &str, generation: &str) {
+        debug_assert!(
+            matches!(
+                Epoch::parse(epoch),
+                Epoch::Current { generation: ref named, .. } if named == generation
+            ),
+            "an adopted generation is the one its epoch names"
+        );
         let mut attachment = self.attachment();
         if attachment.epoch != epoch {
             attachment.epoch = epoch.to_owned();
@@ -423,6 +440,15 @@ impl HotTier {
         let mut attachment = self.attachment();
         attachment.waiting_cells += write.cells.len();
         attachment.waiting.push_back(write);
+        debug_assert_eq!(
+            attachment.waiting_cells,
+            attachment
+                .waiting
+                .iter()
+                .map(|waiting| waiting.cells.len())
+                .sum::<usize>(),
+            "waiting_cells counts the cells of every write waiting for a rebuild"
+        );
         self.healthy.store(false, Ordering::Release);
         if attachment.waiting_cells > HOT_WAITING_CELLS_MAX {
             drop(attachment);
@@ -504,6 +530,12 @@ impl HotTier {
                     Vec::new()
                 };
                 cells.extend(hot);
+                debug_assert!(
+                    cells
+                        .windows(2)
+                        .all(|pair| pair[0].bucket_ms < pair[1].bucket_ms),
+                    "the database's minutes end where Redis's begin: cells stay sorted by bucket"
+                );
                 metrics::counter!("hitcount_hot_tier_reads_total", "served" => "redis")
                     .increment(1);
                 Ok(cells)
@@ -765,6 +797,13 @@ impl HotTier {
             self.member,
             now_ms + HOT_REBUILD_TIMEOUT_MS
         );
+        debug_assert_eq!(
+            Epoch::parse(&mark),
+            Epoch::Rebuilding {
+                deadline_ms: now_ms + HOT_REBUILD_TIMEOUT_MS
+            },
+            "the rebuilding mark parses back as written"
+        );
         match self.swap_epoch(current, &mark).await {
             Ok(true) => {}
             // Someone else changed it first; the next tick looks again.
@@ -799,6 +838,15 @@ impl HotTier {
             .unwrap_or_default();
         let generation = crate::random_hex(RANDOM_NAME_BYTES);
         let published = format!("{generation}|{snapshot}");
+        // Writers settle refused writes by the snapshot they parse from the published epoch.
+        debug_assert_eq!(
+            Epoch::parse(&published),
+            Epoch::Current {
+                generation: generation.clone(),
+                snapshot: minute_cells.snapshot.clone()
+            },
+            "the published epoch parses back to its generation and snapshot"
+        );
         let written = self.rewrite(&generation, &minute_cells.cells).await;
         let swapped = match written {
             Ok(()) => self.swap_epoch(&mark, &published).await,

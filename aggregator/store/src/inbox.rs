@@ -72,6 +72,10 @@ impl InboxRow {
     /// [`INBOX_ROW_CELLS_MAX`]. Takes the cells out of `writes` (its outcomes stay), so that no
     /// id or sketch is copied on the way.
     pub(crate) fn from_writes(writes: &mut GroupWrites) -> Vec<Self> {
+        debug_assert!(
+            writes.cells.is_empty(),
+            "a group written to the inbox has minute cells only, no tier cells"
+        );
         let mut sketches = std::mem::take(&mut writes.sketches);
         let mut rows = Vec::new();
         let mut row = Self::default();
@@ -81,6 +85,10 @@ impl InboxRow {
             }
             let visitors = sketches.remove(&key).unwrap_or_default();
             let (resource_id, minute_ms) = key;
+            debug_assert!(
+                minute_ms.is_multiple_of(MINUTE_MS),
+                "an inbox cell is a minute: its minute_ms is minute-aligned ({minute_ms})"
+            );
             row.cells.push(InboxCell {
                 resource_id,
                 minute_ms,
@@ -91,6 +99,11 @@ impl InboxRow {
         if !row.cells.is_empty() {
             rows.push(row);
         }
+        // A group's sketches are keyed by the minute cells their entries also added hits to.
+        debug_assert!(
+            sketches.is_empty(),
+            "every sketch of a group belongs to one of its minute cells, so none is left behind"
+        );
         rows
     }
 
@@ -107,6 +120,11 @@ impl InboxRow {
     }
 
     pub fn encode(&self) -> Vec<u8> {
+        assert!(
+            self.cells.len() <= INBOX_ROW_CELLS_MAX,
+            "a row holds at most INBOX_ROW_CELLS_MAX cells, or the decoder would refuse it: {}",
+            self.cells.len()
+        );
         let encoded: Vec<EncodedCell> = self
             .cells
             .iter()
@@ -178,6 +196,12 @@ impl InboxRow {
         end_ms: u64,
         now_ms: u64,
     ) {
+        debug_assert!(
+            cells
+                .windows(2)
+                .all(|pair| pair[0].bucket_ms < pair[1].bucket_ms),
+            "cells are sorted by bucket, each bucket once, as the binary search below needs"
+        );
         for cell in self.cells_of(resource_id) {
             let bucket_ms = cell.minute_ms / tier.resolution_ms() * tier.resolution_ms();
             if bucket_ms < start_ms || bucket_ms >= end_ms || !tier_kept(tier, bucket_ms, now_ms) {
@@ -256,7 +280,12 @@ impl Overlay {
         let mut rows = self.rows();
         for id in ids {
             if let Some(row) = rows.remove(id) {
-                self.entries.fetch_sub(row.len(), Ordering::Relaxed);
+                let before = self.entries.fetch_sub(row.len(), Ordering::Relaxed);
+                // Added before a row enters the map, taken only after it left: never below.
+                assert!(
+                    before >= row.len(),
+                    "the overlay's cell count covers every row it holds, so it never underflows"
+                );
             }
         }
     }
@@ -268,8 +297,13 @@ impl Overlay {
         for row in rows.values_mut() {
             if row.holds(resource_id) {
                 let kept = row.without(resource_id);
-                self.entries
+                let before = self
+                    .entries
                     .fetch_sub(row.len() - kept.len(), Ordering::Relaxed);
+                assert!(
+                    before >= row.len(),
+                    "the overlay's cell count covers every row it holds, so it never underflows"
+                );
                 *row = Arc::new(kept);
             }
         }
@@ -349,6 +383,21 @@ pub(crate) fn choose_fold_rows(listed: &[(u64, usize)]) -> Vec<u64> {
         entries += cells;
         chosen.push(*id);
     }
+    assert!(
+        listed.is_empty() || !chosen.is_empty(),
+        "a fold takes at least one listed row, so folding always progresses"
+    );
+    debug_assert!(
+        chosen.len() <= 1 || entries <= FOLD_ENTRIES_MAX,
+        "a fold takes at most FOLD_ENTRIES_MAX cells, unless one row alone holds more"
+    );
+    debug_assert!(
+        chosen
+            .iter()
+            .zip(listed)
+            .all(|(id, (listed_id, _))| id == listed_id),
+        "a fold claims only rows it listed: the first ones, in id order"
+    );
     chosen
 }
 

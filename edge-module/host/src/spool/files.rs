@@ -57,15 +57,36 @@ pub(super) fn kind_of(name: &str) -> FileKind {
 }
 
 pub(super) fn journal_name(boot_epoch: u64, number: u64) -> String {
-    format!("{boot_epoch}.{number}.journal")
+    let name = format!("{boot_epoch}.{number}.journal");
+    debug_assert_eq!(
+        kind_of(&name),
+        FileKind::Journal { boot_epoch, number },
+        "a journal's name reads back as that journal, so recovery finds it"
+    );
+    name
 }
 
 pub(super) fn batch_name(boot_epoch: u64, sequence: u64) -> String {
-    format!("{boot_epoch}.{sequence}.batch")
+    let name = format!("{boot_epoch}.{sequence}.batch");
+    debug_assert_eq!(
+        kind_of(&name),
+        FileKind::Batch {
+            boot_epoch,
+            sequence
+        },
+        "a batch's name reads back as that batch, so recovery finds it"
+    );
+    name
 }
 
 pub(super) fn commit_name(boot_epoch: u64) -> String {
-    format!("{boot_epoch}.commit")
+    let name = format!("{boot_epoch}.commit");
+    debug_assert_eq!(
+        kind_of(&name),
+        FileKind::Commit { boot_epoch },
+        "a commit file's name reads back as that boot's commit, so recovery finds it"
+    );
+    name
 }
 
 pub(super) fn frame(bytes: &[u8]) -> Vec<u8> {
@@ -98,6 +119,15 @@ pub(super) fn frames_of(bytes: &[u8]) -> (Vec<Vec<u8>>, usize) {
         frames.push(payload.to_vec());
         rest = &rest[FRAME_HEADER_BYTES + length..];
     }
+    debug_assert_eq!(
+        frames
+            .iter()
+            .map(|frame| FRAME_HEADER_BYTES + frame.len())
+            .sum::<usize>()
+            + rest.len(),
+        bytes.len(),
+        "a journal is its whole frames followed by the torn tail, nothing skipped or read twice"
+    );
     (frames, rest.len())
 }
 
@@ -121,6 +151,11 @@ pub(super) fn read_frames(path: &Path) -> Result<Vec<Vec<u8>>, SpoolError> {
 pub(super) fn commit_bytes(generation: u64, next_sequence: u64) -> Vec<u8> {
     let mut bytes = generation.to_le_bytes().to_vec();
     bytes.extend_from_slice(&next_sequence.to_le_bytes());
+    assert_eq!(
+        bytes.len(),
+        COMMIT_FILE_BYTES,
+        "a commit file holds exactly what read_commit reads back"
+    );
     bytes
 }
 

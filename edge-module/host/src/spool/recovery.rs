@@ -68,6 +68,10 @@ pub(super) fn plan(names: &[String], commits: &BTreeMap<u64, (u64, u64)>) -> Pla
             plan.delete.push(name);
         }
     }
+    debug_assert!(
+        plan.resend.windows(2).all(|pair| pair[0] < pair[1]),
+        "committed batches are resent once each, in (boot epoch, sequence) order"
+    );
     let boots: std::collections::BTreeSet<u64> =
         journals.keys().chain(commits.keys()).copied().collect();
     for boot_epoch in boots {
@@ -84,6 +88,18 @@ pub(super) fn plan(names: &[String], commits: &BTreeMap<u64, (u64, u64)>) -> Pla
             },
         );
     }
+    assert!(
+        journals.is_empty(),
+        "every journal is planned under its boot: none is left without a fate"
+    );
+    debug_assert!(
+        plan.resend.iter().all(|(boot_epoch, sequence)| {
+            plan.boots
+                .get(boot_epoch)
+                .is_some_and(|boot| *sequence < boot.next_sequence)
+        }),
+        "a batch is resent only when its boot's commit covers its sequence"
+    );
     plan
 }
 

@@ -71,6 +71,14 @@ impl Writer {
 
     fn current_journal(&mut self, boot_epoch: u64) -> Result<&mut JournalFile, SpoolError> {
         let files = self.journals.entry(boot_epoch).or_default();
+        debug_assert!(
+            files
+                .values()
+                .rev()
+                .skip(1)
+                .all(|journal| journal.generation_max.is_some() && journal.file.is_none()),
+            "only a boot's last journal file may be open: appends go to one file, in order"
+        );
         let number = match files.last_key_value() {
             Some((number, file)) if file.generation_max.is_none() => *number,
             Some((number, _)) => number + 1,
@@ -122,6 +130,14 @@ impl Writer {
             next_sequence,
             ref batches,
         } = *commit;
+        // Recovery resends batches below the commit's sequence and deletes the others.
+        debug_assert!(
+            batches.windows(2).all(|pair| pair[0].0 < pair[1].0)
+                && batches
+                    .iter()
+                    .all(|(sequence, _)| *sequence < next_sequence),
+            "a commit's batches are in sequence order, each below the sequence it commits up to"
+        );
         // Journal records before the commit are durable first (they were synced with their
         // group), then the batches, then the commit file's rename makes them count.
         for (sequence, bytes) in batches {
@@ -239,6 +255,10 @@ impl Writer {
             }
             let synced = self.sync_journals();
             answer(&mut waiting, &mut failure, synced);
+            debug_assert!(
+                waiting.is_empty() && failure.is_none(),
+                "every append of a group is answered once, with the fsync that covers it"
+            );
         }
     }
 }
