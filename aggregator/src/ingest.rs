@@ -7,18 +7,85 @@
 
 use std::time::{Duration, Instant};
 
-use hitcount_wire::{BATCH_ENTRIES_MAX, WindowCounts};
+use hitcount_wire::text::duration_text;
+use hitcount_wire::{
+    BATCH_ENTRIES_MAX, CLOCK_SKEW_MS_MAX, DAY_MS, MINUTE_MS, WindowCounts, WireError, visitor_hash,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::config::AckMode;
 use crate::now_ms;
-use crate::store::{ApplyOutcome, Store};
+use crate::store::{ApplyOutcome, DELTA_AGE_MS_MAX, Store};
 
 /// Requests waiting to be committed; past this `POST /hits` answers 503 instead of queueing more.
 pub const INGEST_QUEUE_REQUESTS_MAX: usize = 16_384;
 /// Hits in one commit; bounds the transaction and the time the writer lock is held.
 pub const COMMIT_HITS_MAX: u64 = 100_000;
+
+/// Longest visitor id, in characters (what JSON Schema's `maxLength` counts); longer ones are
+/// almost certainly not ids.
+pub const VISITOR_ID_CHARS_MAX: usize = 256;
+
+/// Why a direct hit was refused. One refused hit refuses its whole request: nothing is counted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HitError {
+    #[error("{0}")]
+    InvalidResourceId(WireError),
+    #[error("no resource with id {0:?}")]
+    UnknownResource(String),
+    #[error(
+        "timestamp must be within the last {} and at most {} ahead",
+        duration_text(DELTA_AGE_MS_MAX),
+        duration_text(CLOCK_SKEW_MS_MAX)
+    )]
+    OutOfRange,
+    #[error("timestamp is older than this resource's retention of {0} days")]
+    OlderThanRetention(u32),
+    #[error("visitor_id must be at most {VISITOR_ID_CHARS_MAX} characters")]
+    VisitorIdTooLong,
+}
+
+/// The resource a hit names must be a valid id of a resource that exists (`retention` is `None`
+/// when it does not); returns that resource's retention in days.
+pub fn check_target(
+    resource_id: &str,
+    retention: Option<Option<u32>>,
+) -> Result<Option<u32>, HitError> {
+    hitcount_wire::validate_resource_id(resource_id).map_err(HitError::InvalidResourceId)?;
+    retention.ok_or_else(|| HitError::UnknownResource(resource_id.to_owned()))
+}
+
+/// Checks a hit to a resource that exists: its time within the window deltas are taken in and
+/// the resource's retention, its visitor id within bounds (hashed here, never kept).
+pub fn check_hit(
+    resource_id: String,
+    retention_days: Option<u32>,
+    timestamp_ms: u64,
+    visitor_id: Option<&str>,
+    now_ms: u64,
+) -> Result<ValidHit, HitError> {
+    if timestamp_ms + DELTA_AGE_MS_MAX < now_ms || timestamp_ms > now_ms + CLOCK_SKEW_MS_MAX {
+        return Err(HitError::OutOfRange);
+    }
+    if let Some(days) = retention_days
+        && timestamp_ms + u64::from(days) * DAY_MS < now_ms
+    {
+        return Err(HitError::OlderThanRetention(days));
+    }
+    let visitor_hash = match visitor_id {
+        Some(visitor) if visitor.chars().count() > VISITOR_ID_CHARS_MAX => {
+            return Err(HitError::VisitorIdTooLong);
+        }
+        Some(visitor) => Some(visitor_hash(visitor.as_bytes())),
+        None => None,
+    };
+    Ok(ValidHit {
+        resource_id,
+        minute: timestamp_ms / MINUTE_MS,
+        visitor_hash,
+    })
+}
 
 /// A hit that passed validation.
 #[derive(Debug, Clone)]
@@ -206,5 +273,66 @@ async fn commit(store: &Store, window: &mut WindowCounts) -> Result<(), IngestEr
             metrics::counter!("hitcount_ingest_commit_failures_total").increment(1);
             Err(IngestError::CommitFailed)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    const NOW_MS: u64 = 1_800_000_000_000;
+
+    #[test]
+    fn a_hit_names_a_valid_id_of_a_resource_that_exists() {
+        assert_eq!(check_target("home", Some(Some(30))), Ok(Some(30)));
+        assert_eq!(check_target("home", Some(None)), Ok(None));
+        assert_eq!(
+            check_target("home", None),
+            Err(HitError::UnknownResource("home".to_owned()))
+        );
+        assert!(matches!(
+            check_target("a/b", Some(None)),
+            Err(HitError::InvalidResourceId(_))
+        ));
+    }
+
+    #[test]
+    fn a_hit_is_taken_from_the_dedupe_horizon_to_the_clock_skew() {
+        let at = |timestamp_ms| check_hit("home".to_owned(), None, timestamp_ms, None, NOW_MS);
+        let oldest = NOW_MS - DELTA_AGE_MS_MAX;
+        let latest = NOW_MS + CLOCK_SKEW_MS_MAX;
+        assert_eq!(at(oldest).unwrap().minute, oldest / MINUTE_MS);
+        assert_eq!(at(latest).unwrap().minute, latest / MINUTE_MS);
+        assert_eq!(at(oldest - 1).unwrap_err(), HitError::OutOfRange);
+        assert_eq!(at(latest + 1).unwrap_err(), HitError::OutOfRange);
+    }
+
+    #[test]
+    fn a_hit_older_than_its_resource_s_retention_is_refused() {
+        let at = |timestamp_ms| check_hit("home".to_owned(), Some(2), timestamp_ms, None, NOW_MS);
+        assert!(at(NOW_MS - 2 * DAY_MS).is_ok());
+        assert_eq!(
+            at(NOW_MS - 2 * DAY_MS - 1).unwrap_err(),
+            HitError::OlderThanRetention(2)
+        );
+    }
+
+    #[test]
+    fn visitor_ids_are_hashed_and_bounded_in_characters() {
+        let with =
+            |visitor: &str| check_hit("home".to_owned(), None, NOW_MS, Some(visitor), NOW_MS);
+        let longest = "é".repeat(VISITOR_ID_CHARS_MAX);
+        assert_eq!(
+            with(&longest).unwrap().visitor_hash,
+            Some(visitor_hash(longest.as_bytes()))
+        );
+        assert_eq!(
+            with(&format!("{longest}a")).unwrap_err(),
+            HitError::VisitorIdTooLong
+        );
+        let anonymous = check_hit("home".to_owned(), None, NOW_MS, None, NOW_MS).unwrap();
+        assert_eq!(anonymous.visitor_hash, None);
     }
 }

@@ -8,20 +8,14 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{
-    ApiJson, ApiPath, ApiQuery, HITS_BODY_BYTES_MAX, VISITOR_ID_CHARS_MAX, schemas,
-    unknown_resource,
-};
+use super::{ApiJson, ApiPath, ApiQuery, HITS_BODY_BYTES_MAX, schemas, unknown_resource};
 use crate::auth::{Caller, Scope};
 use crate::error::{ApiError, ErrorBody};
-use crate::ingest::{IngestError, ValidHit};
+use crate::ingest::{self, HitError, IngestError, ValidHit};
 use crate::now_ms;
 use crate::patterns::{Admission, Missing, Refusal, RefusalReason};
-use crate::query::{self, HitsQuery, HitsResponse};
+use crate::query::{self, HitsQuery, HitsResponse, SERIES_POINTS_MAX};
 use crate::state::SharedState;
-use crate::store::{DAY_MS, DELTA_AGE_MS_MAX};
-use hitcount_wire::text::duration_text;
-use hitcount_wire::{CLOCK_SKEW_MS_MAX, MINUTE_MS, visitor_hash};
 
 /// Hits in one `POST /hits` request.
 pub const HITS_PER_REQUEST_MAX: usize = 1_000;
@@ -109,15 +103,14 @@ pub struct Accepted {
     pub accepted: usize,
 }
 
-/// Checks a hit to a resource with `retention` (`None`: there is no such resource).
+/// Checks a hit to a resource with `retention` (`None`: there is no such resource): the id and
+/// the resource first, then its time as sent, then the domain's rules (`ingest::check_hit`).
 fn validate(
     hit: HitInput,
     retention: Option<Option<u32>>,
     now_ms: u64,
 ) -> Result<ValidHit, ApiError> {
-    hitcount_wire::validate_resource_id(&hit.resource_id)
-        .map_err(|error| ApiError::bad_request("invalid_resource_id", error.to_string()))?;
-    let retention_days = retention.ok_or_else(|| unknown_resource(&hit.resource_id))?;
+    let retention_days = ingest::check_target(&hit.resource_id, retention)?;
     let timestamp_ms = match hit.timestamp {
         None => now_ms,
         Some(TimeInput::Millis(ms)) if ms > query::TIME_MS_MAX => {
@@ -129,41 +122,30 @@ fn validate(
         Some(TimeInput::Millis(ms)) => ms,
         Some(TimeInput::Text(text)) => query::parse_time("timestamp", &text)?,
     };
-    // Limits relative to the clock cannot be stated in a schema: a well-formed timestamp
-    // outside them is unprocessable (422), as a delta batch's window is.
-    if timestamp_ms + DELTA_AGE_MS_MAX < now_ms || timestamp_ms > now_ms + CLOCK_SKEW_MS_MAX {
-        return Err(ApiError::Unprocessable {
-            code: "timestamp_out_of_range",
-            message: format!(
-                "timestamp must be within the last {} and at most {} ahead",
-                duration_text(DELTA_AGE_MS_MAX),
-                duration_text(CLOCK_SKEW_MS_MAX)
-            ),
-        });
-    }
-    if let Some(days) = retention_days
-        && timestamp_ms + u64::from(days) * DAY_MS < now_ms
-    {
-        return Err(ApiError::Unprocessable {
-            code: "timestamp_out_of_range",
-            message: format!("timestamp is older than this resource's retention of {days} days"),
-        });
-    }
-    let visitor_hash = match hit.visitor_id {
-        Some(visitor) if visitor.chars().count() > VISITOR_ID_CHARS_MAX => {
-            return Err(ApiError::bad_request(
-                "invalid_visitor_id",
-                format!("visitor_id must be at most {VISITOR_ID_CHARS_MAX} characters"),
-            ));
+    Ok(ingest::check_hit(
+        hit.resource_id,
+        retention_days,
+        timestamp_ms,
+        hit.visitor_id.as_deref(),
+        now_ms,
+    )?)
+}
+
+impl From<HitError> for ApiError {
+    fn from(error: HitError) -> Self {
+        let message = error.to_string();
+        match error {
+            HitError::InvalidResourceId(_) => ApiError::bad_request("invalid_resource_id", message),
+            HitError::UnknownResource(resource_id) => unknown_resource(&resource_id),
+            // Limits relative to the clock cannot be stated in a schema: a well-formed timestamp
+            // outside them is unprocessable (422), as a delta batch's window is.
+            HitError::OutOfRange | HitError::OlderThanRetention(_) => ApiError::Unprocessable {
+                code: "timestamp_out_of_range",
+                message,
+            },
+            HitError::VisitorIdTooLong => ApiError::bad_request("invalid_visitor_id", message),
         }
-        Some(visitor) => Some(visitor_hash(visitor.as_bytes())),
-        None => None,
-    };
-    Ok(ValidHit {
-        resource_id: hit.resource_id,
-        minute: timestamp_ms / MINUTE_MS,
-        visitor_hash,
-    })
+    }
 }
 
 /// The syntactically valid ids of `inputs` the cache lacks, with their hits (invalid ids are
@@ -317,7 +299,7 @@ pub async fn record(
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
         (status = 403, description = "Token lacks the read scope", body = ErrorBody),
         (status = 404, description = "No such resource", body = ErrorBody),
-        (status = 422, description = "start_time not before end_time, a granularity no longer kept for this window, or more than 10000 points", body = ErrorBody),
+        (status = 422, description = format!("start_time not before end_time, a granularity no longer kept for this window, or more than {SERIES_POINTS_MAX} points"), body = ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
         (status = 503, description = "The store is unavailable; retry", body = ErrorBody),
     ),

@@ -26,6 +26,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 pub use self::extract::{ApiJson, ApiPath, ApiQuery};
 pub use self::hits::HITS_PER_REQUEST_MAX;
 use crate::error::{ApiError, ErrorBody};
+pub use crate::ingest::VISITOR_ID_CHARS_MAX;
 use crate::state::SharedState;
 
 /// Body limit of JSON requests other than `POST /hits`.
@@ -41,9 +42,6 @@ pub const NAME_CHARS_MAX: usize = 200;
 pub const RETENTION_DAYS_MAX: u32 = 36_500;
 /// Most resources one list page returns.
 pub const LIST_PAGE_MAX: usize = 1_000;
-/// Longest visitor id, in characters (what JSON Schema's `maxLength` counts); longer ones are
-/// almost certainly not ids.
-pub const VISITOR_ID_CHARS_MAX: usize = 256;
 /// Longest edge secret accepted through the API.
 pub const EDGE_SECRET_BYTES_MAX: usize = 256;
 

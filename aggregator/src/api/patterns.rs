@@ -133,7 +133,7 @@ fn unknown_pattern(pattern: &str) -> ApiError {
         (status = 400, description = "Invalid pattern, resources_max or retention_days", body = ErrorBody),
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
         (status = 403, description = "Token lacks the admin scope", body = ErrorBody),
-        (status = 409, description = "`pattern_exists`, or `too_many_patterns` (1000 exist)", body = ErrorBody),
+        (status = 409, description = format!("`pattern_exists`, or `too_many_patterns` ({PATTERNS_MAX} exist)"), body = ErrorBody),
         (status = 413, description = schemas::body_over(JSON_BODY_BYTES_MAX), body = ErrorBody),
         (status = 415, description = "Body is not JSON", body = ErrorBody),
         (status = 429, description = "Rate limited", body = ErrorBody),
@@ -288,7 +288,7 @@ pub async fn delete_one(
 #[utoipa::path(
     get, path = "/unknown-resources", tag = "patterns",
     responses(
-        (status = 200, description = "The ids most recently refused by this aggregator (at most 1000), with their refused hits", body = UnknownResourceList),
+        (status = 200, description = format!("The ids most recently refused by this aggregator (at most {UNKNOWN_RESOURCES_LISTED_MAX}), with their refused hits"), body = UnknownResourceList),
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
         (status = 403, description = "Token lacks the read scope", body = ErrorBody),
         (status = 429, description = "Rate limited", body = ErrorBody),

@@ -146,7 +146,7 @@ pub async fn create(
     params(ListQuery),
     responses(
         (status = 200, description = "A page of resources, by id", body = ResourceList),
-        (status = 400, description = "Query outside its schema, e.g. limit not 1 to 1000", body = ErrorBody),
+        (status = 400, description = format!("Query outside its schema, e.g. limit not 1 to {LIST_PAGE_MAX}"), body = ErrorBody),
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
         (status = 403, description = "Token lacks the read scope", body = ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
