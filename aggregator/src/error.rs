@@ -96,12 +96,17 @@ impl ApiError {
     }
 }
 
+/// What a 503 asks a client to wait before it retries, when nothing says longer.
+pub const RETRY_AFTER_S: u64 = 1;
+/// A database that went away is given a little longer to come back.
+pub const DATABASE_RETRY_AFTER_S: u64 = 2;
+
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::Busy => Self::Unavailable {
                 message: "the store is busy; retry shortly".to_owned(),
-                retry_after_s: 1,
+                retry_after_s: RETRY_AFTER_S,
             },
             StoreError::Unavailable(reason) => {
                 // The reason is for the operator; the client learns only to come back.
@@ -109,7 +114,7 @@ impl From<StoreError> for ApiError {
                 Self::Unavailable {
                     message: "the database is unavailable; nothing was stored, retry shortly"
                         .to_owned(),
-                    retry_after_s: 2,
+                    retry_after_s: DATABASE_RETRY_AFTER_S,
                 }
             }
             other => Self::Internal(other.into()),

@@ -11,14 +11,11 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::schemas;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, RETRY_AFTER_S};
 use crate::intake::{self, Accepted, Intake, IntakeError, Signature};
 use crate::merge::{MERGE_RETRY_AFTER_S, MergeError};
 use crate::now_ms;
 use crate::state::SharedState;
-
-/// A store that failed may be back in a second; the edge resends the same bytes then.
-const STORE_RETRY_AFTER_S: u64 = 1;
 
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -126,7 +123,7 @@ impl From<IntakeError> for ApiError {
                 ApiError::Unavailable {
                     message: "the store could not apply the batch; it was not applied, retry"
                         .to_owned(),
-                    retry_after_s: STORE_RETRY_AFTER_S,
+                    retry_after_s: RETRY_AFTER_S,
                 }
             }
         }

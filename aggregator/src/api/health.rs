@@ -7,7 +7,7 @@ use axum::response::IntoResponse;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, RETRY_AFTER_S};
 use crate::state::SharedState;
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -31,7 +31,7 @@ pub async fn readyz(State(state): State<SharedState>) -> Result<Json<Health>, Ap
         tracing::warn!(%error, "readiness check failed");
         ApiError::Unavailable {
             message: "the store does not answer".to_owned(),
-            retry_after_s: 1,
+            retry_after_s: RETRY_AFTER_S,
         }
     })?;
     Ok(Json(Health { status: "ready" }))

@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 
 use super::{ApiJson, ApiPath, ApiQuery, HITS_BODY_BYTES_MAX, schemas, unknown_resource};
 use crate::auth::{Caller, Scope};
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, RETRY_AFTER_S};
 use crate::ingest::{self, HitError, IngestError, ValidHit};
 use crate::now_ms;
 use crate::patterns::{Admission, Missing, Refusal, RefusalReason};
@@ -283,7 +283,7 @@ pub async fn record(
         };
         ApiError::Unavailable {
             message: message.to_owned(),
-            retry_after_s: 1,
+            retry_after_s: RETRY_AFTER_S,
         }
     })?;
     metrics::counter!("hitcount_hits_accepted_total").increment(accepted as u64);

@@ -3,6 +3,8 @@
 
 use serde::Deserialize;
 
+/// How long a browser may keep a beacon route's CORS preflight answer: a day.
+pub const CORS_MAX_AGE_S: u64 = 24 * 60 * 60;
 /// A beacon body is a resource id and maybe a timestamp: a few hundred bytes at most.
 pub const BEACON_BODY_BYTES_MAX: usize = 4 * 1024;
 

@@ -199,7 +199,9 @@ pub fn router(state: Shared) -> Router {
         .allow_origin(Any)
         .allow_methods([Method::GET, Method::POST])
         .allow_headers([header::CONTENT_TYPE])
-        .max_age(std::time::Duration::from_secs(86_400));
+        .max_age(std::time::Duration::from_secs(
+            hitcount_edge_core::beacon::CORS_MAX_AGE_S,
+        ));
     let beacons = Router::new()
         .route("/hit", post(post_hit))
         .route("/hit.gif", get(pixel))

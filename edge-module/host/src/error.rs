@@ -8,6 +8,9 @@ use hitcount_edge_core::Rejection;
 use hitcount_edge_core::beacon::BeaconError;
 use serde_json::json;
 
+/// What the edge's 503 asks a client to wait: the delivery task retries about as often.
+pub const RETRY_AFTER_S: u64 = 1;
+
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
     #[error(transparent)]
@@ -85,7 +88,7 @@ impl IntoResponse for EdgeError {
         if matches!(self, Self::Full | Self::Unavailable) {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S));
         }
         response
     }

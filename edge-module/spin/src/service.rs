@@ -548,7 +548,10 @@ async fn handle(request: Request) -> Reply {
                 "access-control-allow-headers",
                 HeaderValue::from_static("content-type"),
             );
-            headers.insert("access-control-max-age", HeaderValue::from_static("86400"));
+            headers.insert(
+                "access-control-max-age",
+                HeaderValue::from(hitcount_edge_core::beacon::CORS_MAX_AGE_S),
+            );
             response
         }
         (Method::POST, "/flush") => flush_endpoint().await,
