@@ -93,6 +93,9 @@ pub trait DurableStore: PatternStore + std::fmt::Debug + Send + Sync {
 
     /// How this backend's group commits write.
     fn write_shape(&self) -> WriteShape {
-        WriteShape::of(self.overlay())
+        match self.overlay() {
+            Some(_) => WriteShape::Inbox,
+            None => WriteShape::Direct,
+        }
     }
 }

@@ -9,11 +9,16 @@ use crate::contract::DurableStore;
 use crate::embedded::EmbeddedStore;
 use crate::group::WriteShape;
 use crate::hot::HotTier;
+use crate::patterns::PatternRecord;
 use crate::postgres::PgStore;
 use crate::records::{
     ApplyOutcome, BatchKey, CountCell, CreateOutcome, GroupCommit, MergeBatch, Pruned,
     ResourceRecord, StoreError, Tier, TokenRecord,
 };
+
+/// A resource created under a name another resource has gets this many random bytes, in hex,
+/// after it: enough that two renames of one name do not meet.
+const RENAME_SUFFIX_BYTES: usize = 4;
 
 /// What the rest of the aggregator uses: the durable backend, and with `--redis-url` the hot
 /// tier in front of it for recent minute counts.
@@ -214,5 +219,68 @@ impl Store {
     /// Deletes counts past retention and old dedupe records, in bounded transactions.
     pub async fn prune(&self, now_ms: u64) -> Result<Pruned, StoreError> {
         self.backend.prune(now_ms).await
+    }
+}
+
+// The patterns' part of the store, on the same backend.
+impl Store {
+    pub async fn patterns(&self) -> Result<Vec<PatternRecord>, StoreError> {
+        self.backend.patterns().await
+    }
+
+    /// Stores a new pattern; false if one with the same text exists.
+    pub async fn create_pattern(&self, record: PatternRecord) -> Result<bool, StoreError> {
+        self.backend.create_pattern(record).await
+    }
+
+    /// Deletes a pattern (the resources it created stay); false if it did not exist.
+    pub async fn delete_pattern(&self, pattern: String) -> Result<bool, StoreError> {
+        self.backend.delete_pattern(pattern).await
+    }
+
+    /// Adds refused hits to the patterns' stored counters (patterns deleted meanwhile are
+    /// skipped), in one transaction.
+    pub async fn add_refused_hits(&self, counts: Vec<(String, u64)>) -> Result<(), StoreError> {
+        self.backend.add_refused_hits(counts).await
+    }
+
+    /// The stored resources among `ids`, and (if asked) every resource created since
+    /// `created_since_ms`: what a cache reloaded a few seconds ago may lack.
+    pub async fn resources_current(
+        &self,
+        ids: Vec<String>,
+        created_since_ms: Option<u64>,
+    ) -> Result<Vec<ResourceRecord>, StoreError> {
+        self.backend.resources_current(ids, created_since_ms).await
+    }
+
+    /// Creates the resources that do not exist yet and returns the stored record of every id
+    /// asked for: the new ones, and those another aggregator created first (creating an id twice
+    /// is one resource, not an error). A record whose name another resource already has is
+    /// created under its name with a random suffix, since names are unique too.
+    pub async fn create_resources_if_absent(
+        &self,
+        records: Vec<ResourceRecord>,
+    ) -> Result<Vec<ResourceRecord>, StoreError> {
+        let mut stored = self
+            .backend
+            .insert_resources_if_absent(records.clone())
+            .await?;
+        let renamed: Vec<ResourceRecord> = records
+            .into_iter()
+            .filter(|record| !stored.iter().any(|existing| existing.id == record.id))
+            .map(|record| ResourceRecord {
+                name: format!(
+                    "{} ({})",
+                    record.name,
+                    crate::random_hex(RENAME_SUFFIX_BYTES)
+                ),
+                ..record
+            })
+            .collect();
+        if !renamed.is_empty() {
+            stored.extend(self.backend.insert_resources_if_absent(renamed).await?);
+        }
+        Ok(stored)
     }
 }

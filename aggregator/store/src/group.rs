@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use hitcount_wire::{MINUTE_MS, Sketch};
 
-use crate::inbox;
 use crate::records::{Applied, ApplyOutcome, BatchKey, MergeBatch, Tier};
 use crate::rules::entry_buckets;
 
@@ -48,16 +47,6 @@ pub enum WriteShape {
     Direct,
     /// The group's minute cells as inbox rows, folded into the tiers later (see `inbox.rs`).
     Inbox,
-}
-
-impl WriteShape {
-    /// The shape of a backend with this overlay (the inbox's), or none.
-    pub(crate) fn of(overlay: Option<&inbox::Overlay>) -> Self {
-        match overlay {
-            Some(_) => Self::Inbox,
-            None => Self::Direct,
-        }
-    }
 }
 
 /// What one group merge writes, and each batch's answer.

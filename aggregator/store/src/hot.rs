@@ -45,10 +45,9 @@ use std::time::Duration;
 use hitcount_wire::{DeltaEntry, MINUTE_MS, Sketch};
 use redis::aio::ConnectionManager;
 
-use super::{
-    ApplyOutcome, CountCell, DurableStore, GroupCommit, MergeBatch, StoreError, Tier,
-    TransactionSnapshot,
-};
+use crate::contract::DurableStore;
+use crate::records::{ApplyOutcome, CountCell, GroupCommit, MergeBatch, StoreError, Tier};
+use crate::snapshot::TransactionSnapshot;
 
 /// How far back the hot tier holds minutes.
 pub const HOT_WINDOW_MS: u64 = 60 * MINUTE_MS;

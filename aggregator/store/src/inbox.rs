@@ -23,7 +23,10 @@ use std::sync::{Arc, Mutex};
 
 use hitcount_wire::{MINUTE_MS, Sketch};
 
-use super::{CountCell, DAY_MS, GroupWrites, StoreError, Tier, tier_kept};
+use crate::DAY_MS;
+use crate::group::GroupWrites;
+use crate::records::{CountCell, StoreError, Tier};
+use crate::rules::tier_kept;
 
 /// Longest fold interval: other aggregators (without a hot tier) see a hit within it.
 pub const FOLD_INTERVAL_MS_MAX: u64 = 60_000;

@@ -24,18 +24,11 @@ pub use contract::DurableStore;
 pub use embedded::EmbeddedStore;
 pub use facade::Store;
 pub use group::WriteShape;
-pub(crate) use group::{
-    GroupWrites, KeyId, Recorded, first_occurrences, fold_group, group_resource_ids,
-};
 pub use patterns::{PatternRecord, PatternStore};
 pub use postgres::PgStore;
 pub use records::{
     Applied, ApplyOutcome, BatchKey, CountCell, CreateOutcome, GroupCommit, MergeBatch,
     MinuteCells, Pruned, ResourceRecord, StoreError, Tier, TokenRecord,
-};
-pub(crate) use rules::{
-    COMPACTION_ROWS_MAX, EMPTY_SKETCH, RETENTION_DELETE_ROWS_MAX, merge_pending, retention_rules,
-    tier_kept,
 };
 pub use snapshot::TransactionSnapshot;
 

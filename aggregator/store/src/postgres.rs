@@ -24,13 +24,19 @@ use super::inbox::{
     FOLD_ROWS_LISTED_MAX, InboxRow, Overlay, add_minutes_since, choose_fold_rows, fold_rows,
     rows_resource_ids,
 };
-use super::{
-    BatchKey, COMPACTION_ROWS_MAX, CountCell, CreateOutcome, DEDUPE_RETENTION_MS, DurableStore,
-    EMPTY_SKETCH, GroupCommit, GroupWrites, KeyId, MergeBatch, MinuteCells, Pruned,
-    RETENTION_DELETE_ROWS_MAX, Recorded, ResourceRecord, StoreError, Tier, TokenRecord,
-    TransactionSnapshot, WriteShape, first_occurrences, fold_group, group_resource_ids,
-    merge_pending, retention_rules,
+use crate::DEDUPE_RETENTION_MS;
+use crate::contract::DurableStore;
+use crate::group::{
+    GroupWrites, KeyId, Recorded, WriteShape, first_occurrences, fold_group, group_resource_ids,
 };
+use crate::records::{
+    BatchKey, CountCell, CreateOutcome, GroupCommit, MergeBatch, MinuteCells, Pruned,
+    ResourceRecord, StoreError, Tier, TokenRecord,
+};
+use crate::rules::{
+    COMPACTION_ROWS_MAX, EMPTY_SKETCH, RETENTION_DELETE_ROWS_MAX, merge_pending, retention_rules,
+};
+use crate::snapshot::TransactionSnapshot;
 use std::sync::Arc;
 
 /// Pooled connections. Merges are short; more connections than this only add lock waits.

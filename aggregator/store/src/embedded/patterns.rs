@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use rusqlite::{OptionalExtension, params};
 
 use super::{EmbeddedStore, classify, millis, unmillis};
-use crate::{PatternRecord, PatternStore, ResourceRecord, StoreError};
+use crate::patterns::{PatternRecord, PatternStore};
+use crate::records::{ResourceRecord, StoreError};
 
 /// A row of `SELECT id, name, retention_days, created_at_ms FROM resources`.
 pub(super) fn resource_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ResourceRecord> {

@@ -4,7 +4,8 @@ use sqlx::Row;
 use sqlx::postgres::PgRow;
 
 use super::{PgStore, classify, signed, unsigned};
-use crate::{PatternRecord, PatternStore, ResourceRecord, StoreError};
+use crate::patterns::{PatternRecord, PatternStore};
+use crate::records::{ResourceRecord, StoreError};
 
 fn resource_row(row: PgRow) -> Result<ResourceRecord, sqlx::Error> {
     let retention: Option<i32> = row.try_get(2)?;
