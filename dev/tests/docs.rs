@@ -234,7 +234,6 @@ fn limit_statements() -> Vec<String> {
         BATCH_BYTES_MAX, BATCH_ENTRIES_MAX, CLOCK_SKEW_MS_MAX, RESOURCE_ID_BYTES_MAX,
         SECRET_BYTES_MIN, SKETCH_STANDARD_ERROR,
     };
-    let count = |n: u64| count_text(n);
     let bytes = |n: usize| bytes_text(n as u64);
     let (age, skew) = (
         duration_text(DELTA_AGE_MS_MAX),
@@ -251,18 +250,21 @@ fn limit_statements() -> Vec<String> {
             bytes(JSON_BODY_BYTES_MAX)
         ),
         format!("a hit timestamp outside the last {age} and the next {skew}"),
-        format!("more than {} points", count(SERIES_POINTS_MAX)),
+        format!("more than {} points", count_text(SERIES_POINTS_MAX)),
         format!("(`A-Z a-z 0-9 . _ -`, up to {PATTERN_PREFIX_BYTES_MAX}) followed by `*`"),
         format!(
             "`resources_max` (default {}, at most {})",
-            count(PATTERN_RESOURCES_DEFAULT),
-            count(PATTERN_RESOURCES_MAX)
+            count_text(PATTERN_RESOURCES_DEFAULT),
+            count_text(PATTERN_RESOURCES_MAX)
         ),
         format!(
             "the store those created in the last {} s",
             RECENT_RESOURCES_MS / 1_000
         ),
-        format!("At most {} patterns exist.", count(PATTERNS_MAX as u64)),
+        format!(
+            "At most {} patterns exist.",
+            count_text(PATTERNS_MAX as u64)
+        ),
         format!("at most {})", bytes(BATCH_BYTES_MAX)),
         format!("Signatures more than {skew} from the aggregator's clock are refused"),
         format!("422 for a window more than {age} old"),
@@ -271,7 +273,7 @@ fn limit_statements() -> Vec<String> {
         format!("always answers the {}-byte GIF", PIXEL_GIF.len()),
         format!(
             "verdicts for {} user agents",
-            count(USER_AGENT_VERDICTS as u64)
+            count_text(USER_AGENT_VERDICTS as u64)
         ),
         format!(
             "Bodies declared over {} get 413",
@@ -291,7 +293,7 @@ fn limit_statements() -> Vec<String> {
         format!("(then 504), 1 to {ORIGIN_TIMEOUT_MS_MAX};"),
         format!(
             "| `{WINDOW_MS_DEFAULT}` | window length, {WINDOW_MS_MIN} to {} |",
-            count(WINDOW_MS_MAX)
+            count_text(WINDOW_MS_MAX)
         ),
         format!("| {WINDOW_ENTRIES_MAX_DEFAULT} | distinct counters per instance per window"),
         format!("| {PENDING_ENTRIES_MAX_DEFAULT} | distinct counters per instance per window"),
@@ -309,13 +311,13 @@ fn limit_statements() -> Vec<String> {
         format!(
             "merged in the last {} s (at least {}, four full batches; never more than {})",
             MERGE_QUEUE_WAIT_MS_MAX / 1_000,
-            count(MERGE_QUEUE_ENTRIES_MIN as u64),
-            count(MERGE_QUEUE_ENTRIES_MAX as u64)
+            count_text(MERGE_QUEUE_ENTRIES_MIN as u64),
+            count_text(MERGE_QUEUE_ENTRIES_MAX as u64)
         ),
         format!("`Retry-After: {MERGE_RETRY_AFTER_S}`"),
         format!(
             "at most {} cells, then 503",
-            count(UNFOLDED_ENTRIES_MAX as u64)
+            count_text(UNFOLDED_ENTRIES_MAX as u64)
         ),
         format!("time out after {HOT_OPERATION_TIMEOUT_MS} ms"),
         format!("holds a {} s lease in Redis", HOT_LEASE_MS / 1_000),
@@ -340,7 +342,7 @@ fn limit_statements() -> Vec<String> {
              for `POST /v1/deltas`, {} for every other route",
             bytes(HITS_BODY_BYTES_MAX),
             bytes(BATCH_BYTES_MAX),
-            count(BATCH_ENTRIES_MAX as u64),
+            count_text(BATCH_ENTRIES_MAX as u64),
             bytes(JSON_BODY_BYTES_MAX)
         ),
         format!("names of 1 to {NAME_CHARS_MAX} characters"),
@@ -350,16 +352,16 @@ fn limit_statements() -> Vec<String> {
         format!("`limit` 1 to {LIST_PAGE_MAX} per page"),
         format!(
             "retention 1 to {} days",
-            count(u64::from(RETENTION_DAYS_MAX))
+            count_text(u64::from(RETENTION_DAYS_MAX))
         ),
-        format!("{} points per series", count(SERIES_POINTS_MAX)),
+        format!("{} points per series", count_text(SERIES_POINTS_MAX)),
         format!("hit timestamps from {age} ago to {skew} ahead"),
         format!(
             "{} patterns of up to {} resources each ({} by default); {} ids in `GET /unknown-resources`",
-            count(PATTERNS_MAX as u64),
-            count(PATTERN_RESOURCES_MAX),
-            count(PATTERN_RESOURCES_DEFAULT),
-            count(UNKNOWN_RESOURCES_LISTED_MAX as u64)
+            count_text(PATTERNS_MAX as u64),
+            count_text(PATTERN_RESOURCES_MAX),
+            count_text(PATTERN_RESOURCES_DEFAULT),
+            count_text(UNKNOWN_RESOURCES_LISTED_MAX as u64)
         ),
     ]
 }
