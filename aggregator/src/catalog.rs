@@ -8,7 +8,7 @@
 //! `state.rs` nor `api/` is imported here.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{RwLock, RwLockReadGuard};
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
 use hitcount_wire::DeltaEntry;
 
@@ -29,6 +29,9 @@ pub struct Catalog {
     resources: RwLock<ResourceCache>,
     /// Resource patterns, with their resource counts kept in step with `resources`.
     pub patterns: Patterns,
+    /// Ids deleted here, with when the store's delete finished (`None`: still running). A reload
+    /// whose read began before that cannot tell the deletion, so it must not bring them back.
+    deletions: Mutex<HashMap<String, Option<u64>>>,
 }
 
 impl Catalog {
@@ -46,6 +49,7 @@ impl Catalog {
         Self {
             resources: RwLock::new(resources),
             patterns: catalog_patterns,
+            deletions: Mutex::default(),
         }
     }
 
@@ -76,8 +80,11 @@ impl Catalog {
             .resources
             .write()
             .unwrap_or_else(|poison| poison.into_inner());
+        let mut deletions = self.deletions();
         for record in records {
             let id = record.id.clone();
+            // Created again (or its deletion failed): a reload may list it again.
+            deletions.remove(&id);
             if cache.insert(id.clone(), record).is_none() {
                 self.patterns.registry.resource_added(&id);
             }
@@ -93,8 +100,22 @@ impl Catalog {
         let removed = cache.remove(id);
         if removed.is_some() {
             self.patterns.registry.resource_removed(id);
+            self.deletions().insert(id.to_owned(), None);
         }
         removed
+    }
+
+    /// The store's delete of `id` (after [`Self::remove_resource`]) has committed.
+    pub fn deletion_finished(&self, id: &str, now_ms: u64) {
+        if let Some(finished) = self.deletions().get_mut(id) {
+            *finished = Some(now_ms);
+        }
+    }
+
+    fn deletions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<u64>>> {
+        self.deletions
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     /// Replaces the cache with the store's list, so resources created or deleted through
@@ -115,6 +136,12 @@ impl Catalog {
                     .resources
                     .write()
                     .unwrap_or_else(|poison| poison.into_inner());
+                // A resource deleted here may still be in the list: the read may have begun before
+                // the delete committed. Once a reload began after the commit, the list is right.
+                let mut deletions = self.deletions();
+                loaded.retain(|id, _| !deletions.contains_key(id));
+                deletions.retain(|_, finished| finished.is_none_or(|at| at >= reload_started_ms));
+                drop(deletions);
                 // A resource created here while the list was being read is not in it yet.
                 let recent = reload_started_ms.saturating_sub(RESOURCE_RELOAD_GRACE_MS);
                 for (id, record) in cache.iter() {

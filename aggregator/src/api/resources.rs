@@ -247,6 +247,7 @@ pub async fn delete_one(
         .await
     {
         Ok(_) => {
+            state.catalog.deletion_finished(&resource_id, now_ms());
             tracing::info!(%resource_id, "resource deleted");
             Ok(StatusCode::NO_CONTENT)
         }
