@@ -8,6 +8,7 @@
 //! `state.rs` nor `api/` is imported here.
 
 use std::collections::{HashMap, HashSet};
+use std::ops::Bound;
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
 use hitcount_wire::DeltaEntry;
@@ -58,6 +59,15 @@ impl Catalog {
         self.resources
             .read()
             .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// The ids of the resources whose id starts with `prefix` (every resource for `""`), sorted.
+    pub fn resource_ids_under(&self, prefix: &str) -> Vec<String> {
+        self.read()
+            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(|(id, _)| id.starts_with(prefix))
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     pub fn resource(&self, id: &str) -> Option<ResourceRecord> {

@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 pub mod catalog;
 pub mod config;
+pub mod direct;
 pub mod error;
 pub mod ingest;
 pub mod intake;
@@ -14,6 +15,7 @@ pub mod patterns;
 pub mod query;
 pub mod rate_limit;
 pub mod state;
+pub mod stats;
 pub use hitcount_store as store;
 
 use std::future::Future;

@@ -153,8 +153,76 @@ fn covers(tier: Tier, start_ms: u64, now_ms: u64) -> bool {
     }
 }
 
-pub fn plan(query: &HitsQuery, now_ms: u64) -> Result<Plan, ApiError> {
-    let (start_ms, end_ms) = match (&query.window, &query.start_time, &query.end_time) {
+/// How a read query names its period: a `window` ending now, or `start_time` and `end_time`, or
+/// neither (the last [`DEFAULT_WINDOW_MS`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TimeRange<'a> {
+    pub window: Option<&'a str>,
+    pub start_time: Option<&'a str>,
+    pub end_time: Option<&'a str>,
+}
+
+impl<'a> TimeRange<'a> {
+    /// The range a query's three time fields name, as sent.
+    pub fn of(
+        window: &'a Option<String>,
+        start_time: &'a Option<String>,
+        end_time: &'a Option<String>,
+    ) -> Self {
+        Self {
+            window: window.as_deref(),
+            start_time: start_time.as_deref(),
+            end_time: end_time.as_deref(),
+        }
+    }
+}
+
+impl HitsQuery {
+    pub fn range(&self) -> TimeRange<'_> {
+        TimeRange::of(&self.window, &self.start_time, &self.end_time)
+    }
+}
+
+/// Chooses the tier, granularity and bucket-aligned period of a read of `range` at
+/// `granularity` (chosen from the span when `None`).
+pub fn plan(
+    range: TimeRange<'_>,
+    granularity: Option<Tier>,
+    now_ms: u64,
+) -> Result<Plan, ApiError> {
+    let (start_ms, end_ms) = period(range, now_ms)?;
+    let granularity =
+        granularity.unwrap_or_else(|| default_granularity(end_ms - start_ms, start_ms, now_ms));
+    // Every tier holds the same counts (they are rolled up at write time), so the tier of the
+    // requested granularity is exact and the cheapest to read. Finer tiers are kept for shorter
+    // times, so if this one no longer covers the window, none does.
+    if !covers(granularity, start_ms, now_ms) {
+        return Err(not_kept(granularity));
+    }
+    let resolution = granularity.resolution_ms();
+    let aligned_start = start_ms / resolution * resolution;
+    let aligned_end = end_ms.div_ceil(resolution) * resolution;
+    let points = (aligned_end - aligned_start) / resolution;
+    if points > SERIES_POINTS_MAX {
+        return Err(ApiError::Unprocessable {
+            code: "too_many_points",
+            message: format!(
+                "this window at {} granularity has {points} points; the limit is {SERIES_POINTS_MAX}",
+                granularity.as_str()
+            ),
+        });
+    }
+    Ok(Plan {
+        tier: granularity,
+        granularity,
+        start_ms: aligned_start,
+        end_ms: aligned_end,
+    })
+}
+
+/// The period `range` names, `[start_ms, end_ms)`, not empty.
+fn period(range: TimeRange<'_>, now_ms: u64) -> Result<(u64, u64), ApiError> {
+    let (start_ms, end_ms) = match (range.window, range.start_time, range.end_time) {
         (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
             return Err(ApiError::bad_request(
                 "invalid_time_range",
@@ -184,103 +252,126 @@ pub fn plan(query: &HitsQuery, now_ms: u64) -> Result<Plan, ApiError> {
             message: "start_time must be before end_time".to_owned(),
         });
     }
-    let span = end_ms - start_ms;
-    let granularity = match query.granularity {
-        Some(granularity) => granularity,
-        None => {
-            let wanted = if span <= MINUTE_GRANULARITY_SPAN_MS_MAX {
-                Tier::Minute
-            } else if span <= HOUR_GRANULARITY_SPAN_MS_MAX {
-                Tier::Hour
-            } else {
-                Tier::Day
-            };
-            // Without an explicit request, fall back to a coarser granularity that is still kept.
-            Tier::ALL
-                .into_iter()
-                .filter(|tier| *tier >= wanted)
-                .find(|tier| covers(*tier, start_ms, now_ms))
-                .unwrap_or(Tier::Day)
-        }
-    };
-    // Every tier holds the same counts (they are rolled up at write time), so the tier of the
-    // requested granularity is exact and the cheapest to read. Finer tiers are kept for shorter
-    // times, so if this one no longer covers the window, none does.
-    if !covers(granularity, start_ms, now_ms) {
-        let kept = match granularity {
-            Tier::Minute => format!(
-                "minute counts are kept for {}",
-                duration_text(MINUTE_TIER_RETENTION_MS)
-            ),
-            Tier::Hour => format!(
-                "hour counts are kept for {}",
-                duration_text(HOUR_TIER_RETENTION_MS)
-            ),
-            Tier::Day => "day counts are kept for the resource's retention".to_owned(),
-        };
-        return Err(ApiError::Unprocessable {
-            code: "granularity_not_kept",
-            message: format!("{kept}; ask for a coarser granularity for this window"),
-        });
-    }
-    let tier = granularity;
-    let resolution = granularity.resolution_ms();
-    let aligned_start = start_ms / resolution * resolution;
-    let aligned_end = end_ms.div_ceil(resolution) * resolution;
-    let points = (aligned_end - aligned_start) / resolution;
-    if points > SERIES_POINTS_MAX {
-        return Err(ApiError::Unprocessable {
-            code: "too_many_points",
-            message: format!(
-                "this window at {} granularity has {points} points; the limit is {SERIES_POINTS_MAX}",
-                granularity.as_str()
-            ),
-        });
-    }
-    Ok(Plan {
-        tier,
-        granularity,
-        start_ms: aligned_start,
-        end_ms: aligned_end,
-    })
+    Ok((start_ms, end_ms))
 }
 
-/// Folds cells (sorted by bucket) into the response: one point per granularity bucket, empty
-/// buckets included, so charts need no gap filling.
-pub fn fold(resource_id: String, plan: &Plan, cells: &[CountCell]) -> HitsResponse {
-    let resolution = plan.granularity.resolution_ms();
-    let points = ((plan.end_ms - plan.start_ms) / resolution) as usize;
-    let mut series: Vec<(u64, Sketch)> = vec![(0, Sketch::new()); points];
-    let mut total = Sketch::new();
-    let mut count = 0u64;
-    for cell in cells {
-        debug_assert!(cell.bucket_ms >= plan.start_ms && cell.bucket_ms < plan.end_ms);
-        let index = ((cell.bucket_ms - plan.start_ms) / resolution) as usize;
-        if let Some((hits, visitors)) = series.get_mut(index) {
-            *hits += cell.hits;
-            visitors.merge(&cell.visitors);
-        }
-        count += cell.hits;
-        total.merge(&cell.visitors);
+/// Minutes for short spans, hours for middling ones, days beyond; and, since nothing asked for
+/// it, a coarser granularity that is still kept when that one no longer covers the start.
+fn default_granularity(span_ms: u64, start_ms: u64, now_ms: u64) -> Tier {
+    let wanted = if span_ms <= MINUTE_GRANULARITY_SPAN_MS_MAX {
+        Tier::Minute
+    } else if span_ms <= HOUR_GRANULARITY_SPAN_MS_MAX {
+        Tier::Hour
+    } else {
+        Tier::Day
+    };
+    Tier::ALL
+        .into_iter()
+        .filter(|tier| *tier >= wanted)
+        .find(|tier| covers(*tier, start_ms, now_ms))
+        .unwrap_or(Tier::Day)
+}
+
+fn not_kept(granularity: Tier) -> ApiError {
+    let kept = match granularity {
+        Tier::Minute => format!(
+            "minute counts are kept for {}",
+            duration_text(MINUTE_TIER_RETENTION_MS)
+        ),
+        Tier::Hour => format!(
+            "hour counts are kept for {}",
+            duration_text(HOUR_TIER_RETENTION_MS)
+        ),
+        Tier::Day => "day counts are kept for the resource's retention".to_owned(),
+    };
+    ApiError::Unprocessable {
+        code: "granularity_not_kept",
+        message: format!("{kept}; ask for a coarser granularity for this window"),
     }
+}
+
+/// Folds cells (sorted by bucket) of one resource into the response: one point per granularity
+/// bucket, empty buckets included, so charts need no gap filling.
+pub fn fold(resource_id: String, plan: &Plan, cells: &[CountCell]) -> HitsResponse {
+    let mut series = SeriesFold::new(plan);
+    series.add(cells);
+    let (count, uniques, series) = series.finish();
     HitsResponse {
         resource_id,
         count,
-        uniques: total.count(),
+        uniques,
         granularity: plan.granularity,
-        period: Period {
-            start_time: format_time(plan.start_ms),
-            end_time: format_time(plan.end_ms),
-        },
-        series: series
+        period: plan.period(),
+        series,
+    }
+}
+
+impl Plan {
+    pub fn period(&self) -> Period {
+        Period {
+            start_time: format_time(self.start_ms),
+            end_time: format_time(self.end_ms),
+        }
+    }
+}
+
+/// Cells of one or many resources folded into one series over a plan's period: hits add up,
+/// visitors are the union of the sketches.
+#[derive(Debug)]
+pub struct SeriesFold {
+    plan: Plan,
+    points: Vec<(u64, Sketch)>,
+    count: u64,
+    visitors: Sketch,
+}
+
+impl SeriesFold {
+    pub fn new(plan: &Plan) -> Self {
+        let points = (plan.end_ms - plan.start_ms) / plan.granularity.resolution_ms();
+        assert!(
+            points <= SERIES_POINTS_MAX,
+            "plan bounds a series to SERIES_POINTS_MAX points"
+        );
+        Self {
+            plan: *plan,
+            points: vec![(0, Sketch::new()); points as usize],
+            count: 0,
+            visitors: Sketch::new(),
+        }
+    }
+
+    /// Adds the cells of one resource, each within the plan's period.
+    pub fn add(&mut self, cells: &[CountCell]) {
+        let resolution = self.plan.granularity.resolution_ms();
+        for cell in cells {
+            debug_assert!(
+                cell.bucket_ms >= self.plan.start_ms && cell.bucket_ms < self.plan.end_ms
+            );
+            let index = ((cell.bucket_ms - self.plan.start_ms) / resolution) as usize;
+            if let Some((hits, visitors)) = self.points.get_mut(index) {
+                *hits += cell.hits;
+                visitors.merge(&cell.visitors);
+            }
+            self.count += cell.hits;
+            self.visitors.merge(&cell.visitors);
+        }
+    }
+
+    /// The period's hits, its distinct visitors, and one point per bucket.
+    pub fn finish(self) -> (u64, u64, Vec<SeriesPoint>) {
+        let resolution = self.plan.granularity.resolution_ms();
+        let start_ms = self.plan.start_ms;
+        let series = self
+            .points
             .into_iter()
             .enumerate()
             .map(|(index, (hits, visitors))| SeriesPoint {
-                start_time: format_time(plan.start_ms + index as u64 * resolution),
+                start_time: format_time(start_ms + index as u64 * resolution),
                 count: hits,
                 uniques: visitors.count(),
             })
-            .collect(),
+            .collect();
+        (self.count, self.visitors.count(), series)
     }
 }
 
@@ -290,12 +381,12 @@ mod tests {
 
     const NOW_MS: u64 = 1_780_000_000_000;
 
-    fn query(window: &str, granularity: Option<Tier>) -> HitsQuery {
-        HitsQuery {
-            window: Some(window.to_owned()),
-            granularity,
-            ..HitsQuery::default()
-        }
+    fn plan(window: &str, granularity: Option<Tier>, now_ms: u64) -> Result<Plan, ApiError> {
+        let range = TimeRange {
+            window: Some(window),
+            ..TimeRange::default()
+        };
+        super::plan(range, granularity, now_ms)
     }
 
     #[test]
@@ -320,29 +411,29 @@ mod tests {
 
     #[test]
     fn picks_the_finest_tier_that_is_kept() {
-        let day = plan(&query("24h", None), NOW_MS).unwrap();
+        let day = plan("24h", None, NOW_MS).unwrap();
         assert_eq!((day.tier, day.granularity), (Tier::Hour, Tier::Hour));
-        let minutes = plan(&query("24h", Some(Tier::Minute)), NOW_MS).unwrap();
+        let minutes = plan("24h", Some(Tier::Minute), NOW_MS).unwrap();
         assert!(minutes.end_ms - minutes.start_ms <= DAY_MS + 60_000);
         assert_eq!(
             (minutes.tier, minutes.granularity),
             (Tier::Minute, Tier::Minute)
         );
-        let hour = plan(&query("1h", None), NOW_MS).unwrap();
+        let hour = plan("1h", None, NOW_MS).unwrap();
         assert_eq!(hour.tier, Tier::Minute);
-        let week = plan(&query("7d", Some(Tier::Hour)), NOW_MS).unwrap();
+        let week = plan("7d", Some(Tier::Hour), NOW_MS).unwrap();
         assert_eq!(week.tier, Tier::Hour);
-        let year = plan(&query("365d", None), NOW_MS).unwrap();
+        let year = plan("365d", None, NOW_MS).unwrap();
         assert_eq!((year.tier, year.granularity), (Tier::Day, Tier::Day));
-        assert!(plan(&query("3d", Some(Tier::Minute)), NOW_MS).is_err());
-        assert!(plan(&query("200d", Some(Tier::Hour)), NOW_MS).is_err());
+        assert!(plan("3d", Some(Tier::Minute), NOW_MS).is_err());
+        assert!(plan("200d", Some(Tier::Hour), NOW_MS).is_err());
     }
 
     #[test]
     fn aligns_and_bounds_points() {
-        let plan = plan(&query("90s", None), NOW_MS + 30_000).unwrap();
-        assert_eq!(plan.start_ms % 60_000, 0);
-        assert_eq!(plan.end_ms % 60_000, 0);
-        assert!(super::plan(&query("1500w", None), NOW_MS).is_err());
+        let short = plan("90s", None, NOW_MS + 30_000).unwrap();
+        assert_eq!(short.start_ms % 60_000, 0);
+        assert_eq!(short.end_ms % 60_000, 0);
+        assert!(plan("1500w", None, NOW_MS).is_err());
     }
 }

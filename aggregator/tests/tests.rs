@@ -14,3 +14,4 @@ mod faults;
 mod patterns;
 mod redis_cluster;
 mod shared_hot_tier;
+mod stats;

@@ -190,6 +190,14 @@ fn using_the_api() {
         output.contains("\"count\":3"),
         "the three hits are counted:\n{output}"
     );
+    assert!(
+        output.contains("\"total\":{\"count\":3,\"uniques\":2}"),
+        "the top's total counts the three hits of two visitors:\n{output}"
+    );
+    assert!(
+        output.contains("{\"resources\":1,\"count\":3,\"uniques\":2,\"granularity\":\"day\""),
+        "the series over the listed resource:\n{output}"
+    );
     assert!(output.contains("\"edge_id\":\"edge-paris\""), "{output}");
     assert!(output.contains("hitcount_http_requests_total"), "{output}");
     assert!(output.contains("\"openapi\""), "{output}");

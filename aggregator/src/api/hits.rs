@@ -1,7 +1,5 @@
 //! Recording hits directly and querying counts.
 
-use std::collections::HashMap;
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -10,15 +8,14 @@ use utoipa::ToSchema;
 
 use super::{ApiJson, ApiPath, ApiQuery, HITS_BODY_BYTES_MAX, schemas, unknown_resource};
 use crate::auth::{Caller, Scope};
+use crate::direct::{self, DirectHit, RecordError, Recorder};
 use crate::error::{ApiError, ErrorBody, RETRY_AFTER_S};
-use crate::ingest::{self, HitError, IngestError, ValidHit};
+use crate::ingest::{HitError, IngestError};
 use crate::now_ms;
-use crate::patterns::{Admission, Missing, Refusal, RefusalReason};
+use crate::patterns::{Refusal, RefusalReason};
 use crate::query::{self, HitsQuery, HitsResponse, SERIES_POINTS_MAX};
 use crate::state::SharedState;
 
-/// Hits in one `POST /hits` request.
-pub const HITS_PER_REQUEST_MAX: usize = 1_000;
 /// A time as RFC 3339 text or Unix milliseconds.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
@@ -103,32 +100,24 @@ pub struct Accepted {
     pub accepted: usize,
 }
 
-/// Checks a hit to a resource with `retention` (`None`: there is no such resource): the id and
-/// the resource first, then its time as sent, then the domain's rules (`ingest::check_hit`).
-fn validate(
-    hit: HitInput,
-    retention: Option<Option<u32>>,
-    now_ms: u64,
-) -> Result<ValidHit, ApiError> {
-    let retention_days = ingest::check_target(&hit.resource_id, retention)?;
+/// Reads a hit's time as sent: the rest of its checks are the domain's (`direct::record`).
+fn direct_hit(hit: HitInput) -> Result<DirectHit, ApiError> {
     let timestamp_ms = match hit.timestamp {
-        None => now_ms,
+        None => None,
         Some(TimeInput::Millis(ms)) if ms > query::TIME_MS_MAX => {
             return Err(ApiError::bad_request(
                 "invalid_time",
                 format!("timestamp must be at most {}", query::TIME_MS_MAX),
             ));
         }
-        Some(TimeInput::Millis(ms)) => ms,
-        Some(TimeInput::Text(text)) => query::parse_time("timestamp", &text)?,
+        Some(TimeInput::Millis(ms)) => Some(ms),
+        Some(TimeInput::Text(text)) => Some(query::parse_time("timestamp", &text)?),
     };
-    Ok(ingest::check_hit(
-        hit.resource_id,
-        retention_days,
+    Ok(DirectHit {
+        resource_id: hit.resource_id,
         timestamp_ms,
-        hit.visitor_id.as_deref(),
-        now_ms,
-    )?)
+        visitor_id: hit.visitor_id,
+    })
 }
 
 impl From<HitError> for ApiError {
@@ -148,37 +137,32 @@ impl From<HitError> for ApiError {
     }
 }
 
-/// The syntactically valid ids of `inputs` the cache lacks, with their hits (invalid ids are
-/// refused by validation before anything is created).
-fn missing_resources(state: &SharedState, inputs: &[HitInput]) -> Vec<Missing> {
-    let mut missing: HashMap<&str, Missing> = HashMap::new();
-    for hit in inputs {
-        if let Some(item) = missing.get_mut(hit.resource_id.as_str()) {
-            item.hits += 1;
-        } else if hitcount_wire::validate_resource_id(&hit.resource_id).is_ok()
-            && !state.catalog.resource_exists(&hit.resource_id)
-        {
-            missing.insert(
-                &hit.resource_id,
-                Missing {
-                    resource_id: hit.resource_id.clone(),
-                    entries: 1,
-                    hits: 1,
-                },
-            );
+impl From<RecordError> for ApiError {
+    fn from(error: RecordError) -> Self {
+        match error {
+            RecordError::HitCount => ApiError::bad_request("invalid_hit_count", error.to_string()),
+            RecordError::Hit(error) => error.into(),
+            RecordError::Refused(refusal) => refusal_error(&refusal),
+            RecordError::Store(error) => error.into(),
+            RecordError::Ingest(error) => {
+                let message = match error {
+                    IngestError::Overloaded => "the ingest queue is full; retry shortly",
+                    IngestError::CommitFailed => "the store could not commit these hits; retry",
+                    IngestError::ShuttingDown => "the aggregator is shutting down; retry",
+                };
+                ApiError::Unavailable {
+                    message: message.to_owned(),
+                    retry_after_s: RETRY_AFTER_S,
+                }
+            }
         }
     }
-    missing.into_values().collect()
 }
 
-/// The answer to a request with refused unknown resources, if any: 404 when an id matches no
-/// pattern, else 409 `pattern_full`.
-fn refusal_error(refusals: &[Refusal]) -> Option<ApiError> {
-    let refusal = refusals
-        .iter()
-        .find(|refusal| refusal.reason == RefusalReason::NoPattern)
-        .or_else(|| refusals.first())?;
-    Some(match refusal.reason {
+/// The answer to a request refused for an unknown resource: 404 when its id matches no pattern,
+/// else 409 `pattern_full`.
+fn refusal_error(refusal: &Refusal) -> ApiError {
+    match refusal.reason {
         RefusalReason::NoPattern => ApiError::NotFound(format!(
             "no resource with id {:?}, and no pattern matches it (create it with POST /resources, \
              or a pattern with POST /patterns); nothing in the request was counted",
@@ -194,7 +178,7 @@ fn refusal_error(refusals: &[Refusal]) -> Option<ApiError> {
                 refusal.pattern.as_deref().unwrap_or_default()
             ),
         },
-    })
+    }
 }
 
 #[utoipa::path(
@@ -225,68 +209,16 @@ pub async fn record(
         HitsBody::Many(batch) => batch.hits,
         HitsBody::One(hit) => vec![hit],
     };
-    if inputs.is_empty() || inputs.len() > HITS_PER_REQUEST_MAX {
-        return Err(ApiError::bad_request(
-            "invalid_hit_count",
-            format!("a request carries 1 to {HITS_PER_REQUEST_MAX} hits"),
-        ));
-    }
-    let now = now_ms();
-    let missing = missing_resources(&state, &inputs);
-    // A missing id is checked against the retention its pattern would give it, so that a request
-    // refused for its content creates nothing.
-    let tentative: HashMap<&str, Option<u32>> = missing
-        .iter()
-        .map(|item| {
-            let retention = state
-                .catalog
-                .patterns
-                .registry
-                .longest_match(&item.resource_id)
-                .and_then(|found| found.retention_days);
-            (item.resource_id.as_str(), retention)
-        })
-        .collect();
     let hits = inputs
         .into_iter()
-        .map(|hit| {
-            let retention = state
-                .catalog
-                .resource_retention(&hit.resource_id)
-                .or_else(|| tentative.get(hit.resource_id.as_str()).copied());
-            validate(hit, retention, now)
-        })
+        .map(direct_hit)
         .collect::<Result<Vec<_>, _>>()?;
-    if !missing.is_empty() {
-        let refusals = state
-            .catalog
-            .admit(&state.store, missing, Admission::AllOrNothing, now)
-            .await?;
-        if let Some(error) = refusal_error(&refusals) {
-            state.catalog.record_refusals(&refusals, now);
-            return Err(error);
-        }
-        // Created meanwhile and deleted again: as if it never existed.
-        if let Some(hit) = hits
-            .iter()
-            .find(|hit| !state.catalog.resource_exists(&hit.resource_id))
-        {
-            return Err(unknown_resource(&hit.resource_id));
-        }
-    }
-    let accepted = hits.len();
-    state.ingestor.submit(hits).await.map_err(|error| {
-        let message = match error {
-            IngestError::Overloaded => "the ingest queue is full; retry shortly",
-            IngestError::CommitFailed => "the store could not commit these hits; retry",
-            IngestError::ShuttingDown => "the aggregator is shutting down; retry",
-        };
-        ApiError::Unavailable {
-            message: message.to_owned(),
-            retry_after_s: RETRY_AFTER_S,
-        }
-    })?;
-    metrics::counter!("hitcount_hits_accepted_total").increment(accepted as u64);
+    let recorder = Recorder {
+        catalog: &state.catalog,
+        store: &state.store,
+        ingestor: &state.ingestor,
+    };
+    let accepted = direct::record(recorder, hits, now_ms()).await?;
     Ok((StatusCode::ACCEPTED, Json(Accepted { accepted })))
 }
 
@@ -316,7 +248,7 @@ pub async fn query(
         return Err(unknown_resource(&resource_id));
     }
     let now_ms = now_ms();
-    let plan = query::plan(&query, now_ms)?;
+    let plan = query::plan(query.range(), query.granularity, now_ms)?;
     let cells = state
         .store
         .cells(

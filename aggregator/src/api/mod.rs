@@ -9,6 +9,7 @@ mod hits;
 mod patterns;
 mod resources;
 mod schemas;
+mod stats;
 
 use std::time::Instant;
 
@@ -24,7 +25,7 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 
 pub use self::extract::{ApiJson, ApiPath, ApiQuery};
-pub use self::hits::HITS_PER_REQUEST_MAX;
+pub use crate::direct::HITS_PER_REQUEST_MAX;
 use crate::error::{ApiError, ErrorBody};
 pub use crate::ingest::VISITOR_ID_CHARS_MAX;
 use crate::state::SharedState;
@@ -49,6 +50,8 @@ pub const EDGE_SECRET_BYTES_MAX: usize = 256;
 const ROUTES: &[&str] = &[
     "/hits",
     "/hits/{resource_id}",
+    "/stats/top",
+    "/stats/series",
     "/v1/deltas",
     "/resources",
     "/resources/{resource_id}",
@@ -99,6 +102,8 @@ pub fn validate_name(name: &str) -> Result<String, ApiError> {
         resources::delete_one,
         hits::record,
         hits::query,
+        stats::top,
+        stats::series,
         deltas::apply,
         admin::create_token,
         admin::list_tokens,
@@ -241,6 +246,8 @@ pub fn router(state: SharedState) -> Router {
             post(hits::record).layer(extract::body_limit(HITS_BODY_BYTES_MAX)),
         )
         .route("/hits/{resource_id}", get(hits::query))
+        .route("/stats/top", get(stats::top))
+        .route("/stats/series", get(stats::series))
         .route(
             "/v1/deltas",
             post(deltas::apply).layer(extract::body_limit(hitcount_wire::BATCH_BYTES_MAX)),

@@ -19,6 +19,9 @@ use crate::config::SECRET_BYTES_MIN;
 use crate::error::byte_size;
 use crate::merge::{MERGE_QUEUE_ENTRIES_MAX, MERGE_QUEUE_ENTRIES_MIN, MERGE_QUEUE_WAIT_MS_MAX};
 use crate::query::{HitsQuery, TIME_MS_MAX};
+use crate::stats::{
+    Order, SERIES_RESOURCE_IDS_MAX, SeriesQuery, TOP_LIMIT_DEFAULT, TOP_LIMIT_MAX, TopQuery,
+};
 use crate::store::{DELTA_AGE_MS_MAX, Tier};
 
 /// The characters of resource and edge ids (`hitcount_wire::validate_resource_id`).
@@ -29,6 +32,8 @@ pub const NAME_PATTERN: &str =
     r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$";
 /// Edge secrets are visible ASCII, so their length in characters is their length in bytes.
 pub const EDGE_SECRET_PATTERN: &str = "^[!-~]+$";
+/// A prefix of resource ids: their characters, or nothing.
+pub const PREFIX_PATTERN: &str = "^[A-Za-z0-9._-]*$";
 /// Unix milliseconds written as text.
 pub const MILLIS_TEXT_PATTERN: &str = "^[0-9]+$";
 /// `window`: a positive whole number and a unit.
@@ -188,53 +193,118 @@ pub fn deltas_unavailable() -> String {
     )
 }
 
-impl IntoParams for HitsQuery {
-    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
-        let granularity = || Tier::schema();
-        let time = time_text;
-        // One shape per way of naming the window; `additionalProperties: false` makes them
-        // exclusive, as `plan` does.
-        let shape = |description: &str| {
+/// The one exploded query object of a read over a period: one shape per way of naming the period
+/// (`additionalProperties: false` makes them exclusive, as `query::plan` does), each with the
+/// `extra` parameters of the route.
+fn period_params(extra: &[(&str, RefOr<Schema>)], extra_description: &str) -> Vec<Parameter> {
+    let shape = |description: &str| {
+        extra.iter().fold(
             ObjectBuilder::new()
                 .schema_type(Type::Object)
                 .additional_properties(Some(AdditionalProperties::FreeForm(false)))
-                .property("granularity", granularity())
-                .description(Some(description))
-        };
-        let schema: RefOr<Schema> = OneOfBuilder::new()
-            .item(shape("The last 24 hours"))
-            .item(
-                shape("A window ending now: a number and a unit (s, m, h, d, w), e.g. `24h`")
-                    .property(
-                        "window",
-                        ObjectBuilder::new()
-                            .schema_type(Type::String)
-                            .pattern(Some(WINDOW_PATTERN)),
-                    )
-                    .required("window"),
-            )
-            .item(
-                shape("From start_time (inclusive) to end_time (exclusive)")
-                    .property("start_time", time())
-                    .property("end_time", time())
-                    .required("start_time")
-                    .required("end_time"),
-            )
-            .into();
-        vec![
-            ParameterBuilder::new()
-                .name("window")
-                .parameter_in(ParameterIn::Query)
-                .required(Required::False)
-                .style(Some(ParameterStyle::Form))
-                .explode(Some(true))
-                .description(Some(
-                    "Either `window`, or `start_time` and `end_time`, or neither (the last 24 \
-                     hours); and optionally `granularity`, the width of each series point \
-                     (chosen from the window if absent)",
-                ))
-                .schema(Some(schema))
-                .build(),
-        ]
+                .description(Some(description)),
+            |shape, (name, schema)| shape.property(*name, schema.clone()),
+        )
+    };
+    let schema: RefOr<Schema> = OneOfBuilder::new()
+        .item(shape("The last 24 hours"))
+        .item(
+            shape("A window ending now: a number and a unit (s, m, h, d, w), e.g. `24h`")
+                .property(
+                    "window",
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .pattern(Some(WINDOW_PATTERN)),
+                )
+                .required("window"),
+        )
+        .item(
+            shape("From start_time (inclusive) to end_time (exclusive)")
+                .property("start_time", time_text())
+                .property("end_time", time_text())
+                .required("start_time")
+                .required("end_time"),
+        )
+        .into();
+    vec![
+        ParameterBuilder::new()
+            .name("window")
+            .parameter_in(ParameterIn::Query)
+            .required(Required::False)
+            .style(Some(ParameterStyle::Form))
+            .explode(Some(true))
+            .description(Some(format!(
+                "Either `window`, or `start_time` and `end_time`, or neither (the last 24 \
+                 hours); {extra_description}"
+            )))
+            .schema(Some(schema))
+            .build(),
+    ]
+}
+
+impl IntoParams for HitsQuery {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        period_params(
+            &[("granularity", Tier::schema())],
+            "and optionally `granularity`, the width of each series point (chosen from the \
+             window if absent)",
+        )
     }
+}
+
+impl IntoParams for TopQuery {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let limit = ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(1))
+            .maximum(Some(TOP_LIMIT_MAX))
+            .into();
+        period_params(
+            &[
+                ("limit", limit),
+                ("prefix", prefix().into()),
+                ("order", Order::schema()),
+            ],
+            &format!(
+                "and optionally `limit` (1 to {TOP_LIMIT_MAX}, default {TOP_LIMIT_DEFAULT}), \
+                 `prefix` (only resources whose id starts with it) and `order` (`count`, the \
+                 default, or `uniques`)"
+            ),
+        )
+    }
+}
+
+impl IntoParams for SeriesQuery {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        period_params(
+            &[
+                ("granularity", Tier::schema()),
+                ("prefix", prefix().into()),
+                ("resource_ids", resource_id_list().into()),
+            ],
+            &format!(
+                "and optionally `granularity` (chosen from the window if absent), `prefix` (only \
+                 resources whose id starts with it) and `resource_ids` (only these, 1 to \
+                 {SERIES_RESOURCE_IDS_MAX} ids separated by commas, each of a resource that \
+                 exists); without either, every resource"
+            ),
+        )
+    }
+}
+
+/// 1 to [`SERIES_RESOURCE_IDS_MAX`] resource ids separated by commas.
+pub fn resource_id_list() -> Object {
+    let id = format!("[A-Za-z0-9._-]{{1,{RESOURCE_ID_BYTES_MAX}}}");
+    let more = SERIES_RESOURCE_IDS_MAX - 1;
+    string()
+        .pattern(Some(format!("^{id}(,{id}){{0,{more}}}$")))
+        .build()
+}
+
+/// The start of resource ids: their characters, possibly none (every resource).
+pub fn prefix() -> Object {
+    string()
+        .max_length(Some(RESOURCE_ID_BYTES_MAX))
+        .pattern(Some(PREFIX_PATTERN))
+        .build()
 }

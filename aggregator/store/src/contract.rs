@@ -24,9 +24,20 @@ pub trait DurableStore: PatternStore + std::fmt::Debug + Send + Sync {
         now_ms: u64,
     ) -> Result<GroupCommit, StoreError>;
 
-    /// The cells of one tier in `[start_ms, end_ms)`, sorted by bucket, pending sketches merged,
-    /// read in one snapshot. `now_ms` is the reader's clock: unfolded inbox cells past their
-    /// tier's retention by then are not counted, as a fold would drop them.
+    /// The cells of one tier in `[start_ms, end_ms)` of each of `resource_ids` (distinct, at most
+    /// [`crate::CELLS_READ_RESOURCES_MAX`]), in the order given, each sorted by bucket with pending
+    /// sketches merged, all read in one snapshot. `now_ms` is the reader's clock: unfolded inbox
+    /// cells past their tier's retention by then are not counted, as a fold would drop them.
+    async fn cells_of_many(
+        &self,
+        resource_ids: Vec<String>,
+        tier: Tier,
+        start_ms: u64,
+        end_ms: u64,
+        now_ms: u64,
+    ) -> Result<Vec<Vec<CountCell>>, StoreError>;
+
+    /// [`Self::cells_of_many`] of one resource.
     async fn cells(
         &self,
         resource_id: String,
@@ -34,7 +45,12 @@ pub trait DurableStore: PatternStore + std::fmt::Debug + Send + Sync {
         start_ms: u64,
         end_ms: u64,
         now_ms: u64,
-    ) -> Result<Vec<CountCell>, StoreError>;
+    ) -> Result<Vec<CountCell>, StoreError> {
+        let cells = self
+            .cells_of_many(vec![resource_id], tier, start_ms, end_ms, now_ms)
+            .await?;
+        Ok(cells.into_iter().next().unwrap_or_default())
+    }
 
     /// Every minute cell from `start_ms` on with its pending sketches merged, read in one
     /// snapshot, sorted by (resource, minute): what the hot tier is rebuilt from.

@@ -40,7 +40,7 @@ mod patterns;
 
 use super::inbox::{
     FOLD_ROWS_LISTED_MAX, InboxRow, Overlay, add_minutes_since, choose_fold_rows, fold_rows,
-    rows_resource_ids,
+    rows_for_each, rows_resource_ids,
 };
 use crate::DEDUPE_RETENTION_MS;
 use crate::contract::DurableStore;
@@ -52,7 +52,8 @@ use crate::records::{
     ResourceRecord, StoreError, Tier, TokenRecord,
 };
 use crate::rules::{
-    COMPACTION_ROWS_MAX, EMPTY_SKETCH, RETENTION_DELETE_ROWS_MAX, merge_pending, retention_rules,
+    COMPACTION_ROWS_MAX, EMPTY_SKETCH, RETENTION_DELETE_ROWS_MAX, check_read_ids, merge_pending,
+    retention_rules,
 };
 
 /// Compaction rounds that may find their cells changed underneath before giving up for now.
@@ -273,72 +274,38 @@ impl DurableStore for EmbeddedStore {
         })
     }
 
-    /// The cells of one tier in `[start_ms, end_ms)`, sorted by bucket, with pending sketches
-    /// merged in. Both are read in one transaction, so a compaction in between cannot hide or
-    /// double a visitor.
-    async fn cells(
+    /// Every resource's cells and pending sketches are read in one transaction, so a compaction
+    /// in between cannot hide or double a visitor.
+    async fn cells_of_many(
         &self,
-        resource_id: String,
+        resource_ids: Vec<String>,
         tier: Tier,
         start_ms: u64,
         end_ms: u64,
         now_ms: u64,
-    ) -> Result<Vec<CountCell>, StoreError> {
-        // Listed before the snapshot is taken (see the PostgreSQL store's `cells`).
-        let unfolded = self
-            .inbox
-            .as_ref()
-            .map(|overlay| overlay.rows_for(&resource_id))
-            .unwrap_or_default();
+    ) -> Result<Vec<Vec<CountCell>>, StoreError> {
+        check_read_ids(&resource_ids);
+        // Listed before the snapshot is taken (see the PostgreSQL store's `cells_of_many`).
+        let unfolded = rows_for_each(self.inbox.as_deref(), &resource_ids);
         self.read(move |connection| {
             let snapshot = connection.unchecked_transaction()?;
-            let mut cells = Vec::new();
-            {
-                let mut statement = snapshot.prepare_cached(
-                    "SELECT bucket_ms, hits, sketch FROM counts
-                     WHERE resource_id = ?1 AND tier = ?2 AND bucket_ms >= ?3 AND bucket_ms < ?4
-                     ORDER BY bucket_ms",
-                )?;
-                let mut rows = statement.query(params![
-                    resource_id,
-                    tier.code(),
-                    millis(start_ms),
-                    millis(end_ms)
-                ])?;
-                while let Some(row) = rows.next()? {
-                    let sketch: Vec<u8> = row.get(2)?;
-                    cells.push(CountCell {
-                        bucket_ms: unmillis(row.get(0)?),
-                        hits: unmillis(row.get(1)?),
-                        visitors: Sketch::from_bytes(&sketch)?,
-                    });
-                }
-                let mut pending = snapshot.prepare_cached(
-                    "SELECT minute_ms, sketch FROM pending_sketches
-                     WHERE resource_id = ?1 AND minute_ms >= ?2 AND minute_ms < ?3",
-                )?;
-                let mut rows =
-                    pending.query(params![resource_id, millis(start_ms), millis(end_ms)])?;
-                while let Some(row) = rows.next()? {
-                    let sketch: Vec<u8> = row.get(1)?;
-                    merge_pending(
-                        &mut cells,
-                        tier,
-                        unmillis(row.get(0)?),
-                        &Sketch::from_bytes(&sketch)?,
-                    );
-                }
-                if let (Some((first, _)), Some((last, _))) = (unfolded.first(), unfolded.last()) {
-                    let present = inbox_ids_between(&snapshot, *first, *last)?;
-                    for (id, row) in &unfolded {
-                        if present.contains(id) {
-                            row.add_to(&mut cells, &resource_id, tier, start_ms, end_ms, now_ms);
-                        }
+            let listed = unfolded.iter().flatten().map(|(id, _)| *id);
+            let present = match (listed.clone().min(), listed.max()) {
+                (Some(first), Some(last)) => inbox_ids_between(&snapshot, first, last)?,
+                _ => std::collections::HashSet::new(),
+            };
+            let mut all = Vec::with_capacity(resource_ids.len());
+            for (resource_id, rows) in resource_ids.iter().zip(&unfolded) {
+                let mut cells = stored_cells(&snapshot, resource_id, tier, start_ms, end_ms)?;
+                for (id, row) in rows {
+                    if present.contains(id) {
+                        row.add_to(&mut cells, resource_id, tier, start_ms, end_ms, now_ms);
                     }
                 }
+                all.push(cells);
             }
             snapshot.commit()?;
-            Ok(cells)
+            Ok(all)
         })
         .await
     }
@@ -670,6 +637,48 @@ impl DurableStore for EmbeddedStore {
 }
 
 /// Inbox row ids in `[first, last]`.
+/// One resource's stored cells of `tier` in `[start_ms, end_ms)`, sorted by bucket, with its
+/// pending sketches merged in.
+fn stored_cells(
+    snapshot: &Connection,
+    resource_id: &str,
+    tier: Tier,
+    start_ms: u64,
+    end_ms: u64,
+) -> Result<Vec<CountCell>, StoreError> {
+    let mut cells = Vec::new();
+    let mut statement = snapshot.prepare_cached(
+        "SELECT bucket_ms, hits, sketch FROM counts
+         WHERE resource_id = ?1 AND tier = ?2 AND bucket_ms >= ?3 AND bucket_ms < ?4
+         ORDER BY bucket_ms",
+    )?;
+    let mut rows = statement.query(params![
+        resource_id,
+        tier.code(),
+        millis(start_ms),
+        millis(end_ms)
+    ])?;
+    while let Some(row) = rows.next()? {
+        let sketch: Vec<u8> = row.get(2)?;
+        cells.push(CountCell {
+            bucket_ms: unmillis(row.get(0)?),
+            hits: unmillis(row.get(1)?),
+            visitors: Sketch::from_bytes(&sketch)?,
+        });
+    }
+    let mut pending = snapshot.prepare_cached(
+        "SELECT minute_ms, sketch FROM pending_sketches
+         WHERE resource_id = ?1 AND minute_ms >= ?2 AND minute_ms < ?3",
+    )?;
+    let mut rows = pending.query(params![resource_id, millis(start_ms), millis(end_ms)])?;
+    while let Some(row) = rows.next()? {
+        let sketch: Vec<u8> = row.get(1)?;
+        let minute_ms = unmillis(row.get(0)?);
+        merge_pending(&mut cells, tier, minute_ms, &Sketch::from_bytes(&sketch)?);
+    }
+    Ok(cells)
+}
+
 fn inbox_ids_between(
     connection: &Connection,
     first: u64,

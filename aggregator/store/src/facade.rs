@@ -127,6 +127,24 @@ impl Store {
         }
     }
 
+    /// The cells of one tier in `[start_ms, end_ms)` of each of `resource_ids` (distinct, at most
+    /// `CELLS_READ_RESOURCES_MAX`), in order, read in one snapshot of the backend. The hot tier
+    /// answers one resource at a time, so a read of many goes to the backend whole; it holds
+    /// every hit acknowledged through this process (and, without the inbox, through every
+    /// aggregator).
+    pub async fn cells_of_many(
+        &self,
+        resource_ids: Vec<String>,
+        tier: Tier,
+        start_ms: u64,
+        end_ms: u64,
+        now_ms: u64,
+    ) -> Result<Vec<Vec<CountCell>>, StoreError> {
+        self.backend
+            .cells_of_many(resource_ids, tier, start_ms, end_ms, now_ms)
+            .await
+    }
+
     /// Keeps the hot tier in step: renews this process's lease, resolves its writes that a
     /// rebuild interrupted, and rebuilds from the backend when the tier is not known to be
     /// complete (Redis was unreachable, restarted or flushed, or an aggregator died between a

@@ -359,6 +359,22 @@ pub(crate) fn fold_rows<'a>(
     writes
 }
 
+/// This process's unfolded rows holding cells of each of `resource_ids`, in order (none without
+/// the inbox).
+pub(crate) fn rows_for_each(
+    overlay: Option<&Overlay>,
+    resource_ids: &[String],
+) -> Vec<Vec<(u64, Arc<InboxRow>)>> {
+    resource_ids
+        .iter()
+        .map(|id| {
+            overlay
+                .map(|overlay| overlay.rows_for(id))
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
 /// Every resource id the rows name, each once, sorted.
 pub(crate) fn rows_resource_ids<'a>(rows: impl IntoIterator<Item = &'a InboxRow>) -> Vec<String> {
     let mut ids: Vec<String> = Vec::new();

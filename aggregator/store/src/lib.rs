@@ -27,8 +27,8 @@ pub use group::WriteShape;
 pub use patterns::{PatternRecord, PatternStore};
 pub use postgres::PgStore;
 pub use records::{
-    Applied, ApplyOutcome, BatchKey, CountCell, CreateOutcome, GroupCommit, MergeBatch,
-    MinuteCells, Pruned, ResourceRecord, StoreError, Tier, TokenRecord,
+    Applied, ApplyOutcome, BatchKey, CELLS_READ_RESOURCES_MAX, CountCell, CreateOutcome,
+    GroupCommit, MergeBatch, MinuteCells, Pruned, ResourceRecord, StoreError, Tier, TokenRecord,
 };
 pub use snapshot::TransactionSnapshot;
 

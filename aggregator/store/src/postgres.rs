@@ -22,7 +22,7 @@ mod patterns;
 
 use super::inbox::{
     FOLD_ROWS_LISTED_MAX, InboxRow, Overlay, add_minutes_since, choose_fold_rows, fold_rows,
-    rows_resource_ids,
+    rows_for_each, rows_resource_ids,
 };
 use crate::DEDUPE_RETENTION_MS;
 use crate::contract::DurableStore;
@@ -34,7 +34,8 @@ use crate::records::{
     ResourceRecord, StoreError, Tier, TokenRecord,
 };
 use crate::rules::{
-    COMPACTION_ROWS_MAX, EMPTY_SKETCH, RETENTION_DELETE_ROWS_MAX, merge_pending, retention_rules,
+    COMPACTION_ROWS_MAX, EMPTY_SKETCH, RETENTION_DELETE_ROWS_MAX, check_read_ids, merge_pending,
+    retention_rules,
 };
 use crate::snapshot::TransactionSnapshot;
 use std::sync::Arc;
@@ -180,22 +181,19 @@ impl DurableStore for PgStore {
         })
     }
 
-    async fn cells(
+    async fn cells_of_many(
         &self,
-        resource_id: String,
+        resource_ids: Vec<String>,
         tier: Tier,
         start_ms: u64,
         end_ms: u64,
         now_ms: u64,
-    ) -> Result<Vec<CountCell>, StoreError> {
-        // This process's unfolded rows of the resource, listed before the snapshot is taken: a
+    ) -> Result<Vec<Vec<CountCell>>, StoreError> {
+        check_read_ids(&resource_ids);
+        // This process's unfolded rows of the resources, listed before the snapshot is taken: a
         // row listed is committed in the snapshot, so it is either still in the inbox there
         // (and added below) or folded into the cells read (and not added).
-        let unfolded = self
-            .inbox
-            .as_ref()
-            .map(|overlay| overlay.rows_for(&resource_id))
-            .unwrap_or_default();
+        let unfolded = rows_for_each(self.inbox.as_deref(), &resource_ids);
         let mut transaction = self.begin().await?;
         // One snapshot for every read, so a compaction or a fold in between cannot hide or
         // double a hit or a visitor.
@@ -203,61 +201,28 @@ impl DurableStore for PgStore {
             .execute(&mut *transaction)
             .await
             .map_err(classify)?;
-        let rows = sqlx::query(
-            "SELECT bucket_ms, hit_count, sketch FROM hit_counts
-             WHERE resource_id = $1 AND tier = $2 AND bucket_ms >= $3 AND bucket_ms < $4
-             ORDER BY bucket_ms",
-        )
-        .bind(&resource_id)
-        .bind(tier.code() as i16)
-        .bind(signed(start_ms))
-        .bind(signed(end_ms))
-        .fetch_all(&mut *transaction)
-        .await
-        .map_err(classify)?;
-        let mut cells = Vec::with_capacity(rows.len());
-        for row in rows {
-            let sketch: Vec<u8> = row.try_get(2).map_err(classify)?;
-            cells.push(CountCell {
-                bucket_ms: unsigned(row.try_get(0).map_err(classify)?),
-                hits: unsigned(row.try_get(1).map_err(classify)?),
-                visitors: Sketch::from_bytes(&sketch)?,
-            });
-        }
-        let pending = sqlx::query(
-            "SELECT minute_ms, sketch FROM pending_sketches
-             WHERE resource_id = $1 AND minute_ms >= $2 AND minute_ms < $3",
-        )
-        .bind(&resource_id)
-        .bind(signed(start_ms))
-        .bind(signed(end_ms))
-        .fetch_all(&mut *transaction)
-        .await
-        .map_err(classify)?;
-        for row in pending {
-            let sketch: Vec<u8> = row.try_get(1).map_err(classify)?;
-            merge_pending(
-                &mut cells,
-                tier,
-                unsigned(row.try_get(0).map_err(classify)?),
-                &Sketch::from_bytes(&sketch)?,
-            );
-        }
-        if !unfolded.is_empty() {
-            let ids: Vec<i64> = unfolded.iter().map(|(id, _)| signed(*id)).collect();
+        let mut all = stored_cells(&mut transaction, &resource_ids, tier, start_ms, end_ms).await?;
+        let listed: Vec<i64> = unfolded
+            .iter()
+            .flatten()
+            .map(|(id, _)| signed(*id))
+            .collect();
+        if !listed.is_empty() {
             let present: Vec<i64> = sqlx::query_scalar("SELECT id FROM inbox WHERE id = ANY($1)")
-                .bind(&ids)
+                .bind(&listed)
                 .fetch_all(&mut *transaction)
                 .await
                 .map_err(classify)?;
-            for (id, row) in &unfolded {
-                if present.contains(&signed(*id)) {
-                    row.add_to(&mut cells, &resource_id, tier, start_ms, end_ms, now_ms);
+            for ((resource_id, rows), cells) in resource_ids.iter().zip(&unfolded).zip(&mut all) {
+                for (id, row) in rows {
+                    if present.contains(&signed(*id)) {
+                        row.add_to(cells, resource_id, tier, start_ms, end_ms, now_ms);
+                    }
                 }
             }
         }
         transaction.commit().await.map_err(classify)?;
-        Ok(cells)
+        Ok(all)
     }
 
     /// Every minute cell from `start_ms` on, with its pending sketches merged, read in one
@@ -965,4 +930,63 @@ async fn compact_in(
     .execute(&mut **transaction)
     .await?;
     Ok(rows.len())
+}
+
+/// The stored cells of `tier` in `[start_ms, end_ms)` of each of `resource_ids`, in order, each
+/// sorted by bucket with its pending sketches merged in.
+async fn stored_cells(
+    transaction: &mut Transaction<'static, Postgres>,
+    resource_ids: &[String],
+    tier: Tier,
+    start_ms: u64,
+    end_ms: u64,
+) -> Result<Vec<Vec<CountCell>>, StoreError> {
+    let index: HashMap<&str, usize> = resource_ids
+        .iter()
+        .enumerate()
+        .map(|(index, id)| (id.as_str(), index))
+        .collect();
+    let mut all = vec![Vec::new(); resource_ids.len()];
+    let rows = sqlx::query(
+        "SELECT resource_id, bucket_ms, hit_count, sketch FROM hit_counts
+         WHERE resource_id = ANY($1) AND tier = $2 AND bucket_ms >= $3 AND bucket_ms < $4
+         ORDER BY resource_id, bucket_ms",
+    )
+    .bind(resource_ids)
+    .bind(tier.code() as i16)
+    .bind(signed(start_ms))
+    .bind(signed(end_ms))
+    .fetch_all(&mut **transaction)
+    .await
+    .map_err(classify)?;
+    for row in rows {
+        let resource_id: String = row.try_get(0).map_err(classify)?;
+        let sketch: Vec<u8> = row.try_get(3).map_err(classify)?;
+        if let Some(&at) = index.get(resource_id.as_str()) {
+            all[at].push(CountCell {
+                bucket_ms: unsigned(row.try_get(1).map_err(classify)?),
+                hits: unsigned(row.try_get(2).map_err(classify)?),
+                visitors: Sketch::from_bytes(&sketch)?,
+            });
+        }
+    }
+    let pending = sqlx::query(
+        "SELECT resource_id, minute_ms, sketch FROM pending_sketches
+         WHERE resource_id = ANY($1) AND minute_ms >= $2 AND minute_ms < $3",
+    )
+    .bind(resource_ids)
+    .bind(signed(start_ms))
+    .bind(signed(end_ms))
+    .fetch_all(&mut **transaction)
+    .await
+    .map_err(classify)?;
+    for row in pending {
+        let resource_id: String = row.try_get(0).map_err(classify)?;
+        let sketch: Vec<u8> = row.try_get(2).map_err(classify)?;
+        let minute_ms = unsigned(row.try_get(1).map_err(classify)?);
+        if let Some(&at) = index.get(resource_id.as_str()) {
+            merge_pending(&mut all[at], tier, minute_ms, &Sketch::from_bytes(&sketch)?);
+        }
+    }
+    Ok(all)
 }

@@ -157,6 +157,10 @@ impl TokenRecord {
     }
 }
 
+/// Resources in one `DurableStore::cells_of_many` read: bounds the ids bound to one statement and
+/// the cells one snapshot holds in memory. A query over more resources reads them in chunks.
+pub const CELLS_READ_RESOURCES_MAX: usize = 500;
+
 /// One stored cell of one tier.
 #[derive(Debug, Clone)]
 pub struct CountCell {

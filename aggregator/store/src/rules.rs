@@ -4,7 +4,7 @@
 use hitcount_wire::{DeltaEntry, MINUTE_MS, Sketch};
 
 use crate::DAY_MS;
-use crate::records::{CountCell, ResourceRecord, Tier};
+use crate::records::{CELLS_READ_RESOURCES_MAX, CountCell, ResourceRecord, Tier};
 
 /// The retention job deletes at most this many rows per transaction, so ingest never waits long.
 pub(crate) const RETENTION_DELETE_ROWS_MAX: usize = 10_000;
@@ -64,6 +64,23 @@ pub(crate) fn tier_kept(tier: Tier, bucket_ms: u64, now_ms: u64) -> bool {
     !tier.retention_ms().is_some_and(|retention| {
         bucket_ms + tier.resolution_ms() <= now_ms.saturating_sub(retention)
     })
+}
+
+/// The ids of one `cells_of_many` read are distinct (each answer is placed by its id) and
+/// within [`CELLS_READ_RESOURCES_MAX`] (what one statement binds and one snapshot holds).
+pub(crate) fn check_read_ids(resource_ids: &[String]) {
+    assert!(
+        resource_ids.len() <= CELLS_READ_RESOURCES_MAX,
+        "a cells read names at most CELLS_READ_RESOURCES_MAX resources; callers read in chunks"
+    );
+    debug_assert_eq!(
+        resource_ids
+            .iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        resource_ids.len(),
+        "the resources of one cells read are distinct"
+    );
 }
 
 /// Merges pending sketches (by minute) into cells of `tier` sorted by bucket.

@@ -10,7 +10,7 @@ use std::collections::HashSet;
 
 use hitcount_process::now_ms;
 use hitcount_store::{
-    ApplyOutcome, BatchKey, CreateOutcome, DAY_MS, DurableStore, EmbeddedStore, HOUR_MS,
+    ApplyOutcome, BatchKey, CountCell, CreateOutcome, DAY_MS, DurableStore, EmbeddedStore, HOUR_MS,
     MINUTE_TIER_RETENTION_MS, MergeBatch, PatternRecord, PgStore, ResourceRecord, Tier,
     TokenRecord,
 };
@@ -62,6 +62,7 @@ contract!(
     tokens_and_edge_keys_are_replaced_by_id,
     prune_deletes_expired_minutes_and_old_dedupe_records,
     patterns_and_resources_created_on_first_sight,
+    cells_of_many_reads_each_resource_as_cells_does,
 );
 
 fn minute_now() -> u64 {
@@ -137,6 +138,55 @@ fn applied_hits(outcome: ApplyOutcome) -> u64 {
 
 mod cases {
     use super::*;
+
+    pub async fn cells_of_many_reads_each_resource_as_cells_does(store: &dyn DurableStore) {
+        for id in ["a", "b", "quiet"] {
+            store.create_resource(resource(id, None)).await.unwrap();
+        }
+        let minute = minute_now() - 5;
+        let entries = vec![
+            entry("a", minute, 3, &["x", "y"]),
+            entry("a", minute + 1, 1, &["z"]),
+            entry("b", minute, 2, &["x"]),
+        ];
+        apply(store, entries, Some(key("edge", 0, "one")), now_ms()).await;
+        // Read as applied (in the inbox shape: from the overlay), then folded and compacted.
+        for step in 0..3 {
+            if step == 1 {
+                store.fold_inbox(now_ms()).await.unwrap();
+            }
+            if step == 2 {
+                store.compact().await.unwrap();
+            }
+            for tier in Tier::ALL {
+                let ids = ["b", "nothing", "quiet", "a"].map(str::to_owned).to_vec();
+                let (start, end) = (0, now_ms() + DAY_MS);
+                let many = store
+                    .cells_of_many(ids.clone(), tier, start, end, now_ms())
+                    .await
+                    .unwrap();
+                assert_eq!(many.len(), ids.len(), "one answer per id, in order");
+                for (id, cells) in ids.iter().zip(&many) {
+                    let one = store
+                        .cells(id.clone(), tier, start, end, now_ms())
+                        .await
+                        .unwrap();
+                    let shape = |cells: &[CountCell]| -> Vec<(u64, u64, u64)> {
+                        cells
+                            .iter()
+                            .map(|cell| (cell.bucket_ms, cell.hits, cell.visitors.count()))
+                            .collect()
+                    };
+                    assert_eq!(shape(cells), shape(&one), "{id} at {tier:?}, step {step}");
+                }
+                let hits = |cells: &[CountCell]| cells.iter().map(|cell| cell.hits).sum::<u64>();
+                assert_eq!(
+                    many.iter().map(|cells| hits(cells)).collect::<Vec<_>>(),
+                    [2, 0, 0, 4]
+                );
+            }
+        }
+    }
 
     pub async fn a_batch_is_applied_once_and_a_changed_body_conflicts(store: &dyn DurableStore) {
         store.create_resource(resource("page", None)).await.unwrap();

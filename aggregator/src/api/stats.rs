@@ -1,0 +1,77 @@
+//! Reads across resources.
+
+use axum::Json;
+use axum::extract::State;
+
+use super::ApiQuery;
+use super::unknown_resource;
+use crate::auth::{Caller, Scope};
+use crate::error::{ApiError, ErrorBody};
+use crate::now_ms;
+use crate::query::{self, SERIES_POINTS_MAX};
+use crate::state::SharedState;
+use crate::stats::{self, SeriesError, SeriesQuery, SeriesResponse, TopQuery, TopResponse};
+
+#[utoipa::path(
+    get, path = "/stats/top", tag = "stats",
+    params(TopQuery),
+    responses(
+        (status = 200, description = "The resources with the most hits (or visitors) in the period, and the total of every resource under the prefix", body = TopResponse),
+        (status = 400, description = "A query outside its schema: window together with start_time or end_time, only one of those, an unknown parameter, an unparseable time, limit out of range, a prefix with characters no resource id has", body = ErrorBody),
+        (status = 401, description = "Missing or unknown token", body = ErrorBody),
+        (status = 403, description = "Token lacks the read scope", body = ErrorBody),
+        (status = 422, description = format!("start_time not before end_time, or a period of more than {SERIES_POINTS_MAX} buckets"), body = ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
+        (status = 503, description = "The store is unavailable; retry", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn top(
+    State(state): State<SharedState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<TopQuery>,
+) -> Result<Json<TopResponse>, ApiError> {
+    caller.require(Scope::Read)?;
+    let now_ms = now_ms();
+    let plan = query::plan(query.range(), None, now_ms)?;
+    let request = query.request()?;
+    let top = stats::top(&state.catalog, &state.store, request, &plan, now_ms).await?;
+    Ok(Json(top))
+}
+
+#[utoipa::path(
+    get, path = "/stats/series", tag = "stats",
+    params(SeriesQuery),
+    responses(
+        (status = 200, description = "One series over the selected resources: hits summed, visitors united", body = SeriesResponse),
+        (status = 400, description = "A query outside its schema: window together with start_time or end_time, only one of those, an unknown parameter, an unparseable time, a prefix or resource id with characters no resource id has, too many resource ids", body = ErrorBody),
+        (status = 401, description = "Missing or unknown token", body = ErrorBody),
+        (status = 403, description = "Token lacks the read scope", body = ErrorBody),
+        (status = 404, description = "A listed resource does not exist", body = ErrorBody),
+        (status = 422, description = format!("start_time not before end_time, a granularity no longer kept for this window, or more than {SERIES_POINTS_MAX} points"), body = ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
+        (status = 503, description = "The store is unavailable; retry", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn series(
+    State(state): State<SharedState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<SeriesQuery>,
+) -> Result<Json<SeriesResponse>, ApiError> {
+    caller.require(Scope::Read)?;
+    let now_ms = now_ms();
+    let plan = query::plan(query.range(), query.granularity, now_ms)?;
+    let selection = query.selection()?;
+    let series = stats::series(&state.catalog, &state.store, selection, &plan, now_ms).await?;
+    Ok(Json(series))
+}
+
+impl From<SeriesError> for ApiError {
+    fn from(error: SeriesError) -> Self {
+        match error {
+            SeriesError::UnknownResource(resource_id) => unknown_resource(&resource_id),
+            SeriesError::Store(error) => error.into(),
+        }
+    }
+}
