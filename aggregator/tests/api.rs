@@ -764,3 +764,37 @@ async fn fast_mode_hits_are_visible_within_a_second() {
     }
     server.stop().await;
 }
+
+/// The dashboard's three files, embedded in the binary, with the types and the policy that keeps
+/// the token it holds to this origin.
+#[tokio::test]
+async fn the_dashboard_is_served_with_its_policy() {
+    let server = Server::start().await;
+    for (path, content_type, contains) in [
+        ("/", "text/html", "/dashboard/app.js"),
+        ("/dashboard/app.js", "text/javascript", "/stats/top"),
+        ("/dashboard/app.css", "text/css", ".figure"),
+    ] {
+        let response = server.client.get(server.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert!(header("content-type").starts_with(content_type), "{path}");
+        let policy = header("content-security-policy");
+        assert!(policy.contains("script-src 'self'"), "{path}: {policy}");
+        assert!(
+            policy.contains("frame-ancestors 'none'"),
+            "{path}: {policy}"
+        );
+        assert_eq!(header("x-content-type-options"), "nosniff");
+        let body = response.text().await.unwrap();
+        assert!(body.contains(contains), "{path} holds {contains}");
+    }
+    server.stop().await;
+}

@@ -247,6 +247,7 @@ pub fn banner(
         "hitcount dev: edge on http://{edge}, aggregator on http://{aggregator}, data in {data}
 
   the demo site: http://{edge}/demo   (counts its own page views, shows them live)
+  the dashboard: http://{aggregator}/   (sign in with the session token below)
   send a hit:    curl -X POST http://{edge}/hit -d '{{\"resource_id\":\"home\"}}'
   read it back:  curl http://{edge}/hits/home
   the REST API:  curl -H 'Authorization: Bearer {session_token}' http://{aggregator}/resources

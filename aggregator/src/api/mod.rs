@@ -2,6 +2,7 @@
 //! OpenAPI document generated from the handlers' annotations.
 
 mod admin;
+mod dashboard;
 mod deltas;
 mod extract;
 mod health;
@@ -66,6 +67,9 @@ const ROUTES: &[&str] = &[
     "/readyz",
     "/metrics",
     "/openapi.json",
+    "/",
+    "/dashboard/app.js",
+    "/dashboard/app.css",
 ];
 
 /// The answer for a resource id nobody created (or that was deleted), for every handler alike.
@@ -120,6 +124,9 @@ pub fn validate_name(name: &str) -> Result<String, ApiError> {
         health::readyz,
         health::metrics,
         health::openapi,
+        dashboard::index,
+        dashboard::script,
+        dashboard::styles,
     ),
     components(schemas(ErrorBody)),
     modifiers(&BearerAuth),
@@ -275,6 +282,9 @@ pub fn router(state: SharedState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .route("/openapi.json", get(health::openapi))
+        .route("/", get(dashboard::index))
+        .route("/dashboard/app.js", get(dashboard::script))
+        .route("/dashboard/app.css", get(dashboard::styles))
         .merge(limited)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -1,0 +1,161 @@
+// The dashboard in a real browser: headless Chromium (Debian's, driven by playwright-core) signs
+// in to the real aggregator binary, and the numbers on screen are the API's for a known data set.
+// Screenshots at desktop and phone width: test-results/.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { existsSync, mkdirSync } from "node:fs";
+import { chromium } from "playwright-core";
+import { ADMIN_TOKEN, startAggregator } from "../../../sdk-js/test/support.mjs";
+
+const CHROMIUM = process.env.HITCOUNT_CHROMIUM ?? "/usr/bin/chromium";
+/** How long the live view may take to show a new hit: its refresh period and some slack. */
+const LIVE_WAIT_MS = 15_000;
+
+/** The aggregator's REST API with `token`. */
+function api(base, token) {
+  const call = async (method, path, body) => {
+    const response = await fetch(`${base}${path}`, {
+      method,
+      headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await response.text();
+    return { status: response.status, body: text ? JSON.parse(text) : undefined };
+  };
+  return {
+    get: (path) => call("GET", path),
+    post: (path, body) => call("POST", path, body),
+    delete: (path) => call("DELETE", path),
+  };
+}
+
+async function launch(t) {
+  if (!existsSync(CHROMIUM)) {
+    if (process.env.CI === "true") throw new Error(`${CHROMIUM} is missing and CI=true`);
+    t.skip(`SKIPPED: no Chromium at ${CHROMIUM} (apt-get install chromium)`);
+    return undefined;
+  }
+  return chromium.launch({
+    executablePath: CHROMIUM,
+    args: ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+      "--disable-component-update", "--disable-sync"],
+  });
+}
+
+/** A page that fails the test on any console error (a CSP violation included). */
+async function page(browser, viewport) {
+  const opened = await browser.newPage({ viewport });
+  const errors = [];
+  // The browser logs every refused request; the refusals of bad tokens are the test's own.
+  const expected = /Failed to load resource: the server responded with a status of 40[13]/;
+  opened.on("console", (message) => {
+    if (message.type() === "error" && !expected.test(message.text())) errors.push(message.text());
+  });
+  opened.on("pageerror", (error) => errors.push(String(error)));
+  return { page: opened, errors };
+}
+
+async function signIn(page, token) {
+  await page.fill("#token", token);
+  await page.click("button[type=submit]");
+}
+
+const digits = (text) => Number(text.replace(/[^0-9]/g, ""));
+
+/** Runs `body(browser, aggregator)` against a fresh aggregator, then closes both. */
+async function withBrowser(t, body) {
+  const browser = await launch(t);
+  if (!browser) return;
+  try {
+    const aggregator = await startAggregator();
+    if (!aggregator) return t.skip("SKIPPED: no hitcount-aggregator binary; run cargo build first");
+    try {
+      await body(browser, aggregator);
+    } finally {
+      aggregator.stop();
+    }
+  } finally {
+    await browser.close();
+  }
+}
+
+test("the overview shows the API's numbers, filters, goes live, and refuses bad tokens", (t) => withBrowser(t, async (browser, aggregator) => {
+  const admin = api(aggregator.base, ADMIN_TOKEN);
+  for (const id of ["home", "blog.first", "blog.second"]) {
+    assert.equal((await admin.post("/resources", { name: id, resource_id: id })).status, 201);
+  }
+  const hits = [];
+  for (const [id, visitors] of [["home", ["a", "b", "c", "a"]], ["blog.first", ["a", "d"]], ["blog.second", ["e"]]]) {
+    for (const visitor of visitors) hits.push({ resource_id: id, visitor_id: visitor });
+  }
+  assert.equal((await admin.post("/hits", { hits })).status, 202);
+  const read = (await admin.post("/tokens", { name: "dashboard", scopes: ["read"] })).body;
+  const ingest = (await admin.post("/tokens", { name: "beacon", scopes: ["ingest"] })).body.token;
+
+  const { page: desktop, errors } = await page(browser, { width: 1280, height: 900 });
+  await desktop.goto(`${aggregator.base}/`);
+  await signIn(desktop, "not-a-token");
+  await desktop.waitForSelector("#notice:not([hidden])");
+  assert.match(await desktop.textContent("#notice"), /unknown or was revoked/);
+  assert.equal(await desktop.$("#total-hits"), null, "a wrong token sees no data");
+  await signIn(desktop, ingest);
+  await desktop.waitForFunction(() => /read scope/.test(document.getElementById("notice").textContent));
+  assert.equal(await desktop.$("#total-hits"), null);
+
+  await signIn(desktop, read.token);
+  await desktop.waitForSelector("#total-hits");
+  const top = (await admin.get("/stats/top?window=24h&limit=10")).body;
+  assert.deepEqual(top.total, { count: 7, uniques: 5 });
+  assert.equal(digits(await desktop.textContent("#total-hits")), top.total.count);
+  assert.equal(digits(await desktop.textContent("#total-visitors")), top.total.uniques);
+  const rows = await desktop.$$eval("#top tbody tr", (trs) => trs.map((tr) => [...tr.children].map((cell) => cell.textContent)));
+  assert.deepEqual(rows, top.resources.map((item) => [item.resource_id, String(item.count), String(item.uniques)]));
+  await desktop.waitForSelector(".chart canvas");
+  assert.ok(Number(await desktop.getAttribute(".chart", "data-points")) >= 24, "an hourly series over 24 hours");
+  const radius = await desktop.$eval(".figure", (element) => getComputedStyle(element).borderRadius);
+  assert.equal(radius, "8px", "the dashboard's own styles are served and applied");
+  mkdirSync("test-results", { recursive: true });
+  await desktop.screenshot({ path: "test-results/overview-desktop.png", fullPage: true });
+
+  // A section of the site: the total is the union of its resources' visitors.
+  await desktop.fill("#prefix", "blog.");
+  await desktop.click(".controls button[type=submit]");
+  const blog = (await admin.get("/stats/top?window=24h&limit=10&prefix=blog.")).body;
+  await desktop.waitForFunction((count) => document.getElementById("total-hits")?.dataset.value === String(count), blog.total.count);
+  assert.equal(digits(await desktop.textContent("#total-visitors")), blog.total.uniques);
+  assert.equal(await desktop.$$eval("#top tbody tr", (trs) => trs.length), 2);
+
+  // Live: the last hour refreshes itself, so a new hit shows without a click.
+  await desktop.selectOption("#range", "1h");
+  await desktop.waitForSelector("#live:not([hidden])");
+  await desktop.waitForFunction(() => document.getElementById("total-hits")?.dataset.value === "3");
+  assert.equal((await admin.post("/hits", { resource_id: "blog.second", visitor_id: "f" })).status, 202);
+  await desktop.waitForFunction(() => document.getElementById("total-hits")?.dataset.value === "4", null, { timeout: LIVE_WAIT_MS });
+
+  // Revoked while signed in: the next refresh says so and shows the sign-in form again.
+  assert.equal((await admin.delete(`/tokens/${read.id}`)).status, 204);
+  await desktop.waitForSelector("#token", { timeout: LIVE_WAIT_MS });
+  assert.match(await desktop.textContent("#notice"), /session ended/);
+  assert.deepEqual(errors, [], "no console errors (a CSP violation would be one)");
+
+  // Phone width: the same numbers, laid out in one column.
+  const { page: phone, errors: phoneErrors } = await page(browser, { width: 390, height: 844 });
+  await phone.goto(`${aggregator.base}/`);
+  await signIn(phone, ADMIN_TOKEN);
+  await phone.waitForSelector(".chart canvas");
+  assert.equal(digits(await phone.textContent("#total-hits")), 8);
+  const width = await phone.evaluate(() => document.documentElement.scrollWidth);
+  assert.ok(width <= 390, `no sideways scrolling at phone width (${width}px)`);
+  await phone.screenshot({ path: "test-results/overview-phone.png", fullPage: true });
+  assert.deepEqual(phoneErrors, []);
+}));
+
+test("without resources the dashboard shows how to start counting", (t) => withBrowser(t, async (browser, aggregator) => {
+  const { page: empty, errors } = await page(browser, { width: 1024, height: 700 });
+  await empty.goto(`${aggregator.base}/`);
+  await signIn(empty, ADMIN_TOKEN);
+  await empty.waitForSelector(".empty");
+  assert.match(await empty.textContent(".empty"), /No resources yet/);
+  assert.match(await empty.textContent(".empty pre"), /hitcount\.js/);
+  assert.deepEqual(errors, []);
+}));
