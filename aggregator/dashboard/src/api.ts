@@ -1,6 +1,7 @@
 // The aggregator's REST API as the dashboard uses it. The token lives in this module's memory
 // only: never in a URL, storage or a cookie, so closing or reloading the tab signs out.
 
+export type Granularity = "minute" | "hour" | "day";
 export interface Period { start_time: string; end_time: string }
 export interface ResourceTotal { resource_id: string; count: number; uniques: number }
 export interface TopResponse {
@@ -13,11 +14,23 @@ export interface SeriesResponse {
   resources: number;
   count: number;
   uniques: number;
-  granularity: "minute" | "hour" | "day";
+  granularity: Granularity;
   period: Period;
   series: SeriesPoint[];
 }
-export interface ResourceList { resources: { id: string; name: string }[] }
+export interface HitsResponse {
+  resource_id: string;
+  count: number;
+  uniques: number;
+  granularity: Granularity;
+  period: Period;
+  series: SeriesPoint[];
+}
+export interface Resource { resource_id: string; name: string; retention_days: number | null; created_at: string }
+export interface ResourceList { resources: Resource[]; next_after?: string | null }
+export interface Token { id: string; name: string; scopes: string[]; created_at: string }
+export interface TokenList { tokens: Token[] }
+export interface TokenCreated extends Token { token: string }
 
 /** An answer other than 2xx, with the API's error code, or `unreachable` when none came. */
 export class ApiFailure extends Error {
@@ -40,24 +53,27 @@ export function signedIn(): boolean {
   return token !== undefined;
 }
 
-/** GET `path` (with its query) as the signed-in caller. */
-export async function get<T>(path: string): Promise<T> {
+async function call<T>(method: string, path: string, body?: unknown): Promise<T> {
+  const headers: Record<string, string> = { authorization: `Bearer ${token ?? ""}`, accept: "application/json" };
+  if (body !== undefined) headers["content-type"] = "application/json";
   let response: Response;
   try {
-    response = await fetch(path, {
-      headers: { authorization: `Bearer ${token ?? ""}`, accept: "application/json" },
-      cache: "no-store",
-    });
+    response = await fetch(path, { method, headers, cache: "no-store", body: body === undefined ? undefined : JSON.stringify(body) });
   } catch {
     throw new ApiFailure(0, "unreachable", "Cannot reach the aggregator. Check that it is running; retrying.");
   }
-  const body = await response.json().catch(() => undefined);
+  const answer = await response.json().catch(() => undefined);
   if (!response.ok) {
-    const error = body?.error ?? {};
+    const error = answer?.error ?? {};
     throw new ApiFailure(response.status, error.code ?? "unknown", error.message ?? response.statusText);
   }
-  return body as T;
+  return answer as T;
 }
+
+/** GET `path` (with its query) as the signed-in caller. */
+export const get = <T>(path: string): Promise<T> => call<T>("GET", path);
+export const post = <T>(path: string, body: unknown): Promise<T> => call<T>("POST", path, body);
+export const remove = (path: string): Promise<void> => call<void>("DELETE", path);
 
 /** The query string of `parameters`, leaving out the absent ones. */
 export function query(parameters: Record<string, string | number | undefined>): string {

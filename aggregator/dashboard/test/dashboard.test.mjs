@@ -108,7 +108,9 @@ test("the overview shows the API's numbers, filters, goes live, and refuses bad 
   assert.deepEqual(top.total, { count: 7, uniques: 5 });
   assert.equal(digits(await desktop.textContent("#total-hits")), top.total.count);
   assert.equal(digits(await desktop.textContent("#total-visitors")), top.total.uniques);
-  const rows = await desktop.$$eval("#top tbody tr", (trs) => trs.map((tr) => [...tr.children].map((cell) => cell.textContent)));
+  const rows = await desktop.$$eval("#top tbody tr", (trs) => trs.map((tr) =>
+    [...tr.children].filter((cell) => !cell.classList.contains("trend")).map((cell) => cell.textContent)));
+  assert.equal(await desktop.$$eval("#top .sparkline", (lines) => lines.length), top.resources.length, "a trend per row");
   assert.deepEqual(rows, top.resources.map((item) => [item.resource_id, String(item.count), String(item.uniques)]));
   await desktop.waitForSelector(".chart canvas");
   assert.ok(Number(await desktop.getAttribute(".chart", "data-points")) >= 24, "an hourly series over 24 hours");
@@ -116,6 +118,22 @@ test("the overview shows the API's numbers, filters, goes live, and refuses bad 
   assert.equal(radius, "8px", "the dashboard's own styles are served and applied");
   mkdirSync("test-results", { recursive: true });
   await desktop.screenshot({ path: "test-results/overview-desktop.png", fullPage: true });
+
+  // A read token manages nothing.
+  assert.equal(await desktop.isVisible("#nav-manage"), false);
+
+  // A resource's page: its own numbers, at the granularity asked for.
+  await desktop.click("#top a >> text=home");
+  await desktop.waitForSelector("#resource-name");
+  const home = (await admin.get("/hits/home?window=24h")).body;
+  await desktop.waitForFunction((count) => document.getElementById("total-hits")?.dataset.value === String(count), home.count);
+  assert.equal(digits(await desktop.textContent("#total-visitors")), home.uniques);
+  assert.equal(await desktop.$("#delete-resource"), null, "no deletion without the admin scope");
+  await desktop.selectOption("#granularity", "minute");
+  await desktop.waitForFunction(() => Number(document.querySelector(".chart")?.dataset.points) >= 1440);
+  await desktop.screenshot({ path: "test-results/resource-desktop.png", fullPage: true });
+  await desktop.click("text=← Overview");
+  await desktop.waitForSelector("#prefix");
 
   // A section of the site: the total is the union of its resources' visitors.
   await desktop.fill("#prefix", "blog.");
@@ -157,5 +175,51 @@ test("without resources the dashboard shows how to start counting", (t) => withB
   await empty.waitForSelector(".empty");
   assert.match(await empty.textContent(".empty"), /No resources yet/);
   assert.match(await empty.textContent(".empty pre"), /hitcount\.js/);
+  assert.deepEqual(errors, []);
+}));
+
+test("an admin token creates and deletes resources and tokens, asked first", (t) => withBrowser(t, async (browser, aggregator) => {
+  const admin = api(aggregator.base, ADMIN_TOKEN);
+  assert.equal((await admin.post("/resources", { name: "Home", resource_id: "home" })).status, 201);
+  const { page: desktop, errors } = await page(browser, { width: 1280, height: 900 });
+  await desktop.goto(`${aggregator.base}/`);
+  await signIn(desktop, ADMIN_TOKEN);
+  await desktop.click("#nav-manage");
+  await desktop.waitForSelector("#create-resource");
+
+  await desktop.fill("#create-resource input[name=name]", "Made here");
+  await desktop.fill("#create-resource input[name=resource_id]", "made.here");
+  await desktop.fill("#create-resource input[name=retention_days]", "30");
+  await desktop.click("#create-resource button[type=submit]");
+  await desktop.waitForSelector("#resource-list a >> text=made.here");
+  const made = (await admin.get("/resources/made.here")).body;
+  assert.deepEqual([made.name, made.retention_days], ["Made here", 30]);
+
+  await desktop.fill("#create-token input[name=name]", "reporting");
+  await desktop.click("#create-token button[type=submit]");
+  const secret = (await desktop.textContent("#new-token code")).trim();
+  const reporting = (await admin.get("/tokens")).body.tokens.find((token) => token.name === "reporting");
+  assert.deepEqual(reporting.scopes, ["read"]);
+  assert.equal((await api(aggregator.base, secret).get("/stats/top")).status, 200, "the token shown works");
+  await desktop.screenshot({ path: "test-results/manage-desktop.png", fullPage: true });
+
+  // Revoking asks first; Cancel keeps the token.
+  const item = desktop.locator("#token-list li", { hasText: "reporting" });
+  await item.locator("button.danger").click();
+  await item.locator("text=Cancel").click();
+  assert.equal((await api(aggregator.base, secret).get("/stats/top")).status, 200);
+  await item.locator("button.danger").click();
+  await item.locator("button.danger >> text=Delete").click();
+  await desktop.waitForFunction(() => ![...document.querySelectorAll("#token-list li")].some((li) => li.textContent.includes("reporting")));
+  assert.equal((await api(aggregator.base, secret).get("/stats/top")).status, 401);
+
+  // Deleting a resource from its page, asked first.
+  await desktop.goto(`${aggregator.base}/#/resources/made.here`);
+  await desktop.waitForSelector("#delete-resource");
+  await desktop.click("#delete-resource");
+  await desktop.click(".confirm button.danger");
+  await desktop.waitForFunction(() => /Deleted made\.here/.test(document.getElementById("notice").textContent));
+  assert.equal((await admin.get("/resources/made.here")).status, 404);
+  assert.equal((await admin.get("/resources/home")).status, 200);
   assert.deepEqual(errors, []);
 }));

@@ -1,0 +1,34 @@
+// Building the page: elements, the notice line, numbers.
+
+const notice = document.getElementById("notice") as HTMLElement;
+const numbers = new Intl.NumberFormat();
+
+/** An element with attributes and children; text children become text nodes. */
+export function h<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  attributes: Record<string, string> = {},
+  ...children: (Node | string)[]
+): HTMLElementTagNameMap[K] {
+  const element = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes)) element.setAttribute(name, value);
+  element.append(...children);
+  return element;
+}
+
+/** Says `message` in the notice line (read out by screen readers), or clears it. */
+export function say(message: string | undefined, kind: "error" | "info" = "error"): void {
+  notice.hidden = message === undefined;
+  notice.textContent = message ?? "";
+  notice.className = kind;
+}
+
+export function formatNumber(value: number): string {
+  return numbers.format(value);
+}
+
+/** A labelled big number; `data-value` holds it unformatted. */
+export function figure(id: string, label: string, value: number): HTMLElement {
+  return h("div", { class: "figure card" },
+    h("span", { class: "label", id: `${id}-label` }, label),
+    h("span", { class: "value", id, "aria-labelledby": `${id}-label`, "data-value": String(value) }, formatNumber(value)));
+}

@@ -1,0 +1,55 @@
+// What every view needs of the page: a place to draw, the live refresh, and what a failure does.
+import { ApiFailure } from "./api";
+import { forgetChart } from "./chart";
+import { say } from "./dom";
+import { RANGES } from "./range";
+
+/** How often a live view refreshes itself (the read-after-write bound is about a second). */
+export const LIVE_REFRESH_MS = 5_000;
+
+export class View {
+  private timer: number | undefined;
+
+  constructor(private readonly main: HTMLElement, private readonly onSessionEnded: (message: string) => void) {}
+
+  /** Replaces the page's content (and stops the previous view's refresh). */
+  show(...children: Node[]): void {
+    this.stopLive();
+    forgetChart();
+    this.main.replaceChildren(...children);
+  }
+
+  /** Whether `element` is still on the page (the view that drew it is still shown). */
+  current(element: Node): boolean {
+    return this.main.contains(element);
+  }
+
+  /**
+   * After a refresh of the view `form` belongs to: when its range is live, marks it so and
+   * schedules the next refresh. Nothing when a failure signed out or the user navigated away.
+   */
+  afterRefresh(form: HTMLFormElement, refresh: () => void): void {
+    const mark = document.getElementById("live");
+    if (mark === null || !this.current(form)) return;
+    const isLive = RANGES[form.range.value]?.live === true;
+    mark.hidden = !isLive;
+    if (!isLive) return;
+    mark.textContent = `Live · updated ${new Date().toLocaleTimeString()}`;
+    this.stopLive();
+    this.timer = window.setTimeout(refresh, LIVE_REFRESH_MS);
+  }
+
+  stopLive(): void {
+    window.clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  /** A 401 ends the session (the token was revoked); anything else is said and kept. */
+  failed(error: unknown): void {
+    if (error instanceof ApiFailure && error.status === 401) {
+      this.onSessionEnded("Your session ended: the token was revoked. Sign in again.");
+    } else {
+      say(error instanceof Error ? error.message : String(error));
+    }
+  }
+}
