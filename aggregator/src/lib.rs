@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod config;
 pub mod direct;
 pub mod error;
+pub mod export;
 pub mod ingest;
 pub mod intake;
 pub mod merge;

@@ -221,7 +221,7 @@ pub fn plan(
 }
 
 /// The period `range` names, `[start_ms, end_ms)`, not empty.
-fn period(range: TimeRange<'_>, now_ms: u64) -> Result<(u64, u64), ApiError> {
+pub fn period(range: TimeRange<'_>, now_ms: u64) -> Result<(u64, u64), ApiError> {
     let (start_ms, end_ms) = match (range.window, range.start_time, range.end_time) {
         (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
             return Err(ApiError::bad_request(

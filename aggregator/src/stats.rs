@@ -208,7 +208,7 @@ pub struct SeriesResponse {
 }
 
 /// A prefix of a resource id is an id itself, or nothing.
-fn checked_prefix(prefix: Option<&str>) -> Result<&str, ApiError> {
+pub fn checked_prefix(prefix: Option<&str>) -> Result<&str, ApiError> {
     let prefix = prefix.unwrap_or_default();
     if !prefix.is_empty() {
         hitcount_wire::validate_resource_id(prefix)

@@ -10,6 +10,7 @@ mod contract;
 mod deltas;
 mod deltas_fuzz;
 mod durability;
+mod export;
 mod faults;
 mod patterns;
 mod redis_cluster;

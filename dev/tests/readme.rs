@@ -198,6 +198,14 @@ fn using_the_api() {
         output.contains("{\"resources\":1,\"count\":3,\"uniques\":2,\"granularity\":\"day\""),
         "the series over the listed resource:\n{output}"
     );
+    assert!(
+        output.contains("resource_id,start_time,granularity,count,uniques\nhome,"),
+        "the CSV export:\n{output}"
+    );
+    assert!(
+        output.contains("{\"type\":\"resource\",\"resource_id\":\"home\""),
+        "the lossless export:\n{output}"
+    );
     assert!(output.contains("\"edge_id\":\"edge-paris\""), "{output}");
     assert!(output.contains("hitcount_http_requests_total"), "{output}");
     assert!(output.contains("\"openapi\""), "{output}");

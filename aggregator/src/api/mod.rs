@@ -4,6 +4,7 @@
 mod admin;
 mod dashboard;
 mod deltas;
+mod export;
 mod extract;
 mod health;
 mod hits;
@@ -53,6 +54,7 @@ const ROUTES: &[&str] = &[
     "/hits/{resource_id}",
     "/stats/top",
     "/stats/series",
+    "/export",
     "/v1/deltas",
     "/resources",
     "/resources/{resource_id}",
@@ -108,6 +110,7 @@ pub fn validate_name(name: &str) -> Result<String, ApiError> {
         hits::query,
         stats::top,
         stats::series,
+        export::export,
         deltas::apply,
         admin::create_token,
         admin::list_tokens,
@@ -255,6 +258,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/hits/{resource_id}", get(hits::query))
         .route("/stats/top", get(stats::top))
         .route("/stats/series", get(stats::series))
+        .route("/export", get(export::export))
         .route(
             "/v1/deltas",
             post(deltas::apply).layer(extract::body_limit(hitcount_wire::BATCH_BYTES_MAX)),

@@ -17,6 +17,7 @@ use super::{
 };
 use crate::config::SECRET_BYTES_MIN;
 use crate::error::byte_size;
+use crate::export::{ExportQuery, Format};
 use crate::merge::{MERGE_QUEUE_ENTRIES_MAX, MERGE_QUEUE_ENTRIES_MIN, MERGE_QUEUE_WAIT_MS_MAX};
 use crate::query::{HitsQuery, TIME_MS_MAX};
 use crate::stats::{
@@ -288,6 +289,21 @@ impl IntoParams for SeriesQuery {
                  {SERIES_RESOURCE_IDS_MAX} ids separated by commas, each of a resource that \
                  exists); without either, every resource"
             ),
+        )
+    }
+}
+
+impl IntoParams for ExportQuery {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        period_params(
+            &[
+                ("granularity", Tier::schema()),
+                ("prefix", prefix().into()),
+                ("format", Format::schema()),
+            ],
+            "and optionally `granularity` (CSV: chosen from the window if absent; NDJSON: every \
+             granularity if absent), `prefix` (only resources whose id starts with it) and \
+             `format` (`csv`, the default, or `ndjson`, lossless)",
         )
     }
 }
