@@ -16,7 +16,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -25,7 +24,7 @@ use axum::routing::{get, post};
 use hitcount_aggregator::config::{AckMode, Config};
 use hitcount_aggregator::store::{BatchKey, Store};
 use hitcount_aggregator::{Aggregator, now_ms};
-use hitcount_bench_support::{WrkReport, run_wrk};
+use hitcount_bench_support::{WrkReport, bench_database, percentile, run_wrk};
 use hitcount_wire::{DeltaEntry, MINUTE_MS, Sketch};
 use rusqlite::params;
 
@@ -71,25 +70,6 @@ fn main() {
         postgres_and_redis_merge().await;
         tiered_query_latency().await;
     });
-}
-
-/// A fresh database on the machine's PostgreSQL (`HITCOUNT_BENCH_DATABASE_SERVER`, default
-/// `postgres://root@127.0.0.1:5432`), dropped first if a previous run left it.
-fn bench_database(name: &str) -> String {
-    let server = std::env::var("HITCOUNT_BENCH_DATABASE_SERVER")
-        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432".to_owned());
-    for sql in [
-        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-        format!("CREATE DATABASE {name}"),
-    ] {
-        let status = Command::new("psql")
-            .arg(format!("{server}/postgres"))
-            .args(["-q", "-c", &sql])
-            .status()
-            .expect("psql runs");
-        assert!(status.success(), "{sql}");
-    }
-    format!("{server}/{name}")
 }
 
 const REDIS_URL: &str = "redis://127.0.0.1:6379";
@@ -542,10 +522,6 @@ async fn store_merge() {
         merged_rate / (RESOURCES_PER_BATCH * MINUTES_PER_BATCH) as f64,
         100.0 * merged_rate / raw_rate
     );
-}
-
-fn percentile(sorted: &[f64], fraction: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * fraction).round() as usize]
 }
 
 async fn query_latency() {

@@ -81,6 +81,30 @@ fn latency_ms(text: &str) -> f64 {
     }
 }
 
+/// A fresh database on the machine's PostgreSQL (`HITCOUNT_BENCH_DATABASE_SERVER`, default
+/// `postgres://root@127.0.0.1:5432`), dropped first if a previous run left it; its URL.
+pub fn bench_database(name: &str) -> String {
+    let server = std::env::var("HITCOUNT_BENCH_DATABASE_SERVER")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432".to_owned());
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        let status = Command::new("psql")
+            .arg(format!("{server}/postgres"))
+            .args(["-q", "-c", &sql])
+            .status()
+            .unwrap_or_else(|error| panic!("psql runs: {error}"));
+        assert!(status.success(), "{sql}");
+    }
+    format!("{server}/{name}")
+}
+
+/// The value at `fraction` (0.99 for p99) of ascending `sorted` values.
+pub fn percentile(sorted: &[f64], fraction: f64) -> f64 {
+    sorted[((sorted.len() as f64 * fraction).ceil() as usize).saturating_sub(1)]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
