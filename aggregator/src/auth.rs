@@ -12,12 +12,14 @@ use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
-use crate::store::TokenRecord;
+use crate::store::{Store, StoreError, TokenRecord};
 
 /// The id under which the bootstrap admin token is stored.
 pub const BOOTSTRAP_TOKEN_ID: &str = "bootstrap-admin";
 /// Bytes of randomness in a generated token or edge secret.
 pub const TOKEN_RANDOM_BYTES: usize = 32;
+/// Random bytes of a token's id (public: it names the token in `DELETE /tokens/{id}`).
+pub const TOKEN_ID_BYTES: usize = 8;
 /// Prefix of every generated token, so leaked tokens are easy to search for.
 pub const TOKEN_PREFIX: &str = "hct_";
 
@@ -94,6 +96,32 @@ impl TokenRegistry {
         for record in records {
             map.insert(record.token_sha256, Arc::new(record));
         }
+    }
+
+    /// Makes a token of `name` and `scopes` (sorted, each once, at least one), stores it and,
+    /// once committed, takes it here; returns its record and the token itself, which exists
+    /// nowhere else (only its digest is stored).
+    pub async fn create(
+        &self,
+        store: &Store,
+        name: String,
+        mut scopes: Vec<String>,
+        now_ms: u64,
+    ) -> Result<(TokenRecord, String), StoreError> {
+        scopes.sort();
+        scopes.dedup();
+        assert!(!scopes.is_empty(), "the API refuses a token without scopes");
+        let token = generate_token();
+        let record = TokenRecord {
+            id: random_hex(TOKEN_ID_BYTES),
+            name,
+            token_sha256: token_digest(&token),
+            scopes,
+            created_at_ms: now_ms,
+        };
+        store.put_token(record.clone()).await?;
+        self.insert(record.clone());
+        Ok((record, token))
     }
 
     pub fn insert(&self, record: TokenRecord) {
@@ -183,6 +211,27 @@ pub struct EdgeKeyRegistry {
 }
 
 impl EdgeKeyRegistry {
+    /// Stores `secret` as `edge_id`'s key (replacing one set through the API) and, once
+    /// committed, takes it here.
+    pub async fn put(
+        &self,
+        store: &Store,
+        edge_id: String,
+        secret: Vec<u8>,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        store
+            .put_edge_key(edge_id.clone(), secret.clone(), now_ms)
+            .await?;
+        let key = EdgeSecret {
+            secret,
+            configured: false,
+            created_at_ms: now_ms,
+        };
+        self.insert(edge_id, key);
+        Ok(())
+    }
+
     pub fn insert(&self, edge_id: String, secret: EdgeSecret) {
         self.keys
             .write()

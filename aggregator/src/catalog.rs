@@ -14,9 +14,35 @@ use std::sync::{Mutex, RwLock, RwLockReadGuard};
 use hitcount_wire::DeltaEntry;
 
 use crate::patterns::{
-    Admission, Missing, Patterns, RECENT_RESOURCES_MS, Refusal, RefusalReason, ResourceCache,
+    Admission, Missing, PATTERNS_MAX, PatternView, Patterns, RECENT_RESOURCES_MS, Refusal,
+    RefusalReason, ResourceCache,
 };
-use crate::store::{ResourceRecord, Store, StoreError};
+use crate::store::{CreateOutcome, PatternRecord, ResourceRecord, Store, StoreError};
+
+/// Why a resource was not created. Nothing was created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateResourceError {
+    #[error("a resource with id {0:?} exists")]
+    IdTaken(String),
+    #[error("a resource named {0:?} exists")]
+    NameTaken(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a pattern was not created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreatePatternError {
+    #[error("the pattern {0:?} exists")]
+    Exists(String),
+    #[error("{PATTERNS_MAX} patterns exist; delete one first")]
+    TooMany,
+    /// Created, then deleted by another request before it could be shown.
+    #[error("no pattern {0:?}")]
+    DeletedMeanwhile(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 /// Resources created this shortly before a reload began are kept in the cache even if the
 /// reload's list lacks them (their transaction may not have been visible to it yet).
@@ -284,6 +310,48 @@ impl Catalog {
     }
 
     /// Counts refusals: the metric, the pattern's `refused_hits` and the unknown-resources list.
+    /// Creates a resource in the store and, once committed, in the cache.
+    pub async fn create_resource(
+        &self,
+        store: &Store,
+        record: ResourceRecord,
+    ) -> Result<(), CreateResourceError> {
+        match store.create_resource(record.clone()).await? {
+            CreateOutcome::Created => {}
+            CreateOutcome::IdTaken => return Err(CreateResourceError::IdTaken(record.id)),
+            CreateOutcome::NameTaken => return Err(CreateResourceError::NameTaken(record.name)),
+        }
+        tracing::info!(resource_id = %record.id, "resource created");
+        self.insert_resources([record]);
+        Ok(())
+    }
+
+    /// Creates a pattern in the store and the registry (counting the cached resources under
+    /// it), within [`PATTERNS_MAX`]; returns it as the registry shows it.
+    pub async fn create_pattern(
+        &self,
+        store: &Store,
+        record: PatternRecord,
+    ) -> Result<PatternView, CreatePatternError> {
+        if self.patterns.registry.len() >= PATTERNS_MAX {
+            return Err(CreatePatternError::TooMany);
+        }
+        if !store.create_pattern(record.clone()).await? {
+            return Err(CreatePatternError::Exists(record.pattern));
+        }
+        tracing::info!(pattern = %record.pattern, resources_max = record.resources_max, "pattern created");
+        let pattern = record.pattern.clone();
+        {
+            let cache = self.read();
+            self.patterns.registry.insert(record, &cache);
+        }
+        // Deleted by another request since the insert: as if it never was.
+        self.patterns
+            .registry
+            .get(&pattern)
+            .ok_or(CreatePatternError::DeletedMeanwhile(pattern))
+    }
+
     pub fn record_refusals(&self, refusals: &[Refusal], now_ms: u64) {
         for refusal in refusals {
             metrics::counter!("hitcount_resources_refused_total", "reason" => refusal.reason.as_str())

@@ -7,16 +7,12 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{ApiJson, ApiPath, EDGE_SECRET_BYTES_MAX, JSON_BODY_BYTES_MAX, schemas, validate_name};
-use crate::auth::{
-    BOOTSTRAP_TOKEN_ID, Caller, EdgeSecret, Scope, TOKEN_RANDOM_BYTES, generate_token, random_hex,
-    token_digest,
-};
+use crate::auth::{BOOTSTRAP_TOKEN_ID, Caller, Scope, TOKEN_RANDOM_BYTES, random_hex};
 use crate::config::SECRET_BYTES_MIN;
 use crate::error::{ApiError, ErrorBody};
 use crate::now_ms;
 use crate::query::format_time;
 use crate::state::SharedState;
-use crate::store::TokenRecord;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -76,29 +72,21 @@ pub async fn create_token(
 ) -> Result<(StatusCode, Json<TokenCreated>), ApiError> {
     caller.require(Scope::Admin)?;
     let name = validate_name(&request.name)?;
-    let mut scopes: Vec<String> = request
+    let scopes: Vec<String> = request
         .scopes
         .iter()
         .map(|scope| scope.as_str().to_owned())
         .collect();
-    scopes.sort();
-    scopes.dedup();
     if scopes.is_empty() {
         return Err(ApiError::bad_request(
             "invalid_scopes",
             "give at least one scope",
         ));
     }
-    let token = generate_token();
-    let record = TokenRecord {
-        id: random_hex(8),
-        name,
-        token_sha256: token_digest(&token),
-        scopes,
-        created_at_ms: now_ms(),
-    };
-    state.store.put_token(record.clone()).await?;
-    state.tokens.insert(record.clone());
+    let (record, token) = state
+        .tokens
+        .create(&state.store, name, scopes, now_ms())
+        .await?;
     tracing::info!(token_id = %record.id, by = %caller.token_id(), "token created");
     Ok((
         StatusCode::CREATED,
@@ -269,17 +257,14 @@ pub async fn create_edge_key(
     };
     let now = now_ms();
     state
-        .store
-        .put_edge_key(request.edge_id.clone(), secret.as_bytes().to_vec(), now)
+        .edge_keys
+        .put(
+            &state.store,
+            request.edge_id.clone(),
+            secret.as_bytes().to_vec(),
+            now,
+        )
         .await?;
-    state.edge_keys.insert(
-        request.edge_id.clone(),
-        EdgeSecret {
-            secret: secret.as_bytes().to_vec(),
-            configured: false,
-            created_at_ms: now,
-        },
-    );
     tracing::info!(edge_id = %request.edge_id, by = %caller.token_id(), "edge key set");
     Ok((
         StatusCode::CREATED,

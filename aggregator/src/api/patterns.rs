@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 use super::extract::ApiPath;
 use super::{ApiJson, JSON_BODY_BYTES_MAX, RETENTION_DAYS_MAX, schemas};
 use crate::auth::{Caller, Scope};
+use crate::catalog::CreatePatternError;
 use crate::error::{ApiError, ErrorBody};
 use crate::now_ms;
 use crate::patterns::{
@@ -163,12 +164,6 @@ pub async fn create(
             format!("retention_days must be between 1 and {RETENTION_DAYS_MAX}"),
         ));
     }
-    if state.catalog.patterns.registry.len() >= PATTERNS_MAX {
-        return Err(ApiError::Conflict {
-            code: "too_many_patterns",
-            message: format!("{PATTERNS_MAX} patterns exist; delete one first"),
-        });
-    }
     let record = PatternRecord {
         pattern: request.pattern,
         resources_max,
@@ -176,27 +171,22 @@ pub async fn create(
         refused_hits: 0,
         created_at_ms: now_ms(),
     };
-    if !state.store.create_pattern(record.clone()).await? {
-        return Err(ApiError::Conflict {
-            code: "pattern_exists",
-            message: format!("the pattern {:?} exists", record.pattern),
-        });
-    }
-    {
-        let cache = state.catalog.read();
-        state
-            .catalog
-            .patterns
-            .registry
-            .insert(record.clone(), &cache);
-    }
-    tracing::info!(pattern = %record.pattern, resources_max, "pattern created");
     let view = state
         .catalog
-        .patterns
-        .registry
-        .get(&record.pattern)
-        .ok_or_else(|| unknown_pattern(&record.pattern))?;
+        .create_pattern(&state.store, record)
+        .await
+        .map_err(|error| match error {
+            CreatePatternError::Exists(_) => ApiError::Conflict {
+                code: "pattern_exists",
+                message: error.to_string(),
+            },
+            CreatePatternError::TooMany => ApiError::Conflict {
+                code: "too_many_patterns",
+                message: error.to_string(),
+            },
+            CreatePatternError::DeletedMeanwhile(pattern) => unknown_pattern(&pattern),
+            CreatePatternError::Store(error) => error.into(),
+        })?;
     Ok((StatusCode::CREATED, Json(view.into())))
 }
 

@@ -11,11 +11,12 @@ use super::{
     unknown_resource, validate_name,
 };
 use crate::auth::{Caller, Scope, random_hex};
+use crate::catalog::CreateResourceError;
 use crate::error::{ApiError, ErrorBody};
 use crate::now_ms;
 use crate::query::format_time;
 use crate::state::SharedState;
-use crate::store::{CreateOutcome, ResourceRecord};
+use crate::store::ResourceRecord;
 
 const LIST_PAGE_DEFAULT: usize = 100;
 /// Random bytes in a generated resource id (hex-encoded, so twice as many characters).
@@ -120,24 +121,22 @@ pub async fn create(
         retention_days: request.retention_days,
         created_at_ms: now_ms(),
     };
-    match state.store.create_resource(record.clone()).await? {
-        CreateOutcome::Created => {}
-        CreateOutcome::IdTaken => {
-            return Err(ApiError::Conflict {
+    state
+        .catalog
+        .create_resource(&state.store, record.clone())
+        .await
+        .map_err(|error| match error {
+            CreateResourceError::IdTaken(_) => ApiError::Conflict {
                 code: "resource_id_taken",
-                message: format!("a resource with id {:?} exists", record.id),
-            });
-        }
-        CreateOutcome::NameTaken => {
-            return Err(ApiError::Conflict {
+                message: error.to_string(),
+            },
+            CreateResourceError::NameTaken(_) => ApiError::Conflict {
                 code: "name_taken",
-                message: format!("a resource named {:?} exists", record.name),
-            });
-        }
-    }
+                message: error.to_string(),
+            },
+            CreateResourceError::Store(error) => error.into(),
+        })?;
     let body = ResourceBody::from(&record);
-    state.catalog.insert_resources([record]);
-    tracing::info!(resource_id = %body.resource_id, "resource created");
     Ok((StatusCode::CREATED, Json(body)))
 }
 
