@@ -212,42 +212,48 @@ fn shared_error(error: &StoreError) -> StoreError {
     }
 }
 
-async fn run(
-    store: Store,
-    mut receiver: mpsc::Receiver<Message>,
-    interval: Duration,
-    rate: Arc<std::sync::atomic::AtomicU64>,
-    commits_in_flight_max: usize,
-) {
-    assert!((1..=MERGE_COMMITS_IN_FLIGHT_MAX).contains(&commits_in_flight_max));
-    let mut carried: Option<Request> = None;
-    let mut shutdown_replies = Vec::new();
-    let mut in_flight = tokio::task::JoinSet::new();
-    let rate_keeper = Arc::new(std::sync::Mutex::new(None::<Instant>));
-    loop {
-        let first = match carried.take() {
-            Some(request) => request,
+/// The merge task's side of the queue: the batch a full group left over for the next one, and
+/// the shutdown requests to answer once every queued batch is merged.
+struct Queue {
+    receiver: mpsc::Receiver<Message>,
+    carried: Option<Request>,
+    shutdown_replies: Vec<oneshot::Sender<()>>,
+}
+
+impl Queue {
+    /// The batch that starts the next group: the one carried over, or the next to arrive;
+    /// `None` once the queue is closed and empty.
+    async fn first(&mut self) -> Option<Request> {
+        if let Some(request) = self.carried.take() {
+            return Some(request);
+        }
+        loop {
             // After `close`, `recv` still yields everything queued, then `None`.
-            None => match receiver.recv().await {
-                Some(Message::Batch(request)) => request,
-                Some(Message::Shutdown(reply)) => {
-                    receiver.close();
-                    shutdown_replies.push(reply);
-                    continue;
-                }
-                None => break,
-            },
-        };
-        // The interval runs from the first batch's arrival: a batch that queued during the
-        // previous commit has waited already and is committed with whatever else is queued.
+            match self.receiver.recv().await? {
+                Message::Batch(request) => return Some(request),
+                Message::Shutdown(reply) => self.shut_down(reply),
+            }
+        }
+    }
+
+    /// Stops taking new batches; every one already queued is still merged.
+    fn shut_down(&mut self, reply: oneshot::Sender<()>) {
+        self.receiver.close();
+        self.shutdown_replies.push(reply);
+    }
+
+    /// A group starting with `first`: the batches that arrive within `interval` of its arrival
+    /// (a batch that queued during the previous commit has waited already, and is committed
+    /// with whatever else is queued), up to `MERGE_GROUP_ENTRIES_MAX` entries; with its entries.
+    async fn gather(&mut self, first: Request, interval: Duration) -> (Vec<Request>, usize) {
         let deadline = first.received + interval;
         let mut entries = first.batch.entries.len();
         let mut group = vec![first];
         while entries < MERGE_GROUP_ENTRIES_MAX {
             let next = if Instant::now() >= deadline {
-                receiver.try_recv().ok()
+                self.receiver.try_recv().ok()
             } else {
-                tokio::time::timeout_at(deadline.into(), receiver.recv())
+                tokio::time::timeout_at(deadline.into(), self.receiver.recv())
                     .await
                     .ok()
                     .flatten()
@@ -255,17 +261,13 @@ async fn run(
             match next {
                 Some(Message::Batch(request)) => {
                     if entries + request.batch.entries.len() > MERGE_GROUP_ENTRIES_MAX {
-                        carried = Some(request);
+                        self.carried = Some(request);
                         break;
                     }
                     entries += request.batch.entries.len();
                     group.push(request);
                 }
-                Some(Message::Shutdown(reply)) => {
-                    // Stop taking new batches but merge every one already queued.
-                    receiver.close();
-                    shutdown_replies.push(reply);
-                }
+                Some(Message::Shutdown(reply)) => self.shut_down(reply),
                 None => break,
             }
         }
@@ -276,32 +278,70 @@ async fn run(
              larger: {entries} entries in {} batches",
             group.len()
         );
+        (group, entries)
+    }
+}
+
+/// How fast the queue drains under this load: entries per second of wall time since the
+/// previous commit ended, smoothed.
+#[derive(Debug, Clone)]
+struct DrainRate {
+    rate: Arc<std::sync::atomic::AtomicU64>,
+    last_commit: Arc<std::sync::Mutex<Option<Instant>>>,
+}
+
+impl DrainRate {
+    fn committed(&self, entries: usize) {
+        let now = Instant::now();
+        let previous = self
+            .last_commit
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .replace(now);
+        let Some(previous) = previous else {
+            return;
+        };
+        let seconds = now.duration_since(previous).as_secs_f64().max(0.001);
+        let measured = entries as f64 / seconds;
+        let average = self.rate.load(std::sync::atomic::Ordering::Relaxed) as f64;
+        let smoothed = if average == 0.0 {
+            measured
+        } else {
+            0.7 * average + 0.3 * measured
+        };
+        self.rate
+            .store(smoothed as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+async fn run(
+    store: Store,
+    receiver: mpsc::Receiver<Message>,
+    interval: Duration,
+    rate: Arc<std::sync::atomic::AtomicU64>,
+    commits_in_flight_max: usize,
+) {
+    assert!((1..=MERGE_COMMITS_IN_FLIGHT_MAX).contains(&commits_in_flight_max));
+    let mut queue = Queue {
+        receiver,
+        carried: None,
+        shutdown_replies: Vec::new(),
+    };
+    let mut in_flight = tokio::task::JoinSet::new();
+    let drain = DrainRate {
+        rate,
+        last_commit: Arc::default(),
+    };
+    while let Some(first) = queue.first().await {
+        let (group, entries) = queue.gather(first, interval).await;
         while in_flight.len() >= commits_in_flight_max {
             let _ = in_flight.join_next().await;
         }
         let store = store.clone();
-        let rate = Arc::clone(&rate);
-        let rate_keeper = Arc::clone(&rate_keeper);
+        let drain = drain.clone();
         in_flight.spawn(async move {
             commit(&store, group, entries).await;
-            // Entries per second of wall time since the previous commit ended, averaged: how
-            // fast the queue drains under this load.
-            let now = Instant::now();
-            let previous = rate_keeper
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner())
-                .replace(now);
-            if let Some(previous) = previous {
-                let seconds = now.duration_since(previous).as_secs_f64().max(0.001);
-                let measured = entries as f64 / seconds;
-                let average = rate.load(std::sync::atomic::Ordering::Relaxed) as f64;
-                let smoothed = if average == 0.0 {
-                    measured
-                } else {
-                    0.7 * average + 0.3 * measured
-                };
-                rate.store(smoothed as u64, std::sync::atomic::Ordering::Relaxed);
-            }
+            drain.committed(entries);
         });
         debug_assert!(
             in_flight.len() <= commits_in_flight_max,
@@ -309,12 +349,12 @@ async fn run(
         );
     }
     assert!(
-        carried.is_none(),
+        queue.carried.is_none(),
         "the merge task stops only with no batch carried over: every batch taken is answered"
     );
     // Every queued batch is committed and answered before shutdown is confirmed.
     while in_flight.join_next().await.is_some() {}
-    for reply in shutdown_replies {
+    for reply in queue.shutdown_replies {
         let _ = reply.send(());
     }
 }
