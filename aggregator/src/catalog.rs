@@ -244,52 +244,13 @@ impl Catalog {
         if !may_create {
             return Ok(missing
                 .into_iter()
-                .map(|item| Refusal {
-                    resource_id: item.resource_id,
-                    reason: RefusalReason::NoPattern,
-                    pattern: None,
-                    entries: item.entries,
-                    hits: item.hits,
-                })
+                .map(|item| Refusal::of(item, RefusalReason::NoPattern, None))
                 .collect());
         }
         let _creating = self.patterns.creating.lock().await;
         // Another request of this aggregator may have created some while this one waited.
         missing.retain(|item| !self.resource_exists(&item.resource_id));
-
-        let mut refusals = Vec::new();
-        let mut creations = Vec::new();
-        let mut planned: HashMap<String, u64> = HashMap::new();
-        for item in missing {
-            let Some(found) = self.patterns.registry.longest_match(&item.resource_id) else {
-                refusals.push(Refusal {
-                    resource_id: item.resource_id,
-                    reason: RefusalReason::NoPattern,
-                    pattern: None,
-                    entries: item.entries,
-                    hits: item.hits,
-                });
-                continue;
-            };
-            let planned_here = planned.entry(found.pattern.clone()).or_default();
-            if found.resources + *planned_here >= found.resources_max {
-                refusals.push(Refusal {
-                    resource_id: item.resource_id,
-                    reason: RefusalReason::PatternFull,
-                    pattern: Some(found.pattern),
-                    entries: item.entries,
-                    hits: item.hits,
-                });
-                continue;
-            }
-            *planned_here += 1;
-            creations.push(ResourceRecord {
-                name: item.resource_id.clone(),
-                id: item.resource_id,
-                retention_days: found.retention_days,
-                created_at_ms: now_ms,
-            });
-        }
+        let (creations, refusals) = self.plan_creations(missing, now_ms);
         if creations.is_empty() || (admission == Admission::AllOrNothing && !refusals.is_empty()) {
             return Ok(refusals);
         }
@@ -309,7 +270,38 @@ impl Catalog {
         Ok(refusals)
     }
 
-    /// Counts refusals: the metric, the pattern's `refused_hits` and the unknown-resources list.
+    /// Which `missing` ids a pattern creates (the longest prefix that matches, while it has room
+    /// counting the ones planned here) and which are refused, and why.
+    fn plan_creations(
+        &self,
+        missing: Vec<Missing>,
+        now_ms: u64,
+    ) -> (Vec<ResourceRecord>, Vec<Refusal>) {
+        let mut refusals = Vec::new();
+        let mut creations = Vec::new();
+        let mut planned: HashMap<String, u64> = HashMap::new();
+        for item in missing {
+            let Some(found) = self.patterns.registry.longest_match(&item.resource_id) else {
+                refusals.push(Refusal::of(item, RefusalReason::NoPattern, None));
+                continue;
+            };
+            let planned_here = planned.entry(found.pattern.clone()).or_default();
+            if found.resources + *planned_here >= found.resources_max {
+                let pattern = Some(found.pattern);
+                refusals.push(Refusal::of(item, RefusalReason::PatternFull, pattern));
+                continue;
+            }
+            *planned_here += 1;
+            creations.push(ResourceRecord {
+                name: item.resource_id.clone(),
+                id: item.resource_id,
+                retention_days: found.retention_days,
+                created_at_ms: now_ms,
+            });
+        }
+        (creations, refusals)
+    }
+
     /// Creates a resource in the store and, once committed, in the cache.
     pub async fn create_resource(
         &self,
@@ -352,6 +344,7 @@ impl Catalog {
             .ok_or(CreatePatternError::DeletedMeanwhile(pattern))
     }
 
+    /// Counts refusals: the metric, the pattern's `refused_hits` and the unknown-resources list.
     pub fn record_refusals(&self, refusals: &[Refusal], now_ms: u64) {
         for refusal in refusals {
             metrics::counter!("hitcount_resources_refused_total", "reason" => refusal.reason.as_str())

@@ -452,6 +452,19 @@ pub struct Refusal {
     pub hits: u64,
 }
 
+impl Refusal {
+    /// `item` refused for `reason` (`pattern`: the full one, for `PatternFull`).
+    pub fn of(item: Missing, reason: RefusalReason, pattern: Option<String>) -> Self {
+        Self {
+            resource_id: item.resource_id,
+            reason,
+            pattern,
+            entries: item.entries,
+            hits: item.hits,
+        }
+    }
+}
+
 /// Whether one refusal stops every creation (a `POST /hits` request is all or nothing) or what
 /// fits is created (a delta batch counts what it can).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
