@@ -203,6 +203,70 @@ impl Config {
     }
 }
 
+fn is_web_url(url: &str) -> bool {
+    url.starts_with("http://") || url.starts_with("https://")
+}
+
+/// The visitor secret as given (at least `SECRET_BYTES_MIN` bytes), or a random one, which
+/// keeps visitors from merging across edges or restarts (said in a warning).
+fn visitor_secret(given: Option<String>) -> Result<Vec<u8>, ConfigError> {
+    match given {
+        Some(secret) if secret.len() < SECRET_BYTES_MIN => Err(ConfigError::VisitorSecret),
+        Some(secret) => Ok(secret.into_bytes()),
+        None => {
+            tracing::warn!("no --visitor-secret: visitors will not merge across edges or restarts");
+            Ok(random_secret())
+        }
+    }
+}
+
+/// The PEM file at `path`, read and checked to hold a certificate.
+fn ca_cert(path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
+    let failed = |reason: String| ConfigError::CaCert {
+        path: path.display().to_string(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|error| failed(error.to_string()))?;
+    reqwest::Certificate::from_pem(&pem).map_err(|error| failed(error.to_string()))?;
+    Ok(pem)
+}
+
+/// Proxy mode's settings: the origin, the routes counted, the origin's timeout.
+fn proxy_config(
+    origin: String,
+    count_routes: &[String],
+    origin_timeout_ms: u64,
+) -> Result<ProxyConfig, ConfigError> {
+    if !is_web_url(&origin) {
+        return Err(ConfigError::Origin(origin));
+    }
+    let routes = count_routes
+        .iter()
+        .map(|route| CountRoute::parse(route))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !(1..=ORIGIN_TIMEOUT_MS_MAX).contains(&origin_timeout_ms) {
+        return Err(ConfigError::OriginTimeout);
+    }
+    Ok(ProxyConfig {
+        origin: origin.trim_end_matches('/').to_owned(),
+        routes: CountRoutes::new(&routes)?,
+        origin_timeout_ms,
+    })
+}
+
+/// Component instances: as given, or one per core; within `INSTANCES_MAX`.
+fn instances(given: Option<usize>) -> Result<usize, ConfigError> {
+    let instances = given.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(usize::from)
+            .unwrap_or(1)
+    });
+    if !(1..=INSTANCES_MAX).contains(&instances) {
+        return Err(ConfigError::Instances);
+    }
+    Ok(instances)
+}
+
 impl TryFrom<Args> for Config {
     type Error = ConfigError;
 
@@ -213,66 +277,27 @@ impl TryFrom<Args> for Config {
             return Err(ConfigError::EdgeKey);
         }
         let edge_key = args.edge_key.into_bytes();
-        let visitor_secret = match args.visitor_secret {
-            Some(secret) if secret.len() < SECRET_BYTES_MIN => {
-                return Err(ConfigError::VisitorSecret);
-            }
-            Some(secret) => secret.into_bytes(),
-            None => {
-                tracing::warn!(
-                    "no --visitor-secret: visitors will not merge across edges or restarts"
-                );
-                random_secret()
-            }
-        };
-        let web_url = |url: &str| url.starts_with("http://") || url.starts_with("https://");
-        if !web_url(&args.aggregator) {
+        let visitor_secret = visitor_secret(args.visitor_secret)?;
+        if !is_web_url(&args.aggregator) {
             return Err(ConfigError::Aggregator(args.aggregator));
         }
-        let aggregator_ca_cert = match &args.aggregator_ca_cert {
-            None => None,
-            Some(path) => {
-                let failed = |reason: String| ConfigError::CaCert {
-                    path: path.display().to_string(),
-                    reason,
-                };
-                let pem = std::fs::read(path).map_err(|error| failed(error.to_string()))?;
-                reqwest::Certificate::from_pem(&pem).map_err(|error| failed(error.to_string()))?;
-                Some(pem)
-            }
-        };
+        let aggregator_ca_cert = args
+            .aggregator_ca_cert
+            .as_deref()
+            .map(ca_cert)
+            .transpose()?;
         let proxy = match args.origin {
             None => None,
-            Some(origin) if !web_url(&origin) => {
-                return Err(ConfigError::Origin(origin));
-            }
-            Some(origin) => {
-                let routes = args
-                    .count_routes
-                    .iter()
-                    .map(|route| CountRoute::parse(route))
-                    .collect::<Result<Vec<_>, _>>()?;
-                if !(1..=ORIGIN_TIMEOUT_MS_MAX).contains(&args.origin_timeout_ms) {
-                    return Err(ConfigError::OriginTimeout);
-                }
-                Some(ProxyConfig {
-                    origin: origin.trim_end_matches('/').to_owned(),
-                    routes: CountRoutes::new(&routes)?,
-                    origin_timeout_ms: args.origin_timeout_ms,
-                })
-            }
+            Some(origin) => Some(proxy_config(
+                origin,
+                &args.count_routes,
+                args.origin_timeout_ms,
+            )?),
         };
         if !(WINDOW_MS_MIN..=WINDOW_MS_MAX).contains(&args.window_ms) {
             return Err(ConfigError::Window);
         }
-        let instances = args.instances.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(usize::from)
-                .unwrap_or(1)
-        });
-        if !(1..=INSTANCES_MAX).contains(&instances) {
-            return Err(ConfigError::Instances);
-        }
+        let instances = instances(args.instances)?;
         let max = hitcount_wire::BATCH_ENTRIES_MAX;
         for entries in [args.window_entries_max, args.pending_entries_max] {
             if entries == 0 || entries as usize > max {
