@@ -819,6 +819,13 @@ async fn record_keys(
     Ok(recorded)
 }
 
+/// Pending sketches merged by the cell of every tier they fall in.
+type PendingByCell = BTreeMap<(String, Tier, i64), Sketch>;
+/// The keys (resource ids, ids) of the pending rows a compaction folded.
+type FoldedPending = (Vec<String>, Vec<i64>);
+/// Columns of rows to write with one `unnest` statement.
+type SketchUpdates = (Vec<String>, Vec<i16>, Vec<i64>, Vec<Vec<u8>>);
+
 async fn compact_in(
     transaction: &mut Transaction<'static, Postgres>,
 ) -> Result<usize, sqlx::Error> {
@@ -832,31 +839,7 @@ async fn compact_in(
     if rows.is_empty() {
         return Ok(0);
     }
-    let mut by_cell: BTreeMap<(String, Tier, i64), Sketch> = BTreeMap::new();
-    let mut folded = (
-        Vec::with_capacity(rows.len()),
-        Vec::with_capacity(rows.len()),
-    );
-    for row in &rows {
-        let resource_id: String = row.try_get(0)?;
-        let minute_ms = unsigned(row.try_get(2)?);
-        let bytes: Vec<u8> = row.try_get(3)?;
-        match Sketch::from_bytes(&bytes) {
-            Ok(sketch) => {
-                for tier in Tier::ALL {
-                    let bucket_ms = minute_ms / tier.resolution_ms() * tier.resolution_ms();
-                    by_cell
-                        .entry((resource_id.clone(), tier, signed(bucket_ms)))
-                        .or_default()
-                        .merge(&sketch);
-                }
-            }
-            // Only this program writes these rows, from sketches it encoded itself.
-            Err(error) => tracing::error!(%error, "dropping a corrupt pending sketch"),
-        }
-        folded.1.push(row.try_get::<i64, _>(1)?);
-        folded.0.push(resource_id);
-    }
+    let (by_cell, folded) = pending_by_cell(&rows)?;
     let keys = (
         by_cell.keys().map(|key| key.0.as_str()).collect::<Vec<_>>(),
         by_cell
@@ -877,7 +860,72 @@ async fn compact_in(
     .bind(&keys.2)
     .fetch_all(&mut **transaction)
     .await?;
-    let mut updates = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let updates = merged_sketches(&stored, &by_cell)?;
+    if !updates.0.is_empty() {
+        sqlx::query(
+            "UPDATE hit_counts c SET sketch = u.sketch
+             FROM unnest($1::text[], $2::int2[], $3::int8[], $4::bytea[])
+                  AS u(resource_id, tier, bucket_ms, sketch)
+             WHERE c.resource_id = u.resource_id AND c.tier = u.tier AND c.bucket_ms = u.bucket_ms",
+        )
+        .bind(&updates.0)
+        .bind(&updates.1)
+        .bind(&updates.2)
+        .bind(&updates.3)
+        .execute(&mut **transaction)
+        .await?;
+    }
+    sqlx::query(
+        "DELETE FROM pending_sketches p
+         USING unnest($1::text[], $2::int8[]) AS f(resource_id, id)
+         WHERE p.resource_id = f.resource_id AND p.id = f.id",
+    )
+    .bind(&folded.0)
+    .bind(&folded.1)
+    .execute(&mut **transaction)
+    .await?;
+    Ok(rows.len())
+}
+
+/// The pending rows' sketches merged by cell of every tier, and the rows' keys (resource ids and
+/// ids) to delete once they are folded.
+fn pending_by_cell(
+    rows: &[sqlx::postgres::PgRow],
+) -> Result<(PendingByCell, FoldedPending), sqlx::Error> {
+    let mut by_cell = PendingByCell::new();
+    let mut folded: FoldedPending = (
+        Vec::with_capacity(rows.len()),
+        Vec::with_capacity(rows.len()),
+    );
+    for row in rows {
+        let resource_id: String = row.try_get(0)?;
+        let minute_ms = unsigned(row.try_get(2)?);
+        let bytes: Vec<u8> = row.try_get(3)?;
+        match Sketch::from_bytes(&bytes) {
+            Ok(sketch) => {
+                for tier in Tier::ALL {
+                    let bucket_ms = minute_ms / tier.resolution_ms() * tier.resolution_ms();
+                    by_cell
+                        .entry((resource_id.clone(), tier, signed(bucket_ms)))
+                        .or_default()
+                        .merge(&sketch);
+                }
+            }
+            // Only this program writes these rows, from sketches it encoded itself.
+            Err(error) => tracing::error!(%error, "dropping a corrupt pending sketch"),
+        }
+        folded.1.push(row.try_get::<i64, _>(1)?);
+        folded.0.push(resource_id);
+    }
+    Ok((by_cell, folded))
+}
+
+/// The stored cells' sketches with their pending ones merged in, those that changed.
+fn merged_sketches(
+    stored: &[sqlx::postgres::PgRow],
+    by_cell: &PendingByCell,
+) -> Result<SketchUpdates, sqlx::Error> {
+    let mut updates = SketchUpdates::default();
     for row in stored {
         let resource_id: String = row.try_get(0)?;
         let tier_code: i16 = row.try_get(1)?;
@@ -906,30 +954,7 @@ async fn compact_in(
             updates.3.push(after);
         }
     }
-    if !updates.0.is_empty() {
-        sqlx::query(
-            "UPDATE hit_counts c SET sketch = u.sketch
-             FROM unnest($1::text[], $2::int2[], $3::int8[], $4::bytea[])
-                  AS u(resource_id, tier, bucket_ms, sketch)
-             WHERE c.resource_id = u.resource_id AND c.tier = u.tier AND c.bucket_ms = u.bucket_ms",
-        )
-        .bind(&updates.0)
-        .bind(&updates.1)
-        .bind(&updates.2)
-        .bind(&updates.3)
-        .execute(&mut **transaction)
-        .await?;
-    }
-    sqlx::query(
-        "DELETE FROM pending_sketches p
-         USING unnest($1::text[], $2::int8[]) AS f(resource_id, id)
-         WHERE p.resource_id = f.resource_id AND p.id = f.id",
-    )
-    .bind(&folded.0)
-    .bind(&folded.1)
-    .execute(&mut **transaction)
-    .await?;
-    Ok(rows.len())
+    Ok(updates)
 }
 
 /// The stored cells of `tier` in `[start_ms, end_ms)` of each of `resource_ids`, in order, each
