@@ -86,20 +86,16 @@ pub async fn start(
         .iter()
         .filter_map(|id| catalog.resource(id))
         .collect();
-    let mut chunks = records
-        .chunks(EXPORT_RESOURCES_PER_READ_MAX)
-        .map(<[ResourceRecord]>::to_vec)
-        .collect::<Vec<_>>()
-        .into_iter();
+    let first_end = records.len().min(EXPORT_RESOURCES_PER_READ_MAX);
     let mut first = header(export.format);
-    if let Some(chunk) = chunks.next() {
-        first.extend(chunk_bytes(&store, &chunk, &export, now_ms).await?);
+    if first_end > 0 {
+        first.extend(chunk_bytes(&store, &records[..first_end], &export, now_ms).await?);
     }
     // The channel has room for the first chunk: nothing is waiting on it yet.
     let _ = sender.try_send(Ok(first));
     tokio::spawn(async move {
-        for chunk in chunks {
-            let bytes = chunk_bytes(&store, &chunk, &export, now_ms).await;
+        for chunk in records[first_end..].chunks(EXPORT_RESOURCES_PER_READ_MAX) {
+            let bytes = chunk_bytes(&store, chunk, &export, now_ms).await;
             let failed = bytes.is_err();
             // The client went away: stop reading.
             if sender.send(bytes).await.is_err() || failed {

@@ -42,6 +42,42 @@ export type CountsQuery = {
     end_time: string | number;
     granularity?: Granularity;
 };
+/** A period for the reads across resources: as `CountsQuery`, or neither (the last 24 hours). */
+export type PeriodQuery = Partial<{
+    window: string;
+    start_time: string | number;
+    end_time: string | number;
+}>;
+export interface ResourceTotal {
+    resource_id: string;
+    count: number;
+    uniques: number;
+}
+export interface Top {
+    period: {
+        start_time: string;
+        end_time: string;
+    };
+    /** Best first; only resources with hits. */
+    resources: ResourceTotal[];
+    /** Every resource the prefix selects; `uniques` is their visitors' union, not a sum. */
+    total: {
+        count: number;
+        uniques: number;
+    };
+}
+export interface Series {
+    /** How many resources the series covers. */
+    resources: number;
+    count: number;
+    uniques: number;
+    granularity: Granularity;
+    period: {
+        start_time: string;
+        end_time: string;
+    };
+    series: SeriesPoint[];
+}
 export interface Token {
     id: string;
     name: string;
@@ -72,6 +108,7 @@ export declare class HitcountClient {
     private readonly fetchImpl;
     constructor(options: ClientOptions);
     private call;
+    private get;
     readonly resources: {
         create: (resource: {
             resource_id?: string;
@@ -89,6 +126,21 @@ export declare class HitcountClient {
         /** Sends one hit or up to 1000; resolves with how many were accepted. */
         send: (hits: Hit | Hit[]) => Promise<number>;
         count: (resourceId: string, query: CountsQuery) => Promise<Counts>;
+    };
+    /** Reads across resources (read scope). */
+    readonly stats: {
+        /** The top resources under `prefix` (all by default), and their total. */
+        top: (query?: PeriodQuery & {
+            limit?: number;
+            prefix?: string;
+            order?: "count" | "uniques";
+        }) => Promise<Top>;
+        /** One series over the resources under `prefix` and/or listed in `resource_ids`. */
+        series: (query?: PeriodQuery & {
+            granularity?: Granularity;
+            prefix?: string;
+            resource_ids?: string[];
+        }) => Promise<Series>;
     };
     readonly tokens: {
         create: (name: string, scopes: Scope[]) => Promise<CreatedToken>;

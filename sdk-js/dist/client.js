@@ -12,13 +12,7 @@ var HitcountClient = class {
   constructor(options) {
     this.resources = {
       create: (resource) => this.call("POST", "/resources", resource),
-      list: (page = {}) => {
-        const query = new URLSearchParams();
-        if (page.limit !== void 0) query.set("limit", String(page.limit));
-        if (page.after !== void 0) query.set("after", page.after);
-        const suffix = query.toString() ? `?${query}` : "";
-        return this.call("GET", `/resources${suffix}`);
-      },
+      list: (page = {}) => this.get("/resources", page),
       get: (id) => this.call("GET", `/resources/${encodeURIComponent(id)}`),
       delete: (id) => this.call("DELETE", `/resources/${encodeURIComponent(id)}`)
     };
@@ -28,13 +22,14 @@ var HitcountClient = class {
         const body = Array.isArray(hits) ? { hits } : hits;
         return (await this.call("POST", "/hits", body)).accepted;
       },
-      count: (resourceId, query) => {
-        const parameters = new URLSearchParams();
-        for (const [key, value] of Object.entries(query)) {
-          if (value !== void 0) parameters.set(key, String(value));
-        }
-        return this.call("GET", `/hits/${encodeURIComponent(resourceId)}?${parameters}`);
-      }
+      count: (resourceId, query) => this.get(`/hits/${encodeURIComponent(resourceId)}`, query)
+    };
+    /** Reads across resources (read scope). */
+    this.stats = {
+      /** The top resources under `prefix` (all by default), and their total. */
+      top: (query = {}) => this.get("/stats/top", query),
+      /** One series over the resources under `prefix` and/or listed in `resource_ids`. */
+      series: (query = {}) => this.get("/stats/series", { ...query, resource_ids: query.resource_ids?.join(",") })
     };
     this.tokens = {
       create: (name, scopes) => this.call("POST", "/tokens", { name, scopes }),
@@ -43,7 +38,7 @@ var HitcountClient = class {
     };
     this.baseUrl = options.baseUrl.replace(/\/$/, "");
     this.token = options.token;
-    this.fetchImpl = options.fetch ?? fetch;
+    this.fetchImpl = options.fetch ?? fetch.bind(globalThis);
   }
   async call(method, path, body) {
     const response = await this.fetchImpl(this.baseUrl + path, {
@@ -66,6 +61,14 @@ var HitcountClient = class {
       );
     }
     return value;
+  }
+  get(path, query) {
+    const parameters = new URLSearchParams();
+    for (const [key, value] of Object.entries(query)) {
+      if (value !== void 0 && value !== "") parameters.set(key, String(value));
+    }
+    const suffix = parameters.toString() ? `?${parameters}` : "";
+    return this.call("GET", `${path}${suffix}`);
   }
 };
 export {

@@ -44,6 +44,33 @@ export type CountsQuery =
   | { window: string; granularity?: Granularity }
   | { start_time: string | number; end_time: string | number; granularity?: Granularity };
 
+/** A period for the reads across resources: as `CountsQuery`, or neither (the last 24 hours). */
+export type PeriodQuery = Partial<{ window: string; start_time: string | number; end_time: string | number }>;
+
+export interface ResourceTotal {
+  resource_id: string;
+  count: number;
+  uniques: number;
+}
+
+export interface Top {
+  period: { start_time: string; end_time: string };
+  /** Best first; only resources with hits. */
+  resources: ResourceTotal[];
+  /** Every resource the prefix selects; `uniques` is their visitors' union, not a sum. */
+  total: { count: number; uniques: number };
+}
+
+export interface Series {
+  /** How many resources the series covers. */
+  resources: number;
+  count: number;
+  uniques: number;
+  granularity: Granularity;
+  period: { start_time: string; end_time: string };
+  series: SeriesPoint[];
+}
+
 export interface Token {
   id: string;
   name: string;
@@ -85,7 +112,8 @@ export class HitcountClient {
   constructor(options: ClientOptions) {
     this.baseUrl = options.baseUrl.replace(/\/$/, "");
     this.token = options.token;
-    this.fetchImpl = options.fetch ?? fetch;
+    // Bound: a browser's `fetch` called as a method of another object throws "Illegal invocation".
+    this.fetchImpl = options.fetch ?? fetch.bind(globalThis);
   }
 
   private async call<T>(method: string, path: string, body?: unknown): Promise<T> {
@@ -111,16 +139,19 @@ export class HitcountClient {
     return value as T;
   }
 
+  private get<T>(path: string, query: object): Promise<T> {
+    const parameters = new URLSearchParams();
+    for (const [key, value] of Object.entries(query)) {
+      if (value !== undefined && value !== "") parameters.set(key, String(value));
+    }
+    const suffix = parameters.toString() ? `?${parameters}` : "";
+    return this.call<T>("GET", `${path}${suffix}`);
+  }
+
   readonly resources = {
     create: (resource: { resource_id?: string; name: string; retention_days?: number }) =>
       this.call<Resource>("POST", "/resources", resource),
-    list: (page: { limit?: number; after?: string } = {}) => {
-      const query = new URLSearchParams();
-      if (page.limit !== undefined) query.set("limit", String(page.limit));
-      if (page.after !== undefined) query.set("after", page.after);
-      const suffix = query.toString() ? `?${query}` : "";
-      return this.call<ResourcePage>("GET", `/resources${suffix}`);
-    },
+    list: (page: { limit?: number; after?: string } = {}) => this.get<ResourcePage>("/resources", page),
     get: (id: string) => this.call<Resource>("GET", `/resources/${encodeURIComponent(id)}`),
     delete: (id: string) => this.call<void>("DELETE", `/resources/${encodeURIComponent(id)}`),
   };
@@ -131,13 +162,18 @@ export class HitcountClient {
       const body = Array.isArray(hits) ? { hits } : hits;
       return (await this.call<{ accepted: number }>("POST", "/hits", body)).accepted;
     },
-    count: (resourceId: string, query: CountsQuery) => {
-      const parameters = new URLSearchParams();
-      for (const [key, value] of Object.entries(query)) {
-        if (value !== undefined) parameters.set(key, String(value));
-      }
-      return this.call<Counts>("GET", `/hits/${encodeURIComponent(resourceId)}?${parameters}`);
-    },
+    count: (resourceId: string, query: CountsQuery) =>
+      this.get<Counts>(`/hits/${encodeURIComponent(resourceId)}`, query),
+  };
+
+  /** Reads across resources (read scope). */
+  readonly stats = {
+    /** The top resources under `prefix` (all by default), and their total. */
+    top: (query: PeriodQuery & { limit?: number; prefix?: string; order?: "count" | "uniques" } = {}) =>
+      this.get<Top>("/stats/top", query),
+    /** One series over the resources under `prefix` and/or listed in `resource_ids`. */
+    series: (query: PeriodQuery & { granularity?: Granularity; prefix?: string; resource_ids?: string[] } = {}) =>
+      this.get<Series>("/stats/series", { ...query, resource_ids: query.resource_ids?.join(",") }),
   };
 
   readonly tokens = {

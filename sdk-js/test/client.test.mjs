@@ -25,6 +25,13 @@ test("the client manages resources, sends hits, reads exact counts and maps erro
     assert.equal(counts.uniques, 4);
     assert.equal(counts.series.reduce((sum, point) => sum + point.count, 0), 10);
 
+    await client.hits.send([{ resource_id: "docs", visitor_id: "alice" }, { resource_id: "docs", visitor_id: "bob" }]);
+    const top = await client.stats.top({ window: "1h", limit: 1 });
+    assert.deepEqual(top.resources.map((r) => [r.resource_id, r.count]), [["home", 10]]);
+    assert.deepEqual(top.total, { count: 12, uniques: 5 }, "alice counts once across resources");
+    const series = await client.stats.series({ window: "1h", granularity: "hour", resource_ids: ["docs"] });
+    assert.deepEqual([series.resources, series.count, series.uniques], [1, 2, 2]);
+
     const reader = await client.tokens.create("dashboard", ["read"]);
     assert.deepEqual(reader.scopes, ["read"]);
     assert.ok((await client.tokens.list()).some((token) => token.id === reader.id));

@@ -1,7 +1,7 @@
 // The dashboard: sign in with an API token (read scope), then the overview (#/), a resource's
 // page (#/resources/ID) and, for an admin token, managing resources and tokens (#/manage).
 import "./app.css";
-import { ApiFailure, TokenList, get, query, signIn, signOut, signedIn } from "./api";
+import { HitcountError, api, signIn, signOut, signedIn } from "./api";
 import { h, say } from "./dom";
 import { showManage } from "./manage";
 import { showOverview } from "./overview";
@@ -37,12 +37,12 @@ function showSignIn(message?: string): void {
 async function trySignIn(value: string): Promise<void> {
   signIn(value);
   try {
-    await get(`/stats/top?${query({ window: "1m", limit: 1 })}`);
+    await api((client) => client.stats.top({ window: "1m", limit: 1 }));
   } catch (error) {
     showSignIn(signInRefusal(error));
     return;
   }
-  admin = await get<TokenList>("/tokens").then(() => true, () => false);
+  admin = await api((client) => client.tokens.list()).then(() => true, () => false);
   say(undefined);
   nav.hidden = false;
   (document.getElementById("nav-manage") as HTMLElement).hidden = !admin;
@@ -50,7 +50,7 @@ async function trySignIn(value: string): Promise<void> {
 }
 
 function signInRefusal(error: unknown): string {
-  if (!(error instanceof ApiFailure)) return String(error);
+  if (!(error instanceof HitcountError)) return String(error);
   if (error.status === 401) return "That token is unknown or was revoked. Check it and try again.";
   if (error.status === 403) return "That token cannot read counts: it needs the read scope.";
   if (error.status === 429) return "Too many attempts; wait a moment and try again.";

@@ -1,6 +1,7 @@
 // Managing (admin tokens only): resources made and deleted, API tokens made (shown once) and
 // revoked. Every deletion asks first.
-import { Resource, ResourceList, Token, TokenCreated, TokenList, get, post, remove } from "./api";
+import type { HitcountClient, Scope } from "../../../sdk-js/src/client";
+import { type Resource, type Token, api } from "./api";
 import { confirmThen } from "./confirm";
 import { h, say } from "./dom";
 import { View } from "./view";
@@ -28,7 +29,7 @@ async function drawResources(view: View, box: HTMLElement): Promise<void> {
   let after: string | undefined;
   const page = async () => {
     try {
-      const answer = await get<ResourceList>(`/resources?limit=${RESOURCES_PAGE}${after ? `&after=${encodeURIComponent(after)}` : ""}`);
+      const answer = await api((client) => client.resources.list({ limit: RESOURCES_PAGE, after }));
       list.append(...answer.resources.map((resource) => resourceItem(view, resource)));
       after = answer.next_after ?? undefined;
       more.hidden = after === undefined;
@@ -45,7 +46,7 @@ async function drawResources(view: View, box: HTMLElement): Promise<void> {
 }
 
 function resourceItem(view: View, resource: Resource): HTMLElement {
-  const remove = deleteButton(`Delete ${resource.resource_id} and all its counts?`, `/resources/${encodeURIComponent(resource.resource_id)}`, view);
+  const remove = deleteButton(`Delete ${resource.resource_id} and all its counts?`, (client) => client.resources.delete(resource.resource_id), view);
   return h("li", {},
     h("a", { href: `#/resources/${encodeURIComponent(resource.resource_id)}` }, resource.resource_id),
     h("span", { class: "meta" }, ` ${resource.name}`), remove);
@@ -54,12 +55,14 @@ function resourceItem(view: View, resource: Resource): HTMLElement {
 async function createResource(view: View, form: HTMLFormElement, box: HTMLElement): Promise<void> {
   const data = new FormData(form);
   const days = String(data.get("retention_days") ?? "");
-  const body: Record<string, unknown> = { name: String(data.get("name") ?? "") };
   const id = String(data.get("resource_id") ?? "").trim();
-  if (id) body.resource_id = id;
-  if (days) body.retention_days = Number(days);
+  const body = {
+    name: String(data.get("name") ?? ""),
+    resource_id: id || undefined,
+    retention_days: days ? Number(days) : undefined,
+  };
   try {
-    const made = await post<Resource>("/resources", body);
+    const made = await api((client) => client.resources.create(body));
     say(`Created ${made.resource_id}.`, "info");
     await drawResources(view, box);
   } catch (error) {
@@ -81,8 +84,8 @@ async function drawTokens(view: View, box: HTMLElement): Promise<void> {
     void createToken(view, form, box);
   });
   try {
-    const answer = await get<TokenList>("/tokens");
-    list.append(...answer.tokens.map((token) => tokenItem(view, token)));
+    const tokens = await api((client) => client.tokens.list());
+    list.append(...tokens.map((token) => tokenItem(view, token)));
   } catch (error) {
     view.failed(error);
   }
@@ -90,14 +93,15 @@ async function drawTokens(view: View, box: HTMLElement): Promise<void> {
 
 function tokenItem(view: View, token: Token): HTMLElement {
   return h("li", {}, h("span", {}, `${token.name} (${token.scopes.join(", ")})`),
-    deleteButton(`Revoke the token ${token.name}? Whatever uses it stops working.`, `/tokens/${encodeURIComponent(token.id)}`, view));
+    deleteButton(`Revoke the token ${token.name}? Whatever uses it stops working.`, (client) => client.tokens.delete(token.id), view));
 }
 
 async function createToken(view: View, form: HTMLFormElement, box: HTMLElement): Promise<void> {
   const data = new FormData(form);
-  const body = { name: String(data.get("name") ?? ""), scopes: data.getAll("scopes").map(String) };
+  const name = String(data.get("name") ?? "");
+  const scopes = data.getAll("scopes").map(String) as Scope[];
   try {
-    const made = await post<TokenCreated>("/tokens", body);
+    const made = await api((client) => client.tokens.create(name, scopes));
     await drawTokens(view, box);
     box.append(h("p", { class: "secret", id: "new-token" },
       "The new token, shown this once (copy it now): ", h("code", {}, made.token)));
@@ -106,12 +110,12 @@ async function createToken(view: View, form: HTMLFormElement, box: HTMLElement):
   }
 }
 
-/** A delete button that asks first, then deletes `path` and takes its list item away. */
-function deleteButton(question: string, path: string, view: View): HTMLElement {
+/** A delete button that asks first, then deletes (`deletion`) and takes its list item away. */
+function deleteButton(question: string, deletion: (client: HitcountClient) => Promise<void>, view: View): HTMLElement {
   const button = h("button", { type: "button", class: "danger" }, "Delete");
   button.addEventListener("click", () => confirmThen(button, question, async (asked) => {
     try {
-      await remove(path);
+      await api(deletion);
       asked.closest("li")?.remove();
       say("Deleted.", "info");
     } catch (error) {

@@ -1,6 +1,6 @@
 // The overview: totals, the chart and the top resources of every resource or those under a
 // prefix, over a range; the last hour refreshes itself.
-import { HitsResponse, ResourceList, SeriesResponse, TopResponse, get, query } from "./api";
+import { type Counts, type CountsQuery, type Top, api } from "./api";
 import { drawChart, sparkline } from "./chart";
 import { figure, formatNumber, h, say } from "./dom";
 import { rangeControl, rangeQuery } from "./range";
@@ -35,9 +35,9 @@ export async function showOverview(view: View): Promise<void> {
 
 /** The empty state: without resources there is nothing to count yet, so show how to start. */
 async function hasResources(view: View): Promise<boolean> {
-  let list: ResourceList;
+  let list;
   try {
-    list = await get<ResourceList>("/resources?limit=1");
+    list = await api((client) => client.resources.list({ limit: 1 }));
   } catch (error) {
     view.failed(error);
     return false;
@@ -63,12 +63,13 @@ async function refresh(view: View, parts: Parts): Promise<void> {
   }
   const prefix = String(new FormData(parts.form).get("prefix") ?? "").trim();
   try {
+    const { granularity, ...period } = range;
     const [top, series] = await Promise.all([
-      get<TopResponse>(`/stats/top?${query({ ...range, granularity: undefined, prefix, limit: TOP_LIMIT })}`),
-      get<SeriesResponse>(`/stats/series?${query({ ...range, prefix })}`),
+      api((client) => client.stats.top({ ...period, prefix, limit: TOP_LIMIT })),
+      api((client) => client.stats.series({ ...range, prefix })),
     ]);
     const lines = await Promise.all(top.resources.map((item) =>
-      get<HitsResponse>(`/hits/${encodeURIComponent(item.resource_id)}?${query(range)}`)));
+      api((client) => client.hits.count(item.resource_id, { ...period, granularity } as CountsQuery))));
     say(undefined);
     parts.totals.replaceChildren(figure("total-hits", "Hits", top.total.count), figure("total-visitors", "Visitors", top.total.uniques));
     drawChart(parts.chart, series.series);
@@ -79,7 +80,7 @@ async function refresh(view: View, parts: Parts): Promise<void> {
   view.afterRefresh(parts.form, () => void refresh(view, parts));
 }
 
-function showTop(box: HTMLElement, top: TopResponse, lines: HitsResponse[]): void {
+function showTop(box: HTMLElement, top: Top, lines: Counts[]): void {
   const rows = top.resources.map((item, index) => h("tr", {},
     h("th", { scope: "row" }, h("a", { href: `#/resources/${encodeURIComponent(item.resource_id)}` }, item.resource_id)),
     h("td", { class: "trend" }, sparkline(lines[index]?.series ?? [])),

@@ -28,7 +28,9 @@ export function rangeControl(): HTMLElement[] {
 }
 
 /** The query parameters of the form's range; `undefined` when a custom range is incomplete. */
-export function rangeQuery(form: HTMLFormElement): Record<string, string | undefined> | undefined {
+export interface RangeQuery { window?: string; start_time?: string; end_time?: string; granularity?: Granularity }
+
+export function rangeQuery(form: HTMLFormElement): RangeQuery | undefined {
   const data = new FormData(form);
   const range = RANGES[String(data.get("range"))] ?? RANGES["24h"];
   if (range.window) return { window: range.window, granularity: range.granularity };

@@ -1,6 +1,6 @@
 // One resource: its numbers and series at the granularity asked for, its retention, and (for an
 // admin token) its deletion.
-import { HitsResponse, Resource, get, query, remove } from "./api";
+import { type CountsQuery, type Granularity, type Resource, api } from "./api";
 import { drawChart } from "./chart";
 import { confirmThen } from "./confirm";
 import { figure, h, say } from "./dom";
@@ -10,7 +10,7 @@ import { View } from "./view";
 export async function showResource(view: View, id: string, admin: boolean): Promise<void> {
   let resource: Resource;
   try {
-    resource = await get<Resource>(`/resources/${encodeURIComponent(id)}`);
+    resource = await api((client) => client.resources.get(id));
   } catch (error) {
     view.failed(error);
     return;
@@ -46,7 +46,7 @@ function deleteButton(view: View, resource: Resource): HTMLElement {
   const button = h("button", { type: "button", class: "danger", id: "delete-resource" }, "Delete resource");
   button.addEventListener("click", () => confirmThen(button, `Delete ${resource.resource_id} and all its counts?`, async () => {
     try {
-      await remove(`/resources/${encodeURIComponent(resource.resource_id)}`);
+      await api((client) => client.resources.delete(resource.resource_id));
     } catch (error) {
       view.failed(error);
       return;
@@ -66,7 +66,8 @@ async function refresh(view: View, id: string, form: HTMLFormElement, totals: HT
   }
   const chosen = String(new FormData(form).get("granularity") ?? "");
   try {
-    const hits = await get<HitsResponse>(`/hits/${encodeURIComponent(id)}?${query({ ...range, granularity: chosen || range.granularity })}`);
+    const asked = { ...range, granularity: (chosen || range.granularity) as Granularity | undefined };
+    const hits = await api((client) => client.hits.count(id, asked as CountsQuery));
     say(undefined);
     totals.replaceChildren(figure("total-hits", "Hits", hits.count), figure("total-visitors", "Visitors", hits.uniques));
     drawChart(chart, hits.series);

@@ -1,5 +1,5 @@
 // What every view needs of the page: a place to draw, the live refresh, and what a failure does.
-import { ApiFailure } from "./api";
+import { HitcountError } from "./api";
 import { forgetChart } from "./chart";
 import { say } from "./dom";
 import { RANGES } from "./range";
@@ -46,7 +46,7 @@ export class View {
 
   /** A 401 ends the session (the token was revoked); anything else is said and kept. */
   failed(error: unknown): void {
-    if (error instanceof ApiFailure && error.status === 401) {
+    if (error instanceof HitcountError && error.status === 401) {
       this.onSessionEnded("Your session ended: the token was revoked. Sign in again.");
     } else {
       say(error instanceof Error ? error.message : String(error));
