@@ -19,6 +19,25 @@ use crate::patterns::{
 };
 use crate::store::{CreateOutcome, PatternRecord, ResourceRecord, Store, StoreError};
 
+/// Name lengths for resources and tokens.
+pub const NAME_CHARS_MAX: usize = 200;
+/// Longest per-resource retention: a hundred years.
+pub const RETENTION_DAYS_MAX: u32 = 36_500;
+
+/// A name as stored (trimmed), if it is one: 1 to [`NAME_CHARS_MAX`] characters, not all
+/// whitespace, without control characters.
+pub fn checked_name(name: &str) -> Option<String> {
+    let valid = name.chars().count() <= NAME_CHARS_MAX
+        && !name.trim().is_empty()
+        && !name.chars().any(char::is_control);
+    valid.then(|| name.trim().to_owned())
+}
+
+/// A per-resource retention is absent (forever) or 1 to [`RETENTION_DAYS_MAX`] days.
+pub fn retention_valid(days: Option<u32>) -> bool {
+    days.is_none_or(|days| (1..=RETENTION_DAYS_MAX).contains(&days))
+}
+
 /// Why a resource was not created. Nothing was created.
 #[derive(Debug, thiserror::Error)]
 pub enum CreateResourceError {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod direct;
 pub mod error;
 pub mod export;
+pub mod import;
 pub mod ingest;
 pub mod intake;
 pub mod merge;

@@ -92,13 +92,19 @@ pub fn parse_time(name: &str, text: &str) -> Result<u64, ApiError> {
         // All digits: the only parse error left is overflow, which is past the year 9999 too.
         return Ok(text.parse::<u64>().unwrap_or(u64::MAX).min(TIME_MS_MAX));
     }
+    rfc3339_ms(text).ok_or_else(invalid)
+}
+
+/// An RFC 3339 time in Unix milliseconds, clamped to 1970 ..= the end of 9999.
+pub fn rfc3339_ms(text: &str) -> Option<u64> {
     // RFC 3339 allows a lowercase `t` and `z`; the parser wants them uppercase.
-    let time =
-        OffsetDateTime::parse(&text.to_ascii_uppercase(), &Rfc3339).map_err(|_| invalid())?;
+    let time = OffsetDateTime::parse(&text.to_ascii_uppercase(), &Rfc3339).ok()?;
     let ms = time.unix_timestamp_nanos() / 1_000_000;
-    Ok(u64::try_from(ms.max(0))
-        .unwrap_or(u64::MAX)
-        .min(TIME_MS_MAX))
+    Some(
+        u64::try_from(ms.max(0))
+            .unwrap_or(u64::MAX)
+            .min(TIME_MS_MAX),
+    )
 }
 
 /// `90s`, `1m`, `24h`, `7d`, `2w`.

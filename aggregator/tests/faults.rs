@@ -9,7 +9,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use tempfile::TempDir;
 
-use crate::support::{Api, Server, batch, metric, post_delta, test_config};
+use crate::support::{Api, Server, batch, metric, post_delta, test_config, wait_for_metric};
 
 /// A PostgreSQL cluster owned by this test, run as the `postgres` user (initdb refuses root).
 struct OwnPostgres {
@@ -321,18 +321,6 @@ impl Drop for OwnRedis {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// Waits until the metric reaches `at_least`, for at most `budget`.
-async fn wait_for_metric(server: &Server, name: &str, at_least: u64, budget: Duration) {
-    let deadline = Instant::now() + budget;
-    while metric(server, name).await < at_least {
-        assert!(
-            Instant::now() < deadline,
-            "{name} did not reach {at_least} within {budget:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -12,6 +12,7 @@ mod deltas_fuzz;
 mod durability;
 mod export;
 mod faults;
+mod import;
 mod patterns;
 mod redis_cluster;
 mod shared_hot_tier;

@@ -213,6 +213,65 @@ fn using_the_api() {
 }
 
 #[test]
+fn moving_between_stores() {
+    use hitcount_test_support::{Api, Server, postgres_database, postgres_or_skip, test_config};
+    let _ports = DEFAULT_PORTS
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner());
+    if !postgres_or_skip() {
+        return;
+    }
+    let (old_directory, new_directory, work) = (
+        TempDir::new().unwrap(),
+        TempDir::new().unwrap(),
+        TempDir::new().unwrap(),
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut old_config = test_config(old_directory.path());
+    old_config.database_url = None;
+    let mut new_config = test_config(new_directory.path());
+    new_config.database_url = Some(postgres_database(new_directory.path()));
+    let (old, new) = runtime.block_on(async {
+        let old = Server::start_at(old_config, Some("127.0.0.1:8080".parse().unwrap())).await;
+        let new = Server::start_at(new_config, Some("127.0.0.1:8081".parse().unwrap())).await;
+        (old, new)
+    });
+    let ids = ["home", "blog.a", "blog.b"];
+    runtime.block_on(async {
+        let api = Api::admin(&old);
+        for id in ids {
+            api.create_resource(id).await;
+        }
+        let hits: Vec<serde_json::Value> = (0..12)
+            .map(|index| serde_json::json!({"resource_id": ids[index % 3], "visitor_id": format!("v{}", index % 5)}))
+            .collect();
+        let (status, _) = api.post("/hits", serde_json::json!({ "hits": hits })).await;
+        assert_eq!(status.as_u16(), 202);
+    });
+    let output = run_script(
+        &block_run_by("moving_between_stores"),
+        work.path(),
+        &[("HITCOUNT_TOKEN", ADMIN_TOKEN)],
+    );
+    assert!(
+        output.contains("{\"status\":\"imported\",\"resources_created\":3,"),
+        "{output}"
+    );
+    runtime.block_on(async {
+        for id in ids {
+            assert_eq!(
+                Api::admin(&new).count(id, "24h").await,
+                Api::admin(&old).count(id, "24h").await,
+                "{id}"
+            );
+        }
+        assert_eq!(Api::admin(&new).count("home", "24h").await.0, 4);
+        old.stop().await;
+        new.stop().await;
+    });
+}
+
+#[test]
 fn running_an_edge() {
     let _ports = DEFAULT_PORTS
         .lock()

@@ -154,15 +154,7 @@ pub async fn apply(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<DeltaResponse>), ApiError> {
     check_content_type(&headers)?;
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge {
-                limit_bytes: BATCH_BYTES_MAX,
-            }
-        } else {
-            ApiError::bad_request("invalid_body", rejection.body_text())
-        }
-    })?;
+    let body = super::extract::raw_body(body, BATCH_BYTES_MAX)?;
     let intake = Intake {
         edge_keys: &state.edge_keys,
         catalog: &state.catalog,

@@ -211,3 +211,18 @@ pub async fn limit_by_address(
     state.limits.check_address(address)?;
     Ok(next.run(request).await)
 }
+
+/// A raw body as read within its route's limit ([`body_limit`]): over it, 413 naming the limit;
+/// unreadable, 400.
+pub fn raw_body(
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+    limit_bytes: usize,
+) -> Result<axum::body::Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge { limit_bytes }
+        } else {
+            ApiError::bad_request("invalid_body", rejection.body_text())
+        }
+    })
+}

@@ -8,6 +8,7 @@ mod export;
 mod extract;
 mod health;
 mod hits;
+mod import;
 mod patterns;
 mod resources;
 mod schemas;
@@ -39,10 +40,7 @@ pub const HITS_BODY_BYTES_MAX: usize = 1024 * 1024;
 // The request limits `schemas.rs` states and more than one handler file checks live here, in the
 // parent of both, so that no handler file and the schemas import each other.
 
-/// Name lengths for resources and tokens.
-pub const NAME_CHARS_MAX: usize = 200;
-/// Longest per-resource retention: a hundred years.
-pub const RETENTION_DAYS_MAX: u32 = 36_500;
+pub use crate::catalog::{NAME_CHARS_MAX, RETENTION_DAYS_MAX};
 /// Most resources one list page returns.
 pub const LIST_PAGE_MAX: usize = 1_000;
 /// Longest edge secret accepted through the API.
@@ -55,6 +53,7 @@ const ROUTES: &[&str] = &[
     "/stats/top",
     "/stats/series",
     "/export",
+    "/import",
     "/v1/deltas",
     "/resources",
     "/resources/{resource_id}",
@@ -81,18 +80,15 @@ pub fn unknown_resource(resource_id: &str) -> ApiError {
 
 /// The name as given is checked (what the document's `name` schema states), and stored trimmed.
 pub fn validate_name(name: &str) -> Result<String, ApiError> {
-    if name.chars().count() > NAME_CHARS_MAX
-        || name.trim().is_empty()
-        || name.chars().any(char::is_control)
-    {
+    let Some(name) = crate::catalog::checked_name(name) else {
         return Err(ApiError::bad_request(
             "invalid_name",
             format!(
                 "name must be 1 to {NAME_CHARS_MAX} characters, not all whitespace, without control characters"
             ),
         ));
-    }
-    Ok(name.trim().to_owned())
+    };
+    Ok(name)
 }
 
 #[derive(Debug, OpenApi)]
@@ -111,6 +107,7 @@ pub fn validate_name(name: &str) -> Result<String, ApiError> {
         stats::top,
         stats::series,
         export::export,
+        import::import,
         deltas::apply,
         admin::create_token,
         admin::list_tokens,
@@ -259,6 +256,10 @@ pub fn router(state: SharedState) -> Router {
         .route("/stats/top", get(stats::top))
         .route("/stats/series", get(stats::series))
         .route("/export", get(export::export))
+        .route(
+            "/import",
+            post(import::import).layer(extract::body_limit(crate::import::IMPORT_BODY_BYTES_MAX)),
+        )
         .route(
             "/v1/deltas",
             post(deltas::apply).layer(extract::body_limit(hitcount_wire::BATCH_BYTES_MAX)),

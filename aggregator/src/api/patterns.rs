@@ -156,9 +156,7 @@ pub async fn create(
             format!("resources_max must be between 1 and {PATTERN_RESOURCES_MAX}"),
         ));
     }
-    if let Some(days) = request.retention_days
-        && !(1..=RETENTION_DAYS_MAX).contains(&days)
-    {
+    if !crate::catalog::retention_valid(request.retention_days) {
         return Err(ApiError::bad_request(
             "invalid_retention",
             format!("retention_days must be between 1 and {RETENTION_DAYS_MAX}"),

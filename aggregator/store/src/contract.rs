@@ -4,8 +4,8 @@ use crate::group::WriteShape;
 use crate::inbox;
 use crate::patterns::PatternStore;
 use crate::records::{
-    CountCell, CreateOutcome, GroupCommit, MergeBatch, MinuteCells, Pruned, ResourceRecord,
-    StoreError, Tier, TokenRecord,
+    CountCell, CreateOutcome, GroupCommit, Import, ImportOutcome, MergeBatch, MinuteCells, Pruned,
+    ResourceRecord, StoreError, Tier, TokenRecord,
 };
 
 /// The durable store's contract: the embedded store ([`EmbeddedStore`]) and PostgreSQL
@@ -51,6 +51,12 @@ pub trait DurableStore: PatternStore + std::fmt::Debug + Send + Sync {
             .await?;
         Ok(cells.into_iter().next().unwrap_or_default())
     }
+
+    /// Adds an import's cells to the stored ones, each in its own tier (hits summed, visitors
+    /// united), and creates its absent resources, in one transaction with the file's record: a
+    /// file recorded before is `Duplicate`, and nothing is half-imported. The record is kept for
+    /// good (a file can come back any time). Safe beside merges, folds and compactions.
+    async fn import(&self, import: Import, now_ms: u64) -> Result<ImportOutcome, StoreError>;
 
     /// Every minute cell from `start_ms` on with its pending sketches merged, read in one
     /// snapshot, sorted by (resource, minute): what the hot tier is rebuilt from.

@@ -35,6 +35,8 @@ fn classify(error: rusqlite::Error) -> StoreError {
     }
 }
 
+// Imports (`embedded/import.rs`).
+mod import;
 // Resource patterns and resources created on first sight (`embedded/patterns.rs`).
 mod patterns;
 
@@ -48,12 +50,12 @@ use crate::group::{
     GroupWrites, Recorded, WriteShape, first_occurrences, fold_group, group_resource_ids,
 };
 use crate::records::{
-    ApplyOutcome, CountCell, CreateOutcome, GroupCommit, MergeBatch, MinuteCells, Pruned,
-    ResourceRecord, StoreError, Tier, TokenRecord,
+    ApplyOutcome, CountCell, CreateOutcome, GroupCommit, Import, ImportOutcome, MergeBatch,
+    MinuteCells, Pruned, ResourceRecord, StoreError, Tier, TokenRecord,
 };
 use crate::rules::{
-    COMPACTION_ROWS_MAX, EMPTY_SKETCH, RETENTION_DELETE_ROWS_MAX, check_read_ids, merge_pending,
-    retention_rules,
+    COMPACTION_ROWS_MAX, EMPTY_SKETCH, RETENTION_DELETE_ROWS_MAX, check_import, check_read_ids,
+    merge_pending, retention_rules,
 };
 
 /// Compaction rounds that may find their cells changed underneath before giving up for now.
@@ -149,6 +151,15 @@ CREATE TABLE inbox (
     entries INTEGER NOT NULL,
     body BLOB NOT NULL
 );
+"#,
+    r#"
+-- One row per imported file (POST /import), written in the import's transaction, so a file is
+-- imported once. Kept for good: a file may be sent again any time later.
+CREATE TABLE imports (
+    file_sha256 BLOB PRIMARY KEY,
+    imported_at_ms INTEGER NOT NULL,
+    cells INTEGER NOT NULL
+) WITHOUT ROWID;
 "#,
 ];
 
@@ -306,6 +317,14 @@ impl DurableStore for EmbeddedStore {
             }
             snapshot.commit()?;
             Ok(all)
+        })
+        .await
+    }
+
+    async fn import(&self, import: Import, now_ms: u64) -> Result<ImportOutcome, StoreError> {
+        check_import(&import);
+        self.write(move |connection| {
+            import::import_blocking(connection, &import, now_ms).map_err(classify)
         })
         .await
     }

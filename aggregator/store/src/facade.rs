@@ -12,8 +12,8 @@ use crate::hot::HotTier;
 use crate::patterns::PatternRecord;
 use crate::postgres::PgStore;
 use crate::records::{
-    ApplyOutcome, BatchKey, CountCell, CreateOutcome, GroupCommit, MergeBatch, Pruned,
-    ResourceRecord, StoreError, Tier, TokenRecord,
+    ApplyOutcome, BatchKey, CountCell, CreateOutcome, GroupCommit, Import, ImportOutcome,
+    MergeBatch, Pruned, ResourceRecord, StoreError, Tier, TokenRecord,
 };
 
 /// A resource created under a name another resource has gets this many random bytes, in hex,
@@ -143,6 +143,21 @@ impl Store {
         self.backend
             .cells_of_many(resource_ids, tier, start_ms, end_ms, now_ms)
             .await
+    }
+
+    /// [`DurableStore::import`]; with a hot tier and minute cells in the import, then a rebuild
+    /// of the tier (only merges write to it otherwise; the rebuild reads just its window).
+    pub async fn import(&self, import: Import, now_ms: u64) -> Result<ImportOutcome, StoreError> {
+        let recent = import.cells.iter().any(|cell| cell.tier == Tier::Minute);
+        let outcome = self.backend.import(import, now_ms).await?;
+        if let (Some(hot), ImportOutcome::Imported { .. }, true) = (&self.hot, &outcome, recent) {
+            // The import is committed whatever Redis does; a failed rebuild is retried by
+            // `repair_hot_tier`, and reads use the backend meanwhile.
+            if let Err(error) = hot.rebuild_now(self.backend.as_ref(), now_ms).await {
+                tracing::warn!(%error, "rebuilding the hot tier after an import failed");
+            }
+        }
+        Ok(outcome)
     }
 
     /// Keeps the hot tier in step: renews this process's lease, resolves its writes that a

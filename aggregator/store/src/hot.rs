@@ -736,6 +736,19 @@ impl HotTier {
         }
     }
 
+    /// Cells were written outside a merge (an import): rebuilds now, so the tier holds them.
+    /// Until a rebuild whose snapshot sees them is published, this process reads the backend;
+    /// if another process's rebuild is under way, the next [`Self::maintain`] rebuilds again.
+    pub async fn rebuild_now(
+        &self,
+        backend: &dyn DurableStore,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        self.attachment().rebuild_needed = true;
+        self.healthy.store(false, Ordering::Release);
+        self.maintain(backend, now_ms).await
+    }
+
     async fn get_epoch(&self) -> Result<Option<String>, String> {
         let mut connection = self.connected().await?;
         within(

@@ -28,8 +28,10 @@ pub use patterns::{PatternRecord, PatternStore};
 pub use postgres::PgStore;
 pub use records::{
     Applied, ApplyOutcome, BatchKey, CELLS_READ_RESOURCES_MAX, CountCell, CreateOutcome,
-    GroupCommit, MergeBatch, MinuteCells, Pruned, ResourceRecord, StoreError, Tier, TokenRecord,
+    GroupCommit, IMPORT_CELLS_MAX, Import, ImportCell, ImportOutcome, MergeBatch, MinuteCells,
+    Pruned, ResourceRecord, StoreError, Tier, TokenRecord,
 };
+pub use rules::cell_kept;
 pub use snapshot::TransactionSnapshot;
 
 pub use hitcount_wire::{DAY_MS, HOUR_MS};

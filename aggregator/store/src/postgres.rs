@@ -17,6 +17,8 @@ use hitcount_wire::Sketch;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 
+// Imports (`postgres/import.rs`).
+mod import;
 // Resource patterns and resources created on first sight (`postgres/patterns.rs`).
 mod patterns;
 
@@ -30,12 +32,12 @@ use crate::group::{
     GroupWrites, KeyId, Recorded, WriteShape, first_occurrences, fold_group, group_resource_ids,
 };
 use crate::records::{
-    BatchKey, CountCell, CreateOutcome, GroupCommit, MergeBatch, MinuteCells, Pruned,
-    ResourceRecord, StoreError, Tier, TokenRecord,
+    BatchKey, CountCell, CreateOutcome, GroupCommit, Import, ImportOutcome, MergeBatch,
+    MinuteCells, Pruned, ResourceRecord, StoreError, Tier, TokenRecord,
 };
 use crate::rules::{
-    COMPACTION_ROWS_MAX, EMPTY_SKETCH, RETENTION_DELETE_ROWS_MAX, check_read_ids, merge_pending,
-    retention_rules,
+    COMPACTION_ROWS_MAX, EMPTY_SKETCH, RETENTION_DELETE_ROWS_MAX, check_import, check_read_ids,
+    merge_pending, retention_rules,
 };
 use crate::snapshot::TransactionSnapshot;
 use std::sync::Arc;
@@ -227,6 +229,20 @@ impl DurableStore for PgStore {
 
     /// Every minute cell from `start_ms` on, with its pending sketches merged, read in one
     /// snapshot (what the hot tier is rebuilt from).
+    async fn import(&self, import: Import, now_ms: u64) -> Result<ImportOutcome, StoreError> {
+        check_import(&import);
+        let mut transaction = self.begin().await?;
+        let outcome = import::import_in(&mut transaction, &import, now_ms)
+            .await
+            .map_err(classify)?;
+        match outcome {
+            ImportOutcome::Imported { .. } => transaction.commit().await,
+            _ => transaction.rollback().await,
+        }
+        .map_err(classify)?;
+        Ok(outcome)
+    }
+
     async fn minute_cells_since(&self, start_ms: u64) -> Result<MinuteCells, StoreError> {
         let mut transaction = self.begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")

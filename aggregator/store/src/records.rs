@@ -7,7 +7,7 @@ use crate::snapshot::TransactionSnapshot;
 use crate::{DAY_MS, HOUR_MS, HOUR_TIER_RETENTION_MS, MINUTE_TIER_RETENTION_MS};
 
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
@@ -217,4 +217,39 @@ pub struct GroupCommit {
 pub struct MinuteCells {
     pub cells: Vec<(String, CountCell)>,
     pub snapshot: Option<TransactionSnapshot>,
+}
+
+/// Cells one import writes: bounds its transaction and the memory its file takes.
+pub const IMPORT_CELLS_MAX: usize = 1_000_000;
+
+/// One cell of an import, added to the stored cell of its own tier.
+#[derive(Debug, Clone)]
+pub struct ImportCell {
+    pub resource_id: String,
+    pub tier: Tier,
+    pub cell: CountCell,
+}
+
+/// A file's counts, imported once (`DurableStore::import`).
+#[derive(Debug, Clone)]
+pub struct Import {
+    /// The file's SHA-256: what makes a second import of the same file change nothing.
+    pub file_sha256: [u8; 32],
+    /// Created if their id is absent; an existing resource keeps its record.
+    pub resources: Vec<ResourceRecord>,
+    /// Distinct (resource, tier, bucket), at most [`IMPORT_CELLS_MAX`], each of a resource that
+    /// exists or is among `resources`.
+    pub cells: Vec<ImportCell>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImportOutcome {
+    Imported {
+        resources_created: u64,
+    },
+    /// This file was imported before: nothing changed.
+    Duplicate,
+    /// A resource of the import neither exists nor could be created (its name belongs to
+    /// another resource, or it was deleted meanwhile): nothing changed.
+    ResourceMissing(String),
 }

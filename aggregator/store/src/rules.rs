@@ -4,7 +4,9 @@
 use hitcount_wire::{DeltaEntry, MINUTE_MS, Sketch};
 
 use crate::DAY_MS;
-use crate::records::{CELLS_READ_RESOURCES_MAX, CountCell, ResourceRecord, Tier};
+use crate::records::{
+    CELLS_READ_RESOURCES_MAX, CountCell, IMPORT_CELLS_MAX, Import, ResourceRecord, Tier,
+};
 
 /// The retention job deletes at most this many rows per transaction, so ingest never waits long.
 pub(crate) const RETENTION_DELETE_ROWS_MAX: usize = 10_000;
@@ -64,6 +66,33 @@ pub(crate) fn tier_kept(tier: Tier, bucket_ms: u64, now_ms: u64) -> bool {
     !tier.retention_ms().is_some_and(|retention| {
         bucket_ms + tier.resolution_ms() <= now_ms.saturating_sub(retention)
     })
+}
+
+/// False for a cell past its tier's retention or its resource's (`retention_days`): retention
+/// would delete it, so an import skips it.
+pub fn cell_kept(tier: Tier, bucket_ms: u64, retention_days: Option<u32>, now_ms: u64) -> bool {
+    let resource_kept = retention_days.is_none_or(|days| {
+        bucket_ms + tier.resolution_ms() > now_ms.saturating_sub(u64::from(days) * DAY_MS)
+    });
+    resource_kept && tier_kept(tier, bucket_ms, now_ms)
+}
+
+/// An import's cells are within [`IMPORT_CELLS_MAX`] and distinct (each is one upsert).
+pub(crate) fn check_import(import: &Import) {
+    assert!(
+        import.cells.len() <= IMPORT_CELLS_MAX,
+        "an import holds at most IMPORT_CELLS_MAX cells; the caller refuses bigger files"
+    );
+    debug_assert_eq!(
+        import
+            .cells
+            .iter()
+            .map(|cell| (&cell.resource_id, cell.tier, cell.cell.bucket_ms))
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        import.cells.len(),
+        "the cells of one import are distinct"
+    );
 }
 
 /// The ids of one `cells_of_many` read are distinct (each answer is placed by its id) and

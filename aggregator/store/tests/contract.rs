@@ -11,8 +11,8 @@ use std::collections::HashSet;
 use hitcount_process::now_ms;
 use hitcount_store::{
     ApplyOutcome, BatchKey, CountCell, CreateOutcome, DAY_MS, DurableStore, EmbeddedStore, HOUR_MS,
-    MINUTE_TIER_RETENTION_MS, MergeBatch, PatternRecord, PgStore, ResourceRecord, Tier,
-    TokenRecord,
+    Import, ImportCell, ImportOutcome, MINUTE_TIER_RETENTION_MS, MergeBatch, PatternRecord,
+    PgStore, ResourceRecord, Tier, TokenRecord,
 };
 use hitcount_wire::{DeltaEntry, MINUTE_MS, SKETCH_STANDARD_ERROR, Sketch};
 use tempfile::TempDir;
@@ -63,6 +63,7 @@ contract!(
     prune_deletes_expired_minutes_and_old_dedupe_records,
     patterns_and_resources_created_on_first_sight,
     cells_of_many_reads_each_resource_as_cells_does,
+    an_import_adds_its_cells_once_and_all_or_nothing,
 );
 
 fn minute_now() -> u64 {
@@ -136,8 +137,139 @@ fn applied_hits(outcome: ApplyOutcome) -> u64 {
     }
 }
 
+fn import_cell(
+    resource_id: &str,
+    tier: Tier,
+    bucket_ms: u64,
+    hits: u64,
+    visitors: &[&str],
+) -> ImportCell {
+    let mut sketch = Sketch::new();
+    for visitor in visitors {
+        sketch.insert(visitor.as_bytes());
+    }
+    ImportCell {
+        resource_id: resource_id.to_owned(),
+        tier,
+        cell: CountCell {
+            bucket_ms: bucket_ms / tier.resolution_ms() * tier.resolution_ms(),
+            hits,
+            visitors: sketch,
+        },
+    }
+}
+
 mod cases {
     use super::*;
+
+    pub async fn an_import_adds_its_cells_once_and_all_or_nothing(store: &dyn DurableStore) {
+        store.create_resource(resource("site", None)).await.unwrap();
+        store
+            .create_resource(resource("other", None))
+            .await
+            .unwrap();
+        let minute = minute_now() - 3;
+        let minute_ms = minute * MINUTE_MS;
+        apply(
+            store,
+            vec![entry("site", minute, 2, &["a", "b"])],
+            None,
+            now_ms(),
+        )
+        .await;
+        // The import meets a stored sketch (united with it, not replaced) and a merge after it.
+        store.fold_inbox(now_ms()).await.unwrap();
+        store.compact().await.unwrap();
+        let import = Import {
+            file_sha256: [7; 32],
+            resources: vec![resource("site", Some(1)), resource("moved", None)],
+            cells: vec![
+                import_cell("site", Tier::Minute, minute_ms, 3, &["b", "c"]),
+                import_cell("site", Tier::Hour, minute_ms, 3, &["b", "c"]),
+                import_cell("moved", Tier::Day, minute_ms - 5 * DAY_MS, 5, &["x"]),
+            ],
+        };
+        let outcome = store.import(import.clone(), now_ms()).await.unwrap();
+        assert_eq!(
+            outcome,
+            ImportOutcome::Imported {
+                resources_created: 1
+            }
+        );
+        // The same file again changes nothing, and a resource that existed kept its record.
+        assert_eq!(
+            store.import(import, now_ms()).await.unwrap(),
+            ImportOutcome::Duplicate
+        );
+        apply(
+            store,
+            vec![entry("site", minute, 1, &["e"])],
+            None,
+            now_ms(),
+        )
+        .await;
+        let site = store.resources().await.unwrap();
+        assert_eq!(
+            site.iter().find(|r| r.id == "site").unwrap().retention_days,
+            None
+        );
+        // A file naming a resource that is not there, or whose name another resource holds,
+        // changes nothing at all: not its other cells, not its other resources.
+        let mut taken = resource("newcomer", None);
+        taken.name = "name of other".to_owned();
+        for (resources, cells, missing) in [
+            (
+                vec![],
+                vec![import_cell("ghost", Tier::Day, minute_ms, 1, &[])],
+                "ghost",
+            ),
+            (
+                vec![taken],
+                vec![import_cell("newcomer", Tier::Day, minute_ms, 1, &[])],
+                "newcomer",
+            ),
+        ] {
+            let mut cells = cells;
+            cells.push(import_cell("site", Tier::Day, minute_ms, 100, &["d"]));
+            let refused = Import {
+                file_sha256: [missing.len() as u8; 32],
+                resources,
+                cells,
+            };
+            assert_eq!(
+                store.import(refused, now_ms()).await.unwrap(),
+                ImportOutcome::ResourceMissing(missing.to_owned())
+            );
+        }
+        for step in 0..3 {
+            if step == 1 {
+                store.fold_inbox(now_ms()).await.unwrap();
+            }
+            if step == 2 {
+                store.compact().await.unwrap();
+            }
+            let (hits, visitors) = total(store, "site", Tier::Minute).await;
+            assert_eq!((hits, visitors.count()), (6, 4), "minute, step {step}");
+            let (hits, visitors) = total(store, "site", Tier::Hour).await;
+            assert_eq!((hits, visitors.count()), (6, 4), "hour, step {step}");
+            // The day tier has the merges' hits only: each imported cell goes to its own tier.
+            assert_eq!(
+                total(store, "site", Tier::Day).await.0,
+                3,
+                "day, step {step}"
+            );
+            let (hits, visitors) = total(store, "moved", Tier::Day).await;
+            assert_eq!((hits, visitors.count()), (5, 1), "moved, step {step}");
+        }
+        let ids: Vec<String> = store
+            .resources()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, ["moved", "other", "site"]);
+    }
 
     pub async fn cells_of_many_reads_each_resource_as_cells_does(store: &dyn DurableStore) {
         for id in ["a", "b", "quiet"] {

@@ -30,6 +30,23 @@ pub async fn metric(server: &Server, prefix: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
+/// Waits until the metric reaches `at_least`, for at most `budget`.
+pub async fn wait_for_metric(
+    server: &Server,
+    name: &str,
+    at_least: u64,
+    budget: std::time::Duration,
+) {
+    let deadline = std::time::Instant::now() + budget;
+    while metric(server, name).await < at_least {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} did not reach {at_least} within {budget:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 pub async fn body(response: Response) -> (StatusCode, Value) {
     let status = response.status();
     let text = response.text().await.expect("body");

@@ -18,7 +18,7 @@ pub mod server;
 
 pub use api::{
     Api, assert_documented, body, documented_statuses, error_code, metric, metrics_text,
-    openapi_document,
+    openapi_document, wait_for_metric,
 };
 pub use deltas::{batch, batch_from, post_delta, post_delta_bytes, signed_delta};
 pub use postgres::{database_url_for, postgres_database, postgres_or_skip, psql};

@@ -1,0 +1,93 @@
+//! The embedded store's part of imports (`DurableStore::import`).
+
+use std::collections::BTreeSet;
+
+use hitcount_wire::Sketch;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::millis;
+use crate::records::{Import, ImportOutcome};
+
+/// The import in one immediate transaction on the writer, this process's only writing
+/// connection: no merge, fold or compaction writes between reading a stored sketch and writing
+/// it back (a compaction planned before notices the changed sketch and plans again).
+pub(super) fn import_blocking(
+    connection: &mut Connection,
+    import: &Import,
+    now_ms: u64,
+) -> rusqlite::Result<ImportOutcome> {
+    let transaction =
+        connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let recorded = transaction.execute(
+        "INSERT INTO imports (file_sha256, imported_at_ms, cells) VALUES (?1, ?2, ?3)
+         ON CONFLICT DO NOTHING",
+        params![
+            import.file_sha256.as_slice(),
+            millis(now_ms),
+            import.cells.len() as i64
+        ],
+    )?;
+    if recorded == 0 {
+        return Ok(ImportOutcome::Duplicate);
+    }
+    let mut resources_created = 0;
+    {
+        let mut create = transaction.prepare_cached(
+            "INSERT INTO resources (id, name, retention_days, created_at_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT DO NOTHING",
+        )?;
+        for record in &import.resources {
+            resources_created += create.execute(params![
+                record.id,
+                record.name,
+                record.retention_days,
+                millis(record.created_at_ms)
+            ])? as u64;
+        }
+        let mut exists = transaction.prepare_cached("SELECT 1 FROM resources WHERE id = ?1")?;
+        let named: BTreeSet<&str> = import
+            .cells
+            .iter()
+            .map(|cell| cell.resource_id.as_str())
+            .collect();
+        for id in named {
+            if !exists.exists([id])? {
+                return Ok(ImportOutcome::ResourceMissing(id.to_owned()));
+            }
+        }
+        let mut read_sketch = transaction.prepare_cached(
+            "SELECT sketch FROM counts WHERE resource_id = ?1 AND tier = ?2 AND bucket_ms = ?3",
+        )?;
+        let mut add = transaction.prepare_cached(
+            "INSERT INTO counts (resource_id, tier, bucket_ms, hits, sketch) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (resource_id, tier, bucket_ms)
+             DO UPDATE SET hits = hits + excluded.hits, sketch = excluded.sketch",
+        )?;
+        for cell in &import.cells {
+            let key = params![
+                cell.resource_id,
+                cell.tier.code(),
+                millis(cell.cell.bucket_ms)
+            ];
+            let stored: Option<Vec<u8>> =
+                read_sketch.query_row(key, |row| row.get(0)).optional()?;
+            let mut merged = match stored {
+                Some(bytes) => Sketch::from_bytes(&bytes).unwrap_or_else(|error| {
+                    tracing::error!(%error, resource_id = %cell.resource_id, "replacing a corrupt stored sketch");
+                    Sketch::new()
+                }),
+                None => Sketch::new(),
+            };
+            merged.merge(&cell.cell.visitors);
+            add.execute(params![
+                cell.resource_id,
+                cell.tier.code(),
+                millis(cell.cell.bucket_ms),
+                millis(cell.cell.hits),
+                merged.to_bytes()
+            ])?;
+        }
+    }
+    transaction.commit()?;
+    Ok(ImportOutcome::Imported { resources_created })
+}
