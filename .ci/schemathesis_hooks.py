@@ -1,7 +1,7 @@
 """Hooks of .ci/api-fuzz's schemathesis runs.
 
-POST /import takes NDJSON (the lossless export), a media type schemathesis has no serializer
-for. Its generated bodies are sent as bytes: text as UTF-8, anything else as its JSON, so the
+POST /import takes NDJSON (the lossless export) or CSV (GoatCounter's export), media types
+schemathesis has no serializer for. Its generated bodies are sent as bytes: text as UTF-8, anything else as its JSON, so the
 route meets arbitrary lines (and, rarely, a valid one) and must answer each with a documented
 status.
 """
@@ -11,7 +11,7 @@ import json
 import schemathesis
 
 
-@schemathesis.serializer("application/x-ndjson")
+@schemathesis.serializer("application/x-ndjson", "text/csv")
 def ndjson(context, value):
     if isinstance(value, bytes):
         return value

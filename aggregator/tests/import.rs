@@ -20,16 +20,33 @@ async fn export(server: &Server, query: &str) -> String {
 }
 
 async fn import(server: &Server, token: &str, file: &str) -> (StatusCode, Value) {
+    send_import(server, token, "/import", file).await
+}
+
+async fn send_import(server: &Server, token: &str, path: &str, file: &str) -> (StatusCode, Value) {
     let response = server
         .client
-        .post(server.url("/import"))
+        .post(server.url(path))
         .bearer_auth(token)
-        .header("content-type", "application/x-ndjson")
         .body(file.to_owned())
         .send()
         .await
         .unwrap();
     body(response).await
+}
+
+/// The answer refuses the file for its line `line`, saying `problem`.
+fn assert_refused_at((status, value): (StatusCode, Value), line: usize, problem: &str) {
+    assert_eq!(
+        (status, error_code(&value).as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_line"),
+        "{value}"
+    );
+    let message = value["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(&format!("line {line}: ")) && message.contains(problem),
+        "{message}"
+    );
 }
 
 /// Hits three days, an hour and two minutes ago, so every tier has cells and the minute tier
@@ -168,17 +185,7 @@ async fn a_bad_line_is_reported_by_number_and_nothing_is_imported() {
         ),
     ] {
         let file = format!("{resource}\n{good}\n{bad}\n");
-        let (status, value) = import(&server, ADMIN_TOKEN, &file).await;
-        assert_eq!(
-            (status, error_code(&value).as_str()),
-            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_line"),
-            "{bad}: {value}"
-        );
-        let message = value["error"]["message"].as_str().unwrap();
-        assert!(
-            message.starts_with("line 3: ") && message.contains(problem),
-            "{message}"
-        );
+        assert_refused_at(import(&server, ADMIN_TOKEN, &file).await, 3, problem);
     }
     let (status, _) = api.get("/resources/fresh").await;
     assert_eq!(
@@ -273,4 +280,134 @@ async fn an_import_of_recent_minutes_shows_through_the_hot_tier() {
         "the import rebuilt the tier"
     );
     binary.terminate().await;
+}
+
+async fn import_as(server: &Server, format: &str, file: &str) -> (StatusCode, Value) {
+    send_import(
+        server,
+        ADMIN_TOKEN,
+        &format!("/import?format={format}"),
+        file,
+    )
+    .await
+}
+
+const GOATCOUNTER_HEADER: &str = "2Path,Title,Event,UserAgent,Browser,System,Session,Bot,Referrer,Referrer scheme,Screen size,Location,FirstVisit,Date";
+
+/// A row as GoatCounter writes it (Go's encoding/csv: quotes where needed).
+fn goatcounter_row(
+    path: &str,
+    title: &str,
+    event: bool,
+    session: &str,
+    bot: u8,
+    at_ms: u64,
+) -> String {
+    let date = hitcount_aggregator::query::format_time(at_ms);
+    format!(
+        "{path},{title},{event},Mozilla/5.0,Firefox 133,Linux,{session},{bot},https://example.com,h,\"1920,1080,1\",NL,true,{date}"
+    )
+}
+
+#[tokio::test]
+async fn a_goatcounter_export_becomes_hits_per_path_and_hour() {
+    let server = Server::start().await;
+    let api = Api::admin(&server);
+    let now = now_ms();
+    let rows = [
+        goatcounter_row(
+            "/blog/post-1.html",
+            "\"Post, one\"",
+            false,
+            "s1",
+            0,
+            now - 2 * HOUR_MS,
+        ),
+        goatcounter_row(
+            "/blog/post-1.html",
+            "\"Two\nlines\"",
+            false,
+            "s2",
+            0,
+            now - 2 * HOUR_MS,
+        ),
+        goatcounter_row(
+            "/blog/post-1.html",
+            "Post",
+            false,
+            "s1",
+            0,
+            now - 3 * DAY_MS,
+        ),
+        goatcounter_row("/", "Home", false, "s3", 0, now - HOUR_MS),
+        goatcounter_row("signup-click", "", true, "s3", 0, now - HOUR_MS),
+        goatcounter_row("/", "Home", false, "s9", 3, now - HOUR_MS),
+    ];
+    let file = format!("{GOATCOUNTER_HEADER}\r\n{}\r\n", rows.join("\r\n"));
+    let (status, report) = import_as(&server, "goatcounter", &file).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(
+        (
+            &report["resources_created"],
+            &report["skipped_rows"],
+            &report["hits"]
+        ),
+        (&json!(2), &json!(2), &json!(8)),
+        "four pageviews in the hour and the day tiers; the event and the bot left out: {report}"
+    );
+    assert_eq!(api.count("blog.post-1.html", "7d").await, (3, 2));
+    assert_eq!(api.count("blog.post-1.html", "24h").await, (2, 2));
+    assert_eq!(api.count("home", "24h").await, (1, 1));
+    let (_, resource) = api.get("/resources/blog.post-1.html").await;
+    assert_eq!(resource["name"], "/blog/post-1.html");
+    let (status, again) = import_as(&server, "goatcounter", &file).await;
+    assert_eq!(
+        (status, &again["status"]),
+        (StatusCode::OK, &json!("duplicate"))
+    );
+    assert_eq!(api.count("blog.post-1.html", "7d").await, (3, 2));
+
+    for (bad, line, problem) in [
+        (
+            format!("1Path,Title\n{}\n", rows[0]),
+            1,
+            "not the header of a GoatCounter export of version 2",
+        ),
+        (
+            format!(
+                "{GOATCOUNTER_HEADER}\n{}\n{}\n",
+                rows[3],
+                rows[3].replace("Z", "X")
+            ),
+            3,
+            "Date is not an RFC 3339 time",
+        ),
+        (
+            format!("{GOATCOUNTER_HEADER}\n{}\n/a,b,c\n", rows[3]),
+            3,
+            "not a CSV record",
+        ),
+        (
+            format!(
+                "{GOATCOUNTER_HEADER}\n{}\n",
+                goatcounter_row("/", "", false, "s", 0, now + DAY_MS)
+            ),
+            2,
+            "in the future",
+        ),
+    ] {
+        assert_refused_at(import_as(&server, "goatcounter", &bad).await, line, problem);
+    }
+    assert_eq!(
+        api.count("home", "24h").await,
+        (1, 1),
+        "nothing of a refused file was imported"
+    );
+    let (status, value) = import_as(&server, "umami", &file).await;
+    assert_eq!(
+        (status, error_code(&value).as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_query"),
+        "{value}"
+    );
+    server.stop().await;
 }

@@ -202,6 +202,7 @@ fn limit_statements() -> Vec<String> {
     use hitcount_aggregator::config::{
         FLUSH_INTERVAL_MS_DEFAULT, FLUSH_INTERVAL_MS_MAX, RATE_LIMIT_PER_SECOND_DEFAULT,
     };
+    use hitcount_aggregator::import::IMPORT_BODY_BYTES_MAX;
     use hitcount_aggregator::merge::{
         MERGE_INTERVAL_MS_DEFAULT, MERGE_INTERVAL_MS_MAX, MERGE_QUEUE_ENTRIES_MAX,
         MERGE_QUEUE_ENTRIES_MIN, MERGE_QUEUE_WAIT_MS_MAX, MERGE_RETRY_AFTER_S,
@@ -211,6 +212,7 @@ fn limit_statements() -> Vec<String> {
         RECENT_RESOURCES_MS, UNKNOWN_RESOURCES_LISTED_MAX,
     };
     use hitcount_aggregator::query::SERIES_POINTS_MAX;
+    use hitcount_aggregator::store::IMPORT_CELLS_MAX;
     use hitcount_aggregator::store::hot::{
         HOT_LEASE_MS, HOT_OPERATION_TIMEOUT_MS, HOT_REBUILD_TIMEOUT_MS,
     };
@@ -244,10 +246,16 @@ fn limit_statements() -> Vec<String> {
         format!("up to {RESOURCE_ID_BYTES_MAX} characters) unless"),
         format!("`limit` 1 to {LIST_PAGE_MAX}, at least one scope"),
         format!(
-            "({} for `POST /hits`, {} for `POST /v1/deltas`, {} for every other route)",
+            "({} for `POST /hits`, {} for `POST /v1/deltas`, {} for `POST /import`, {} for every other route)",
             bytes(HITS_BODY_BYTES_MAX),
             bytes(BATCH_BYTES_MAX),
+            bytes(IMPORT_BODY_BYTES_MAX),
             bytes(JSON_BODY_BYTES_MAX)
+        ),
+        format!(
+            "A file may hold up to {} and {} cells",
+            bytes(IMPORT_BODY_BYTES_MAX),
+            count_text(IMPORT_CELLS_MAX as u64)
         ),
         format!("a hit timestamp outside the last {age} and the next {skew}"),
         format!("more than {} points", count_text(SERIES_POINTS_MAX)),

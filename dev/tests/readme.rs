@@ -272,6 +272,44 @@ fn moving_between_stores() {
 }
 
 #[test]
+fn importing_from_goatcounter() {
+    let _ports = DEFAULT_PORTS
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner());
+    let (directory, work) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let aggregator = runtime.block_on(hitcount_test_support::aggregator(
+        directory.path(),
+        Some("127.0.0.1:8080".parse().unwrap()),
+        &[],
+    ));
+    // Three pageviews of two visitors and an event, as GoatCounter's export writes them.
+    let date = hitcount_aggregator::query::format_time(hitcount_aggregator::now_ms() - 3_600_000);
+    let export = format!(
+        "2Path,Title,Event,UserAgent,Browser,System,Session,Bot,Referrer,Referrer scheme,Screen size,Location,FirstVisit,Date\n\
+         /pricing,Pricing,false,Mozilla/5.0,Firefox 133,Linux,a1,0,,,\"1920,1080,1\",NL,true,{date}\n\
+         /pricing,Pricing,false,Mozilla/5.0,Firefox 133,Linux,a1,0,,,\"1920,1080,1\",NL,false,{date}\n\
+         /pricing,Pricing,false,Mozilla/5.0,Safari 18,macOS,b2,0,,,\"1440,900,2\",US,true,{date}\n\
+         buy-click,,true,Mozilla/5.0,Safari 18,macOS,b2,0,,,\"1440,900,2\",US,false,{date}\n"
+    );
+    std::fs::write(work.path().join("gc_export.csv"), export).unwrap();
+    let output = run_script(
+        &block_run_by("importing_from_goatcounter"),
+        work.path(),
+        &[("HITCOUNT_TOKEN", ADMIN_TOKEN)],
+    );
+    assert!(
+        output.contains("\"status\":\"imported\",\"resources_created\":1,")
+            && output.contains("\"skipped_rows\":1"),
+        "{output}"
+    );
+    let counted =
+        runtime.block_on(hitcount_test_support::Api::admin(&aggregator).count("pricing", "24h"));
+    assert_eq!(counted, (3, 2));
+    runtime.block_on(aggregator.stop());
+}
+
+#[test]
 fn running_an_edge() {
     let _ports = DEFAULT_PORTS
         .lock()

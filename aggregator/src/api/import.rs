@@ -19,7 +19,7 @@ use crate::store::IMPORT_CELLS_MAX;
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ImportQuery {
-    /// The file's format; `ndjson` (the lossless export) if absent.
+    /// The file's format: `ndjson` (the lossless export, the default) or `goatcounter`.
     #[param(inline)]
     pub format: Option<ImportFormat>,
 }
@@ -27,8 +27,11 @@ pub struct ImportQuery {
 #[utoipa::path(
     post, path = "/import", tag = "stats",
     params(ImportQuery),
-    request_body(content = Vec<u8>, content_type = "application/x-ndjson",
-                 description = "The lossless export of GET /export?format=ndjson, as written (any content type is read as such)"),
+    request_body(content(
+                     (Vec<u8> = "application/x-ndjson"),
+                     (Vec<u8> = "text/csv"),
+                 ),
+                 description = "With format=ndjson, the lossless export of GET /export?format=ndjson as written; with format=goatcounter, GoatCounter's CSV export (version 2), each pageview a hit of the resource its path names (the beacon's rule) in its hour and day, events and bots left out. The body is read in the format the parameter names, whatever its content type"),
     responses(
         (status = 200, description = "Imported, or (status duplicate) this very file was imported before and nothing changed. Cells are added to the stored ones in their own tier, resources the file describes are created if absent", body = ImportReport),
         (status = 400, description = "An unknown parameter or format", body = ErrorBody),
@@ -36,7 +39,7 @@ pub struct ImportQuery {
         (status = 403, description = "Token lacks the admin scope", body = ErrorBody),
         (status = 409, description = "A resource the file describes could not be created: another resource has its name. Nothing was imported", body = ErrorBody),
         (status = 413, description = schemas::body_over(IMPORT_BODY_BYTES_MAX), body = ErrorBody),
-        (status = 422, description = format!("A bad line (the message gives its number and what is wrong; nothing was imported), an empty file, or more than {IMPORT_CELLS_MAX} cells"), body = ErrorBody),
+        (status = 422, description = format!("A bad line or row (the message gives its number and what is wrong, e.g. not a line of the lossless export, not GoatCounter's version 2 header, a time in the future; nothing was imported), an empty file, or more than {IMPORT_CELLS_MAX} cells"), body = ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
         (status = 503, description = "The store is unavailable; nothing was imported, retry", body = ErrorBody),
     ),
