@@ -8,11 +8,43 @@ use crate::records::{
     ResourceRecord, StoreError, Tier, TokenRecord,
 };
 
+/// The store's catalog: resources (their records, not their counts), API tokens and edge keys.
+/// Every backend keeps it: the embedded store, PostgreSQL and Cosmos DB ([`crate::CosmosStore`],
+/// whose counts are not built yet), all held to it by the conformance suite.
+#[async_trait::async_trait]
+pub trait CatalogStore: std::fmt::Debug + Send + Sync {
+    async fn create_resource(&self, record: ResourceRecord) -> Result<CreateOutcome, StoreError>;
+
+    /// Every resource, sorted by id.
+    async fn resources(&self) -> Result<Vec<ResourceRecord>, StoreError>;
+
+    /// Every token, oldest first.
+    async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+
+    /// Inserts a token, or replaces the one with the same id.
+    async fn put_token(&self, record: TokenRecord) -> Result<(), StoreError>;
+
+    async fn delete_token(&self, id: String) -> Result<bool, StoreError>;
+
+    /// Every stored edge key as (edge id, secret, created at), sorted by edge id.
+    async fn edge_keys(&self) -> Result<Vec<(String, Vec<u8>, u64)>, StoreError>;
+
+    /// Inserts an edge key, or replaces the one of the same edge.
+    async fn put_edge_key(
+        &self,
+        edge_id: String,
+        secret: Vec<u8>,
+        now_ms: u64,
+    ) -> Result<(), StoreError>;
+
+    async fn delete_edge_key(&self, edge_id: String) -> Result<bool, StoreError>;
+}
+
 /// The durable store's contract: the embedded store ([`EmbeddedStore`]) and PostgreSQL
 /// ([`PgStore`]) implement it, and one conformance suite (`aggregator/store/tests/contract.rs`)
 /// holds both to it. Every method means the same for both.
 #[async_trait::async_trait]
-pub trait DurableStore: PatternStore + std::fmt::Debug + Send + Sync {
+pub trait DurableStore: CatalogStore + PatternStore + std::fmt::Debug + Send + Sync {
     /// Merges a group of batches in one transaction: every batch's dedupe record, one upsert per
     /// distinct cell of every tier for the whole group, one pending sketch per distinct
     /// (resource, minute). Returns one outcome per batch, in order. A batch applied before (in
@@ -66,35 +98,9 @@ pub trait DurableStore: PatternStore + std::fmt::Debug + Send + Sync {
     /// to run from several processes on one database at once.
     async fn compact(&self) -> Result<u64, StoreError>;
 
-    async fn create_resource(&self, record: ResourceRecord) -> Result<CreateOutcome, StoreError>;
-
-    /// Every resource, sorted by id.
-    async fn resources(&self) -> Result<Vec<ResourceRecord>, StoreError>;
-
     /// Deletes a resource and purges its counts (its unfolded inbox cells are folded first, as of
     /// `now_ms`). False if it did not exist.
     async fn delete_resource(&self, id: String, now_ms: u64) -> Result<bool, StoreError>;
-
-    /// Every token, oldest first.
-    async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
-
-    /// Inserts a token, or replaces the one with the same id.
-    async fn put_token(&self, record: TokenRecord) -> Result<(), StoreError>;
-
-    async fn delete_token(&self, id: String) -> Result<bool, StoreError>;
-
-    /// Every stored edge key as (edge id, secret, created at), sorted by edge id.
-    async fn edge_keys(&self) -> Result<Vec<(String, Vec<u8>, u64)>, StoreError>;
-
-    /// Inserts an edge key, or replaces the one of the same edge.
-    async fn put_edge_key(
-        &self,
-        edge_id: String,
-        secret: Vec<u8>,
-        now_ms: u64,
-    ) -> Result<(), StoreError>;
-
-    async fn delete_edge_key(&self, edge_id: String) -> Result<bool, StoreError>;
 
     /// Deletes counts past retention and old dedupe records, in bounded transactions.
     async fn prune(&self, now_ms: u64) -> Result<Pruned, StoreError>;

@@ -45,7 +45,7 @@ use super::inbox::{
     rows_for_each, rows_resource_ids,
 };
 use crate::DEDUPE_RETENTION_MS;
-use crate::contract::DurableStore;
+use crate::contract::{CatalogStore, DurableStore};
 use crate::group::{
     GroupWrites, Recorded, WriteShape, first_occurrences, fold_group, group_resource_ids,
 };
@@ -425,44 +425,6 @@ impl DurableStore for EmbeddedStore {
         }
     }
 
-    async fn create_resource(&self, record: ResourceRecord) -> Result<CreateOutcome, StoreError> {
-        self.write(move |connection| {
-            let result = connection.execute(
-                "INSERT INTO resources (id, name, retention_days, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![record.id, record.name, record.retention_days, millis(record.created_at_ms)],
-            );
-            match result {
-                Ok(_) => Ok(CreateOutcome::Created),
-                Err(error)
-                    if error.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) =>
-                {
-                    let id_taken: bool = connection
-                        .query_row("SELECT 1 FROM resources WHERE id = ?1", [&record.id], |_| Ok(()))
-                        .optional()?
-                        .is_some();
-                    Ok(if id_taken {
-                        CreateOutcome::IdTaken
-                    } else {
-                        CreateOutcome::NameTaken
-                    })
-                }
-                Err(error) => Err(classify(error)),
-            }
-        })
-        .await
-    }
-
-    async fn resources(&self) -> Result<Vec<ResourceRecord>, StoreError> {
-        self.read(|connection| {
-            let mut statement = connection.prepare(
-                "SELECT id, name, retention_days, created_at_ms FROM resources ORDER BY id",
-            )?;
-            let rows = statement.query_map([], patterns::resource_row)?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-        })
-        .await
-    }
-
     /// Deletes a resource and purges all its counts. Returns false if it did not exist.
     async fn delete_resource(&self, id: String, now_ms: u64) -> Result<bool, StoreError> {
         if let Some(overlay) = &self.inbox {
@@ -477,89 +439,6 @@ impl DurableStore for EmbeddedStore {
             transaction.execute("DELETE FROM pending_sketches WHERE resource_id = ?1", [&id])?;
             transaction.commit()?;
             Ok(deleted == 1)
-        })
-        .await
-    }
-
-    async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        self.read(|connection| {
-            let mut statement = connection.prepare(
-                "SELECT id, name, token_sha256, scopes, created_at_ms FROM tokens ORDER BY created_at_ms, id",
-            )?;
-            let rows = statement.query_map([], |row| {
-                let scopes: String = row.get(3)?;
-                Ok(TokenRecord::from_stored(
-                    row.get(0)?,
-                    row.get(1)?,
-                    row.get(2)?,
-                    &scopes,
-                    unmillis(row.get(4)?),
-                ))
-            })?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-        })
-        .await
-    }
-
-    /// Inserts a token, or replaces the one with the same id.
-    async fn put_token(&self, record: TokenRecord) -> Result<(), StoreError> {
-        self.write(move |connection| {
-            connection.execute(
-                "INSERT INTO tokens (id, name, token_sha256, scopes, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, token_sha256 = excluded.token_sha256,
-                 scopes = excluded.scopes, created_at_ms = excluded.created_at_ms",
-                params![
-                    record.id,
-                    record.name,
-                    record.token_sha256.as_slice(),
-                    record.stored_scopes(),
-                    millis(record.created_at_ms)
-                ],
-            )?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn delete_token(&self, id: String) -> Result<bool, StoreError> {
-        self.write(move |connection| {
-            Ok(connection.execute("DELETE FROM tokens WHERE id = ?1", [&id])? == 1)
-        })
-        .await
-    }
-
-    async fn edge_keys(&self) -> Result<Vec<(String, Vec<u8>, u64)>, StoreError> {
-        self.read(|connection| {
-            let mut statement = connection
-                .prepare("SELECT edge_id, secret, created_at_ms FROM edge_keys ORDER BY edge_id")?;
-            let rows = statement.query_map([], |row| {
-                Ok((row.get(0)?, row.get(1)?, unmillis(row.get(2)?)))
-            })?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-        })
-        .await
-    }
-
-    async fn put_edge_key(
-        &self,
-        edge_id: String,
-        secret: Vec<u8>,
-        now_ms: u64,
-    ) -> Result<(), StoreError> {
-        self.write(move |connection| {
-            connection.execute(
-                "INSERT INTO edge_keys (edge_id, secret, created_at_ms) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (edge_id) DO UPDATE SET secret = excluded.secret, created_at_ms = excluded.created_at_ms",
-                params![edge_id, secret, millis(now_ms)],
-            )?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn delete_edge_key(&self, edge_id: String) -> Result<bool, StoreError> {
-        self.write(move |connection| {
-            Ok(connection.execute("DELETE FROM edge_keys WHERE edge_id = ?1", [&edge_id])? == 1)
         })
         .await
     }
@@ -652,6 +531,130 @@ impl DurableStore for EmbeddedStore {
 
     fn overlay(&self) -> Option<&Overlay> {
         self.inbox.as_deref()
+    }
+}
+
+#[async_trait::async_trait]
+impl CatalogStore for EmbeddedStore {
+    async fn create_resource(&self, record: ResourceRecord) -> Result<CreateOutcome, StoreError> {
+        self.write(move |connection| {
+            let result = connection.execute(
+                "INSERT INTO resources (id, name, retention_days, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![record.id, record.name, record.retention_days, millis(record.created_at_ms)],
+            );
+            match result {
+                Ok(_) => Ok(CreateOutcome::Created),
+                Err(error)
+                    if error.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) =>
+                {
+                    let id_taken: bool = connection
+                        .query_row("SELECT 1 FROM resources WHERE id = ?1", [&record.id], |_| Ok(()))
+                        .optional()?
+                        .is_some();
+                    Ok(if id_taken {
+                        CreateOutcome::IdTaken
+                    } else {
+                        CreateOutcome::NameTaken
+                    })
+                }
+                Err(error) => Err(classify(error)),
+            }
+        })
+        .await
+    }
+
+    async fn resources(&self) -> Result<Vec<ResourceRecord>, StoreError> {
+        self.read(|connection| {
+            let mut statement = connection.prepare(
+                "SELECT id, name, retention_days, created_at_ms FROM resources ORDER BY id",
+            )?;
+            let rows = statement.query_map([], patterns::resource_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.read(|connection| {
+            let mut statement = connection.prepare(
+                "SELECT id, name, token_sha256, scopes, created_at_ms FROM tokens ORDER BY created_at_ms, id",
+            )?;
+            let rows = statement.query_map([], |row| {
+                let scopes: String = row.get(3)?;
+                Ok(TokenRecord::from_stored(
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    &scopes,
+                    unmillis(row.get(4)?),
+                ))
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    /// Inserts a token, or replaces the one with the same id.
+    async fn put_token(&self, record: TokenRecord) -> Result<(), StoreError> {
+        self.write(move |connection| {
+            connection.execute(
+                "INSERT INTO tokens (id, name, token_sha256, scopes, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, token_sha256 = excluded.token_sha256,
+                 scopes = excluded.scopes, created_at_ms = excluded.created_at_ms",
+                params![
+                    record.id,
+                    record.name,
+                    record.token_sha256.as_slice(),
+                    record.stored_scopes(),
+                    millis(record.created_at_ms)
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_token(&self, id: String) -> Result<bool, StoreError> {
+        self.write(move |connection| {
+            Ok(connection.execute("DELETE FROM tokens WHERE id = ?1", [&id])? == 1)
+        })
+        .await
+    }
+
+    async fn edge_keys(&self) -> Result<Vec<(String, Vec<u8>, u64)>, StoreError> {
+        self.read(|connection| {
+            let mut statement = connection
+                .prepare("SELECT edge_id, secret, created_at_ms FROM edge_keys ORDER BY edge_id")?;
+            let rows = statement.query_map([], |row| {
+                Ok((row.get(0)?, row.get(1)?, unmillis(row.get(2)?)))
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn put_edge_key(
+        &self,
+        edge_id: String,
+        secret: Vec<u8>,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.write(move |connection| {
+            connection.execute(
+                "INSERT INTO edge_keys (edge_id, secret, created_at_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (edge_id) DO UPDATE SET secret = excluded.secret, created_at_ms = excluded.created_at_ms",
+                params![edge_id, secret, millis(now_ms)],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_edge_key(&self, edge_id: String) -> Result<bool, StoreError> {
+        self.write(move |connection| {
+            Ok(connection.execute("DELETE FROM edge_keys WHERE edge_id = ?1", [&edge_id])? == 1)
+        })
+        .await
     }
 }
 

@@ -9,6 +9,7 @@
 //! Each file has one job; this one only names them and the limits of time every part shares.
 
 mod contract;
+mod cosmos;
 mod embedded;
 mod facade;
 mod group;
@@ -20,7 +21,8 @@ mod records;
 mod rules;
 mod snapshot;
 
-pub use contract::DurableStore;
+pub use contract::{CatalogStore, DurableStore};
+pub use cosmos::{CATALOG_CONTAINER, COUNTS_CONTAINER, CosmosSettings, CosmosStore};
 pub use embedded::EmbeddedStore;
 pub use facade::Store;
 pub use group::WriteShape;

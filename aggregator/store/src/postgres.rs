@@ -27,7 +27,7 @@ use super::inbox::{
     rows_for_each, rows_resource_ids,
 };
 use crate::DEDUPE_RETENTION_MS;
-use crate::contract::DurableStore;
+use crate::contract::{CatalogStore, DurableStore};
 use crate::group::{
     GroupWrites, KeyId, Recorded, WriteShape, first_occurrences, fold_group, group_resource_ids,
 };
@@ -352,45 +352,6 @@ impl DurableStore for PgStore {
         }
     }
 
-    async fn create_resource(&self, record: ResourceRecord) -> Result<CreateOutcome, StoreError> {
-        let inserted = sqlx::query(
-            "INSERT INTO resources (id, name, retention_days, created_at_ms) VALUES ($1, $2, $3, $4)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(&record.id)
-        .bind(&record.name)
-        .bind(record.retention_days.map(|days| days as i32))
-        .bind(signed(record.created_at_ms))
-        .execute(&self.pool)
-        .await
-        .map_err(classify)?
-        .rows_affected();
-        if inserted == 1 {
-            return Ok(CreateOutcome::Created);
-        }
-        let id_taken = sqlx::query("SELECT 1 FROM resources WHERE id = $1")
-            .bind(&record.id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(classify)?
-            .is_some();
-        Ok(if id_taken {
-            CreateOutcome::IdTaken
-        } else {
-            CreateOutcome::NameTaken
-        })
-    }
-
-    async fn resources(&self) -> Result<Vec<ResourceRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, name, retention_days, created_at_ms FROM resources ORDER BY id",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(classify)?;
-        patterns::resource_rows(rows)
-    }
-
     async fn delete_resource(&self, id: String, now_ms: u64) -> Result<bool, StoreError> {
         if let Some(overlay) = &self.inbox {
             // Unfolded hits of the resource go now, not at the next fold, so that a resource
@@ -416,98 +377,6 @@ impl DurableStore for PgStore {
                 .map_err(classify)?;
         }
         transaction.commit().await.map_err(classify)?;
-        Ok(deleted == 1)
-    }
-
-    async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, name, token_sha256, scopes, created_at_ms FROM tokens
-             ORDER BY created_at_ms, id",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(classify)?;
-        rows.into_iter()
-            .map(|row| {
-                let scopes: String = row.try_get(3)?;
-                Ok(TokenRecord::from_stored(
-                    row.try_get(0)?,
-                    row.try_get(1)?,
-                    row.try_get(2)?,
-                    &scopes,
-                    unsigned(row.try_get(4)?),
-                ))
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(classify)
-    }
-
-    async fn put_token(&self, record: TokenRecord) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO tokens (id, name, token_sha256, scopes, created_at_ms) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (id) DO UPDATE SET name = excluded.name, token_sha256 = excluded.token_sha256,
-             scopes = excluded.scopes, created_at_ms = excluded.created_at_ms",
-        )
-        .bind(&record.id)
-        .bind(&record.name)
-        .bind(record.token_sha256.as_slice())
-        .bind(record.stored_scopes())
-        .bind(signed(record.created_at_ms))
-        .execute(&self.pool)
-        .await
-        .map_err(classify)?;
-        Ok(())
-    }
-
-    async fn delete_token(&self, id: String) -> Result<bool, StoreError> {
-        let deleted = sqlx::query("DELETE FROM tokens WHERE id = $1")
-            .bind(&id)
-            .execute(&self.pool)
-            .await
-            .map_err(classify)?
-            .rows_affected();
-        Ok(deleted == 1)
-    }
-
-    async fn edge_keys(&self) -> Result<Vec<(String, Vec<u8>, u64)>, StoreError> {
-        let rows =
-            sqlx::query("SELECT edge_id, secret, created_at_ms FROM edge_keys ORDER BY edge_id")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(classify)?;
-        rows.into_iter()
-            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, unsigned(row.try_get(2)?))))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(classify)
-    }
-
-    async fn put_edge_key(
-        &self,
-        edge_id: String,
-        secret: Vec<u8>,
-        now_ms: u64,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO edge_keys (edge_id, secret, created_at_ms) VALUES ($1, $2, $3)
-             ON CONFLICT (edge_id) DO UPDATE SET secret = excluded.secret,
-             created_at_ms = excluded.created_at_ms",
-        )
-        .bind(&edge_id)
-        .bind(&secret)
-        .bind(signed(now_ms))
-        .execute(&self.pool)
-        .await
-        .map_err(classify)?;
-        Ok(())
-    }
-
-    async fn delete_edge_key(&self, edge_id: String) -> Result<bool, StoreError> {
-        let deleted = sqlx::query("DELETE FROM edge_keys WHERE edge_id = $1")
-            .bind(&edge_id)
-            .execute(&self.pool)
-            .await
-            .map_err(classify)?
-            .rows_affected();
         Ok(deleted == 1)
     }
 
@@ -660,6 +529,140 @@ impl DurableStore for PgStore {
 
     fn overlay(&self) -> Option<&Overlay> {
         self.inbox.as_deref()
+    }
+}
+
+#[async_trait::async_trait]
+impl CatalogStore for PgStore {
+    async fn create_resource(&self, record: ResourceRecord) -> Result<CreateOutcome, StoreError> {
+        let inserted = sqlx::query(
+            "INSERT INTO resources (id, name, retention_days, created_at_ms) VALUES ($1, $2, $3, $4)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&record.id)
+        .bind(&record.name)
+        .bind(record.retention_days.map(|days| days as i32))
+        .bind(signed(record.created_at_ms))
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?
+        .rows_affected();
+        if inserted == 1 {
+            return Ok(CreateOutcome::Created);
+        }
+        let id_taken = sqlx::query("SELECT 1 FROM resources WHERE id = $1")
+            .bind(&record.id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(classify)?
+            .is_some();
+        Ok(if id_taken {
+            CreateOutcome::IdTaken
+        } else {
+            CreateOutcome::NameTaken
+        })
+    }
+
+    async fn resources(&self) -> Result<Vec<ResourceRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, name, retention_days, created_at_ms FROM resources ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        patterns::resource_rows(rows)
+    }
+
+    async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, name, token_sha256, scopes, created_at_ms FROM tokens
+             ORDER BY created_at_ms, id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        rows.into_iter()
+            .map(|row| {
+                let scopes: String = row.try_get(3)?;
+                Ok(TokenRecord::from_stored(
+                    row.try_get(0)?,
+                    row.try_get(1)?,
+                    row.try_get(2)?,
+                    &scopes,
+                    unsigned(row.try_get(4)?),
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(classify)
+    }
+
+    async fn put_token(&self, record: TokenRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO tokens (id, name, token_sha256, scopes, created_at_ms) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, token_sha256 = excluded.token_sha256,
+             scopes = excluded.scopes, created_at_ms = excluded.created_at_ms",
+        )
+        .bind(&record.id)
+        .bind(&record.name)
+        .bind(record.token_sha256.as_slice())
+        .bind(record.stored_scopes())
+        .bind(signed(record.created_at_ms))
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn delete_token(&self, id: String) -> Result<bool, StoreError> {
+        let deleted = sqlx::query("DELETE FROM tokens WHERE id = $1")
+            .bind(&id)
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?
+            .rows_affected();
+        Ok(deleted == 1)
+    }
+
+    async fn edge_keys(&self) -> Result<Vec<(String, Vec<u8>, u64)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT edge_id, secret, created_at_ms FROM edge_keys ORDER BY edge_id")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(classify)?;
+        rows.into_iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, unsigned(row.try_get(2)?))))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(classify)
+    }
+
+    async fn put_edge_key(
+        &self,
+        edge_id: String,
+        secret: Vec<u8>,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO edge_keys (edge_id, secret, created_at_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (edge_id) DO UPDATE SET secret = excluded.secret,
+             created_at_ms = excluded.created_at_ms",
+        )
+        .bind(&edge_id)
+        .bind(&secret)
+        .bind(signed(now_ms))
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn delete_edge_key(&self, edge_id: String) -> Result<bool, StoreError> {
+        let deleted = sqlx::query("DELETE FROM edge_keys WHERE edge_id = $1")
+            .bind(&edge_id)
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?
+            .rows_affected();
+        Ok(deleted == 1)
     }
 }
 

@@ -80,6 +80,10 @@ pub enum StoreError {
     CorruptInbox(&'static str),
     #[error("an inbox row does not decode: {0}")]
     InboxEncoding(#[from] postcard::Error),
+    #[error("cosmos db: {0}")]
+    Cosmos(#[from] azure_data_cosmos::CosmosError),
+    #[error("{0:?} is not a Cosmos DB account endpoint (https://ACCOUNT.documents.azure.com:443/)")]
+    CosmosEndpoint(String),
     /// The database cannot be reached or is shutting down: nothing was written, retry later.
     #[error("the database is unavailable: {0}")]
     Unavailable(String),

@@ -10,36 +10,87 @@ use std::collections::HashSet;
 
 use hitcount_process::now_ms;
 use hitcount_store::{
-    ApplyOutcome, BatchKey, CountCell, CreateOutcome, DAY_MS, DurableStore, EmbeddedStore, HOUR_MS,
-    Import, ImportCell, ImportOutcome, MINUTE_TIER_RETENTION_MS, MergeBatch, PatternRecord,
-    PgStore, ResourceRecord, Tier, TokenRecord,
+    ApplyOutcome, BatchKey, CatalogStore, CosmosSettings, CosmosStore, CountCell, CreateOutcome,
+    DAY_MS, DurableStore, EmbeddedStore, HOUR_MS, Import, ImportCell, ImportOutcome,
+    MINUTE_TIER_RETENTION_MS, MergeBatch, PatternRecord, PgStore, ResourceRecord, Tier,
+    TokenRecord,
 };
 use hitcount_wire::{DeltaEntry, MINUTE_MS, SKETCH_STANDARD_ERROR, Sketch};
 use tempfile::TempDir;
 
 type Case = fn(&dyn DurableStore) -> std::pin::Pin<Box<dyn Future<Output = ()> + '_>>;
 
-/// Runs `case` on both backends in both write shapes: SQLite always, PostgreSQL when it answers
-/// (under `CI=true` an unreachable PostgreSQL fails the test).
-async fn on_both(case: Case) {
-    let directory = TempDir::new().unwrap();
-    let sqlite = EmbeddedStore::open(directory.path()).unwrap();
-    case(&sqlite).await;
-    let inbox_directory = TempDir::new().unwrap();
-    let sqlite_inbox = EmbeddedStore::open(inbox_directory.path())
-        .unwrap()
-        .with_inbox();
-    case(&sqlite_inbox).await;
+/// Both backends in both write shapes: SQLite always, PostgreSQL when it answers (under
+/// `CI=true` an unreachable PostgreSQL fails the test), each on a directory or database of its
+/// own, which lives as long as the directories returned.
+async fn shapes() -> (Vec<TempDir>, Vec<Box<dyn DurableStore>>) {
+    let directories = vec![TempDir::new().unwrap(), TempDir::new().unwrap()];
+    let mut stores: Vec<Box<dyn DurableStore>> = vec![
+        Box::new(EmbeddedStore::open(directories[0].path()).unwrap()),
+        Box::new(
+            EmbeddedStore::open(directories[1].path())
+                .unwrap()
+                .with_inbox(),
+        ),
+    ];
     if hitcount_test_support::postgres_or_skip() {
         // A database of its own, named after the temporary directory (unique per test).
-        let fresh = hitcount_test_support::postgres_database(directory.path());
-        let postgres = PgStore::connect(&fresh).await.unwrap();
-        case(&postgres).await;
-        let fresh = hitcount_test_support::postgres_database(inbox_directory.path());
-        let postgres_inbox = PgStore::connect(&fresh).await.unwrap().with_inbox();
-        case(&postgres_inbox).await;
+        let fresh = hitcount_test_support::postgres_database(directories[0].path());
+        stores.push(Box::new(PgStore::connect(&fresh).await.unwrap()));
+        let fresh = hitcount_test_support::postgres_database(directories[1].path());
+        stores.push(Box::new(
+            PgStore::connect(&fresh).await.unwrap().with_inbox(),
+        ));
+    }
+    (directories, stores)
+}
+
+/// Runs `case` on both backends in both write shapes ([`shapes`]).
+async fn on_both(case: Case) {
+    let (_directories, stores) = shapes().await;
+    for store in &stores {
+        case(store.as_ref()).await;
     }
 }
+
+type CatalogCase = fn(&dyn CatalogStore) -> std::pin::Pin<Box<dyn Future<Output = ()> + '_>>;
+
+/// Runs a case of the catalog's contract on every backend and shape [`on_both`] runs, and on
+/// Cosmos DB (the test server, `tests/cosmos-server`), whose counts are not built yet.
+async fn on_every_catalog(case: CatalogCase) {
+    let (_directories, stores) = shapes().await;
+    for store in &stores {
+        case(store.as_ref()).await;
+    }
+    let Some(server) = hitcount_test_support::CosmosServer::start_or_skip() else {
+        return;
+    };
+    let settings = CosmosSettings {
+        endpoint: server.endpoint.clone(),
+        key: hitcount_test_support::COSMOS_TEST_KEY.to_owned(),
+        database: "hitcount".to_owned(),
+    };
+    let cosmos = CosmosStore::connect(&settings).await.unwrap();
+    // A second start finds the database and its containers there.
+    CosmosStore::connect(&settings).await.unwrap();
+    case(&cosmos).await;
+}
+
+macro_rules! catalog_contract {
+    ($($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                on_every_catalog(|store| Box::pin(cases::$case(store))).await;
+            }
+        )*
+    };
+}
+
+catalog_contract!(
+    resources_are_unique_by_id_and_name,
+    tokens_and_edge_keys_are_replaced_by_id,
+);
 
 macro_rules! contract {
     ($($case:ident),* $(,)?) => {
@@ -58,8 +109,7 @@ contract!(
     unknown_resources_and_expired_entries_are_reported_not_counted,
     tiers_roll_up_and_sketches_survive_compaction,
     minute_cells_since_lists_recent_minutes_with_pending_visitors,
-    resources_are_unique_by_id_and_name_and_deletion_purges_counts,
-    tokens_and_edge_keys_are_replaced_by_id,
+    deleting_a_resource_purges_its_counts,
     prune_deletes_expired_minutes_and_old_dedupe_records,
     patterns_and_resources_created_on_first_sight,
     cells_of_many_reads_each_resource_as_cells_does,
@@ -584,9 +634,7 @@ mod cases {
         );
     }
 
-    pub async fn resources_are_unique_by_id_and_name_and_deletion_purges_counts(
-        store: &dyn DurableStore,
-    ) {
+    pub async fn resources_are_unique_by_id_and_name(store: &dyn CatalogStore) {
         assert_eq!(
             store.create_resource(resource("r1", None)).await.unwrap(),
             CreateOutcome::Created
@@ -604,6 +652,13 @@ mod cases {
             store.create_resource(same_name).await.unwrap(),
             CreateOutcome::NameTaken
         );
+        // A name of any characters (here those a Cosmos DB document id may not hold).
+        let mut odd_name = resource("r3", None);
+        odd_name.name = "a/b?c#d\\e".to_owned();
+        assert_eq!(
+            store.create_resource(odd_name.clone()).await.unwrap(),
+            CreateOutcome::Created
+        );
         store
             .create_resource(resource("r0", Some(30)))
             .await
@@ -617,8 +672,17 @@ mod cases {
             .collect();
         assert_eq!(
             listed,
-            vec![("r0".to_owned(), Some(30)), ("r1".to_owned(), None)]
+            vec![
+                ("r0".to_owned(), Some(30)),
+                ("r1".to_owned(), None),
+                ("r3".to_owned(), None)
+            ]
         );
+        assert_eq!(store.resources().await.unwrap()[2], odd_name);
+    }
+
+    pub async fn deleting_a_resource_purges_its_counts(store: &dyn DurableStore) {
+        store.create_resource(resource("r1", None)).await.unwrap();
         apply(
             store,
             vec![entry("r1", minute_now(), 4, &["v"])],
@@ -644,7 +708,7 @@ mod cases {
         assert_eq!(total(store, "r1", Tier::Minute).await.1.count(), 0);
     }
 
-    pub async fn tokens_and_edge_keys_are_replaced_by_id(store: &dyn DurableStore) {
+    pub async fn tokens_and_edge_keys_are_replaced_by_id(store: &dyn CatalogStore) {
         let token = |name: &str, created_at_ms| TokenRecord {
             id: "t1".to_owned(),
             name: name.to_owned(),

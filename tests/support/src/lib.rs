@@ -12,6 +12,7 @@ use reqwest::Client;
 use serde_json::Value;
 
 pub mod api;
+pub mod cosmos;
 pub mod deltas;
 pub mod postgres;
 pub mod server;
@@ -20,6 +21,7 @@ pub use api::{
     Api, assert_documented, body, documented_statuses, error_code, metric, metrics_text,
     openapi_document, wait_for_metric,
 };
+pub use cosmos::{COSMOS_TEST_KEY, CosmosServer};
 pub use deltas::{batch, batch_from, post_delta, post_delta_bytes, signed_delta};
 pub use postgres::{database_url_for, postgres_database, postgres_or_skip, psql};
 pub use server::{Server, aggregator, open_store, serve_router, test_config};

@@ -1,0 +1,417 @@
+//! Azure Cosmos DB for NoSQL, the third durable backend (issue 13, being built): the account's
+//! database with its containers (created at start if missing), and the catalog: resources,
+//! tokens and edge keys. Counts come next; ARCHITECTURE.md ("Cosmos DB") holds the data model
+//! both follow.
+//!
+//! Through Microsoft's SDK (`azure_data_cosmos`) only. Cosmos DB has no transaction across
+//! documents of different partitions, so every operation here that writes two documents is
+//! ordered so that a crash between them leaves a state the next call repairs (see
+//! [`CosmosStore::create_resource`]).
+
+use azure_core::credentials::Secret;
+use azure_data_cosmos::clients::ContainerClient;
+use azure_data_cosmos::models::{ContainerProperties, IndexingPolicy, PartitionKeyDefinition};
+use azure_data_cosmos::options::{BinaryEncodingOptions, ConnectionPoolOptions};
+use azure_data_cosmos::{
+    AccountEndpoint, AccountReference, CosmosClient, CosmosError, CosmosRuntime, FeedScope, Query,
+    RoutingStrategy,
+};
+use futures::TryStreamExt;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+
+use crate::contract::CatalogStore;
+use crate::records::{CreateOutcome, ResourceRecord, StoreError, TokenRecord};
+
+/// The container of counts: one document per (resource, tier, bucket), partitioned by resource.
+pub const COUNTS_CONTAINER: &str = "counts";
+/// The container of everything else (resources, tokens, edge keys, patterns), partitioned by
+/// kind: small, read whole at start and every few seconds.
+pub const CATALOG_CONTAINER: &str = "catalog";
+/// The region named when the account does not say otherwise; routing only orders the account's
+/// own regions by it.
+const ROUTING_REGION: &str = "South Central US";
+/// A name reserved this long ago by a resource that does not exist was left by a create that
+/// died between its two writes: it is free again. Younger, a create may still be under way.
+const NAME_RESERVATION_MS: u64 = 60_000;
+
+/// Where the account is and how to reach it (`--cosmos-endpoint`, `--cosmos-key-file`,
+/// `--cosmos-database`).
+#[derive(Clone)]
+pub struct CosmosSettings {
+    pub endpoint: String,
+    pub key: String,
+    pub database: String,
+}
+
+impl std::fmt::Debug for CosmosSettings {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key never reaches a log.
+        formatter
+            .debug_struct("CosmosSettings")
+            .field("endpoint", &self.endpoint)
+            .field("database", &self.database)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The catalog's partitions: one per kind of document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Kind {
+    Resource,
+    /// A resource name's reservation: names are unique, and a document id cannot hold every
+    /// character a name may have, so its id is the name's SHA-256.
+    ResourceName,
+    Token,
+    EdgeKey,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Resource => "resource",
+            Self::ResourceName => "resource_name",
+            Self::Token => "token",
+            Self::EdgeKey => "edge_key",
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ResourceDocument {
+    id: String,
+    kind: Kind,
+    name: String,
+    retention_days: Option<u32>,
+    created_at_ms: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct NameDocument {
+    id: String,
+    kind: Kind,
+    resource_id: String,
+    reserved_at_ms: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct TokenDocument {
+    id: String,
+    kind: Kind,
+    name: String,
+    /// Hex.
+    token_sha256: String,
+    scopes: Vec<String>,
+    created_at_ms: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct EdgeKeyDocument {
+    id: String,
+    kind: Kind,
+    /// Hex.
+    secret: String,
+    created_at_ms: u64,
+}
+
+/// A Cosmos DB answer as a store error: throttling, timeouts and an unreachable service mean
+/// "nothing was written, retry later" (503), as a stopped PostgreSQL does.
+fn classify(error: CosmosError) -> StoreError {
+    let status = error.status();
+    if status.is_throttled()
+        || status.is_transient()
+        || status.is_timeout()
+        || status.is_service_unavailable()
+    {
+        StoreError::Unavailable(format!("cosmos db: {error}"))
+    } else {
+        StoreError::Cosmos(error)
+    }
+}
+
+fn name_id(name: &str) -> String {
+    hex::encode(sha2::Sha256::digest(name.as_bytes()))
+}
+
+#[derive(Clone)]
+pub struct CosmosStore {
+    catalog: ContainerClient,
+}
+
+impl std::fmt::Debug for CosmosStore {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("CosmosStore")
+            .finish_non_exhaustive()
+    }
+}
+
+impl CosmosStore {
+    /// Connects with the account key, and creates the database and its containers if missing.
+    pub async fn connect(settings: &CosmosSettings) -> Result<Self, StoreError> {
+        let endpoint: AccountEndpoint = settings
+            .endpoint
+            .parse()
+            .map_err(|_| StoreError::CosmosEndpoint(settings.endpoint.clone()))?;
+        // HTTP/1.1: the service speaks both; the test server only the first.
+        let pool = ConnectionPoolOptions::builder()
+            .with_is_http2_allowed(false)
+            .build()
+            .map_err(classify)?;
+        let runtime = CosmosRuntime::builder()
+            .with_connection_pool(pool)
+            .build()
+            .await
+            .map_err(classify)?;
+        let account =
+            AccountReference::with_authentication_key(endpoint, Secret::from(settings.key.clone()));
+        let client = CosmosClient::builder()
+            .with_runtime(runtime)
+            // Documents as JSON text: what every server of the protocol speaks.
+            .with_binary_encoding_options(BinaryEncodingOptions::new().with_enabled(false))
+            .build(account, RoutingStrategy::ProximityTo(ROUTING_REGION.into()))
+            .await
+            .map_err(classify)?;
+        match client.create_database(&settings.database, None).await {
+            Ok(_) => tracing::info!(database = %settings.database, "cosmos db database created"),
+            Err(error) if error.status().is_conflict() => {}
+            Err(error) => return Err(classify(error)),
+        }
+        let database = client.database_client(&settings.database);
+        let containers = [
+            ContainerProperties::new(CATALOG_CONTAINER, PartitionKeyDefinition::from("/kind")),
+            // Sketches are read whole, never searched: indexing them would only cost request
+            // units on every write.
+            ContainerProperties::new(
+                COUNTS_CONTAINER,
+                PartitionKeyDefinition::from("/resource_id"),
+            )
+            .with_indexing_policy(IndexingPolicy::default().with_excluded_path("/sketch/?")),
+        ];
+        for properties in containers {
+            let name = properties.id.clone();
+            match database.create_container(properties, None).await {
+                Ok(_) => tracing::info!(container = %name, "cosmos db container created"),
+                Err(error) if error.status().is_conflict() => {}
+                Err(error) => return Err(classify(error)),
+            }
+        }
+        let catalog = database
+            .container_client(CATALOG_CONTAINER, None)
+            .await
+            .map_err(classify)?;
+        Ok(Self { catalog })
+    }
+
+    /// Every document of one catalog partition.
+    async fn all_of<T: DeserializeOwned + Send + 'static>(
+        &self,
+        kind: Kind,
+    ) -> Result<Vec<T>, StoreError> {
+        // The partition is named in the query too: a server may apply the scope loosely.
+        let query = Query::from("SELECT * FROM c WHERE c.kind = @kind")
+            .with_parameter("@kind", kind.as_str())
+            .map_err(classify)?;
+        let items = self
+            .catalog
+            .query_items::<T>(query, FeedScope::partition(kind.as_str()), None)
+            .await
+            .map_err(classify)?;
+        items.try_collect().await.map_err(classify)
+    }
+
+    async fn read<T: DeserializeOwned>(
+        &self,
+        kind: Kind,
+        id: &str,
+    ) -> Result<Option<T>, StoreError> {
+        match self.catalog.read_item(kind.as_str(), id, None).await {
+            Ok(response) => Ok(Some(response.into_model().map_err(classify)?)),
+            Err(error) if error.status().is_not_found() => Ok(None),
+            Err(error) => Err(classify(error)),
+        }
+    }
+
+    /// Creates; false when a document with this id exists.
+    async fn create<T: Serialize>(
+        &self,
+        kind: Kind,
+        id: &str,
+        document: &T,
+    ) -> Result<bool, StoreError> {
+        match self
+            .catalog
+            .create_item(kind.as_str(), id, document, None)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(error) if error.status().is_conflict() => Ok(false),
+            Err(error) => Err(classify(error)),
+        }
+    }
+
+    async fn upsert<T: Serialize>(
+        &self,
+        kind: Kind,
+        id: &str,
+        document: &T,
+    ) -> Result<(), StoreError> {
+        self.catalog
+            .upsert_item(kind.as_str(), id, document, None)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    /// Deletes; false when there was nothing to delete.
+    async fn delete(&self, kind: Kind, id: &str) -> Result<bool, StoreError> {
+        match self.catalog.delete_item(kind.as_str(), id, None).await {
+            Ok(_) => Ok(true),
+            Err(error) if error.status().is_not_found() => Ok(false),
+            Err(error) => Err(classify(error)),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl CatalogStore for CosmosStore {
+    /// Reserves the name, then creates the resource. A reservation held by a resource id that
+    /// does not exist, made more than [`NAME_RESERVATION_MS`] before this create, was left by a
+    /// create that died between its two writes (or lost the id to another): it is taken over.
+    async fn create_resource(&self, record: ResourceRecord) -> Result<CreateOutcome, StoreError> {
+        if self
+            .read::<ResourceDocument>(Kind::Resource, &record.id)
+            .await?
+            .is_some()
+        {
+            return Ok(CreateOutcome::IdTaken);
+        }
+        let reservation = NameDocument {
+            id: name_id(&record.name),
+            kind: Kind::ResourceName,
+            resource_id: record.id.clone(),
+            reserved_at_ms: record.created_at_ms,
+        };
+        if !self
+            .create(Kind::ResourceName, &reservation.id, &reservation)
+            .await?
+        {
+            let Some(holder) = self
+                .read::<NameDocument>(Kind::ResourceName, &reservation.id)
+                .await?
+            else {
+                return Ok(CreateOutcome::NameTaken);
+            };
+            let holder_exists = self
+                .read::<ResourceDocument>(Kind::Resource, &holder.resource_id)
+                .await?
+                .is_some();
+            let abandoned = holder.reserved_at_ms + NAME_RESERVATION_MS <= record.created_at_ms;
+            if holder.resource_id != record.id && (holder_exists || !abandoned) {
+                return Ok(CreateOutcome::NameTaken);
+            }
+            self.upsert(Kind::ResourceName, &reservation.id, &reservation)
+                .await?;
+        }
+        let document = ResourceDocument {
+            id: record.id.clone(),
+            kind: Kind::Resource,
+            name: record.name,
+            retention_days: record.retention_days,
+            created_at_ms: record.created_at_ms,
+        };
+        if self.create(Kind::Resource, &record.id, &document).await? {
+            Ok(CreateOutcome::Created)
+        } else {
+            Ok(CreateOutcome::IdTaken)
+        }
+    }
+
+    async fn resources(&self) -> Result<Vec<ResourceRecord>, StoreError> {
+        let mut records: Vec<ResourceRecord> = self
+            .all_of::<ResourceDocument>(Kind::Resource)
+            .await?
+            .into_iter()
+            .map(|document| ResourceRecord {
+                id: document.id,
+                name: document.name,
+                retention_days: document.retention_days,
+                created_at_ms: document.created_at_ms,
+            })
+            .collect();
+        records.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(records)
+    }
+
+    async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let mut records: Vec<TokenRecord> = self
+            .all_of::<TokenDocument>(Kind::Token)
+            .await?
+            .into_iter()
+            .map(|document| TokenRecord {
+                id: document.id,
+                name: document.name,
+                // A hash that does not decode authenticates nobody (see `TokenRecord::from_stored`).
+                token_sha256: hex::decode(&document.token_sha256)
+                    .ok()
+                    .and_then(|bytes| bytes.try_into().ok())
+                    .unwrap_or([0; 32]),
+                scopes: document.scopes,
+                created_at_ms: document.created_at_ms,
+            })
+            .collect();
+        records.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+        Ok(records)
+    }
+
+    async fn put_token(&self, record: TokenRecord) -> Result<(), StoreError> {
+        let document = TokenDocument {
+            id: record.id.clone(),
+            kind: Kind::Token,
+            name: record.name,
+            token_sha256: hex::encode(record.token_sha256),
+            scopes: record.scopes,
+            created_at_ms: record.created_at_ms,
+        };
+        self.upsert(Kind::Token, &record.id, &document).await
+    }
+
+    async fn delete_token(&self, id: String) -> Result<bool, StoreError> {
+        self.delete(Kind::Token, &id).await
+    }
+
+    async fn edge_keys(&self) -> Result<Vec<(String, Vec<u8>, u64)>, StoreError> {
+        let mut keys: Vec<(String, Vec<u8>, u64)> = self
+            .all_of::<EdgeKeyDocument>(Kind::EdgeKey)
+            .await?
+            .into_iter()
+            .filter_map(|document| {
+                let secret = hex::decode(&document.secret).ok()?;
+                Some((document.id, secret, document.created_at_ms))
+            })
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+
+    async fn put_edge_key(
+        &self,
+        edge_id: String,
+        secret: Vec<u8>,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let document = EdgeKeyDocument {
+            id: edge_id.clone(),
+            kind: Kind::EdgeKey,
+            secret: hex::encode(secret),
+            created_at_ms: now_ms,
+        };
+        self.upsert(Kind::EdgeKey, &edge_id, &document).await
+    }
+
+    async fn delete_edge_key(&self, edge_id: String) -> Result<bool, StoreError> {
+        self.delete(Kind::EdgeKey, &edge_id).await
+    }
+}
