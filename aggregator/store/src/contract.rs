@@ -8,11 +8,12 @@ use crate::records::{
     ResourceRecord, StoreError, Tier, TokenRecord,
 };
 
-/// The store's catalog: resources (their records, not their counts), API tokens and edge keys.
-/// Every backend keeps it: the embedded store, PostgreSQL and Cosmos DB ([`crate::CosmosStore`],
-/// whose counts are not built yet), all held to it by the conformance suite.
+/// The store's catalog: resources (their records, not their counts), API tokens, edge keys and
+/// (through [`PatternStore`]) patterns. Every backend keeps it: the embedded store, PostgreSQL
+/// and Cosmos DB ([`crate::CosmosStore`], whose counts are not built yet), all held to it by the
+/// conformance suite.
 #[async_trait::async_trait]
-pub trait CatalogStore: std::fmt::Debug + Send + Sync {
+pub trait CatalogStore: PatternStore + std::fmt::Debug + Send + Sync {
     async fn create_resource(&self, record: ResourceRecord) -> Result<CreateOutcome, StoreError>;
 
     /// Every resource, sorted by id.
@@ -44,7 +45,7 @@ pub trait CatalogStore: std::fmt::Debug + Send + Sync {
 /// ([`PgStore`]) implement it, and one conformance suite (`aggregator/store/tests/contract.rs`)
 /// holds both to it. Every method means the same for both.
 #[async_trait::async_trait]
-pub trait DurableStore: CatalogStore + PatternStore + std::fmt::Debug + Send + Sync {
+pub trait DurableStore: CatalogStore + std::fmt::Debug + Send + Sync {
     /// Merges a group of batches in one transaction: every batch's dedupe record, one upsert per
     /// distinct cell of every tier for the whole group, one pending sketch per distinct
     /// (resource, minute). Returns one outcome per batch, in order. A batch applied before (in

@@ -10,8 +10,12 @@
 
 use azure_core::credentials::Secret;
 use azure_data_cosmos::clients::ContainerClient;
-use azure_data_cosmos::models::{ContainerProperties, IndexingPolicy, PartitionKeyDefinition};
-use azure_data_cosmos::options::{BinaryEncodingOptions, ConnectionPoolOptions};
+use azure_data_cosmos::models::{
+    ContainerProperties, IndexingPolicy, PartitionKeyDefinition, PatchInstructions, PatchOperation,
+};
+use azure_data_cosmos::options::{
+    BinaryEncodingOptions, ConnectionPoolOptions, PatchItemOptions, PatchStrategy,
+};
 use azure_data_cosmos::{
     AccountEndpoint, AccountReference, CosmosClient, CosmosError, CosmosRuntime, FeedScope, Query,
     RoutingStrategy,
@@ -22,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
 use crate::contract::CatalogStore;
+use crate::patterns::{PatternRecord, PatternStore};
 use crate::records::{CreateOutcome, ResourceRecord, StoreError, TokenRecord};
 
 /// The container of counts: one document per (resource, tier, bucket), partitioned by resource.
@@ -66,6 +71,7 @@ enum Kind {
     ResourceName,
     Token,
     EdgeKey,
+    Pattern,
 }
 
 impl Kind {
@@ -75,6 +81,7 @@ impl Kind {
             Self::ResourceName => "resource_name",
             Self::Token => "token",
             Self::EdgeKey => "edge_key",
+            Self::Pattern => "pattern",
         }
     }
 }
@@ -114,6 +121,28 @@ struct EdgeKeyDocument {
     /// Hex.
     secret: String,
     created_at_ms: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct PatternDocument {
+    /// The pattern's text, e.g. `blog.*`.
+    id: String,
+    kind: Kind,
+    resources_max: u64,
+    retention_days: Option<u32>,
+    refused_hits: u64,
+    created_at_ms: u64,
+}
+
+impl From<ResourceDocument> for ResourceRecord {
+    fn from(document: ResourceDocument) -> Self {
+        Self {
+            id: document.id,
+            name: document.name,
+            retention_days: document.retention_days,
+            created_at_ms: document.created_at_ms,
+        }
+    }
 }
 
 /// A Cosmos DB answer as a store error: throttling, timeouts and an unreachable service mean
@@ -210,10 +239,28 @@ impl CosmosStore {
         &self,
         kind: Kind,
     ) -> Result<Vec<T>, StoreError> {
+        self.query_kind(kind, "", Vec::new()).await
+    }
+
+    /// The documents of one catalog partition that `condition` (SQL over `c`, with the named
+    /// parameters) holds for; all of them for an empty condition.
+    async fn query_kind<T: DeserializeOwned + Send + 'static>(
+        &self,
+        kind: Kind,
+        condition: &str,
+        parameters: Vec<(&str, serde_json::Value)>,
+    ) -> Result<Vec<T>, StoreError> {
         // The partition is named in the query too: a server may apply the scope loosely.
-        let query = Query::from("SELECT * FROM c WHERE c.kind = @kind")
+        let mut text = "SELECT * FROM c WHERE c.kind = @kind".to_owned();
+        if !condition.is_empty() {
+            text.push_str(&format!(" AND ({condition})"));
+        }
+        let mut query = Query::from(text)
             .with_parameter("@kind", kind.as_str())
             .map_err(classify)?;
+        for (name, value) in parameters {
+            query = query.with_parameter(name, value).map_err(classify)?;
+        }
         let items = self
             .catalog
             .query_items::<T>(query, FeedScope::partition(kind.as_str()), None)
@@ -334,12 +381,7 @@ impl CatalogStore for CosmosStore {
             .all_of::<ResourceDocument>(Kind::Resource)
             .await?
             .into_iter()
-            .map(|document| ResourceRecord {
-                id: document.id,
-                name: document.name,
-                retention_days: document.retention_days,
-                created_at_ms: document.created_at_ms,
-            })
+            .map(ResourceRecord::from)
             .collect();
         records.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(records)
@@ -413,5 +455,101 @@ impl CatalogStore for CosmosStore {
 
     async fn delete_edge_key(&self, edge_id: String) -> Result<bool, StoreError> {
         self.delete(Kind::EdgeKey, &edge_id).await
+    }
+}
+
+#[async_trait::async_trait]
+impl PatternStore for CosmosStore {
+    async fn patterns(&self) -> Result<Vec<PatternRecord>, StoreError> {
+        let mut records: Vec<PatternRecord> = self
+            .all_of::<PatternDocument>(Kind::Pattern)
+            .await?
+            .into_iter()
+            .map(|document| PatternRecord {
+                pattern: document.id,
+                resources_max: document.resources_max,
+                retention_days: document.retention_days,
+                refused_hits: document.refused_hits,
+                created_at_ms: document.created_at_ms,
+            })
+            .collect();
+        records.sort_by(|a, b| a.pattern.cmp(&b.pattern));
+        Ok(records)
+    }
+
+    async fn create_pattern(&self, record: PatternRecord) -> Result<bool, StoreError> {
+        let document = PatternDocument {
+            id: record.pattern.clone(),
+            kind: Kind::Pattern,
+            resources_max: record.resources_max,
+            retention_days: record.retention_days,
+            refused_hits: 0,
+            created_at_ms: record.created_at_ms,
+        };
+        self.create(Kind::Pattern, &record.pattern, &document).await
+    }
+
+    async fn delete_pattern(&self, pattern: String) -> Result<bool, StoreError> {
+        self.delete(Kind::Pattern, &pattern).await
+    }
+
+    /// One server-side increment per pattern: Cosmos DB has no transaction across documents
+    /// outside a batch, and a batch of patches is what the test server refuses, so a failure
+    /// midway leaves the counters before it added. They are a report (how many hits a full
+    /// pattern refused), not counts.
+    async fn add_refused_hits(&self, counts: Vec<(String, u64)>) -> Result<(), StoreError> {
+        for (pattern, hits) in counts {
+            let increment = PatchInstructions::new().with_operation(PatchOperation::increment(
+                "/refused_hits",
+                i64::try_from(hits).unwrap_or(i64::MAX),
+            ));
+            let options = PatchItemOptions::default().with_strategy(PatchStrategy::ServerSide);
+            match self
+                .catalog
+                .patch_item(Kind::Pattern.as_str(), &pattern, increment, Some(options))
+                .await
+            {
+                Ok(_) => {}
+                // Deleted meanwhile: its refusals no longer matter.
+                Err(error) if error.status().is_not_found() => {}
+                Err(error) => return Err(classify(error)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn resources_current(
+        &self,
+        ids: Vec<String>,
+        created_since_ms: Option<u64>,
+    ) -> Result<Vec<ResourceRecord>, StoreError> {
+        let documents: Vec<ResourceDocument> = self
+            .query_kind(
+                Kind::Resource,
+                "ARRAY_CONTAINS(@ids, c.id) OR c.created_at_ms >= @since",
+                vec![
+                    ("@ids", serde_json::json!(ids)),
+                    // Without a time, a bound no resource reaches.
+                    (
+                        "@since",
+                        serde_json::json!(created_since_ms.unwrap_or(u64::MAX)),
+                    ),
+                ],
+            )
+            .await?;
+        Ok(documents.into_iter().map(ResourceRecord::from).collect())
+    }
+
+    /// Each through [`CatalogStore::create_resource`] (one whose id or name is taken is left
+    /// as it is), then the stored records of every id asked for.
+    async fn insert_resources_if_absent(
+        &self,
+        records: Vec<ResourceRecord>,
+    ) -> Result<Vec<ResourceRecord>, StoreError> {
+        let ids: Vec<String> = records.iter().map(|record| record.id.clone()).collect();
+        for record in records {
+            self.create_resource(record).await?;
+        }
+        self.resources_current(ids, None).await
     }
 }

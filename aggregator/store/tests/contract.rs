@@ -90,6 +90,7 @@ macro_rules! catalog_contract {
 catalog_contract!(
     resources_are_unique_by_id_and_name,
     tokens_and_edge_keys_are_replaced_by_id,
+    patterns_and_resources_created_on_first_sight,
 );
 
 macro_rules! contract {
@@ -111,7 +112,6 @@ contract!(
     minute_cells_since_lists_recent_minutes_with_pending_visitors,
     deleting_a_resource_purges_its_counts,
     prune_deletes_expired_minutes_and_old_dedupe_records,
-    patterns_and_resources_created_on_first_sight,
     cells_of_many_reads_each_resource_as_cells_does,
     an_import_adds_its_cells_once_and_all_or_nothing,
 );
@@ -776,7 +776,7 @@ mod cases {
         assert!(matches!(again, ApplyOutcome::Applied(_)));
     }
 
-    pub async fn patterns_and_resources_created_on_first_sight(store: &dyn DurableStore) {
+    pub async fn patterns_and_resources_created_on_first_sight(store: &dyn CatalogStore) {
         let pattern = PatternRecord {
             pattern: "blog.*".to_owned(),
             resources_max: 10,
