@@ -11,6 +11,37 @@ const { createHttpServer } = require("@vercel/cosmosdb-server");
 const port = Number(process.argv[2] || 0);
 const server = createHttpServer({ keepAlive: true });
 
+// Fault injection, which the server itself lacks: `POST /__faults/throttle?requests=N&retry_after_ms=M`
+// answers the next N requests 429 with `x-ms-retry-after-ms: M`, as the service does when a
+// partition runs out of request units; `GET /__faults` says how many were throttled so far.
+const faults = { throttle: 0, retryAfterMs: 0, throttled: 0 };
+const serve = server.listeners("request");
+server.removeAllListeners("request");
+server.on("request", (request, response) => {
+  const url = new URL(request.url, "http://localhost");
+  if (url.pathname.startsWith("/__faults")) {
+    if (url.pathname === "/__faults/throttle") {
+      faults.throttle = Number(url.searchParams.get("requests") || 0);
+      faults.retryAfterMs = Number(url.searchParams.get("retry_after_ms") || 0);
+    }
+    response.setHeader("content-type", "application/json");
+    response.end(JSON.stringify(faults));
+    return;
+  }
+  if (faults.throttle > 0 && url.pathname.startsWith("/dbs/")) {
+    faults.throttle -= 1;
+    faults.throttled += 1;
+    response.statusCode = 429;
+    response.setHeader("content-type", "application/json");
+    response.setHeader("x-ms-retry-after-ms", String(faults.retryAfterMs));
+    response.setHeader("x-ms-substatus", "3200");
+    response.setHeader("x-ms-activity-id", "00000000-0000-0000-0000-000000000429");
+    response.end(JSON.stringify({ code: "TooManyRequests", message: "Request rate is large (injected)" }));
+    return;
+  }
+  for (const listener of serve) listener.call(server, request, response);
+});
+
 server.prependListener("request", (request, response) => {
   // Point reads of a missing item answer 500 without this header (the real service answers 404
   // whatever the header says).

@@ -8,13 +8,16 @@
 //! ordered so that a crash between them leaves a state the next call repairs (see
 //! [`CosmosStore::create_resource`]).
 
+use std::time::Duration;
+
 use azure_core::credentials::Secret;
 use azure_data_cosmos::clients::ContainerClient;
 use azure_data_cosmos::models::{
     ContainerProperties, IndexingPolicy, PartitionKeyDefinition, PatchInstructions, PatchOperation,
 };
 use azure_data_cosmos::options::{
-    BinaryEncodingOptions, ConnectionPoolOptions, PatchItemOptions, PatchStrategy,
+    BinaryEncodingOptions, ConnectionPoolOptions, OperationOptions, OperationOptionsBuilder,
+    PatchItemOptions, PatchStrategy, ThrottlingRetryOptionsBuilder,
 };
 use azure_data_cosmos::{
     AccountEndpoint, AccountReference, CosmosClient, CosmosError, CosmosRuntime, FeedScope, Query,
@@ -37,6 +40,13 @@ pub const CATALOG_CONTAINER: &str = "catalog";
 /// The region named when the account does not say otherwise; routing only orders the account's
 /// own regions by it.
 const ROUTING_REGION: &str = "South Central US";
+/// Retries of a request the service throttled (429, past the partition's request units) before
+/// the store answers `Unavailable` (503 to the client, which retries later): throttling that
+/// lasts is the account's throughput running short, which waiting here would not fix.
+pub const COSMOS_THROTTLE_RETRIES_MAX: u32 = 3;
+/// The longest the retries of one request wait in all (the service's `x-ms-retry-after-ms` says
+/// how long each): well within a delta's or a query's time budget.
+pub const COSMOS_THROTTLE_WAIT_MS_MAX: u64 = 2_000;
 /// A name reserved this long ago by a resource that does not exist was left by a create that
 /// died between its two writes: it is free again. Younger, a create may still be under way.
 const NAME_RESERVATION_MS: u64 = 60_000;
@@ -160,6 +170,18 @@ fn classify(error: CosmosError) -> StoreError {
     }
 }
 
+/// [`COSMOS_THROTTLE_RETRIES_MAX`] and [`COSMOS_THROTTLE_WAIT_MS_MAX`] as the SDK's options (its
+/// defaults, 9 retries within 30 s, would hold a request for half a minute).
+fn throttle_bounds() -> OperationOptions {
+    let throttling = ThrottlingRetryOptionsBuilder::new()
+        .with_max_retry_count(COSMOS_THROTTLE_RETRIES_MAX)
+        .with_max_retry_wait_time(Duration::from_millis(COSMOS_THROTTLE_WAIT_MS_MAX))
+        .build();
+    OperationOptionsBuilder::new()
+        .with_throttling_retry_options(throttling)
+        .build()
+}
+
 fn name_id(name: &str) -> String {
     hex::encode(sha2::Sha256::digest(name.as_bytes()))
 }
@@ -200,6 +222,7 @@ impl CosmosStore {
             .with_runtime(runtime)
             // Documents as JSON text: what every server of the protocol speaks.
             .with_binary_encoding_options(BinaryEncodingOptions::new().with_enabled(false))
+            .with_default_operation_options(throttle_bounds())
             .build(account, RoutingStrategy::ProximityTo(ROUTING_REGION.into()))
             .await
             .map_err(classify)?;

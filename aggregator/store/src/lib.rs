@@ -22,7 +22,10 @@ mod rules;
 mod snapshot;
 
 pub use contract::{CatalogStore, DurableStore};
-pub use cosmos::{CATALOG_CONTAINER, COUNTS_CONTAINER, CosmosSettings, CosmosStore};
+pub use cosmos::{
+    CATALOG_CONTAINER, COSMOS_THROTTLE_RETRIES_MAX, COSMOS_THROTTLE_WAIT_MS_MAX, COUNTS_CONTAINER,
+    CosmosSettings, CosmosStore,
+};
 pub use embedded::EmbeddedStore;
 pub use facade::Store;
 pub use group::WriteShape;

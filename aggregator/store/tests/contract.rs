@@ -65,15 +65,70 @@ async fn on_every_catalog(case: CatalogCase) {
     let Some(server) = hitcount_test_support::CosmosServer::start_or_skip() else {
         return;
     };
+    let cosmos = cosmos_store(&server).await;
+    // A second start finds the database and its containers there.
+    cosmos_store(&server).await;
+    case(&cosmos).await;
+}
+
+async fn cosmos_store(server: &hitcount_test_support::CosmosServer) -> CosmosStore {
     let settings = CosmosSettings {
         endpoint: server.endpoint.clone(),
         key: hitcount_test_support::COSMOS_TEST_KEY.to_owned(),
         database: "hitcount".to_owned(),
     };
-    let cosmos = CosmosStore::connect(&settings).await.unwrap();
-    // A second start finds the database and its containers there.
-    CosmosStore::connect(&settings).await.unwrap();
-    case(&cosmos).await;
+    CosmosStore::connect(&settings).await.unwrap()
+}
+
+/// Cosmos DB throttles a partition that runs out of request units (429 with
+/// `x-ms-retry-after-ms`): the store retries within its bound, then reports the store
+/// unavailable (503 to clients, who retry later) instead of holding the request. The test
+/// server never throttles by itself; its launcher injects the 429s.
+#[tokio::test]
+async fn cosmos_throttling_is_retried_within_a_bound_then_reported_unavailable() {
+    let Some(server) = hitcount_test_support::CosmosServer::start_or_skip() else {
+        return;
+    };
+    let store = cosmos_store(&server).await;
+    let token = |id: &str| TokenRecord {
+        id: id.to_owned(),
+        name: "throttled".to_owned(),
+        token_sha256: [1; 32],
+        scopes: vec!["read".to_owned()],
+        created_at_ms: 1,
+    };
+    let retries = u64::from(hitcount_store::COSMOS_THROTTLE_RETRIES_MAX);
+    server.throttle(retries, 20).await;
+    store.put_token(token("t1")).await.unwrap();
+    assert_eq!(
+        server.faults("").await.throttled,
+        retries,
+        "each retry was throttled once"
+    );
+
+    server.throttle(retries + 1, 50).await;
+    let started = std::time::Instant::now();
+    let error = store.put_token(token("t2")).await.unwrap_err();
+    assert!(
+        matches!(error, hitcount_store::StoreError::Unavailable(_)),
+        "{error:?}"
+    );
+    assert!(
+        started.elapsed()
+            < std::time::Duration::from_millis(hitcount_store::COSMOS_THROTTLE_WAIT_MS_MAX + 1_000),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        server.faults("").await.throttle,
+        0,
+        "every request was tried"
+    );
+    assert_eq!(
+        store.tokens().await.unwrap().len(),
+        1,
+        "the refused write left nothing"
+    );
 }
 
 macro_rules! catalog_contract {

@@ -90,3 +90,42 @@ impl Drop for CosmosServer {
         let _ = self.child.wait();
     }
 }
+
+/// What the test server's fault injection did (`GET /__faults`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Faults {
+    /// Requests still to be throttled.
+    pub throttle: u64,
+    /// Requests answered 429 so far.
+    pub throttled: u64,
+}
+
+impl CosmosServer {
+    /// Answers the next `requests` requests 429 with `x-ms-retry-after-ms: retry_after_ms`.
+    pub async fn throttle(&self, requests: u64, retry_after_ms: u64) -> Faults {
+        self.faults(&format!(
+            "__faults/throttle?requests={requests}&retry_after_ms={retry_after_ms}"
+        ))
+        .await
+    }
+
+    pub async fn faults(&self, path: &str) -> Faults {
+        let url = format!(
+            "{}{}",
+            self.endpoint,
+            if path.is_empty() { "__faults" } else { path }
+        );
+        let body: serde_json::Value = reqwest::Client::new()
+            .post(url)
+            .send()
+            .await
+            .expect("the test server answers")
+            .json()
+            .await
+            .expect("JSON");
+        Faults {
+            throttle: body["throttle"].as_u64().unwrap_or_default(),
+            throttled: body["throttled"].as_u64().unwrap_or_default(),
+        }
+    }
+}
