@@ -48,7 +48,7 @@ pub struct Period {
     pub end_time: String,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct SeriesPoint {
     pub start_time: String,
     pub count: u64,

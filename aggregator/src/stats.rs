@@ -34,6 +34,10 @@ pub struct ResourceTotal {
     pub count: u64,
     /// Distinct visitors in the period, estimated.
     pub uniques: u64,
+    /// With `series=true`: one point per `granularity` bucket of the period, as `GET /hits/{id}`
+    /// answers it (what the dashboard draws each row's trend from, in the same request).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub series: Option<Vec<SeriesPoint>>,
 }
 
 /// The numbers of every selected resource together.
@@ -50,6 +54,8 @@ pub struct Total {
 pub struct TopResponse {
     /// The period counted: the requested window widened to whole buckets (UTC).
     pub period: Period,
+    /// The width of the period's buckets, and of each point of a listed resource's `series`.
+    pub granularity: Tier,
     /// The resources with hits in the period, best first, at most `limit`.
     pub resources: Vec<ResourceTotal>,
     /// Every resource the filter selects, listed or not.
@@ -69,6 +75,10 @@ pub struct TopQuery {
     /// Only resources whose id starts with this.
     pub prefix: Option<String>,
     pub order: Option<Order>,
+    /// Chosen from the period if absent, as for `GET /hits/{id}`.
+    pub granularity: Option<Tier>,
+    /// Each listed resource with its series too.
+    pub series: Option<bool>,
 }
 
 impl TopQuery {
@@ -92,6 +102,7 @@ impl TopQuery {
             prefix,
             order: self.order.unwrap_or_default(),
             limit,
+            series: self.series.unwrap_or(false),
         })
     }
 }
@@ -104,6 +115,8 @@ pub struct TopRequest<'a> {
     pub order: Order,
     /// 1 to [`TOP_LIMIT_MAX`].
     pub limit: usize,
+    /// Each listed resource with its series.
+    pub series: bool,
 }
 
 /// Ids in one `resource_ids` list of `GET /stats/series`.
@@ -253,20 +266,47 @@ pub async fn top(
                     resource_id: resource_id.clone(),
                     count,
                     uniques: visitors.count(),
+                    series: None,
                 });
             }
         }
     }
     rank(&mut ranked, request.order);
     ranked.truncate(request.limit);
+    if request.series {
+        add_series(store, &mut ranked, plan, now_ms).await?;
+    }
     Ok(TopResponse {
         period: plan.period(),
+        granularity: plan.granularity,
         resources: ranked,
         total: Total {
             count: total_count,
             uniques: total_visitors.count(),
         },
     })
+}
+
+/// Each listed resource's series, read again for the listed ones only: keeping every
+/// candidate's series while ranking would hold a sketch per bucket of every resource.
+async fn add_series(
+    store: &Store,
+    listed: &mut [ResourceTotal],
+    plan: &Plan,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    for chunk in listed.chunks_mut(CELLS_READ_RESOURCES_MAX) {
+        let ids = chunk.iter().map(|item| item.resource_id.clone()).collect();
+        let cells = store
+            .cells_of_many(ids, plan.tier, plan.start_ms, plan.end_ms, now_ms)
+            .await?;
+        for (item, cells) in chunk.iter_mut().zip(cells) {
+            let mut fold = SeriesFold::new(plan);
+            fold.add(&cells);
+            item.series = Some(fold.finish().2);
+        }
+    }
+    Ok(())
 }
 
 /// One series over the resources `selection` names, read [`CELLS_READ_RESOURCES_MAX`] at a time.
@@ -338,6 +378,7 @@ mod tests {
             resource_id: resource_id.to_owned(),
             count,
             uniques,
+            series: None,
         }
     }
 

@@ -114,6 +114,31 @@ async fn top_ranks_resources_and_unions_their_visitors() {
         .await;
     assert_eq!(status, StatusCode::OK, "{range}");
     assert_eq!(total(&range), (14, 8));
+    assert!(
+        range["resources"][0].get("series").is_none(),
+        "series only when asked"
+    );
+
+    // With series=true each listed resource carries the series its own query answers, at the
+    // granularity asked for (or chosen from the period), in the same request.
+    let period = format!("start_time={start}&end_time={}", now + 60_000);
+    for (granularity, chosen) in [("", "minute"), ("&granularity=hour", "hour")] {
+        let (status, top) = api
+            .get(&format!("/stats/top?{period}&series=true{granularity}"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{top}");
+        for item in top["resources"].as_array().unwrap() {
+            let id = item["resource_id"].as_str().unwrap();
+            let own = format!(
+                "/hits/{id}?{period}&granularity={}",
+                top["granularity"].as_str().unwrap()
+            );
+            let (_, hits) = api.get(&own).await;
+            assert_eq!(item["series"], hits["series"], "{id}{granularity}");
+        }
+        assert_eq!(top["granularity"], chosen, "{top}");
+        assert!(top["resources"][0]["series"].as_array().unwrap().len() > 1);
+    }
     server.stop().await;
 }
 

@@ -195,6 +195,10 @@ fn using_the_api() {
         "the top's total counts the three hits of two visitors:\n{output}"
     );
     assert!(
+        output.contains("\"uniques\":2,\"series\":[{\"start_time\""),
+        "the top with each listed resource's series:\n{output}"
+    );
+    assert!(
         output.contains("{\"resources\":1,\"count\":3,\"uniques\":2,\"granularity\":\"day\""),
         "the series over the listed resource:\n{output}"
     );

@@ -52,12 +52,15 @@ export interface ResourceTotal {
     resource_id: string;
     count: number;
     uniques: number;
+    /** With `series: true`: one point per `granularity` bucket, as `hits.count` answers it. */
+    series?: SeriesPoint[];
 }
 export interface Top {
     period: {
         start_time: string;
         end_time: string;
     };
+    granularity: Granularity;
     /** Best first; only resources with hits. */
     resources: ResourceTotal[];
     /** Every resource the prefix selects; `uniques` is their visitors' union, not a sum. */
@@ -134,6 +137,8 @@ export declare class HitcountClient {
             limit?: number;
             prefix?: string;
             order?: "count" | "uniques";
+            granularity?: Granularity;
+            series?: boolean;
         }) => Promise<Top>;
         /** One series over the resources under `prefix` and/or listed in `resource_ids`. */
         series: (query?: PeriodQuery & {

@@ -51,10 +51,13 @@ export interface ResourceTotal {
   resource_id: string;
   count: number;
   uniques: number;
+  /** With `series: true`: one point per `granularity` bucket, as `hits.count` answers it. */
+  series?: SeriesPoint[];
 }
 
 export interface Top {
   period: { start_time: string; end_time: string };
+  granularity: Granularity;
   /** Best first; only resources with hits. */
   resources: ResourceTotal[];
   /** Every resource the prefix selects; `uniques` is their visitors' union, not a sum. */
@@ -169,7 +172,15 @@ export class HitcountClient {
   /** Reads across resources (read scope). */
   readonly stats = {
     /** The top resources under `prefix` (all by default), and their total. */
-    top: (query: PeriodQuery & { limit?: number; prefix?: string; order?: "count" | "uniques" } = {}) =>
+    top: (
+      query: PeriodQuery & {
+        limit?: number;
+        prefix?: string;
+        order?: "count" | "uniques";
+        granularity?: Granularity;
+        series?: boolean;
+      } = {},
+    ) =>
       this.get<Top>("/stats/top", query),
     /** One series over the resources under `prefix` and/or listed in `resource_ids`. */
     series: (query: PeriodQuery & { granularity?: Granularity; prefix?: string; resource_ids?: string[] } = {}) =>

@@ -1,6 +1,6 @@
 // The overview: totals, the chart and the top resources of every resource or those under a
 // prefix, over a range; the last hour refreshes itself.
-import { type Counts, type CountsQuery, type Top, api } from "./api";
+import { type Top, api } from "./api";
 import { drawChart, sparkline } from "./chart";
 import { figure, formatNumber, h, say } from "./dom";
 import { rangeControl, rangeQuery } from "./range";
@@ -63,27 +63,25 @@ async function refresh(view: View, parts: Parts): Promise<void> {
   }
   const prefix = String(new FormData(parts.form).get("prefix") ?? "").trim();
   try {
-    const { granularity, ...period } = range;
+    // The top resources come with their trends: one request, not one per row.
     const [top, series] = await Promise.all([
-      api((client) => client.stats.top({ ...period, prefix, limit: TOP_LIMIT })),
+      api((client) => client.stats.top({ ...range, prefix, limit: TOP_LIMIT, series: true })),
       api((client) => client.stats.series({ ...range, prefix })),
     ]);
-    const lines = await Promise.all(top.resources.map((item) =>
-      api((client) => client.hits.count(item.resource_id, { ...period, granularity } as CountsQuery))));
     say(undefined);
     parts.totals.replaceChildren(figure("total-hits", "Hits", top.total.count), figure("total-visitors", "Visitors", top.total.uniques));
     drawChart(parts.chart, series.series);
-    showTop(parts.top, top, lines);
+    showTop(parts.top, top);
   } catch (error) {
     view.failed(error);
   }
   view.afterRefresh(parts.form, () => void refresh(view, parts));
 }
 
-function showTop(box: HTMLElement, top: Top, lines: Counts[]): void {
-  const rows = top.resources.map((item, index) => h("tr", {},
+function showTop(box: HTMLElement, top: Top): void {
+  const rows = top.resources.map((item) => h("tr", {},
     h("th", { scope: "row" }, h("a", { href: `#/resources/${encodeURIComponent(item.resource_id)}` }, item.resource_id)),
-    h("td", { class: "trend" }, sparkline(lines[index]?.series ?? [])),
+    h("td", { class: "trend" }, sparkline(item.series ?? [])),
     h("td", { "data-value": String(item.count) }, formatNumber(item.count)),
     h("td", { "data-value": String(item.uniques) }, formatNumber(item.uniques))));
   if (rows.length === 0) rows.push(h("tr", {}, h("td", { colspan: "4" }, "No hits in this range.")));

@@ -102,6 +102,8 @@ test("the overview shows the API's numbers, filters, goes live, and refuses bad 
   await desktop.waitForFunction(() => /read scope/.test(document.getElementById("notice").textContent));
   assert.equal(await desktop.$("#total-hits"), null);
 
+  const asked = [];
+  desktop.on("request", (request) => asked.push(new URL(request.url()).pathname));
   await signIn(desktop, read.token);
   await desktop.waitForSelector("#total-hits");
   const top = (await admin.get("/stats/top?window=24h&limit=10")).body;
@@ -111,6 +113,12 @@ test("the overview shows the API's numbers, filters, goes live, and refuses bad 
   const rows = await desktop.$$eval("#top tbody tr", (trs) => trs.map((tr) =>
     [...tr.children].filter((cell) => !cell.classList.contains("trend")).map((cell) => cell.textContent)));
   assert.equal(await desktop.$$eval("#top .sparkline", (lines) => lines.length), top.resources.length, "a trend per row");
+  // Each trend is the resource's hourly series, which came with the top in the same request.
+  const trends = (await admin.get("/stats/top?window=24h&granularity=hour&limit=10&series=true")).body;
+  assert.deepEqual(
+    await desktop.$$eval("#top .sparkline", (lines) => lines.map((line) => line.getAttribute("aria-label"))),
+    trends.resources.map((item) => `hits per bucket: from 0 to ${Math.max(1, ...item.series.map((point) => point.count))}`));
+  assert.equal(asked.filter((path) => path.startsWith("/hits/")).length, 0, "no request per row");
   assert.deepEqual(rows, top.resources.map((item) => [item.resource_id, String(item.count), String(item.uniques)]));
   await desktop.waitForSelector(".chart canvas");
   assert.ok(Number(await desktop.getAttribute(".chart", "data-points")) >= 24, "an hourly series over 24 hours");

@@ -260,16 +260,21 @@ impl IntoParams for TopQuery {
             .minimum(Some(1))
             .maximum(Some(TOP_LIMIT_MAX))
             .into();
+        let series = ObjectBuilder::new().schema_type(Type::Boolean).into();
         period_params(
             &[
                 ("limit", limit),
                 ("prefix", prefix().into()),
                 ("order", Order::schema()),
+                ("granularity", Tier::schema()),
+                ("series", series),
             ],
             &format!(
                 "and optionally `limit` (1 to {TOP_LIMIT_MAX}, default {TOP_LIMIT_DEFAULT}), \
-                 `prefix` (only resources whose id starts with it) and `order` (`count`, the \
-                 default, or `uniques`)"
+                 `prefix` (only resources whose id starts with it), `order` (`count`, the \
+                 default, or `uniques`), `granularity` (the width of the buckets, chosen from \
+                 the period if absent) and `series` (`true`: each listed resource with its \
+                 series at that granularity)"
             ),
         )
     }

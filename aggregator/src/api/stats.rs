@@ -20,7 +20,7 @@ use crate::stats::{self, SeriesError, SeriesQuery, SeriesResponse, TopQuery, Top
         (status = 400, description = "A query outside its schema: window together with start_time or end_time, only one of those, an unknown parameter, an unparseable time, limit out of range, a prefix with characters no resource id has", body = ErrorBody),
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
         (status = 403, description = "Token lacks the read scope", body = ErrorBody),
-        (status = 422, description = format!("start_time not before end_time, or a period of more than {SERIES_POINTS_MAX} buckets"), body = ErrorBody),
+        (status = 422, description = format!("start_time not before end_time, a granularity no longer kept for this window, or a period of more than {SERIES_POINTS_MAX} buckets"), body = ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
         (status = 503, description = "The store is unavailable; retry", body = ErrorBody),
     ),
@@ -33,7 +33,7 @@ pub async fn top(
 ) -> Result<Json<TopResponse>, ApiError> {
     caller.require(Scope::Read)?;
     let now_ms = now_ms();
-    let plan = query::plan(query.range(), None, now_ms)?;
+    let plan = query::plan(query.range(), query.granularity, now_ms)?;
     let request = query.request()?;
     let top = stats::top(&state.catalog, &state.store, request, &plan, now_ms).await?;
     Ok(Json(top))
