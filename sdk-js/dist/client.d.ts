@@ -105,11 +105,22 @@ export interface ClientOptions {
     token: string;
     fetch?: typeof fetch;
 }
+/** What `POST /import` did. */
+export interface ImportReport {
+    /** `duplicate` when this very file was imported before: nothing changed. */
+    status: "imported" | "duplicate";
+    resources_created: number;
+    cells: number;
+    hits: number;
+    expired_cells: number;
+    skipped_rows: number;
+}
 export declare class HitcountClient {
     private readonly baseUrl;
     private readonly token;
     private readonly fetchImpl;
     constructor(options: ClientOptions);
+    /** A body is sent as JSON, or as written when it is a `RawBody`. */
     private call;
     private get;
     readonly resources: {
@@ -147,6 +158,11 @@ export declare class HitcountClient {
             resource_ids?: string[];
         }) => Promise<Series>;
     };
+    /**
+     * Imports a file (admin scope), once: the lossless export (`ndjson`, what
+     * `GET /export?format=ndjson` wrote) or GoatCounter's CSV export (`goatcounter`).
+     */
+    import(file: string, format?: "ndjson" | "goatcounter"): Promise<ImportReport>;
     readonly tokens: {
         create: (name: string, scopes: Scope[]) => Promise<CreatedToken>;
         list: () => Promise<Token[]>;

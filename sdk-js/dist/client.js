@@ -8,6 +8,12 @@ var HitcountError = class extends Error {
     this.name = "HitcountError";
   }
 };
+var RawBody = class {
+  constructor(text, contentType) {
+    this.text = text;
+    this.contentType = contentType;
+  }
+};
 var HitcountClient = class {
   constructor(options) {
     this.resources = {
@@ -40,14 +46,16 @@ var HitcountClient = class {
     this.token = options.token;
     this.fetchImpl = options.fetch ?? fetch.bind(globalThis);
   }
+  /** A body is sent as JSON, or as written when it is a `RawBody`. */
   async call(method, path, body) {
+    const raw = body instanceof RawBody ? body : void 0;
     const response = await this.fetchImpl(this.baseUrl + path, {
       method,
       headers: {
         authorization: `Bearer ${this.token}`,
-        ...body === void 0 ? {} : { "content-type": "application/json" }
+        ...body === void 0 ? {} : { "content-type": raw?.contentType ?? "application/json" }
       },
-      body: body === void 0 ? void 0 : JSON.stringify(body)
+      body: body === void 0 ? void 0 : raw ? raw.text : JSON.stringify(body)
     });
     const text = await response.text();
     const value = text ? JSON.parse(text) : void 0;
@@ -69,6 +77,14 @@ var HitcountClient = class {
     }
     const suffix = parameters.toString() ? `?${parameters}` : "";
     return this.call("GET", `${path}${suffix}`);
+  }
+  /**
+   * Imports a file (admin scope), once: the lossless export (`ndjson`, what
+   * `GET /export?format=ndjson` wrote) or GoatCounter's CSV export (`goatcounter`).
+   */
+  import(file, format = "ndjson") {
+    const contentType = format === "ndjson" ? "application/x-ndjson" : "text/csv";
+    return this.call("POST", `/import?format=${format}`, new RawBody(file, contentType));
   }
 };
 export {

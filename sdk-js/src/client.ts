@@ -107,6 +107,22 @@ export interface ClientOptions {
   fetch?: typeof fetch;
 }
 
+/** A request body sent as written, not as JSON. */
+class RawBody {
+  constructor(readonly text: string, readonly contentType: string) {}
+}
+
+/** What `POST /import` did. */
+export interface ImportReport {
+  /** `duplicate` when this very file was imported before: nothing changed. */
+  status: "imported" | "duplicate";
+  resources_created: number;
+  cells: number;
+  hits: number;
+  expired_cells: number;
+  skipped_rows: number;
+}
+
 export class HitcountClient {
   private readonly baseUrl: string;
   private readonly token: string;
@@ -119,14 +135,16 @@ export class HitcountClient {
     this.fetchImpl = options.fetch ?? fetch.bind(globalThis);
   }
 
+  /** A body is sent as JSON, or as written when it is a `RawBody`. */
   private async call<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const raw = body instanceof RawBody ? body : undefined;
     const response = await this.fetchImpl(this.baseUrl + path, {
       method,
       headers: {
         authorization: `Bearer ${this.token}`,
-        ...(body === undefined ? {} : { "content-type": "application/json" }),
+        ...(body === undefined ? {} : { "content-type": raw?.contentType ?? "application/json" }),
       },
-      body: body === undefined ? undefined : JSON.stringify(body),
+      body: body === undefined ? undefined : raw ? raw.text : JSON.stringify(body),
     });
     const text = await response.text();
     const value = text ? JSON.parse(text) : undefined;
@@ -186,6 +204,15 @@ export class HitcountClient {
     series: (query: PeriodQuery & { granularity?: Granularity; prefix?: string; resource_ids?: string[] } = {}) =>
       this.get<Series>("/stats/series", { ...query, resource_ids: query.resource_ids?.join(",") }),
   };
+
+  /**
+   * Imports a file (admin scope), once: the lossless export (`ndjson`, what
+   * `GET /export?format=ndjson` wrote) or GoatCounter's CSV export (`goatcounter`).
+   */
+  import(file: string, format: "ndjson" | "goatcounter" = "ndjson"): Promise<ImportReport> {
+    const contentType = format === "ndjson" ? "application/x-ndjson" : "text/csv";
+    return this.call<ImportReport>("POST", `/import?format=${format}`, new RawBody(file, contentType));
+  }
 
   readonly tokens = {
     create: (name: string, scopes: Scope[]) => this.call<CreatedToken>("POST", "/tokens", { name, scopes }),

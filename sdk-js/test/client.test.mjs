@@ -32,6 +32,17 @@ test("the client manages resources, sends hits, reads exact counts and maps erro
     const series = await client.stats.series({ window: "1h", granularity: "hour", resource_ids: ["docs"] });
     assert.deepEqual([series.resources, series.count, series.uniques], [1, 2, 2]);
 
+    // A GoatCounter export imported once: a second send of the same file changes nothing.
+    const date = new Date(Date.now() - 3_600_000).toISOString();
+    const goatcounter = "2Path,Title,Event,UserAgent,Browser,System,Session,Bot,Referrer,Referrer scheme,Screen size,Location,FirstVisit,Date\n" +
+      `/pricing,Pricing,false,Mozilla/5.0,Firefox,Linux,s1,0,,,"1920,1080,1",NL,true,${date}\n`;
+    const imported = await client.import(goatcounter, "goatcounter");
+    assert.deepEqual([imported.status, imported.resources_created, imported.hits], ["imported", 1, 2]);
+    assert.equal((await client.import(goatcounter, "goatcounter")).status, "duplicate");
+    assert.equal((await client.hits.count("pricing", { window: "24h" })).count, 1);
+    await assert.rejects(client.import("{not json"), (error) =>
+      error instanceof HitcountError && error.status === 422 && error.code === "invalid_line");
+
     const reader = await client.tokens.create("dashboard", ["read"]);
     assert.deepEqual(reader.scopes, ["read"]);
     assert.ok((await client.tokens.list()).some((token) => token.id === reader.id));
