@@ -8,14 +8,11 @@
 use std::collections::BTreeMap;
 
 use hitcount_wire::{CLOCK_SKEW_MS_MAX, RESOURCE_ID_BYTES_MAX, Sketch};
-use sha2::Digest;
 
 use super::{ImportError, LineProblem, Parsed};
 use crate::catalog::{Catalog, NAME_CHARS_MAX, checked_name};
 use crate::query::rfc3339_ms;
-use crate::store::{
-    CountCell, IMPORT_CELLS_MAX, Import, ImportCell, ResourceRecord, Tier, cell_kept,
-};
+use crate::store::{CountCell, IMPORT_CELLS_MAX, ImportCell, ResourceRecord, Tier, cell_kept};
 
 /// The header of version 2, in order (the first field carries the version).
 const HEADER: [&str; 14] = [
@@ -108,19 +105,16 @@ pub(super) fn parse(catalog: &Catalog, body: &[u8], now_ms: u64) -> Result<Parse
         return Err(ImportError::Empty);
     }
     Ok(Parsed {
-        import: Import {
-            file_sha256: sha2::Sha256::digest(body).into(),
-            resources: names
-                .into_iter()
-                .map(|(id, name)| ResourceRecord {
-                    id,
-                    name,
-                    retention_days: None,
-                    created_at_ms: now_ms,
-                })
-                .collect(),
-            cells,
-        },
+        resources: names
+            .into_iter()
+            .map(|(id, name)| ResourceRecord {
+                id,
+                name,
+                retention_days: None,
+                created_at_ms: now_ms,
+            })
+            .collect(),
+        cells,
         expired_cells,
         skipped_rows,
     })

@@ -1,24 +1,19 @@
 //! The lossless export (`GET /export?format=ndjson`) read back.
 
-use std::collections::HashMap;
-
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
-use hitcount_wire::{CLOCK_SKEW_MS_MAX, Sketch};
-use sha2::Digest;
+use std::collections::{BTreeMap, HashMap};
 
 use super::{ImportError, LineProblem, Parsed};
 use crate::catalog::{Catalog, checked_name, retention_valid};
 use crate::export::Line;
 use crate::query::rfc3339_ms;
-use crate::store::{
-    CountCell, IMPORT_CELLS_MAX, Import, ImportCell, ResourceRecord, Tier, cell_kept,
-};
+use crate::store::{CountCell, IMPORT_CELLS_MAX, ImportCell, ResourceRecord, Tier, cell_kept};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use hitcount_wire::{CLOCK_SKEW_MS_MAX, Sketch};
 
 /// Reads the lossless export, line by line (blank lines are skipped).
 pub(super) fn parse(catalog: &Catalog, body: &[u8], now_ms: u64) -> Result<Parsed, ImportError> {
-    let mut resources: HashMap<String, ResourceRecord> = HashMap::new();
-    let mut order: Vec<String> = Vec::new();
+    let mut resources: BTreeMap<String, ResourceRecord> = BTreeMap::new();
     let mut seen_cells: HashMap<(String, Tier, u64), usize> = HashMap::new();
     let mut cells = Vec::new();
     let mut expired_cells = 0;
@@ -41,7 +36,6 @@ pub(super) fn parse(catalog: &Catalog, body: &[u8], now_ms: u64) -> Result<Parse
                 if resources.contains_key(&record.id) {
                     return Err(at(LineProblem::DuplicateResource(record.id)));
                 }
-                order.push(record.id.clone());
                 resources.insert(record.id.clone(), record);
             }
             Line::Cell {
@@ -82,16 +76,9 @@ pub(super) fn parse(catalog: &Catalog, body: &[u8], now_ms: u64) -> Result<Parse
     if resources.is_empty() && cells.is_empty() && expired_cells == 0 {
         return Err(ImportError::Empty);
     }
-    let resources = order
-        .into_iter()
-        .filter_map(|id| resources.remove(&id))
-        .collect();
     Ok(Parsed {
-        import: Import {
-            file_sha256: sha2::Sha256::digest(body).into(),
-            resources,
-            cells,
-        },
+        resources: resources.into_values().collect(),
+        cells,
         expired_cells,
         skipped_rows: 0,
     })

@@ -12,7 +12,11 @@ use hitcount_wire::WireError;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{Catalog, NAME_CHARS_MAX, RETENTION_DAYS_MAX};
-use crate::store::{IMPORT_CELLS_MAX, Import, ImportOutcome, Store, StoreError};
+use sha2::Digest;
+
+use crate::store::{
+    IMPORT_CELLS_MAX, Import, ImportCell, ImportOutcome, ResourceRecord, Store, StoreError,
+};
 
 /// The largest file `POST /import` takes: a bigger store is moved in parts (`prefix`).
 pub const IMPORT_BODY_BYTES_MAX: usize = 64 * 1024 * 1024;
@@ -129,7 +133,6 @@ pub async fn import(
         ImportFormat::Goatcounter => goatcounter::parse(catalog, body, now_ms)?,
     };
     let ids: Vec<String> = parsed
-        .import
         .resources
         .iter()
         .map(|record| record.id.clone())
@@ -137,16 +140,26 @@ pub async fn import(
     let mut report = ImportReport {
         status: ImportStatus::Imported,
         resources_created: 0,
-        cells: parsed.import.cells.len() as u64,
-        hits: parsed.import.cells.iter().map(|cell| cell.cell.hits).sum(),
+        cells: parsed.cells.len() as u64,
+        hits: parsed.cells.iter().map(|cell| cell.cell.hits).sum(),
         expired_cells: parsed.expired_cells,
         skipped_rows: parsed.skipped_rows,
     };
-    match store.import(parsed.import, now_ms).await? {
+    let import = Import {
+        file_sha256: sha2::Sha256::digest(body).into(),
+        resources: parsed.resources,
+        cells: parsed.cells,
+    };
+    match store.import(import, now_ms).await? {
         ImportOutcome::Imported { resources_created } => {
             report.resources_created = resources_created;
             if resources_created > 0 {
-                catalog.insert_resources(store.resources_current(ids, None).await?);
+                // The import is committed: a failed read here must not answer it as failed
+                // (a retry would be a duplicate). The cache's periodic reload finds them too.
+                match store.resources_current(ids, None).await {
+                    Ok(records) => catalog.insert_resources(records),
+                    Err(error) => tracing::warn!(%error, "caching the imported resources failed"),
+                }
             }
             tracing::info!(cells = report.cells, hits = report.hits, "file imported");
             Ok(report)
@@ -163,9 +176,10 @@ pub async fn import(
     }
 }
 
-/// A checked file: what the store writes, and what was left out.
+/// A checked file: the resources and cells the store writes, and what was left out.
 struct Parsed {
-    import: Import,
+    resources: Vec<ResourceRecord>,
+    cells: Vec<ImportCell>,
     expired_cells: u64,
     skipped_rows: u64,
 }

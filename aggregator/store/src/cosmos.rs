@@ -33,10 +33,10 @@ use crate::patterns::{PatternRecord, PatternStore};
 use crate::records::{CreateOutcome, ResourceRecord, StoreError, TokenRecord};
 
 /// The container of counts: one document per (resource, tier, bucket), partitioned by resource.
-pub const COUNTS_CONTAINER: &str = "counts";
+const COUNTS_CONTAINER: &str = "counts";
 /// The container of everything else (resources, tokens, edge keys, patterns), partitioned by
 /// kind: small, read whole at start and every few seconds.
-pub const CATALOG_CONTAINER: &str = "catalog";
+const CATALOG_CONTAINER: &str = "catalog";
 /// The region named when the account does not say otherwise; routing only orders the account's
 /// own regions by it.
 const ROUTING_REGION: &str = "South Central US";

@@ -23,8 +23,7 @@ mod snapshot;
 
 pub use contract::{CatalogStore, DurableStore};
 pub use cosmos::{
-    CATALOG_CONTAINER, COSMOS_THROTTLE_RETRIES_MAX, COSMOS_THROTTLE_WAIT_MS_MAX, COUNTS_CONTAINER,
-    CosmosSettings, CosmosStore,
+    COSMOS_THROTTLE_RETRIES_MAX, COSMOS_THROTTLE_WAIT_MS_MAX, CosmosSettings, CosmosStore,
 };
 pub use embedded::EmbeddedStore;
 pub use facade::Store;

@@ -103,20 +103,20 @@ pub struct Faults {
 impl CosmosServer {
     /// Answers the next `requests` requests 429 with `x-ms-retry-after-ms: retry_after_ms`.
     pub async fn throttle(&self, requests: u64, retry_after_ms: u64) -> Faults {
-        self.faults(&format!(
+        self.fault_control(&format!(
             "__faults/throttle?requests={requests}&retry_after_ms={retry_after_ms}"
         ))
         .await
     }
 
-    pub async fn faults(&self, path: &str) -> Faults {
-        let url = format!(
-            "{}{}",
-            self.endpoint,
-            if path.is_empty() { "__faults" } else { path }
-        );
+    /// What the fault injection did so far.
+    pub async fn faults(&self) -> Faults {
+        self.fault_control("__faults").await
+    }
+
+    async fn fault_control(&self, path: &str) -> Faults {
         let body: serde_json::Value = reqwest::Client::new()
-            .post(url)
+            .post(format!("{}{path}", self.endpoint))
             .send()
             .await
             .expect("the test server answers")
