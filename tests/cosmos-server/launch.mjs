@@ -13,14 +13,16 @@ const server = createHttpServer({ keepAlive: true });
 
 // Fault injection, which the server itself lacks: `POST /__faults/throttle?requests=N&retry_after_ms=M`
 // answers the next N requests 429 with `x-ms-retry-after-ms: M`, as the service does when a
-// partition runs out of request units; `GET /__faults` says how many were throttled so far.
-const faults = { throttle: 0, retryAfterMs: 0, throttled: 0 };
+// partition runs out of request units (`&after=K`: once K more requests were served, to cut an
+// operation short midway); `GET /__faults` says how many were throttled so far.
+const faults = { after: 0, throttle: 0, retryAfterMs: 0, throttled: 0 };
 const serve = server.listeners("request");
 server.removeAllListeners("request");
 server.on("request", (request, response) => {
   const url = new URL(request.url, "http://localhost");
   if (url.pathname.startsWith("/__faults")) {
     if (url.pathname === "/__faults/throttle") {
+      faults.after = Number(url.searchParams.get("after") || 0);
       faults.throttle = Number(url.searchParams.get("requests") || 0);
       faults.retryAfterMs = Number(url.searchParams.get("retry_after_ms") || 0);
     }
@@ -28,7 +30,9 @@ server.on("request", (request, response) => {
     response.end(JSON.stringify(faults));
     return;
   }
-  if (faults.throttle > 0 && url.pathname.startsWith("/dbs/")) {
+  if (faults.throttle > 0 && faults.after > 0 && url.pathname.startsWith("/dbs/")) {
+    faults.after -= 1;
+  } else if (faults.throttle > 0 && url.pathname.startsWith("/dbs/")) {
     faults.throttle -= 1;
     faults.throttled += 1;
     response.statusCode = 429;

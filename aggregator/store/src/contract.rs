@@ -10,8 +10,7 @@ use crate::records::{
 
 /// The store's catalog: resources (their records, not their counts), API tokens, edge keys and
 /// (through [`PatternStore`]) patterns. Every backend keeps it: the embedded store, PostgreSQL
-/// and Cosmos DB ([`crate::CosmosStore`], whose counts are not built yet), all held to it by the
-/// conformance suite.
+/// and Cosmos DB ([`crate::CosmosStore`]), all held to it by the conformance suite.
 #[async_trait::async_trait]
 pub trait CatalogStore: PatternStore + std::fmt::Debug + Send + Sync {
     async fn create_resource(&self, record: ResourceRecord) -> Result<CreateOutcome, StoreError>;
@@ -41,9 +40,10 @@ pub trait CatalogStore: PatternStore + std::fmt::Debug + Send + Sync {
     async fn delete_edge_key(&self, edge_id: String) -> Result<bool, StoreError>;
 }
 
-/// The durable store's contract: the embedded store ([`EmbeddedStore`]) and PostgreSQL
-/// ([`PgStore`]) implement it, and one conformance suite (`aggregator/store/tests/contract.rs`)
-/// holds both to it. Every method means the same for both.
+/// The durable store's contract: the embedded store ([`EmbeddedStore`]), PostgreSQL
+/// ([`PgStore`]) and Cosmos DB ([`crate::CosmosStore`]) implement it, and one conformance suite
+/// (`aggregator/store/tests/contract.rs`) holds all three to it. Every method means the same for
+/// each.
 #[async_trait::async_trait]
 pub trait DurableStore: CatalogStore + std::fmt::Debug + Send + Sync {
     /// Merges a group of batches in one transaction: every batch's dedupe record, one upsert per
@@ -98,6 +98,12 @@ pub trait DurableStore: CatalogStore + std::fmt::Debug + Send + Sync {
     /// Folds pending sketches into their cells; returns how many pending rows were folded. Safe
     /// to run from several processes on one database at once.
     async fn compact(&self) -> Result<u64, StoreError>;
+
+    /// Whether merges (or folds) leave sketches pending for [`Self::compact`]: true on SQLite
+    /// and PostgreSQL, false on Cosmos DB, whose folds write each sketch into its cell.
+    fn keeps_pending_sketches(&self) -> bool {
+        true
+    }
 
     /// Deletes a resource and purges its counts (its unfolded inbox cells are folded first, as of
     /// `now_ms`). False if it did not exist.

@@ -1,19 +1,31 @@
-//! Azure Cosmos DB for NoSQL, the third durable backend (issue 13, being built): the account's
-//! database with its containers (created at start if missing), and the catalog: resources,
-//! tokens and edge keys. Counts come next; ARCHITECTURE.md ("Cosmos DB") holds the data model
-//! both follow.
+//! Azure Cosmos DB for NoSQL, the third durable backend (issue 13): the account's database with
+//! its containers (created at start if missing) and the catalog (resources, tokens, edge keys,
+//! patterns) here; the counts in the submodules: the inbox of batches (`inbox.rs`), its fold
+//! (`fold.rs`) into the count documents (`counts.rs`), this process's unfolded rows
+//! (`overlay.rs`) and the store contract over them (`durable.rs`). ARCHITECTURE.md ("Cosmos DB")
+//! holds the data model.
 //!
 //! Through Microsoft's SDK (`azure_data_cosmos`) only. Cosmos DB has no transaction across
 //! documents of different partitions, so every operation here that writes two documents is
 //! ordered so that a crash between them leaves a state the next call repairs (see
 //! [`CosmosStore::create_resource`]).
 
+mod counts;
+mod durable;
+mod fold;
+mod inbox;
+mod overlay;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use azure_core::credentials::Secret;
 use azure_data_cosmos::clients::ContainerClient;
 use azure_data_cosmos::models::{
     ContainerProperties, IndexingPolicy, PartitionKeyDefinition, PatchInstructions, PatchOperation,
+    TimeToLive,
 };
 use azure_data_cosmos::options::{
     BinaryEncodingOptions, ConnectionPoolOptions, OperationOptions, OperationOptionsBuilder,
@@ -31,9 +43,15 @@ use sha2::Digest;
 use crate::contract::CatalogStore;
 use crate::patterns::{PatternRecord, PatternStore};
 use crate::records::{CreateOutcome, ResourceRecord, StoreError, TokenRecord};
+use counts::COUNTS_CONTAINER;
+use inbox::INBOX_CONTAINER;
+use overlay::Overlay;
 
-/// The container of counts: one document per (resource, tier, bucket), partitioned by resource.
-const COUNTS_CONTAINER: &str = "counts";
+pub use counts::COUNT_WRITE_ATTEMPTS_MAX;
+pub use fold::STREAM_ORPHAN_MS;
+pub use inbox::{INBOX_PART_CHARS_MAX, INBOX_PARTS_MAX};
+pub use overlay::OVERLAY_DONE_KEEP_MS;
+
 /// The container of everything else (resources, tokens, edge keys, patterns), partitioned by
 /// kind: small, read whole at start and every few seconds.
 const CATALOG_CONTAINER: &str = "catalog";
@@ -82,6 +100,10 @@ enum Kind {
     Token,
     EdgeKey,
     Pattern,
+    /// An aggregator process's fold stream (`fold.rs`).
+    FoldStream,
+    /// An imported file's record: a second import of it changes nothing.
+    Import,
 }
 
 impl Kind {
@@ -92,6 +114,8 @@ impl Kind {
             Self::Token => "token",
             Self::EdgeKey => "edge_key",
             Self::Pattern => "pattern",
+            Self::FoldStream => "fold_stream",
+            Self::Import => "import",
         }
     }
 }
@@ -182,13 +206,35 @@ fn throttle_bounds() -> OperationOptions {
         .build()
 }
 
+/// A point read of one document; `None` when there is none.
+async fn read_document<T: DeserializeOwned>(
+    container: &ContainerClient,
+    partition: String,
+    id: &str,
+) -> Result<Option<T>, StoreError> {
+    match container.read_item(partition, id, None).await {
+        Ok(response) => Ok(Some(response.into_model().map_err(classify)?)),
+        Err(error) if error.status().is_not_found() => Ok(None),
+        Err(error) => Err(classify(error)),
+    }
+}
+
 fn name_id(name: &str) -> String {
     hex::encode(sha2::Sha256::digest(name.as_bytes()))
 }
 
-#[derive(Clone)]
 pub struct CosmosStore {
     catalog: ContainerClient,
+    counts: ContainerClient,
+    inbox: ContainerClient,
+    /// This process's fold stream: the writer of its inbox rows (a new one if another process
+    /// ever takes this one over).
+    writer: Mutex<String>,
+    /// Whether this process's stream has its document (`fold.rs`).
+    stream_started: AtomicBool,
+    /// The number of this process's next row in its stream.
+    next_row: AtomicU64,
+    overlay: Overlay,
 }
 
 impl std::fmt::Debug for CosmosStore {
@@ -236,11 +282,18 @@ impl CosmosStore {
             ContainerProperties::new(CATALOG_CONTAINER, PartitionKeyDefinition::from("/kind")),
             // Sketches are read whole, never searched: indexing them would only cost request
             // units on every write.
+            // Per-document TTL on, no default: each count document expires with its retention.
             ContainerProperties::new(
                 COUNTS_CONTAINER,
                 PartitionKeyDefinition::from("/resource_id"),
             )
-            .with_indexing_policy(IndexingPolicy::default().with_excluded_path("/sketch/?")),
+            .with_indexing_policy(IndexingPolicy::default().with_excluded_path("/sketch/?"))
+            .with_default_ttl(TimeToLive::NoDefault),
+            // Partitioned by edge: every delivery of a batch meets the same unique id. Rows'
+            // payloads are read whole, never searched.
+            ContainerProperties::new(INBOX_CONTAINER, PartitionKeyDefinition::from("/edge_id"))
+                .with_indexing_policy(IndexingPolicy::default().with_excluded_path("/payload/?"))
+                .with_default_ttl(TimeToLive::NoDefault),
         ];
         for properties in containers {
             let name = properties.id.clone();
@@ -250,11 +303,61 @@ impl CosmosStore {
                 Err(error) => return Err(classify(error)),
             }
         }
-        let catalog = database
-            .container_client(CATALOG_CONTAINER, None)
-            .await
-            .map_err(classify)?;
-        Ok(Self { catalog })
+        let mut containers = Vec::new();
+        for name in [CATALOG_CONTAINER, COUNTS_CONTAINER, INBOX_CONTAINER] {
+            containers.push(
+                database
+                    .container_client(name, None)
+                    .await
+                    .map_err(classify)?,
+            );
+        }
+        let [catalog, counts, inbox] = <[ContainerClient; 3]>::try_from(containers)
+            .unwrap_or_else(|_| unreachable!("three containers were asked for"));
+        Ok(Self {
+            catalog,
+            counts,
+            inbox,
+            writer: Mutex::new(crate::random_hex(8)),
+            stream_started: AtomicBool::new(false),
+            next_row: AtomicU64::new(1),
+            overlay: Overlay::default(),
+        })
+    }
+
+    /// This process's stream.
+    fn writer(&self) -> String {
+        self.writer
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone()
+    }
+
+    /// Starts a new stream for this process's next rows.
+    fn rotate_writer(&self) {
+        *self
+            .writer
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = crate::random_hex(8);
+        self.stream_started.store(false, Ordering::Release);
+    }
+
+    fn next_row(&self) -> u64 {
+        self.next_row.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The retention of each of `ids` that exists (one query in the catalog's resource
+    /// partition): what the merge and fold rules take.
+    async fn retention_of(
+        &self,
+        ids: Vec<String>,
+    ) -> Result<HashMap<String, Option<u32>>, StoreError> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        Ok(counts::retention_map(
+            self.resources_current(ids, None).await?,
+        ))
     }
 
     /// Every document of one catalog partition.
@@ -297,11 +400,7 @@ impl CosmosStore {
         kind: Kind,
         id: &str,
     ) -> Result<Option<T>, StoreError> {
-        match self.catalog.read_item(kind.as_str(), id, None).await {
-            Ok(response) => Ok(Some(response.into_model().map_err(classify)?)),
-            Err(error) if error.status().is_not_found() => Ok(None),
-            Err(error) => Err(classify(error)),
-        }
+        read_document(&self.catalog, kind.as_str().to_owned(), id).await
     }
 
     /// Creates; false when a document with this id exists.

@@ -175,7 +175,7 @@ impl InboxRow {
     }
 
     /// This row's cells of one resource.
-    fn cells_of(&self, resource_id: &str) -> &[InboxCell] {
+    pub(crate) fn cells_of(&self, resource_id: &str) -> &[InboxCell] {
         let first = self
             .cells
             .partition_point(|cell| cell.resource_id.as_str() < resource_id);
@@ -184,7 +184,7 @@ impl InboxRow {
         &self.cells[first..end]
     }
 
-    fn holds(&self, resource_id: &str) -> bool {
+    pub(crate) fn holds(&self, resource_id: &str) -> bool {
         !self.cells_of(resource_id).is_empty()
     }
 
@@ -228,7 +228,7 @@ impl InboxRow {
     }
 
     /// A copy without one resource's cells.
-    fn without(&self, resource_id: &str) -> Self {
+    pub(crate) fn without(&self, resource_id: &str) -> Self {
         Self {
             cells: self
                 .cells

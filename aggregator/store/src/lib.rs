@@ -1,6 +1,7 @@
-//! Where counts live. [`Store`] (`facade.rs`) is what the aggregator uses; behind it is either
-//! the embedded store (`embedded.rs`, SQLite in one file in the data directory) or PostgreSQL
-//! (`postgres.rs`, which Citus speaks too), both held to [`DurableStore`] (`contract.rs`), and
+//! Where counts live. [`Store`] (`facade.rs`) is what the aggregator uses; behind it is the
+//! embedded store (`embedded.rs`, SQLite in one file in the data directory), PostgreSQL
+//! (`postgres.rs`, which Citus speaks too) or Cosmos DB (`cosmos.rs`, with its own rules for
+//! what SQL does in one transaction), all held to [`DurableStore`] (`contract.rs`), and
 //! with `--redis-url` the hot tier (`hot.rs`). Both backends keep the same rules (their table and
 //! column names differ, see ARCHITECTURE.md): three tiers written in the merge's transaction
 //! (`group.rs` decides what), the dedupe record in that same transaction, sketches appended to
@@ -23,7 +24,9 @@ mod snapshot;
 
 pub use contract::{CatalogStore, DurableStore};
 pub use cosmos::{
-    COSMOS_THROTTLE_RETRIES_MAX, COSMOS_THROTTLE_WAIT_MS_MAX, CosmosSettings, CosmosStore,
+    COSMOS_THROTTLE_RETRIES_MAX, COSMOS_THROTTLE_WAIT_MS_MAX, COUNT_WRITE_ATTEMPTS_MAX,
+    CosmosSettings, CosmosStore, INBOX_PART_CHARS_MAX, INBOX_PARTS_MAX, OVERLAY_DONE_KEEP_MS,
+    STREAM_ORPHAN_MS,
 };
 pub use embedded::EmbeddedStore;
 pub use facade::Store;

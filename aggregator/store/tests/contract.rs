@@ -20,10 +20,17 @@ use tempfile::TempDir;
 
 type Case = fn(&dyn DurableStore) -> std::pin::Pin<Box<dyn Future<Output = ()> + '_>>;
 
-/// Both backends in both write shapes: SQLite always, PostgreSQL when it answers (under
-/// `CI=true` an unreachable PostgreSQL fails the test), each on a directory or database of its
-/// own, which lives as long as the directories returned.
-async fn shapes() -> (Vec<TempDir>, Vec<Box<dyn DurableStore>>) {
+/// Every backend: SQLite and PostgreSQL in both write shapes, and Cosmos DB. SQLite always;
+/// PostgreSQL and the Cosmos DB test server (`tests/cosmos-server`) when they answer (under
+/// `CI=true` one that does not fails the test). Each on a directory, database or server of its
+/// own, which lives as long as the value.
+struct Shapes {
+    _directories: Vec<TempDir>,
+    _cosmos: Option<hitcount_test_support::CosmosServer>,
+    stores: Vec<Box<dyn DurableStore>>,
+}
+
+async fn shapes() -> Shapes {
     let directories = vec![TempDir::new().unwrap(), TempDir::new().unwrap()];
     let mut stores: Vec<Box<dyn DurableStore>> = vec![
         Box::new(EmbeddedStore::open(directories[0].path()).unwrap()),
@@ -42,33 +49,35 @@ async fn shapes() -> (Vec<TempDir>, Vec<Box<dyn DurableStore>>) {
             PgStore::connect(&fresh).await.unwrap().with_inbox(),
         ));
     }
-    (directories, stores)
+    let cosmos = hitcount_test_support::CosmosServer::start_or_skip();
+    if let Some(server) = &cosmos {
+        // A second start finds the database and its containers there.
+        cosmos_store(server).await;
+        stores.push(Box::new(cosmos_store(server).await));
+    }
+    Shapes {
+        _directories: directories,
+        _cosmos: cosmos,
+        stores,
+    }
 }
 
-/// Runs `case` on both backends in both write shapes ([`shapes`]).
+/// Runs `case` on every backend and shape ([`shapes`]).
 async fn on_both(case: Case) {
-    let (_directories, stores) = shapes().await;
-    for store in &stores {
+    let shapes = shapes().await;
+    for store in &shapes.stores {
         case(store.as_ref()).await;
     }
 }
 
 type CatalogCase = fn(&dyn CatalogStore) -> std::pin::Pin<Box<dyn Future<Output = ()> + '_>>;
 
-/// Runs a case of the catalog's contract on every backend and shape [`on_both`] runs, and on
-/// Cosmos DB (the test server, `tests/cosmos-server`), whose counts are not built yet.
+/// Runs a case of the catalog's contract on every backend and shape ([`shapes`]).
 async fn on_every_catalog(case: CatalogCase) {
-    let (_directories, stores) = shapes().await;
-    for store in &stores {
+    let shapes = shapes().await;
+    for store in &shapes.stores {
         case(store.as_ref()).await;
     }
-    let Some(server) = hitcount_test_support::CosmosServer::start_or_skip() else {
-        return;
-    };
-    let cosmos = cosmos_store(&server).await;
-    // A second start finds the database and its containers there.
-    cosmos_store(&server).await;
-    case(&cosmos).await;
 }
 
 async fn cosmos_store(server: &hitcount_test_support::CosmosServer) -> CosmosStore {
@@ -125,6 +134,190 @@ async fn cosmos_throttling_is_retried_within_a_bound_then_reported_unavailable()
         1,
         "the refused write left nothing"
     );
+}
+
+/// Requests the test server throttles from a cut on: every one, concurrent ones and their
+/// retries too, until the test resets it.
+const CUT_REQUESTS: u64 = 1_000_000;
+
+/// Every tier's hits of one resource.
+async fn tier_hits(store: &dyn DurableStore, id: &str) -> Vec<u64> {
+    let mut hits = Vec::new();
+    for tier in Tier::ALL {
+        hits.push(total(store, id, tier).await.0);
+    }
+    hits
+}
+
+/// Cosmos DB has no transaction across documents: a group commit writes one inbox document per
+/// batch. Cut short after each number of requests in turn (the test server throttles every
+/// request from then on, so the store's retries run out), the group fails; sent again, the
+/// batches written before the cut are duplicates and the rest are applied, so every hit is
+/// counted once: never twice before the fold, each once after it.
+#[tokio::test]
+async fn cosmos_a_group_cut_short_is_counted_once_when_sent_again() {
+    let Some(server) = hitcount_test_support::CosmosServer::start_or_skip() else {
+        return;
+    };
+    let store = cosmos_store(&server).await;
+    let mut cut = 0;
+    for after in 0.. {
+        let id = format!("cut-{after}");
+        store.create_resource(resource(&id, None)).await.unwrap();
+        let minute = minute_now();
+        let group: Vec<MergeBatch> = (0..3)
+            .map(|index| MergeBatch {
+                entries: vec![entry(&id, minute, 1 + index, &["v"])],
+                key: Some(key(&id, index, &index.to_string())),
+            })
+            .collect();
+        server.throttle_after(after, CUT_REQUESTS).await;
+        let first = store.apply_group(group.clone(), now_ms()).await;
+        server.throttle(0, 0).await;
+        let Err(error) = first else {
+            break;
+        };
+        assert!(
+            matches!(error, hitcount_store::StoreError::Unavailable(_)),
+            "{error:?}"
+        );
+        cut += 1;
+        let outcomes = store.apply_group(group, now_ms()).await.unwrap().outcomes;
+        assert!(
+            outcomes.iter().all(|outcome| matches!(
+                outcome,
+                ApplyOutcome::Applied(_) | ApplyOutcome::Duplicate
+            )),
+            "{outcomes:?}"
+        );
+        // The batches written before the cut are durable, and counted from the fold on: this
+        // process's reads add only the rows it answered as applied.
+        let applied: u64 = outcomes
+            .iter()
+            .filter_map(|outcome| match outcome {
+                ApplyOutcome::Applied(applied) => Some(applied.hits),
+                _ => None,
+            })
+            .sum();
+        assert_eq!(
+            tier_hits(&store, &id).await,
+            [applied; 3],
+            "cut after {after}"
+        );
+        store.fold_inbox(now_ms()).await.unwrap();
+        assert_eq!(
+            tier_hits(&store, &id).await,
+            [6, 6, 6],
+            "cut after {after}, folded"
+        );
+    }
+    assert!(cut >= 3, "the group was cut at each of its writes ({cut})");
+}
+
+/// A fold cut short after each number of requests in turn (its count documents partly written,
+/// its rows not yet marked) is finished by the next fold: the round's marks make the documents
+/// it wrote skip, so nothing is counted twice, and reads in between stay exact.
+#[tokio::test]
+async fn cosmos_a_fold_cut_short_is_finished_without_counting_twice() {
+    let Some(server) = hitcount_test_support::CosmosServer::start_or_skip() else {
+        return;
+    };
+    let store = cosmos_store(&server).await;
+    let mut cut = 0;
+    for after in 0.. {
+        let id = format!("fold-{after}");
+        store.create_resource(resource(&id, None)).await.unwrap();
+        let minute = minute_now();
+        for sequence in 0..2 {
+            apply(
+                &store,
+                vec![
+                    entry(&id, minute, 2, &["a"]),
+                    entry(&id, minute - 90, 3, &["b"]),
+                ],
+                Some(key(&id, sequence, &sequence.to_string())),
+                now_ms(),
+            )
+            .await;
+        }
+        server.throttle_after(after, CUT_REQUESTS).await;
+        let folded = store.fold_inbox(now_ms()).await;
+        server.throttle(0, 0).await;
+        if folded.is_ok() {
+            break;
+        }
+        cut += 1;
+        assert_eq!(
+            tier_hits(&store, &id).await,
+            [10, 10, 10],
+            "cut after {after}"
+        );
+        store.fold_inbox(now_ms()).await.unwrap();
+        assert_eq!(store.unfolded_entries(), 0);
+        assert_eq!(
+            tier_hits(&store, &id).await,
+            [10, 10, 10],
+            "cut after {after}, finished"
+        );
+        assert_eq!(total(&store, &id, Tier::Day).await.1.count(), 2);
+    }
+    assert!(cut >= 5, "the fold was cut at each of its steps ({cut})");
+}
+
+/// A process that stops leaves its stream: once its heartbeat is older than STREAM_ORPHAN_MS,
+/// another process takes the stream over and folds its rows, once. If the first was only
+/// stalled, its next fold finds its stream taken, forgets its rows (reads then count them from
+/// the documents alone) and writes new rows into a new stream.
+#[tokio::test]
+async fn cosmos_an_orphaned_stream_is_taken_over_and_folded_once() {
+    let Some(server) = hitcount_test_support::CosmosServer::start_or_skip() else {
+        return;
+    };
+    let first = cosmos_store(&server).await;
+    let second = cosmos_store(&server).await;
+    first
+        .create_resource(resource("shared", None))
+        .await
+        .unwrap();
+    let now = now_ms();
+    let minute = now / MINUTE_MS;
+    for sequence in 0..3 {
+        apply(
+            &first,
+            vec![entry("shared", minute, 2, &["a"])],
+            Some(key("edge", sequence, &sequence.to_string())),
+            now,
+        )
+        .await;
+    }
+    assert_eq!(tier_hits(&first, "shared").await, [6, 6, 6]);
+    assert_eq!(
+        tier_hits(&second, "shared").await,
+        [0, 0, 0],
+        "not folded yet"
+    );
+    assert_eq!(
+        second.fold_inbox(now).await.unwrap(),
+        0,
+        "a live stream is left alone"
+    );
+    let later = now + hitcount_store::STREAM_ORPHAN_MS;
+    assert_eq!(second.fold_inbox(later).await.unwrap(), 3, "taken over");
+    assert_eq!(tier_hits(&second, "shared").await, [6, 6, 6]);
+    assert_eq!(second.fold_inbox(later).await.unwrap(), 0, "folded once");
+    assert_eq!(first.fold_inbox(later).await.unwrap(), 0);
+    assert_eq!(first.unfolded_entries(), 0, "its rows were forgotten");
+    assert_eq!(tier_hits(&first, "shared").await, [6, 6, 6]);
+    apply(
+        &first,
+        vec![entry("shared", minute, 1, &[])],
+        Some(key("edge", 9, "9")),
+        later,
+    )
+    .await;
+    assert_eq!(tier_hits(&first, "shared").await, [7, 7, 7], "a new stream");
+    assert_eq!(first.fold_inbox(later).await.unwrap(), 1);
+    assert_eq!(tier_hits(&second, "shared").await, [7, 7, 7]);
 }
 
 macro_rules! catalog_contract {
@@ -636,7 +829,11 @@ mod cases {
         assert_eq!(total(store, "site", Tier::Hour).await.0, 120);
         assert_eq!(total(store, "site", Tier::Hour).await.1.estimate(), before);
         let folded = store.compact().await.unwrap();
-        assert!(folded > 0, "pending sketches were folded");
+        assert_eq!(
+            folded > 0,
+            store.keeps_pending_sketches(),
+            "pending sketches were folded"
+        );
         assert_eq!(store.compact().await.unwrap(), 0, "nothing left to fold");
         let (_, after) = total(store, "site", Tier::Hour).await;
         assert_eq!(after.estimate(), before, "folding changes no answer");

@@ -109,6 +109,15 @@ impl CosmosServer {
         .await
     }
 
+    /// Serves `after` more requests, then answers the `requests` after them 429: an operation
+    /// of several requests fails midway once the store's retries are spent.
+    pub async fn throttle_after(&self, after: u64, requests: u64) -> Faults {
+        self.fault_control(&format!(
+            "__faults/throttle?after={after}&requests={requests}&retry_after_ms=1"
+        ))
+        .await
+    }
+
     /// What the fault injection did so far.
     pub async fn faults(&self) -> Faults {
         self.fault_control("__faults").await

@@ -1,0 +1,355 @@
+//! Cosmos DB's count documents: one per (resource, tier, bucket) in container `counts`,
+//! partitioned by resource, holding the hits, the sketch and the marks that make every write to
+//! it happen once: for each fold stream, the last round that wrote it, and the imports it holds.
+//! A write reads the document, returns if its mark is there, and otherwise replaces it with the
+//! mark added, on the ETag it read (a concurrent writer makes it read again).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use futures::TryStreamExt;
+use hitcount_wire::Sketch;
+use serde::{Deserialize, Serialize};
+
+use super::overlay::{HeldRow, OVERLAY_DONE_KEEP_MS};
+use super::{CosmosStore, classify, read_document};
+use crate::DAY_MS;
+use crate::records::{CountCell, StoreError, Tier};
+use crate::rules::tier_kept;
+
+pub(super) const COUNTS_CONTAINER: &str = "counts";
+/// Tries of one document write that lost to a concurrent writer (412) before the write fails:
+/// one fold stream writes a document once per round, so more than a few means something loops.
+pub const COUNT_WRITE_ATTEMPTS_MAX: u32 = 8;
+/// A stream's mark is dropped from a document this long after it was written: by then that
+/// round finished long ago (a round that a crash cut short is finished within
+/// `STREAM_ORPHAN_MS`), so no write can need it again.
+const STREAM_MARK_KEEP_MS: u64 = DAY_MS;
+/// Loads of one resource's documents a read tries before it answers with what the last one
+/// found: a load slower than half of [`OVERLAY_DONE_KEEP_MS`] is tried again.
+pub(super) const READ_ATTEMPTS_MAX: u32 = 3;
+
+/// Whether a read that began at `began` loaded its documents quickly enough that every row it
+/// may need is still in the overlay (see overlay.rs).
+pub(super) fn read_was_quick(began: Instant) -> bool {
+    began.elapsed() < Duration::from_millis(OVERLAY_DONE_KEEP_MS / 2)
+}
+
+/// The last round of one stream that wrote a document.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub(super) struct StreamMark {
+    pub round: u64,
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct CountDocument {
+    /// `<tier>.<bucket_ms>`.
+    pub id: String,
+    pub resource_id: String,
+    pub tier: Tier,
+    pub bucket_ms: u64,
+    pub hits: u64,
+    /// Base64 of the sketch's encoding; empty for no visitors.
+    pub sketch: String,
+    #[serde(default)]
+    pub streams: BTreeMap<String, StreamMark>,
+    /// Hex SHA-256 of each file imported into it.
+    #[serde(default)]
+    pub imports: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ttl: Option<i64>,
+    #[serde(rename = "_etag", skip_serializing, default)]
+    pub etag: Option<String>,
+}
+
+impl CountDocument {
+    fn visitors(&self) -> Result<Sketch, StoreError> {
+        if self.sketch.is_empty() {
+            return Ok(Sketch::new());
+        }
+        let bytes = BASE64
+            .decode(&self.sketch)
+            .map_err(|_| StoreError::CorruptInbox("a stored sketch is not base64"))?;
+        Ok(Sketch::from_bytes(&bytes)?)
+    }
+
+    /// Whether the stream's `round` wrote this document, or a later round (which runs only
+    /// after `round` finished, so `round` wrote it before if it had anything for it).
+    pub fn has_round(&self, stream: &str, round: u64) -> bool {
+        self.streams
+            .get(stream)
+            .is_some_and(|mark| mark.round >= round)
+    }
+
+    pub fn cell(&self) -> Result<CountCell, StoreError> {
+        Ok(CountCell {
+            bucket_ms: self.bucket_ms,
+            hits: self.hits,
+            visitors: self.visitors()?,
+        })
+    }
+}
+
+pub(super) fn count_document_id(tier: Tier, bucket_ms: u64) -> String {
+    format!("{}.{bucket_ms}", tier.as_str())
+}
+
+/// What makes one write happen once.
+#[derive(Debug, Clone)]
+pub(super) enum Mark {
+    Round { stream: String, round: u64 },
+    Import { file_sha256: String },
+}
+
+/// One write to a count document.
+#[derive(Debug)]
+pub(super) struct CountWrite<'a> {
+    pub resource_id: &'a str,
+    pub tier: Tier,
+    pub bucket_ms: u64,
+    pub hits: u64,
+    pub visitors: &'a Sketch,
+    /// Seconds the document lives from this write; `None` for ever.
+    pub ttl: Option<i64>,
+}
+
+impl CosmosStore {
+    /// Adds to one document unless `mark` is in it already; true if it added.
+    pub(super) async fn add_to_count(
+        &self,
+        write: &CountWrite<'_>,
+        mark: &Mark,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let id = count_document_id(write.tier, write.bucket_ms);
+        for _ in 0..COUNT_WRITE_ATTEMPTS_MAX {
+            let stored: Option<CountDocument> =
+                read_document(&self.counts, write.resource_id.to_owned(), &id).await?;
+            let mut document = match stored {
+                Some(document) if marked(&document, mark) => return Ok(false),
+                Some(document) => document,
+                None => CountDocument {
+                    id: id.clone(),
+                    resource_id: write.resource_id.to_owned(),
+                    tier: write.tier,
+                    bucket_ms: write.bucket_ms,
+                    hits: 0,
+                    sketch: String::new(),
+                    streams: BTreeMap::new(),
+                    imports: Vec::new(),
+                    ttl: None,
+                    etag: None,
+                },
+            };
+            document.hits += write.hits;
+            if !write.visitors.is_empty() {
+                let mut visitors = document.visitors()?;
+                visitors.merge(write.visitors);
+                document.sketch = BASE64.encode(visitors.to_bytes());
+            }
+            document.ttl = write.ttl;
+            document
+                .streams
+                .retain(|_, stream| stream.at_ms + STREAM_MARK_KEEP_MS > now_ms);
+            match mark {
+                Mark::Round { stream, round } => {
+                    let mark = StreamMark {
+                        round: *round,
+                        at_ms: now_ms,
+                    };
+                    document.streams.insert(stream.clone(), mark);
+                }
+                Mark::Import { file_sha256 } => document.imports.push(file_sha256.clone()),
+            }
+            let result = match &document.etag {
+                None => {
+                    self.counts
+                        .create_item(write.resource_id.to_owned(), &id, &document, None)
+                        .await
+                }
+                Some(etag) => {
+                    let precondition = azure_data_cosmos::options::Precondition::if_match(
+                        azure_core::http::Etag::from(etag.clone()),
+                    );
+                    let options = azure_data_cosmos::options::ItemWriteOptions::default()
+                        .with_precondition(precondition);
+                    self.counts
+                        .replace_item(write.resource_id.to_owned(), &id, &document, Some(options))
+                        .await
+                }
+            };
+            match result {
+                Ok(_) => return Ok(true),
+                // Another writer got there first: read again.
+                Err(error)
+                    if error.status().is_conflict() || error.status().is_precondition_failed() => {}
+                Err(error) => return Err(classify(error)),
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "cosmos db: a count document kept changing under {COUNT_WRITE_ATTEMPTS_MAX} writes"
+        )))
+    }
+
+    /// The documents of one resource and tier with buckets in `[start_ms, end_ms)`, by bucket:
+    /// one query in one partition.
+    pub(super) async fn count_documents(
+        &self,
+        resource_id: &str,
+        tier: Tier,
+        start_ms: u64,
+        end_ms: u64,
+    ) -> Result<BTreeMap<u64, CountDocument>, StoreError> {
+        let query = azure_data_cosmos::Query::from(
+            "SELECT * FROM c WHERE c.resource_id = @resource AND c.tier = @tier \
+             AND c.bucket_ms >= @start AND c.bucket_ms < @end",
+        )
+        // The partition is named in the query too: a server may apply the scope loosely (the
+        // test server does).
+        .with_parameter("@resource", resource_id)
+        .map_err(classify)?
+        .with_parameter("@tier", tier.as_str())
+        .map_err(classify)?
+        .with_parameter("@start", start_ms)
+        .map_err(classify)?
+        .with_parameter("@end", end_ms)
+        .map_err(classify)?;
+        let documents: Vec<CountDocument> = self
+            .counts
+            .query_items(
+                query,
+                azure_data_cosmos::FeedScope::partition(resource_id.to_owned()),
+                None,
+            )
+            .await
+            .map_err(classify)?
+            .try_collect()
+            .await
+            .map_err(classify)?;
+        Ok(documents
+            .into_iter()
+            .map(|document| (document.bucket_ms, document))
+            .collect())
+    }
+
+    /// One resource's cells of one tier: its documents, then this process's rows that no
+    /// document says it holds yet.
+    pub(super) async fn read_cells(
+        &self,
+        resource_id: &str,
+        tier: Tier,
+        start_ms: u64,
+        end_ms: u64,
+        now_ms: u64,
+    ) -> Result<Vec<CountCell>, StoreError> {
+        let mut attempt = 0;
+        let (documents, rows) = loop {
+            attempt += 1;
+            let started = Instant::now();
+            let documents = self
+                .count_documents(resource_id, tier, start_ms, end_ms)
+                .await?;
+            // After the documents: a row a round finished meanwhile is still held (see overlay.rs).
+            let rows = self.overlay.rows_for(resource_id, started);
+            if read_was_quick(started) || attempt == READ_ATTEMPTS_MAX {
+                break (documents, rows);
+            }
+        };
+        let mut cells: BTreeMap<u64, CountCell> = BTreeMap::new();
+        for (bucket_ms, document) in &documents {
+            cells.insert(*bucket_ms, document.cell()?);
+        }
+        let writer = self.writer();
+        for held in rows {
+            add_row(
+                &mut cells,
+                &documents,
+                &writer,
+                &held,
+                resource_id,
+                tier,
+                (start_ms, end_ms),
+                now_ms,
+            );
+        }
+        Ok(cells.into_values().collect())
+    }
+}
+
+fn marked(document: &CountDocument, mark: &Mark) -> bool {
+    match mark {
+        Mark::Round { stream, round } => document.has_round(stream, *round),
+        Mark::Import { file_sha256 } => document.imports.contains(file_sha256),
+    }
+}
+
+/// Adds a held row's cells of one resource to `cells` (one tier, buckets in `range`), except
+/// where the stored document says the row's round wrote it already.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn add_row(
+    cells: &mut BTreeMap<u64, CountCell>,
+    documents: &BTreeMap<u64, CountDocument>,
+    writer: &str,
+    held: &HeldRow,
+    resource_id: &str,
+    tier: Tier,
+    (start_ms, end_ms): (u64, u64),
+    now_ms: u64,
+) {
+    if held.settled {
+        return;
+    }
+    for cell in held.row.cells_of(resource_id) {
+        let bucket_ms = cell.minute_ms / tier.resolution_ms() * tier.resolution_ms();
+        if bucket_ms < start_ms || bucket_ms >= end_ms || !tier_kept(tier, bucket_ms, now_ms) {
+            continue;
+        }
+        let folded = held.round.is_some_and(|round| {
+            documents
+                .get(&bucket_ms)
+                .is_some_and(|document| document.has_round(writer, round))
+        });
+        if folded {
+            continue;
+        }
+        let stored = cells.entry(bucket_ms).or_insert_with(|| CountCell {
+            bucket_ms,
+            hits: 0,
+            visitors: Sketch::new(),
+        });
+        stored.hits += cell.hits;
+        stored.visitors.merge(&cell.visitors);
+    }
+}
+
+/// The retention of each of `records`, as the shared fold and merge rules take it.
+pub(super) fn retention_map(
+    records: Vec<crate::records::ResourceRecord>,
+) -> HashMap<String, Option<u32>> {
+    records
+        .into_iter()
+        .map(|record| (record.id, record.retention_days))
+        .collect()
+}
+
+/// Seconds a document of this cell lives from now: until its tier's retention or its
+/// resource's ends it (what prune deletes where TTL is off); `None` for ever.
+pub(super) fn count_ttl(
+    tier: Tier,
+    bucket_ms: u64,
+    retention_days: Option<u32>,
+    now_ms: u64,
+) -> Option<i64> {
+    let end = bucket_ms + tier.resolution_ms();
+    let tier_end = tier.retention_ms().map(|retention| end + retention);
+    let resource_end = retention_days.map(|days| end + u64::from(days) * DAY_MS);
+    let expires_ms = match (tier_end, resource_end) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => a.or(b)?,
+    };
+    let seconds = expires_ms.saturating_sub(now_ms).div_ceil(1000).max(1);
+    Some(i64::try_from(seconds).unwrap_or(i64::MAX))
+}

@@ -1,0 +1,337 @@
+//! Cosmos DB's durable inbox: each edge batch becomes one document whose id is the batch's key,
+//! so a second delivery is refused by the service itself (409) and a batch is counted once
+//! without any transaction across partitions. The document holds the batch's minute cells (the
+//! shared inbox row encoding, `crate::inbox`), and the writer's stream folds it later (`fold.rs`).
+//!
+//! Container `inbox`, partition key `/edge_id`: every delivery of one batch lands in the same
+//! logical partition whichever aggregator receives it, which a unique id needs.
+
+use std::collections::HashMap;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+
+use super::{CosmosStore, classify, read_document};
+use crate::group::{KeyId, Recorded, WriteShape, fold_group, group_resource_ids};
+use crate::inbox::InboxRow;
+use crate::records::{ApplyOutcome, GroupCommit, MergeBatch, StoreError};
+
+pub(super) const INBOX_CONTAINER: &str = "inbox";
+/// Base64 characters in one document: a Cosmos DB document holds at most 2 MB. A batch's row
+/// longer than this is written as parts, each its own document, before the document that names
+/// them (see [`CosmosStore::append`]).
+pub const INBOX_PART_CHARS_MAX: usize = 1_500_000;
+/// Parts one batch takes at most: a batch is at most `BATCH_BYTES_MAX` (8 MiB) on the wire, and
+/// its row is no larger than its body, so 8 MiB in base64 (11.2 million characters) needs eight.
+pub const INBOX_PARTS_MAX: usize = 12;
+/// Partition of the rows of direct hits (no edge, no batch key): one per writer.
+const DIRECT_PARTITION_PREFIX: &str = "direct.";
+
+const _: () = assert!(
+    hitcount_wire::BATCH_BYTES_MAX.div_ceil(3) * 4 <= INBOX_PART_CHARS_MAX * INBOX_PARTS_MAX,
+    "the largest batch's row fits its parts"
+);
+const _: () = assert!(
+    hitcount_wire::BATCH_ENTRIES_MAX <= crate::inbox::INBOX_ROW_CELLS_MAX,
+    "one batch is one inbox row"
+);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum RowState {
+    /// Waiting for its stream's fold.
+    Pending,
+    /// Folded: kept, without its cells, as the batch's dedupe record until its TTL.
+    Folded,
+    /// A piece of a large row's payload.
+    Part,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct InboxDocument {
+    pub id: String,
+    pub edge_id: String,
+    /// The stream (an aggregator process) that wrote it and folds it.
+    pub writer: String,
+    /// The row's number in its writer's stream: what the writer's overlay knows it by.
+    pub row: u64,
+    /// Hex.
+    pub body_sha256: String,
+    pub state: RowState,
+    pub cells: u64,
+    /// 0: the payload is here; otherwise it is in this many part documents.
+    pub parts: u32,
+    /// The row, postcard-encoded, in base64.
+    pub payload: String,
+    pub created_at_ms: u64,
+    /// Seconds to live once folded (Cosmos DB deletes it then; prune does where TTL is off).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ttl: Option<i64>,
+}
+
+/// A row a stream's round takes: where its document is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct RowRef {
+    pub edge_id: String,
+    pub id: String,
+    pub row: u64,
+    pub cells: u64,
+}
+
+/// The document id of a batch key: the edge id in hex (ids may not hold `/`, `\`, `?` or `#`,
+/// which edge ids may), its boot epoch and sequence.
+fn batch_document_id(key: &KeyId) -> String {
+    let (edge_id, boot_epoch, sequence) = key;
+    format!("{}.{boot_epoch}.{sequence}", hex::encode(edge_id))
+}
+
+fn part_id(id: &str, writer: &str, part: usize) -> String {
+    // The writer in the id: two aggregators writing the same batch at once never share parts.
+    format!("{id}.{writer}.{part}")
+}
+
+impl CosmosStore {
+    /// The inbox shape's group commit: one document per batch, created in order; a batch whose
+    /// document exists is a duplicate (same body digest) or a conflict. A failure midway fails
+    /// the group: the batches already written are in the inbox (their retries are duplicates)
+    /// but in no overlay, so they are counted once, when folded.
+    pub(super) async fn append(
+        &self,
+        batches: Vec<MergeBatch>,
+        now_ms: u64,
+    ) -> Result<GroupCommit, StoreError> {
+        let ids: Vec<String> = group_resource_ids(&batches)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        let retention = self.retention_of(ids).await?;
+        self.start_stream(now_ms).await?;
+        let writer = self.writer();
+        let mut stored: HashMap<KeyId, [u8; 32]> = HashMap::new();
+        let mut outcomes = Vec::with_capacity(batches.len());
+        let mut written = Vec::new();
+        for batch in batches {
+            let key = batch.key.clone();
+            if let Some(key) = &key
+                && let Some(digest) = stored.get(&key.id())
+            {
+                outcomes.push(same_body(*digest, key.body_sha256));
+                continue;
+            }
+            let recorded = key
+                .iter()
+                .map(|key| (key.id(), Recorded::Now { batch: 0 }))
+                .collect();
+            let mut writes = fold_group(
+                std::slice::from_ref(&batch),
+                &recorded,
+                &retention,
+                now_ms,
+                WriteShape::Inbox,
+            );
+            let outcome = writes.outcomes[0];
+            let row = InboxRow::from_writes(&mut writes).pop().unwrap_or_default();
+            let number = self.next_row();
+            let (edge_id, id) = match &key {
+                Some(key) => (key.edge_id.clone(), batch_document_id(&key.id())),
+                None => (
+                    format!("{DIRECT_PARTITION_PREFIX}{writer}"),
+                    format!("{writer}.{number}"),
+                ),
+            };
+            let digest = key.as_ref().map_or([0; 32], |key| key.body_sha256);
+            match self
+                .write_row(&edge_id, &id, &writer, number, digest, &row, now_ms)
+                .await?
+            {
+                None => {
+                    outcomes.push(outcome);
+                    written.push((number, row));
+                    if let Some(key) = &key {
+                        stored.insert(key.id(), digest);
+                    }
+                }
+                Some(existing) => {
+                    outcomes.push(same_body(existing, digest));
+                    if let Some(key) = &key {
+                        stored.insert(key.id(), existing);
+                    }
+                }
+            }
+        }
+        for (number, row) in written {
+            self.overlay.insert(number, row);
+        }
+        Ok(GroupCommit {
+            outcomes,
+            transaction: None,
+        })
+    }
+
+    /// Writes a row's document (its parts first); `Some(digest)` when a document with this id
+    /// was there, holding that body digest.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_row(
+        &self,
+        edge_id: &str,
+        id: &str,
+        writer: &str,
+        number: u64,
+        digest: [u8; 32],
+        row: &InboxRow,
+        now_ms: u64,
+    ) -> Result<Option<[u8; 32]>, StoreError> {
+        let payload = BASE64.encode(row.encode());
+        let chunks: Vec<&str> = payload
+            .as_bytes()
+            .chunks(INBOX_PART_CHARS_MAX)
+            .map(|chunk| std::str::from_utf8(chunk).expect("base64 is ASCII"))
+            .collect();
+        if chunks.len() > INBOX_PARTS_MAX {
+            return Err(StoreError::CorruptInbox("a row is over its size bound"));
+        }
+        let parts = if chunks.len() > 1 { chunks.len() } else { 0 };
+        let mut document = InboxDocument {
+            id: id.to_owned(),
+            edge_id: edge_id.to_owned(),
+            writer: writer.to_owned(),
+            row: number,
+            body_sha256: hex::encode(digest),
+            state: RowState::Part,
+            cells: row.len() as u64,
+            parts: 0,
+            payload: String::new(),
+            created_at_ms: now_ms,
+            ttl: None,
+        };
+        if parts > 0 {
+            for (index, chunk) in chunks.iter().enumerate() {
+                let part = InboxDocument {
+                    id: part_id(id, writer, index),
+                    payload: (*chunk).to_owned(),
+                    ..document.clone()
+                };
+                // Upserted: a part left by this writer's earlier try is simply written again.
+                self.inbox
+                    .upsert_item(edge_id.to_owned(), &part.id, &part, None)
+                    .await
+                    .map_err(classify)?;
+            }
+        } else {
+            document.payload = payload;
+        }
+        document.state = RowState::Pending;
+        document.parts = parts as u32;
+        match self
+            .inbox
+            .create_item(edge_id.to_owned(), id, &document, None)
+            .await
+        {
+            Ok(_) => Ok(None),
+            Err(error) if error.status().is_conflict() => {
+                let existing = self
+                    .read_row_document(edge_id, id)
+                    .await?
+                    .ok_or(StoreError::CorruptInbox("a batch's document vanished"))?;
+                let mut digest = [0; 32];
+                hex::decode_to_slice(&existing.body_sha256, &mut digest)
+                    .map_err(|_| StoreError::CorruptInbox("a batch digest is not hex"))?;
+                Ok(Some(digest))
+            }
+            Err(error) => Err(classify(error)),
+        }
+    }
+
+    pub(super) async fn read_row_document(
+        &self,
+        edge_id: &str,
+        id: &str,
+    ) -> Result<Option<InboxDocument>, StoreError> {
+        read_document(&self.inbox, edge_id.to_owned(), id).await
+    }
+
+    /// A pending row's cells, from its document (and parts).
+    pub(super) async fn load_row(&self, document: &InboxDocument) -> Result<InboxRow, StoreError> {
+        let payload = if document.parts == 0 {
+            document.payload.clone()
+        } else {
+            let mut payload = String::new();
+            for index in 0..document.parts as usize {
+                let id = part_id(&document.id, &document.writer, index);
+                let part = self
+                    .read_row_document(&document.edge_id, &id)
+                    .await?
+                    .ok_or(StoreError::CorruptInbox("a row's part is missing"))?;
+                payload.push_str(&part.payload);
+            }
+            payload
+        };
+        let bytes = BASE64
+            .decode(payload)
+            .map_err(|_| StoreError::CorruptInbox("a row's payload is not base64"))?;
+        InboxRow::decode(&bytes)
+    }
+
+    /// Marks a folded row's document as the batch's dedupe record (no cells, a TTL) and deletes
+    /// its parts.
+    pub(super) async fn mark_folded(&self, mut document: InboxDocument) -> Result<(), StoreError> {
+        for index in 0..document.parts as usize {
+            let id = part_id(&document.id, &document.writer, index);
+            match self
+                .inbox
+                .delete_item(document.edge_id.clone(), &id, None)
+                .await
+            {
+                Ok(_) => {}
+                Err(error) if error.status().is_not_found() => {}
+                Err(error) => return Err(classify(error)),
+            }
+        }
+        document.state = RowState::Folded;
+        document.payload = String::new();
+        document.parts = 0;
+        document.ttl = Some(i64::try_from(crate::DEDUPE_RETENTION_MS / 1000).unwrap_or(i64::MAX));
+        self.inbox
+            .replace_item(document.edge_id.clone(), &document.id, &document, None)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    /// Up to `limit` pending rows of one stream, oldest first (a query across partitions: the
+    /// inbox is partitioned by edge).
+    pub(super) async fn pending_rows(
+        &self,
+        writer: &str,
+        limit: u64,
+    ) -> Result<Vec<RowRef>, StoreError> {
+        let query = azure_data_cosmos::Query::from(
+            "SELECT TOP @limit c.edge_id, c.id, c.row, c.cells FROM c \
+             WHERE c.writer = @writer AND c.state = 'pending'",
+        )
+        .with_parameter("@limit", limit)
+        .map_err(classify)?
+        .with_parameter("@writer", writer)
+        .map_err(classify)?;
+        let mut rows: Vec<RowRef> = self
+            .inbox
+            .query_items::<RowRef>(query, azure_data_cosmos::FeedScope::full_container(), None)
+            .await
+            .map_err(classify)?
+            .try_collect()
+            .await
+            .map_err(classify)?;
+        rows.sort_by_key(|row| row.row);
+        Ok(rows)
+    }
+}
+
+fn same_body(stored: [u8; 32], body: [u8; 32]) -> ApplyOutcome {
+    if stored == body {
+        ApplyOutcome::Duplicate
+    } else {
+        ApplyOutcome::Conflict
+    }
+}
