@@ -320,6 +320,56 @@ async fn cosmos_an_orphaned_stream_is_taken_over_and_folded_once() {
     assert_eq!(tier_hits(&second, "shared").await, [7, 7, 7]);
 }
 
+/// A Cosmos DB document holds at most 2 MB: a batch whose row is longer than
+/// INBOX_PART_CHARS_MAX (here 150 minutes, each with a dense sketch) is written as parts before
+/// its row document, read back whole and folded, and deduplicated like any other.
+#[tokio::test]
+async fn cosmos_a_batch_larger_than_a_document_is_written_in_parts() {
+    let Some(server) = hitcount_test_support::CosmosServer::start_or_skip() else {
+        return;
+    };
+    let store = cosmos_store(&server).await;
+    store.create_resource(resource("big", None)).await.unwrap();
+    let mut visitors = Sketch::new();
+    // Enough visitors that the sketch is dense (about 12 KiB).
+    for index in 0..30_000 {
+        visitors.insert(format!("visitor-{index}").as_bytes());
+    }
+    let first_minute = minute_now() - 200;
+    let entries: Vec<DeltaEntry> = (0..150)
+        .map(|offset| DeltaEntry {
+            resource_id: "big".to_owned(),
+            minute: first_minute + offset,
+            hits: 1,
+            visitors: visitors.clone(),
+        })
+        .collect();
+    let encoded = entries.len() * visitors.to_bytes().len() * 4 / 3;
+    assert!(
+        encoded > hitcount_store::INBOX_PART_CHARS_MAX,
+        "the row needs parts: {encoded}"
+    );
+    let outcome = apply(
+        &store,
+        entries.clone(),
+        Some(key("edge", 1, "big")),
+        now_ms(),
+    )
+    .await;
+    assert_eq!(applied_hits(outcome), 150);
+    let again = apply(&store, entries, Some(key("edge", 1, "big")), now_ms()).await;
+    assert_eq!(again, ApplyOutcome::Duplicate);
+    let expected = visitors.estimate();
+    for step in 0..2 {
+        let (hits, union) = total(&store, "big", Tier::Minute).await;
+        assert_eq!((hits, union.estimate()), (150, expected), "step {step}");
+        assert_eq!(total(&store, "big", Tier::Day).await.0, 150, "step {step}");
+        if step == 0 {
+            assert_eq!(store.fold_inbox(now_ms()).await.unwrap(), 1);
+        }
+    }
+}
+
 macro_rules! catalog_contract {
     ($($case:ident),* $(,)?) => {
         $(
