@@ -66,6 +66,7 @@ pub struct Args {
     /// and is acknowledged then, and every this many ms the inbox is folded into the hour, day
     /// and minute counters (0: every group commit writes all counters itself). For large
     /// numbers of resources: durable writes follow the counters touched per fold interval.
+    /// Cosmos DB always has the inbox: 0 means 1000 there.
     #[arg(long, env = "HITCOUNT_FOLD_INTERVAL_MS", default_value_t = 0)]
     pub fold_interval_ms: u64,
 
@@ -84,6 +85,20 @@ pub struct Args {
     #[arg(long, env = "HITCOUNT_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
+    /// Azure Cosmos DB for NoSQL for counts, resources, tokens and keys instead of PostgreSQL or
+    /// the embedded store: the account's endpoint, e.g.
+    /// `https://ACCOUNT.documents.azure.com:443/` (needs --cosmos-key-file).
+    #[arg(long, env = "HITCOUNT_COSMOS_ENDPOINT")]
+    pub cosmos_endpoint: Option<String>,
+
+    /// A file holding the Cosmos DB account's key (primary or secondary), read at start.
+    #[arg(long, env = "HITCOUNT_COSMOS_KEY_FILE")]
+    pub cosmos_key_file: Option<PathBuf>,
+
+    /// The database in the Cosmos DB account (created, with its containers, if missing).
+    #[arg(long, env = "HITCOUNT_COSMOS_DATABASE", default_value = "hitcount")]
+    pub cosmos_database: String,
+
     /// Redis for recent counts (a cache in front of PostgreSQL; needs --database-url).
     #[arg(long, env = "HITCOUNT_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
@@ -99,6 +114,17 @@ pub struct Args {
     /// Seconds between runs of the retention job.
     #[arg(long, env = "HITCOUNT_RETENTION_INTERVAL_S", default_value_t = 60)]
     pub retention_interval_s: u64,
+}
+
+/// The fold interval on Cosmos DB when --fold-interval-ms is 0: Cosmos DB always has the inbox.
+pub const COSMOS_FOLD_INTERVAL_MS_DEFAULT: u64 = 1_000;
+
+/// Where Cosmos DB is (`--cosmos-endpoint`, `--cosmos-key-file`, `--cosmos-database`).
+#[derive(Debug, Clone)]
+pub struct CosmosConfig {
+    pub endpoint: String,
+    pub key_file: PathBuf,
+    pub database: String,
 }
 
 /// Default gathering time of --ack fast.
@@ -142,6 +168,7 @@ pub struct Config {
     pub rate_limit_token_per_second: u32,
     pub retention_interval_s: u64,
     pub database_url: Option<String>,
+    pub cosmos: Option<CosmosConfig>,
     pub redis_url: Option<String>,
     /// With `redis_cluster`, the seed nodes of a Redis Cluster, comma-separated.
     pub redis_cluster: bool,
@@ -176,6 +203,18 @@ pub enum ConfigError {
         "--redis-url needs --database-url: Redis is a cache of recent counts, PostgreSQL keeps them"
     )]
     RedisWithoutDatabase,
+    #[error(
+        "--redis-url cannot be used with --cosmos-endpoint yet: the hot tier in front of Cosmos DB is not built"
+    )]
+    RedisWithCosmos,
+    #[error("--cosmos-endpoint must be an https:// URL (http:// only for a local emulator)")]
+    CosmosEndpoint,
+    #[error(
+        "--cosmos-endpoint needs --cosmos-key-file, and --cosmos-key-file needs --cosmos-endpoint"
+    )]
+    CosmosKey,
+    #[error("--database-url and --cosmos-endpoint name two stores: give one")]
+    TwoStores,
 }
 
 impl Config {
@@ -194,6 +233,7 @@ impl Config {
             rate_limit_token_per_second: RATE_LIMIT_PER_SECOND_DEFAULT,
             retention_interval_s: 60,
             database_url: None,
+            cosmos: None,
             redis_url: None,
             redis_cluster: false,
             redis_prefix: "hitcount".to_owned(),
@@ -253,6 +293,7 @@ impl TryFrom<Args> for Config {
         }) {
             return Err(ConfigError::DatabaseUrl);
         }
+        let cosmos = cosmos_config(&args)?;
         if let Some(urls) = &args.redis_url {
             let mut urls = urls.split(',');
             if !urls.all(|url| url.starts_with("redis://") || url.starts_with("rediss://"))
@@ -263,6 +304,9 @@ impl TryFrom<Args> for Config {
                         .is_some_and(|url| url.contains(',')))
             {
                 return Err(ConfigError::RedisUrl);
+            }
+            if cosmos.is_some() {
+                return Err(ConfigError::RedisWithCosmos);
             }
             if args.database_url.is_none() {
                 return Err(ConfigError::RedisWithoutDatabase);
@@ -276,15 +320,41 @@ impl TryFrom<Args> for Config {
             ack: args.ack,
             flush_interval_ms: args.flush_interval_ms,
             merge_interval_ms: args.merge_interval_ms,
-            fold_interval_ms: args.fold_interval_ms,
+            fold_interval_ms: match (&cosmos, args.fold_interval_ms) {
+                (Some(_), 0) => COSMOS_FOLD_INTERVAL_MS_DEFAULT,
+                (_, interval) => interval,
+            },
             rate_limit_ip_per_second: args.rate_limit_ip_per_second,
             rate_limit_token_per_second: args.rate_limit_token_per_second,
             retention_interval_s: args.retention_interval_s,
             database_url: args.database_url,
+            cosmos,
             redis_url: args.redis_url,
             redis_cluster: args.redis_cluster,
             redis_prefix: args.redis_prefix,
         })
+    }
+}
+
+/// The Cosmos DB flags, checked: both of endpoint and key file or neither, never beside
+/// --database-url.
+fn cosmos_config(args: &Args) -> Result<Option<CosmosConfig>, ConfigError> {
+    match (&args.cosmos_endpoint, &args.cosmos_key_file) {
+        (None, None) => Ok(None),
+        (Some(endpoint), Some(key_file)) => {
+            if !(endpoint.starts_with("https://") || endpoint.starts_with("http://")) {
+                return Err(ConfigError::CosmosEndpoint);
+            }
+            if args.database_url.is_some() {
+                return Err(ConfigError::TwoStores);
+            }
+            Ok(Some(CosmosConfig {
+                endpoint: endpoint.clone(),
+                key_file: key_file.clone(),
+                database: args.cosmos_database.clone(),
+            }))
+        }
+        _ => Err(ConfigError::CosmosKey),
     }
 }
 
@@ -377,5 +447,58 @@ mod tests {
             .unwrap()
             .redis_cluster
         );
+    }
+
+    #[test]
+    fn cosmos_db_needs_its_key_file_alone_and_always_folds() {
+        let endpoint = [
+            "--cosmos-endpoint",
+            "https://account.documents.azure.com:443/",
+        ];
+        let key = ["--cosmos-key-file", "/run/secrets/cosmos-key"];
+        let config = parse(&[endpoint[0], endpoint[1], key[0], key[1]]).unwrap();
+        let cosmos = config.cosmos.unwrap();
+        assert_eq!(cosmos.database, "hitcount");
+        assert_eq!(config.fold_interval_ms, COSMOS_FOLD_INTERVAL_MS_DEFAULT);
+        let redis = ["--redis-url", "redis://127.0.0.1:6379"];
+        let both = [endpoint[0], endpoint[1], key[0], key[1], redis[0], redis[1]];
+        assert!(matches!(parse(&both), Err(ConfigError::RedisWithCosmos)));
+        assert!(matches!(
+            parse(&[endpoint[0], endpoint[1]]),
+            Err(ConfigError::CosmosKey)
+        ));
+        assert!(matches!(
+            parse(&[key[0], key[1]]),
+            Err(ConfigError::CosmosKey)
+        ));
+        assert!(matches!(
+            parse(&[
+                "--cosmos-endpoint",
+                "account.documents.azure.com",
+                key[0],
+                key[1]
+            ]),
+            Err(ConfigError::CosmosEndpoint)
+        ));
+        assert!(matches!(
+            parse(&[
+                endpoint[0],
+                endpoint[1],
+                key[0],
+                key[1],
+                "--database-url",
+                "postgres://root@127.0.0.1/test"
+            ]),
+            Err(ConfigError::TwoStores)
+        ));
+        let folds = [
+            endpoint[0],
+            endpoint[1],
+            key[0],
+            key[1],
+            "--fold-interval-ms",
+            "250",
+        ];
+        assert_eq!(parse(&folds).unwrap().fold_interval_ms, 250);
     }
 }

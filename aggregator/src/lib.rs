@@ -37,7 +37,9 @@ use crate::ingest::Ingestor;
 use crate::merge::Merger;
 use crate::rate_limit::RateLimits;
 use crate::state::{AppState, SharedState};
-use crate::store::{DurableStore, EmbeddedStore, PgStore, Store, TokenRecord};
+use crate::store::{
+    CosmosSettings, CosmosStore, DurableStore, EmbeddedStore, PgStore, Store, TokenRecord,
+};
 
 /// How often the maintenance task runs: metrics histograms compacted, idle rate-limit buckets
 /// forgotten, the hot tier kept in step (and, every few ticks, the slower jobs below).
@@ -334,18 +336,38 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     serve(listener, aggregator, stopped).await
 }
 
-/// The store the configuration names: the embedded store or PostgreSQL, with the durable inbox
-/// if asked (what an earlier run left unfolded is folded first), and the hot tier if asked.
+/// The store the configuration names: the embedded store, PostgreSQL or Cosmos DB, with the
+/// durable inbox if asked (what an earlier run left unfolded is folded first; Cosmos DB always
+/// has it), and the hot tier if asked.
 async fn open_store(config: &Config) -> anyhow::Result<Store> {
     let inbox = config.fold_interval_ms > 0;
-    let backend: Arc<dyn DurableStore> = match &config.database_url {
-        Some(url) => {
+    let backend: Arc<dyn DurableStore> = match (&config.database_url, &config.cosmos) {
+        (_, Some(cosmos)) => {
+            let key = std::fs::read_to_string(&cosmos.key_file).with_context(|| {
+                format!(
+                    "reading the Cosmos DB key from {}",
+                    cosmos.key_file.display()
+                )
+            })?;
+            let settings = CosmosSettings {
+                endpoint: cosmos.endpoint.clone(),
+                key: key.trim().to_owned(),
+                database: cosmos.database.clone(),
+                stream: Some(cosmos_stream(&config.data_dir)?),
+            };
+            Arc::new(
+                CosmosStore::connect(&settings)
+                    .await
+                    .context("connecting to Cosmos DB and creating its containers")?,
+            )
+        }
+        (Some(url), None) => {
             let store = PgStore::connect(url)
                 .await
                 .context("connecting to PostgreSQL and migrating its schema")?;
             Arc::new(if inbox { store.with_inbox() } else { store })
         }
-        None => {
+        (None, None) => {
             let store = EmbeddedStore::open(&config.data_dir)
                 .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
             Arc::new(if inbox { store.with_inbox() } else { store })
@@ -377,6 +399,29 @@ async fn open_store(config: &Config) -> anyhow::Result<Store> {
         None => store,
     })
 }
+
+/// This aggregator's Cosmos DB fold stream, kept in its data directory (`cosmos-stream`): a
+/// restart resumes it and folds what the previous run left at once, instead of leaving it for
+/// another process to take over once its heartbeat is old.
+fn cosmos_stream(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = data_dir.join(COSMOS_STREAM_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(stream) if !stream.trim().is_empty() => return Ok(stream.trim().to_owned()),
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => {
+            return Err(error).with_context(|| format!("reading {}", path.display()));
+        }
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+    let stream = crate::store::random_hex(8);
+    std::fs::write(&path, &stream).with_context(|| format!("writing {}", path.display()))?;
+    Ok(stream)
+}
+
+/// The file in the data directory naming this aggregator's Cosmos DB fold stream.
+const COSMOS_STREAM_FILE: &str = "cosmos-stream";
 
 /// The edge keys stored through the API, then those of `--edge-key`, which win over a stored key
 /// of the same edge.

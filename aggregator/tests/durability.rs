@@ -52,7 +52,7 @@ async fn kill_nine_loses_no_acknowledged_hit_with_the_inbox() {
     kill_nine_scenario(&["--fold-interval-ms", "60000"]).await;
 }
 
-async fn kill_nine_scenario(extra: &[&str]) {
+pub(crate) async fn kill_nine_scenario(extra: &[&str]) {
     let directory = TempDir::new().unwrap();
     let binary = BinaryServer::start(directory.path(), extra).await;
     let handle = binary.handle();

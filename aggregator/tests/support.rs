@@ -10,6 +10,21 @@ use std::time::Duration;
 pub use hitcount_test_support::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+/// Flags that put an aggregator on the Cosmos DB test server's database `database` (its key
+/// written to a file in `directory`).
+pub fn cosmos_flags(server: &CosmosServer, directory: &Path, database: &str) -> Vec<String> {
+    let key_file = directory.join("cosmos.key");
+    std::fs::write(&key_file, COSMOS_TEST_KEY).expect("the key file is written");
+    vec![
+        "--cosmos-endpoint".to_owned(),
+        server.endpoint.clone(),
+        "--cosmos-key-file".to_owned(),
+        key_file.display().to_string(),
+        "--cosmos-database".to_owned(),
+        database.to_owned(),
+    ]
+}
+
 /// The real `hitcount-aggregator` binary, for tests that kill it.
 pub struct BinaryServer {
     pub child: tokio::process::Child,
@@ -31,10 +46,13 @@ impl BinaryServer {
             .arg("0")
             .arg("--rate-limit-token-per-second")
             .arg("0")
-            // A test that names its database itself (several servers on one) keeps it.
+            // A test that names its database itself (several servers on one), or another store,
+            // keeps it.
             .args(
                 database_url_for(data_dir)
-                    .filter(|_| !extra.contains(&"--database-url"))
+                    .filter(|_| {
+                        !extra.contains(&"--database-url") && !extra.contains(&"--cosmos-endpoint")
+                    })
                     .map(|url| vec!["--database-url".to_owned(), url])
                     .unwrap_or_default(),
             )

@@ -7,6 +7,7 @@ mod support;
 
 mod api;
 mod contract;
+mod cosmos;
 mod deltas;
 mod deltas_fuzz;
 mod durability;

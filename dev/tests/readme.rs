@@ -276,6 +276,35 @@ fn moving_between_stores() {
 }
 
 #[test]
+fn running_on_cosmos_db() {
+    let _ports = DEFAULT_PORTS
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner());
+    let Some(cosmos) = hitcount_test_support::CosmosServer::start_or_skip() else {
+        return;
+    };
+    let work = TempDir::new().unwrap();
+    let output = run_script(
+        &block_run_by("running_on_cosmos_db"),
+        work.path(),
+        &[
+            ("HITCOUNT_TOKEN", ADMIN_TOKEN),
+            ("COSMOS_ENDPOINT", cosmos.endpoint.as_str()),
+            ("COSMOS_KEY", hitcount_test_support::COSMOS_TEST_KEY),
+        ],
+    );
+    assert!(output.contains("\"accepted\":2"), "{output}");
+    assert!(
+        output.contains("\"count\":2,\"uniques\":2"),
+        "the two hits are counted at once:\n{output}"
+    );
+    assert!(
+        work.path().join("data/cosmos-stream").exists(),
+        "the data directory names the fold stream"
+    );
+}
+
+#[test]
 fn importing_from_goatcounter() {
     let _ports = DEFAULT_PORTS
         .lock()

@@ -55,6 +55,12 @@ pub use overlay::OVERLAY_DONE_KEEP_MS;
 /// The container of everything else (resources, tokens, edge keys, patterns), partitioned by
 /// kind: small, read whole at start and every few seconds.
 const CATALOG_CONTAINER: &str = "catalog";
+/// Random bytes of a new fold stream's id.
+const STREAM_ID_BYTES: usize = 8;
+/// A stream's row numbers start at its start time in ms times this, so that a process that
+/// resumes its stream after a restart never reuses a number of the rows it left (at most this
+/// many rows a millisecond, far above a group commit's pace).
+const ROW_NUMBERS_PER_MS: u64 = 1_000_000;
 /// The region named when the account does not say otherwise; routing only orders the account's
 /// own regions by it.
 const ROUTING_REGION: &str = "South Central US";
@@ -76,6 +82,10 @@ pub struct CosmosSettings {
     pub endpoint: String,
     pub key: String,
     pub database: String,
+    /// The fold stream this process writes into and folds: the one an earlier run of this same
+    /// process left (whose rows it then folds at once, as after a restart), or `None` for a
+    /// new one. Two live processes never share one.
+    pub stream: Option<String>,
 }
 
 impl std::fmt::Debug for CosmosSettings {
@@ -85,6 +95,7 @@ impl std::fmt::Debug for CosmosSettings {
             .debug_struct("CosmosSettings")
             .field("endpoint", &self.endpoint)
             .field("database", &self.database)
+            .field("stream", &self.stream)
             .finish_non_exhaustive()
     }
 }
@@ -318,9 +329,14 @@ impl CosmosStore {
             catalog,
             counts,
             inbox,
-            writer: Mutex::new(crate::random_hex(8)),
+            writer: Mutex::new(
+                settings
+                    .stream
+                    .clone()
+                    .unwrap_or_else(|| crate::random_hex(STREAM_ID_BYTES)),
+            ),
             stream_started: AtomicBool::new(false),
-            next_row: AtomicU64::new(1),
+            next_row: AtomicU64::new(0),
             overlay: Overlay::default(),
         })
     }
@@ -338,7 +354,7 @@ impl CosmosStore {
         *self
             .writer
             .lock()
-            .unwrap_or_else(|poison| poison.into_inner()) = crate::random_hex(8);
+            .unwrap_or_else(|poison| poison.into_inner()) = crate::random_hex(STREAM_ID_BYTES);
         self.stream_started.store(false, Ordering::Release);
     }
 

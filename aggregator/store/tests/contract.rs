@@ -85,6 +85,7 @@ async fn cosmos_store(server: &hitcount_test_support::CosmosServer) -> CosmosSto
         endpoint: server.endpoint.clone(),
         key: hitcount_test_support::COSMOS_TEST_KEY.to_owned(),
         database: "hitcount".to_owned(),
+        stream: None,
     };
     CosmosStore::connect(&settings).await.unwrap()
 }

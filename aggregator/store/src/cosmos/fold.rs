@@ -97,6 +97,10 @@ impl CosmosStore {
             etag: None,
         };
         self.create(Kind::FoldStream, &me, &stream).await?;
+        self.next_row.store(
+            now_ms.saturating_mul(super::ROW_NUMBERS_PER_MS),
+            Ordering::Relaxed,
+        );
         self.stream_started.store(true, Ordering::Release);
         Ok(())
     }
