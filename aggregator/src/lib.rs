@@ -38,7 +38,8 @@ use crate::merge::Merger;
 use crate::rate_limit::RateLimits;
 use crate::state::{AppState, SharedState};
 use crate::store::{
-    CosmosSettings, CosmosStore, DurableStore, EmbeddedStore, PgStore, Store, TokenRecord,
+    CosmosSettings, CosmosStore, DurableStore, EmbeddedStore, PgStore, ResumedStream, Store,
+    TokenRecord,
 };
 
 /// How often the maintenance task runs: metrics histograms compacted, idle rate-limit buckets
@@ -353,7 +354,7 @@ async fn open_store(config: &Config) -> anyhow::Result<Store> {
                 endpoint: cosmos.endpoint.clone(),
                 key: key.trim().to_owned(),
                 database: cosmos.database.clone(),
-                stream: Some(cosmos_stream(&config.data_dir)?),
+                stream: cosmos_stream(&config.data_dir)?,
             };
             Arc::new(
                 CosmosStore::connect(&settings)
@@ -400,24 +401,47 @@ async fn open_store(config: &Config) -> anyhow::Result<Store> {
     })
 }
 
-/// This aggregator's Cosmos DB fold stream, kept in its data directory (`cosmos-stream`): a
+/// This aggregator's Cosmos DB fold stream, named in its data directory (`cosmos-stream`): a
 /// restart resumes it and folds what the previous run left at once, instead of leaving it for
-/// another process to take over once its heartbeat is old.
-fn cosmos_stream(data_dir: &std::path::Path) -> anyhow::Result<String> {
-    let path = data_dir.join(COSMOS_STREAM_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(stream) if !stream.trim().is_empty() => return Ok(stream.trim().to_owned()),
-        Ok(_) => {}
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => {
-            return Err(error).with_context(|| format!("reading {}", path.display()));
-        }
-    }
+/// another process to take over once its heartbeat is old. The file stays locked while the
+/// store lives; a second aggregator on the same data directory gets a new stream (`None`).
+fn cosmos_stream(data_dir: &std::path::Path) -> anyhow::Result<Option<ResumedStream>> {
+    use std::io::{Read, Seek, Write};
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
-    let stream = crate::store::random_hex(8);
-    std::fs::write(&path, &stream).with_context(|| format!("writing {}", path.display()))?;
-    Ok(stream)
+    let path = data_dir.join(COSMOS_STREAM_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            tracing::warn!(path = %path.display(), "another aggregator holds this data directory's fold stream: this one takes a new stream");
+            return Ok(None);
+        }
+        Err(std::fs::TryLockError::Error(error)) => {
+            return Err(error).with_context(|| format!("locking {}", path.display()));
+        }
+    }
+    let mut id = String::new();
+    file.read_to_string(&mut id)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let mut id = id.trim().to_owned();
+    if id.is_empty() {
+        id = crate::store::random_hex(8);
+        file.rewind()
+            .and_then(|()| file.write_all(id.as_bytes()))
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(Some(ResumedStream {
+        id,
+        lock: Arc::new(file),
+    }))
 }
 
 /// The file in the data directory naming this aggregator's Cosmos DB fold stream.

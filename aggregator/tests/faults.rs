@@ -193,6 +193,7 @@ impl Drop for OwnPostgres {
 fn server_config(directory: &Path, postgres: &OwnPostgres) -> hitcount_aggregator::config::Config {
     let mut config = test_config(directory);
     config.database_url = Some(postgres.url());
+    config.cosmos = None;
     config
 }
 
@@ -351,6 +352,7 @@ async fn the_hot_tier_matches_postgres_and_survives_redis_faults() {
     let database = crate::support::postgres_database(directory.path());
     let mut config = test_config(directory.path());
     config.database_url = Some(database.clone());
+    config.cosmos = None;
     // The aggregator starts while Redis is still down, and works on PostgreSQL alone.
     let redis_port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -369,6 +371,7 @@ async fn the_hot_tier_matches_postgres_and_survives_redis_faults() {
     // resources at start): what every answer must equal.
     let mut plain_config = test_config(directory.path());
     plain_config.database_url = Some(database);
+    plain_config.cosmos = None;
     let plain = Server::start_with(plain_config).await;
     wait_for_metric(
         &hot,
@@ -456,6 +459,7 @@ async fn aggregators_sharing_a_database_see_each_others_resources() {
     let start = || {
         let mut config = test_config(directory.path());
         config.database_url = Some(database.clone());
+        config.cosmos = None;
         Server::start_with(config)
     };
     let first = start().await;

@@ -25,6 +25,24 @@ pub fn cosmos_flags(server: &CosmosServer, directory: &Path, database: &str) -> 
     ]
 }
 
+/// The flags of the store `HITCOUNT_TEST_STORE` names for `data_dir` (none for the embedded one).
+fn store_flags(data_dir: &Path) -> Vec<String> {
+    if let Some(url) = database_url_for(data_dir) {
+        return vec!["--database-url".to_owned(), url];
+    }
+    let Some(cosmos) = cosmos_config_for(data_dir) else {
+        return Vec::new();
+    };
+    vec![
+        "--cosmos-endpoint".to_owned(),
+        cosmos.endpoint,
+        "--cosmos-key-file".to_owned(),
+        cosmos.key_file.display().to_string(),
+        "--cosmos-database".to_owned(),
+        cosmos.database,
+    ]
+}
+
 /// The real `hitcount-aggregator` binary, for tests that kill it.
 pub struct BinaryServer {
     pub child: tokio::process::Child,
@@ -49,12 +67,11 @@ impl BinaryServer {
             // A test that names its database itself (several servers on one), or another store,
             // keeps it.
             .args(
-                database_url_for(data_dir)
-                    .filter(|_| {
-                        !extra.contains(&"--database-url") && !extra.contains(&"--cosmos-endpoint")
-                    })
-                    .map(|url| vec!["--database-url".to_owned(), url])
-                    .unwrap_or_default(),
+                if extra.contains(&"--database-url") || extra.contains(&"--cosmos-endpoint") {
+                    Vec::new()
+                } else {
+                    store_flags(data_dir)
+                },
             )
             .args(extra)
             .env("RUST_LOG", "info")

@@ -68,6 +68,13 @@ server.prependListener("request", (request, response) => {
   };
 });
 
+// `--exit-with-stdin`: stop when the standard input closes, that is when the test process that
+// started this one ends, however it ends.
+if (process.argv.includes("--exit-with-stdin")) {
+  process.stdin.on("end", () => process.exit(0));
+  process.stdin.resume();
+}
+
 server.listen(port, "127.0.0.1", () => {
   console.log(`listening ${server.address().port}`);
 });

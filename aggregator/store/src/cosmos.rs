@@ -59,8 +59,12 @@ const CATALOG_CONTAINER: &str = "catalog";
 const STREAM_ID_BYTES: usize = 8;
 /// A stream's row numbers start at its start time in ms times this, so that a process that
 /// resumes its stream after a restart never reuses a number of the rows it left (at most this
-/// many rows a millisecond, far above a group commit's pace).
-const ROW_NUMBERS_PER_MS: u64 = 1_000_000;
+/// many rows a millisecond: each row is a create the process waits for, far slower).
+const ROW_NUMBERS_PER_MS: u64 = 1_000;
+/// The largest integer a JSON document keeps exactly: Cosmos DB (and its test server) hold
+/// numbers as doubles, so every integer written stays at or below it (row numbers reach about
+/// 1.8e15 until the year 2255).
+const JSON_INTEGER_MAX: u64 = (1 << 53) - 1;
 /// The region named when the account does not say otherwise; routing only orders the account's
 /// own regions by it.
 const ROUTING_REGION: &str = "South Central US";
@@ -84,8 +88,17 @@ pub struct CosmosSettings {
     pub database: String,
     /// The fold stream this process writes into and folds: the one an earlier run of this same
     /// process left (whose rows it then folds at once, as after a restart), or `None` for a
-    /// new one. Two live processes never share one.
-    pub stream: Option<String>,
+    /// new one.
+    pub stream: Option<ResumedStream>,
+}
+
+/// A fold stream to resume, with the locked file that names it: the store holds the lock while
+/// it lives, so that two live processes never share a stream (a second process on the same
+/// data directory finds the file locked and takes a new stream).
+#[derive(Debug, Clone)]
+pub struct ResumedStream {
+    pub id: String,
+    pub lock: std::sync::Arc<std::fs::File>,
 }
 
 impl std::fmt::Debug for CosmosSettings {
@@ -246,6 +259,8 @@ pub struct CosmosStore {
     /// The number of this process's next row in its stream.
     next_row: AtomicU64,
     overlay: Overlay,
+    /// Held while the store lives (see [`ResumedStream`]).
+    _stream_lock: Option<std::sync::Arc<std::fs::File>>,
 }
 
 impl std::fmt::Debug for CosmosStore {
@@ -329,12 +344,11 @@ impl CosmosStore {
             catalog,
             counts,
             inbox,
-            writer: Mutex::new(
-                settings
-                    .stream
-                    .clone()
-                    .unwrap_or_else(|| crate::random_hex(STREAM_ID_BYTES)),
-            ),
+            writer: Mutex::new(settings.stream.as_ref().map_or_else(
+                || crate::random_hex(STREAM_ID_BYTES),
+                |stream| stream.id.clone(),
+            )),
+            _stream_lock: settings.stream.as_ref().map(|stream| stream.lock.clone()),
             stream_started: AtomicBool::new(false),
             next_row: AtomicU64::new(0),
             overlay: Overlay::default(),
@@ -359,7 +373,12 @@ impl CosmosStore {
     }
 
     fn next_row(&self) -> u64 {
-        self.next_row.fetch_add(1, Ordering::Relaxed)
+        let number = self.next_row.fetch_add(1, Ordering::Relaxed);
+        assert!(
+            number <= JSON_INTEGER_MAX,
+            "row numbers stay exact in JSON: {number}"
+        );
+        number
     }
 
     /// The retention of each of `ids` that exists (one query in the catalog's resource

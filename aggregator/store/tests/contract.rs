@@ -407,6 +407,7 @@ contract!(
     minute_cells_since_lists_recent_minutes_with_pending_visitors,
     deleting_a_resource_purges_its_counts,
     prune_deletes_expired_minutes_and_old_dedupe_records,
+    prune_honours_each_resources_own_retention,
     cells_of_many_reads_each_resource_as_cells_does,
     an_import_adds_its_cells_once_and_all_or_nothing,
 );
@@ -1073,6 +1074,26 @@ mod cases {
         // The dedupe record is gone, so the same key is new again.
         let again = apply(store, vec![], Some(key("edge", 1, "y")), now).await;
         assert!(matches!(again, ApplyOutcome::Applied(_)));
+    }
+
+    pub async fn prune_honours_each_resources_own_retention(store: &dyn DurableStore) {
+        store
+            .create_resource(resource("short", Some(1)))
+            .await
+            .unwrap();
+        store.create_resource(resource("long", None)).await.unwrap();
+        let now = now_ms();
+        let then = now - 3 * DAY_MS;
+        for id in ["short", "long"] {
+            apply(store, vec![entry(id, then / MINUTE_MS, 1, &[])], None, then).await;
+        }
+        store.fold_inbox(then).await.unwrap();
+        assert_eq!(tier_hits(store, "short").await, [1, 1, 1]);
+        let pruned = store.prune(now).await.unwrap();
+        // Both minutes (past the minute tier's 48 h), and the one-day resource's hour and day.
+        assert_eq!(pruned.count_rows, 4, "{pruned:?}");
+        assert_eq!(tier_hits(store, "short").await, [0, 0, 0]);
+        assert_eq!(tier_hits(store, "long").await, [0, 1, 1]);
     }
 
     pub async fn patterns_and_resources_created_on_first_sight(store: &dyn CatalogStore) {

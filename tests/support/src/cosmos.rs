@@ -3,7 +3,7 @@
 //! empty in-memory account per [`CosmosServer`].
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use crate::under_ci;
@@ -29,7 +29,7 @@ impl CosmosServer {
     /// Starts a server, installing its npm packages first if they are missing (`npm ci`). Where
     /// Node.js is missing it skips the test, printing why; under `CI=true` it fails instead.
     pub fn start_or_skip() -> Option<Self> {
-        match Self::start() {
+        match Self::start(false) {
             Ok(server) => Some(server),
             Err(reason) if under_ci() => {
                 panic!("the Cosmos DB test server did not start and CI=true: {reason}")
@@ -41,7 +41,9 @@ impl CosmosServer {
         }
     }
 
-    fn start() -> Result<Self, String> {
+    /// `for_process`: the server stops when this process ends (its launcher exits when its
+    /// standard input closes), for the one server a whole test process shares.
+    fn start(for_process: bool) -> Result<Self, String> {
         let directory = server_directory();
         // Tests run in parallel: one installs, the others wait for it.
         static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -61,8 +63,12 @@ impl CosmosServer {
             }
         }
         drop(installing);
-        let mut child = Command::new("node")
-            .args(["launch.mjs", "0"])
+        let mut launch = Command::new("node");
+        launch.args(["launch.mjs", "0"]);
+        if for_process {
+            launch.arg("--exit-with-stdin").stdin(Stdio::piped());
+        }
+        let mut child = launch
             .current_dir(&directory)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -137,4 +143,29 @@ impl CosmosServer {
             throttled: body["throttled"].as_u64().unwrap_or_default(),
         }
     }
+}
+
+/// The Cosmos DB configuration of a test server's data directory with
+/// `HITCOUNT_TEST_STORE=cosmos` (`.ci/run` runs the aggregator's suite that way too), else
+/// `None`: one test server for the whole test process (started at first use, gone with the
+/// process) and a database per data directory, named after it, so a restart on the same
+/// directory finds the same data.
+pub fn cosmos_config_for(data_dir: &Path) -> Option<hitcount_aggregator::config::CosmosConfig> {
+    if std::env::var("HITCOUNT_TEST_STORE").as_deref() != Ok("cosmos") {
+        return None;
+    }
+    static SHARED: std::sync::OnceLock<(CosmosServer, PathBuf)> = std::sync::OnceLock::new();
+    let (server, key_file) = SHARED.get_or_init(|| {
+        let server = CosmosServer::start(true)
+            .unwrap_or_else(|reason| panic!("HITCOUNT_TEST_STORE=cosmos, but: {reason}"));
+        let key_file =
+            std::env::temp_dir().join(format!("hitcount-cosmos-{}.key", std::process::id()));
+        std::fs::write(&key_file, COSMOS_TEST_KEY).expect("the key file is written");
+        (server, key_file)
+    });
+    Some(hitcount_aggregator::config::CosmosConfig {
+        endpoint: server.endpoint.clone(),
+        key_file: key_file.clone(),
+        database: format!("agg-{}", crate::postgres::directory_suffix(data_dir)),
+    })
 }

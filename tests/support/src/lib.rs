@@ -21,7 +21,7 @@ pub use api::{
     Api, assert_documented, body, documented_statuses, error_code, metric, metrics_text,
     openapi_document, wait_for_metric,
 };
-pub use cosmos::{COSMOS_TEST_KEY, CosmosServer};
+pub use cosmos::{COSMOS_TEST_KEY, CosmosServer, cosmos_config_for};
 pub use deltas::{batch, batch_from, post_delta, post_delta_bytes, signed_delta};
 pub use postgres::{database_url_for, postgres_database, postgres_or_skip, psql};
 pub use server::{Server, aggregator, open_store, serve_router, test_config};

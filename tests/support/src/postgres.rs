@@ -57,14 +57,7 @@ pub fn postgres_database(data_dir: &Path) -> String {
             );
         }
     });
-    let suffix: String = data_dir
-        .file_name()
-        .map(|name| name.to_string_lossy().to_lowercase())
-        .unwrap_or_default()
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .collect();
-    let name = format!("hitcount_agg_{suffix}");
+    let name = format!("hitcount_agg_{}", directory_suffix(data_dir));
     let exists = psql(
         &server,
         &format!("SELECT 1 FROM pg_database WHERE datname = '{name}'"),
@@ -73,6 +66,18 @@ pub fn postgres_database(data_dir: &Path) -> String {
         psql(&server, &format!("CREATE DATABASE {name}"));
     }
     format!("{server}/{name}")
+}
+
+/// A data directory's name as lowercase letters and digits: what names its database (on
+/// PostgreSQL, and on Cosmos DB with `HITCOUNT_TEST_STORE=cosmos`).
+pub(crate) fn directory_suffix(data_dir: &Path) -> String {
+    data_dir
+        .file_name()
+        .map(|name| name.to_string_lossy().to_lowercase())
+        .unwrap_or_default()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect()
 }
 
 /// Runs one SQL command with psql against the `postgres` database of `server`; PostgreSQL being

@@ -31,6 +31,7 @@ pub fn test_config(data_dir: &Path) -> Config {
     config.rate_limit_ip_per_second = 100_000;
     config.rate_limit_token_per_second = 100_000;
     config.database_url = database_url_for(data_dir);
+    config.cosmos = crate::cosmos::cosmos_config_for(data_dir);
     // CI runs the suite once more with the durable inbox (the aggregator binaries the tests
     // start read the same variable themselves).
     if let Some(interval) = std::env::var("HITCOUNT_FOLD_INTERVAL_MS")
@@ -38,6 +39,10 @@ pub fn test_config(data_dir: &Path) -> Config {
         .and_then(|value| value.parse().ok())
     {
         config.fold_interval_ms = interval;
+    }
+    if config.cosmos.is_some() && config.fold_interval_ms == 0 {
+        // As the flags' parsing does: Cosmos DB always has the inbox.
+        config.fold_interval_ms = hitcount_aggregator::config::COSMOS_FOLD_INTERVAL_MS_DEFAULT;
     }
     config
 }
@@ -222,9 +227,23 @@ pub async fn aggregator(
 /// The store of a test server's data, opened beside the server (for retention and compaction
 /// tests that call the store directly).
 pub async fn open_store(data_dir: &Path) -> hitcount_aggregator::store::Store {
-    use hitcount_aggregator::store::{DurableStore, EmbeddedStore, PgStore, Store};
+    use hitcount_aggregator::store::{
+        CosmosSettings, CosmosStore, DurableStore, EmbeddedStore, PgStore, Store,
+    };
     // In the suite's inbox run, with the inbox too, so that `fold_inbox` folds the server's rows.
     let inbox = test_config(data_dir).fold_interval_ms > 0;
+    if let Some(cosmos) = crate::cosmos::cosmos_config_for(data_dir) {
+        let settings = CosmosSettings {
+            endpoint: cosmos.endpoint,
+            key: crate::COSMOS_TEST_KEY.to_owned(),
+            database: cosmos.database,
+            stream: None,
+        };
+        let store = CosmosStore::connect(&settings)
+            .await
+            .expect("Cosmos DB opens");
+        return Store::new(std::sync::Arc::new(store));
+    }
     let backend: std::sync::Arc<dyn DurableStore> = match database_url_for(data_dir) {
         Some(url) => {
             let store = PgStore::connect(&url).await.expect("PostgreSQL opens");
