@@ -47,17 +47,8 @@ fn main() {
         .unwrap_or(10);
     println!("# hitcount aggregator benchmark");
     println!(
-        "machine: {} cores, {}; wrk -t1 -c{WRK_CONNECTIONS} -d{seconds}s sharing the cores with the server",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
-        std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|text| text
-                .lines()
-                .find(|line| line.starts_with("model name"))
-                .map(|line| line.split(':').nth(1).unwrap_or("").trim().to_owned()))
-            .unwrap_or_default()
+        "machine: {}; wrk -t1 -c{WRK_CONNECTIONS} -d{seconds}s sharing the cores with the server",
+        hitcount_bench_support::machine()
     );
     // HITCOUNT_BENCH_ONLY=stores runs only the PostgreSQL and Redis sections.
     let only_stores = std::env::var("HITCOUNT_BENCH_ONLY").as_deref() == Ok("stores");

@@ -14,8 +14,9 @@ const server = createHttpServer({ keepAlive: true });
 // Fault injection, which the server itself lacks: `POST /__faults/throttle?requests=N&retry_after_ms=M`
 // answers the next N requests 429 with `x-ms-retry-after-ms: M`, as the service does when a
 // partition runs out of request units (`&after=K`: once K more requests were served, to cut an
-// operation short midway); `GET /__faults` says how many were throttled so far.
-const faults = { after: 0, throttle: 0, retryAfterMs: 0, throttled: 0 };
+// operation short midway); `GET /__faults` says how many were throttled so far, and how many
+// requests reached the account's resources (`requests`, what a benchmark counts per operation).
+const faults = { after: 0, throttle: 0, retryAfterMs: 0, throttled: 0, requests: 0 };
 const serve = server.listeners("request");
 server.removeAllListeners("request");
 server.on("request", (request, response) => {
@@ -29,6 +30,9 @@ server.on("request", (request, response) => {
     response.setHeader("content-type", "application/json");
     response.end(JSON.stringify(faults));
     return;
+  }
+  if (url.pathname.startsWith("/dbs/")) {
+    faults.requests += 1;
   }
   if (faults.throttle > 0 && faults.after > 0 && url.pathname.startsWith("/dbs/")) {
     faults.after -= 1;

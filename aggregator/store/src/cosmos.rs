@@ -243,6 +243,37 @@ async fn read_document<T: DeserializeOwned>(
     }
 }
 
+/// The SDK's client as the store makes it: HTTP/1.1, documents as JSON text, throttling retried
+/// within [`COSMOS_THROTTLE_RETRIES_MAX`] and [`COSMOS_THROTTLE_WAIT_MS_MAX`]. Public for tools
+/// that measure the account beside the store (the Cosmos DB benchmark's baselines).
+pub async fn cosmos_client(settings: &CosmosSettings) -> Result<CosmosClient, StoreError> {
+    let endpoint: AccountEndpoint = settings
+        .endpoint
+        .parse()
+        .map_err(|_| StoreError::CosmosEndpoint(settings.endpoint.clone()))?;
+    // HTTP/1.1: the service speaks both; the test server only the first.
+    let pool = ConnectionPoolOptions::builder()
+        .with_is_http2_allowed(false)
+        .build()
+        .map_err(classify)?;
+    let runtime = CosmosRuntime::builder()
+        .with_connection_pool(pool)
+        .build()
+        .await
+        .map_err(classify)?;
+    let account =
+        AccountReference::with_authentication_key(endpoint, Secret::from(settings.key.clone()));
+    let client = CosmosClient::builder()
+        .with_runtime(runtime)
+        // Documents as JSON text: what every server of the protocol speaks.
+        .with_binary_encoding_options(BinaryEncodingOptions::new().with_enabled(false))
+        .with_default_operation_options(throttle_bounds())
+        .build(account, RoutingStrategy::ProximityTo(ROUTING_REGION.into()))
+        .await
+        .map_err(classify)?;
+    Ok(client)
+}
+
 fn name_id(name: &str) -> String {
     hex::encode(sha2::Sha256::digest(name.as_bytes()))
 }
@@ -274,30 +305,7 @@ impl std::fmt::Debug for CosmosStore {
 impl CosmosStore {
     /// Connects with the account key, and creates the database and its containers if missing.
     pub async fn connect(settings: &CosmosSettings) -> Result<Self, StoreError> {
-        let endpoint: AccountEndpoint = settings
-            .endpoint
-            .parse()
-            .map_err(|_| StoreError::CosmosEndpoint(settings.endpoint.clone()))?;
-        // HTTP/1.1: the service speaks both; the test server only the first.
-        let pool = ConnectionPoolOptions::builder()
-            .with_is_http2_allowed(false)
-            .build()
-            .map_err(classify)?;
-        let runtime = CosmosRuntime::builder()
-            .with_connection_pool(pool)
-            .build()
-            .await
-            .map_err(classify)?;
-        let account =
-            AccountReference::with_authentication_key(endpoint, Secret::from(settings.key.clone()));
-        let client = CosmosClient::builder()
-            .with_runtime(runtime)
-            // Documents as JSON text: what every server of the protocol speaks.
-            .with_binary_encoding_options(BinaryEncodingOptions::new().with_enabled(false))
-            .with_default_operation_options(throttle_bounds())
-            .build(account, RoutingStrategy::ProximityTo(ROUTING_REGION.into()))
-            .await
-            .map_err(classify)?;
+        let client = cosmos_client(settings).await?;
         match client.create_database(&settings.database, None).await {
             Ok(_) => tracing::info!(database = %settings.database, "cosmos db database created"),
             Err(error) if error.status().is_conflict() => {}

@@ -101,6 +101,20 @@ pub fn bench_database(name: &str) -> String {
 }
 
 /// The value at `fraction` (0.99 for p99) of ascending `sorted` values.
+/// The machine a benchmark ran on, as its report names it: cores and CPU model.
+pub fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|line| line.starts_with("model name"))
+                .map(|line| line.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    format!("{cores} cores, {model}")
+}
+
 pub fn percentile(sorted: &[f64], fraction: f64) -> f64 {
     sorted[((sorted.len() as f64 * fraction).ceil() as usize).saturating_sub(1)]
 }

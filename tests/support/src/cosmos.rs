@@ -104,6 +104,8 @@ pub struct Faults {
     pub throttle: u64,
     /// Requests answered 429 so far.
     pub throttled: u64,
+    /// Requests to the account's databases so far (each retry counted).
+    pub requests: u64,
 }
 
 impl CosmosServer {
@@ -141,6 +143,7 @@ impl CosmosServer {
         Faults {
             throttle: body["throttle"].as_u64().unwrap_or_default(),
             throttled: body["throttled"].as_u64().unwrap_or_default(),
+            requests: body["requests"].as_u64().unwrap_or_default(),
         }
     }
 }

@@ -204,7 +204,10 @@ impl CosmosStore {
         end_ms: u64,
     ) -> Result<BTreeMap<u64, CountDocument>, StoreError> {
         let query = azure_data_cosmos::Query::from(
-            "SELECT * FROM c WHERE c.resource_id = @resource AND c.tier = @tier \
+            // Only what a read uses: not the imports' marks, the TTL or the service's own
+            // properties, which every document also carries.
+            "SELECT c.id, c.resource_id, c.tier, c.bucket_ms, c.hits, c.sketch, c.streams \
+             FROM c WHERE c.resource_id = @resource AND c.tier = @tier \
              AND c.bucket_ms >= @start AND c.bucket_ms < @end",
         )
         // The partition is named in the query too: a server may apply the scope loosely (the
