@@ -314,14 +314,14 @@ impl CosmosStore {
         let database = client.database_client(&settings.database);
         let containers = [
             ContainerProperties::new(CATALOG_CONTAINER, PartitionKeyDefinition::from("/kind")),
-            // Sketches are read whole, never searched: indexing them would only cost request
-            // units on every write.
+            // Cells (hits and sketches) are read whole, never searched: indexing them would only
+            // cost request units on every write.
             // Per-document TTL on, no default: each count document expires with its retention.
             ContainerProperties::new(
                 COUNTS_CONTAINER,
                 PartitionKeyDefinition::from("/resource_id"),
             )
-            .with_indexing_policy(IndexingPolicy::default().with_excluded_path("/sketch/?"))
+            .with_indexing_policy(IndexingPolicy::default().with_excluded_path("/cells/*"))
             .with_default_ttl(TimeToLive::NoDefault),
             // Partitioned by edge: every delivery of a batch meets the same unique id. Rows'
             // payloads are read whole, never searched.

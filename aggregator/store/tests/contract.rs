@@ -408,6 +408,7 @@ contract!(
     deleting_a_resource_purges_its_counts,
     prune_deletes_expired_minutes_and_old_dedupe_records,
     prune_honours_each_resources_own_retention,
+    prune_drops_each_expired_minute_and_keeps_the_next,
     cells_of_many_reads_each_resource_as_cells_does,
     an_import_adds_its_cells_once_and_all_or_nothing,
 );
@@ -1074,6 +1075,33 @@ mod cases {
         // The dedupe record is gone, so the same key is new again.
         let again = apply(store, vec![], Some(key("edge", 1, "y")), now).await;
         assert!(matches!(again, ApplyOutcome::Applied(_)));
+    }
+
+    pub async fn prune_drops_each_expired_minute_and_keeps_the_next(store: &dyn DurableStore) {
+        store.create_resource(resource("m", None)).await.unwrap();
+        // Two minutes of one hour: at `later` the first is past the minute tier's 48 h, the
+        // second is not.
+        let first = (now_ms() - HOUR_MS) / HOUR_MS * HOUR_MS / MINUTE_MS;
+        apply(
+            store,
+            vec![entry("m", first, 1, &[]), entry("m", first + 1, 2, &[])],
+            None,
+            now_ms(),
+        )
+        .await;
+        store.fold_inbox(now_ms()).await.unwrap();
+        let later = (first + 1) * MINUTE_MS + MINUTE_TIER_RETENTION_MS;
+        assert_eq!(store.prune(later).await.unwrap().count_rows, 1);
+        let minutes = store
+            .cells("m".to_owned(), Tier::Minute, 0, later, later)
+            .await
+            .unwrap();
+        let kept: Vec<(u64, u64)> = minutes
+            .iter()
+            .map(|cell| (cell.bucket_ms / MINUTE_MS, cell.hits))
+            .collect();
+        assert_eq!(kept, [(first + 1, 2)]);
+        assert_eq!(total(store, "m", Tier::Hour).await.0, 3);
     }
 
     pub async fn prune_honours_each_resources_own_retention(store: &dyn DurableStore) {

@@ -1,6 +1,8 @@
-//! Cosmos DB's count documents: one per (resource, tier, bucket) in container `counts`,
-//! partitioned by resource, holding the hits, the sketch and the marks that make every write to
-//! it happen once: for each fold stream, the last round that wrote it, and the imports it holds.
+//! Cosmos DB's count documents in container `counts`, partitioned by resource: one per
+//! (resource, tier, page), a page being one hour or day cell, or an hour of minute cells (so that
+//! a day of minutes is 24 or 25 documents to read, not 1,440). Each holds its cells (hits and
+//! sketch) and the marks that make every write to it happen once: for each fold stream, the last
+//! round that wrote it, and the imports it holds.
 //! A write reads the document, returns if its mark is there, and otherwise replaces it with the
 //! mark added, on the ETag it read (a concurrent writer makes it read again).
 
@@ -44,16 +46,63 @@ pub(super) struct StreamMark {
     pub at_ms: u64,
 }
 
+/// The buckets one count document holds: an hour of minute cells, or one hour or day cell.
+pub(super) fn page_length_ms(tier: Tier) -> u64 {
+    match tier {
+        Tier::Minute => crate::HOUR_MS,
+        Tier::Hour | Tier::Day => tier.resolution_ms(),
+    }
+}
+
+/// The first bucket of the page holding `bucket_ms`.
+pub(super) fn page_of(tier: Tier, bucket_ms: u64) -> u64 {
+    bucket_ms / page_length_ms(tier) * page_length_ms(tier)
+}
+
+/// One cell of a page.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(super) struct StoredCell {
+    pub hits: u64,
+    /// Base64 of the sketch's encoding; empty for no visitors.
+    #[serde(default)]
+    pub sketch: String,
+}
+
+impl StoredCell {
+    fn visitors(&self) -> Result<Sketch, StoreError> {
+        if self.sketch.is_empty() {
+            return Ok(Sketch::new());
+        }
+        let bytes = BASE64
+            .decode(&self.sketch)
+            .map_err(|_| StoreError::CorruptInbox("a stored sketch is not base64"))?;
+        Ok(Sketch::from_bytes(&bytes)?)
+    }
+
+    fn add(&mut self, hits: u64, visitors: &Sketch) -> Result<(), StoreError> {
+        self.hits += hits;
+        if !visitors.is_empty() {
+            let mut stored = self.visitors()?;
+            stored.merge(visitors);
+            self.sketch = BASE64.encode(stored.to_bytes());
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct CountDocument {
-    /// `<tier>.<bucket_ms>`.
+    /// `<tier>.<page_ms>`.
     pub id: String,
     pub resource_id: String,
     pub tier: Tier,
-    pub bucket_ms: u64,
-    pub hits: u64,
-    /// Base64 of the sketch's encoding; empty for no visitors.
-    pub sketch: String,
+    /// The page's first bucket.
+    pub page_ms: u64,
+    /// Its cells by bucket (JSON object keys are strings: serde writes and reads the numbers).
+    pub cells: BTreeMap<u64, StoredCell>,
+    /// Its earliest cell's bucket: what retention looks for (a page whose early cells expired
+    /// keeps its later ones).
+    pub first_ms: u64,
     #[serde(default)]
     pub streams: BTreeMap<String, StreamMark>,
     /// Hex SHA-256 of each file imported into it.
@@ -66,16 +115,6 @@ pub(super) struct CountDocument {
 }
 
 impl CountDocument {
-    fn visitors(&self) -> Result<Sketch, StoreError> {
-        if self.sketch.is_empty() {
-            return Ok(Sketch::new());
-        }
-        let bytes = BASE64
-            .decode(&self.sketch)
-            .map_err(|_| StoreError::CorruptInbox("a stored sketch is not base64"))?;
-        Ok(Sketch::from_bytes(&bytes)?)
-    }
-
     /// Whether the stream's `round` wrote this document, or a later round (which runs only
     /// after `round` finished, so `round` wrote it before if it had anything for it).
     pub fn has_round(&self, stream: &str, round: u64) -> bool {
@@ -84,17 +123,29 @@ impl CountDocument {
             .is_some_and(|mark| mark.round >= round)
     }
 
-    pub fn cell(&self) -> Result<CountCell, StoreError> {
-        Ok(CountCell {
-            bucket_ms: self.bucket_ms,
-            hits: self.hits,
-            visitors: self.visitors()?,
-        })
+    /// Its cells with buckets in `[start_ms, end_ms)`, into `cells`.
+    pub fn add_cells_to(
+        &self,
+        cells: &mut BTreeMap<u64, CountCell>,
+        start_ms: u64,
+        end_ms: u64,
+    ) -> Result<(), StoreError> {
+        for (bucket_ms, cell) in self.cells.range(start_ms..end_ms) {
+            cells.insert(
+                *bucket_ms,
+                CountCell {
+                    bucket_ms: *bucket_ms,
+                    hits: cell.hits,
+                    visitors: cell.visitors()?,
+                },
+            );
+        }
+        Ok(())
     }
 }
 
-pub(super) fn count_document_id(tier: Tier, bucket_ms: u64) -> String {
-    format!("{}.{bucket_ms}", tier.as_str())
+pub(super) fn count_document_id(tier: Tier, page_ms: u64) -> String {
+    format!("{}.{page_ms}", tier.as_str())
 }
 
 /// What makes one write happen once.
@@ -104,52 +155,89 @@ pub(super) enum Mark {
     Import { file_sha256: String },
 }
 
-/// One write to a count document.
+/// A cell a page write adds: (bucket, hits, visitors).
+pub(super) type CellWrite = (u64, u64, Sketch);
+
+/// One write to a count document: cells of one page.
 #[derive(Debug)]
-pub(super) struct CountWrite<'a> {
-    pub resource_id: &'a str,
+pub(super) struct PageWrite {
+    pub resource_id: String,
     pub tier: Tier,
-    pub bucket_ms: u64,
-    pub hits: u64,
-    pub visitors: &'a Sketch,
+    pub page_ms: u64,
+    /// Each bucket in the page.
+    pub cells: Vec<CellWrite>,
     /// Seconds the document lives from this write; `None` for ever.
     pub ttl: Option<i64>,
+}
+
+/// Cells (resource, tier, bucket, hits, visitors) grouped by page, as one [`PageWrite`] per
+/// (resource, tier, page), each living as `ttl` says for its page.
+pub(super) fn pages<'a>(
+    cells: impl IntoIterator<Item = (&'a str, Tier, u64, u64, &'a Sketch)>,
+    ttl: impl Fn(&str, Tier, u64) -> Option<i64>,
+) -> Vec<PageWrite> {
+    let mut pages: BTreeMap<(&str, Tier, u64), Vec<CellWrite>> = BTreeMap::new();
+    for (resource_id, tier, bucket_ms, hits, visitors) in cells {
+        pages
+            .entry((resource_id, tier, page_of(tier, bucket_ms)))
+            .or_default()
+            .push((bucket_ms, hits, visitors.clone()));
+    }
+    pages
+        .into_iter()
+        .map(|((resource_id, tier, page_ms), cells)| PageWrite {
+            resource_id: resource_id.to_owned(),
+            tier,
+            page_ms,
+            cells,
+            ttl: ttl(resource_id, tier, page_ms),
+        })
+        .collect()
 }
 
 impl CosmosStore {
     /// Adds to one document unless `mark` is in it already; true if it added.
     pub(super) async fn add_to_count(
         &self,
-        write: &CountWrite<'_>,
+        write: &PageWrite,
         mark: &Mark,
         now_ms: u64,
     ) -> Result<bool, StoreError> {
-        let id = count_document_id(write.tier, write.bucket_ms);
+        debug_assert!(
+            write
+                .cells
+                .iter()
+                .all(|(bucket_ms, _, _)| page_of(write.tier, *bucket_ms) == write.page_ms),
+            "a page write's cells are all of its page"
+        );
+        let id = count_document_id(write.tier, write.page_ms);
         for _ in 0..COUNT_WRITE_ATTEMPTS_MAX {
             let stored: Option<CountDocument> =
-                read_document(&self.counts, write.resource_id.to_owned(), &id).await?;
+                read_document(&self.counts, write.resource_id.clone(), &id).await?;
             let mut document = match stored {
                 Some(document) if marked(&document, mark) => return Ok(false),
                 Some(document) => document,
                 None => CountDocument {
                     id: id.clone(),
-                    resource_id: write.resource_id.to_owned(),
+                    resource_id: write.resource_id.clone(),
                     tier: write.tier,
-                    bucket_ms: write.bucket_ms,
-                    hits: 0,
-                    sketch: String::new(),
+                    page_ms: write.page_ms,
+                    cells: BTreeMap::new(),
+                    first_ms: u64::MAX,
                     streams: BTreeMap::new(),
                     imports: Vec::new(),
                     ttl: None,
                     etag: None,
                 },
             };
-            document.hits += write.hits;
-            if !write.visitors.is_empty() {
-                let mut visitors = document.visitors()?;
-                visitors.merge(write.visitors);
-                document.sketch = BASE64.encode(visitors.to_bytes());
+            for (bucket_ms, hits, visitors) in &write.cells {
+                document
+                    .cells
+                    .entry(*bucket_ms)
+                    .or_default()
+                    .add(*hits, visitors)?;
             }
+            document.first_ms = document.cells.keys().next().copied().unwrap_or(u64::MAX);
             document.ttl = write.ttl;
             document
                 .streams
@@ -167,7 +255,7 @@ impl CosmosStore {
             let result = match &document.etag {
                 None => {
                     self.counts
-                        .create_item(write.resource_id.to_owned(), &id, &document, None)
+                        .create_item(write.resource_id.clone(), &id, &document, None)
                         .await
                 }
                 Some(etag) => {
@@ -177,7 +265,7 @@ impl CosmosStore {
                     let options = azure_data_cosmos::options::ItemWriteOptions::default()
                         .with_precondition(precondition);
                     self.counts
-                        .replace_item(write.resource_id.to_owned(), &id, &document, Some(options))
+                        .replace_item(write.resource_id.clone(), &id, &document, Some(options))
                         .await
                 }
             };
@@ -194,7 +282,45 @@ impl CosmosStore {
         )))
     }
 
-    /// The documents of one resource and tier with buckets in `[start_ms, end_ms)`, by bucket:
+    /// Removes a page's cells with buckets up to `newest_expired` (the whole page if that is
+    /// all of them); returns how many cells went. A page written meanwhile is left for the
+    /// next run.
+    pub(super) async fn trim_page(
+        &self,
+        mut page: CountDocument,
+        newest_expired: u64,
+    ) -> Result<u64, StoreError> {
+        let kept = page.cells.split_off(&(newest_expired + 1));
+        let expired = page.cells.len() as u64;
+        let precondition = azure_data_cosmos::options::Precondition::if_match(
+            azure_core::http::Etag::from(page.etag.clone().unwrap_or_default()),
+        );
+        let options =
+            azure_data_cosmos::options::ItemWriteOptions::default().with_precondition(precondition);
+        let partition = page.resource_id.clone();
+        let result = if kept.is_empty() {
+            self.counts
+                .delete_item(partition, &page.id, Some(options))
+                .await
+        } else {
+            page.cells = kept;
+            page.first_ms = page.cells.keys().next().copied().unwrap_or(u64::MAX);
+            self.counts
+                .replace_item(partition, &page.id, &page, Some(options))
+                .await
+        };
+        match result {
+            Ok(_) => Ok(expired),
+            Err(error)
+                if error.status().is_precondition_failed() || error.status().is_not_found() =>
+            {
+                Ok(0)
+            }
+            Err(error) => Err(classify(error)),
+        }
+    }
+
+    /// The documents of one resource and tier holding buckets in `[start_ms, end_ms)`, by page:
     /// one query in one partition.
     pub(super) async fn count_documents(
         &self,
@@ -206,9 +332,9 @@ impl CosmosStore {
         let query = azure_data_cosmos::Query::from(
             // Only what a read uses: not the imports' marks, the TTL or the service's own
             // properties, which every document also carries.
-            "SELECT c.id, c.resource_id, c.tier, c.bucket_ms, c.hits, c.sketch, c.streams \
+            "SELECT c.id, c.resource_id, c.tier, c.page_ms, c.cells, c.first_ms, c.streams \
              FROM c WHERE c.resource_id = @resource AND c.tier = @tier \
-             AND c.bucket_ms >= @start AND c.bucket_ms < @end",
+             AND c.page_ms >= @start AND c.page_ms < @end",
         )
         // The partition is named in the query too: a server may apply the scope loosely (the
         // test server does).
@@ -216,7 +342,7 @@ impl CosmosStore {
         .map_err(classify)?
         .with_parameter("@tier", tier.as_str())
         .map_err(classify)?
-        .with_parameter("@start", start_ms)
+        .with_parameter("@start", page_of(tier, start_ms))
         .map_err(classify)?
         .with_parameter("@end", end_ms)
         .map_err(classify)?;
@@ -234,7 +360,7 @@ impl CosmosStore {
             .map_err(classify)?;
         Ok(documents
             .into_iter()
-            .map(|document| (document.bucket_ms, document))
+            .map(|document| (document.page_ms, document))
             .collect())
     }
 
@@ -262,8 +388,8 @@ impl CosmosStore {
             }
         };
         let mut cells: BTreeMap<u64, CountCell> = BTreeMap::new();
-        for (bucket_ms, document) in &documents {
-            cells.insert(*bucket_ms, document.cell()?);
+        for document in documents.values() {
+            document.add_cells_to(&mut cells, start_ms, end_ms)?;
         }
         let writer = self.writer();
         for held in rows {
@@ -290,7 +416,7 @@ fn marked(document: &CountDocument, mark: &Mark) -> bool {
 }
 
 /// Adds a held row's cells of one resource to `cells` (one tier, buckets in `range`), except
-/// where the stored document says the row's round wrote it already.
+/// where the stored document of the cell's page says the row's round wrote it already.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn add_row(
     cells: &mut BTreeMap<u64, CountCell>,
@@ -312,7 +438,7 @@ pub(super) fn add_row(
         }
         let folded = held.round.is_some_and(|round| {
             documents
-                .get(&bucket_ms)
+                .get(&page_of(tier, bucket_ms))
                 .is_some_and(|document| document.has_round(writer, round))
         });
         if folded {
@@ -338,15 +464,15 @@ pub(super) fn retention_map(
         .collect()
 }
 
-/// Seconds a document of this cell lives from now: until its tier's retention or its
-/// resource's ends it (what prune deletes where TTL is off); `None` for ever.
+/// Seconds the document of this page lives from now: until its tier's retention or its
+/// resource's ends its last cell (what prune deletes where TTL is off); `None` for ever.
 pub(super) fn count_ttl(
     tier: Tier,
-    bucket_ms: u64,
+    page_ms: u64,
     retention_days: Option<u32>,
     now_ms: u64,
 ) -> Option<i64> {
-    let end = bucket_ms + tier.resolution_ms();
+    let end = page_ms + page_length_ms(tier);
     let tier_end = tier.retention_ms().map(|retention| end + retention);
     let resource_end = retention_days.map(|days| end + u64::from(days) * DAY_MS);
     let expires_ms = match (tier_end, resource_end) {

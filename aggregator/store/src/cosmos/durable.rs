@@ -8,7 +8,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
 use super::counts::{
-    CountDocument, CountWrite, Mark, READ_ATTEMPTS_MAX, add_row, count_ttl, read_was_quick,
+    CountDocument, Mark, READ_ATTEMPTS_MAX, add_row, count_ttl, page_of, pages, read_was_quick,
 };
 use super::inbox::{InboxDocument, RowState};
 use super::{CosmosStore, Kind, NameDocument, classify, name_id};
@@ -44,8 +44,6 @@ struct ImportDocument {
 #[derive(Debug, Deserialize)]
 struct Located {
     id: String,
-    #[serde(default)]
-    resource_id: String,
     #[serde(default)]
     edge_id: String,
     #[serde(default)]
@@ -153,20 +151,24 @@ impl DurableStore for CosmosStore {
             file_sha256: file_sha256.clone(),
         };
         let cells = import.cells.len() as u64;
-        let (retention, mark) = (&retention, &mark);
-        futures::stream::iter(import.cells)
-            .map(|cell| async move {
-                let retention_days = retention.get(&cell.resource_id).copied().flatten();
-                let write = CountWrite {
-                    resource_id: &cell.resource_id,
-                    tier: cell.tier,
-                    bucket_ms: cell.cell.bucket_ms,
-                    hits: cell.cell.hits,
-                    visitors: &cell.cell.visitors,
-                    ttl: count_ttl(cell.tier, cell.cell.bucket_ms, retention_days, now_ms),
-                };
-                self.add_to_count(&write, mark, now_ms).await
-            })
+        let pages = pages(
+            import.cells.iter().map(|cell| {
+                (
+                    cell.resource_id.as_str(),
+                    cell.tier,
+                    cell.cell.bucket_ms,
+                    cell.cell.hits,
+                    &cell.cell.visitors,
+                )
+            }),
+            |resource_id, tier, page_ms| {
+                let retention_days = retention.get(resource_id).copied().flatten();
+                count_ttl(tier, page_ms, retention_days, now_ms)
+            },
+        );
+        let mark = &mark;
+        futures::stream::iter(pages)
+            .map(|write| async move { self.add_to_count(&write, mark, now_ms).await })
             .buffer_unordered(IMPORT_WRITES_IN_FLIGHT_MAX)
             .try_collect::<Vec<bool>>()
             .await?;
@@ -187,9 +189,9 @@ impl DurableStore for CosmosStore {
         let (documents, rows) = loop {
             attempt += 1;
             let query = azure_data_cosmos::Query::from(
-                "SELECT * FROM c WHERE c.tier = 'minute' AND c.bucket_ms >= @start",
+                "SELECT * FROM c WHERE c.tier = 'minute' AND c.page_ms >= @start",
             )
-            .with_parameter("@start", start_ms)
+            .with_parameter("@start", page_of(Tier::Minute, start_ms))
             .map_err(classify)?;
             let began = std::time::Instant::now();
             let documents: Vec<CountDocument> = self
@@ -210,7 +212,7 @@ impl DurableStore for CosmosStore {
             by_resource
                 .entry(document.resource_id.clone())
                 .or_default()
-                .insert(document.bucket_ms, document);
+                .insert(document.page_ms, document);
         }
         let named = inbox::rows_resource_ids(rows.iter().map(|held| held.row.as_ref()));
         let existing: HashSet<String> = self
@@ -229,8 +231,8 @@ impl DurableStore for CosmosStore {
         for id in ids {
             let documents = by_resource.get(&id).unwrap_or(&no_documents);
             let mut joined: BTreeMap<u64, CountCell> = BTreeMap::new();
-            for (bucket_ms, document) in documents {
-                joined.insert(*bucket_ms, document.cell()?);
+            for document in documents.values() {
+                document.add_cells_to(&mut joined, start_ms, u64::MAX)?;
             }
             if existing.contains(&id) {
                 for held in rows.iter().filter(|held| held.row.holds(&id)) {
@@ -285,7 +287,7 @@ impl DurableStore for CosmosStore {
         self.overlay.forget_resource(&id);
         loop {
             let query = azure_data_cosmos::Query::from(
-                "SELECT TOP @limit c.id, c.resource_id FROM c WHERE c.resource_id = @resource",
+                "SELECT TOP @limit c.id FROM c WHERE c.resource_id = @resource",
             )
             .with_parameter("@limit", RETENTION_DELETE_ROWS_MAX)
             .map_err(classify)?
@@ -308,10 +310,11 @@ impl DurableStore for CosmosStore {
         let mut pruned = Pruned::default();
         let resources = self.resources().await?;
         for (resource, tier, cutoff_ms) in retention_rules(&resources, now_ms) {
-            // A bucket goes when all of it is older than the cutoff.
+            // A bucket goes when all of it is older than the cutoff; a page whose first bucket
+            // went loses its expired cells, or goes whole.
             let newest_expired = cutoff_ms.saturating_sub(tier.resolution_ms());
-            let mut text = "SELECT TOP @limit c.id, c.resource_id FROM c \
-                            WHERE c.tier = @tier AND c.bucket_ms <= @newest"
+            let mut text = "SELECT TOP @limit * FROM c \
+                            WHERE c.tier = @tier AND c.first_ms <= @newest"
                 .to_owned();
             if resource.is_some() {
                 text.push_str(" AND c.resource_id = @resource");
@@ -325,13 +328,20 @@ impl DurableStore for CosmosStore {
                 .map_err(classify)?
                 .with_parameter("@newest", newest_expired)
                 .map_err(classify)?;
-            for document in self
-                .located(&self.counts, query, resource.as_deref())
-                .await?
-            {
-                self.delete_located(&self.counts, &document.resource_id, &document.id)
-                    .await?;
-                pruned.count_rows += 1;
+            let scope = match &resource {
+                Some(resource) => azure_data_cosmos::FeedScope::partition(resource.clone()),
+                None => azure_data_cosmos::FeedScope::full_container(),
+            };
+            let pages: Vec<CountDocument> = self
+                .counts
+                .query_items(query, scope, None)
+                .await
+                .map_err(classify)?
+                .try_collect()
+                .await
+                .map_err(classify)?;
+            for page in pages {
+                pruned.count_rows += self.trim_page(page, newest_expired).await?;
             }
         }
         let query = azure_data_cosmos::Query::from(

@@ -17,7 +17,7 @@ use futures::{StreamExt, TryStreamExt};
 use hitcount_wire::Sketch;
 use serde::{Deserialize, Serialize};
 
-use super::counts::{CountWrite, Mark, count_ttl};
+use super::counts::{Mark, count_ttl, pages};
 use super::inbox::{RowRef, RowState};
 use super::{CosmosStore, Kind, classify};
 use crate::inbox::{choose_fold_rows, fold_rows, rows_resource_ids};
@@ -33,7 +33,7 @@ const FOLD_ROWS_LISTED_MAX: u64 = 1_000;
 /// fold from the others.
 const FOLD_ROUNDS_MAX: u32 = 64;
 /// Count document writes a round keeps in flight: each is a read and a replace, so a round's
-/// time is its cells over this many round trips.
+/// time is its pages over this many round trips.
 const FOLD_WRITES_IN_FLIGHT_MAX: usize = 32;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -235,23 +235,22 @@ impl CosmosStore {
                 stream: stream.to_owned(),
                 round,
             };
-            let (sketches, retention, mark) = (&sketches, &retention, &mark);
-            futures::stream::iter(writes.cells)
-                .map(|((resource_id, tier, bucket_ms), hits)| async move {
-                    let empty = Sketch::new();
-                    let key = (resource_id.clone(), tier, bucket_ms);
+            let empty = Sketch::new();
+            let cells = writes
+                .cells
+                .iter()
+                .map(|((resource_id, tier, bucket_ms), hits)| {
+                    let key = (resource_id.clone(), *tier, *bucket_ms);
                     let visitors = sketches.get(&key).unwrap_or(&empty);
-                    let retention_days = retention.get(&resource_id).copied().flatten();
-                    let write = CountWrite {
-                        resource_id: &resource_id,
-                        tier,
-                        bucket_ms,
-                        hits,
-                        visitors,
-                        ttl: count_ttl(tier, bucket_ms, retention_days, now_ms),
-                    };
-                    self.add_to_count(&write, mark, now_ms).await
-                })
+                    (resource_id.as_str(), *tier, *bucket_ms, *hits, visitors)
+                });
+            let pages = pages(cells, |resource_id, tier, page_ms| {
+                let retention_days = retention.get(resource_id).copied().flatten();
+                count_ttl(tier, page_ms, retention_days, now_ms)
+            });
+            let mark = &mark;
+            futures::stream::iter(pages)
+                .map(|write| async move { self.add_to_count(&write, mark, now_ms).await })
                 .buffer_unordered(FOLD_WRITES_IN_FLIGHT_MAX)
                 .try_collect::<Vec<bool>>()
                 .await?;
