@@ -65,6 +65,8 @@ pub struct Aggregator {
     ingest_task: JoinHandle<()>,
     merge_task: JoinHandle<()>,
     maintenance_task: JoinHandle<()>,
+    /// Tells the maintenance task to stop after the tick it is in.
+    maintenance_stop: tokio::sync::watch::Sender<bool>,
     /// With the durable inbox, the task that folds it.
     fold_task: Option<JoinHandle<()>>,
     generated_admin_token: Option<String>,
@@ -105,7 +107,8 @@ impl Aggregator {
             edge_keys,
             metrics: metrics_handle(),
         });
-        let maintenance_task = tokio::spawn(maintain(Arc::clone(&state)));
+        let (maintenance_stop, stopped) = tokio::sync::watch::channel(false);
+        let maintenance_task = tokio::spawn(maintain(Arc::clone(&state), stopped));
         let fold_task = (state.config.fold_interval_ms > 0).then(|| {
             tokio::spawn(fold(
                 state.store.clone(),
@@ -117,6 +120,7 @@ impl Aggregator {
             ingest_task,
             merge_task,
             maintenance_task,
+            maintenance_stop,
             fold_task,
             generated_admin_token,
         })
@@ -143,8 +147,10 @@ impl Aggregator {
         let _ = self.merge_task.await;
         // After the last write: the other aggregators need not rebuild for this one.
         self.state.store.leave_hot_tier().await;
-        // Stopped first, so that no flush of its own is cut off halfway by the abort.
-        self.maintenance_task.abort();
+        // Stopped first, so that its own refusal flush never runs beside the last one below.
+        // Told to stop after its tick rather than aborted: an aborted store call would go on
+        // in its blocking thread, and a retention delete could land after shutdown.
+        let _ = self.maintenance_stop.send(true);
         let _ = self.maintenance_task.await;
         if let Some(task) = self.fold_task {
             task.abort();
@@ -220,14 +226,17 @@ async fn fold(store: Store, interval: Duration) {
     }
 }
 
-async fn maintain(state: SharedState) {
+async fn maintain(state: SharedState, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(MAINTENANCE_INTERVAL_MS));
     let retention_every = (state.config.retention_interval_s * 1_000)
         .div_ceil(MAINTENANCE_INTERVAL_MS)
         .max(1);
     let mut ticks: u64 = 0;
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
         if let Err(error) = state.store.repair_hot_tier(now_ms()).await {
             tracing::warn!(%error, "the hot tier could not be rebuilt; will retry");
         }
