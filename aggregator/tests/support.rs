@@ -15,24 +15,15 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 pub fn cosmos_flags(server: &CosmosServer, directory: &Path, database: &str) -> Vec<String> {
     let key_file = directory.join("cosmos.key");
     std::fs::write(&key_file, COSMOS_TEST_KEY).expect("the key file is written");
-    vec![
-        "--cosmos-endpoint".to_owned(),
-        server.endpoint.clone(),
-        "--cosmos-key-file".to_owned(),
-        key_file.display().to_string(),
-        "--cosmos-database".to_owned(),
-        database.to_owned(),
-    ]
+    flags_of(hitcount_aggregator::config::CosmosConfig {
+        endpoint: server.endpoint.clone(),
+        key_file,
+        database: database.to_owned(),
+    })
 }
 
-/// The flags of the store `HITCOUNT_TEST_STORE` names for `data_dir` (none for the embedded one).
-fn store_flags(data_dir: &Path) -> Vec<String> {
-    if let Some(url) = database_url_for(data_dir) {
-        return vec!["--database-url".to_owned(), url];
-    }
-    let Some(cosmos) = cosmos_config_for(data_dir) else {
-        return Vec::new();
-    };
+/// The command-line form of a Cosmos DB configuration.
+fn flags_of(cosmos: hitcount_aggregator::config::CosmosConfig) -> Vec<String> {
     vec![
         "--cosmos-endpoint".to_owned(),
         cosmos.endpoint,
@@ -41,6 +32,16 @@ fn store_flags(data_dir: &Path) -> Vec<String> {
         "--cosmos-database".to_owned(),
         cosmos.database,
     ]
+}
+
+/// The flags of the store `HITCOUNT_TEST_STORE` names for `data_dir` (none for the embedded one).
+fn store_flags(data_dir: &Path) -> Vec<String> {
+    if let Some(url) = database_url_for(data_dir) {
+        return vec!["--database-url".to_owned(), url];
+    }
+    cosmos_config_for(data_dir)
+        .map(flags_of)
+        .unwrap_or_default()
 }
 
 /// The real `hitcount-aggregator` binary, for tests that kill it.
