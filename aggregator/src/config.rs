@@ -99,7 +99,8 @@ pub struct Args {
     #[arg(long, env = "HITCOUNT_COSMOS_DATABASE", default_value = "hitcount")]
     pub cosmos_database: String,
 
-    /// Redis for recent counts (a cache in front of PostgreSQL; needs --database-url).
+    /// Redis for recent counts (a cache in front of PostgreSQL or Cosmos DB; needs --database-url
+    /// or --cosmos-endpoint).
     #[arg(long, env = "HITCOUNT_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
@@ -200,13 +201,9 @@ pub enum ConfigError {
     )]
     RedisUrl,
     #[error(
-        "--redis-url needs --database-url: Redis is a cache of recent counts, PostgreSQL keeps them"
+        "--redis-url needs --database-url or --cosmos-endpoint: Redis is a cache of recent counts, PostgreSQL or Cosmos DB keeps them"
     )]
     RedisWithoutDatabase,
-    #[error(
-        "--redis-url cannot be used with --cosmos-endpoint yet: the hot tier in front of Cosmos DB is not built"
-    )]
-    RedisWithCosmos,
     #[error("--cosmos-endpoint must be an https:// URL (http:// only for a local emulator)")]
     CosmosEndpoint,
     #[error(
@@ -305,10 +302,7 @@ impl TryFrom<Args> for Config {
             {
                 return Err(ConfigError::RedisUrl);
             }
-            if cosmos.is_some() {
-                return Err(ConfigError::RedisWithCosmos);
-            }
-            if args.database_url.is_none() {
+            if args.database_url.is_none() && cosmos.is_none() {
                 return Err(ConfigError::RedisWithoutDatabase);
             }
         }
@@ -462,7 +456,12 @@ mod tests {
         assert_eq!(config.fold_interval_ms, COSMOS_FOLD_INTERVAL_MS_DEFAULT);
         let redis = ["--redis-url", "redis://127.0.0.1:6379"];
         let both = [endpoint[0], endpoint[1], key[0], key[1], redis[0], redis[1]];
-        assert!(matches!(parse(&both), Err(ConfigError::RedisWithCosmos)));
+        // The hot tier works in front of Cosmos DB as in front of PostgreSQL.
+        assert!(parse(&both).unwrap().redis_url.is_some());
+        assert!(matches!(
+            parse(&redis),
+            Err(ConfigError::RedisWithoutDatabase)
+        ));
         assert!(matches!(
             parse(&[endpoint[0], endpoint[1]]),
             Err(ConfigError::CosmosKey)

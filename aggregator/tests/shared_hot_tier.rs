@@ -1,6 +1,6 @@
-//! Several aggregators on one PostgreSQL and one Redis key prefix: concurrent ingest through all
-//! of them is exact, and so is every answer their shared hot tier gives, through a SIGKILL of
-//! one of them mid-run and its restart.
+//! Several aggregators on one PostgreSQL (or one Cosmos DB database) and one Redis key prefix:
+//! concurrent ingest through all of them is exact, and so is every answer their shared hot tier
+//! gives, through a SIGKILL of one of them mid-run and its restart.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -14,8 +14,8 @@ use tokio::sync::RwLock;
 use serde_json::Value;
 
 use crate::support::{
-    Api, BinaryServer, EDGE_ID, EDGE_SECRET, batch_from, metric, postgres_database,
-    postgres_or_skip, signed_delta,
+    Api, BinaryServer, CosmosServer, EDGE_ID, EDGE_SECRET, batch_from, cosmos_flags, metric,
+    postgres_database, postgres_or_skip, signed_delta,
 };
 
 const SENDERS: u64 = 3;
@@ -103,22 +103,40 @@ async fn three_aggregators_share_one_hot_tier_exactly_through_a_kill() {
     if !postgres_or_skip() {
         return;
     }
-    let Some(redis_url) = hitcount_test_support::redis_or_skip().await else {
+    let directory = TempDir::new().unwrap();
+    let database = postgres_database(directory.path());
+    three_aggregators_through_a_kill(&directory, &["--database-url", &database]).await;
+}
+
+/// The same in front of Cosmos DB, where the tier names each batch by its inbox document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_aggregators_share_one_hot_tier_on_cosmos_db_exactly_through_a_kill() {
+    let Some(cosmos) = CosmosServer::start_or_skip() else {
         return;
     };
     let directory = TempDir::new().unwrap();
-    let database = postgres_database(directory.path());
+    let flags = cosmos_flags(&cosmos, directory.path(), "shared-hot-tier");
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    three_aggregators_through_a_kill(&directory, &flags).await;
+}
+
+/// Three aggregators on the store `store_flags` name, sharing one hot tier: the tier is lost
+/// twice and one aggregator is killed and restarted while three edges send; then every one
+/// answers exactly from Redis.
+async fn three_aggregators_through_a_kill(directory: &TempDir, store_flags: &[&str]) {
+    let Some(redis_url) = hitcount_test_support::redis_or_skip().await else {
+        return;
+    };
     let prefix = format!("hitcount-shared-{}", now_ms());
-    let flags = [
-        "--database-url",
-        &database,
+    let mut flags = store_flags.to_vec();
+    flags.extend([
         "--redis-url",
         &redis_url,
         "--redis-prefix",
         &prefix,
         "--merge-interval-ms",
         "20",
-    ];
+    ]);
     let data_dirs: Vec<_> = (0..3)
         .map(|index| directory.path().join(format!("a{index}")))
         .collect();

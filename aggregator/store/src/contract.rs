@@ -91,8 +91,10 @@ pub trait DurableStore: CatalogStore + std::fmt::Debug + Send + Sync {
     /// good (a file can come back any time). Safe beside merges, folds and compactions.
     async fn import(&self, import: Import, now_ms: u64) -> Result<ImportOutcome, StoreError>;
 
-    /// Every minute cell from `start_ms` on with its pending sketches merged, read in one
-    /// snapshot, sorted by (resource, minute): what the hot tier is rebuilt from.
+    /// Every minute cell from `start_ms` on with its pending sketches merged, sorted by
+    /// (resource, minute): what the hot tier is rebuilt from, so `start_ms` is at most
+    /// [`crate::hot::HOT_REBUILD_SPAN_MS`] ago. Read in one snapshot on SQLite and PostgreSQL; on
+    /// Cosmos DB from the inbox, naming the documents read ([`MinuteCells::documents`]).
     async fn minute_cells_since(&self, start_ms: u64) -> Result<MinuteCells, StoreError>;
 
     /// Folds pending sketches into their cells; returns how many pending rows were folded. Safe

@@ -49,7 +49,7 @@ use overlay::Overlay;
 
 pub use counts::COUNT_WRITE_ATTEMPTS_MAX;
 pub use fold::STREAM_ORPHAN_MS;
-pub use inbox::{INBOX_PART_CHARS_MAX, INBOX_PARTS_MAX};
+pub use inbox::{FOLDED_PAYLOAD_KEEP_MS, INBOX_PART_CHARS_MAX, INBOX_PARTS_MAX};
 pub use overlay::OVERLAY_DONE_KEEP_MS;
 
 /// The container of everything else (resources, tokens, edge keys, patterns), partitioned by

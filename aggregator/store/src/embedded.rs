@@ -282,6 +282,7 @@ impl DurableStore for EmbeddedStore {
         Ok(GroupCommit {
             outcomes,
             transaction: None,
+            documents: Vec::new(),
         })
     }
 
@@ -388,6 +389,7 @@ impl DurableStore for EmbeddedStore {
                     .map(|((resource_id, _), cell)| (resource_id, cell))
                     .collect(),
                 snapshot: None,
+                documents: Vec::new(),
             })
         })
         .await

@@ -56,7 +56,7 @@ impl Store {
         self.backend.as_ref()
     }
 
-    /// Puts the hot tier in front (PostgreSQL only).
+    /// Puts the hot tier in front (of PostgreSQL or Cosmos DB).
     pub fn with_hot_tier(mut self, hot: HotTier) -> Self {
         self.hot = Some(Arc::new(hot));
         self

@@ -27,6 +27,14 @@
 //! epoch. A write whose outcome is unknown (a timeout: it may have been applied) cannot be
 //! repeated; this process then starts a rebuild, whose snapshot sees the merge.
 //!
+//! Cosmos DB. There are no transaction snapshots; instead each batch is named by its inbox
+//! document, and the tier applies each document once: a write sets a key per document of its
+//! generation (`...:d:{document}`, `SET NX`) and adds a document's cells only if it set the key,
+//! in the same script. A rebuild reads every batch of the hour from the inbox (folded rows keep
+//! their cells for that long) and sets the keys of the documents it read. So a write refused by
+//! a new epoch is simply written again in the new generation: what the rebuild counted is
+//! skipped, document by document, whichever way a batch written during the rebuild's read fell.
+//!
 //! Membership. Every aggregator holds a lease key renewed each second and is listed in
 //! `{prefix}:members`. One that dies between a commit and its Redis write leaves a merge the tier
 //! lacks; its lease expires within [`HOT_LEASE_MS`] and whoever notices rebuilds (and removes
@@ -46,13 +54,17 @@ use hitcount_wire::{DeltaEntry, MINUTE_MS, Sketch};
 use redis::aio::ConnectionManager;
 
 use crate::contract::DurableStore;
-use crate::records::{ApplyOutcome, CountCell, GroupCommit, MergeBatch, StoreError, Tier};
+use crate::records::{
+    ApplyOutcome, CountCell, GroupCommit, MergeBatch, MinuteCells, StoreError, Tier,
+};
 use crate::snapshot::TransactionSnapshot;
 
 /// How far back the hot tier holds minutes.
 pub const HOT_WINDOW_MS: u64 = 60 * MINUTE_MS;
 /// Keys outlive their window by this much, so a query at the window's edge finds them.
 const EXPIRY_MARGIN_MS: u64 = 5 * MINUTE_MS;
+/// How far back a rebuild reads minutes: the window and the keys' margin.
+pub const HOT_REBUILD_SPAN_MS: u64 = HOT_WINDOW_MS + EXPIRY_MARGIN_MS;
 /// A Redis call taking longer than this counts as a failure (a paused or overloaded Redis must
 /// not hold up ingest or queries).
 pub const HOT_OPERATION_TIMEOUT_MS: u64 = 250;
@@ -70,30 +82,69 @@ const REBUILD_KEYS_MAX: usize = 1_000;
 /// Lease members and generations are named by 64 random bits: two aggregators never pick the same.
 const RANDOM_NAME_BYTES: usize = 8;
 
+/// What both write scripts begin with: the epoch and lease checks, and `add_cell`, which adds
+/// one cell's hits and sketch (a key's expiry is a function of its minute: set only when the key
+/// is new).
+macro_rules! write_script_prelude {
+    () => {
+        r"
+local current = redis.call('GET', KEYS[1]) or ''
+if current ~= ARGV[1] then return {0, current} end
+if redis.call('EXISTS', KEYS[2]) == 0 then return {2, current} end
+local function add_cell(key, argument)
+  if redis.call('INCRBY', KEYS[key], ARGV[argument]) == tonumber(ARGV[argument]) then
+    redis.call('EXPIREAT', KEYS[key], ARGV[argument + 1])
+  end
+  if #ARGV[argument + 2] > 0 then
+    if redis.call('RPUSH', KEYS[key + 1], ARGV[argument + 2]) == 1 then
+      redis.call('EXPIREAT', KEYS[key + 1], ARGV[argument + 1])
+    end
+  end
+end
+"
+    };
+}
+
 /// Applies one merge's cells if the epoch is the expected one and the writer's lease is alive.
 /// KEYS: epoch, lease, then per cell its hits key and sketch key. ARGV: the expected epoch, then
 /// per cell hits, expiry (Unix seconds), sketch bytes (empty for none). Returns {status, epoch}:
 /// 1 applied, 0 the epoch differs, 2 the lease is gone.
-const WRITE_SCRIPT: &str = r"
-local current = redis.call('GET', KEYS[1]) or ''
-if current ~= ARGV[1] then return {0, current} end
-if redis.call('EXISTS', KEYS[2]) == 0 then return {2, current} end
-local cell = 0
-for index = 3, #KEYS, 2 do
-  local argument = 2 + cell * 3
-  -- A key's expiry is a function of its minute: set it only when the key is new.
-  if redis.call('INCRBY', KEYS[index], ARGV[argument]) == tonumber(ARGV[argument]) then
-    redis.call('EXPIREAT', KEYS[index], ARGV[argument + 1])
-  end
-  if #ARGV[argument + 2] > 0 then
-    if redis.call('RPUSH', KEYS[index + 1], ARGV[argument + 2]) == 1 then
-      redis.call('EXPIREAT', KEYS[index + 1], ARGV[argument + 1])
-    end
-  end
-  cell = cell + 1
+const WRITE_SCRIPT: &str = concat!(
+    write_script_prelude!(),
+    r"
+local argument = 2
+for key = 3, #KEYS, 2 do
+  add_cell(key, argument)
+  argument = argument + 3
 end
 return {1, current}
-";
+"
+);
+
+/// [`WRITE_SCRIPT`] for writes named by documents (Cosmos DB): each document's cells are added
+/// only if its key was not set in this generation. KEYS: epoch, lease, then per document its key
+/// followed by its cells' hits and sketch keys. ARGV: the expected epoch, then per document its
+/// number of cells and its key's expiry (Unix seconds) followed by each cell's hits, expiry and
+/// sketch bytes. Returns as [`WRITE_SCRIPT`] does.
+const DOCUMENT_WRITE_SCRIPT: &str = concat!(
+    write_script_prelude!(),
+    r"
+local key = 3
+local argument = 2
+while key <= #KEYS do
+  local cells = tonumber(ARGV[argument])
+  local fresh = redis.call('SET', KEYS[key], 1, 'NX', 'EXAT', ARGV[argument + 1])
+  key = key + 1
+  argument = argument + 2
+  for _ = 1, cells do
+    if fresh then add_cell(key, argument) end
+    key = key + 2
+    argument = argument + 3
+  end
+end
+return {1, current}
+"
+);
 
 /// Sets the epoch to ARGV[2] if it is ARGV[1] (empty: absent). Returns {1, old} or {0, current}.
 const SWAP_EPOCH_SCRIPT: &str = r"
@@ -106,11 +157,33 @@ return {1, current}
 /// One merge's cells: (resource, minute ms) to hits and visitors.
 type Cells = BTreeMap<(String, u64), (u64, Sketch)>;
 
-/// A merge committed in PostgreSQL whose Redis write is not settled yet.
+/// A committed merge whose Redis write is not settled yet.
 #[derive(Debug)]
-struct Waiting {
-    transaction: u64,
-    cells: Cells,
+enum Waiting {
+    /// PostgreSQL: the merge's cells, named by its transaction.
+    Transaction { transaction: u64, cells: Cells },
+    /// Cosmos DB: each applied batch's cells, named by its inbox document.
+    Documents(Vec<(String, Cells)>),
+}
+
+impl Waiting {
+    fn cells(&self) -> usize {
+        match self {
+            Self::Transaction { cells, .. } => cells.len(),
+            Self::Documents(documents) => documents.iter().map(|(_, cells)| cells.len()).sum(),
+        }
+    }
+
+    /// Whether the rebuild whose snapshot is `snapshot` counted this write. Never said of
+    /// documents: Redis itself skips those a rebuild counted.
+    fn seen_by(&self, snapshot: Option<&TransactionSnapshot>) -> bool {
+        match self {
+            Self::Transaction { transaction, .. } => {
+                snapshot.is_some_and(|snapshot| snapshot.sees(*transaction))
+            }
+            Self::Documents(_) => false,
+        }
+    }
 }
 
 /// What the epoch key says.
@@ -175,6 +248,7 @@ pub struct HotTier {
     /// (Citus), which the transaction-id rule below needs (see README.md, Citus).
     order: tokio::sync::RwLock<()>,
     write_script: redis::Script,
+    document_write_script: redis::Script,
     swap_epoch_script: redis::Script,
 }
 
@@ -197,6 +271,32 @@ async fn within<T>(
         Ok(result) => result.map_err(|error| error.to_string()),
         Err(_) => Err(format!("no answer within {limit_ms} ms")),
     }
+}
+
+fn add_entry(cells: &mut Cells, entry: DeltaEntry) {
+    let cell = cells
+        .entry((entry.resource_id, entry.minute * MINUTE_MS))
+        .or_default();
+    cell.0 += entry.hits;
+    cell.1.merge(&entry.visitors);
+}
+
+/// Consecutive documents in calls of at most [`WRITE_CELLS_MAX`] cells (a document larger than
+/// that, up to a batch's entries, in a call of its own): each call is applied whole.
+fn document_chunks(documents: &[(String, Cells)]) -> Vec<&[(String, Cells)]> {
+    let mut chunks = Vec::new();
+    let (mut first, mut cells) = (0, 0);
+    for (index, (_, document_cells)) in documents.iter().enumerate() {
+        if index > first && cells + document_cells.len() > WRITE_CELLS_MAX {
+            chunks.push(&documents[first..index]);
+            (first, cells) = (index, 0);
+        }
+        cells += document_cells.len();
+    }
+    if first < documents.len() {
+        chunks.push(&documents[first..]);
+    }
+    chunks
 }
 
 fn expire_at_s(minute_ms: u64) -> u64 {
@@ -255,6 +355,7 @@ impl HotTier {
             rebuilds: AtomicU64::new(0),
             order: tokio::sync::RwLock::new(()),
             write_script: redis::Script::new(WRITE_SCRIPT),
+            document_write_script: redis::Script::new(DOCUMENT_WRITE_SCRIPT),
             swap_epoch_script: redis::Script::new(SWAP_EPOCH_SCRIPT),
         }
     }
@@ -293,6 +394,10 @@ impl HotTier {
 
     fn sketch_key(&self, generation: &str, resource_id: &str, minute_ms: u64) -> String {
         format!("{}:g{generation}:s:{resource_id}:{minute_ms}", self.tag)
+    }
+
+    fn document_key(&self, generation: &str, document: &str) -> String {
+        format!("{}:g{generation}:d:{document}", self.tag)
     }
 
     fn epoch_key(&self) -> String {
@@ -353,18 +458,37 @@ impl HotTier {
             batches_in_group,
             "a group commit answers each of its batches once: outcomes are indexed by batch"
         );
-        let mut cells = Cells::new();
-        for (index, entry) in recent {
-            if matches!(committed.outcomes[index], ApplyOutcome::Applied(_)) {
-                let cell = cells
-                    .entry((entry.resource_id, entry.minute * MINUTE_MS))
-                    .or_default();
-                cell.0 += entry.hits;
-                cell.1.merge(&entry.visitors);
+        let applied = |index: usize| matches!(committed.outcomes[index], ApplyOutcome::Applied(_));
+        let recent = recent.into_iter().filter(|(index, _)| applied(*index));
+        let write = if committed.documents.is_empty() {
+            let mut cells = Cells::new();
+            for (_, entry) in recent {
+                add_entry(&mut cells, entry);
             }
-        }
-        if let (false, Some(transaction)) = (cells.is_empty(), committed.transaction) {
-            self.settle(Waiting { transaction, cells }).await;
+            committed
+                .transaction
+                .filter(|_| !cells.is_empty())
+                .map(|transaction| Waiting::Transaction { transaction, cells })
+        } else {
+            assert_eq!(
+                committed.documents.len(),
+                batches_in_group,
+                "documents are indexed by batch, as outcomes are"
+            );
+            let mut documents: BTreeMap<usize, (String, Cells)> = BTreeMap::new();
+            for (index, entry) in recent {
+                let Some(document) = &committed.documents[index] else {
+                    continue;
+                };
+                let (_, cells) = documents
+                    .entry(index)
+                    .or_insert_with(|| (document.clone(), Cells::new()));
+                add_entry(cells, entry);
+            }
+            (!documents.is_empty()).then(|| Waiting::Documents(documents.into_values().collect()))
+        };
+        if let Some(write) = write {
+            self.settle(write).await;
         }
         Ok(committed)
     }
@@ -382,14 +506,14 @@ impl HotTier {
                 }
                 (attachment.epoch.clone(), attachment.generation.clone())
             };
-            match self.write(&epoch, &generation, &write.cells).await {
+            match self.write(&epoch, &generation, &write).await {
                 Ok(Written::Applied) => return,
                 Ok(Written::EpochChanged(current)) => match Epoch::parse(&current) {
                     Epoch::Current {
                         generation,
                         snapshot,
                     } => {
-                        if snapshot.is_some_and(|snapshot| snapshot.sees(write.transaction)) {
+                        if write.seen_by(snapshot.as_ref()) {
                             // The rebuild read this merge: adopt its epoch, nothing to write.
                             self.adopt(&current, &generation);
                             return;
@@ -437,15 +561,11 @@ impl HotTier {
 
     fn wait(&self, write: Waiting) {
         let mut attachment = self.attachment();
-        attachment.waiting_cells += write.cells.len();
+        attachment.waiting_cells += write.cells();
         attachment.waiting.push_back(write);
         debug_assert_eq!(
             attachment.waiting_cells,
-            attachment
-                .waiting
-                .iter()
-                .map(|waiting| waiting.cells.len())
-                .sum::<usize>(),
+            attachment.waiting.iter().map(Waiting::cells).sum::<usize>(),
             "waiting_cells counts the cells of every write waiting for a rebuild"
         );
         self.healthy.store(false, Ordering::Release);
@@ -455,49 +575,105 @@ impl HotTier {
         }
     }
 
-    async fn write(&self, epoch: &str, generation: &str, cells: &Cells) -> Result<Written, String> {
-        let cells: Vec<_> = cells.iter().collect();
-        for chunk in cells.chunks(WRITE_CELLS_MAX) {
-            let mut invocation = self.write_script.prepare_invoke();
-            invocation
-                .key(self.epoch_key())
-                .key(self.lease_key(&self.member))
-                .arg(epoch);
-            for ((resource_id, minute_ms), (hits, visitors)) in chunk {
-                invocation
-                    .key(self.hits_key(generation, resource_id, *minute_ms))
-                    .key(self.sketch_key(generation, resource_id, *minute_ms))
-                    .arg(*hits)
-                    .arg(expire_at_s(*minute_ms))
-                    .arg(if visitors.is_empty() {
-                        Vec::new()
-                    } else {
-                        visitors.to_bytes()
-                    });
-            }
-            // A lease lost (this process paused past it) is taken again and the same chunk
-            // retried once: the chunks before it were applied in this epoch and must not be
-            // sent again.
-            let mut lease_renewed = false;
-            loop {
-                let mut connection = self.connected().await?;
-                let (status, current): (i64, String) = within(
-                    HOT_OPERATION_TIMEOUT_MS,
-                    invocation.invoke_async(&mut connection),
-                )
-                .await?;
-                match status {
-                    1 => break,
-                    2 if !lease_renewed => {
-                        self.renew_lease().await?;
-                        lease_renewed = true;
+    async fn write(
+        &self,
+        epoch: &str,
+        generation: &str,
+        write: &Waiting,
+    ) -> Result<Written, String> {
+        match write {
+            Waiting::Transaction { cells, .. } => {
+                let cells: Vec<_> = cells.iter().collect();
+                for chunk in cells.chunks(WRITE_CELLS_MAX) {
+                    let mut invocation = self.write_script.prepare_invoke();
+                    invocation
+                        .key(self.epoch_key())
+                        .key(self.lease_key(&self.member))
+                        .arg(epoch);
+                    for (cell, counts) in chunk {
+                        self.add_cell(&mut invocation, generation, cell, counts);
                     }
-                    2 => return Err("the hot tier lease could not be kept".to_owned()),
-                    _ => return Ok(Written::EpochChanged(current)),
+                    if let Some(current) = self.invoke_write(&invocation).await? {
+                        return Ok(Written::EpochChanged(current));
+                    }
+                }
+            }
+            Waiting::Documents(documents) => {
+                for chunk in document_chunks(documents) {
+                    let mut invocation = self.document_write_script.prepare_invoke();
+                    invocation
+                        .key(self.epoch_key())
+                        .key(self.lease_key(&self.member))
+                        .arg(epoch);
+                    for (document, cells) in chunk {
+                        // The key lives as long as the document's latest cell.
+                        let expire_at = cells
+                            .keys()
+                            .map(|(_, minute_ms)| expire_at_s(*minute_ms))
+                            .max()
+                            .unwrap_or(0);
+                        invocation
+                            .key(self.document_key(generation, document))
+                            .arg(cells.len())
+                            .arg(expire_at);
+                        for (cell, counts) in cells {
+                            self.add_cell(&mut invocation, generation, cell, counts);
+                        }
+                    }
+                    if let Some(current) = self.invoke_write(&invocation).await? {
+                        return Ok(Written::EpochChanged(current));
+                    }
                 }
             }
         }
         Ok(Written::Applied)
+    }
+
+    /// A cell's two keys and three arguments, as both write scripts take them.
+    fn add_cell(
+        &self,
+        invocation: &mut redis::ScriptInvocation<'_>,
+        generation: &str,
+        (resource_id, minute_ms): &(String, u64),
+        (hits, visitors): &(u64, Sketch),
+    ) {
+        invocation
+            .key(self.hits_key(generation, resource_id, *minute_ms))
+            .key(self.sketch_key(generation, resource_id, *minute_ms))
+            .arg(*hits)
+            .arg(expire_at_s(*minute_ms))
+            .arg(if visitors.is_empty() {
+                Vec::new()
+            } else {
+                visitors.to_bytes()
+            });
+    }
+
+    /// Runs one write script call: `None` when applied, the epoch found when it changed.
+    async fn invoke_write(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<Option<String>, String> {
+        // A lease lost (this process paused past it) is taken again and the same call retried
+        // once: the calls before it were applied in this epoch and must not be sent again.
+        let mut lease_renewed = false;
+        loop {
+            let mut connection = self.connected().await?;
+            let (status, current): (i64, String) = within(
+                HOT_OPERATION_TIMEOUT_MS,
+                invocation.invoke_async(&mut connection),
+            )
+            .await?;
+            match status {
+                1 => return Ok(None),
+                2 if !lease_renewed => {
+                    self.renew_lease().await?;
+                    lease_renewed = true;
+                }
+                2 => return Err("the hot tier lease could not be kept".to_owned()),
+                _ => return Ok(Some(current)),
+            }
+        }
     }
 
     /// Minute cells of the last hour from Redis, older ones and other tiers from the backend.
@@ -777,10 +953,7 @@ impl HotTier {
         };
         self.adopt(current, &generation);
         for write in waiting {
-            if !snapshot
-                .as_ref()
-                .is_some_and(|snapshot| snapshot.sees(write.transaction))
-            {
+            if !write.seen_by(snapshot.as_ref()) {
                 self.settle(write).await;
             }
         }
@@ -834,7 +1007,7 @@ impl HotTier {
         }
         self.healthy.store(false, Ordering::Release);
         let minute_cells = backend
-            .minute_cells_since(now_ms.saturating_sub(HOT_WINDOW_MS + EXPIRY_MARGIN_MS))
+            .minute_cells_since(now_ms.saturating_sub(HOT_REBUILD_SPAN_MS))
             .await;
         let minute_cells = match minute_cells {
             Ok(cells) => cells,
@@ -859,7 +1032,7 @@ impl HotTier {
             },
             "the published epoch parses back to its generation and snapshot"
         );
-        let written = self.rewrite(&generation, &minute_cells.cells).await;
+        let written = self.rewrite(&generation, &minute_cells, now_ms).await;
         let swapped = match written {
             Ok(()) => self.swap_epoch(&mark, &published).await,
             Err(reason) => Err(reason),
@@ -908,8 +1081,29 @@ impl HotTier {
         Ok(swapped == 1)
     }
 
-    async fn rewrite(&self, generation: &str, cells: &[(String, CountCell)]) -> Result<(), String> {
-        for chunk in cells.chunks(REBUILD_KEYS_MAX) {
+    /// Writes a new generation: its cells, and on Cosmos DB the keys of the documents they came
+    /// from, which live far longer than any write of those documents can wait to be settled.
+    async fn rewrite(
+        &self,
+        generation: &str,
+        minute_cells: &MinuteCells,
+        now_ms: u64,
+    ) -> Result<(), String> {
+        let documents_expire_at = (now_ms + HOT_REBUILD_SPAN_MS) / 1_000;
+        for chunk in minute_cells.documents.chunks(REBUILD_KEYS_MAX) {
+            let mut pipeline = redis::pipe();
+            for document in chunk {
+                pipeline
+                    .cmd("SET")
+                    .arg(self.document_key(generation, document))
+                    .arg(1)
+                    .arg("EXAT")
+                    .arg(documents_expire_at)
+                    .ignore();
+            }
+            self.run_rebuild_pipeline(&pipeline).await?;
+        }
+        for chunk in minute_cells.cells.chunks(REBUILD_KEYS_MAX) {
             let mut pipeline = redis::pipe();
             for (resource_id, cell) in chunk {
                 let expire_at = expire_at_s(cell.bucket_ms);
@@ -928,14 +1122,18 @@ impl HotTier {
                         .ignore();
                 }
             }
-            let mut connection = self.connected().await?;
-            within(
-                HOT_REBUILD_TIMEOUT_MS,
-                pipeline.query_async::<()>(&mut connection),
-            )
-            .await?;
+            self.run_rebuild_pipeline(&pipeline).await?;
         }
         Ok(())
+    }
+
+    async fn run_rebuild_pipeline(&self, pipeline: &redis::Pipeline) -> Result<(), String> {
+        let mut connection = self.connected().await?;
+        within(
+            HOT_REBUILD_TIMEOUT_MS,
+            pipeline.query_async::<()>(&mut connection),
+        )
+        .await
     }
 
     /// Leaves the membership after the last write (a clean shutdown).
@@ -1040,5 +1238,35 @@ mod tests {
         assert!(!snapshot.sees(12) && !snapshot.sees(15) && !snapshot.sees(20));
         assert_eq!(snapshot.to_string(), "10:20:12,15");
         assert_eq!(Epoch::parse("x|y|z|w"), Epoch::Absent);
+    }
+
+    #[test]
+    fn documents_are_written_in_calls_of_bounded_cells_and_never_split() {
+        let document = |name: &str, cells: usize| {
+            let cells: Cells = (0..cells)
+                .map(|minute| {
+                    (
+                        (name.to_owned(), minute as u64 * MINUTE_MS),
+                        (1, Sketch::new()),
+                    )
+                })
+                .collect();
+            (name.to_owned(), cells)
+        };
+        let half = WRITE_CELLS_MAX / 2;
+        let documents = vec![
+            document("a", half),
+            document("b", half),
+            document("c", 1),
+            document("d", WRITE_CELLS_MAX + 3),
+            document("e", 2),
+        ];
+        let chunks = document_chunks(&documents);
+        let names: Vec<Vec<&str>> = chunks
+            .iter()
+            .map(|chunk| chunk.iter().map(|(name, _)| name.as_str()).collect())
+            .collect();
+        assert_eq!(names, vec![vec!["a", "b"], vec!["c"], vec!["d"], vec!["e"]]);
+        assert!(document_chunks(&[]).is_empty());
     }
 }

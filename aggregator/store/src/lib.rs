@@ -25,8 +25,8 @@ mod snapshot;
 pub use contract::{CatalogStore, DurableStore};
 pub use cosmos::{
     COSMOS_THROTTLE_RETRIES_MAX, COSMOS_THROTTLE_WAIT_MS_MAX, COUNT_WRITE_ATTEMPTS_MAX,
-    CosmosSettings, CosmosStore, INBOX_PART_CHARS_MAX, INBOX_PARTS_MAX, OVERLAY_DONE_KEEP_MS,
-    ResumedStream, STREAM_ORPHAN_MS, cosmos_client,
+    CosmosSettings, CosmosStore, FOLDED_PAYLOAD_KEEP_MS, INBOX_PART_CHARS_MAX, INBOX_PARTS_MAX,
+    OVERLAY_DONE_KEEP_MS, ResumedStream, STREAM_ORPHAN_MS, cosmos_client,
 };
 pub use embedded::EmbeddedStore;
 pub use facade::Store;

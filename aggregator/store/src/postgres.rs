@@ -148,6 +148,7 @@ impl DurableStore for PgStore {
             return Ok(GroupCommit {
                 outcomes: writes.outcomes,
                 transaction: None,
+                documents: Vec::new(),
             });
         }
         let mut appended = Vec::new();
@@ -180,6 +181,7 @@ impl DurableStore for PgStore {
         Ok(GroupCommit {
             outcomes: writes.outcomes,
             transaction: id.parse().ok(),
+            documents: Vec::new(),
         })
     }
 
@@ -321,6 +323,7 @@ impl DurableStore for PgStore {
                 .map(|((resource_id, _), cell)| (resource_id, cell))
                 .collect(),
             snapshot: TransactionSnapshot::parse(&snapshot),
+            documents: Vec::new(),
         })
     }
 

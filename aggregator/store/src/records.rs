@@ -207,20 +207,27 @@ impl MergeBatch {
     }
 }
 
-/// What a group merge returns: one outcome per batch, and on PostgreSQL the id of the transaction
-/// that committed them (if any batch was applied), which the hot tier compares with rebuild
-/// snapshots.
+/// What a group merge returns: one outcome per batch, and what names the commit to the hot tier
+/// (`hot.rs`): on PostgreSQL the id of the transaction that committed it (if any batch was
+/// applied), which the hot tier compares with rebuild snapshots; on Cosmos DB each batch's inbox
+/// document, which the hot tier applies once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupCommit {
     pub outcomes: Vec<ApplyOutcome>,
     pub transaction: Option<u64>,
+    /// Cosmos DB: per batch, in order, the inbox document it was written to (`None` for a batch
+    /// not applied). Empty on the other stores.
+    pub documents: Vec<Option<String>>,
 }
 
-/// Minute cells read in one snapshot, and on PostgreSQL which transactions that snapshot sees.
+/// Minute cells for a rebuild of the hot tier: on PostgreSQL read in one snapshot, with which
+/// transactions that snapshot sees; on Cosmos DB read from the inbox, with the documents read.
 #[derive(Debug, Clone, Default)]
 pub struct MinuteCells {
     pub cells: Vec<(String, CountCell)>,
     pub snapshot: Option<TransactionSnapshot>,
+    /// Cosmos DB: every inbox document whose cells are in `cells`. Empty on the other stores.
+    pub documents: Vec<String>,
 }
 
 /// Cells one import writes: bounds its transaction and the memory its file takes.

@@ -9,6 +9,7 @@
 use std::collections::HashSet;
 
 use hitcount_process::now_ms;
+use hitcount_store::hot::HotTier;
 use hitcount_store::{
     ApplyOutcome, BatchKey, CatalogStore, CosmosSettings, CosmosStore, CountCell, CreateOutcome,
     DAY_MS, DurableStore, EmbeddedStore, HOUR_MS, Import, ImportCell, ImportOutcome,
@@ -336,7 +337,8 @@ async fn cosmos_a_batch_larger_than_a_document_is_written_in_parts() {
     for index in 0..30_000 {
         visitors.insert(format!("visitor-{index}").as_bytes());
     }
-    let first_minute = minute_now() - 200;
+    // The last minute is the current one: the hot tier's rebuild reads this batch too.
+    let first_minute = minute_now() - 149;
     let entries: Vec<DeltaEntry> = (0..150)
         .map(|offset| DeltaEntry {
             resource_id: "big".to_owned(),
@@ -358,7 +360,13 @@ async fn cosmos_a_batch_larger_than_a_document_is_written_in_parts() {
     )
     .await;
     assert_eq!(applied_hits(outcome), 150);
-    let again = apply(&store, entries, Some(key("edge", 1, "big")), now_ms()).await;
+    let again = apply(
+        &store,
+        entries.clone(),
+        Some(key("edge", 1, "big")),
+        now_ms(),
+    )
+    .await;
     assert_eq!(again, ApplyOutcome::Duplicate);
     let expected = visitors.estimate();
     for step in 0..2 {
@@ -369,6 +377,162 @@ async fn cosmos_a_batch_larger_than_a_document_is_written_in_parts() {
             assert_eq!(store.fold_inbox(now_ms()).await.unwrap(), 1);
         }
     }
+    // Folded, the row keeps its cells (in its parts) for the hot tier's rebuilds.
+    let since =
+        (now_ms() - hitcount_store::hot::HOT_REBUILD_SPAN_MS).div_ceil(MINUTE_MS) * MINUTE_MS;
+    let rebuilt = store.minute_cells_since(since).await.unwrap();
+    assert_eq!(rebuilt.documents.len(), 1);
+    let recent = entries
+        .iter()
+        .filter(|entry| entry.minute * MINUTE_MS >= since)
+        .count();
+    assert!(recent > 60, "{recent} minutes in the hot tier's span");
+    assert_eq!(rebuilt.cells.len(), recent);
+    assert!(
+        rebuilt
+            .cells
+            .iter()
+            .all(|(_, cell)| cell.hits == 1 && cell.visitors.estimate() == expected)
+    );
+}
+
+/// A hot tier write held back while another process rebuilt the tier is applied once: the
+/// rebuild read its batch from the inbox and set its document's key in the new generation, so
+/// the held write, settled against the new epoch, skips it.
+#[tokio::test]
+async fn cosmos_a_held_hot_tier_write_is_skipped_when_the_rebuild_counted_its_batch() {
+    let Some(server) = hitcount_test_support::CosmosServer::start_or_skip() else {
+        return;
+    };
+    let Some(redis_url) = hitcount_test_support::redis_or_skip().await else {
+        return;
+    };
+    let (first, second) = (cosmos_store(&server).await, cosmos_store(&server).await);
+    first.create_resource(resource("r", None)).await.unwrap();
+    let prefix = format!("hitcount-held-{}", now_ms());
+    let one = HotTier::connect(&redis_url, &prefix).await.unwrap();
+    let two = HotTier::connect(&redis_url, &prefix).await.unwrap();
+    let now = now_ms();
+    assert!(
+        one.maintain(&first, now).await.unwrap(),
+        "the first rebuild"
+    );
+    two.maintain(&second, now).await.unwrap();
+    let epoch_key = format!("{{{prefix}}}:epoch");
+    let mut redis = redis::Client::open(redis_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    // A third process starts a rebuild: the first one's write is held back.
+    redis::cmd("SET")
+        .arg(&epoch_key)
+        .arg(format!("rebuilding|third|{}", now + 60_000))
+        .query_async::<()>(&mut redis)
+        .await
+        .unwrap();
+    let minute = now / MINUTE_MS;
+    one.apply_through(
+        &first,
+        MergeBatch::alone(
+            vec![entry("r", minute, 2, &["a"])],
+            Some(key("edge", 1, "1")),
+        ),
+        now,
+    )
+    .await
+    .unwrap();
+    assert!(!one.is_healthy(), "a write is held");
+    // The third process died; the second one rebuilds, reading the batch from the inbox.
+    redis::cmd("DEL")
+        .arg(&epoch_key)
+        .query_async::<()>(&mut redis)
+        .await
+        .unwrap();
+    assert!(
+        two.maintain(&second, now).await.unwrap(),
+        "the second rebuild"
+    );
+    one.maintain(&first, now).await.unwrap();
+    assert!(one.is_healthy(), "the held write is settled");
+    let start = (now / MINUTE_MS - 30) * MINUTE_MS;
+    for (tier, store) in [(&one, &first), (&two, &second)] {
+        let cells = tier
+            .cells(
+                store,
+                "r".to_owned(),
+                Tier::Minute,
+                start,
+                now + MINUTE_MS,
+                now,
+            )
+            .await
+            .unwrap();
+        let hits: u64 = cells.iter().map(|cell| cell.hits).sum();
+        assert_eq!(hits, 2, "counted once");
+    }
+}
+
+/// The hot tier in front of Cosmos DB is rebuilt from the inbox: every process's batches of the
+/// hour, folded or not, each named by its document, which is what the tier applies once.
+#[tokio::test]
+async fn cosmos_a_hot_tier_rebuild_reads_every_streams_batches_folded_or_not() {
+    let Some(server) = hitcount_test_support::CosmosServer::start_or_skip() else {
+        return;
+    };
+    let first = cosmos_store(&server).await;
+    let second = cosmos_store(&server).await;
+    first.create_resource(resource("r", None)).await.unwrap();
+    let now = now_ms();
+    let minute = now / MINUTE_MS;
+    let mut named = Vec::new();
+    for (store, sequence, hits, visitor) in [(&first, 1, 2, "a"), (&second, 2, 3, "b")] {
+        let committed = store
+            .apply_group(
+                MergeBatch::alone(
+                    vec![entry("r", minute, hits, &[visitor])],
+                    Some(key("edge", sequence, &sequence.to_string())),
+                ),
+                now,
+            )
+            .await
+            .unwrap();
+        assert_eq!(committed.documents.len(), 1, "one document per batch");
+        named.extend(committed.documents.into_iter().flatten());
+    }
+    // The first process's batch is folded (its document keeps its cells), the second's not.
+    assert_eq!(first.fold_inbox(now).await.unwrap(), 1);
+    for store in [&first, &second] {
+        let rebuilt = store
+            .minute_cells_since(now - hitcount_store::hot::HOT_REBUILD_SPAN_MS)
+            .await
+            .unwrap();
+        let mut documents = rebuilt.documents.clone();
+        documents.sort();
+        named.sort();
+        assert_eq!(documents, named);
+        assert_eq!(rebuilt.cells.len(), 1);
+        let (id, cell) = &rebuilt.cells[0];
+        assert_eq!(
+            (id.as_str(), cell.bucket_ms, cell.hits),
+            ("r", minute * MINUTE_MS, 5)
+        );
+        assert_eq!(cell.visitors.count(), 2);
+    }
+    // Past the time folded rows keep their cells, prune drops them, and they stay dedupe
+    // records: the same batch again is a duplicate, and the other stream still folds.
+    let later = now + hitcount_store::FOLDED_PAYLOAD_KEEP_MS + MINUTE_MS;
+    first.prune(later).await.unwrap();
+    let again = apply(
+        &first,
+        vec![entry("r", minute, 2, &["a"])],
+        Some(key("edge", 1, "1")),
+        later,
+    )
+    .await;
+    assert_eq!(again, ApplyOutcome::Duplicate);
+    assert_eq!(second.fold_inbox(later).await.unwrap(), 1);
+    assert_eq!(tier_hits(&first, "r").await, [5, 5, 5]);
 }
 
 macro_rules! catalog_contract {

@@ -31,11 +31,11 @@ pub const COUNT_WRITE_ATTEMPTS_MAX: u32 = 8;
 const STREAM_MARK_KEEP_MS: u64 = DAY_MS;
 /// Loads of one resource's documents a read tries before it answers with what the last one
 /// found: a load slower than half of [`OVERLAY_DONE_KEEP_MS`] is tried again.
-pub(super) const READ_ATTEMPTS_MAX: u32 = 3;
+const READ_ATTEMPTS_MAX: u32 = 3;
 
 /// Whether a read that began at `began` loaded its documents quickly enough that every row it
 /// may need is still in the overlay (see overlay.rs).
-pub(super) fn read_was_quick(began: Instant) -> bool {
+fn read_was_quick(began: Instant) -> bool {
     began.elapsed() < Duration::from_millis(OVERLAY_DONE_KEEP_MS / 2)
 }
 
@@ -418,7 +418,7 @@ fn marked(document: &CountDocument, mark: &Mark) -> bool {
 /// Adds a held row's cells of one resource to `cells` (one tier, buckets in `range`), except
 /// where the stored document of the cell's page says the row's round wrote it already.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn add_row(
+fn add_row(
     cells: &mut BTreeMap<u64, CountCell>,
     documents: &BTreeMap<u64, CountDocument>,
     writer: &str,

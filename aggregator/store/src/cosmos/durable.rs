@@ -7,10 +7,8 @@ use std::collections::{BTreeMap, HashSet};
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
-use super::counts::{
-    CountDocument, Mark, READ_ATTEMPTS_MAX, add_row, count_ttl, page_of, pages, read_was_quick,
-};
-use super::inbox::{InboxDocument, RowState};
+use super::counts::{CountDocument, Mark, count_ttl, pages};
+use super::inbox::{FOLDED_PAYLOAD_KEEP_MS, InboxDocument};
 use super::{CosmosStore, Kind, NameDocument, classify, name_id};
 use crate::contract::{CatalogStore, DurableStore};
 use crate::group::WriteShape;
@@ -182,77 +180,45 @@ impl DurableStore for CosmosStore {
         Ok(ImportOutcome::Imported { resources_created })
     }
 
-    /// Minute documents from `start_ms` on (a query across partitions) joined with this
-    /// process's rows of resources that exist.
+    /// Read from the inbox alone (a query across partitions), not from the count documents: each
+    /// batch whose cells can be in the hour is there whole, folded or not
+    /// ([`FOLDED_PAYLOAD_KEEP_MS`]), and the documents read name exactly what was counted, which
+    /// the hot tier applies once each. Rows of resources that no longer exist are left out.
     async fn minute_cells_since(&self, start_ms: u64) -> Result<MinuteCells, StoreError> {
-        let mut attempt = 0;
-        let (documents, rows) = loop {
-            attempt += 1;
-            let query = azure_data_cosmos::Query::from(
-                "SELECT * FROM c WHERE c.tier = 'minute' AND c.page_ms >= @start",
-            )
-            .with_parameter("@start", page_of(Tier::Minute, start_ms))
-            .map_err(classify)?;
-            let began = std::time::Instant::now();
-            let documents: Vec<CountDocument> = self
-                .counts
-                .query_items(query, azure_data_cosmos::FeedScope::full_container(), None)
-                .await
-                .map_err(classify)?
-                .try_collect()
-                .await
-                .map_err(classify)?;
-            let rows = self.overlay.all(began);
-            if read_was_quick(began) || attempt == READ_ATTEMPTS_MAX {
-                break (documents, rows);
-            }
-        };
-        let mut by_resource: BTreeMap<String, BTreeMap<u64, CountDocument>> = BTreeMap::new();
-        for document in documents {
-            by_resource
-                .entry(document.resource_id.clone())
-                .or_default()
-                .insert(document.page_ms, document);
-        }
-        let named = inbox::rows_resource_ids(rows.iter().map(|held| held.row.as_ref()));
+        let query = azure_data_cosmos::Query::from(
+            "SELECT * FROM c WHERE c.state != 'part' \
+             AND (c.created_at_ms >= @created OR c.last_minute_ms >= @start)",
+        )
+        .with_parameter(
+            "@created",
+            start_ms.saturating_sub(hitcount_wire::CLOCK_SKEW_MS_MAX),
+        )
+        .map_err(classify)?
+        .with_parameter("@start", start_ms)
+        .map_err(classify)?;
+        let documents = self.inbox_documents(query).await?;
+        let names: Vec<String> = documents.iter().map(|row| row.id.clone()).collect();
+        let rows: Vec<inbox::InboxRow> = futures::stream::iter(documents)
+            .map(|document| async move { self.load_row(&document).await })
+            .buffered(READS_IN_FLIGHT_MAX)
+            .try_collect()
+            .await?;
+        let named = inbox::rows_resource_ids(&rows);
         let existing: HashSet<String> = self
-            .resources_current(named.clone(), None)
+            .resources_current(named, None)
             .await?
             .into_iter()
             .map(|record| record.id)
             .collect();
-        let writer = self.writer();
-        let no_documents = BTreeMap::new();
-        let mut cells = Vec::new();
-        let mut ids: Vec<String> = by_resource.keys().cloned().collect();
-        ids.extend(named.into_iter().filter(|id| existing.contains(id)));
-        ids.sort_unstable();
-        ids.dedup();
-        for id in ids {
-            let documents = by_resource.get(&id).unwrap_or(&no_documents);
-            let mut joined: BTreeMap<u64, CountCell> = BTreeMap::new();
-            for document in documents.values() {
-                document.add_cells_to(&mut joined, start_ms, u64::MAX)?;
-            }
-            if existing.contains(&id) {
-                for held in rows.iter().filter(|held| held.row.holds(&id)) {
-                    add_row(
-                        &mut joined,
-                        documents,
-                        &writer,
-                        held,
-                        &id,
-                        Tier::Minute,
-                        (start_ms, u64::MAX),
-                        start_ms,
-                    );
-                }
-            }
-            cells.extend(joined.into_values().map(|cell| (id.clone(), cell)));
-        }
+        let mut cells = BTreeMap::new();
+        inbox::add_minutes_since(&mut cells, &rows, &existing, start_ms);
         Ok(MinuteCells {
-            cells,
+            cells: cells
+                .into_iter()
+                .map(|((resource_id, _), cell)| (resource_id, cell))
+                .collect(),
             snapshot: None,
+            documents: names,
         })
     }
 
@@ -357,6 +323,7 @@ impl DurableStore for CosmosStore {
                 .await?;
             pruned.dedupe_rows += 1;
         }
+        self.prune_payloads(now_ms).await?;
         self.prune_orphan_parts(now_ms).await?;
         Ok(pruned)
     }
@@ -417,6 +384,38 @@ impl CosmosStore {
     /// Parts whose row document is missing or names another writer (a write that lost the
     /// race for the batch, or died before its row document), once they are old enough that
     /// no write is still under way.
+    /// The inbox documents a query across its partitions finds.
+    async fn inbox_documents(
+        &self,
+        query: azure_data_cosmos::Query,
+    ) -> Result<Vec<InboxDocument>, StoreError> {
+        self.inbox
+            .query_items(query, azure_data_cosmos::FeedScope::full_container(), None)
+            .await
+            .map_err(classify)?
+            .try_collect()
+            .await
+            .map_err(classify)
+    }
+
+    /// Drops the cells of folded rows past [`FOLDED_PAYLOAD_KEEP_MS`]: no rebuild of the hot
+    /// tier reads them any more.
+    async fn prune_payloads(&self, now_ms: u64) -> Result<(), StoreError> {
+        let query = azure_data_cosmos::Query::from(
+            "SELECT TOP @limit * FROM c WHERE c.state = 'folded' \
+             AND (c.payload != '' OR c.parts > 0) \
+             AND c.created_at_ms < @cutoff AND c.last_minute_ms < @cutoff",
+        )
+        .with_parameter("@limit", RETENTION_DELETE_ROWS_MAX)
+        .map_err(classify)?
+        .with_parameter("@cutoff", now_ms.saturating_sub(FOLDED_PAYLOAD_KEEP_MS))
+        .map_err(classify)?;
+        for row in self.inbox_documents(query).await? {
+            self.clear_payload(row).await?;
+        }
+        Ok(())
+    }
+
     async fn prune_orphan_parts(&self, now_ms: u64) -> Result<(), StoreError> {
         let query = azure_data_cosmos::Query::from(
             "SELECT TOP @limit c.id, c.edge_id, c.writer FROM c \
@@ -431,9 +430,8 @@ impl CosmosStore {
                 continue;
             };
             let row: Option<InboxDocument> = self.read_row_document(&part.edge_id, row_id).await?;
-            let kept = row.is_some_and(|row| {
-                row.writer == part.writer && row.state == RowState::Pending && row.parts > 0
-            });
+            // A folded row keeps its parts until prune clears its cells (`prune_payloads`).
+            let kept = row.is_some_and(|row| row.writer == part.writer && row.parts > 0);
             if !kept {
                 self.delete_located(&self.inbox, &part.edge_id, &part.id)
                     .await?;

@@ -26,6 +26,14 @@ pub const INBOX_PART_CHARS_MAX: usize = 1_500_000;
 /// Parts one batch takes at most: a batch is at most `BATCH_BYTES_MAX` (8 MiB) on the wire, and
 /// its row is no larger than its body, so 8 MiB in base64 (11.2 million characters) needs eight.
 pub const INBOX_PARTS_MAX: usize = 12;
+/// A folded row keeps its cells this long after it was written (and after its latest minute),
+/// so that a rebuild of the hot tier (its hour, the keys' margin and the edges' clock skew) reads
+/// every batch it holds from the inbox.
+pub const FOLDED_PAYLOAD_KEEP_MS: u64 = 2 * crate::HOUR_MS;
+const _: () = assert!(
+    crate::hot::HOT_REBUILD_SPAN_MS + hitcount_wire::CLOCK_SKEW_MS_MAX < FOLDED_PAYLOAD_KEEP_MS,
+    "a rebuild of the hot tier finds every row it needs with its cells"
+);
 /// Partition of the rows of direct hits (no edge, no batch key): one per writer.
 const DIRECT_PARTITION_PREFIX: &str = "direct.";
 
@@ -66,6 +74,10 @@ pub(super) struct InboxDocument {
     /// The row, postcard-encoded, in base64.
     pub payload: String,
     pub created_at_ms: u64,
+    /// The start of the row's latest minute: with `created_at_ms`, what tells whether its cells
+    /// can still be in the hot tier's hour (an edge may send minutes ahead of its window).
+    #[serde(default)]
+    pub last_minute_ms: u64,
     /// Seconds to live once folded (Cosmos DB deletes it then; prune does where TTL is off).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub ttl: Option<i64>,
@@ -111,6 +123,7 @@ impl CosmosStore {
         let writer = self.writer();
         let mut stored: HashMap<KeyId, [u8; 32]> = HashMap::new();
         let mut outcomes = Vec::with_capacity(batches.len());
+        let mut documents = Vec::with_capacity(batches.len());
         let mut written = Vec::new();
         for batch in batches {
             let key = batch.key.clone();
@@ -118,6 +131,7 @@ impl CosmosStore {
                 && let Some(digest) = stored.get(&key.id())
             {
                 outcomes.push(same_body(*digest, key.body_sha256));
+                documents.push(None);
                 continue;
             }
             let recorded = key
@@ -148,6 +162,7 @@ impl CosmosStore {
             {
                 None => {
                     outcomes.push(outcome);
+                    documents.push(Some(id));
                     written.push((number, row));
                     if let Some(key) = &key {
                         stored.insert(key.id(), digest);
@@ -155,6 +170,7 @@ impl CosmosStore {
                 }
                 Some(existing) => {
                     outcomes.push(same_body(existing, digest));
+                    documents.push(None);
                     if let Some(key) = &key {
                         stored.insert(key.id(), existing);
                     }
@@ -164,9 +180,15 @@ impl CosmosStore {
         for (number, row) in written {
             self.overlay.insert(number, row);
         }
+        debug_assert_eq!(
+            documents.len(),
+            outcomes.len(),
+            "a group commit names one document or none per batch"
+        );
         Ok(GroupCommit {
             outcomes,
             transaction: None,
+            documents,
         })
     }
 
@@ -204,6 +226,12 @@ impl CosmosStore {
             parts: 0,
             payload: String::new(),
             created_at_ms: now_ms,
+            last_minute_ms: row
+                .cells()
+                .iter()
+                .map(|cell| cell.minute_ms)
+                .max()
+                .unwrap_or(0),
             ttl: None,
         };
         if parts > 0 {
@@ -274,9 +302,29 @@ impl CosmosStore {
         InboxRow::decode(&bytes)
     }
 
-    /// Marks a folded row's document as the batch's dedupe record (no cells, a TTL) and deletes
-    /// its parts.
+    /// Marks a folded row's document as the batch's dedupe record (a TTL). It keeps its cells
+    /// (and parts) while they may be in the hot tier's hour, which is rebuilt from the inbox;
+    /// prune clears them after [`FOLDED_PAYLOAD_KEEP_MS`] ([`Self::clear_payload`]).
     pub(super) async fn mark_folded(&self, mut document: InboxDocument) -> Result<(), StoreError> {
+        document.state = RowState::Folded;
+        document.ttl = Some(i64::try_from(crate::DEDUPE_RETENTION_MS / 1000).unwrap_or(i64::MAX));
+        self.inbox
+            .replace_item(document.edge_id.clone(), &document.id, &document, None)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    /// Drops a folded row's cells and parts: what is left is the batch's dedupe record.
+    pub(super) async fn clear_payload(
+        &self,
+        mut document: InboxDocument,
+    ) -> Result<(), StoreError> {
+        debug_assert_eq!(
+            document.state,
+            RowState::Folded,
+            "only a folded row's cells are dropped: a pending one still has to be counted"
+        );
         for index in 0..document.parts as usize {
             let id = part_id(&document.id, &document.writer, index);
             match self
@@ -289,10 +337,8 @@ impl CosmosStore {
                 Err(error) => return Err(classify(error)),
             }
         }
-        document.state = RowState::Folded;
         document.payload = String::new();
         document.parts = 0;
-        document.ttl = Some(i64::try_from(crate::DEDUPE_RETENTION_MS / 1000).unwrap_or(i64::MAX));
         self.inbox
             .replace_item(document.edge_id.clone(), &document.id, &document, None)
             .await

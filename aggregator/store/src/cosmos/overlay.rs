@@ -108,14 +108,6 @@ impl Overlay {
             .collect()
     }
 
-    /// Every row, as a read that began at `read_began` sees it.
-    pub fn all(&self, read_began: Instant) -> Vec<HeldRow> {
-        self.rows()
-            .values()
-            .map(|held| held.seen(read_began))
-            .collect()
-    }
-
     /// A deleted resource's cells leave at once (folds drop them too).
     pub fn forget_resource(&self, resource_id: &str) {
         let mut rows = self.rows();
