@@ -233,20 +233,31 @@ async fn an_import_of_recent_minutes_shows_through_the_hot_tier() {
     if !crate::support::postgres_or_skip() {
         return;
     }
-    let Some(redis_url) = crate::support::redis_or_skip().await else {
+    let directory = tempfile::TempDir::new().unwrap();
+    let database = crate::support::postgres_database(directory.path());
+    import_through_the_hot_tier(&directory, &["--database-url", &database]).await;
+}
+
+/// The same in front of Cosmos DB, where the rebuild reads the import's recent minutes from the
+/// inbox, which the import wrote them to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_of_recent_minutes_shows_through_the_hot_tier_on_cosmos_db() {
+    let Some(cosmos) = crate::support::CosmosServer::start_or_skip() else {
         return;
     };
     let directory = tempfile::TempDir::new().unwrap();
-    let database = crate::support::postgres_database(directory.path());
+    let flags = crate::support::cosmos_flags(&cosmos, directory.path(), "import-hot-tier");
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    import_through_the_hot_tier(&directory, &flags).await;
+}
+
+async fn import_through_the_hot_tier(directory: &tempfile::TempDir, store_flags: &[&str]) {
+    let Some(redis_url) = crate::support::redis_or_skip().await else {
+        return;
+    };
     let prefix = format!("hitcount-import-{}", now_ms());
-    let flags = [
-        "--database-url",
-        &database,
-        "--redis-url",
-        &redis_url,
-        "--redis-prefix",
-        &prefix,
-    ];
+    let mut flags = store_flags.to_vec();
+    flags.extend(["--redis-url", &redis_url, "--redis-prefix", &prefix]);
     let binary = crate::support::BinaryServer::start(directory.path(), &flags).await;
     let server = binary.handle();
     let budget = std::time::Duration::from_secs(30);

@@ -12,11 +12,12 @@ use super::inbox::{FOLDED_PAYLOAD_KEEP_MS, InboxDocument};
 use super::{CosmosStore, Kind, NameDocument, classify, name_id};
 use crate::contract::{CatalogStore, DurableStore};
 use crate::group::WriteShape;
+use crate::hot::HOT_REBUILD_SPAN_MS;
 use crate::inbox;
 use crate::patterns::PatternStore;
 use crate::records::{
-    CountCell, CreateOutcome, GroupCommit, Import, ImportOutcome, MergeBatch, MinuteCells, Pruned,
-    StoreError, Tier,
+    CountCell, CreateOutcome, GroupCommit, Import, ImportCell, ImportOutcome, MergeBatch,
+    MinuteCells, Pruned, StoreError, Tier,
 };
 use crate::rules::{RETENTION_DELETE_ROWS_MAX, retention_rules};
 use crate::{DEDUPE_RETENTION_MS, HOUR_MS};
@@ -149,6 +150,15 @@ impl DurableStore for CosmosStore {
             file_sha256: file_sha256.clone(),
         };
         let cells = import.cells.len() as u64;
+        let recent: Vec<&ImportCell> = import
+            .cells
+            .iter()
+            .filter(|cell| {
+                cell.tier == Tier::Minute && cell.cell.bucket_ms + HOT_REBUILD_SPAN_MS >= now_ms
+            })
+            .collect();
+        self.keep_for_the_hot_tier(&file_sha256, &recent, now_ms)
+            .await?;
         let pages = pages(
             import.cells.iter().map(|cell| {
                 (
@@ -398,8 +408,8 @@ impl CosmosStore {
             .map_err(classify)
     }
 
-    /// Drops the cells of folded rows past [`FOLDED_PAYLOAD_KEEP_MS`]: no rebuild of the hot
-    /// tier reads them any more.
+    /// Drops the cells of folded rows past [`FOLDED_PAYLOAD_KEEP_MS`], and imports' documents for
+    /// the hot tier: no rebuild of the hot tier reads them any more.
     async fn prune_payloads(&self, now_ms: u64) -> Result<(), StoreError> {
         let query = azure_data_cosmos::Query::from(
             "SELECT TOP @limit * FROM c WHERE c.state = 'folded' \
@@ -412,6 +422,19 @@ impl CosmosStore {
         .map_err(classify)?;
         for row in self.inbox_documents(query).await? {
             self.clear_payload(row).await?;
+        }
+        // Imports' documents for the hot tier have a TTL; this is where TTL is off.
+        let query = azure_data_cosmos::Query::from(
+            "SELECT TOP @limit c.id, c.edge_id FROM c \
+             WHERE c.state = 'imported' AND c.created_at_ms < @cutoff",
+        )
+        .with_parameter("@limit", RETENTION_DELETE_ROWS_MAX)
+        .map_err(classify)?
+        .with_parameter("@cutoff", now_ms.saturating_sub(FOLDED_PAYLOAD_KEEP_MS))
+        .map_err(classify)?;
+        for document in self.located(&self.inbox, query, None).await? {
+            self.delete_located(&self.inbox, &document.edge_id, &document.id)
+                .await?;
         }
         Ok(())
     }

@@ -14,9 +14,9 @@ use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::{CosmosStore, classify, read_document};
-use crate::group::{KeyId, Recorded, WriteShape, fold_group, group_resource_ids};
+use crate::group::{GroupWrites, KeyId, Recorded, WriteShape, fold_group, group_resource_ids};
 use crate::inbox::InboxRow;
-use crate::records::{ApplyOutcome, GroupCommit, MergeBatch, StoreError};
+use crate::records::{ApplyOutcome, GroupCommit, ImportCell, MergeBatch, StoreError};
 
 pub(super) const INBOX_CONTAINER: &str = "inbox";
 /// Base64 characters in one document: a Cosmos DB document holds at most 2 MB. A batch's row
@@ -34,6 +34,8 @@ const _: () = assert!(
     crate::hot::HOT_REBUILD_SPAN_MS + hitcount_wire::CLOCK_SKEW_MS_MAX < FOLDED_PAYLOAD_KEEP_MS,
     "a rebuild of the hot tier finds every row it needs with its cells"
 );
+/// The partition of an import's documents, followed by the file's SHA-256: `:` is in no edge id.
+const IMPORT_PARTITION_PREFIX: &str = "import:";
 /// Partition of the rows of direct hits (no edge, no batch key): one per writer.
 const DIRECT_PARTITION_PREFIX: &str = "direct.";
 
@@ -55,6 +57,10 @@ pub(super) enum RowState {
     Folded,
     /// A piece of a large row's payload.
     Part,
+    /// An import's minute cells within the hot tier's span, which the import wrote into the count
+    /// documents itself: kept only for the hot tier's rebuilds, never folded, deleted after
+    /// [`FOLDED_PAYLOAD_KEEP_MS`].
+    Imported,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -90,6 +96,16 @@ pub(super) struct RowRef {
     pub id: String,
     pub row: u64,
     pub cells: u64,
+}
+
+/// Where a row's document goes, and in what state.
+#[derive(Debug, Clone, Copy)]
+struct RowPlace<'a> {
+    edge_id: &'a str,
+    id: &'a str,
+    writer: &'a str,
+    number: u64,
+    state: RowState,
 }
 
 /// The document id of a batch key: the edge id in hex (ids may not hold `/`, `\`, `?` or `#`,
@@ -156,10 +172,14 @@ impl CosmosStore {
                 ),
             };
             let digest = key.as_ref().map_or([0; 32], |key| key.body_sha256);
-            match self
-                .write_row(&edge_id, &id, &writer, number, digest, &row, now_ms)
-                .await?
-            {
+            let place = RowPlace {
+                edge_id: &edge_id,
+                id: &id,
+                writer: &writer,
+                number,
+                state: RowState::Pending,
+            };
+            match self.write_row(&place, digest, &row, now_ms).await? {
                 None => {
                     outcomes.push(outcome);
                     documents.push(Some(id));
@@ -192,19 +212,57 @@ impl CosmosStore {
         })
     }
 
+    /// Keeps an import's recent minute cells (see [`RowState::Imported`]) as documents of the
+    /// file's own partition (`import:{sha256}`, a name no edge can have), the same documents
+    /// whenever the file is sent.
+    pub(super) async fn keep_for_the_hot_tier(
+        &self,
+        file_sha256: &str,
+        cells: &[&ImportCell],
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut writes = GroupWrites::default();
+        for cell in cells {
+            let key = (cell.resource_id.clone(), cell.cell.bucket_ms);
+            writes.minutes.insert(key.clone(), cell.cell.hits);
+            if !cell.cell.visitors.is_empty() {
+                writes.sketches.insert(key, cell.cell.visitors.clone());
+            }
+        }
+        let edge_id = format!("{IMPORT_PARTITION_PREFIX}{file_sha256}");
+        let writer = self.writer();
+        for (index, row) in InboxRow::from_writes(&mut writes).iter().enumerate() {
+            // Unique across partitions too: the hot tier names documents by id alone.
+            let id = format!("{file_sha256}.{index}");
+            let place = RowPlace {
+                edge_id: &edge_id,
+                id: &id,
+                writer: &writer,
+                number: 0,
+                state: RowState::Imported,
+            };
+            // A document already there is this file's, from an earlier send.
+            self.write_row(&place, [0; 32], row, now_ms).await?;
+        }
+        Ok(())
+    }
+
     /// Writes a row's document (its parts first); `Some(digest)` when a document with this id
     /// was there, holding that body digest.
-    #[allow(clippy::too_many_arguments)]
     async fn write_row(
         &self,
-        edge_id: &str,
-        id: &str,
-        writer: &str,
-        number: u64,
+        place: &RowPlace<'_>,
         digest: [u8; 32],
         row: &InboxRow,
         now_ms: u64,
     ) -> Result<Option<[u8; 32]>, StoreError> {
+        let RowPlace {
+            edge_id,
+            id,
+            writer,
+            number,
+            state,
+        } = *place;
         let payload = BASE64.encode(row.encode());
         let chunks: Vec<&str> = payload
             .as_bytes()
@@ -232,7 +290,8 @@ impl CosmosStore {
                 .map(|cell| cell.minute_ms)
                 .max()
                 .unwrap_or(0),
-            ttl: None,
+            ttl: (state == RowState::Imported)
+                .then_some(i64::try_from(FOLDED_PAYLOAD_KEEP_MS / 1000).unwrap_or(i64::MAX)),
         };
         if parts > 0 {
             for (index, chunk) in chunks.iter().enumerate() {
@@ -250,7 +309,7 @@ impl CosmosStore {
         } else {
             document.payload = payload;
         }
-        document.state = RowState::Pending;
+        document.state = state;
         document.parts = parts as u32;
         match self
             .inbox
