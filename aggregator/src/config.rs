@@ -115,6 +115,12 @@ pub struct Args {
     /// Seconds between runs of the retention job.
     #[arg(long, env = "HITCOUNT_RETENTION_INTERVAL_S", default_value_t = 60)]
     pub retention_interval_s: u64,
+
+    /// Bring the store's schema up to date (PostgreSQL migrations, Cosmos DB containers, the
+    /// embedded store's tables), then exit without serving: for a deployment's migration job,
+    /// run once before a new release takes traffic.
+    #[arg(long, env = "HITCOUNT_MIGRATE_ONLY")]
+    pub migrate_only: bool,
 }
 
 /// The fold interval on Cosmos DB when --fold-interval-ms is 0: Cosmos DB always has the inbox.
@@ -174,6 +180,8 @@ pub struct Config {
     /// With `redis_cluster`, the seed nodes of a Redis Cluster, comma-separated.
     pub redis_cluster: bool,
     pub redis_prefix: String,
+    /// Migrate the store and exit (`--migrate-only`).
+    pub migrate_only: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -234,6 +242,7 @@ impl Config {
             redis_url: None,
             redis_cluster: false,
             redis_prefix: "hitcount".to_owned(),
+            migrate_only: false,
         }
     }
 }
@@ -326,6 +335,7 @@ impl TryFrom<Args> for Config {
             redis_url: args.redis_url,
             redis_cluster: args.redis_cluster,
             redis_prefix: args.redis_prefix,
+            migrate_only: args.migrate_only,
         })
     }
 }

@@ -329,8 +329,14 @@ pub async fn serve(
     Ok(())
 }
 
-/// What the binary does: start, listen, serve until SIGINT or SIGTERM, flush, exit.
+/// What the binary does: start, listen, serve until SIGINT or SIGTERM, flush, exit; or with
+/// `--migrate-only`, migrate the store and exit.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    if config.migrate_only {
+        open_backend(&config, BackendUse::Migrate).await?;
+        tracing::info!("the store's schema is up to date; exiting (--migrate-only)");
+        return Ok(());
+    }
     // First of all, so that no signal finds the process without its listeners.
     let stopped = shutdown_signal();
     let listen = config.listen;
@@ -351,38 +357,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// has it), and the hot tier if asked.
 async fn open_store(config: &Config) -> anyhow::Result<Store> {
     let inbox = config.fold_interval_ms > 0;
-    let backend: Arc<dyn DurableStore> = match (&config.database_url, &config.cosmos) {
-        (_, Some(cosmos)) => {
-            let key = std::fs::read_to_string(&cosmos.key_file).with_context(|| {
-                format!(
-                    "reading the Cosmos DB key from {}",
-                    cosmos.key_file.display()
-                )
-            })?;
-            let settings = CosmosSettings {
-                endpoint: cosmos.endpoint.clone(),
-                key: key.trim().to_owned(),
-                database: cosmos.database.clone(),
-                stream: cosmos_stream(&config.data_dir)?,
-            };
-            Arc::new(
-                CosmosStore::connect(&settings)
-                    .await
-                    .context("connecting to Cosmos DB and creating its containers")?,
-            )
-        }
-        (Some(url), None) => {
-            let store = PgStore::connect(url)
-                .await
-                .context("connecting to PostgreSQL and migrating its schema")?;
-            Arc::new(if inbox { store.with_inbox() } else { store })
-        }
-        (None, None) => {
-            let store = EmbeddedStore::open(&config.data_dir)
-                .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
-            Arc::new(if inbox { store.with_inbox() } else { store })
-        }
-    };
+    let backend = open_backend(config, BackendUse::Serve).await?;
     let store = Store::new(backend);
     if inbox {
         // Rows a killed process left unfolded are in no overlay: fold them before serving,
@@ -407,6 +382,58 @@ async fn open_store(config: &Config) -> anyhow::Result<Store> {
                 .context("connecting to Redis")?,
         ),
         None => store,
+    })
+}
+
+/// What a backend is opened for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BackendUse {
+    Serve,
+    /// Only its schema brought up to date: no fold stream is taken on Cosmos DB.
+    Migrate,
+}
+
+/// The durable backend the configuration names, its schema migrated (or on Cosmos DB its
+/// database and containers created).
+async fn open_backend(
+    config: &Config,
+    used_for: BackendUse,
+) -> anyhow::Result<Arc<dyn DurableStore>> {
+    let inbox = config.fold_interval_ms > 0;
+    Ok(match (&config.database_url, &config.cosmos) {
+        (_, Some(cosmos)) => {
+            let key = std::fs::read_to_string(&cosmos.key_file).with_context(|| {
+                format!(
+                    "reading the Cosmos DB key from {}",
+                    cosmos.key_file.display()
+                )
+            })?;
+            let settings = CosmosSettings {
+                endpoint: cosmos.endpoint.clone(),
+                key: key.trim().to_owned(),
+                database: cosmos.database.clone(),
+                stream: match used_for {
+                    BackendUse::Serve => cosmos_stream(&config.data_dir)?,
+                    BackendUse::Migrate => None,
+                },
+            };
+            Arc::new(
+                CosmosStore::connect(&settings)
+                    .await
+                    .context("connecting to Cosmos DB and creating its containers")?,
+            )
+        }
+        (Some(url), None) => {
+            let store = PgStore::connect(url)
+                .await
+                .context("connecting to PostgreSQL and migrating its schema")?;
+            Arc::new(if inbox { store.with_inbox() } else { store })
+        }
+        (None, None) => {
+            let store = EmbeddedStore::open(&config.data_dir)
+                .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+            Arc::new(if inbox { store.with_inbox() } else { store })
+        }
     })
 }
 

@@ -429,3 +429,47 @@ async fn sketch_compaction_changes_no_answer() {
     assert_eq!(before_series["series"], after_series["series"]);
     server.stop().await;
 }
+
+/// `--migrate-only` (what a deployment's migration job runs before a release takes traffic)
+/// brings PostgreSQL's schema up to date and exits 0 without serving.
+#[tokio::test]
+async fn migrate_only_migrates_the_store_and_exits_without_serving() {
+    if !crate::support::postgres_or_skip() {
+        return;
+    }
+    let directory = TempDir::new().unwrap();
+    let database = crate::support::postgres_database(directory.path());
+    let tables = || {
+        let output = std::process::Command::new("psql")
+            .arg(&database)
+            .args([
+                "-At",
+                "-c",
+                "SELECT count(*) FROM information_schema.tables \
+                 WHERE table_name IN ('resources', 'hit_counts', 'imports')",
+            ])
+            .output()
+            .expect("psql runs");
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    };
+    assert_eq!(tables(), "0", "a new database");
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_hitcount-aggregator"))
+        .arg("--migrate-only")
+        .arg("--database-url")
+        .arg(&database)
+        .arg("--data-dir")
+        .arg(directory.path())
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .env("RUST_LOG", "info")
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("exits within 30 s")
+        .expect("the binary runs");
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{log}");
+    assert!(!log.contains("listening"), "it never serves: {log}");
+    assert_eq!(tables(), "3", "migrated");
+}

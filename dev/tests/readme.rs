@@ -16,6 +16,12 @@ use crate::support::{readme, workspace_root};
 static DEFAULT_PORTS: Mutex<()> = Mutex::new(());
 
 const MARKER_START: &str = "<!-- commands: ";
+/// The READMEs whose command blocks are held to this: the project's and the deployment's.
+const READMES: [&str; 2] = ["README.md", "infra/k8s/README.md"];
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(workspace_root().join(path)).unwrap()
+}
 
 /// A fenced block of shell or SQL commands, with the marker line above it.
 struct Block {
@@ -54,11 +60,12 @@ fn command_blocks(readme: &str) -> Vec<Block> {
     blocks
 }
 
-/// The block whose marker names `test`.
+/// The block whose marker names `test`, in any of the READMEs.
 fn block_run_by(test: &str) -> String {
     let tag = format!("run by dev/tests/readme.rs ({test})");
-    let mut found = command_blocks(&readme())
-        .into_iter()
+    let mut found = READMES
+        .iter()
+        .flat_map(|path| command_blocks(&read(path)))
         .filter(|block| block.marker.as_deref().is_some_and(|m| m.contains(&tag)));
     let block = found
         .next()
@@ -70,38 +77,44 @@ fn block_run_by(test: &str) -> String {
 #[test]
 fn every_command_block_says_what_runs_it() {
     let this_file = std::fs::read_to_string(workspace_root().join("dev/tests/readme.rs")).unwrap();
-    let blocks = command_blocks(&readme());
-    assert!(blocks.len() >= 5, "the README's command blocks were found");
-    for block in blocks {
-        let line = block.first_line;
-        let marker = block
-            .marker
-            .unwrap_or_else(|| panic!("README.md line {line}: a command block without a `{MARKER_START}... -->` line above it"));
+    assert!(
+        command_blocks(&readme()).len() >= 5,
+        "the README's command blocks were found"
+    );
+    for (readme, block) in READMES.iter().flat_map(|path| {
+        command_blocks(&read(path))
+            .into_iter()
+            .map(move |block| (path, block))
+    }) {
+        let line = format!("{readme} line {}", block.first_line);
+        let marker = block.marker.unwrap_or_else(|| {
+            panic!("{line}: a command block without a `{MARKER_START}... -->` line above it")
+        });
         let said = marker
             .trim_start_matches(MARKER_START)
             .trim_end_matches(" -->");
         if said.starts_with("not run by tests: ") {
             continue;
         }
-        let named = said.strip_prefix("run by ").unwrap_or_else(|| {
-            panic!("README.md line {line}: say `run by ...` or `not run by tests: why`")
-        });
+        let named = said
+            .strip_prefix("run by ")
+            .unwrap_or_else(|| panic!("{line}: say `run by ...` or `not run by tests: why`"));
         // Each named test file exists; a test of this file is named by its function.
         for part in named.split(" and by ") {
             let path = part.split_whitespace().next().unwrap();
             assert!(
                 workspace_root().join(path).exists(),
-                "README.md line {line}: {path} does not exist"
+                "{line}: {path} does not exist"
             );
             if path == "dev/tests/readme.rs" {
                 let test = part
                     .split_once('(')
                     .and_then(|(_, rest)| rest.split_once(')'))
                     .map(|(name, _)| name)
-                    .unwrap_or_else(|| panic!("README.md line {line}: name the test"));
+                    .unwrap_or_else(|| panic!("{line}: name the test"));
                 assert!(
                     this_file.contains(&format!("fn {test}()")),
-                    "README.md line {line}: no test {test} in dev/tests/readme.rs"
+                    "{line}: no test {test} in dev/tests/readme.rs"
                 );
             }
         }
@@ -371,5 +384,49 @@ fn running_an_edge() {
     assert!(
         count >= 2 && count - unacknowledged <= 2,
         "the beacon and the pixel, read back at once: {read_back}"
+    );
+}
+
+/// The deployment README's offline commands: the production overlay renders every kind it
+/// promises, the migration Job renders, and the switch prints the selector patch it would make.
+#[test]
+fn deploying_to_kubernetes() {
+    let kubectl = Command::new("kubectl")
+        .args(["version", "--client"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !kubectl {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "kubectl is missing (.ci/run installs it)"
+        );
+        eprintln!("skipped: kubectl is not installed");
+        return;
+    }
+    let output = run_script(
+        &block_run_by("deploying_to_kubernetes"),
+        &workspace_root(),
+        &[],
+    );
+    for kind in [
+        "Deployment",
+        "Service",
+        "ConfigMap",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+        "NetworkPolicy",
+        "Ingress",
+        "Job",
+    ] {
+        assert!(
+            output.contains(&format!("kind: {kind}\n")),
+            "{kind} rendered: {output}"
+        );
+    }
+    assert!(
+        output.contains(
+            r#"kubectl --namespace hitcount patch service hitcount-aggregator --type merge -p '{"spec":{"selector":{"hitcount.dev/colour":"green"}}}'"#
+        ),
+        "{output}"
     );
 }
