@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 pub mod catalog;
 pub mod config;
+pub mod counters;
 pub mod direct;
 pub mod error;
 pub mod export;
@@ -107,6 +108,7 @@ impl Aggregator {
             edge_keys,
             metrics: metrics_handle(),
         });
+        hitcount_process::start_counters_at_zero(counters::COUNTERS);
         let (maintenance_stop, stopped) = tokio::sync::watch::channel(false);
         let maintenance_task = tokio::spawn(maintain(Arc::clone(&state), stopped));
         let fold_task = (state.config.fold_interval_ms > 0).then(|| {
@@ -366,6 +368,12 @@ async fn open_store(config: &Config) -> anyhow::Result<Store> {
             .fold_inbox(now_ms())
             .await
             .context("folding the inbox rows left by an earlier run")?;
+    }
+    if config.redis_url.is_some() {
+        // Both of rustls's crypto providers are linked (the Cosmos DB client brings aws-lc-rs,
+        // sqlx ring), so rustls cannot pick one for Redis's TLS (`rediss://`) by itself: the
+        // first `rediss://` connection would panic. An error means one is installed already.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     }
     Ok(match &config.redis_url {
         Some(url) if config.redis_cluster => {

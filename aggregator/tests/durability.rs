@@ -473,3 +473,70 @@ async fn migrate_only_migrates_the_store_and_exits_without_serving() {
     assert!(!log.contains("listening"), "it never serves: {log}");
     assert_eq!(tables(), "3", "migrated");
 }
+
+/// PostgreSQL over TLS with the server's certificate checked (`sslmode=verify-full` and a CA
+/// file, as Azure Database for PostgreSQL asks for): the aggregator connects and serves, and its
+/// connections are encrypted. The machine's PostgreSQL serves TLS with Debian's self-signed
+/// certificate for `localhost`, which the test names as the CA.
+#[tokio::test]
+async fn postgres_is_reached_over_tls_with_its_certificate_checked() {
+    if !crate::support::postgres_or_skip() {
+        return;
+    }
+    let server = "postgres://root@127.0.0.1:5432";
+    let settings = crate::support::psql(server, "SHOW ssl; SHOW ssl_cert_file");
+    let (ssl, certificate) = settings
+        .trim()
+        .split_once('\n')
+        .unwrap_or((settings.trim(), ""));
+    if ssl != "on" {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "the machine's PostgreSQL serves no TLS and CI=true"
+        );
+        eprintln!("SKIPPED: the machine's PostgreSQL serves no TLS");
+        return;
+    }
+    let directory = TempDir::new().unwrap();
+    let database = crate::support::postgres_database(directory.path());
+    let name = database.rsplit('/').next().unwrap().to_owned();
+    let url = format!(
+        "{}?sslmode=verify-full&sslrootcert={certificate}",
+        database.replace("@127.0.0.1:", "@localhost:")
+    );
+    let aggregator = BinaryServer::start(directory.path(), &["--database-url", &url]).await;
+    Api::admin(&aggregator.handle())
+        .create_resource("home")
+        .await;
+    let encrypted = crate::support::psql(
+        server,
+        &format!(
+            "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+             WHERE datname = '{name}' AND ssl"
+        ),
+    );
+    assert_ne!(
+        encrypted.trim(),
+        "0",
+        "the aggregator's connections use TLS"
+    );
+    aggregator.terminate().await;
+    // The name is checked: the certificate is for `localhost`, not for 127.0.0.1.
+    let refused = tokio::process::Command::new(env!("CARGO_BIN_EXE_hitcount-aggregator"))
+        .arg("--data-dir")
+        .arg(directory.path())
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--database-url")
+        .arg(format!("{database}?sslmode=verify-full"))
+        .output();
+    let refused = tokio::time::timeout(Duration::from_secs(30), refused)
+        .await
+        .expect("exits within 30 s")
+        .expect("the binary runs");
+    let log = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && log.contains("certificate not valid for name"),
+        "{log}"
+    );
+}

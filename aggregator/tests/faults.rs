@@ -274,13 +274,61 @@ struct OwnRedis {
 
 impl OwnRedis {
     fn start(port: Option<u16>) -> Option<Self> {
-        let port = port.unwrap_or_else(|| {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            listener.local_addr().unwrap().port()
-        });
+        let port = port.unwrap_or_else(spare_port);
+        Self::spawn(port, &["--port", &port.to_string()])
+    }
+
+    /// Serving TLS only, with a certificate for 127.0.0.1 that openssl makes in `directory`;
+    /// returns the certificate's path too (the CA a client must trust).
+    fn start_tls(directory: &std::path::Path) -> Option<(Self, std::path::PathBuf)> {
+        let (certificate, key) = (directory.join("redis.crt"), directory.join("redis.key"));
+        let made = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args([
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+                // A server's certificate, not a CA's: rustls refuses a CA's as the peer's.
+                "-addext",
+                "basicConstraints=critical,CA:FALSE",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&certificate)
+            .output()
+            .expect("openssl runs");
+        assert!(made.status.success(), "{made:?}");
+        let port = spare_port();
+        let (certificate_text, key_text) =
+            (certificate.display().to_string(), key.display().to_string());
+        let redis = Self::spawn(
+            port,
+            &[
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--tls-cert-file",
+                &certificate_text,
+                "--tls-key-file",
+                &key_text,
+                "--tls-ca-cert-file",
+                &certificate_text,
+                "--tls-auth-clients",
+                "no",
+            ],
+        )?;
+        Some((redis, certificate))
+    }
+
+    fn spawn(port: u16, listen: &[&str]) -> Option<Self> {
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(listen)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(std::process::Stdio::null())
             .spawn();
         let child = match child {
@@ -316,6 +364,11 @@ impl OwnRedis {
         self.child.wait().unwrap();
         self.port
     }
+}
+
+fn spare_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
 }
 
 impl Drop for OwnRedis {
@@ -482,4 +535,48 @@ async fn aggregators_sharing_a_database_see_each_others_resources() {
     wait_for(StatusCode::NOT_FOUND).await;
     first.stop().await;
     second.stop().await;
+}
+
+/// Redis over TLS (`rediss://`: Azure Cache for Redis serves TLS only), its certificate checked
+/// against the system's roots, which `SSL_CERT_FILE` points at the test's own CA: the hot tier is
+/// built and answers.
+#[tokio::test]
+async fn the_hot_tier_reaches_redis_over_tls() {
+    if !crate::support::postgres_or_skip() {
+        return;
+    }
+    let directory = tempfile::TempDir::new().unwrap();
+    let Some((redis, certificate)) = OwnRedis::start_tls(directory.path()) else {
+        return;
+    };
+    let database = crate::support::postgres_database(directory.path());
+    let url = format!("rediss://127.0.0.1:{}", redis.port);
+    let certificate = certificate.display().to_string();
+    let aggregator = crate::support::BinaryServer::start_with_environment(
+        directory.path(),
+        &["--database-url", &database, "--redis-url", &url],
+        &[("SSL_CERT_FILE", &certificate)],
+    )
+    .await;
+    let server = aggregator.handle();
+    crate::support::wait_for_metric(
+        &server,
+        "hitcount_hot_tier_rebuilds_total",
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    Api::admin(&server).create_resource("home").await;
+    let reads = "hitcount_hot_tier_reads_total{served=\"redis\"";
+    let before = crate::support::metric(&server, reads).await;
+    let (status, _) = Api::admin(&server)
+        .get("/hits/home?window=1h&granularity=minute")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        crate::support::metric(&server, reads).await > before,
+        "Redis over TLS answered the minutes"
+    );
+    aggregator.terminate().await;
+    drop(redis);
 }

@@ -52,6 +52,15 @@ pub struct BinaryServer {
 
 impl BinaryServer {
     pub async fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_with_environment(data_dir, extra, &[]).await
+    }
+
+    /// [`Self::start`] with these environment variables set too.
+    pub async fn start_with_environment(
+        data_dir: &Path,
+        extra: &[&str],
+        environment: &[(&str, &str)],
+    ) -> Self {
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hitcount-aggregator"))
             .arg("--listen")
             .arg("127.0.0.1:0")
@@ -76,6 +85,7 @@ impl BinaryServer {
             )
             .args(extra)
             .env("RUST_LOG", "info")
+            .envs(environment.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true)

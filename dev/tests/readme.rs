@@ -17,7 +17,12 @@ static DEFAULT_PORTS: Mutex<()> = Mutex::new(());
 
 const MARKER_START: &str = "<!-- commands: ";
 /// The READMEs whose command blocks are held to this: the project's and the deployment's.
-const READMES: [&str; 2] = ["README.md", "infra/k8s/README.md"];
+const READMES: [&str; 4] = [
+    "README.md",
+    "infra/k8s/README.md",
+    "infra/monitoring/README.md",
+    "infra/terraform/README.md",
+];
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(workspace_root().join(path)).unwrap()

@@ -100,3 +100,11 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
         tracing::info!("shutdown signal received");
     }
 }
+
+/// Starts each counter at zero (each binary's `counters::COUNTERS`): Prometheus then has a series
+/// for it from the first scrape, so `rate()` and alert rules work before the first event.
+pub fn start_counters_at_zero(names: &'static [&'static str]) {
+    for name in names {
+        metrics::counter!(*name).increment(0);
+    }
+}

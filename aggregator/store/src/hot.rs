@@ -427,6 +427,9 @@ impl HotTier {
                 "the hot tier is unusable; queries use PostgreSQL until it is settled"
             );
             metrics::counter!("hitcount_hot_tier_failures_total").increment(1);
+        } else {
+            // Still unusable (or never was usable): said once above, repeated only at debug.
+            tracing::debug!(reason = why, "the hot tier is still unusable");
         }
     }
 

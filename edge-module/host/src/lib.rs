@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod config;
+pub mod counters;
 mod counting;
 pub mod error;
 pub mod module;
@@ -157,6 +158,7 @@ impl Edge {
             recovered: Mutex::new(recovered),
             hit_counters: counting::HitCounters::new(),
         });
+        hitcount_process::start_counters_at_zero(counters::COUNTERS);
         let (stop, stopped) = watch::channel(false);
         let shipper = tokio::spawn(ship::run(Arc::clone(&state), stopped));
         Ok(Self {

@@ -198,3 +198,33 @@ pub fn assert_uniques_near(estimated: u64, truth: u64) {
         "{estimated} uniques summed over resources for {truth}"
     );
 }
+
+/// The names of the `hitcount_` counters that `counter!` calls in the Rust files under `roots`
+/// increment, sorted and each once: what a binary's list of counters is held to by its tests.
+pub fn counters_in_sources(roots: &[std::path::PathBuf]) -> Vec<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut directories = roots.to_vec();
+    while let Some(directory) = directories.pop() {
+        let entries = std::fs::read_dir(&directory)
+            .unwrap_or_else(|error| panic!("reading {}: {error}", directory.display()));
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                directories.push(path);
+            } else if path.extension().is_some_and(|extension| extension == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                for call in text.split("counter!(").skip(1) {
+                    let call = call.trim_start();
+                    if let Some(name) = call
+                        .strip_prefix('"')
+                        .and_then(|rest| rest.split('"').next())
+                        .filter(|name| name.starts_with("hitcount_"))
+                    {
+                        names.insert(name.to_owned());
+                    }
+                }
+            }
+        }
+    }
+    names.into_iter().collect()
+}
