@@ -2,7 +2,7 @@
 // page (#/resources/ID) and, for an admin token, managing resources and tokens (#/manage).
 import "./app.css";
 import { HitcountError, api, signIn, signOut, signedIn } from "./api";
-import { h, say } from "./dom";
+import { clearNoticeOfOtherView, h, say } from "./dom";
 import { showManage } from "./manage";
 import { showOverview } from "./overview";
 import { showResource } from "./resource";
@@ -60,6 +60,7 @@ function signInRefusal(error: unknown): string {
 /** Shows the view the address's fragment names. */
 async function route(): Promise<void> {
   if (!signedIn()) return;
+  clearNoticeOfOtherView();
   const hash = window.location.hash;
   const resource = /^#\/resources\/(.+)$/.exec(hash);
   if (resource) return showResource(view, decodeURIComponent(resource[1]), admin);

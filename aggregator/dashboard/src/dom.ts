@@ -15,11 +15,28 @@ export function h<K extends keyof HTMLElementTagNameMap>(
   return element;
 }
 
+/** The view (address fragment) the notice was said for. */
+let saidFor = "";
+
 /** Says `message` in the notice line (read out by screen readers), or clears it. */
 export function say(message: string | undefined, kind: "error" | "info" = "error"): void {
   notice.hidden = message === undefined;
   notice.textContent = message ?? "";
   notice.className = kind;
+  saidFor = window.location.hash;
+}
+
+/**
+ * After a view loaded: an error said before is resolved, so it goes; a confirmation ("Deleted
+ * home.") stays, since the load often follows the very action it confirms.
+ */
+export function clearError(): void {
+  if (notice.className === "error") say(undefined);
+}
+
+/** On navigation: a notice said for another view no longer applies. */
+export function clearNoticeOfOtherView(): void {
+  if (saidFor !== window.location.hash) say(undefined);
 }
 
 export function formatNumber(value: number): string {

@@ -131,7 +131,7 @@ test("the overview shows the API's numbers, filters, goes live, and refuses bad 
   assert.equal(await desktop.isVisible("#nav-manage"), false);
 
   // A resource's page: its own numbers, at the granularity asked for.
-  await desktop.click("#top a >> text=home");
+  await desktop.goto(`${aggregator.base}/#/resources/home`);
   await desktop.waitForSelector("#resource-name");
   const home = (await admin.get("/hits/home?window=24h")).body;
   await desktop.waitForFunction((count) => document.getElementById("total-hits")?.dataset.value === String(count), home.count);
@@ -227,6 +227,12 @@ test("an admin token creates and deletes resources and tokens, asked first", (t)
   await desktop.click("#delete-resource");
   await desktop.click(".confirm button.danger");
   await desktop.waitForFunction(() => /Deleted made\.here/.test(document.getElementById("notice").textContent));
+  // The confirmation outlives the overview's load that follows it, and goes with the next view.
+  await desktop.waitForSelector("#top");
+  assert.match(await desktop.textContent("#notice"), /Deleted made\.here/);
+  await desktop.goto(`${aggregator.base}/#/resources/home`);
+  await desktop.waitForSelector("#resource-name");
+  assert.equal(await desktop.isHidden("#notice"), true);
   assert.equal((await admin.get("/resources/made.here")).status, 404);
   assert.equal((await admin.get("/resources/home")).status, 200);
   assert.deepEqual(errors, []);
