@@ -121,6 +121,9 @@ pub struct Args {
     /// run once before a new release takes traffic.
     #[arg(long, env = "HITCOUNT_MIGRATE_ONLY")]
     pub migrate_only: bool,
+    /// Traces (`--otlp-endpoint`): read by `main` before the rest of the configuration.
+    #[command(flatten)]
+    pub telemetry: hitcount_process::TelemetryArgs,
 }
 
 /// The fold interval on Cosmos DB when --fold-interval-ms is 0: Cosmos DB always has the inbox.

@@ -9,7 +9,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    hitcount_process::init_tracing();
-    let config = Config::try_from(Args::parse()).context("invalid configuration")?;
+    let args = Args::parse();
+    let _telemetry = hitcount_process::init_tracing("hitcount-aggregator", &args.telemetry)
+        .context("cannot set up logs and traces")?;
+    let config = Config::try_from(args).context("invalid configuration")?;
     hitcount_aggregator::run(config).await
 }

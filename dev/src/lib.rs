@@ -59,6 +59,9 @@ pub struct Args {
     /// Window length in ms: how often the edge ships its hits.
     #[arg(long, env = "HITCOUNT_WINDOW_MS", default_value_t = WINDOW_MS_DEFAULT)]
     pub window_ms: u64,
+    /// Traces (`--otlp-endpoint`): read by `main` before the rest of the configuration.
+    #[command(flatten)]
+    pub telemetry: hitcount_process::TelemetryArgs,
 }
 
 /// [`Args`], validated.

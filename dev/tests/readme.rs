@@ -3,14 +3,13 @@
 //! servers on the ports the README names.
 
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Mutex;
 
 use hitcount_test_support::ADMIN_TOKEN;
 use tempfile::TempDir;
 
-use crate::support::{readme, workspace_root};
+use crate::support::{binary_beside_tests, readme, workspace_root};
 
 /// The README's examples use the default ports 8080 and 8081: one such test at a time.
 static DEFAULT_PORTS: Mutex<()> = Mutex::new(());
@@ -129,18 +128,9 @@ fn every_command_block_says_what_runs_it() {
 /// Runs `script` with `bash -e` in its own process group (so that the servers it starts in the
 /// background are stopped with it), in `directory`, with `path_first` before `PATH`.
 fn run_script(script: &str, directory: &std::path::Path, environment: &[(&str, &str)]) -> String {
-    let binaries = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(PathBuf::from)
-        .unwrap();
-    for binary in ["hitcount-aggregator", "hitcount-edge"] {
-        assert!(
-            binaries.join(binary).exists(),
-            "{binary} is built beside this test (cargo test --workspace builds it)"
-        );
-    }
+    let binaries = binary_beside_tests("hitcount-aggregator");
+    let binaries = binaries.parent().unwrap();
+    binary_beside_tests("hitcount-edge");
     let path = format!(
         "{}:{}",
         binaries.display(),

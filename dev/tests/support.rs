@@ -17,6 +17,22 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// A binary of the workspace, built beside this test binary (`cargo test --workspace` builds
+/// every binary into the directory above `deps/`).
+pub fn binary_beside_tests(name: &str) -> PathBuf {
+    let binary = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(|deps| deps.parent())
+        .unwrap()
+        .join(name);
+    assert!(
+        binary.exists(),
+        "{name} is built beside this test (cargo test --workspace builds it)"
+    );
+    binary
+}
+
 pub fn readme() -> String {
     std::fs::read_to_string(workspace_root().join("README.md")).unwrap()
 }

@@ -11,3 +11,4 @@ mod banner;
 mod docs;
 mod quickstart;
 mod readme;
+mod traces;

@@ -1,6 +1,6 @@
 //! What both hitcount binaries (`hitcount-aggregator`, `hitcount-edge`) and the `hitcount-dev`
-//! composition need from the process they run in: the shutdown signals, the log setup, the
-//! clock and the Prometheus recorder. It is its own crate so that neither binary crate depends on
+//! composition need from the process they run in: the shutdown signals, the log and trace setup,
+//! the clock and the Prometheus recorder. It is its own crate so that neither binary crate depends on
 //! the other: the edge links no store code.
 
 use std::future::Future;
@@ -8,6 +8,12 @@ use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+mod telemetry;
+pub use telemetry::{
+    OTLP_EXPORT_TIMEOUT_MS, OTLP_TRACES_PATH, Telemetry, TelemetryArgs, TelemetryError,
+    continue_trace, init_tracing, inject_trace_context, traces_on,
+};
 
 /// Histogram buckets (seconds) for request, commit and delivery latencies.
 pub const LATENCY_BUCKETS_S: &[f64] = &[
@@ -42,20 +48,6 @@ pub fn metrics_handle() -> PrometheusHandle {
             handle
         })
         .clone()
-}
-
-/// Logs to stderr at `RUST_LOG` (default `info`), in colour only on a terminal, so that every
-/// binary's logs read and filter alike.
-pub fn init_tracing() {
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
 }
 
 /// Resolves on SIGINT or SIGTERM. The listeners are registered when this is called, not when the

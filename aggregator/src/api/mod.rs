@@ -13,6 +13,7 @@ mod patterns;
 mod resources;
 mod schemas;
 mod stats;
+mod telemetry;
 
 use std::time::Instant;
 
@@ -294,7 +295,11 @@ pub fn router(state: SharedState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(record_metrics))
-        .layer(TraceLayer::new_for_http())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(telemetry::request_span)
+                .on_response(telemetry::record_response),
+        )
         .layer(CatchPanicLayer::custom(panic_response))
         .with_state(state)
 }

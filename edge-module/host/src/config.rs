@@ -102,6 +102,9 @@ pub struct Args {
     pub window_entries_max: u32,
     #[arg(long, env = "HITCOUNT_PENDING_ENTRIES_MAX", default_value_t = PENDING_ENTRIES_MAX_DEFAULT)]
     pub pending_entries_max: u32,
+    /// Traces (`--otlp-endpoint`): read by `main` before the rest of the configuration.
+    #[command(flatten)]
+    pub telemetry: hitcount_process::TelemetryArgs,
 }
 
 #[derive(Clone)]

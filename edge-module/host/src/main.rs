@@ -7,7 +7,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    hitcount_process::init_tracing();
-    let config = Config::try_from(Args::parse()).context("invalid configuration")?;
+    let args = Args::parse();
+    let _telemetry = hitcount_process::init_tracing("hitcount-edge", &args.telemetry)
+        .context("cannot set up logs and traces")?;
+    let config = Config::try_from(args).context("invalid configuration")?;
     hitcount_edge::run(config).await
 }

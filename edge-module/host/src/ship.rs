@@ -56,7 +56,29 @@ impl Backoff {
     }
 }
 
-async fn send(state: &EdgeState, bytes: &[u8]) -> Delivered {
+/// One delivery attempt of a batch: a span of its own, whose trace context goes with the request
+/// (`traceparent`, with `--otlp-endpoint`), so the aggregator's handling joins the same trace.
+#[tracing::instrument(
+    name = "delta delivery",
+    skip_all,
+    fields(
+        otel.kind = "client",
+        hitcount.edge_id = %state.config.edge_id,
+        hitcount.sequence = sequence,
+        hitcount.bytes = bytes.len(),
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    )
+)]
+async fn send(state: &EdgeState, bytes: &[u8], sequence: u64) -> Delivered {
+    let delivered = attempt(state, bytes).await;
+    if !matches!(delivered, Delivered::Acknowledged) {
+        tracing::Span::current().record("otel.status_code", "ERROR");
+    }
+    delivered
+}
+
+async fn attempt(state: &EdgeState, bytes: &[u8]) -> Delivered {
     let timestamp = now_ms();
     let signature = hitcount_wire::auth::sign(
         &state.config.edge_key,
@@ -64,9 +86,12 @@ async fn send(state: &EdgeState, bytes: &[u8]) -> Delivered {
         timestamp,
         bytes,
     );
+    let mut trace_context = reqwest::header::HeaderMap::new();
+    hitcount_process::inject_trace_context(&mut trace_context);
     let response = state
         .client
         .post(format!("{}/v1/deltas", state.config.aggregator))
+        .headers(trace_context)
         .header("content-type", DELTA_CONTENT_TYPE)
         .header(EDGE_HEADER, &state.config.edge_id)
         .header(TIMESTAMP_HEADER, timestamp.to_string())
@@ -80,6 +105,7 @@ async fn send(state: &EdgeState, bytes: &[u8]) -> Delivered {
         Err(error) => return Delivered::Retry(error.to_string()),
     };
     let status = response.status().as_u16();
+    tracing::Span::current().record("http.response.status_code", status);
     let body = response.text().await.unwrap_or_default();
     match status {
         200 => Delivered::Acknowledged,
@@ -150,7 +176,7 @@ async fn deliver_recovered(state: &EdgeState) {
         let Some(batch) = next else {
             return;
         };
-        match send(state, &batch.bytes).await {
+        match send(state, &batch.bytes, batch.sequence).await {
             Delivered::Retry(reason) => {
                 metrics::counter!("hitcount_edge_delivery_failures_total").increment(1);
                 tracing::warn!(%reason, boot_epoch = batch.boot_epoch, sequence = batch.sequence, "delivering a recovered batch failed; will retry");
@@ -217,7 +243,7 @@ async fn round(state: &EdgeState, backoffs: &mut [Backoff], deadline_ms: Option<
                 });
                 break;
             }
-            match send(state, &batch.bytes).await {
+            match send(state, &batch.bytes, batch.sequence).await {
                 Delivered::Acknowledged => {
                     metrics::counter!("hitcount_edge_batches_delivered_total").increment(1);
                     metrics::counter!("hitcount_edge_hits_delivered_total").increment(batch.hits);
