@@ -109,6 +109,20 @@ async fn bad_deltas_are_refused() {
     api.create_resource("home").await;
     let good = batch(0, &[("home", 1, &[])]).encode().unwrap();
     let now = now_ms();
+    // A boot epoch of 2^64 - 1, past what the stores keep (signed 64-bit): the largest one
+    // allowed, 2^63 - 1 (eight 0xff bytes and 0x7f as a varint), made one bit longer.
+    let mut at_bound = batch(0, &[("home", 1, &[])]);
+    at_bound.header.boot_epoch = hitcount_wire::KEY_NUMBER_MAX;
+    let at_bound = at_bound.encode().unwrap();
+    let bound_varint = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f];
+    let at = at_bound
+        .windows(bound_varint.len())
+        .position(|bytes| bytes == bound_varint)
+        .unwrap();
+    let mut epoch_too_large = at_bound[..at].to_vec();
+    epoch_too_large.extend([0xff; 9]);
+    epoch_too_large.push(0x01);
+    epoch_too_large.extend(&at_bound[at + bound_varint.len()..]);
 
     // Tampered body: the signature was made over different bytes.
     let signature = hitcount_wire::auth::sign(EDGE_SECRET.as_bytes(), EDGE_ID, now, &good);
@@ -173,6 +187,15 @@ async fn bad_deltas_are_refused() {
             good[..good.len() - 3].to_vec(),
             StatusCode::BAD_REQUEST,
             "truncated",
+        ),
+        (
+            "a boot epoch no store can keep",
+            EDGE_ID,
+            EDGE_SECRET,
+            now,
+            epoch_too_large,
+            StatusCode::BAD_REQUEST,
+            "limit_exceeded",
         ),
     ];
     for (name, edge, secret, timestamp, bytes, status, code) in cases {

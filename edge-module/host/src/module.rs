@@ -103,14 +103,42 @@ fn wasm<T>(result: wasmtime::Result<T>, what: &str) -> anyhow::Result<T> {
     result.map_err(|error| anyhow::anyhow!("{what}: {error:?}"))
 }
 
-/// Distinct for every instance and every start or replacement of one: its start time in ms
-/// times [`INSTANCES_MAX`], plus its index (configuration keeps the index below it).
-fn boot_epoch(started_ms: u64, index: usize) -> u64 {
+/// Random bits of a boot epoch, between its start time and its instance index: edges that share
+/// an id (every pod of a Deployment signs as one) and start in the same millisecond still name
+/// their batches apart unless they also draw the same bits, one chance in 2^15 for such a pair.
+pub const BOOT_EPOCH_RANDOM_BITS: u32 = 15;
+/// Bits of the instance index, the lowest of a boot epoch.
+const BOOT_EPOCH_INDEX_BITS: u32 = INSTANCES_MAX.trailing_zeros();
+/// The latest start time (ms) a boot epoch holds within the wire's bound on it: May 2109.
+pub const BOOT_EPOCH_STARTED_MS_MAX: u64 =
+    hitcount_wire::KEY_NUMBER_MAX >> (BOOT_EPOCH_RANDOM_BITS + BOOT_EPOCH_INDEX_BITS);
+// Starts up to May 2109 fit: 2100-01-01T00:00:00Z is well within.
+const _: () = assert!(BOOT_EPOCH_STARTED_MS_MAX > 4_102_444_800_000);
+
+/// Distinct for every instance and every start or replacement of one: its start time in ms, then
+/// [`BOOT_EPOCH_RANDOM_BITS`] of `random`, then its index (configuration keeps it below
+/// [`INSTANCES_MAX`]). Later starts of one edge have larger epochs.
+fn boot_epoch(started_ms: u64, random: u16, index: usize) -> u64 {
+    const { assert!(INSTANCES_MAX.is_power_of_two()) };
     assert!(
         index < INSTANCES_MAX,
         "instance {index} of at most {INSTANCES_MAX}"
     );
-    started_ms * INSTANCES_MAX as u64 + index as u64
+    assert!(
+        started_ms <= BOOT_EPOCH_STARTED_MS_MAX,
+        "a start time after 2109"
+    );
+    let random = u64::from(random) & ((1 << BOOT_EPOCH_RANDOM_BITS) - 1);
+    (started_ms << (BOOT_EPOCH_RANDOM_BITS + BOOT_EPOCH_INDEX_BITS))
+        | (random << BOOT_EPOCH_INDEX_BITS)
+        | index as u64
+}
+
+/// Random bits for [`boot_epoch`] from the operating system.
+fn boot_epoch_random() -> u16 {
+    let mut bytes = [0u8; 2];
+    getrandom::fill(&mut bytes).unwrap_or_else(|error| panic!("OS random source failed: {error}"));
+    u16::from_le_bytes(bytes)
 }
 
 impl Instances {
@@ -151,7 +179,8 @@ impl Instances {
             next: AtomicUsize::new(0),
         };
         for index in 0..count {
-            let instance = instances.instantiate(boot_epoch(started_ms, index))?;
+            let instance =
+                instances.instantiate(boot_epoch(started_ms, boot_epoch_random(), index))?;
             instances.slots.push(Mutex::new(instance));
         }
         Ok(instances)
@@ -214,7 +243,11 @@ impl Instances {
             Err(error) => {
                 metrics::counter!("hitcount_edge_instance_traps_total").increment(1);
                 tracing::error!(%error, index, "the counting module trapped; replacing the instance");
-                match self.instantiate(boot_epoch(hitcount_process::now_ms(), index)) {
+                match self.instantiate(boot_epoch(
+                    hitcount_process::now_ms(),
+                    boot_epoch_random(),
+                    index,
+                )) {
                     Ok(fresh) => *slot = fresh,
                     Err(replace_error) => {
                         tracing::error!(%replace_error, "could not replace the instance")
@@ -286,5 +319,34 @@ impl Instances {
             .map(|offset| (start + offset) % count)
             .find(|index| self.slots[*index].try_lock().is_ok())
             .unwrap_or(start % count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_epochs_order_by_start_and_keep_same_millisecond_starts_apart_by_their_random_bits() {
+        let now_ms = 1_780_000_000_000;
+        // Two pods of one id starting in the same millisecond: apart unless the bits match.
+        assert_ne!(boot_epoch(now_ms, 1, 0), boot_epoch(now_ms, 2, 0));
+        assert_eq!(boot_epoch(now_ms, 7, 0), boot_epoch(now_ms, 7, 0));
+        // Instances of one start are apart, and every epoch of a later start is larger.
+        assert_ne!(boot_epoch(now_ms, 7, 0), boot_epoch(now_ms, 7, 1));
+        assert!(boot_epoch(now_ms, u16::MAX, INSTANCES_MAX - 1) < boot_epoch(now_ms + 1, 0, 0));
+        // Only BOOT_EPOCH_RANDOM_BITS of the random value count.
+        assert_eq!(
+            boot_epoch(now_ms, 1 << BOOT_EPOCH_RANDOM_BITS, 0),
+            boot_epoch(now_ms, 0, 0)
+        );
+        let last = boot_epoch(BOOT_EPOCH_STARTED_MS_MAX, u16::MAX, INSTANCES_MAX - 1);
+        assert_eq!(last, hitcount_wire::KEY_NUMBER_MAX);
+    }
+
+    #[test]
+    #[should_panic(expected = "a start time after 2109")]
+    fn a_start_past_the_bound_is_a_bug_not_a_colliding_epoch() {
+        boot_epoch(BOOT_EPOCH_STARTED_MS_MAX + 1, 0, 0);
     }
 }

@@ -35,6 +35,10 @@ pub const DAY_MS: u64 = 24 * HOUR_MS;
 const MINUTE_MAX: u64 = 1 << 40;
 /// The latest window end a header may name: the last millisecond of minute [`MINUTE_MAX`].
 const WINDOW_END_MS_MAX: u64 = (MINUTE_MAX + 1) * MINUTE_MS - 1;
+/// The largest boot epoch or sequence (the batch key's numbers): the stores keep them as signed
+/// 64-bit integers (PostgreSQL `bigint`, SQLite `INTEGER`), where a larger value could not be
+/// told apart from another.
+pub const KEY_NUMBER_MAX: u64 = i64::MAX as u64;
 /// The longest header a batch can have (everything before the first entry): magic, version, a
 /// longest edge id with its length, the boot epoch and sequence at their largest, a window start
 /// no later than the latest end, the longest span, and the most entries. Senders that cut
@@ -43,14 +47,14 @@ pub const HEADER_BYTES_MAX: usize = MAGIC.len()
     + 1
     + varint_bytes(EDGE_ID_BYTES_MAX as u64)
     + EDGE_ID_BYTES_MAX
-    + 2 * varint_bytes(u64::MAX)
+    + 2 * varint_bytes(KEY_NUMBER_MAX)
     + varint_bytes(WINDOW_END_MS_MAX)
     + varint_bytes(WINDOW_SPAN_MS_MAX)
     + varint_bytes(BATCH_ENTRIES_MAX as u64);
 
 /// Who sent a batch and which window it covers. (edge id, boot epoch, sequence) is the batch's
-/// idempotency key: an edge numbers batches from 0 after each boot, and the boot epoch (its start
-/// time in ms) keeps numbers from two boots apart.
+/// idempotency key: an edge numbers batches from 0 after each boot, and the boot epoch (from its start
+/// time) keeps numbers from two boots apart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeltaHeader {
     pub edge_id: String,
@@ -78,6 +82,18 @@ pub struct DeltaBatch {
 
 fn validate_header(header: &DeltaHeader) -> Result<(), WireError> {
     crate::validate_edge_id(&header.edge_id)?;
+    for (what, value) in [
+        ("boot epoch", header.boot_epoch),
+        ("sequence", header.sequence),
+    ] {
+        if value > KEY_NUMBER_MAX {
+            return Err(WireError::KeyNumberTooLarge {
+                what,
+                value,
+                max: KEY_NUMBER_MAX,
+            });
+        }
+    }
     let span = header.window_end_ms.checked_sub(header.window_start_ms);
     if !matches!(span, Some(span) if span <= WINDOW_SPAN_MS_MAX)
         || header.window_end_ms / MINUTE_MS > MINUTE_MAX
@@ -286,10 +302,48 @@ mod tests {
     fn worst_header(window_end_ms: u64) -> DeltaHeader {
         DeltaHeader {
             edge_id: "e".repeat(EDGE_ID_BYTES_MAX),
-            boot_epoch: u64::MAX,
-            sequence: u64::MAX,
+            boot_epoch: KEY_NUMBER_MAX,
+            sequence: KEY_NUMBER_MAX,
             window_start_ms: window_end_ms - WINDOW_SPAN_MS_MAX,
             window_end_ms,
+        }
+    }
+
+    /// A header's bytes as `encode` lays them out, without its checks.
+    fn raw_header(boot_epoch: u64, sequence: u64) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        out.push(FORMAT_VERSION);
+        varint::put_u64(&mut out, 1);
+        out.push(b'e');
+        for value in [boot_epoch, sequence, 60_000, 1_000, 0] {
+            varint::put_u64(&mut out, value);
+        }
+        out
+    }
+
+    #[test]
+    fn a_boot_epoch_or_sequence_a_store_cannot_keep_is_refused_both_ways() {
+        assert!(DeltaBatch::decode(&raw_header(KEY_NUMBER_MAX, KEY_NUMBER_MAX)).is_ok());
+        for (boot_epoch, sequence, what) in [
+            (KEY_NUMBER_MAX + 1, 0, "boot epoch"),
+            (0, u64::MAX, "sequence"),
+        ] {
+            let refused = DeltaBatch::decode(&raw_header(boot_epoch, sequence)).unwrap_err();
+            assert!(
+                matches!(refused, WireError::KeyNumberTooLarge { what: named, .. } if named == what),
+                "{refused:?}"
+            );
+            assert_eq!(refused.code(), "limit_exceeded");
+            let mut header = worst_header(WINDOW_END_MS_MAX);
+            (header.boot_epoch, header.sequence) = (boot_epoch, sequence);
+            let batch = DeltaBatch {
+                header,
+                entries: Vec::new(),
+            };
+            assert!(matches!(
+                batch.encode(),
+                Err(WireError::KeyNumberTooLarge { .. })
+            ));
         }
     }
 
@@ -303,7 +357,7 @@ mod tests {
         // With no entries the count takes one byte; with the most it takes this many.
         let count_bytes = varint_bytes(BATCH_ENTRIES_MAX as u64);
         assert_eq!(bytes.len() - 1 + count_bytes, HEADER_BYTES_MAX);
-        assert_eq!(HEADER_BYTES_MAX, 106);
+        assert_eq!(HEADER_BYTES_MAX, 104);
         // One millisecond later is past the last minute a header may name.
         let later = DeltaBatch {
             header: worst_header(WINDOW_END_MS_MAX + 1),

@@ -51,7 +51,7 @@ pub use aggregate::{WindowCounts, WindowFull};
 pub use auth::{CLOCK_SKEW_MS_MAX, SECRET_BYTES_MIN};
 pub use batch::{
     BATCH_BYTES_MAX, BATCH_ENTRIES_MAX, DAY_MS, DeltaBatch, DeltaEntry, DeltaHeader,
-    ENTRY_HITS_MAX, FORMAT_VERSION, HEADER_BYTES_MAX, HOUR_MS, MAGIC, MINUTE_MS,
+    ENTRY_HITS_MAX, FORMAT_VERSION, HEADER_BYTES_MAX, HOUR_MS, KEY_NUMBER_MAX, MAGIC, MINUTE_MS,
     WINDOW_SPAN_MS_MAX,
 };
 pub use ids::{EDGE_ID_BYTES_MAX, RESOURCE_ID_BYTES_MAX, validate_edge_id, validate_resource_id};
@@ -85,6 +85,12 @@ pub enum WireError {
         what: &'static str,
         reason: &'static str,
     },
+    #[error("{what} {value} is over the limit of {max}")]
+    KeyNumberTooLarge {
+        what: &'static str,
+        value: u64,
+        max: u64,
+    },
     #[error("window end {end_ms} is before its start {start_ms} or spans more than the limit")]
     InvalidWindow { start_ms: u64, end_ms: u64 },
     #[error("entry {index} has {hits} hits; entries carry 1 to {max}")]
@@ -109,7 +115,9 @@ impl WireError {
             Self::BadMagic => "bad_magic",
             Self::UnsupportedVersion { .. } => "unsupported_version",
             Self::VarintOverflow { .. } | Self::VarintNotMinimal { .. } => "bad_varint",
-            Self::TooLong { .. } | Self::BatchTooLarge { .. } => "limit_exceeded",
+            Self::TooLong { .. } | Self::BatchTooLarge { .. } | Self::KeyNumberTooLarge { .. } => {
+                "limit_exceeded"
+            }
             Self::InvalidIdentifier { .. } => "invalid_identifier",
             Self::InvalidWindow { .. } => "invalid_window",
             Self::InvalidHitCount { .. } => "invalid_hit_count",
