@@ -1,4 +1,5 @@
-//! Bearer API tokens with scopes, and the edge-key registry for signed deltas.
+//! Bearer API tokens with scopes, the caller a request authenticated as (an API token or an
+//! identity provider's token, `oidc.rs`), and the edge-key registry for signed deltas.
 //!
 //! Only SHA-256 digests of tokens are stored: the token itself is shown once, when it is made.
 //! Tokens are 32 random bytes, so a plain digest (no salt, no slow hash) is enough: nothing
@@ -154,27 +155,46 @@ impl TokenRegistry {
     }
 }
 
-/// The authenticated caller of a request (shared with the registry: authenticating allocates
-/// nothing).
+/// Who a verified identity provider's token speaks for (`oidc.rs`), and what it may do.
 #[derive(Debug, Clone)]
-pub struct Caller {
-    token: Arc<TokenRecord>,
+pub struct Identity {
+    /// `oidc:` and the token's `sub`, for logs and rate limits.
+    pub id: String,
+    pub scopes: Vec<Scope>,
+}
+
+/// The authenticated caller of a request: an API token (shared with the registry:
+/// authenticating allocates nothing) or an identity the organisation's provider vouched for.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    Token(Arc<TokenRecord>),
+    Identity(Arc<Identity>),
 }
 
 impl Caller {
     /// The caller holding `token` (the bearer extractor in `api/extract.rs` finds it).
     pub fn new(token: Arc<TokenRecord>) -> Self {
-        Self { token }
+        Self::Token(token)
     }
 
-    pub fn token_id(&self) -> &str {
-        &self.token.id
+    /// Who it is, for logs: a token's id, or `oidc:` and the identity's subject.
+    pub fn id(&self) -> &str {
+        match self {
+            Self::Token(token) => &token.id,
+            Self::Identity(identity) => &identity.id,
+        }
+    }
+
+    fn holds(&self, scope: Scope) -> bool {
+        match self {
+            Self::Token(token) => token.scopes.iter().any(|held| held == scope.as_str()),
+            Self::Identity(identity) => identity.scopes.contains(&scope),
+        }
     }
 
     /// Admin implies every other scope.
     pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
-        let held = |wanted: Scope| self.token.scopes.iter().any(|held| held == wanted.as_str());
-        if held(scope) || held(Scope::Admin) {
+        if self.holds(scope) || self.holds(Scope::Admin) {
             Ok(())
         } else {
             Err(ApiError::Forbidden(format!(

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Parser, ValueEnum};
 
 use crate::merge::MERGE_INTERVAL_MS_MAX;
+use crate::oidc::OidcSettings;
 use crate::store::inbox::FOLD_INTERVAL_MS_MAX;
 
 /// Requests per second allowed per client address and per token by default.
@@ -121,6 +122,19 @@ pub struct Args {
     /// run once before a new release takes traffic.
     #[arg(long, env = "HITCOUNT_MIGRATE_ONLY")]
     pub migrate_only: bool,
+
+    /// Accept bearer JWTs from this OpenID Connect issuer (its discovery document gives the
+    /// keys), exactly as its tokens' `iss` names it; https://, or http:// on this machine only.
+    #[arg(long, env = "HITCOUNT_OIDC_ISSUER", requires = "oidc_audience")]
+    pub oidc_issuer: Option<String>,
+    /// The audience (`aud`) the issuer's tokens for hitcount carry (Entra ID: the app's
+    /// Application ID URI or client id).
+    #[arg(long, env = "HITCOUNT_OIDC_AUDIENCE", requires = "oidc_issuer")]
+    pub oidc_audience: Option<String>,
+    /// The claim holding the caller's roles (`hitcount.read`, ...); a dotted path reaches into
+    /// objects, e.g. `realm_access.roles` for Keycloak's realm roles.
+    #[arg(long, env = "HITCOUNT_OIDC_ROLES_CLAIM", default_value = "roles")]
+    pub oidc_roles_claim: String,
     /// Traces (`--otlp-endpoint`): read by `main` before the rest of the configuration.
     #[command(flatten)]
     pub telemetry: hitcount_process::TelemetryArgs,
@@ -185,6 +199,8 @@ pub struct Config {
     pub redis_prefix: String,
     /// Migrate the store and exit (`--migrate-only`).
     pub migrate_only: bool,
+    /// Bearer JWTs of an OpenID Connect issuer, beside the API tokens.
+    pub oidc: Option<OidcSettings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -205,6 +221,10 @@ pub enum ConfigError {
     FoldInterval,
     #[error("--retention-interval-s must be between 1 and {RETENTION_INTERVAL_S_MAX}")]
     RetentionInterval,
+    #[error(
+        "--oidc-issuer {0:?} must be an https:// URL (http:// only on this machine), with a non-empty --oidc-audience and --oidc-roles-claim"
+    )]
+    OidcIssuer(String),
     #[error("--database-url must be a postgres:// or postgresql:// URL")]
     DatabaseUrl,
     #[error(
@@ -246,6 +266,7 @@ impl Config {
             redis_cluster: false,
             redis_prefix: "hitcount".to_owned(),
             migrate_only: false,
+            oidc: None,
         }
     }
 }
@@ -303,6 +324,7 @@ impl TryFrom<Args> for Config {
             return Err(ConfigError::DatabaseUrl);
         }
         let cosmos = cosmos_config(&args)?;
+        let oidc = oidc_settings(&args)?;
         if let Some(urls) = &args.redis_url {
             let mut urls = urls.split(',');
             if !urls.all(|url| url.starts_with("redis://") || url.starts_with("rediss://"))
@@ -337,10 +359,37 @@ impl TryFrom<Args> for Config {
             cosmos,
             redis_url: args.redis_url,
             redis_cluster: args.redis_cluster,
+            oidc,
             redis_prefix: args.redis_prefix,
             migrate_only: args.migrate_only,
         })
     }
+}
+
+/// The OpenID Connect flags, checked: an issuer over https:// (or http:// on this machine, for
+/// a provider run beside it), an audience, a roles claim.
+fn oidc_settings(args: &Args) -> Result<Option<OidcSettings>, ConfigError> {
+    let (Some(issuer), Some(audience)) = (&args.oidc_issuer, &args.oidc_audience) else {
+        return Ok(None);
+    };
+    let uri: axum::http::Uri = issuer
+        .parse()
+        .map_err(|_| ConfigError::OidcIssuer(issuer.clone()))?;
+    let loopback = matches!(uri.host(), Some("localhost" | "127.0.0.1" | "[::1]"));
+    let secure = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => loopback,
+        _ => false,
+    };
+    if !secure || audience.trim().is_empty() || args.oidc_roles_claim.trim().is_empty() {
+        return Err(ConfigError::OidcIssuer(issuer.clone()));
+    }
+    Ok(Some(OidcSettings {
+        issuer: issuer.clone(),
+        audience: audience.clone(),
+        roles_claim: args.oidc_roles_claim.clone(),
+        refetch_interval_ms: crate::oidc::JWKS_REFETCH_INTERVAL_MS_DEFAULT,
+    }))
 }
 
 /// The Cosmos DB flags, checked: both of endpoint and key file or neither, never beside

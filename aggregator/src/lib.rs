@@ -14,6 +14,7 @@ pub mod import;
 pub mod ingest;
 pub mod intake;
 pub mod merge;
+pub mod oidc;
 pub mod patterns;
 pub mod query;
 pub mod rate_limit;
@@ -36,6 +37,7 @@ use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::ingest::Ingestor;
 use crate::merge::Merger;
+use crate::oidc::OidcVerifier;
 use crate::rate_limit::RateLimits;
 use crate::state::{AppState, SharedState};
 use crate::store::{
@@ -94,6 +96,12 @@ impl Aggregator {
             store.clone(),
             Duration::from_millis(config.merge_interval_ms),
         );
+        let oidc = config
+            .oidc
+            .clone()
+            .map(OidcVerifier::new)
+            .transpose()
+            .context("setting up OpenID Connect")?;
         let state = Arc::new(AppState {
             limits: RateLimits::new(
                 config.rate_limit_ip_per_second,
@@ -104,6 +112,7 @@ impl Aggregator {
             ingestor,
             merger,
             catalog,
+            oidc,
             tokens,
             edge_keys,
             metrics: metrics_handle(),

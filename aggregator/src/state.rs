@@ -9,6 +9,7 @@ use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::ingest::Ingestor;
 use crate::merge::Merger;
+use crate::oidc::OidcVerifier;
 use crate::rate_limit::RateLimits;
 use crate::store::Store;
 
@@ -22,6 +23,8 @@ pub struct AppState {
     /// The resources and patterns this aggregator knows.
     pub catalog: Catalog,
     pub tokens: TokenRegistry,
+    /// With `--oidc-issuer`: bearer JWTs of that issuer are callers too.
+    pub oidc: Option<OidcVerifier>,
     pub edge_keys: EdgeKeyRegistry,
     pub limits: RateLimits,
     pub metrics: PrometheusHandle,

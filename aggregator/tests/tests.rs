@@ -14,6 +14,7 @@ mod durability;
 mod export;
 mod faults;
 mod import;
+mod oidc;
 mod patterns;
 mod redis_cluster;
 mod shared_hot_tier;

@@ -87,7 +87,7 @@ pub async fn create_token(
         .tokens
         .create(&state.store, name, scopes, now_ms())
         .await?;
-    tracing::info!(token_id = %record.id, by = %caller.token_id(), "token created");
+    tracing::info!(token_id = %record.id, by = %caller.id(), "token created");
     Ok((
         StatusCode::CREATED,
         Json(TokenCreated {
@@ -165,7 +165,7 @@ pub async fn delete_token(
         return Err(ApiError::NotFound(format!("no token with id {token_id:?}")));
     }
     state.tokens.remove(&token_id);
-    tracing::info!(%token_id, by = %caller.token_id(), "token revoked");
+    tracing::info!(%token_id, by = %caller.id(), "token revoked");
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -265,7 +265,7 @@ pub async fn create_edge_key(
             now,
         )
         .await?;
-    tracing::info!(edge_id = %request.edge_id, by = %caller.token_id(), "edge key set");
+    tracing::info!(edge_id = %request.edge_id, by = %caller.id(), "edge key set");
     Ok((
         StatusCode::CREATED,
         Json(EdgeKeyCreated {
@@ -283,6 +283,7 @@ pub async fn create_edge_key(
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
         (status = 403, description = "Token lacks the admin scope", body = ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
+        (status = 503, description = "With --oidc-issuer: the identity provider cannot be reached to check a JWT; retry", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -333,6 +334,6 @@ pub async fn delete_edge_key(
     }
     state.store.delete_edge_key(edge_id.clone()).await?;
     state.edge_keys.remove(&edge_id);
-    tracing::info!(%edge_id, by = %caller.token_id(), "edge key revoked");
+    tracing::info!(%edge_id, by = %caller.id(), "edge key revoked");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -18,6 +18,7 @@ use tower::layer::util::{Identity, Stack};
 use super::JSON_BODY_BYTES_MAX;
 use crate::auth::{Caller, token_digest};
 use crate::error::ApiError;
+use crate::oidc::OidcError;
 use crate::state::SharedState;
 
 /// The body limit of the route a request was routed to, for the 413 message.
@@ -165,8 +166,8 @@ fn as_whole<T: TryFrom<u64>>(number: &serde_json::Number) -> Option<T> {
     T::try_from(whole).ok()
 }
 
-/// The bearer token of a request, authenticated against the token registry and charged to its
-/// rate limit.
+/// The bearer token of a request, authenticated against the token registry or, with
+/// `--oidc-issuer`, as the identity provider's JWT, and charged to its rate limit.
 impl FromRequestParts<SharedState> for Caller {
     type Rejection = ApiError;
 
@@ -187,12 +188,42 @@ impl FromRequestParts<SharedState> for Caller {
                 ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
             })?;
         let digest = token_digest(token);
-        let record = state
-            .tokens
-            .find(&digest)
-            .ok_or_else(|| ApiError::unauthorized("unknown or revoked token"))?;
-        state.limits.check_token(digest)?;
-        Ok(Caller::new(record))
+        if let Some(record) = state.tokens.find(&digest) {
+            state.limits.check_token(digest)?;
+            return Ok(Caller::new(record));
+        }
+        // Not an API token: with an identity provider configured, a JWT (three dot-separated
+        // parts) may be one of its tokens.
+        let Some(oidc) = state
+            .oidc
+            .as_ref()
+            .filter(|_| token.split('.').count() == 3)
+        else {
+            return Err(ApiError::unauthorized("unknown or revoked token"));
+        };
+        let identity = oidc
+            .verify(token, crate::now_ms())
+            .await
+            .map_err(oidc_refusal)?;
+        state.limits.check_token(token_digest(&identity.id))?;
+        Ok(Caller::Identity(std::sync::Arc::new(identity)))
+    }
+}
+
+/// 401 saying why the identity provider's token was refused, or 503 when the provider's keys
+/// cannot be fetched (the token may be good).
+fn oidc_refusal(error: OidcError) -> ApiError {
+    match error {
+        OidcError::ProviderUnavailable(reason) => {
+            tracing::warn!(%reason, "the identity provider is unavailable");
+            ApiError::Unavailable {
+                message:
+                    "the identity provider cannot be reached to check this token; retry shortly"
+                        .to_owned(),
+                retry_after_s: crate::error::RETRY_AFTER_S,
+            }
+        }
+        refused => ApiError::unauthorized(refused.to_string()),
     }
 }
 

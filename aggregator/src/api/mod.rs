@@ -26,7 +26,7 @@ use axum::{Json, Router};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 pub use self::extract::{ApiJson, ApiPath, ApiQuery};
 pub use crate::direct::HITS_PER_REQUEST_MAX;
@@ -177,7 +177,16 @@ impl utoipa::Modify for BearerAuth {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
-            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An API token (`POST /tokens`), or with --oidc-issuer a JWT of that issuer \
+                         (RS256 or ES256) whose roles claim holds hitcount.read, hitcount.ingest \
+                         or hitcount.admin",
+                    ))
+                    .build(),
+            ),
         );
         components.add_security_scheme(
             "edge_signature",

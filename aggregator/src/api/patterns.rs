@@ -195,6 +195,7 @@ pub async fn create(
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
         (status = 403, description = "Token lacks the admin scope", body = ErrorBody),
         (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 503, description = "With --oidc-issuer: the identity provider cannot be reached to check a JWT; retry", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -226,6 +227,7 @@ pub async fn list(
         (status = 400, description = "The path segment is not UTF-8", body = ErrorBody),
         (status = 404, description = "No such pattern", body = ErrorBody),
         (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 503, description = "With --oidc-issuer: the identity provider cannot be reached to check a JWT; retry", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -280,6 +282,7 @@ pub async fn delete_one(
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
         (status = 403, description = "Token lacks the read scope", body = ErrorBody),
         (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 503, description = "With --oidc-issuer: the identity provider cannot be reached to check a JWT; retry", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]

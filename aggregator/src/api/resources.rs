@@ -147,6 +147,7 @@ pub async fn create(
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
         (status = 403, description = "Token lacks the read scope", body = ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
+        (status = 503, description = "With --oidc-issuer: the identity provider cannot be reached to check a JWT; retry", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -197,6 +198,7 @@ pub async fn list(
         (status = 403, description = "Token lacks the read scope", body = ErrorBody),
         (status = 404, description = "No such resource", body = ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
+        (status = 503, description = "With --oidc-issuer: the identity provider cannot be reached to check a JWT; retry", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]

@@ -14,6 +14,7 @@ use serde_json::Value;
 pub mod api;
 pub mod cosmos;
 pub mod deltas;
+pub mod oidc;
 pub mod postgres;
 pub mod server;
 

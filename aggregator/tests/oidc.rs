@@ -1,0 +1,262 @@
+//! Bearer JWTs of an OpenID Connect issuer (`--oidc-issuer`): the tests' own issuer serves
+//! discovery and its keys over real HTTP, signs tokens, rotates its key mid-test and stops; every
+//! refusal is a 401 saying why, an unreachable issuer a 503, and API tokens keep working.
+
+use std::time::Duration;
+
+use hitcount_aggregator::oidc::OidcSettings;
+use hitcount_test_support::oidc::{Issuer, OIDC_AUDIENCE, SigningKey, hand_made_jwt};
+use hitcount_test_support::{ADMIN_TOKEN, Server, body, error_code, test_config};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+/// The tests' refetch interval: short, so a rotation is seen within the test.
+const REFETCH_INTERVAL_MS: u64 = 1_000;
+
+async fn aggregator_trusting(issuer: &Issuer, roles_claim: &str) -> (Server, TempDir) {
+    let directory = TempDir::new().unwrap();
+    let mut config = test_config(directory.path());
+    config.oidc = Some(OidcSettings {
+        issuer: issuer.url(),
+        audience: OIDC_AUDIENCE.to_owned(),
+        roles_claim: roles_claim.to_owned(),
+        refetch_interval_ms: REFETCH_INTERVAL_MS,
+    });
+    (Server::start_with(config).await, directory)
+}
+
+fn now_s() -> u64 {
+    hitcount_aggregator::now_ms() / 1_000
+}
+
+/// The status and body of `GET path` with `token`.
+async fn get(server: &Server, path: &str, token: &str) -> (StatusCode, Value) {
+    body(
+        server
+            .client
+            .get(server.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+/// The status of creating the resource `home` with `token`.
+async fn create_home(server: &Server, token: &str) -> StatusCode {
+    let (status, value) = body(
+        server
+            .client
+            .post(server.url("/resources"))
+            .bearer_auth(token)
+            .json(&json!({"name": "Home", "resource_id": "home"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    if status == StatusCode::FORBIDDEN {
+        assert_eq!(error_code(&value), "forbidden");
+    }
+    status
+}
+
+/// Asserts `token` is refused with 401 and a message containing `why`.
+async fn assert_refused(server: &Server, token: &str, why: &str) {
+    let (status, value) = get(server, "/stats/top", token).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{why}: {value}");
+    assert_eq!(error_code(&value), "unauthorized");
+    let message = value["error"]["message"].as_str().unwrap();
+    assert!(message.contains(why), "{message:?} should say {why:?}");
+}
+
+#[tokio::test]
+async fn the_issuers_tokens_are_callers_with_the_scopes_their_roles_grant() {
+    let rsa = SigningKey::rsa("rsa-1");
+    let ec = SigningKey::ec("ec-1");
+    let issuer = Issuer::start(&[&rsa, &ec]).await;
+    let (server, _directory) = aggregator_trusting(&issuer, "roles").await;
+    let now = now_s();
+
+    let reader = rsa.sign(&issuer.claims("ada", &["hitcount.read"], now));
+    assert_eq!(get(&server, "/stats/top", &reader).await.0, StatusCode::OK);
+    assert_eq!(create_home(&server, &reader).await, StatusCode::FORBIDDEN);
+
+    let admin = ec.sign(&issuer.claims("grace", &["hitcount.admin", "other.role"], now));
+    assert_eq!(create_home(&server, &admin).await, StatusCode::CREATED);
+    assert_eq!(get(&server, "/tokens", &admin).await.0, StatusCode::OK);
+
+    let ingest_only = rsa.sign(&issuer.claims("beacon", &["hitcount.ingest"], now));
+    assert_eq!(
+        get(&server, "/stats/top", &ingest_only).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let no_role = rsa.sign(&issuer.claims("eve", &["hitcount.reader", "admin"], now));
+    assert_eq!(
+        get(&server, "/stats/top", &no_role).await.0,
+        StatusCode::FORBIDDEN
+    );
+
+    // API tokens work beside the issuer's tokens.
+    assert_eq!(
+        get(&server, "/stats/top", ADMIN_TOKEN).await.0,
+        StatusCode::OK
+    );
+    assert_refused(
+        &server,
+        "hct_not-a-token-at-all",
+        "unknown or revoked token",
+    )
+    .await;
+    // The key set was fetched once for all of it.
+    assert_eq!(issuer.jwks_fetches(), 1);
+}
+
+#[tokio::test]
+async fn roles_are_read_from_the_claim_the_flag_names_keycloak_style() {
+    let rsa = SigningKey::rsa("rsa-1");
+    let issuer = Issuer::start(&[&rsa]).await;
+    let (server, _directory) = aggregator_trusting(&issuer, "realm_access.roles").await;
+    let mut claims = issuer.claims("ada", &["hitcount.admin"], now_s());
+    // Keycloak puts realm roles under realm_access; a top-level `roles` is not read.
+    claims["realm_access"] = json!({"roles": ["hitcount.read"]});
+    let token = rsa.sign(&claims);
+    assert_eq!(get(&server, "/stats/top", &token).await.0, StatusCode::OK);
+    assert_eq!(
+        get(&server, "/tokens", &token).await.0,
+        StatusCode::FORBIDDEN
+    );
+}
+
+#[tokio::test]
+async fn every_bad_token_is_refused_with_401_saying_why() {
+    let rsa = SigningKey::rsa("rsa-1");
+    let issuer = Issuer::start(&[&rsa]).await;
+    let (server, _directory) = aggregator_trusting(&issuer, "roles").await;
+    let now = now_s();
+    let good = issuer.claims("ada", &["hitcount.read"], now);
+    assert_eq!(
+        get(&server, "/stats/top", &rsa.sign(&good)).await.0,
+        StatusCode::OK
+    );
+
+    let none = hand_made_jwt(&json!({"alg": "none", "kid": "rsa-1"}), &good, b"");
+    assert_refused(&server, &none, "tokens signed with none are not accepted").await;
+
+    // HS256 keyed with the issuer's public key, which anyone can read from its key set.
+    let public = serde_json::to_vec(&rsa.jwk).unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some("rsa-1".to_owned());
+    let hs256 = jsonwebtoken::encode(
+        &header,
+        &good,
+        &jsonwebtoken::EncodingKey::from_secret(&public).unwrap(),
+    )
+    .unwrap();
+    assert_refused(&server, &hs256, "tokens signed with HS256 are not accepted").await;
+
+    let stranger = SigningKey::rsa("rsa-unknown");
+    assert_refused(
+        &server,
+        &stranger.sign(&good),
+        "no signing key \"rsa-unknown\"",
+    )
+    .await;
+    // Same kid, another key: the signature does not verify.
+    let impostor = SigningKey::rsa("rsa-1");
+    assert_refused(&server, &impostor.sign(&good), "signature is invalid").await;
+
+    let mut claims = good.clone();
+    claims["iss"] = json!("https://login.example.com/other-tenant");
+    assert_refused(&server, &rsa.sign(&claims), "issuer is not").await;
+    let mut claims = good.clone();
+    claims["aud"] = json!("api://another-app");
+    assert_refused(&server, &rsa.sign(&claims), "audience does not include").await;
+    // Past the clock skew either way.
+    let mut claims = good.clone();
+    claims["exp"] = json!(now - 120);
+    assert_refused(&server, &rsa.sign(&claims), "has expired").await;
+    let mut claims = good.clone();
+    claims["nbf"] = json!(now + 120);
+    assert_refused(&server, &rsa.sign(&claims), "not valid yet").await;
+    let mut claims = good.clone();
+    claims.as_object_mut().unwrap().remove("sub");
+    assert_refused(&server, &rsa.sign(&claims), "lacks the sub claim").await;
+    let unnamed = hand_made_jwt(&json!({"alg": "RS256"}), &good, b"x");
+    assert_refused(&server, &unnamed, "names no signing key").await;
+    assert_refused(&server, "a.b.c", "not a well-formed JWT").await;
+}
+
+#[tokio::test]
+async fn a_rotated_key_is_fetched_once_and_the_retired_one_is_refused() {
+    let old = SigningKey::rsa("2026-11");
+    let new = SigningKey::ec("2026-12");
+    let issuer = Issuer::start(&[&old]).await;
+    let (server, _directory) = aggregator_trusting(&issuer, "roles").await;
+    let claims = issuer.claims("ada", &["hitcount.read"], now_s());
+    assert_eq!(
+        get(&server, "/stats/top", &old.sign(&claims)).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(issuer.jwks_fetches(), 1);
+
+    issuer.publish(&[&new]);
+    tokio::time::sleep(Duration::from_millis(REFETCH_INTERVAL_MS + 100)).await;
+    // Tokens naming keys nobody has, many at once: one fetch between them, not one each.
+    let mut made_up = Vec::new();
+    for index in 0..20 {
+        made_up.push(SigningKey::ec(&format!("made-up-{index}")).sign(&claims));
+    }
+    let refusals = made_up
+        .iter()
+        .map(|token| get(&server, "/stats/top", token));
+    for (status, _) in futures::future::join_all(refusals).await {
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(
+        issuer.jwks_fetches(),
+        2,
+        "one fetch for twenty unknown keys"
+    );
+    // That fetch brought the new key; the retired one is gone from the cache with it.
+    assert_eq!(
+        get(&server, "/stats/top", &new.sign(&claims)).await.0,
+        StatusCode::OK
+    );
+    assert_refused(&server, &old.sign(&claims), "no signing key \"2026-11\"").await;
+    assert_eq!(issuer.jwks_fetches(), 2);
+}
+
+#[tokio::test]
+async fn an_issuer_that_cannot_be_reached_is_503_and_its_keys_are_kept_once_fetched() {
+    let rsa = SigningKey::rsa("rsa-1");
+    let issuer = Issuer::start(&[&rsa]).await;
+    let (server, _directory) = aggregator_trusting(&issuer, "roles").await;
+    let claims = issuer.claims("ada", &["hitcount.read"], now_s());
+    let token = rsa.sign(&claims);
+
+    let unreached = Issuer::start(&[&rsa]).await;
+    let unreached_url = unreached.url();
+    let (other, _other_directory) = aggregator_trusting(&unreached, "roles").await;
+    unreached.server.stop().await;
+    let mut claims_for_unreached = claims.clone();
+    claims_for_unreached["iss"] = json!(unreached_url);
+    let response = other
+        .client
+        .get(other.url("/stats/top"))
+        .bearer_auth(rsa.sign(&claims_for_unreached))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key("retry-after"));
+    let (_, value) = body(response).await;
+    assert_eq!(error_code(&value), "unavailable");
+
+    // Fetched once, the keys outlive the issuer's outage.
+    assert_eq!(get(&server, "/stats/top", &token).await.0, StatusCode::OK);
+    issuer.server.stop().await;
+    assert_eq!(get(&server, "/stats/top", &token).await.0, StatusCode::OK);
+}
