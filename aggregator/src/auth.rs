@@ -155,12 +155,53 @@ impl TokenRegistry {
     }
 }
 
+/// One scope, for every resource or for those one pattern matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub scope: Scope,
+    /// `None`: every resource; else a pattern ([`ResourceGrant`]).
+    pub resources: Option<String>,
+}
+
+/// The resources a caller may use with one scope: every one, or those its patterns match
+/// (`blog.*`: ids starting with `blog.`; `home`: that id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResourceGrant {
+    All,
+    Matching(Vec<String>),
+}
+
+impl ResourceGrant {
+    pub fn allows(&self, resource_id: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Matching(patterns) => {
+                patterns
+                    .iter()
+                    .any(|pattern| match pattern.strip_suffix('*') {
+                        Some(prefix) => resource_id.starts_with(prefix),
+                        None => resource_id == pattern,
+                    })
+            }
+        }
+    }
+}
+
+/// Whether `pattern` can limit a grant: a resource id, or a prefix of one and `*`.
+pub fn is_resource_pattern(pattern: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some("") => false,
+        Some(prefix) => hitcount_wire::validate_resource_id(prefix).is_ok(),
+        None => hitcount_wire::validate_resource_id(pattern).is_ok(),
+    }
+}
+
 /// Who a verified identity provider's token speaks for (`oidc.rs`), and what it may do.
 #[derive(Debug, Clone)]
 pub struct Identity {
     /// `oidc:` and the token's `sub`, for logs and rate limits.
     pub id: String,
-    pub scopes: Vec<Scope>,
+    pub grants: Vec<Grant>,
 }
 
 /// The authenticated caller of a request: an API token (shared with the registry:
@@ -185,10 +226,11 @@ impl Caller {
         }
     }
 
+    /// Whether it holds `scope` for some resource at least.
     fn holds(&self, scope: Scope) -> bool {
         match self {
             Self::Token(token) => token.scopes.iter().any(|held| held == scope.as_str()),
-            Self::Identity(identity) => identity.scopes.contains(&scope),
+            Self::Identity(identity) => identity.grants.iter().any(|grant| grant.scope == scope),
         }
     }
 
@@ -199,6 +241,40 @@ impl Caller {
         } else {
             Err(ApiError::Forbidden(format!(
                 "this token lacks the `{}` scope",
+                scope.as_str()
+            )))
+        }
+    }
+
+    /// The resources it may use with `scope` (which [`Self::require`] checked it holds).
+    pub fn resources(&self, scope: Scope) -> ResourceGrant {
+        let Self::Identity(identity) = self else {
+            return ResourceGrant::All;
+        };
+        let unlimited = identity.grants.iter().any(|grant| {
+            (grant.scope == scope || grant.scope == Scope::Admin) && grant.resources.is_none()
+        });
+        if unlimited {
+            return ResourceGrant::All;
+        }
+        ResourceGrant::Matching(
+            identity
+                .grants
+                .iter()
+                .filter(|grant| grant.scope == scope)
+                .filter_map(|grant| grant.resources.clone())
+                .collect(),
+        )
+    }
+
+    /// [`Self::require`], and that its grant of `scope` covers `resource_id`.
+    pub fn require_resource(&self, scope: Scope, resource_id: &str) -> Result<(), ApiError> {
+        self.require(scope)?;
+        if self.resources(scope).allows(resource_id) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "this token's `{}` scope does not cover the resource {resource_id:?}",
                 scope.as_str()
             )))
         }
@@ -319,5 +395,51 @@ impl EdgeKeyRegistry {
             .collect();
         list.sort_by(|a, b| a.0.cmp(&b.0));
         list
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(grants: &[(Scope, Option<&str>)]) -> Caller {
+        Caller::Identity(Arc::new(Identity {
+            id: "oidc:test".to_owned(),
+            grants: grants
+                .iter()
+                .map(|(scope, resources)| Grant {
+                    scope: *scope,
+                    resources: resources.map(str::to_owned),
+                })
+                .collect(),
+        }))
+    }
+
+    #[test]
+    fn a_limited_grant_covers_its_patterns_and_an_unlimited_one_everything() {
+        let blog_reader = identity(&[(Scope::Read, Some("blog.*")), (Scope::Read, Some("home"))]);
+        let readable = blog_reader.resources(Scope::Read);
+        assert!(readable.allows("blog.one") && readable.allows("blog.") && readable.allows("home"));
+        assert!(
+            !readable.allows("blog") && !readable.allows("homepage") && !readable.allows("shop")
+        );
+        assert!(blog_reader.require_resource(Scope::Read, "shop").is_err());
+        assert!(blog_reader.require(Scope::Ingest).is_err());
+        // An unlimited grant of the scope, or admin, covers every resource.
+        let both = identity(&[(Scope::Read, Some("blog.*")), (Scope::Read, None)]);
+        assert_eq!(both.resources(Scope::Read), ResourceGrant::All);
+        let admin = identity(&[(Scope::Admin, None)]);
+        assert!(admin.require_resource(Scope::Ingest, "anything").is_ok());
+    }
+
+    #[test]
+    fn a_pattern_is_an_id_or_a_prefix_and_a_star() {
+        for good in ["home", "blog.*", "a*", "x-1_2.y"] {
+            assert!(is_resource_pattern(good), "{good}");
+        }
+        let too_long = "x".repeat(65);
+        for bad in ["*", "", "a*b", "bad id", "**", too_long.as_str()] {
+            assert!(!is_resource_pattern(bad), "{bad}");
+        }
     }
 }

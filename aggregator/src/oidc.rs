@@ -3,7 +3,7 @@
 //! fetched again when a token names a key the cache lacks (at most once per
 //! `refetch_interval_ms`) or when the cache is [`JWKS_CACHE_MS_MAX`] old; then a token's
 //! signature (RS256 or ES256 only), `exp`/`nbf` (with [`CLOCK_SKEW_S`]), `iss` and `aud` are
-//! checked, and its roles claim gives its scopes.
+//! checked, and its roles claim gives its grants.
 //!
 //! jsonwebtoken checks signatures and claims; discovery and the key cache are written here, as
 //! no maintained crate for axum 0.8 and reqwest 0.13 does discovery, refetches on an unknown
@@ -19,7 +19,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use crate::auth::{Identity, Scope};
+use crate::auth::{Grant, Identity, Scope, is_resource_pattern};
 
 /// Accepted difference between our clock and the issuer's for `exp` and `nbf`, in seconds.
 pub const CLOCK_SKEW_S: u64 = 30;
@@ -157,7 +157,7 @@ impl OidcVerifier {
             .ok_or_else(|| OidcError::MissingClaim("sub".to_owned()))?;
         Ok(Identity {
             id: format!("oidc:{subject}"),
-            scopes: scopes_from_roles(claim_at(&claims, &self.settings.roles_claim)),
+            grants: grants_from_roles(claim_at(&claims, &self.settings.roles_claim)),
         })
     }
 
@@ -352,9 +352,11 @@ fn claim_at<'a>(
     Some(value)
 }
 
-/// Scopes from the roles claim (an array of strings, or one string): `hitcount.admin`,
-/// `hitcount.read`, `hitcount.ingest`. Other roles grant nothing.
-fn scopes_from_roles(roles: Option<&serde_json::Value>) -> Vec<Scope> {
+/// Grants from the roles claim (an array of strings, or one string): `hitcount.admin`,
+/// `hitcount.read`, `hitcount.ingest`, and the last two limited to resources by a pattern after a
+/// colon (`hitcount.read:blog.*`). Other roles, and admin limited to resources (admin manages
+/// tokens and keys, which belong to no resource), grant nothing.
+fn grants_from_roles(roles: Option<&serde_json::Value>) -> Vec<Grant> {
     let names: Vec<&str> = match roles {
         Some(serde_json::Value::Array(items)) => {
             items.iter().filter_map(serde_json::Value::as_str).collect()
@@ -362,23 +364,41 @@ fn scopes_from_roles(roles: Option<&serde_json::Value>) -> Vec<Scope> {
         Some(serde_json::Value::String(one)) => vec![one.as_str()],
         _ => Vec::new(),
     };
-    let mut scopes: Vec<Scope> = names
+    let mut grants: Vec<Grant> = names
         .into_iter()
-        .filter_map(|name| match name.strip_prefix(ROLE_PREFIX)? {
-            "admin" => Some(Scope::Admin),
-            "read" => Some(Scope::Read),
-            "ingest" => Some(Scope::Ingest),
-            _ => None,
+        .filter_map(|name| {
+            let role = name.strip_prefix(ROLE_PREFIX)?;
+            let (scope, resources) = match role.split_once(':') {
+                Some((scope, pattern)) if is_resource_pattern(pattern) => {
+                    (scope, Some(pattern.to_owned()))
+                }
+                Some(_) => return None,
+                None => (role, None),
+            };
+            let scope = match (scope, &resources) {
+                ("admin", None) => Scope::Admin,
+                ("read", _) => Scope::Read,
+                ("ingest", _) => Scope::Ingest,
+                _ => return None,
+            };
+            Some(Grant { scope, resources })
         })
         .collect();
-    scopes.sort_by_key(|scope| scope.as_str());
-    scopes.dedup();
-    scopes
+    grants.sort_by(|a, b| (a.scope.as_str(), &a.resources).cmp(&(b.scope.as_str(), &b.resources)));
+    grants.dedup();
+    grants
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn grant(scope: Scope, resources: Option<&str>) -> Grant {
+        Grant {
+            scope,
+            resources: resources.map(str::to_owned),
+        }
+    }
 
     #[test]
     fn roles_grant_scopes_and_nothing_else_does() {
@@ -387,18 +407,29 @@ mod tests {
             "hitcount.ingest",
             "other",
             "hitcount.read",
-            "hitcount.owner"
+            "hitcount.owner",
+            "hitcount.read:blog.*",
+            "hitcount.ingest:home",
+            "hitcount.admin:blog.*",
+            "hitcount.read:*",
+            "hitcount.read:bad id*",
+            "hitcount.read:a*b"
         ]);
         assert_eq!(
-            scopes_from_roles(Some(&roles)),
-            [Scope::Ingest, Scope::Read]
+            grants_from_roles(Some(&roles)),
+            [
+                grant(Scope::Ingest, None),
+                grant(Scope::Ingest, Some("home")),
+                grant(Scope::Read, None),
+                grant(Scope::Read, Some("blog.*")),
+            ]
         );
         assert_eq!(
-            scopes_from_roles(Some(&serde_json::json!("hitcount.admin"))),
-            [Scope::Admin]
+            grants_from_roles(Some(&serde_json::json!("hitcount.admin"))),
+            [grant(Scope::Admin, None)]
         );
-        assert!(scopes_from_roles(Some(&serde_json::json!(42))).is_empty());
-        assert!(scopes_from_roles(None).is_empty());
+        assert!(grants_from_roles(Some(&serde_json::json!(42))).is_empty());
+        assert!(grants_from_roles(None).is_empty());
     }
 
     #[test]

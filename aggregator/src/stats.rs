@@ -6,6 +6,7 @@ use hitcount_wire::Sketch;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::auth::ResourceGrant;
 use crate::catalog::Catalog;
 use crate::error::ApiError;
 use crate::query::{Period, Plan, SeriesFold, SeriesPoint, TimeRange};
@@ -178,11 +179,22 @@ pub struct Selection<'a> {
 }
 
 impl Selection<'_> {
-    /// The selected ids, distinct and sorted; a listed id that does not exist is an error.
-    fn resource_ids(&self, catalog: &Catalog) -> Result<Vec<String>, SeriesError> {
+    /// The selected ids the caller may read, distinct and sorted; a listed id that does not
+    /// exist, or that the caller may not read, is an error.
+    fn resource_ids(
+        &self,
+        catalog: &Catalog,
+        readable: &ResourceGrant,
+    ) -> Result<Vec<String>, SeriesError> {
         let Some(listed) = &self.resource_ids else {
-            return Ok(catalog.resource_ids_under(self.prefix));
+            let mut ids = catalog.resource_ids_under(self.prefix);
+            ids.retain(|resource_id| readable.allows(resource_id));
+            return Ok(ids);
         };
+        // Refused before unknown: a caller learns nothing of resources it may not read.
+        if let Some(refused) = listed.iter().find(|id| !readable.allows(id)) {
+            return Err(SeriesError::NotGranted((*refused).to_owned()));
+        }
         if let Some(unknown) = listed.iter().find(|id| !catalog.resource_exists(id)) {
             return Err(SeriesError::UnknownResource((*unknown).to_owned()));
         }
@@ -201,6 +213,8 @@ impl Selection<'_> {
 pub enum SeriesError {
     #[error("no resource with id {0:?}")]
     UnknownResource(String),
+    #[error("the caller may not read the resource {0:?}")]
+    NotGranted(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -236,6 +250,7 @@ pub async fn top(
     catalog: &Catalog,
     store: &Store,
     request: TopRequest<'_>,
+    readable: &ResourceGrant,
     plan: &Plan,
     now_ms: u64,
 ) -> Result<TopResponse, StoreError> {
@@ -243,7 +258,8 @@ pub async fn top(
         (1..=TOP_LIMIT_MAX).contains(&request.limit),
         "the API layer bounds limit to 1..=TOP_LIMIT_MAX"
     );
-    let resource_ids = catalog.resource_ids_under(request.prefix);
+    let mut resource_ids = catalog.resource_ids_under(request.prefix);
+    resource_ids.retain(|resource_id| readable.allows(resource_id));
     let mut ranked = Vec::new();
     let mut total_count = 0u64;
     let mut total_visitors = Sketch::new();
@@ -314,10 +330,11 @@ pub async fn series(
     catalog: &Catalog,
     store: &Store,
     selection: Selection<'_>,
+    readable: &ResourceGrant,
     plan: &Plan,
     now_ms: u64,
 ) -> Result<SeriesResponse, SeriesError> {
-    let resource_ids = selection.resource_ids(catalog)?;
+    let resource_ids = selection.resource_ids(catalog, readable)?;
     let mut fold = SeriesFold::new(plan);
     for chunk in resource_ids.chunks(CELLS_READ_RESOURCES_MAX) {
         let cells = store

@@ -260,3 +260,120 @@ async fn an_issuer_that_cannot_be_reached_is_503_and_its_keys_are_kept_once_fetc
     issuer.server.stop().await;
     assert_eq!(get(&server, "/stats/top", &token).await.0, StatusCode::OK);
 }
+
+/// `POST /hits` of `resource_ids` with `token`: its status.
+async fn send_hits(server: &Server, token: &str, resource_ids: &[&str]) -> StatusCode {
+    let hits: Vec<Value> = resource_ids
+        .iter()
+        .map(|resource_id| json!({"resource_id": resource_id}))
+        .collect();
+    server
+        .client
+        .post(server.url("/hits"))
+        .bearer_auth(token)
+        .json(&json!({"hits": hits}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test]
+async fn a_grant_limited_to_a_prefix_reads_and_counts_only_those_resources() {
+    let rsa = SigningKey::rsa("rsa-1");
+    let issuer = Issuer::start(&[&rsa]).await;
+    let (server, _directory) = aggregator_trusting(&issuer, "roles").await;
+    let now = now_s();
+    let admin = rsa.sign(&issuer.claims("grace", &["hitcount.admin"], now));
+    for resource_id in ["blog.one", "blog.two", "home"] {
+        let response = server
+            .client
+            .post(server.url("/resources"))
+            .bearer_auth(&admin)
+            .json(&json!({"name": resource_id, "resource_id": resource_id}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+    let sent = ["blog.one", "blog.one", "blog.two", "home", "home", "home"];
+    assert_eq!(
+        send_hits(&server, &admin, &sent).await,
+        StatusCode::ACCEPTED
+    );
+
+    let blog = rsa.sign(&issuer.claims("ada", &["hitcount.read:blog.*"], now));
+    let (status, value) = get(&server, "/hits/blog.one?window=1h", &blog).await;
+    assert_eq!((status, value["count"].as_u64()), (StatusCode::OK, Some(2)));
+    for refused in [
+        "/hits/home?window=1h",
+        "/resources/home",
+        "/stats/series?window=1h&resource_ids=blog.one,home",
+    ] {
+        let (status, value) = get(&server, refused, &blog).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{refused}: {value}");
+        assert!(
+            value["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("\"home\"")
+        );
+    }
+    // A resource that does not exist is refused alike: nothing is learnt of it.
+    assert_eq!(
+        get(&server, "/hits/nothing?window=1h", &blog).await.0,
+        StatusCode::FORBIDDEN
+    );
+
+    let (_, listed) = get(&server, "/resources", &blog).await;
+    let ids: Vec<&str> = listed["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|resource| resource["resource_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["blog.one", "blog.two"]);
+    let (_, top) = get(&server, "/stats/top?window=1h", &blog).await;
+    assert_eq!(top["total"]["count"], 3, "{top}");
+    assert_eq!(top["resources"].as_array().unwrap().len(), 2);
+    let (_, series) = get(&server, "/stats/series?window=1h", &blog).await;
+    assert_eq!(
+        (series["resources"].as_u64(), series["count"].as_u64()),
+        (Some(2), Some(3))
+    );
+    let export = server
+        .client
+        .get(server.url("/export?window=1h&format=csv"))
+        .bearer_auth(&blog)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        export.contains("blog.one") && export.contains("blog.two"),
+        "{export}"
+    );
+    assert!(!export.contains("home"), "{export}");
+    // An admin still sees everything.
+    let (_, top) = get(&server, "/stats/top?window=1h", &admin).await;
+    assert_eq!(top["total"]["count"], 6);
+
+    // Ingest limited to blog.*: a request with one hit elsewhere counts nothing.
+    let beacon = rsa.sign(&issuer.claims("beacon", &["hitcount.ingest:blog.*"], now));
+    assert_eq!(
+        send_hits(&server, &beacon, &["blog.two"]).await,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        send_hits(&server, &beacon, &["blog.two", "home"]).await,
+        StatusCode::FORBIDDEN
+    );
+    let (_, top) = get(&server, "/stats/top?window=1h", &admin).await;
+    assert_eq!(top["total"]["count"], 7);
+    assert_eq!(
+        get(&server, "/stats/top?window=1h", &beacon).await.0,
+        StatusCode::FORBIDDEN
+    );
+}

@@ -26,7 +26,7 @@ use crate::stats::checked_prefix;
         )),
         (status = 400, description = "A query outside its schema: window together with start_time or end_time, only one of those, an unknown parameter, an unparseable time, a prefix with characters no resource id has", body = ErrorBody),
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
-        (status = 403, description = "Token lacks the read scope", body = ErrorBody),
+        (status = 403, description = "Token lacks the read scope (a grant limited to some resources exports only those)", body = ErrorBody),
         (status = 422, description = format!("start_time not before end_time, a granularity no longer kept for this window, or more than {SERIES_POINTS_MAX} buckets of one granularity"), body = ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
         (status = 503, description = "The store is unavailable; retry", body = ErrorBody),
@@ -41,9 +41,11 @@ pub async fn export(
     caller.require(Scope::Read)?;
     let now_ms = now_ms();
     let export = query.export(now_ms)?;
-    let resource_ids = state
+    let readable = caller.resources(Scope::Read);
+    let mut resource_ids = state
         .catalog
         .resource_ids_under(checked_prefix(query.prefix.as_deref())?);
+    resource_ids.retain(|resource_id| readable.allows(resource_id));
     let format = export.format;
     let chunks = export::start(
         &state.catalog,

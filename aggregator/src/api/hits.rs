@@ -188,7 +188,7 @@ fn refusal_error(refusal: &Refusal) -> ApiError {
         (status = 202, description = "Accepted: committed (durable mode) and visible to queries within 1 s", body = Accepted),
         (status = 400, description = "Malformed JSON, a body of neither shape, or a field outside its schema", body = ErrorBody),
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
-        (status = 403, description = "Token lacks the ingest scope", body = ErrorBody),
+        (status = 403, description = "Token lacks the ingest scope, or its grant does not cover a hit's resource (nothing was counted)", body = ErrorBody),
         (status = 404, description = "Unknown resource and no pattern matches it; nothing in the request was counted", body = ErrorBody),
         (status = 409, description = "`pattern_full`: an unknown resource's pattern has reached its resources_max; nothing in the request was counted", body = ErrorBody),
         (status = 413, description = schemas::body_over(HITS_BODY_BYTES_MAX), body = ErrorBody),
@@ -213,6 +213,10 @@ pub async fn record(
         .into_iter()
         .map(direct_hit)
         .collect::<Result<Vec<_>, _>>()?;
+    // A grant limited to some resources refuses the whole request, so nothing is half counted.
+    for hit in &hits {
+        caller.require_resource(Scope::Ingest, &hit.resource_id)?;
+    }
     let recorder = Recorder {
         catalog: &state.catalog,
         store: &state.store,
@@ -229,7 +233,7 @@ pub async fn record(
         (status = 200, description = "Count, uniques and a series over the period", body = HitsResponse),
         (status = 400, description = "A query outside its schema: window together with start_time or end_time, only one of those, an unknown parameter, an unparseable time; or a path segment that is not UTF-8", body = ErrorBody),
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
-        (status = 403, description = "Token lacks the read scope", body = ErrorBody),
+        (status = 403, description = "Token lacks the read scope, or its grant does not cover this resource", body = ErrorBody),
         (status = 404, description = "No such resource", body = ErrorBody),
         (status = 422, description = format!("start_time not before end_time, a granularity no longer kept for this window, or more than {SERIES_POINTS_MAX} points"), body = ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
@@ -243,7 +247,7 @@ pub async fn query(
     ApiPath(resource_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<HitsQuery>,
 ) -> Result<Json<HitsResponse>, ApiError> {
-    caller.require(Scope::Read)?;
+    caller.require_resource(Scope::Read, &resource_id)?;
     if !state.catalog.resource_exists(&resource_id) {
         return Err(unknown_resource(&resource_id));
     }

@@ -145,7 +145,7 @@ pub async fn create(
         (status = 200, description = "A page of resources, by id", body = ResourceList),
         (status = 400, description = format!("Query outside its schema, e.g. limit not 1 to {LIST_PAGE_MAX}"), body = ErrorBody),
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
-        (status = 403, description = "Token lacks the read scope", body = ErrorBody),
+        (status = 403, description = "Token lacks the read scope (a grant limited to some resources lists only those)", body = ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
         (status = 503, description = "With --oidc-issuer: the identity provider cannot be reached to check a JWT; retry", body = ErrorBody),
     ),
@@ -164,6 +164,7 @@ pub async fn list(
             format!("limit must be between 1 and {LIST_PAGE_MAX}"),
         ));
     }
+    let readable = caller.resources(Scope::Read);
     let resources = state.catalog.read();
     let range = match &query.after {
         Some(after) => resources.range::<String, _>((
@@ -173,6 +174,7 @@ pub async fn list(
         None => resources.range::<String, _>(..),
     };
     let mut page: Vec<ResourceBody> = range
+        .filter(|(resource_id, _)| readable.allows(resource_id))
         .take(limit + 1)
         .map(|(_, record)| record.into())
         .collect();
@@ -195,7 +197,7 @@ pub async fn list(
         (status = 200, description = "The resource", body = ResourceBody),
         (status = 400, description = "The path segment is not UTF-8", body = ErrorBody),
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
-        (status = 403, description = "Token lacks the read scope", body = ErrorBody),
+        (status = 403, description = "Token lacks the read scope, or its grant does not cover this resource", body = ErrorBody),
         (status = 404, description = "No such resource", body = ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
         (status = 503, description = "With --oidc-issuer: the identity provider cannot be reached to check a JWT; retry", body = ErrorBody),
@@ -207,7 +209,7 @@ pub async fn get_one(
     caller: Caller,
     ApiPath(resource_id): ApiPath<String>,
 ) -> Result<Json<ResourceBody>, ApiError> {
-    caller.require(Scope::Read)?;
+    caller.require_resource(Scope::Read, &resource_id)?;
     let record = state
         .catalog
         .resource(&resource_id)

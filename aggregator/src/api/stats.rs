@@ -19,7 +19,7 @@ use crate::stats::{self, SeriesError, SeriesQuery, SeriesResponse, TopQuery, Top
         (status = 200, description = "The resources with the most hits (or visitors) in the period, and the total of every resource under the prefix", body = TopResponse),
         (status = 400, description = "A query outside its schema: window together with start_time or end_time, only one of those, an unknown parameter, an unparseable time, limit out of range, a prefix with characters no resource id has", body = ErrorBody),
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
-        (status = 403, description = "Token lacks the read scope", body = ErrorBody),
+        (status = 403, description = "Token lacks the read scope (a grant limited to some resources ranks only those)", body = ErrorBody),
         (status = 422, description = format!("start_time not before end_time, a granularity no longer kept for this window, or a period of more than {SERIES_POINTS_MAX} buckets"), body = ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
         (status = 503, description = "The store is unavailable; retry", body = ErrorBody),
@@ -35,7 +35,16 @@ pub async fn top(
     let now_ms = now_ms();
     let plan = query::plan(query.range(), query.granularity, now_ms)?;
     let request = query.request()?;
-    let top = stats::top(&state.catalog, &state.store, request, &plan, now_ms).await?;
+    let readable = caller.resources(Scope::Read);
+    let top = stats::top(
+        &state.catalog,
+        &state.store,
+        request,
+        &readable,
+        &plan,
+        now_ms,
+    )
+    .await?;
     Ok(Json(top))
 }
 
@@ -46,7 +55,7 @@ pub async fn top(
         (status = 200, description = "One series over the selected resources: hits summed, visitors united", body = SeriesResponse),
         (status = 400, description = "A query outside its schema: window together with start_time or end_time, only one of those, an unknown parameter, an unparseable time, a prefix or resource id with characters no resource id has, too many resource ids", body = ErrorBody),
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
-        (status = 403, description = "Token lacks the read scope", body = ErrorBody),
+        (status = 403, description = "Token lacks the read scope, or its grant does not cover a listed resource", body = ErrorBody),
         (status = 404, description = "A listed resource does not exist", body = ErrorBody),
         (status = 422, description = format!("start_time not before end_time, a granularity no longer kept for this window, or more than {SERIES_POINTS_MAX} points"), body = ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
@@ -63,7 +72,16 @@ pub async fn series(
     let now_ms = now_ms();
     let plan = query::plan(query.range(), query.granularity, now_ms)?;
     let selection = query.selection()?;
-    let series = stats::series(&state.catalog, &state.store, selection, &plan, now_ms).await?;
+    let readable = caller.resources(Scope::Read);
+    let series = stats::series(
+        &state.catalog,
+        &state.store,
+        selection,
+        &readable,
+        &plan,
+        now_ms,
+    )
+    .await?;
     Ok(Json(series))
 }
 
@@ -71,6 +89,9 @@ impl From<SeriesError> for ApiError {
     fn from(error: SeriesError) -> Self {
         match error {
             SeriesError::UnknownResource(resource_id) => unknown_resource(&resource_id),
+            SeriesError::NotGranted(resource_id) => ApiError::Forbidden(format!(
+                "this token's `read` scope does not cover the resource {resource_id:?}"
+            )),
             SeriesError::Store(error) => error.into(),
         }
     }
