@@ -196,6 +196,40 @@ pub fn is_resource_pattern(pattern: &str) -> bool {
     }
 }
 
+/// A grant as a token stores it and a role names it (after `hitcount.`): `read`, `ingest` or
+/// `admin`, or `read` and `ingest` limited to a resource pattern after a colon (`read:blog.*`).
+/// Admin limited to resources, an unknown scope or a bad pattern is no grant.
+pub fn parse_grant(text: &str) -> Option<(Scope, Option<&str>)> {
+    let (scope, pattern) = match text.split_once(':') {
+        Some((scope, pattern)) if is_resource_pattern(pattern) => (scope, Some(pattern)),
+        Some(_) => return None,
+        None => (text, None),
+    };
+    let scope = match (scope, pattern) {
+        ("admin", None) => Scope::Admin,
+        ("read", _) => Scope::Read,
+        ("ingest", _) => Scope::Ingest,
+        _ => return None,
+    };
+    Some((scope, pattern))
+}
+
+/// How a token stores `scopes` limited to `patterns` (every resource for `None`).
+pub fn stored_grants(scopes: &[Scope], patterns: Option<&[String]>) -> Vec<String> {
+    let mut stored = Vec::new();
+    for scope in scopes {
+        match patterns {
+            None => stored.push(scope.as_str().to_owned()),
+            Some(patterns) => stored.extend(
+                patterns
+                    .iter()
+                    .map(|pattern| format!("{}:{pattern}", scope.as_str())),
+            ),
+        }
+    }
+    stored
+}
+
 /// Who a verified identity provider's token speaks for (`oidc.rs`), and what it may do.
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -226,12 +260,24 @@ impl Caller {
         }
     }
 
+    /// Its grants: an identity's, or a token's as stored.
+    fn grants(&self) -> Box<dyn Iterator<Item = (Scope, Option<&str>)> + '_> {
+        match self {
+            Self::Token(token) => {
+                Box::new(token.scopes.iter().filter_map(|held| parse_grant(held)))
+            }
+            Self::Identity(identity) => Box::new(
+                identity
+                    .grants
+                    .iter()
+                    .map(|grant| (grant.scope, grant.resources.as_deref())),
+            ),
+        }
+    }
+
     /// Whether it holds `scope` for some resource at least.
     fn holds(&self, scope: Scope) -> bool {
-        match self {
-            Self::Token(token) => token.scopes.iter().any(|held| held == scope.as_str()),
-            Self::Identity(identity) => identity.grants.iter().any(|grant| grant.scope == scope),
-        }
+        self.grants().any(|(held, _)| held == scope)
     }
 
     /// Admin implies every other scope.
@@ -248,21 +294,16 @@ impl Caller {
 
     /// The resources it may use with `scope` (which [`Self::require`] checked it holds).
     pub fn resources(&self, scope: Scope) -> ResourceGrant {
-        let Self::Identity(identity) = self else {
-            return ResourceGrant::All;
-        };
-        let unlimited = identity.grants.iter().any(|grant| {
-            (grant.scope == scope || grant.scope == Scope::Admin) && grant.resources.is_none()
-        });
+        let unlimited = self
+            .grants()
+            .any(|(held, pattern)| (held == scope || held == Scope::Admin) && pattern.is_none());
         if unlimited {
             return ResourceGrant::All;
         }
         ResourceGrant::Matching(
-            identity
-                .grants
-                .iter()
-                .filter(|grant| grant.scope == scope)
-                .filter_map(|grant| grant.resources.clone())
+            self.grants()
+                .filter(|(held, _)| *held == scope)
+                .filter_map(|(_, pattern)| pattern.map(str::to_owned))
                 .collect(),
         )
     }

@@ -19,7 +19,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use crate::auth::{Grant, Identity, Scope, is_resource_pattern};
+use crate::auth::{Grant, Identity, parse_grant};
 
 /// Accepted difference between our clock and the issuer's for `exp` and `nbf`, in seconds.
 pub const CLOCK_SKEW_S: u64 = 30;
@@ -367,21 +367,11 @@ fn grants_from_roles(roles: Option<&serde_json::Value>) -> Vec<Grant> {
     let mut grants: Vec<Grant> = names
         .into_iter()
         .filter_map(|name| {
-            let role = name.strip_prefix(ROLE_PREFIX)?;
-            let (scope, resources) = match role.split_once(':') {
-                Some((scope, pattern)) if is_resource_pattern(pattern) => {
-                    (scope, Some(pattern.to_owned()))
-                }
-                Some(_) => return None,
-                None => (role, None),
-            };
-            let scope = match (scope, &resources) {
-                ("admin", None) => Scope::Admin,
-                ("read", _) => Scope::Read,
-                ("ingest", _) => Scope::Ingest,
-                _ => return None,
-            };
-            Some(Grant { scope, resources })
+            let (scope, pattern) = parse_grant(name.strip_prefix(ROLE_PREFIX)?)?;
+            Some(Grant {
+                scope,
+                resources: pattern.map(str::to_owned),
+            })
         })
         .collect();
     grants.sort_by(|a, b| (a.scope.as_str(), &a.resources).cmp(&(b.scope.as_str(), &b.resources)));
@@ -392,6 +382,7 @@ fn grants_from_roles(roles: Option<&serde_json::Value>) -> Vec<Grant> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::Scope;
 
     fn grant(scope: Scope, resources: Option<&str>) -> Grant {
         Grant {

@@ -377,3 +377,97 @@ async fn a_grant_limited_to_a_prefix_reads_and_counts_only_those_resources() {
         StatusCode::FORBIDDEN
     );
 }
+
+#[tokio::test]
+async fn api_tokens_take_the_same_grants_limited_to_resources() {
+    let directory = TempDir::new().unwrap();
+    let server = Server::start_with(test_config(directory.path())).await;
+    for resource_id in ["blog.one", "home"] {
+        assert_eq!(
+            create_home_like(&server, resource_id).await,
+            StatusCode::CREATED
+        );
+    }
+    let create = |body: Value| {
+        server
+            .client
+            .post(server.url("/tokens"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+    };
+    let (status, made) = body(
+        create(json!({"name": "blog", "scopes": ["read", "ingest"], "resources": ["blog.*"]}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    assert_eq!(made["scopes"], json!(["ingest", "read"]));
+    assert_eq!(made["resources"], json!(["blog.*"]));
+    let blog = made["token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        send_hits(&server, &blog, &["blog.one"]).await,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        send_hits(&server, &blog, &["home"]).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        get(&server, "/hits/blog.one?window=1h", &blog).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(&server, "/hits/home?window=1h", &blog).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let (_, top) = get(&server, "/stats/top?window=1h", &blog).await;
+    assert_eq!(top["resources"].as_array().unwrap().len(), 1, "{top}");
+    // The list shows the limit; a token without one shows none.
+    let (_, tokens) = get(&server, "/tokens", ADMIN_TOKEN).await;
+    let listed = tokens["tokens"].as_array().unwrap();
+    let shown = listed.iter().find(|token| token["name"] == "blog").unwrap();
+    assert_eq!(shown["resources"], json!(["blog.*"]));
+    assert!(listed.iter().any(|token| token.get("resources").is_none()));
+
+    for (refused, why) in [
+        (
+            json!({"name": "x", "scopes": ["admin"], "resources": ["blog.*"]}),
+            "never limited",
+        ),
+        (
+            json!({"name": "x", "scopes": ["read"], "resources": []}),
+            "1 to 100",
+        ),
+        (
+            json!({"name": "x", "scopes": ["read"], "resources": ["a*b"]}),
+            "neither a resource id",
+        ),
+        (
+            json!({"name": "x", "scopes": ["read"], "resources": ["*"]}),
+            "neither a resource id",
+        ),
+    ] {
+        let (status, value) = body(create(refused.clone()).await.unwrap()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}: {value}");
+        assert_eq!(error_code(&value), "invalid_resources");
+        assert!(
+            value["error"]["message"].as_str().unwrap().contains(why),
+            "{value}"
+        );
+    }
+}
+
+/// Creates the resource `resource_id` with the admin token; its status.
+async fn create_home_like(server: &Server, resource_id: &str) -> StatusCode {
+    server
+        .client
+        .post(server.url("/resources"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"name": resource_id, "resource_id": resource_id}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}

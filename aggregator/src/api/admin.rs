@@ -6,13 +6,20 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{ApiJson, ApiPath, EDGE_SECRET_BYTES_MAX, JSON_BODY_BYTES_MAX, schemas, validate_name};
-use crate::auth::{BOOTSTRAP_TOKEN_ID, Caller, Scope, TOKEN_RANDOM_BYTES, random_hex};
+use super::{
+    ApiJson, ApiPath, EDGE_SECRET_BYTES_MAX, JSON_BODY_BYTES_MAX, TOKEN_RESOURCES_MAX, schemas,
+    validate_name,
+};
+use crate::auth::{
+    BOOTSTRAP_TOKEN_ID, Caller, Scope, TOKEN_RANDOM_BYTES, is_resource_pattern, parse_grant,
+    random_hex, stored_grants,
+};
 use crate::config::SECRET_BYTES_MIN;
 use crate::error::{ApiError, ErrorBody};
 use crate::now_ms;
 use crate::query::format_time;
 use crate::state::SharedState;
+use crate::store::TokenRecord;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -23,6 +30,10 @@ pub struct CreateTokenRequest {
     /// One or more of `ingest`, `read`, `admin` (repeats count once).
     #[schema(min_items = 1)]
     pub scopes: Vec<Scope>,
+    /// Limits `read` and `ingest` to these resources: an id, or a prefix and `*` (`blog.*`).
+    /// Every resource if absent; not with `admin`, which is never limited.
+    #[schema(schema_with = schemas::token_resources)]
+    pub resources: Option<Vec<String>>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -30,7 +41,39 @@ pub struct TokenBody {
     pub id: String,
     pub name: String,
     pub scopes: Vec<String>,
+    /// The resources `read` and `ingest` are limited to; absent: every resource.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Vec<String>>,
     pub created_at: String,
+}
+
+impl From<TokenRecord> for TokenBody {
+    fn from(record: TokenRecord) -> Self {
+        let (scopes, resources) = scopes_and_resources(&record.scopes);
+        Self {
+            id: record.id,
+            name: record.name,
+            scopes,
+            resources,
+            created_at: format_time(record.created_at_ms),
+        }
+    }
+}
+
+/// A token's stored grants as the API shows them: its scopes, and the patterns they are
+/// limited to (the same for each, as `POST /tokens` makes them).
+fn scopes_and_resources(stored: &[String]) -> (Vec<String>, Option<Vec<String>>) {
+    let mut scopes = Vec::new();
+    let mut resources = Vec::new();
+    for (scope, pattern) in stored.iter().filter_map(|text| parse_grant(text)) {
+        scopes.push(scope.as_str().to_owned());
+        resources.extend(pattern.map(str::to_owned));
+    }
+    scopes.sort();
+    scopes.dedup();
+    resources.sort();
+    resources.dedup();
+    (scopes, (!resources.is_empty()).then_some(resources))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -38,6 +81,9 @@ pub struct TokenCreated {
     pub id: String,
     pub name: String,
     pub scopes: Vec<String>,
+    /// The resources `read` and `ingest` are limited to; absent: every resource.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Vec<String>>,
     pub created_at: String,
     /// The bearer token. It is shown only here; only its hash is stored.
     pub token: String,
@@ -55,7 +101,7 @@ pub struct TokenList {
         (status = 201, description = "Created; the token is in the body, once", body = TokenCreated, links(
             ("DeleteToken" = (operation_id = "delete_token", parameters(("token_id" = "$response.body#/id")))),
         )),
-        (status = 400, description = "Malformed JSON, or a name or scopes outside their schema", body = ErrorBody),
+        (status = 400, description = "Malformed JSON, or a name, scopes or resources outside their schema, or resources with the admin scope", body = ErrorBody),
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
         (status = 403, description = "Token lacks the admin scope", body = ErrorBody),
         (status = 413, description = schemas::body_over(JSON_BODY_BYTES_MAX), body = ErrorBody),
@@ -72,11 +118,8 @@ pub async fn create_token(
 ) -> Result<(StatusCode, Json<TokenCreated>), ApiError> {
     caller.require(Scope::Admin)?;
     let name = validate_name(&request.name)?;
-    let scopes: Vec<String> = request
-        .scopes
-        .iter()
-        .map(|scope| scope.as_str().to_owned())
-        .collect();
+    let resources = checked_resources(request.resources.as_deref(), &request.scopes)?;
+    let scopes = stored_grants(&request.scopes, resources);
     if scopes.is_empty() {
         return Err(ApiError::bad_request(
             "invalid_scopes",
@@ -88,16 +131,47 @@ pub async fn create_token(
         .create(&state.store, name, scopes, now_ms())
         .await?;
     tracing::info!(token_id = %record.id, by = %caller.id(), "token created");
+    let shown = TokenBody::from(record);
     Ok((
         StatusCode::CREATED,
         Json(TokenCreated {
-            id: record.id,
-            name: record.name,
-            scopes: record.scopes,
-            created_at: format_time(record.created_at_ms),
+            id: shown.id,
+            name: shown.name,
+            scopes: shown.scopes,
+            resources: shown.resources,
+            created_at: shown.created_at,
             token,
         }),
     ))
+}
+
+/// The resource patterns a new token is limited to, checked: 1 to [`TOKEN_RESOURCES_MAX`] ids or
+/// prefixes and `*`, never with `admin`.
+fn checked_resources<'a>(
+    resources: Option<&'a [String]>,
+    scopes: &[Scope],
+) -> Result<Option<&'a [String]>, ApiError> {
+    let Some(patterns) = resources else {
+        return Ok(None);
+    };
+    let refuse = |message: String| Err(ApiError::bad_request("invalid_resources", message));
+    if patterns.is_empty() || patterns.len() > TOKEN_RESOURCES_MAX {
+        return refuse(format!(
+            "resources lists 1 to {TOKEN_RESOURCES_MAX} patterns, or is left out for every resource"
+        ));
+    }
+    if let Some(bad) = patterns
+        .iter()
+        .find(|pattern| !is_resource_pattern(pattern))
+    {
+        return refuse(format!(
+            "resources: {bad:?} is neither a resource id nor a prefix of one followed by *"
+        ));
+    }
+    if scopes.contains(&Scope::Admin) {
+        return refuse("the admin scope is never limited to resources".to_owned());
+    }
+    Ok(Some(patterns))
 }
 
 #[utoipa::path(
@@ -118,15 +192,7 @@ pub async fn list_tokens(
     caller.require(Scope::Admin)?;
     let tokens = state.store.tokens().await?;
     Ok(Json(TokenList {
-        tokens: tokens
-            .into_iter()
-            .map(|record| TokenBody {
-                id: record.id,
-                name: record.name,
-                scopes: record.scopes,
-                created_at: format_time(record.created_at_ms),
-            })
-            .collect(),
+        tokens: tokens.into_iter().map(TokenBody::from).collect(),
     }))
 }
 

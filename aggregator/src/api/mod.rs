@@ -34,6 +34,8 @@ use crate::error::{ApiError, ErrorBody};
 pub use crate::ingest::VISITOR_ID_CHARS_MAX;
 use crate::state::SharedState;
 
+/// Resource patterns one token may be limited to (`POST /tokens`' `resources`).
+pub const TOKEN_RESOURCES_MAX: usize = 100;
 /// Body limit of JSON requests other than `POST /hits`.
 pub const JSON_BODY_BYTES_MAX: usize = 64 * 1024;
 /// Body limit of `POST /hits`.

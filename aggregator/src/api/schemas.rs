@@ -13,7 +13,8 @@ use utoipa::openapi::{RefOr, Required, Schema};
 use utoipa::{IntoParams, PartialSchema};
 
 use super::{
-    EDGE_SECRET_BYTES_MAX, LIST_PAGE_MAX, NAME_CHARS_MAX, RETENTION_DAYS_MAX, VISITOR_ID_CHARS_MAX,
+    EDGE_SECRET_BYTES_MAX, LIST_PAGE_MAX, NAME_CHARS_MAX, RETENTION_DAYS_MAX, TOKEN_RESOURCES_MAX,
+    VISITOR_ID_CHARS_MAX,
 };
 use crate::config::SECRET_BYTES_MIN;
 use crate::error::byte_size;
@@ -124,6 +125,27 @@ pub fn list_limit() -> Object {
         .schema_type(Type::Integer)
         .minimum(Some(1))
         .maximum(Some(LIST_PAGE_MAX))
+        .build()
+}
+
+/// A resource pattern of a token: an id, or a prefix of one and `*`.
+pub const RESOURCE_PATTERN_PATTERN: &str = r"^[A-Za-z0-9._-]+\*?$";
+
+/// `POST /tokens`' `resources`: 1 to [`TOKEN_RESOURCES_MAX`] patterns, or absent (or null).
+pub fn token_resources() -> utoipa::openapi::schema::Array {
+    let pattern = string()
+        .min_length(Some(1))
+        .max_length(Some(RESOURCE_ID_BYTES_MAX + 1))
+        .pattern(Some(RESOURCE_PATTERN_PATTERN));
+    utoipa::openapi::schema::ArrayBuilder::new()
+        .schema_type(nullable(Type::Array))
+        .items(pattern)
+        .min_items(Some(1))
+        .max_items(Some(TOKEN_RESOURCES_MAX))
+        .description(Some(
+            "Limits `read` and `ingest` to these resources: an id, or a prefix of one and `*` \
+             (`blog.*`); every resource if absent; not with `admin`",
+        ))
         .build()
 }
 
