@@ -101,11 +101,12 @@ pub struct TokenList {
         (status = 201, description = "Created; the token is in the body, once", body = TokenCreated, links(
             ("DeleteToken" = (operation_id = "delete_token", parameters(("token_id" = "$response.body#/id")))),
         )),
-        (status = 400, description = "Malformed JSON, or a name, scopes or resources outside their schema, or resources with the admin scope", body = ErrorBody),
+        (status = 400, description = "Malformed JSON, or a name, scopes or resources outside their schema", body = ErrorBody),
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
         (status = 403, description = "Token lacks the admin scope", body = ErrorBody),
         (status = 413, description = schemas::body_over(JSON_BODY_BYTES_MAX), body = ErrorBody),
         (status = 415, description = "Body is not `application/json`", body = ErrorBody),
+        (status = 422, description = "resources given with the admin scope, which is never limited", body = ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
         (status = 503, description = "The store is unavailable; nothing was created, retry", body = ErrorBody),
     ),
@@ -168,8 +169,14 @@ fn checked_resources<'a>(
             "resources: {bad:?} is neither a resource id nor a prefix of one followed by *"
         ));
     }
+    // A relation between two fields, which the schema cannot state: 422, as the API does for
+    // every such refusal.
     if scopes.contains(&Scope::Admin) {
-        return refuse("the admin scope is never limited to resources".to_owned());
+        return Err(ApiError::Unprocessable {
+            code: "admin_not_limited",
+            message: "the admin scope is never limited to resources: leave resources out"
+                .to_owned(),
+        });
     }
     Ok(Some(patterns))
 }
