@@ -469,6 +469,30 @@ mod tests {
     }
 
     #[test]
+    fn an_oidc_issuer_is_https_or_on_this_machine_and_comes_with_an_audience() {
+        let oidc = |issuer: &str| parse(&["--oidc-issuer", issuer, "--oidc-audience", "api://h"]);
+        let config = oidc("https://login.example.com/tenant/v2.0").unwrap();
+        let settings = config.oidc.unwrap();
+        assert_eq!(settings.roles_claim, "roles");
+        assert_eq!(
+            settings.refetch_interval_ms,
+            crate::oidc::JWKS_REFETCH_INTERVAL_MS_DEFAULT
+        );
+        assert!(oidc("http://127.0.0.1:8443/realms/x").is_ok());
+        assert!(oidc("http://localhost/realms/x").is_ok());
+        for refused in ["http://idp.example.com", "ftp://idp", "not a url", ""] {
+            assert!(
+                matches!(oidc(refused), Err(ConfigError::OidcIssuer(_))),
+                "{refused}"
+            );
+        }
+        // One without the other is a usage error clap reports.
+        let alone = Args::try_parse_from(["hitcount-aggregator", "--oidc-issuer", "https://x"]);
+        assert!(alone.is_err());
+        assert!(parse(&[]).unwrap().oidc.is_none());
+    }
+
+    #[test]
     fn store_urls_are_checked_and_redis_needs_a_database() {
         let config = parse(&[
             "--database-url",
