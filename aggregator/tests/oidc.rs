@@ -359,6 +359,16 @@ async fn a_grant_limited_to_a_prefix_reads_and_counts_only_those_resources() {
     // An admin still sees everything.
     let (_, top) = get(&server, "/stats/top?window=1h", &admin).await;
     assert_eq!(top["total"]["count"], 6);
+    // Ids refused as unknown are listed only where the grant covers them.
+    assert_eq!(
+        send_hits(&server, &admin, &["shop.new"]).await,
+        StatusCode::NOT_FOUND
+    );
+    let listed = |value: Value| value["unknown_resources"].to_string();
+    let (_, everything) = get(&server, "/unknown-resources", &admin).await;
+    assert!(listed(everything).contains("shop.new"));
+    let (_, limited) = get(&server, "/unknown-resources", &blog).await;
+    assert!(!listed(limited).contains("shop.new"));
 
     // Ingest limited to blog.*: a request with one hit elsewhere counts nothing.
     let beacon = rsa.sign(&issuer.claims("beacon", &["hitcount.ingest:blog.*"], now));

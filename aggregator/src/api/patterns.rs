@@ -280,7 +280,7 @@ pub async fn delete_one(
     responses(
         (status = 200, description = format!("The ids most recently refused by this aggregator (at most {UNKNOWN_RESOURCES_LISTED_MAX}), with their refused hits"), body = UnknownResourceList),
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
-        (status = 403, description = "Token lacks the read scope", body = ErrorBody),
+        (status = 403, description = "Token lacks the read scope (a grant limited to some resources lists only ids it covers)", body = ErrorBody),
         (status = 429, description = "Rate limited", body = ErrorBody),
         (status = 503, description = "With --oidc-issuer: the identity provider cannot be reached to check a JWT; retry", body = ErrorBody),
     ),
@@ -291,6 +291,7 @@ pub async fn unknown_resources(
     caller: Caller,
 ) -> Result<Json<UnknownResourceList>, ApiError> {
     caller.require(Scope::Read)?;
+    let readable = caller.resources(Scope::Read);
     Ok(Json(UnknownResourceList {
         unknown_resources: state
             .catalog
@@ -299,6 +300,7 @@ pub async fn unknown_resources(
             .list()
             .into_iter()
             .map(UnknownResourceBody::from)
+            .filter(|unknown| readable.allows(&unknown.resource_id))
             .collect(),
         listed_max: UNKNOWN_RESOURCES_LISTED_MAX,
     }))
