@@ -260,29 +260,27 @@ impl Caller {
         }
     }
 
-    /// Its grants: an identity's, or a token's as stored.
-    fn grants(&self) -> Box<dyn Iterator<Item = (Scope, Option<&str>)> + '_> {
+    /// Calls `visit` with each of its grants (an identity's, or a token's as stored). A visitor,
+    /// not a boxed iterator: authenticating every request allocates nothing.
+    fn for_each_grant<'a>(&'a self, mut visit: impl FnMut(Scope, Option<&'a str>)) {
         match self {
-            Self::Token(token) => {
-                Box::new(token.scopes.iter().filter_map(|held| parse_grant(held)))
-            }
-            Self::Identity(identity) => Box::new(
-                identity
-                    .grants
-                    .iter()
-                    .map(|grant| (grant.scope, grant.resources.as_deref())),
-            ),
+            Self::Token(token) => token
+                .scopes
+                .iter()
+                .filter_map(|held| parse_grant(held))
+                .for_each(|(scope, pattern)| visit(scope, pattern)),
+            Self::Identity(identity) => identity
+                .grants
+                .iter()
+                .for_each(|grant| visit(grant.scope, grant.resources.as_deref())),
         }
-    }
-
-    /// Whether it holds `scope` for some resource at least.
-    fn holds(&self, scope: Scope) -> bool {
-        self.grants().any(|(held, _)| held == scope)
     }
 
     /// Admin implies every other scope.
     pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
-        if self.holds(scope) || self.holds(Scope::Admin) {
+        let mut holds = false;
+        self.for_each_grant(|held, _| holds |= held == scope || held == Scope::Admin);
+        if holds {
             Ok(())
         } else {
             Err(ApiError::Forbidden(format!(
@@ -294,18 +292,18 @@ impl Caller {
 
     /// The resources it may use with `scope` (which [`Self::require`] checked it holds).
     pub fn resources(&self, scope: Scope) -> ResourceGrant {
-        let unlimited = self
-            .grants()
-            .any(|(held, pattern)| (held == scope || held == Scope::Admin) && pattern.is_none());
+        let mut unlimited = false;
+        let mut patterns = Vec::new();
+        self.for_each_grant(|held, pattern| match pattern {
+            None if held == scope || held == Scope::Admin => unlimited = true,
+            Some(pattern) if held == scope => patterns.push(pattern.to_owned()),
+            _ => {}
+        });
         if unlimited {
-            return ResourceGrant::All;
+            ResourceGrant::All
+        } else {
+            ResourceGrant::Matching(patterns)
         }
-        ResourceGrant::Matching(
-            self.grants()
-                .filter(|(held, _)| *held == scope)
-                .filter_map(|(_, pattern)| pattern.map(str::to_owned))
-                .collect(),
-        )
     }
 
     /// [`Self::require`], and that its grant of `scope` covers `resource_id`.
