@@ -5,8 +5,9 @@
 //! Issue 14's target: the top 10 over 24 hours and over 30 days across 10,000 resources, p99
 //! under 50 ms. The history is written straight into the store's tables (a year of it through
 //! the merge would take most of an hour); the rows are what merges leave: 1,000 hot resources hit
-//! every hour and 9,000 once a day, day cells for a year, hour cells for the hour tier's 90 days,
-//! minute cells for the minute tier's 48 hours.
+//! every hour (by a Zipf law) and 9,000 once a day, day cells for a year, hour cells for the hour
+//! tier's 90 days, minute cells for the minute tier's 48 hours. Each row's first request sums
+//! and keeps the closed buckets' summaries (its max); the others read them.
 //!
 //! Run: `cargo bench -p hitcount-aggregator --bench stats` (PostgreSQL at 127.0.0.1:5432 and
 //! `psql`; `HITCOUNT_BENCH_DATABASE_SERVER` names another server).
@@ -63,8 +64,16 @@ impl Seed {
     fn cells(&self) -> impl Iterator<Item = (u64, Tier, u64, u64)> + '_ {
         (0..RESOURCES).flat_map(move |resource| {
             let hot = resource < HOT_RESOURCES;
+            // Hot resources by a Zipf law, as pages of a site are: the 1st gets 1,000 hits an
+            // hour, the 10th 100, the 500th to 1,000th 1 or 2 (equal counts tie at the cut, and
+            // a real site's top 10 does not tie).
+            let hourly = if hot {
+                (1_000 / (resource + 1)).max(1)
+            } else {
+                3
+            };
             let days = (0..HISTORY_DAYS).map(move |day| {
-                let hits = if hot { 72 } else { 3 };
+                let hits = if hot { 24 * hourly } else { 3 };
                 (resource, Tier::Day, self.day0_ms - day * DAY_MS, hits)
             });
             // A cold resource's one hour a day, in yesterday and before (never ahead of now).
@@ -85,11 +94,11 @@ impl Seed {
                     (0..MINUTE_TIER_HOURS / 24).map(cold_hour).collect(),
                 )
             };
-            // Three hits in each hour or minute cell a resource has.
+            // Three hits in each minute cell a resource has.
             days.chain(
                 hours
                     .into_iter()
-                    .map(move |bucket| (resource, Tier::Hour, bucket, 3)),
+                    .map(move |bucket| (resource, Tier::Hour, bucket, hourly)),
             )
             .chain(
                 minutes

@@ -5,6 +5,8 @@
 
 /// The counters, each once; a test keeps the list equal to the `counter!` calls in the sources.
 pub const COUNTERS: &[&str] = &[
+    "hitcount_bucket_summaries_kept_total",
+    "hitcount_bucket_summaries_read_total",
     "hitcount_delta_hits_applied_total",
     "hitcount_deltas_applied_total",
     "hitcount_deltas_conflict_total",

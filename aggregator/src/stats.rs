@@ -13,6 +13,10 @@ use crate::query::{Period, Plan, SeriesFold, SeriesPoint, TimeRange};
 use crate::store::Tier;
 use crate::store::{CELLS_READ_RESOURCES_MAX, CountCell, Store, StoreError};
 
+// Rankings over every resource summed from bucket summaries (`stats/summed.rs`).
+mod summed;
+pub use summed::TOP_SUMMARY_BUCKETS_MAX;
+
 /// Resources one `GET /stats/top` answer lists.
 pub const TOP_LIMIT_MAX: usize = 1_000;
 /// Resources listed when the request names no `limit`.
@@ -244,8 +248,9 @@ pub fn checked_prefix(prefix: Option<&str>) -> Result<&str, ApiError> {
     Ok(prefix)
 }
 
-/// The top resources under a prefix over `plan`'s period, and their total, read
-/// [`CELLS_READ_RESOURCES_MAX`] resources at a time so memory stays bounded however many match.
+/// The top resources under a prefix over `plan`'s period, and their total: over every resource
+/// from bucket summaries (`stats/summed.rs`), otherwise read [`CELLS_READ_RESOURCES_MAX`]
+/// resources at a time so memory stays bounded however many match.
 pub async fn top(
     catalog: &Catalog,
     store: &Store,
@@ -258,6 +263,24 @@ pub async fn top(
         (1..=TOP_LIMIT_MAX).contains(&request.limit),
         "the API layer bounds limit to 1..=TOP_LIMIT_MAX"
     );
+    let ranking = if summed::applies(store, &request, readable, plan) {
+        summed::ranked(catalog, store, &request, plan, now_ms).await?
+    } else {
+        ranked_by_cells(catalog, store, &request, readable, plan, now_ms).await?
+    };
+    answer(store, ranking, request, plan, now_ms).await
+}
+
+/// The top `request.limit` resources a caller may read under the prefix, and the total of all
+/// of them: every selected resource's cells read and summed.
+async fn ranked_by_cells(
+    catalog: &Catalog,
+    store: &Store,
+    request: &TopRequest<'_>,
+    readable: &ResourceGrant,
+    plan: &Plan,
+    now_ms: u64,
+) -> Result<Ranking, StoreError> {
     let mut resource_ids = catalog.resource_ids_under(request.prefix);
     resource_ids.retain(|resource_id| readable.allows(resource_id));
     let mut ranked = Vec::new();
@@ -289,16 +312,38 @@ pub async fn top(
     }
     rank(&mut ranked, request.order);
     ranked.truncate(request.limit);
+    Ok(Ranking {
+        listed: ranked,
+        total_count,
+        total_visitors,
+    })
+}
+
+/// A ranking's listed resources, best first, and the total of every selected resource.
+struct Ranking {
+    listed: Vec<ResourceTotal>,
+    total_count: u64,
+    total_visitors: Sketch,
+}
+
+/// The answer of a ranking: the listed resources, with their series if asked, and the total.
+async fn answer(
+    store: &Store,
+    mut ranking: Ranking,
+    request: TopRequest<'_>,
+    plan: &Plan,
+    now_ms: u64,
+) -> Result<TopResponse, StoreError> {
     if request.series {
-        add_series(store, &mut ranked, plan, now_ms).await?;
+        add_series(store, &mut ranking.listed, plan, now_ms).await?;
     }
     Ok(TopResponse {
         period: plan.period(),
         granularity: plan.granularity,
-        resources: ranked,
+        resources: ranking.listed,
         total: Total {
-            count: total_count,
-            uniques: total_visitors.count(),
+            count: ranking.total_count,
+            uniques: ranking.total_visitors.count(),
         },
     })
 }

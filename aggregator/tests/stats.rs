@@ -6,6 +6,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use hitcount_aggregator::now_ms;
+use hitcount_aggregator::store::Tier;
 
 use crate::support::{Api, Server, error_code};
 
@@ -140,6 +141,69 @@ async fn top_ranks_resources_and_unions_their_visitors() {
         assert!(top["resources"][0]["series"].as_array().unwrap().len() > 1);
     }
     server.stop().await;
+}
+
+/// The top over every resource is summed from bucket summaries once its hours close; late hits
+/// and a deleted resource still change it at once, as reading every resource's cells would.
+#[tokio::test]
+async fn top_over_every_resource_follows_late_hits_and_deletions() {
+    let server = Server::start().await;
+    let api = Api::admin(&server);
+    for id in ["a", "b", "c"] {
+        api.create_resource(id).await;
+    }
+    let now = now_ms();
+    let old = now - 5 * HOUR_MS;
+    hits(&api, "a", &["v1", "v2", "v3"], old).await;
+    hits(&api, "b", &["v1", "v4"], old).await;
+    hits(&api, "c", &["v5"], now).await;
+    // With the durable inbox, the fold of late hits drops what was kept before it.
+    server.fold_inbox().await;
+    let top = || async {
+        let (status, value) = api.get("/stats/top?window=24h").await;
+        assert_eq!(status, StatusCode::OK, "{value}");
+        (listed(&value), total(&value))
+    };
+    let own = |id: &str, count: u64| (id.to_owned(), count, count);
+    assert_eq!(
+        top().await,
+        (vec![own("a", 3), own("b", 2), own("c", 1)], (6, 5))
+    );
+
+    let store = server.store().expect("the test runs the aggregator");
+    if store.keeps_bucket_summaries() {
+        let old_hour = old / HOUR_MS * HOUR_MS;
+        let kept = store
+            .bucket_summaries(Tier::Hour, old_hour, old_hour + HOUR_MS)
+            .await
+            .expect("summaries read");
+        assert!(
+            kept.iter().any(|row| row.body.is_some()),
+            "the closed hour's summary is kept: {kept:?}"
+        );
+    }
+    assert_eq!(
+        top().await,
+        (vec![own("a", 3), own("b", 2), own("c", 1)], (6, 5))
+    );
+
+    // Late hits into the kept hour.
+    hits(&api, "b", &["v6", "v7"], old).await;
+    assert_eq!(
+        top().await,
+        (vec![own("b", 4), own("a", 3), own("c", 1)], (8, 7))
+    );
+
+    // A deleted resource leaves the ranking and the total.
+    let (status, value) = api.delete("/resources/a").await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{value}");
+    assert_eq!(top().await, (vec![own("b", 4), own("c", 1)], (5, 5)));
+    // Read resource by resource, a series over every resource says the same.
+    let (_, series) = api.get("/stats/series?window=24h").await;
+    assert_eq!(
+        (series["count"].as_u64(), series["uniques"].as_u64()),
+        (Some(5), Some(5))
+    );
 }
 
 #[tokio::test]

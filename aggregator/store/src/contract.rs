@@ -7,6 +7,7 @@ use crate::records::{
     CountCell, CreateOutcome, GroupCommit, Import, ImportOutcome, MergeBatch, MinuteCells, Pruned,
     ResourceRecord, StoreError, Tier, TokenRecord,
 };
+use crate::summaries::StoredSummary;
 
 /// The store's catalog: resources (their records, not their counts), API tokens, edge keys and
 /// (through [`PatternStore`]) patterns. Every backend keeps it: the embedded store, PostgreSQL
@@ -126,6 +127,37 @@ pub trait DurableStore: CatalogStore + std::fmt::Debug + Send + Sync {
     /// Cells this process holds for its unfolded inbox rows (0 without the inbox).
     fn unfolded_entries(&self) -> usize {
         self.overlay().map_or(0, inbox::Overlay::entries)
+    }
+
+    /// Whether this backend keeps bucket summaries (`summaries.rs`): SQLite and PostgreSQL do;
+    /// Cosmos DB does not, and its reads across resources add up cells.
+    fn keeps_bucket_summaries(&self) -> bool {
+        false
+    }
+
+    /// What is stored for `tier`'s buckets in `[start_ms, end_ms)`, sorted by bucket: a bucket
+    /// absent here has generation 0 and no summary. Read before the cells a summary is computed
+    /// from, so its generation is the one to keep it under.
+    async fn bucket_summaries(
+        &self,
+        _tier: Tier,
+        _start_ms: u64,
+        _end_ms: u64,
+    ) -> Result<Vec<StoredSummary>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Keeps `body` as the summary of a closed bucket if its generation is still `generation`
+    /// (no write changed the bucket since the reader read that generation); returns whether it
+    /// was kept.
+    async fn put_bucket_summary(
+        &self,
+        _tier: Tier,
+        _bucket_ms: u64,
+        _generation: u64,
+        _body: Vec<u8>,
+    ) -> Result<bool, StoreError> {
+        Ok(false)
     }
 
     /// How this backend's group commits write.

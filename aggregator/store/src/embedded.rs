@@ -17,7 +17,7 @@
 //! one connection avoids `SQLITE_BUSY` between our own writers); reads use a pool of read-only
 //! connections, which WAL lets run beside the writer.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -57,6 +57,7 @@ use crate::rules::{
     COMPACTION_ROWS_MAX, EMPTY_SKETCH, RETENTION_DELETE_ROWS_MAX, check_import, check_read_ids,
     merge_pending, retention_rules,
 };
+use crate::summaries::{StoredSummary, late_buckets, stored_buckets};
 
 /// Compaction rounds that may find their cells changed underneath before giving up for now.
 const COMPACTION_CONFLICTS_MAX: u32 = 5;
@@ -159,6 +160,18 @@ CREATE TABLE imports (
     file_sha256 BLOB PRIMARY KEY,
     imported_at_ms INTEGER NOT NULL,
     cells INTEGER NOT NULL
+) WITHOUT ROWID;
+"#,
+    r#"
+-- Summaries of closed buckets over every resource (see aggregator/store/src/summaries.rs): per
+-- (tier, bucket) a generation, bumped by every write that changes the bucket late, and the
+-- summary a reader kept under it.
+CREATE TABLE bucket_summaries (
+    tier INTEGER NOT NULL,
+    bucket_ms INTEGER NOT NULL,
+    generation INTEGER NOT NULL,
+    body BLOB,
+    PRIMARY KEY (tier, bucket_ms)
 ) WITHOUT ROWID;
 "#,
 ];
@@ -437,7 +450,11 @@ impl DurableStore for EmbeddedStore {
         self.write(move |connection| {
             let transaction = connection.transaction()?;
             let deleted = transaction.execute("DELETE FROM resources WHERE id = ?1", [&id])?;
-            transaction.execute("DELETE FROM counts WHERE resource_id = ?1", [&id])?;
+            let buckets: Vec<(i64, i64)> = transaction
+                .prepare("DELETE FROM counts WHERE resource_id = ?1 RETURNING tier, bucket_ms")?
+                .query_map([&id], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            bump_buckets(&transaction, &stored_buckets(&buckets))?;
             transaction.execute("DELETE FROM pending_sketches WHERE resource_id = ?1", [&id])?;
             transaction.commit()?;
             Ok(deleted == 1)
@@ -457,21 +474,35 @@ impl DurableStore for EmbeddedStore {
                 let newest_expired_bucket = millis(cutoff_ms) - millis(tier.resolution_ms());
                 let deleted = self
                     .write(move |connection| {
-                        let deleted = match &resource {
-                            None => connection.execute(
+                        let transaction = connection.transaction()?;
+                        let buckets: Vec<(i64, i64)> = transaction
+                            .prepare_cached(
                                 "DELETE FROM counts WHERE (resource_id, tier, bucket_ms) IN (
                                    SELECT resource_id, tier, bucket_ms FROM counts
-                                   WHERE tier = ?1 AND bucket_ms <= ?2 LIMIT ?3)",
-                                params![tier.code(), newest_expired_bucket, RETENTION_DELETE_ROWS_MAX as i64],
-                            )?,
-                            Some(resource) => connection.execute(
-                                "DELETE FROM counts WHERE (resource_id, tier, bucket_ms) IN (
-                                   SELECT resource_id, tier, bucket_ms FROM counts
-                                   WHERE resource_id = ?1 AND tier = ?2 AND bucket_ms <= ?3 LIMIT ?4)",
-                                params![resource, tier.code(), newest_expired_bucket, RETENTION_DELETE_ROWS_MAX as i64],
-                            )?,
-                        };
-                        Ok(deleted)
+                                   WHERE (?1 IS NULL OR resource_id = ?1) AND tier = ?2
+                                     AND bucket_ms <= ?3 LIMIT ?4)
+                                 RETURNING tier, bucket_ms",
+                            )?
+                            .query_map(
+                                params![
+                                    resource,
+                                    tier.code(),
+                                    newest_expired_bucket,
+                                    RETENTION_DELETE_ROWS_MAX as i64
+                                ],
+                                |row| Ok((row.get(0)?, row.get(1)?)),
+                            )?
+                            .collect::<rusqlite::Result<_>>()?;
+                        bump_buckets(&transaction, &stored_buckets(&buckets))?;
+                        if resource.is_none() {
+                            // The tier's own retention: its buckets' rows go with their counts.
+                            transaction.execute(
+                                "DELETE FROM bucket_summaries WHERE tier = ?1 AND bucket_ms <= ?2",
+                                params![tier.code(), newest_expired_bucket],
+                            )?;
+                        }
+                        transaction.commit()?;
+                        Ok(buckets.len())
                     })
                     .await?;
                 pruned.count_rows += deleted as u64;
@@ -533,6 +564,59 @@ impl DurableStore for EmbeddedStore {
 
     fn overlay(&self) -> Option<&Overlay> {
         self.inbox.as_deref()
+    }
+
+    fn keeps_bucket_summaries(&self) -> bool {
+        true
+    }
+
+    async fn bucket_summaries(
+        &self,
+        tier: Tier,
+        start_ms: u64,
+        end_ms: u64,
+    ) -> Result<Vec<StoredSummary>, StoreError> {
+        self.read(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT bucket_ms, generation, body FROM bucket_summaries
+                 WHERE tier = ?1 AND bucket_ms >= ?2 AND bucket_ms < ?3 ORDER BY bucket_ms",
+            )?;
+            let rows = statement
+                .query_map(
+                    params![tier.code(), millis(start_ms), millis(end_ms)],
+                    |row| {
+                        Ok(StoredSummary {
+                            bucket_ms: unmillis(row.get(0)?),
+                            generation: unmillis(row.get(1)?),
+                            body: row.get(2)?,
+                        })
+                    },
+                )?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn put_bucket_summary(
+        &self,
+        tier: Tier,
+        bucket_ms: u64,
+        generation: u64,
+        body: Vec<u8>,
+    ) -> Result<bool, StoreError> {
+        self.write(move |connection| {
+            // One writer: a bump committed since the reader read `generation` is seen here.
+            let kept = connection.execute(
+                "INSERT INTO bucket_summaries (tier, bucket_ms, generation, body)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (tier, bucket_ms) DO UPDATE SET body = excluded.body
+                 WHERE generation = excluded.generation",
+                params![tier.code(), millis(bucket_ms), millis(generation), body],
+            )?;
+            Ok(kept == 1)
+        })
+        .await
     }
 }
 
@@ -776,7 +860,7 @@ fn fold_blocking(
         }
     }
     let writes = fold_rows(rows.iter().map(Arc::as_ref), &retention, now_ms);
-    write_cells_blocking(&transaction, &writes)?;
+    write_cells_blocking(&transaction, &writes, now_ms)?;
     transaction.commit()?;
     let cells = rows.iter().map(|row| row.len() as u64).sum();
     let more = chosen.len() < listed.len() || listed.len() == FOLD_ROWS_LISTED_MAX as usize;
@@ -973,7 +1057,7 @@ fn apply_group_blocking(
     }
     let mut appended = Vec::new();
     match shape {
-        WriteShape::Direct => write_cells_blocking(&transaction, &writes)?,
+        WriteShape::Direct => write_cells_blocking(&transaction, &writes, now_ms)?,
         WriteShape::Inbox => {
             let mut append = transaction.prepare_cached(
                 "INSERT INTO inbox (created_at_ms, entries, body) VALUES (?1, ?2, ?3)",
@@ -992,6 +1076,7 @@ fn apply_group_blocking(
 fn write_cells_blocking(
     transaction: &rusqlite::Transaction<'_>,
     writes: &GroupWrites,
+    now_ms: u64,
 ) -> rusqlite::Result<()> {
     {
         let mut add_hits = transaction.prepare_cached(
@@ -1017,6 +1102,30 @@ fn write_cells_blocking(
                 sketch.to_bytes()
             ])?;
         }
+    }
+    let late = late_buckets(
+        writes
+            .cells
+            .keys()
+            .map(|(_, tier, bucket_ms)| (*tier, *bucket_ms)),
+        now_ms,
+    );
+    bump_buckets(transaction, &late)
+}
+
+/// Bumps each bucket's generation and drops its summary: what every write that may change a
+/// closed bucket does, after its cells (so a reader that read the cells before the write cannot
+/// keep what it computed).
+pub(super) fn bump_buckets(
+    connection: &Connection,
+    buckets: &BTreeSet<(Tier, u64)>,
+) -> rusqlite::Result<()> {
+    let mut bump = connection.prepare_cached(
+        "INSERT INTO bucket_summaries (tier, bucket_ms, generation, body) VALUES (?1, ?2, 1, NULL)
+         ON CONFLICT (tier, bucket_ms) DO UPDATE SET generation = generation + 1, body = NULL",
+    )?;
+    for (tier, bucket_ms) in buckets {
+        bump.execute(params![tier.code(), millis(*bucket_ms)])?;
     }
     Ok(())
 }

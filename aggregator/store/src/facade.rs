@@ -15,6 +15,7 @@ use crate::records::{
     ApplyOutcome, BatchKey, CountCell, CreateOutcome, GroupCommit, Import, ImportOutcome,
     MergeBatch, Pruned, ResourceRecord, StoreError, Tier, TokenRecord,
 };
+use crate::summaries::StoredSummary;
 
 /// A resource created under a name another resource has gets this many random bytes, in hex,
 /// after it: enough that two renames of one name do not meet.
@@ -142,6 +143,42 @@ impl Store {
     ) -> Result<Vec<Vec<CountCell>>, StoreError> {
         self.backend
             .cells_of_many(resource_ids, tier, start_ms, end_ms, now_ms)
+            .await
+    }
+
+    /// [`DurableStore::keeps_bucket_summaries`].
+    pub fn keeps_bucket_summaries(&self) -> bool {
+        self.backend.keeps_bucket_summaries()
+    }
+
+    /// The earliest minute of this process's unfolded inbox rows, if any: kept summaries of
+    /// buckets from it on may miss what the next fold adds.
+    pub fn earliest_unfolded_minute_ms(&self) -> Option<u64> {
+        self.backend
+            .overlay()
+            .and_then(crate::inbox::Overlay::earliest_minute_ms)
+    }
+
+    /// [`DurableStore::bucket_summaries`].
+    pub async fn bucket_summaries(
+        &self,
+        tier: Tier,
+        start_ms: u64,
+        end_ms: u64,
+    ) -> Result<Vec<StoredSummary>, StoreError> {
+        self.backend.bucket_summaries(tier, start_ms, end_ms).await
+    }
+
+    /// [`DurableStore::put_bucket_summary`].
+    pub async fn put_bucket_summary(
+        &self,
+        tier: Tier,
+        bucket_ms: u64,
+        generation: u64,
+        body: Vec<u8>,
+    ) -> Result<bool, StoreError> {
+        self.backend
+            .put_bucket_summary(tier, bucket_ms, generation, body)
             .await
     }
 

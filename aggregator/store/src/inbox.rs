@@ -312,6 +312,15 @@ impl Overlay {
         }
     }
 
+    /// The earliest minute an unfolded row holds: the next fold may change any bucket from it
+    /// on, late ones included (`summaries.rs`).
+    pub fn earliest_minute_ms(&self) -> Option<u64> {
+        self.rows()
+            .values()
+            .flat_map(|row| row.cells().iter().map(|cell| cell.minute_ms))
+            .min()
+    }
+
     /// Cells held now, over all rows.
     pub fn entries(&self) -> usize {
         self.entries.load(Ordering::Relaxed)

@@ -21,6 +21,7 @@ mod postgres;
 mod records;
 mod rules;
 mod snapshot;
+pub mod summaries;
 
 pub use contract::{CatalogStore, DurableStore};
 pub use cosmos::{
@@ -40,6 +41,7 @@ pub use records::{
 };
 pub use rules::cell_kept;
 pub use snapshot::TransactionSnapshot;
+pub use summaries::{BucketSummary, StoredSummary};
 
 pub use hitcount_wire::{DAY_MS, HOUR_MS};
 

@@ -10,7 +10,7 @@
 //! statement is valid on Citus with `hit_counts` and `pending_sketches` distributed by
 //! `resource_id` (see README.md).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use hitcount_wire::Sketch;
@@ -40,6 +40,7 @@ use crate::rules::{
     merge_pending, retention_rules,
 };
 use crate::snapshot::TransactionSnapshot;
+use crate::summaries::{StoredSummary, late_buckets, stored_buckets};
 use std::sync::Arc;
 
 /// Pooled connections. Merges are short; more connections than this only add lock waits.
@@ -369,6 +370,13 @@ impl DurableStore for PgStore {
             .await
             .map_err(classify)?
             .rows_affected();
+        let buckets: Vec<(i16, i64)> = sqlx::query_as(
+            "SELECT DISTINCT tier, bucket_ms FROM hit_counts WHERE resource_id = $1",
+        )
+        .bind(&id)
+        .fetch_all(&mut *transaction)
+        .await
+        .map_err(classify)?;
         for statement in [
             "DELETE FROM hit_counts WHERE resource_id = $1",
             "DELETE FROM pending_sketches WHERE resource_id = $1",
@@ -379,6 +387,9 @@ impl DurableStore for PgStore {
                 .await
                 .map_err(classify)?;
         }
+        bump_buckets(&mut *transaction, &stored_buckets(&buckets))
+            .await
+            .map_err(classify)?;
         transaction.commit().await.map_err(classify)?;
         Ok(deleted == 1)
     }
@@ -391,24 +402,37 @@ impl DurableStore for PgStore {
             // A bucket goes when all of it is older than the cutoff.
             let newest_expired_bucket = signed(cutoff_ms) - signed(tier.resolution_ms());
             loop {
-                let deleted = sqlx::query(
+                let deleted: Vec<(i16, i64)> = sqlx::query_as(
                     "DELETE FROM hit_counts WHERE (resource_id, tier, bucket_ms) IN (
                        SELECT resource_id, tier, bucket_ms FROM hit_counts
                        WHERE ($1::text IS NULL OR resource_id = $1) AND tier = $2 AND bucket_ms <= $3
-                       LIMIT $4)",
+                       LIMIT $4)
+                     RETURNING tier, bucket_ms",
                 )
                 .bind(resource.as_deref())
                 .bind(tier.code() as i16)
                 .bind(newest_expired_bucket)
                 .bind(limit)
-                .execute(&self.pool)
+                .fetch_all(&self.pool)
                 .await
-                .map_err(classify)?
-                .rows_affected();
-                pruned.count_rows += deleted;
-                if deleted < RETENTION_DELETE_ROWS_MAX as u64 {
+                .map_err(classify)?;
+                // After the delete, as every bump: a summary computed before it is not kept.
+                bump_buckets(&self.pool, &stored_buckets(&deleted))
+                    .await
+                    .map_err(classify)?;
+                pruned.count_rows += deleted.len() as u64;
+                if deleted.len() < RETENTION_DELETE_ROWS_MAX {
                     break;
                 }
+            }
+            if resource.is_none() {
+                // The tier's own retention: its buckets' rows go with their counts.
+                sqlx::query("DELETE FROM bucket_summaries WHERE tier = $1 AND bucket_ms <= $2")
+                    .bind(tier.code() as i16)
+                    .bind(newest_expired_bucket)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(classify)?;
             }
         }
         let dedupe_cutoff = signed(now_ms.saturating_sub(DEDUPE_RETENTION_MS));
@@ -499,7 +523,7 @@ impl DurableStore for PgStore {
             .await
             .map_err(classify)?;
             let writes = fold_rows(rows.iter().map(Arc::as_ref), &retention, now_ms);
-            write_cells(&mut transaction, &writes)
+            write_cells(&mut transaction, &writes, now_ms)
                 .await
                 .map_err(classify)?;
             transaction.commit().await.map_err(classify)?;
@@ -532,6 +556,62 @@ impl DurableStore for PgStore {
 
     fn overlay(&self) -> Option<&Overlay> {
         self.inbox.as_deref()
+    }
+
+    fn keeps_bucket_summaries(&self) -> bool {
+        true
+    }
+
+    async fn bucket_summaries(
+        &self,
+        tier: Tier,
+        start_ms: u64,
+        end_ms: u64,
+    ) -> Result<Vec<StoredSummary>, StoreError> {
+        let rows: Vec<(i64, i64, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT bucket_ms, generation, body FROM bucket_summaries
+             WHERE tier = $1 AND bucket_ms >= $2 AND bucket_ms < $3 ORDER BY bucket_ms",
+        )
+        .bind(tier.code() as i16)
+        .bind(signed(start_ms))
+        .bind(signed(end_ms))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(rows
+            .into_iter()
+            .map(|(bucket_ms, generation, body)| StoredSummary {
+                bucket_ms: unsigned(bucket_ms),
+                generation: unsigned(generation),
+                body,
+            })
+            .collect())
+    }
+
+    async fn put_bucket_summary(
+        &self,
+        tier: Tier,
+        bucket_ms: u64,
+        generation: u64,
+        body: Vec<u8>,
+    ) -> Result<bool, StoreError> {
+        // The conflict's WHERE sees the row as committed now (locked), not as of a snapshot: a
+        // bump committed since the reader read `generation` leaves the row unchanged.
+        let kept = sqlx::query(
+            "INSERT INTO bucket_summaries (tier, bucket_ms, generation, body)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (tier, bucket_ms) DO UPDATE SET body = excluded.body
+             WHERE bucket_summaries.generation = excluded.generation",
+        )
+        .bind(tier.code() as i16)
+        .bind(signed(bucket_ms))
+        .bind(signed(generation))
+        .bind(body)
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?
+        .rows_affected();
+        Ok(kept == 1)
     }
 }
 
@@ -697,15 +777,17 @@ async fn apply_group_in(
     let retention = resource_retention(transaction, &group_resource_ids(batches)).await?;
     let writes = fold_group(batches, &recorded, &retention, now_ms, shape);
     if writes.applied_any() && shape == WriteShape::Direct {
-        write_cells(transaction, &writes).await?;
+        write_cells(transaction, &writes, now_ms).await?;
     }
     Ok(writes)
 }
 
-/// Adds a merge's (or a fold's) hits to every tier's cells and appends its pending sketches.
+/// Adds a merge's (or a fold's) hits to every tier's cells and appends its pending sketches;
+/// bumps the buckets it changes late (`summaries.rs`).
 async fn write_cells(
     transaction: &mut Transaction<'static, Postgres>,
     writes: &GroupWrites,
+    now_ms: u64,
 ) -> Result<(), sqlx::Error> {
     if !writes.cells.is_empty() {
         let mut columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -748,6 +830,41 @@ async fn write_cells(
         .execute(&mut **transaction)
         .await?;
     }
+    let late = late_buckets(
+        writes
+            .cells
+            .keys()
+            .map(|(_, tier, bucket_ms)| (*tier, *bucket_ms)),
+        now_ms,
+    );
+    bump_buckets(&mut **transaction, &late).await
+}
+
+/// Bumps each bucket's generation and drops its summary: what every write that may change a
+/// closed bucket does, after its cells (so a reader that read the cells before the write cannot
+/// keep what it computed).
+pub(super) async fn bump_buckets<'c>(
+    executor: impl sqlx::PgExecutor<'c>,
+    buckets: &BTreeSet<(Tier, u64)>,
+) -> Result<(), sqlx::Error> {
+    if buckets.is_empty() {
+        return Ok(());
+    }
+    let tiers: Vec<i16> = buckets.iter().map(|(tier, _)| tier.code() as i16).collect();
+    let starts: Vec<i64> = buckets
+        .iter()
+        .map(|(_, bucket_ms)| signed(*bucket_ms))
+        .collect();
+    sqlx::query(
+        "INSERT INTO bucket_summaries (tier, bucket_ms, generation, body)
+         SELECT tier, bucket_ms, 1, NULL FROM unnest($1::int2[], $2::int8[]) AS b(tier, bucket_ms)
+         ON CONFLICT (tier, bucket_ms)
+         DO UPDATE SET generation = bucket_summaries.generation + 1, body = NULL",
+    )
+    .bind(&tiers)
+    .bind(&starts)
+    .execute(executor)
+    .await?;
     Ok(())
 }
 

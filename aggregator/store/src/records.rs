@@ -46,6 +46,11 @@ impl Tier {
         }
     }
 
+    /// The tier a stored code names.
+    pub(crate) fn from_code(code: i64) -> Option<Self> {
+        Self::ALL.into_iter().find(|tier| tier.code() == code)
+    }
+
     pub(crate) fn code(self) -> i64 {
         match self {
             Self::Minute => 0,
@@ -80,6 +85,8 @@ pub enum StoreError {
     CorruptInbox(&'static str),
     #[error("an inbox row does not decode: {0}")]
     InboxEncoding(#[from] postcard::Error),
+    #[error("a bucket summary is corrupt: {0}")]
+    CorruptSummary(&'static str),
     #[error("cosmos db: {0}")]
     Cosmos(#[from] azure_data_cosmos::CosmosError),
     #[error("{0:?} is not a Cosmos DB account endpoint (https://ACCOUNT.documents.azure.com:443/)")]

@@ -13,8 +13,8 @@ use hitcount_store::hot::HotTier;
 use hitcount_store::{
     ApplyOutcome, BatchKey, CatalogStore, CosmosSettings, CosmosStore, CountCell, CreateOutcome,
     DAY_MS, DurableStore, EmbeddedStore, HOUR_MS, Import, ImportCell, ImportOutcome,
-    MINUTE_TIER_RETENTION_MS, MergeBatch, PatternRecord, PgStore, ResourceRecord, Tier,
-    TokenRecord,
+    MINUTE_TIER_RETENTION_MS, MergeBatch, PatternRecord, PgStore, ResourceRecord, StoredSummary,
+    Tier, TokenRecord,
 };
 use hitcount_wire::{DeltaEntry, MINUTE_MS, SKETCH_STANDARD_ERROR, Sketch};
 use tempfile::TempDir;
@@ -575,6 +575,7 @@ contract!(
     prune_drops_each_expired_minute_and_keeps_the_next,
     cells_of_many_reads_each_resource_as_cells_does,
     an_import_adds_its_cells_once_and_all_or_nothing,
+    every_late_write_drops_a_kept_bucket_summary,
 );
 
 fn minute_now() -> u64 {
@@ -670,8 +671,147 @@ fn import_cell(
     }
 }
 
+/// What `store` holds for one bucket, as (generation, summary).
+async fn summary_of(
+    store: &dyn DurableStore,
+    tier: Tier,
+    bucket_ms: u64,
+) -> (u64, Option<Vec<u8>>) {
+    let rows = store
+        .bucket_summaries(tier, bucket_ms, bucket_ms + tier.resolution_ms())
+        .await
+        .unwrap();
+    assert!(rows.len() <= 1, "{rows:?}");
+    match rows.into_iter().next() {
+        Some(StoredSummary {
+            bucket_ms: stored,
+            generation,
+            body,
+        }) => {
+            assert_eq!(stored, bucket_ms);
+            (generation, body)
+        }
+        None => (0, None),
+    }
+}
+
 mod cases {
     use super::*;
+
+    /// Bucket summaries (`summaries.rs`): a summary is kept only under the generation it was
+    /// read with, and every write that changes a closed bucket (a late merge or fold, a deletion,
+    /// an import, retention) bumps the generation and drops the summary; an on-time merge does
+    /// not. Backends that keep none (Cosmos DB) answer so.
+    pub async fn every_late_write_drops_a_kept_bucket_summary(store: &dyn DurableStore) {
+        if !store.keeps_bucket_summaries() {
+            assert!(
+                !store
+                    .put_bucket_summary(Tier::Hour, 0, 0, b"x".to_vec())
+                    .await
+                    .unwrap()
+            );
+            return;
+        }
+        let kept = |generation: u64, body: &str| (generation, Some(body.as_bytes().to_vec()));
+        for id in ["site", "gone"] {
+            store.create_resource(resource(id, None)).await.unwrap();
+        }
+        store
+            .create_resource(resource("short", Some(1)))
+            .await
+            .unwrap();
+        let now = now_ms();
+        let hour_ms = (now / HOUR_MS - 3) * HOUR_MS;
+        let minute = hour_ms / MINUTE_MS + 5;
+        assert_eq!(summary_of(store, Tier::Hour, hour_ms).await, (0, None));
+        assert!(
+            store
+                .put_bucket_summary(Tier::Hour, hour_ms, 0, b"first".to_vec())
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            summary_of(store, Tier::Hour, hour_ms).await,
+            kept(0, "first")
+        );
+
+        // On time (its own clock): no bump.
+        apply(
+            store,
+            vec![entry("site", minute, 1, &["a"])],
+            None,
+            hour_ms + 10 * MINUTE_MS,
+        )
+        .await;
+        store.fold_inbox(hour_ms + 10 * MINUTE_MS).await.unwrap();
+        assert_eq!(
+            summary_of(store, Tier::Hour, hour_ms).await,
+            kept(0, "first")
+        );
+
+        // Late: bumped, and a summary under the generation read before is refused.
+        apply(store, vec![entry("gone", minute, 2, &["b"])], None, now).await;
+        store.fold_inbox(now).await.unwrap();
+        assert_eq!(summary_of(store, Tier::Hour, hour_ms).await, (1, None));
+        assert!(
+            !store
+                .put_bucket_summary(Tier::Hour, hour_ms, 0, b"stale".to_vec())
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .put_bucket_summary(Tier::Hour, hour_ms, 1, b"second".to_vec())
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            summary_of(store, Tier::Hour, hour_ms).await,
+            kept(1, "second")
+        );
+
+        // A resource with counts in the bucket deleted.
+        assert!(store.delete_resource("gone".to_owned(), now).await.unwrap());
+        assert_eq!(summary_of(store, Tier::Hour, hour_ms).await, (2, None));
+        assert!(
+            store
+                .put_bucket_summary(Tier::Hour, hour_ms, 2, b"third".to_vec())
+                .await
+                .unwrap()
+        );
+
+        // An import into the bucket.
+        let import = Import {
+            file_sha256: [9; 32],
+            resources: Vec::new(),
+            cells: vec![import_cell("site", Tier::Hour, hour_ms, 3, &["c"])],
+        };
+        assert!(matches!(
+            store.import(import, now).await.unwrap(),
+            ImportOutcome::Imported { .. }
+        ));
+        assert_eq!(summary_of(store, Tier::Hour, hour_ms).await, (3, None));
+
+        // A resource's own retention emptying its day.
+        let then = now - 3 * DAY_MS;
+        let day_ms = then / DAY_MS * DAY_MS;
+        apply(
+            store,
+            vec![entry("short", then / MINUTE_MS, 1, &[])],
+            None,
+            then,
+        )
+        .await;
+        store.fold_inbox(then).await.unwrap();
+        assert!(
+            store
+                .put_bucket_summary(Tier::Day, day_ms, 0, b"day".to_vec())
+                .await
+                .unwrap()
+        );
+        store.prune(now).await.unwrap();
+        assert_eq!(summary_of(store, Tier::Day, day_ms).await, (1, None));
+    }
 
     pub async fn an_import_adds_its_cells_once_and_all_or_nothing(store: &dyn DurableStore) {
         store.create_resource(resource("site", None)).await.unwrap();

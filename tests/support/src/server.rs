@@ -142,6 +142,11 @@ impl Server {
         }
     }
 
+    /// The running aggregator's store, when this process runs it.
+    pub fn store(&self) -> Option<&Store> {
+        self.store.as_ref()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

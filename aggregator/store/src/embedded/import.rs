@@ -88,6 +88,12 @@ pub(super) fn import_blocking(
             ])?;
         }
     }
+    // An import may write any bucket, closed ones included.
+    let buckets = import
+        .cells
+        .iter()
+        .map(|cell| (cell.tier, cell.cell.bucket_ms));
+    super::bump_buckets(&transaction, &buckets.collect())?;
     transaction.commit()?;
     Ok(ImportOutcome::Imported { resources_created })
 }

@@ -45,6 +45,12 @@ pub(super) async fn import_in(
     for chunk in import.cells.chunks(IMPORT_CELLS_PER_STATEMENT_MAX) {
         add_cells(transaction, chunk).await?;
     }
+    // An import may write any bucket, closed ones included.
+    let buckets = import
+        .cells
+        .iter()
+        .map(|cell| (cell.tier, cell.cell.bucket_ms));
+    super::bump_buckets(&mut **transaction, &buckets.collect()).await?;
     Ok(ImportOutcome::Imported { resources_created })
 }
 

@@ -1,0 +1,193 @@
+//! `GET /stats/top` over every resource from bucket summaries (`hitcount_store::summaries`):
+//! each bucket of the period summed once over all resources, kept by the store once closed, so
+//! a ranking reads a few dozen summaries plus the cells of the still open buckets, and sketches
+//! only of the resources it lists. Answers exactly what reading every resource's cells answers.
+
+use std::collections::{BTreeMap, HashMap};
+
+use hitcount_wire::Sketch;
+
+use super::{Order, Ranking, ResourceTotal, TopRequest, rank, sum};
+use crate::auth::ResourceGrant;
+use crate::catalog::Catalog;
+use crate::query::Plan;
+use crate::store::summaries::{SUMMARY_RESOURCES_MAX, bucket_closed};
+use crate::store::{BucketSummary, CELLS_READ_RESOURCES_MAX, Store, StoreError, Tier};
+
+/// Buckets of the read tier one summed ranking covers; a longer period at a finer tier is read
+/// resource by resource (each bucket holds a sketch of every resource's visitors, up to 12 KiB).
+pub const TOP_SUMMARY_BUCKETS_MAX: u64 = 1_000;
+
+/// Whether a ranking can be summed from bucket summaries: they hold every resource, so the
+/// request must select every resource (no prefix, a caller who may read all) and rank by hits
+/// (visitors do not add up across buckets).
+pub(super) fn applies(
+    store: &Store,
+    request: &TopRequest<'_>,
+    readable: &ResourceGrant,
+    plan: &Plan,
+) -> bool {
+    let buckets = (plan.end_ms - plan.start_ms) / plan.tier.resolution_ms();
+    store.keeps_bucket_summaries()
+        && request.prefix.is_empty()
+        && request.order == Order::Count
+        && matches!(readable, ResourceGrant::All)
+        && buckets <= TOP_SUMMARY_BUCKETS_MAX
+}
+
+/// The period's numbers over every resource, and its top `request.limit` resources ranked as
+/// [`super::top`] ranks them.
+pub(super) async fn ranked(
+    catalog: &Catalog,
+    store: &Store,
+    request: &TopRequest<'_>,
+    plan: &Plan,
+    now_ms: u64,
+) -> Result<Ranking, StoreError> {
+    let buckets = period_buckets(catalog, store, plan, now_ms).await?;
+    let mut total_count = 0;
+    let mut total_visitors = Sketch::new();
+    let mut counts: HashMap<&str, u64> = HashMap::new();
+    for bucket in &buckets {
+        total_count += bucket.hits;
+        total_visitors.merge(&bucket.visitors);
+        for (resource_id, hits) in &bucket.resources {
+            *counts.entry(resource_id).or_default() += hits;
+        }
+    }
+    let mut by_count: Vec<(&str, u64)> = counts.into_iter().filter(|(_, n)| *n > 0).collect();
+    by_count.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    // Equal counts rank by visitors: every resource with the count of the last one listed is
+    // read, so ties cut where reading every resource would cut them.
+    let cut = by_count.get(request.limit - 1).map(|(_, count)| *count);
+    let candidates: Vec<(String, u64)> = by_count
+        .iter()
+        .take_while(|(_, count)| cut.is_none_or(|cut| *count >= cut))
+        .map(|(resource_id, count)| ((*resource_id).to_owned(), *count))
+        .collect();
+    let mut listed = Vec::with_capacity(candidates.len());
+    for chunk in candidates.chunks(CELLS_READ_RESOURCES_MAX) {
+        let ids = chunk.iter().map(|(id, _)| id.clone()).collect();
+        let cells = store
+            .cells_of_many(ids, plan.tier, plan.start_ms, plan.end_ms, now_ms)
+            .await?;
+        for ((resource_id, count), cells) in chunk.iter().zip(cells) {
+            listed.push(ResourceTotal {
+                resource_id: resource_id.clone(),
+                // The summed count, so the listed counts and the total come from one reading.
+                count: *count,
+                uniques: sum(&cells).1.count(),
+                series: None,
+            });
+        }
+    }
+    rank(&mut listed, Order::Count);
+    listed.truncate(request.limit);
+    Ok(Ranking {
+        listed,
+        total_count,
+        total_visitors,
+    })
+}
+
+/// Each bucket of the period over every resource, in order: the summaries the store keeps, the
+/// rest summed from the cells, and of those the closed ones kept for the next reader.
+async fn period_buckets(
+    catalog: &Catalog,
+    store: &Store,
+    plan: &Plan,
+    now_ms: u64,
+) -> Result<Vec<BucketSummary>, StoreError> {
+    let resolution_ms = plan.tier.resolution_ms();
+    assert_eq!(
+        plan.start_ms % resolution_ms,
+        0,
+        "periods start on a bucket"
+    );
+    // Generations are read before any cell: a summary is kept only under the generation its
+    // cells were read after.
+    let stored = store
+        .bucket_summaries(plan.tier, plan.start_ms, plan.end_ms)
+        .await?;
+    // This process's unfolded inbox rows are in the cells it reads but not yet in the kept
+    // summaries (the fold bumps what they change late): buckets from them on are summed again.
+    let unfolded_from_ms = store.earliest_unfolded_minute_ms().unwrap_or(u64::MAX);
+    let mut generations = HashMap::new();
+    let mut summed: BTreeMap<u64, BucketSummary> = BTreeMap::new();
+    for row in stored {
+        generations.insert(row.bucket_ms, row.generation);
+        let Some(body) = row.body else { continue };
+        if row.bucket_ms + resolution_ms > unfolded_from_ms {
+            continue;
+        }
+        match BucketSummary::decode(&body) {
+            Ok(summary) => {
+                summed.insert(row.bucket_ms, summary);
+            }
+            Err(error) => {
+                tracing::warn!(%error, bucket_ms = row.bucket_ms, "summing a bucket again");
+            }
+        }
+    }
+    metrics::counter!("hitcount_bucket_summaries_read_total").increment(summed.len() as u64);
+    let buckets: Vec<u64> = (plan.start_ms..plan.end_ms)
+        .step_by(resolution_ms as usize)
+        .collect();
+    if let Some(first) = buckets.iter().find(|bucket| !summed.contains_key(bucket)) {
+        let fresh = sum_from_cells(catalog, store, plan.tier, *first, plan.end_ms, now_ms).await?;
+        for bucket_ms in &buckets[buckets.partition_point(|bucket| bucket < first)..] {
+            if summed.contains_key(bucket_ms) {
+                continue;
+            }
+            let summary = fresh.get(bucket_ms).cloned().unwrap_or_default();
+            if bucket_closed(plan.tier, *bucket_ms, now_ms)
+                && summary.resources.len() <= SUMMARY_RESOURCES_MAX
+            {
+                let generation = generations.get(bucket_ms).copied().unwrap_or(0);
+                let kept = store
+                    .put_bucket_summary(plan.tier, *bucket_ms, generation, summary.encode())
+                    .await?;
+                if kept {
+                    metrics::counter!("hitcount_bucket_summaries_kept_total").increment(1);
+                }
+            }
+            summed.insert(*bucket_ms, summary);
+        }
+    }
+    Ok(buckets
+        .iter()
+        .map(|bucket_ms| summed.remove(bucket_ms).unwrap_or_default())
+        .collect())
+}
+
+/// Every bucket of `tier` in `[start_ms, end_ms)` summed over every resource from the cells.
+async fn sum_from_cells(
+    catalog: &Catalog,
+    store: &Store,
+    tier: Tier,
+    start_ms: u64,
+    end_ms: u64,
+    now_ms: u64,
+) -> Result<BTreeMap<u64, BucketSummary>, StoreError> {
+    let resource_ids = catalog.resource_ids_under("");
+    let mut buckets: BTreeMap<u64, BucketSummary> = BTreeMap::new();
+    for chunk in resource_ids.chunks(CELLS_READ_RESOURCES_MAX) {
+        let cells = store
+            .cells_of_many(chunk.to_vec(), tier, start_ms, end_ms, now_ms)
+            .await?;
+        for (resource_id, cells) in chunk.iter().zip(cells) {
+            for cell in cells {
+                let bucket = buckets.entry(cell.bucket_ms).or_default();
+                bucket.hits += cell.hits;
+                bucket.visitors.merge(&cell.visitors);
+                if cell.hits > 0 {
+                    bucket.resources.push((resource_id.clone(), cell.hits));
+                }
+            }
+        }
+    }
+    for bucket in buckets.values_mut() {
+        bucket.resources.sort_unstable();
+    }
+    Ok(buckets)
+}

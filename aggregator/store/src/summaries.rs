@@ -1,0 +1,208 @@
+//! Summaries of closed buckets: one bucket of one tier over every resource (its hits, the union
+//! of its visitors, and each resource's hits), kept so a read across thousands of resources
+//! (`GET /stats/top`) adds up a few dozen summaries instead of every resource's cells.
+//!
+//! A reader computes a summary from the cells the first time it needs one and keeps it, if the
+//! bucket is closed ([`bucket_closed`]). Every write that can still change a closed bucket
+//! (a late merge or fold, an import, a resource deleted, retention) bumps the bucket's
+//! generation in the store and drops its summary; a reader keeps a summary only under the
+//! generation it read *before* reading the cells ([`crate::DurableStore::put_bucket_summary`]),
+//! so a summary computed from cells that a write changed in between is never kept. A bucket still
+//! open is never kept, and writes to it bump nothing: the ingest path pays nothing for
+//! summaries while data arrives on time.
+
+use std::collections::BTreeSet;
+
+use hitcount_wire::{MINUTE_MS, Sketch};
+
+use crate::records::{StoreError, Tier};
+
+/// A write into a bucket that ended at least this long before the writer's clock bumps the
+/// bucket's generation (a late write); writes into later buckets bump nothing.
+pub const SUMMARY_LATE_AFTER_MS: u64 = MINUTE_MS;
+/// Readers keep summaries only of buckets that ended at least this long ago. The gap to
+/// [`SUMMARY_LATE_AFTER_MS`] covers the clocks of several aggregators disagreeing and a merge
+/// committing later than the clock it decided with: a write that is not late for its writer
+/// can only reach a bucket no reader has kept yet.
+pub const SUMMARY_CLOSED_AFTER_MS: u64 = 10 * MINUTE_MS;
+const _: () = assert!(SUMMARY_CLOSED_AFTER_MS >= SUMMARY_LATE_AFTER_MS + 5 * MINUTE_MS);
+/// Resources one summary lists; a bucket with more is not summarised (read from its cells).
+pub const SUMMARY_RESOURCES_MAX: usize = 200_000;
+/// Bytes of an encoded summary: every listed resource at its longest, and a dense sketch.
+pub const SUMMARY_BYTES_MAX: usize = SUMMARY_RESOURCES_MAX * 80 + 16 * 1024;
+
+/// One bucket over every resource.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BucketSummary {
+    /// Hits of every resource together.
+    pub hits: u64,
+    /// Visitors of every resource, united.
+    pub visitors: Sketch,
+    /// Each resource with hits in the bucket, and its hits, sorted by id.
+    pub resources: Vec<(String, u64)>,
+}
+
+/// The encoded form (postcard, as the inbox's rows).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct EncodedSummary {
+    hits: u64,
+    visitors: Vec<u8>,
+    resources: Vec<(String, u64)>,
+}
+
+impl BucketSummary {
+    pub fn encode(&self) -> Vec<u8> {
+        assert!(
+            self.resources.len() <= SUMMARY_RESOURCES_MAX,
+            "a summary lists at most SUMMARY_RESOURCES_MAX resources"
+        );
+        let encoded = EncodedSummary {
+            hits: self.hits,
+            visitors: self.visitors.to_bytes(),
+            resources: self.resources.clone(),
+        };
+        postcard::to_allocvec(&encoded).expect("plain fields encode")
+    }
+
+    /// Decodes a summary this program encoded; anything else is an error, never a panic.
+    pub fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        if bytes.len() > SUMMARY_BYTES_MAX {
+            return Err(StoreError::CorruptSummary("over its size bound"));
+        }
+        let encoded: EncodedSummary = postcard::from_bytes(bytes)
+            .map_err(|_| StoreError::CorruptSummary("does not decode"))?;
+        if encoded.resources.len() > SUMMARY_RESOURCES_MAX {
+            return Err(StoreError::CorruptSummary("too many resources"));
+        }
+        if !encoded
+            .resources
+            .windows(2)
+            .all(|pair| pair[0].0 < pair[1].0)
+        {
+            return Err(StoreError::CorruptSummary("resources out of order"));
+        }
+        Ok(Self {
+            hits: encoded.hits,
+            visitors: Sketch::from_bytes(&encoded.visitors)?,
+            resources: encoded.resources,
+        })
+    }
+}
+
+/// What the store holds for one bucket: its generation, and the summary kept under it if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSummary {
+    pub bucket_ms: u64,
+    pub generation: u64,
+    /// The encoded [`BucketSummary`], absent once a write bumped the generation.
+    pub body: Option<Vec<u8>>,
+}
+
+/// Whether a reader may keep the summary of `bucket_ms`: it ended at least
+/// [`SUMMARY_CLOSED_AFTER_MS`] ago, and retention will not reach it within a day (retention
+/// deletes such rows without asking readers).
+pub fn bucket_closed(tier: Tier, bucket_ms: u64, now_ms: u64) -> bool {
+    let ended_ms = bucket_ms + tier.resolution_ms();
+    let far_from_retention = tier.retention_ms().is_none_or(|retention| {
+        bucket_ms
+            > now_ms
+                .saturating_sub(retention)
+                .saturating_add(hitcount_wire::DAY_MS)
+    });
+    ended_ms + SUMMARY_CLOSED_AFTER_MS <= now_ms && far_from_retention
+}
+
+/// The buckets among `cells` ((tier, bucket)) that a write at `now_ms` changes late: those whose
+/// generation it bumps. Sorted, each once.
+pub(crate) fn late_buckets(
+    cells: impl IntoIterator<Item = (Tier, u64)>,
+    now_ms: u64,
+) -> BTreeSet<(Tier, u64)> {
+    cells
+        .into_iter()
+        .filter(|(tier, bucket_ms)| {
+            bucket_ms + tier.resolution_ms() + SUMMARY_LATE_AFTER_MS <= now_ms
+        })
+        .collect()
+}
+
+/// Stored (tier code, bucket) rows as buckets, each once; unknown codes are skipped (no cell
+/// has one).
+pub(crate) fn stored_buckets<C: Into<i64> + Copy>(rows: &[(C, i64)]) -> BTreeSet<(Tier, u64)> {
+    rows.iter()
+        .filter_map(|(code, bucket_ms)| {
+            Some((
+                Tier::from_code((*code).into())?,
+                u64::try_from(*bucket_ms).ok()?,
+            ))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hitcount_wire::HOUR_MS;
+
+    #[test]
+    fn a_summary_round_trips_and_bad_bytes_are_errors() {
+        let mut visitors = Sketch::new();
+        visitors.insert(b"a");
+        let summary = BucketSummary {
+            hits: 7,
+            visitors,
+            resources: vec![("a".into(), 3), ("b".into(), 4)],
+        };
+        assert_eq!(BucketSummary::decode(&summary.encode()).unwrap(), summary);
+        assert!(BucketSummary::decode(b"\xff\xff\xff").is_err());
+        let unsorted = BucketSummary {
+            resources: vec![("b".into(), 1), ("a".into(), 1)],
+            ..BucketSummary::default()
+        };
+        assert!(BucketSummary::decode(&unsorted.encode()).is_err());
+    }
+
+    #[test]
+    fn only_writes_into_buckets_ended_a_while_ago_are_late() {
+        let now = 100 * HOUR_MS;
+        let late = late_buckets(
+            [
+                (Tier::Hour, 99 * HOUR_MS),
+                (Tier::Hour, 98 * HOUR_MS),
+                (Tier::Minute, now - 2 * MINUTE_MS),
+                (Tier::Minute, now - MINUTE_MS),
+            ],
+            now,
+        );
+        assert_eq!(
+            late.into_iter().collect::<Vec<_>>(),
+            [
+                (Tier::Minute, now - 2 * MINUTE_MS),
+                (Tier::Hour, 98 * HOUR_MS)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bucket_is_closed_well_after_its_end_and_well_before_retention() {
+        let now = 100 * HOUR_MS;
+        assert!(!bucket_closed(Tier::Hour, 99 * HOUR_MS, now));
+        assert!(!bucket_closed(
+            Tier::Hour,
+            99 * HOUR_MS,
+            now + 9 * MINUTE_MS
+        ));
+        assert!(bucket_closed(
+            Tier::Hour,
+            99 * HOUR_MS,
+            now + 10 * MINUTE_MS
+        ));
+        // The minute tier keeps 48 hours: a minute 47.5 hours old is too close to going.
+        assert!(!bucket_closed(
+            Tier::Minute,
+            now - 47 * HOUR_MS - 30 * MINUTE_MS,
+            now
+        ));
+        assert!(bucket_closed(Tier::Minute, now - 20 * HOUR_MS, now));
+    }
+}
