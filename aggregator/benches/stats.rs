@@ -72,9 +72,17 @@ impl Seed {
             } else {
                 3
             };
-            let days = (0..HISTORY_DAYS).map(move |day| {
-                let hits = if hot { 24 * hourly } else { 3 };
-                (resource, Tier::Day, self.day0_ms - day * DAY_MS, hits)
+            // Each day cell holds its hours' hits, as the merge writes them: today's hot ones
+            // the hours so far; a cold resource's hour of today is still ahead.
+            let hours_today = (self.hour0_ms - self.day0_ms) / HOUR_MS + 1;
+            let days = (0..HISTORY_DAYS).filter_map(move |day| {
+                let hits = match (hot, day) {
+                    (true, 0) => hours_today * hourly,
+                    (true, _) => 24 * hourly,
+                    (false, 0) => return None,
+                    (false, _) => 3,
+                };
+                Some((resource, Tier::Day, self.day0_ms - day * DAY_MS, hits))
             });
             // A cold resource's one hour a day, in yesterday and before (never ahead of now).
             let cold_hour =

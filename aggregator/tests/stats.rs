@@ -159,10 +159,16 @@ async fn top_over_every_resource_follows_late_hits_and_deletions() {
     hits(&api, "c", &["v5"], now).await;
     // With the durable inbox, the fold of late hits drops what was kept before it.
     server.fold_inbox().await;
+    // Over a day of hours, and over 30 days (today summed from its hours).
     let top = || async {
-        let (status, value) = api.get("/stats/top?window=24h").await;
-        assert_eq!(status, StatusCode::OK, "{value}");
-        (listed(&value), total(&value))
+        let mut answers = Vec::new();
+        for window in ["24h", "30d"] {
+            let (status, value) = api.get(&format!("/stats/top?window={window}")).await;
+            assert_eq!(status, StatusCode::OK, "{value}");
+            answers.push((listed(&value), total(&value)));
+        }
+        assert_eq!(answers[0], answers[1], "the day's hits are the month's");
+        answers.swap_remove(0)
     };
     let own = |id: &str, count: u64| (id.to_owned(), count, count);
     assert_eq!(

@@ -11,7 +11,7 @@ use super::{Order, Ranking, ResourceTotal, TopRequest, rank, sum};
 use crate::auth::ResourceGrant;
 use crate::catalog::Catalog;
 use crate::query::Plan;
-use crate::store::summaries::{SUMMARY_RESOURCES_MAX, bucket_closed};
+use crate::store::summaries::{SUMMARY_RESOURCES_MAX, bucket_closed, far_from_retention};
 use crate::store::{BucketSummary, CELLS_READ_RESOURCES_MAX, Store, StoreError, Tier};
 
 /// Buckets of the read tier one summed ranking covers; a longer period at a finer tier is read
@@ -44,7 +44,8 @@ pub(super) async fn ranked(
     plan: &Plan,
     now_ms: u64,
 ) -> Result<Ranking, StoreError> {
-    let buckets = period_buckets(catalog, store, plan, now_ms).await?;
+    let period = (plan.start_ms, plan.end_ms);
+    let buckets = period_buckets(catalog, store, plan.tier, period, now_ms).await?;
     let mut total_count = 0;
     let mut total_visitors = Sketch::new();
     let mut counts: HashMap<&str, u64> = HashMap::new();
@@ -90,34 +91,82 @@ pub(super) async fn ranked(
     })
 }
 
-/// Each bucket of the period over every resource, in order: the summaries the store keeps, the
-/// rest summed from the cells, and of those the closed ones kept for the next reader.
+/// Each bucket of `tier` in `[start_ms, end_ms)` over every resource, in order: the summaries
+/// the store keeps, the rest summed (an open day from its hours, any other bucket from its
+/// cells), and of those the closed ones kept for the next reader.
 async fn period_buckets(
     catalog: &Catalog,
     store: &Store,
-    plan: &Plan,
+    tier: Tier,
+    (start_ms, end_ms): (u64, u64),
     now_ms: u64,
 ) -> Result<Vec<BucketSummary>, StoreError> {
-    let resolution_ms = plan.tier.resolution_ms();
-    assert_eq!(
-        plan.start_ms % resolution_ms,
-        0,
-        "periods start on a bucket"
-    );
-    // Generations are read before any cell: a summary is kept only under the generation its
-    // cells were read after.
-    let stored = store
-        .bucket_summaries(plan.tier, plan.start_ms, plan.end_ms)
+    let resolution_ms = tier.resolution_ms();
+    assert_eq!(start_ms % resolution_ms, 0, "periods start on a bucket");
+    let (generations, mut summed) = kept_summaries(store, tier, start_ms, end_ms).await?;
+    let buckets: Vec<u64> = (start_ms..end_ms).step_by(resolution_ms as usize).collect();
+    let missing = buckets.iter().filter(|bucket| !summed.contains_key(bucket));
+    // The open day from its hours: they close (and are kept) one by one, where the day's cells
+    // (one per resource hit today) would be read whole until the day closes.
+    let (from_hours, from_cells): (Vec<u64>, Vec<u64>) = missing.partition(|bucket_ms| {
+        tier == Tier::Day
+            && !bucket_closed(tier, **bucket_ms, now_ms)
+            && far_from_retention(Tier::Hour, **bucket_ms, now_ms)
+    });
+    for day_ms in from_hours {
+        let hours = Box::pin(period_buckets(
+            catalog,
+            store,
+            Tier::Hour,
+            (day_ms, day_ms + resolution_ms),
+            now_ms,
+        ))
         .await?;
+        summed.insert(day_ms, united(hours));
+    }
+    if let (Some(first), Some(last)) = (from_cells.first(), from_cells.last()) {
+        let mut fresh =
+            sum_from_cells(catalog, store, tier, *first, last + resolution_ms, now_ms).await?;
+        for bucket_ms in from_cells {
+            let summary = fresh.remove(&bucket_ms).unwrap_or_default();
+            if bucket_closed(tier, bucket_ms, now_ms)
+                && summary.resources.len() <= SUMMARY_RESOURCES_MAX
+            {
+                let generation = generations.get(&bucket_ms).copied().unwrap_or(0);
+                let kept = store
+                    .put_bucket_summary(tier, bucket_ms, generation, summary.encode())
+                    .await?;
+                if kept {
+                    metrics::counter!("hitcount_bucket_summaries_kept_total").increment(1);
+                }
+            }
+            summed.insert(bucket_ms, summary);
+        }
+    }
+    Ok(buckets
+        .iter()
+        .map(|bucket_ms| summed.remove(bucket_ms).unwrap_or_default())
+        .collect())
+}
+
+/// Every bucket's generation in the period, and the summaries kept that still hold: read before
+/// any cell, as a summary is kept only under the generation its cells were read after.
+async fn kept_summaries(
+    store: &Store,
+    tier: Tier,
+    start_ms: u64,
+    end_ms: u64,
+) -> Result<(HashMap<u64, u64>, BTreeMap<u64, BucketSummary>), StoreError> {
+    let stored = store.bucket_summaries(tier, start_ms, end_ms).await?;
     // This process's unfolded inbox rows are in the cells it reads but not yet in the kept
     // summaries (the fold bumps what they change late): buckets from them on are summed again.
     let unfolded_from_ms = store.earliest_unfolded_minute_ms().unwrap_or(u64::MAX);
     let mut generations = HashMap::new();
-    let mut summed: BTreeMap<u64, BucketSummary> = BTreeMap::new();
+    let mut summed = BTreeMap::new();
     for row in stored {
         generations.insert(row.bucket_ms, row.generation);
         let Some(body) = row.body else { continue };
-        if row.bucket_ms + resolution_ms > unfolded_from_ms {
+        if row.bucket_ms + tier.resolution_ms() > unfolded_from_ms {
             continue;
         }
         match BucketSummary::decode(&body) {
@@ -130,34 +179,22 @@ async fn period_buckets(
         }
     }
     metrics::counter!("hitcount_bucket_summaries_read_total").increment(summed.len() as u64);
-    let buckets: Vec<u64> = (plan.start_ms..plan.end_ms)
-        .step_by(resolution_ms as usize)
-        .collect();
-    if let Some(first) = buckets.iter().find(|bucket| !summed.contains_key(bucket)) {
-        let fresh = sum_from_cells(catalog, store, plan.tier, *first, plan.end_ms, now_ms).await?;
-        for bucket_ms in &buckets[buckets.partition_point(|bucket| bucket < first)..] {
-            if summed.contains_key(bucket_ms) {
-                continue;
-            }
-            let summary = fresh.get(bucket_ms).cloned().unwrap_or_default();
-            if bucket_closed(plan.tier, *bucket_ms, now_ms)
-                && summary.resources.len() <= SUMMARY_RESOURCES_MAX
-            {
-                let generation = generations.get(bucket_ms).copied().unwrap_or(0);
-                let kept = store
-                    .put_bucket_summary(plan.tier, *bucket_ms, generation, summary.encode())
-                    .await?;
-                if kept {
-                    metrics::counter!("hitcount_bucket_summaries_kept_total").increment(1);
-                }
-            }
-            summed.insert(*bucket_ms, summary);
+    Ok((generations, summed))
+}
+
+/// Several buckets as one: hits added, visitors united, each resource's hits added.
+fn united(parts: Vec<BucketSummary>) -> BucketSummary {
+    let mut whole = BucketSummary::default();
+    let mut resources: BTreeMap<String, u64> = BTreeMap::new();
+    for part in parts {
+        whole.hits += part.hits;
+        whole.visitors.merge(&part.visitors);
+        for (resource_id, hits) in part.resources {
+            *resources.entry(resource_id).or_default() += hits;
         }
     }
-    Ok(buckets
-        .iter()
-        .map(|bucket_ms| summed.remove(bucket_ms).unwrap_or_default())
-        .collect())
+    whole.resources = resources.into_iter().collect();
+    whole
 }
 
 /// Every bucket of `tier` in `[start_ms, end_ms)` summed over every resource from the cells.
@@ -169,7 +206,10 @@ async fn sum_from_cells(
     end_ms: u64,
     now_ms: u64,
 ) -> Result<BTreeMap<u64, BucketSummary>, StoreError> {
-    let resource_ids = catalog.resource_ids_under("");
+    // Only resources with cells there (the open buckets are the newest: a few of every
+    // resource's), and of those the ones this aggregator knows, as reading every resource would.
+    let mut resource_ids = store.resource_ids_between(tier, start_ms, end_ms).await?;
+    resource_ids.retain(|resource_id| catalog.resource_exists(resource_id));
     let mut buckets: BTreeMap<u64, BucketSummary> = BTreeMap::new();
     for chunk in resource_ids.chunks(CELLS_READ_RESOURCES_MAX) {
         let cells = store

@@ -147,6 +147,19 @@ pub trait DurableStore: CatalogStore + std::fmt::Debug + Send + Sync {
         Ok(Vec::new())
     }
 
+    /// Every resource with a stored cell of `tier` in `[start_ms, end_ms)`, sorted: those a
+    /// bucket summary is summed from (with this process's unfolded inbox rows, which
+    /// [`crate::Store::resource_ids_between`] adds). Backends that keep bucket summaries answer
+    /// it; the others list none.
+    async fn resource_ids_between(
+        &self,
+        _tier: Tier,
+        _start_ms: u64,
+        _end_ms: u64,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
+
     /// Keeps `body` as the summary of a closed bucket if its generation is still `generation`
     /// (no write changed the bucket since the reader read that generation); returns whether it
     /// was kept.

@@ -598,6 +598,28 @@ impl DurableStore for EmbeddedStore {
         .await
     }
 
+    async fn resource_ids_between(
+        &self,
+        tier: Tier,
+        start_ms: u64,
+        end_ms: u64,
+    ) -> Result<Vec<String>, StoreError> {
+        self.read(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT DISTINCT resource_id FROM counts
+                 WHERE tier = ?1 AND bucket_ms >= ?2 AND bucket_ms < ?3 ORDER BY resource_id",
+            )?;
+            let ids = statement
+                .query_map(
+                    params![tier.code(), millis(start_ms), millis(end_ms)],
+                    |row| row.get(0),
+                )?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(ids)
+        })
+        .await
+    }
+
     async fn put_bucket_summary(
         &self,
         tier: Tier,

@@ -169,6 +169,26 @@ impl Store {
         self.backend.bucket_summaries(tier, start_ms, end_ms).await
     }
 
+    /// [`DurableStore::resource_ids_between`], and the resources of this process's unfolded
+    /// inbox rows in the period, sorted and each once.
+    pub async fn resource_ids_between(
+        &self,
+        tier: Tier,
+        start_ms: u64,
+        end_ms: u64,
+    ) -> Result<Vec<String>, StoreError> {
+        let stored = self
+            .backend
+            .resource_ids_between(tier, start_ms, end_ms)
+            .await?;
+        let Some(overlay) = self.backend.overlay() else {
+            return Ok(stored);
+        };
+        let mut ids = overlay.resource_ids_between(start_ms, end_ms);
+        ids.extend(stored);
+        Ok(ids.into_iter().collect())
+    }
+
     /// [`DurableStore::put_bucket_summary`].
     pub async fn put_bucket_summary(
         &self,

@@ -17,7 +17,7 @@
 //! (within a fold interval), or at once through the Redis hot tier, which is written at the group
 //! commit as before.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -319,6 +319,16 @@ impl Overlay {
             .values()
             .flat_map(|row| row.cells().iter().map(|cell| cell.minute_ms))
             .min()
+    }
+
+    /// Every resource with an unfolded cell of a minute in `[start_ms, end_ms)`.
+    pub fn resource_ids_between(&self, start_ms: u64, end_ms: u64) -> BTreeSet<String> {
+        self.rows()
+            .values()
+            .flat_map(|row| row.cells().iter())
+            .filter(|cell| (start_ms..end_ms).contains(&cell.minute_ms))
+            .map(|cell| cell.resource_id.clone())
+            .collect()
     }
 
     /// Cells held now, over all rows.

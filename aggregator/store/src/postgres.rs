@@ -588,6 +588,24 @@ impl DurableStore for PgStore {
             .collect())
     }
 
+    async fn resource_ids_between(
+        &self,
+        tier: Tier,
+        start_ms: u64,
+        end_ms: u64,
+    ) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT DISTINCT resource_id FROM hit_counts
+             WHERE tier = $1 AND bucket_ms >= $2 AND bucket_ms < $3 ORDER BY resource_id",
+        )
+        .bind(tier.code() as i16)
+        .bind(signed(start_ms))
+        .bind(signed(end_ms))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)
+    }
+
     async fn put_bucket_summary(
         &self,
         tier: Tier,

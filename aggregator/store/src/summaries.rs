@@ -103,13 +103,17 @@ pub struct StoredSummary {
 /// deletes such rows without asking readers).
 pub fn bucket_closed(tier: Tier, bucket_ms: u64, now_ms: u64) -> bool {
     let ended_ms = bucket_ms + tier.resolution_ms();
-    let far_from_retention = tier.retention_ms().is_none_or(|retention| {
+    ended_ms + SUMMARY_CLOSED_AFTER_MS <= now_ms && far_from_retention(tier, bucket_ms, now_ms)
+}
+
+/// Whether retention leaves the bucket at `bucket_ms` whole for at least another day.
+pub fn far_from_retention(tier: Tier, bucket_ms: u64, now_ms: u64) -> bool {
+    tier.retention_ms().is_none_or(|retention| {
         bucket_ms
             > now_ms
                 .saturating_sub(retention)
                 .saturating_add(hitcount_wire::DAY_MS)
-    });
-    ended_ms + SUMMARY_CLOSED_AFTER_MS <= now_ms && far_from_retention
+    })
 }
 
 /// The buckets among `cells` ((tier, bucket)) that a write at `now_ms` changes late: those whose

@@ -770,6 +770,18 @@ mod cases {
             kept(1, "second")
         );
 
+        // What a summary of the bucket is summed from: the resources with cells in it.
+        let ids = store
+            .resource_ids_between(Tier::Hour, hour_ms, hour_ms + HOUR_MS)
+            .await
+            .unwrap();
+        assert_eq!(ids, ["gone", "site"]);
+        let next_hour = store
+            .resource_ids_between(Tier::Hour, hour_ms + HOUR_MS, hour_ms + 2 * HOUR_MS)
+            .await
+            .unwrap();
+        assert!(next_hour.is_empty(), "{next_hour:?}");
+
         // A resource with counts in the bucket deleted.
         assert!(store.delete_resource("gone".to_owned(), now).await.unwrap());
         assert_eq!(summary_of(store, Tier::Hour, hour_ms).await, (2, None));
