@@ -7,7 +7,7 @@ use crate::records::{
     CountCell, CreateOutcome, GroupCommit, Import, ImportOutcome, MergeBatch, MinuteCells, Pruned,
     ResourceRecord, StoreError, Tier, TokenRecord,
 };
-use crate::summaries::StoredSummary;
+use crate::summaries::{BucketGeneration, StoredSummary};
 
 /// The store's catalog: resources (their records, not their counts), API tokens, edge keys and
 /// (through [`PatternStore`]) patterns. Every backend keeps it: the embedded store, PostgreSQL
@@ -135,14 +135,25 @@ pub trait DurableStore: CatalogStore + std::fmt::Debug + Send + Sync {
         false
     }
 
-    /// What is stored for `tier`'s buckets in `[start_ms, end_ms)`, sorted by bucket: a bucket
-    /// absent here has generation 0 and no summary. Read before the cells a summary is computed
-    /// from, so its generation is the one to keep it under.
-    async fn bucket_summaries(
+    /// Every bucket of `tier` in `[start_ms, end_ms)` the store has a row for, sorted: its
+    /// generation and whether a summary is kept under it. A bucket absent here has generation 0
+    /// and no summary. Read before the cells a summary is computed from, so its generation is
+    /// the one to keep it under.
+    async fn bucket_generations(
         &self,
         _tier: Tier,
         _start_ms: u64,
         _end_ms: u64,
+    ) -> Result<Vec<BucketGeneration>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// The summaries kept of the listed buckets of `tier`, each with the generation it was kept
+    /// under (a listed bucket without one is left out).
+    async fn bucket_summaries(
+        &self,
+        _tier: Tier,
+        _buckets_ms: Vec<u64>,
     ) -> Result<Vec<StoredSummary>, StoreError> {
         Ok(Vec::new())
     }

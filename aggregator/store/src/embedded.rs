@@ -57,7 +57,7 @@ use crate::rules::{
     COMPACTION_ROWS_MAX, EMPTY_SKETCH, RETENTION_DELETE_ROWS_MAX, check_import, check_read_ids,
     merge_pending, retention_rules,
 };
-use crate::summaries::{StoredSummary, late_buckets, stored_buckets};
+use crate::summaries::{BucketGeneration, StoredSummary, late_buckets, stored_buckets};
 
 /// Compaction rounds that may find their cells changed underneath before giving up for now.
 const COMPACTION_CONFLICTS_MAX: u32 = 5;
@@ -570,30 +570,60 @@ impl DurableStore for EmbeddedStore {
         true
     }
 
-    async fn bucket_summaries(
+    async fn bucket_generations(
         &self,
         tier: Tier,
         start_ms: u64,
         end_ms: u64,
-    ) -> Result<Vec<StoredSummary>, StoreError> {
+    ) -> Result<Vec<BucketGeneration>, StoreError> {
         self.read(move |connection| {
             let mut statement = connection.prepare_cached(
-                "SELECT bucket_ms, generation, body FROM bucket_summaries
+                "SELECT bucket_ms, generation, body IS NOT NULL FROM bucket_summaries
                  WHERE tier = ?1 AND bucket_ms >= ?2 AND bucket_ms < ?3 ORDER BY bucket_ms",
             )?;
             let rows = statement
                 .query_map(
                     params![tier.code(), millis(start_ms), millis(end_ms)],
                     |row| {
-                        Ok(StoredSummary {
+                        Ok(BucketGeneration {
                             bucket_ms: unmillis(row.get(0)?),
                             generation: unmillis(row.get(1)?),
-                            body: row.get(2)?,
+                            kept: row.get(2)?,
                         })
                     },
                 )?
                 .collect::<rusqlite::Result<_>>()?;
             Ok(rows)
+        })
+        .await
+    }
+
+    async fn bucket_summaries(
+        &self,
+        tier: Tier,
+        buckets_ms: Vec<u64>,
+    ) -> Result<Vec<StoredSummary>, StoreError> {
+        self.read(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT generation, body FROM bucket_summaries
+                 WHERE tier = ?1 AND bucket_ms = ?2 AND body IS NOT NULL",
+            )?;
+            let mut kept = Vec::new();
+            for bucket_ms in buckets_ms {
+                let found: Option<(i64, Vec<u8>)> = statement
+                    .query_row(params![tier.code(), millis(bucket_ms)], |row| {
+                        Ok((row.get(0)?, row.get(1)?))
+                    })
+                    .optional()?;
+                if let Some((generation, body)) = found {
+                    kept.push(StoredSummary {
+                        bucket_ms,
+                        generation: unmillis(generation),
+                        body,
+                    });
+                }
+            }
+            Ok(kept)
         })
         .await
     }

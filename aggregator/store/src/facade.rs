@@ -15,7 +15,7 @@ use crate::records::{
     ApplyOutcome, BatchKey, CountCell, CreateOutcome, GroupCommit, Import, ImportOutcome,
     MergeBatch, Pruned, ResourceRecord, StoreError, Tier, TokenRecord,
 };
-use crate::summaries::StoredSummary;
+use crate::summaries::{BucketSummary, KeptSummaries, SummaryMemo};
 
 /// A resource created under a name another resource has gets this many random bytes, in hex,
 /// after it: enough that two renames of one name do not meet.
@@ -28,28 +28,28 @@ pub struct Store {
     /// `patterns.rs` adds the patterns' methods on the same backend.
     pub(crate) backend: Arc<dyn DurableStore>,
     hot: Option<Arc<HotTier>>,
+    /// Bucket summaries this process decoded (`summaries.rs`).
+    memo: Arc<SummaryMemo>,
 }
 
 impl Store {
     /// A store over the given backend, without a hot tier.
     pub fn new(backend: Arc<dyn DurableStore>) -> Self {
-        Self { backend, hot: None }
+        Self {
+            backend,
+            hot: None,
+            memo: Arc::default(),
+        }
     }
 
     /// The embedded store in `data_dir`.
     pub fn open_embedded(data_dir: &Path) -> Result<Self, StoreError> {
-        Ok(Self {
-            backend: Arc::new(EmbeddedStore::open(data_dir)?),
-            hot: None,
-        })
+        Ok(Self::new(Arc::new(EmbeddedStore::open(data_dir)?)))
     }
 
     /// PostgreSQL at `url`, migrated to the current schema.
     pub async fn open_postgres(url: &str) -> Result<Self, StoreError> {
-        Ok(Self {
-            backend: Arc::new(PgStore::connect(url).await?),
-            hot: None,
-        })
+        Ok(Self::new(Arc::new(PgStore::connect(url).await?)))
     }
 
     /// The durable store behind the hot tier (what the conformance suite and tools use directly).
@@ -159,14 +159,52 @@ impl Store {
             .and_then(crate::inbox::Overlay::earliest_minute_ms)
     }
 
-    /// [`DurableStore::bucket_summaries`].
-    pub async fn bucket_summaries(
+    /// What is kept of `tier`'s buckets in `[start_ms, end_ms)`: every bucket's generation and
+    /// the summaries kept under them, decoded, from memory when this process read them before.
+    /// Read before any cell a new summary is computed from.
+    pub async fn kept_summaries(
         &self,
         tier: Tier,
         start_ms: u64,
         end_ms: u64,
-    ) -> Result<Vec<StoredSummary>, StoreError> {
-        self.backend.bucket_summaries(tier, start_ms, end_ms).await
+    ) -> Result<KeptSummaries, StoreError> {
+        let rows = self
+            .backend
+            .bucket_generations(tier, start_ms, end_ms)
+            .await?;
+        let mut kept = KeptSummaries::default();
+        let mut wanted = Vec::new();
+        for row in &rows {
+            kept.generations.insert(row.bucket_ms, row.generation);
+            if !row.kept {
+                continue;
+            }
+            match self.memo.get(tier, row.bucket_ms, row.generation) {
+                Some(summary) => {
+                    kept.summaries.insert(row.bucket_ms, summary);
+                }
+                None => wanted.push(row.bucket_ms),
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(kept);
+        }
+        // A body kept under a later generation than the one just read is as good: it equals the
+        // bucket's cells as of its keeping, which is after that read.
+        for stored in self.backend.bucket_summaries(tier, wanted).await? {
+            match BucketSummary::decode(&stored.body) {
+                Ok(summary) => {
+                    let summary = Arc::new(summary);
+                    self.memo
+                        .insert(tier, stored.bucket_ms, stored.generation, summary.clone());
+                    kept.summaries.insert(stored.bucket_ms, summary);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, bucket_ms = stored.bucket_ms, "a kept summary is summed again");
+                }
+            }
+        }
+        Ok(kept)
     }
 
     /// [`DurableStore::resource_ids_between`], and the resources of this process's unfolded

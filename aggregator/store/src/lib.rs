@@ -41,7 +41,7 @@ pub use records::{
 };
 pub use rules::cell_kept;
 pub use snapshot::TransactionSnapshot;
-pub use summaries::{BucketSummary, StoredSummary};
+pub use summaries::{BucketGeneration, BucketSummary, KeptSummaries, StoredSummary};
 
 pub use hitcount_wire::{DAY_MS, HOUR_MS};
 

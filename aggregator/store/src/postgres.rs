@@ -40,7 +40,7 @@ use crate::rules::{
     merge_pending, retention_rules,
 };
 use crate::snapshot::TransactionSnapshot;
-use crate::summaries::{StoredSummary, late_buckets, stored_buckets};
+use crate::summaries::{BucketGeneration, StoredSummary, late_buckets, stored_buckets};
 use std::sync::Arc;
 
 /// Pooled connections. Merges are short; more connections than this only add lock waits.
@@ -562,19 +562,44 @@ impl DurableStore for PgStore {
         true
     }
 
-    async fn bucket_summaries(
+    async fn bucket_generations(
         &self,
         tier: Tier,
         start_ms: u64,
         end_ms: u64,
-    ) -> Result<Vec<StoredSummary>, StoreError> {
-        let rows: Vec<(i64, i64, Option<Vec<u8>>)> = sqlx::query_as(
-            "SELECT bucket_ms, generation, body FROM bucket_summaries
+    ) -> Result<Vec<BucketGeneration>, StoreError> {
+        let rows: Vec<(i64, i64, bool)> = sqlx::query_as(
+            "SELECT bucket_ms, generation, body IS NOT NULL FROM bucket_summaries
              WHERE tier = $1 AND bucket_ms >= $2 AND bucket_ms < $3 ORDER BY bucket_ms",
         )
         .bind(tier.code() as i16)
         .bind(signed(start_ms))
         .bind(signed(end_ms))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(rows
+            .into_iter()
+            .map(|(bucket_ms, generation, kept)| BucketGeneration {
+                bucket_ms: unsigned(bucket_ms),
+                generation: unsigned(generation),
+                kept,
+            })
+            .collect())
+    }
+
+    async fn bucket_summaries(
+        &self,
+        tier: Tier,
+        buckets_ms: Vec<u64>,
+    ) -> Result<Vec<StoredSummary>, StoreError> {
+        let buckets: Vec<i64> = buckets_ms.into_iter().map(signed).collect();
+        let rows: Vec<(i64, i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT bucket_ms, generation, body FROM bucket_summaries
+             WHERE tier = $1 AND bucket_ms = ANY($2) AND body IS NOT NULL ORDER BY bucket_ms",
+        )
+        .bind(tier.code() as i16)
+        .bind(&buckets)
         .fetch_all(&self.pool)
         .await
         .map_err(classify)?;

@@ -89,13 +89,100 @@ impl BucketSummary {
     }
 }
 
-/// What the store holds for one bucket: its generation, and the summary kept under it if any.
+/// A bucket's generation, and whether a summary is kept under it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketGeneration {
+    pub bucket_ms: u64,
+    pub generation: u64,
+    pub kept: bool,
+}
+
+/// A kept summary, encoded, with the generation it was kept under.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredSummary {
     pub bucket_ms: u64,
     pub generation: u64,
-    /// The encoded [`BucketSummary`], absent once a write bumped the generation.
-    pub body: Option<Vec<u8>>,
+    pub body: Vec<u8>,
+}
+
+/// What is kept of a period's buckets ([`crate::Store::kept_summaries`]): every bucket's
+/// generation (absent: 0), and the summaries kept under them.
+#[derive(Debug, Default)]
+pub struct KeptSummaries {
+    pub generations: std::collections::HashMap<u64, u64>,
+    pub summaries: std::collections::BTreeMap<u64, std::sync::Arc<BucketSummary>>,
+}
+
+/// (id, hits) pairs of decoded summaries one process holds in memory.
+pub const SUMMARY_MEMO_PAIRS_MAX: usize = 1_000_000;
+
+/// Decoded summaries this process read before, by (tier, bucket, generation): a summary kept
+/// under a generation never changes (a write that would change it bumps the generation), so a
+/// reader that finds the same generation again needs neither the body nor its decoding. Holds at
+/// most [`SUMMARY_MEMO_PAIRS_MAX`] pairs, forgetting the oldest first.
+#[derive(Debug, Default)]
+pub struct SummaryMemo {
+    held: std::sync::Mutex<MemoEntries>,
+}
+
+#[derive(Debug, Default)]
+struct MemoEntries {
+    by_key: std::collections::HashMap<(Tier, u64, u64), std::sync::Arc<BucketSummary>>,
+    order: std::collections::VecDeque<(Tier, u64, u64)>,
+    pairs: usize,
+}
+
+impl SummaryMemo {
+    fn entries(&self) -> std::sync::MutexGuard<'_, MemoEntries> {
+        self.held
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    pub fn get(
+        &self,
+        tier: Tier,
+        bucket_ms: u64,
+        generation: u64,
+    ) -> Option<std::sync::Arc<BucketSummary>> {
+        self.entries()
+            .by_key
+            .get(&(tier, bucket_ms, generation))
+            .cloned()
+    }
+
+    pub fn insert(
+        &self,
+        tier: Tier,
+        bucket_ms: u64,
+        generation: u64,
+        summary: std::sync::Arc<BucketSummary>,
+    ) {
+        let pairs = summary.resources.len();
+        if pairs > SUMMARY_MEMO_PAIRS_MAX {
+            return;
+        }
+        let mut entries = self.entries();
+        let key = (tier, bucket_ms, generation);
+        if entries.by_key.contains_key(&key) {
+            return;
+        }
+        while entries.pairs + pairs > SUMMARY_MEMO_PAIRS_MAX {
+            let Some(oldest) = entries.order.pop_front() else {
+                break;
+            };
+            if let Some(gone) = entries.by_key.remove(&oldest) {
+                entries.pairs -= gone.resources.len();
+            }
+        }
+        entries.by_key.insert(key, summary);
+        entries.order.push_back(key);
+        entries.pairs += pairs;
+        assert!(
+            entries.pairs <= SUMMARY_MEMO_PAIRS_MAX,
+            "the memo stays within its bound"
+        );
+    }
 }
 
 /// Whether a reader may keep the summary of `bucket_ms`: it ended at least
@@ -164,6 +251,31 @@ mod tests {
             ..BucketSummary::default()
         };
         assert!(BucketSummary::decode(&unsorted.encode()).is_err());
+    }
+
+    #[test]
+    fn the_memo_forgets_the_oldest_past_its_bound() {
+        let memo = SummaryMemo::default();
+        let of = |pairs: usize| {
+            std::sync::Arc::new(BucketSummary {
+                resources: (0..pairs).map(|i| (format!("r{i:07}"), 1)).collect(),
+                ..BucketSummary::default()
+            })
+        };
+        let half = SUMMARY_MEMO_PAIRS_MAX / 2;
+        memo.insert(Tier::Hour, 0, 1, of(half));
+        memo.insert(Tier::Hour, HOUR_MS, 1, of(half));
+        assert!(memo.get(Tier::Hour, 0, 1).is_some());
+        assert!(memo.get(Tier::Hour, 0, 2).is_none(), "another generation");
+        memo.insert(Tier::Hour, 2 * HOUR_MS, 1, of(1));
+        assert!(memo.get(Tier::Hour, 0, 1).is_none(), "the oldest went");
+        assert!(memo.get(Tier::Hour, HOUR_MS, 1).is_some());
+        assert!(memo.get(Tier::Hour, 2 * HOUR_MS, 1).is_some());
+        memo.insert(Tier::Day, 0, 1, of(SUMMARY_MEMO_PAIRS_MAX + 1));
+        assert!(
+            memo.get(Tier::Day, 0, 1).is_none(),
+            "larger than the bound: not held"
+        );
     }
 
     #[test]

@@ -13,8 +13,8 @@ use hitcount_store::hot::HotTier;
 use hitcount_store::{
     ApplyOutcome, BatchKey, CatalogStore, CosmosSettings, CosmosStore, CountCell, CreateOutcome,
     DAY_MS, DurableStore, EmbeddedStore, HOUR_MS, Import, ImportCell, ImportOutcome,
-    MINUTE_TIER_RETENTION_MS, MergeBatch, PatternRecord, PgStore, ResourceRecord, StoredSummary,
-    Tier, TokenRecord,
+    MINUTE_TIER_RETENTION_MS, MergeBatch, PatternRecord, PgStore, ResourceRecord, Tier,
+    TokenRecord,
 };
 use hitcount_wire::{DeltaEntry, MINUTE_MS, SKETCH_STANDARD_ERROR, Sketch};
 use tempfile::TempDir;
@@ -678,21 +678,24 @@ async fn summary_of(
     bucket_ms: u64,
 ) -> (u64, Option<Vec<u8>>) {
     let rows = store
-        .bucket_summaries(tier, bucket_ms, bucket_ms + tier.resolution_ms())
+        .bucket_generations(tier, bucket_ms, bucket_ms + tier.resolution_ms())
         .await
         .unwrap();
     assert!(rows.len() <= 1, "{rows:?}");
-    match rows.into_iter().next() {
-        Some(StoredSummary {
-            bucket_ms: stored,
-            generation,
-            body,
-        }) => {
-            assert_eq!(stored, bucket_ms);
-            (generation, body)
-        }
-        None => (0, None),
-    }
+    let Some(row) = rows.first() else {
+        return (0, None);
+    };
+    assert_eq!(row.bucket_ms, bucket_ms);
+    let bodies = store.bucket_summaries(tier, vec![bucket_ms]).await.unwrap();
+    assert_eq!(bodies.len(), usize::from(row.kept), "{bodies:?}");
+    let body = bodies.into_iter().next().map(|stored| {
+        assert_eq!(
+            (stored.bucket_ms, stored.generation),
+            (bucket_ms, row.generation)
+        );
+        stored.body
+    });
+    (row.generation, body)
 }
 
 mod cases {
