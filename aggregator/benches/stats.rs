@@ -198,7 +198,10 @@ async fn seed_postgres(url: &str, seed: &Seed, now_ms: u64) -> u64 {
     }
     // As a database that has been running is: vacuumed (so autovacuum does not start on the
     // fresh rows in the middle of a measurement) and analysed.
-    sqlx::query("VACUUM (ANALYZE)").execute(&pool).await.unwrap();
+    sqlx::query("VACUUM (ANALYZE)")
+        .execute(&pool)
+        .await
+        .unwrap();
     cells.len() as u64
 }
 

@@ -372,15 +372,7 @@ fn oidc_settings(args: &Args) -> Result<Option<OidcSettings>, ConfigError> {
     let (Some(issuer), Some(audience)) = (&args.oidc_issuer, &args.oidc_audience) else {
         return Ok(None);
     };
-    let uri: axum::http::Uri = issuer
-        .parse()
-        .map_err(|_| ConfigError::OidcIssuer(issuer.clone()))?;
-    let loopback = matches!(uri.host(), Some("localhost" | "127.0.0.1" | "[::1]"));
-    let secure = match uri.scheme_str() {
-        Some("https") => true,
-        Some("http") => loopback,
-        _ => false,
-    };
+    let secure = crate::oidc::secure_url(issuer);
     if !secure || audience.trim().is_empty() || args.oidc_roles_claim.trim().is_empty() {
         return Err(ConfigError::OidcIssuer(issuer.clone()));
     }

@@ -10,12 +10,15 @@
 //! `kid` with a rate limit and refuses symmetric keys from a key set (see ARCHITECTURE.md).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use base64::Engine;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse,
+};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
@@ -28,8 +31,14 @@ pub const JWKS_CACHE_MS_MAX: u64 = 60 * 60 * 1_000;
 /// Unknown keys make at most one fetch per this many ms (the default of
 /// [`OidcSettings::refetch_interval_ms`]): tokens naming made-up `kid`s cannot flood the issuer.
 pub const JWKS_REFETCH_INTERVAL_MS_DEFAULT: u64 = 30_000;
+/// How long past [`JWKS_CACHE_MS_MAX`] a key set still verifies while the issuer cannot be
+/// reached, in ms: an outage of a day is ridden out, a retired key is not trusted for ever.
+pub const JWKS_STALE_MS_MAX: u64 = 24 * 60 * 60 * 1_000;
 /// How long a request to the issuer may take, in ms.
 pub const ISSUER_TIMEOUT_MS: u64 = 10_000;
+/// How long a request waits for another request's fetch of the keys, in ms (a discovery and a
+/// key set request, each within [`ISSUER_TIMEOUT_MS`]).
+pub const KEYS_FETCH_WAIT_MS_MAX: u64 = 2 * ISSUER_TIMEOUT_MS + 1_000;
 /// The largest discovery document or key set read from the issuer.
 pub const ISSUER_DOCUMENT_BYTES_MAX: usize = 1024 * 1024;
 /// The longest bearer JWT looked at.
@@ -50,7 +59,7 @@ pub struct OidcSettings {
     pub refetch_interval_ms: u64,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum OidcError {
     #[error("the token is not a well-formed JWT: {0}")]
     Malformed(String),
@@ -60,6 +69,8 @@ pub enum OidcError {
     NoKeyId,
     #[error("the issuer's key set has no signing key {0:?}")]
     UnknownKey(String),
+    #[error("the issuer's key {kid:?} never verifies tokens: {why}")]
+    UnusableKey { kid: String, why: &'static str },
     #[error("the token's algorithm {token} does not match its key's ({key})")]
     KeyAlgorithm { token: String, key: String },
     #[error("the token's signature is invalid")]
@@ -76,6 +87,14 @@ pub enum OidcError {
     MissingClaim(String),
     #[error("the identity provider cannot be reached ({0}); retry shortly")]
     ProviderUnavailable(String),
+    /// The token names a key the set lacked when last fetched, too recently to fetch it again
+    /// (a key the issuer has just rotated in is there at the next fetch).
+    #[error(
+        "the issuer's key set had no signing key {kid:?} when last fetched; it is fetched again within {retry_after_s} s"
+    )]
+    KeyNotFetchedYet { kid: String, retry_after_s: u64 },
+    #[error("the HTTP client for the identity provider cannot be built: {0}")]
+    HttpClient(String),
 }
 
 /// A key of the issuer's set that may verify tokens, with the one algorithm it verifies.
@@ -86,7 +105,28 @@ struct VerifyingKey {
 
 struct KeySet {
     by_kid: HashMap<String, Arc<VerifyingKey>>,
+    /// Keys the set names that never verify, with why (a symmetric key, a `kid` named twice).
+    refused: HashMap<String, &'static str>,
     fetched_at_ms: u64,
+}
+
+/// What a key set says of a `kid`.
+enum Lookup {
+    Usable(Arc<VerifyingKey>),
+    Refused(&'static str),
+    Absent,
+}
+
+impl KeySet {
+    fn lookup(&self, kid: &str) -> Lookup {
+        if let Some(key) = self.by_kid.get(kid) {
+            return Lookup::Usable(key.clone());
+        }
+        match self.refused.get(kid) {
+            Some(why) => Lookup::Refused(why),
+            None => Lookup::Absent,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -102,33 +142,48 @@ struct RawHeader {
 
 /// Verifies bearer JWTs against one issuer. Shared by every request; fetches are single-flight.
 pub struct OidcVerifier {
+    shared: Arc<Keys>,
+}
+
+/// The issuer's keys and how they are fetched, shared by the requests and the fetch tasks.
+struct Keys {
     settings: OidcSettings,
     client: reqwest::Client,
-    keys: RwLock<Option<Arc<KeySet>>>,
+    set: RwLock<Option<Arc<KeySet>>>,
     /// Held while fetching, so concurrent requests wait for one fetch instead of each making one.
     fetching: tokio::sync::Mutex<()>,
+    /// Fetches started so far, and the time of the last one (its outcome whatever it was): a
+    /// failed fetch limits the next as a successful one does.
+    attempts: AtomicU64,
+    last_attempt_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for OidcVerifier {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
             .debug_struct("OidcVerifier")
-            .field("settings", &self.settings)
+            .field("settings", &self.shared.settings)
             .finish_non_exhaustive()
     }
 }
 
 impl OidcVerifier {
     pub fn new(settings: OidcSettings) -> Result<Self, OidcError> {
+        // No redirects: the key set is read from the address discovery names, or not at all.
         let client = reqwest::Client::builder()
             .timeout(Duration::from_millis(ISSUER_TIMEOUT_MS))
+            .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|error| OidcError::ProviderUnavailable(error.to_string()))?;
+            .map_err(|error| OidcError::HttpClient(error.to_string()))?;
         Ok(Self {
-            settings,
-            client,
-            keys: RwLock::new(None),
-            fetching: tokio::sync::Mutex::new(()),
+            shared: Arc::new(Keys {
+                settings,
+                client,
+                set: RwLock::new(None),
+                fetching: tokio::sync::Mutex::new(()),
+                attempts: AtomicU64::new(0),
+                last_attempt_ms: AtomicU64::new(0),
+            }),
         })
     }
 
@@ -157,7 +212,7 @@ impl OidcVerifier {
             .ok_or_else(|| OidcError::MissingClaim("sub".to_owned()))?;
         Ok(Identity {
             id: format!("oidc:{subject}"),
-            grants: grants_from_roles(claim_at(&claims, &self.settings.roles_claim)),
+            grants: grants_from_roles(claim_at(&claims, &self.shared.settings.roles_claim)),
         })
     }
 
@@ -166,9 +221,10 @@ impl OidcVerifier {
         token: &str,
         key: &VerifyingKey,
     ) -> Result<serde_json::Map<String, serde_json::Value>, OidcError> {
+        let settings = &self.shared.settings;
         let mut validation = Validation::new(key.algorithm);
-        validation.set_issuer(&[&self.settings.issuer]);
-        validation.set_audience(&[&self.settings.audience]);
+        validation.set_issuer(&[&settings.issuer]);
+        validation.set_audience(&[&settings.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.leeway = CLOCK_SKEW_S;
         validation.validate_nbf = true;
@@ -181,8 +237,8 @@ impl OidcVerifier {
         .map_err(|error| match error.into_kind() {
             ErrorKind::ExpiredSignature => OidcError::Expired,
             ErrorKind::ImmatureSignature => OidcError::NotYetValid,
-            ErrorKind::InvalidIssuer => OidcError::Issuer(self.settings.issuer.clone()),
-            ErrorKind::InvalidAudience => OidcError::Audience(self.settings.audience.clone()),
+            ErrorKind::InvalidIssuer => OidcError::Issuer(settings.issuer.clone()),
+            ErrorKind::InvalidAudience => OidcError::Audience(settings.audience.clone()),
             ErrorKind::InvalidSignature => OidcError::Signature,
             ErrorKind::MissingRequiredClaim(claim) => OidcError::MissingClaim(claim),
             other => OidcError::Malformed(format!("{other:?}")),
@@ -190,43 +246,122 @@ impl OidcVerifier {
     }
 
     /// The key `kid` names: from the cache, or after one fetch of the key set when the cache
-    /// lacks it (unless a fetch was made within the refetch interval) or has aged out.
+    /// lacks it or has aged out. The fetch runs in a task of its own, so a caller that hangs up
+    /// does not cut it short for the others.
     async fn key(&self, kid: &str, now_ms: u64) -> Result<Arc<VerifyingKey>, OidcError> {
-        let cached = self.cached();
-        if let Some(keys) = &cached
-            && now_ms.saturating_sub(keys.fetched_at_ms) < JWKS_CACHE_MS_MAX
-            && let Some(key) = keys.by_kid.get(kid)
-        {
-            return Ok(key.clone());
+        match self.shared.fresh_lookup(kid, now_ms) {
+            Lookup::Usable(key) => return Ok(key),
+            Lookup::Refused(why) => return Err(unusable(kid, why)),
+            Lookup::Absent => {}
         }
-        let _fetching = self.fetching.lock().await;
-        // Another request may have fetched while this one waited.
-        let cached = self.cached();
-        let fresh_enough = cached.as_ref().is_some_and(|keys| {
-            now_ms.saturating_sub(keys.fetched_at_ms) < self.settings.refetch_interval_ms
-        });
-        let keys = match cached {
-            Some(keys) if fresh_enough => keys,
-            stale => match self.fetch_keys(now_ms).await {
-                Ok(keys) => keys,
-                Err(error) => {
-                    // A key set that aged out still verifies while the issuer is unreachable.
-                    tracing::warn!(%error, "fetching the issuer's keys failed");
-                    stale.ok_or(error)?
-                }
-            },
-        };
-        keys.by_kid
-            .get(kid)
-            .cloned()
-            .ok_or_else(|| OidcError::UnknownKey(kid.to_owned()))
+        let attempts_before = self.shared.attempts.load(Ordering::SeqCst);
+        let shared = self.shared.clone();
+        let kid = kid.to_owned();
+        tokio::spawn(async move { shared.key_after_fetch(&kid, now_ms, attempts_before).await })
+            .await
+            .map_err(|error| {
+                OidcError::ProviderUnavailable(format!("the key fetch failed: {error}"))
+            })?
     }
+}
 
+impl Keys {
     fn cached(&self) -> Option<Arc<KeySet>> {
-        self.keys
+        self.set
             .read()
             .unwrap_or_else(|poison| poison.into_inner())
             .clone()
+    }
+
+    /// What a set fetched less than [`JWKS_CACHE_MS_MAX`] ago says of `kid` (absent without one).
+    fn fresh_lookup(&self, kid: &str, now_ms: u64) -> Lookup {
+        match self.cached() {
+            Some(keys) if now_ms.saturating_sub(keys.fetched_at_ms) < JWKS_CACHE_MS_MAX => {
+                keys.lookup(kid)
+            }
+            _ => Lookup::Absent,
+        }
+    }
+
+    /// After waiting (bounded) for any fetch in progress: the key from the cache if that fetch
+    /// brought it; otherwise from a fetch of this request's own, unless a fetch started less than
+    /// the refetch interval ago (whatever its outcome). While the issuer cannot be reached, a set
+    /// past its age still verifies for [`JWKS_STALE_MS_MAX`].
+    async fn key_after_fetch(
+        &self,
+        kid: &str,
+        now_ms: u64,
+        attempts_before: u64,
+    ) -> Result<Arc<VerifyingKey>, OidcError> {
+        let wait = Duration::from_millis(KEYS_FETCH_WAIT_MS_MAX);
+        let _fetching = tokio::time::timeout(wait, self.fetching.lock())
+            .await
+            .map_err(|_| {
+                OidcError::ProviderUnavailable("another fetch of the keys is still running".into())
+            })?;
+        match self.fresh_lookup(kid, now_ms) {
+            Lookup::Usable(key) => return Ok(key),
+            Lookup::Refused(why) => return Err(unusable(kid, why)),
+            Lookup::Absent => {}
+        }
+        let fetched_since_asked = self.attempts.load(Ordering::SeqCst) > attempts_before;
+        let since_last_ms = now_ms.saturating_sub(self.last_attempt_ms.load(Ordering::SeqCst));
+        let may_fetch = self.attempts.load(Ordering::SeqCst) == 0
+            || since_last_ms >= self.settings.refetch_interval_ms;
+        let fetch_error = if may_fetch && !fetched_since_asked {
+            self.attempts.fetch_add(1, Ordering::SeqCst);
+            self.last_attempt_ms.store(now_ms, Ordering::SeqCst);
+            match self.fetch_keys(now_ms).await {
+                Ok(keys) => {
+                    return match keys.lookup(kid) {
+                        Lookup::Usable(key) => Ok(key),
+                        Lookup::Refused(why) => Err(unusable(kid, why)),
+                        Lookup::Absent => Err(OidcError::UnknownKey(kid.to_owned())),
+                    };
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "fetching the issuer's keys failed");
+                    Some(error)
+                }
+            }
+        } else {
+            None
+        };
+        let usable = self.cached().filter(|keys| {
+            now_ms.saturating_sub(keys.fetched_at_ms) < JWKS_CACHE_MS_MAX + JWKS_STALE_MS_MAX
+        });
+        let unavailable = || {
+            fetch_error.clone().unwrap_or_else(|| {
+                OidcError::ProviderUnavailable("the issuer's keys could not be fetched".into())
+            })
+        };
+        let Some(keys) = usable else {
+            return Err(unavailable());
+        };
+        match keys.lookup(kid) {
+            // A set past its age (the issuer unreachable) verifies the keys it has.
+            Lookup::Usable(key) => return Ok(key),
+            Lookup::Refused(why) => return Err(unusable(kid, why)),
+            Lookup::Absent => {}
+        }
+        // A fetch started after this request arrived (it waited for it) and that succeeded is
+        // the issuer's word on the key.
+        let fetched_ok_since_asked = fetched_since_asked
+            && keys.fetched_at_ms >= self.last_attempt_ms.load(Ordering::SeqCst);
+        match fetch_error {
+            Some(error) => Err(error),
+            // The fetch this request waited for found no such key: final.
+            None if fetched_ok_since_asked => Err(OidcError::UnknownKey(kid.to_owned())),
+            None => Err(OidcError::KeyNotFetchedYet {
+                kid: kid.to_owned(),
+                retry_after_s: self
+                    .settings
+                    .refetch_interval_ms
+                    .saturating_sub(since_last_ms)
+                    .div_ceil(1_000)
+                    .max(1),
+            }),
+        }
     }
 
     async fn fetch_keys(&self, now_ms: u64) -> Result<Arc<KeySet>, OidcError> {
@@ -241,14 +376,22 @@ impl OidcVerifier {
                 discovery.issuer, self.settings.issuer
             )));
         }
+        if !secure_url(&discovery.jwks_uri) {
+            return Err(OidcError::ProviderUnavailable(format!(
+                "the discovery document's jwks_uri {:?} is not https:// (http:// only on this machine)",
+                discovery.jwks_uri
+            )));
+        }
         let set: JwkSet = self.get_json(&discovery.jwks_uri).await?;
+        let (by_kid, refused) = verifying_keys(&set);
         let keys = Arc::new(KeySet {
-            by_kid: verifying_keys(&set),
+            by_kid,
+            refused,
             fetched_at_ms: now_ms,
         });
         tracing::info!(keys = keys.by_kid.len(), jwks_uri = %discovery.jwks_uri, "fetched the issuer's signing keys");
         *self
-            .keys
+            .set
             .write()
             .unwrap_or_else(|poison| poison.into_inner()) = Some(keys.clone());
         Ok(keys)
@@ -263,8 +406,11 @@ impl OidcVerifier {
             .get(url)
             .send()
             .await
-            .and_then(reqwest::Response::error_for_status)
             .map_err(|error| unavailable(&error))?;
+        // Redirects are not followed, so a 3xx is a failure as a 4xx or 5xx is.
+        if !response.status().is_success() {
+            return Err(unavailable(&format_args!("status {}", response.status())));
+        }
         let mut body = Vec::new();
         while let Some(chunk) = response
             .chunk()
@@ -279,6 +425,20 @@ impl OidcVerifier {
             body.extend_from_slice(&chunk);
         }
         serde_json::from_slice(&body).map_err(|error| unavailable(&error))
+    }
+}
+
+/// Whether `url` may be trusted for an issuer's documents and keys: https://, or http:// to this
+/// machine only (a provider run beside the aggregator, and the tests' own issuer).
+pub fn secure_url(url: &str) -> bool {
+    let Ok(uri) = url.parse::<axum::http::Uri>() else {
+        return false;
+    };
+    let loopback = matches!(uri.host(), Some("localhost" | "127.0.0.1" | "[::1]"));
+    match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => loopback,
+        _ => false,
     }
 }
 
@@ -300,43 +460,76 @@ fn accepted_algorithm(token: &str) -> Result<Algorithm, OidcError> {
         .ok_or(OidcError::Algorithm(header.alg))
 }
 
-/// The keys of `set` that can verify tokens: signing keys with a `kid`, RSA for RS256 or P-256
-/// for ES256, agreeing with their `alg` when they state one. Symmetric and other keys are
-/// skipped: a key set is public, and a public value must never verify an HMAC.
-fn verifying_keys(set: &JwkSet) -> HashMap<String, Arc<VerifyingKey>> {
+/// The keys of `set` that can verify tokens, and those it names that never do with why: a
+/// signing key verifies if its `kid` is named once and it is RSA for RS256 or P-256 for ES256,
+/// agreeing with its `alg` when it states one. Symmetric keys never do: a key set is public, and
+/// a public value must never verify an HMAC.
+fn verifying_keys(
+    set: &JwkSet,
+) -> (
+    HashMap<String, Arc<VerifyingKey>>,
+    HashMap<String, &'static str>,
+) {
     let mut keys = HashMap::new();
+    let mut refused = HashMap::new();
+    let mut seen = std::collections::HashSet::new();
+    let twice: std::collections::HashSet<&str> = set
+        .keys
+        .iter()
+        .filter_map(|jwk| jwk.common.key_id.as_deref())
+        .filter(|kid| !seen.insert(*kid))
+        .collect();
     for jwk in &set.keys {
         let Some(kid) = &jwk.common.key_id else {
             continue;
         };
-        if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
-            continue;
-        }
-        let algorithm = match &jwk.algorithm {
-            AlgorithmParameters::RSA(_) => Algorithm::RS256,
-            AlgorithmParameters::EllipticCurve(curve) if curve.curve == EllipticCurve::P256 => {
-                Algorithm::ES256
-            }
-            _ => continue,
-        };
-        let stated = jwk.common.key_algorithm;
-        let agrees = match stated {
-            None => true,
-            Some(KeyAlgorithm::RS256) => algorithm == Algorithm::RS256,
-            Some(KeyAlgorithm::ES256) => algorithm == Algorithm::ES256,
-            Some(_) => false,
-        };
-        if !agrees {
-            continue;
-        }
-        match DecodingKey::from_jwk(jwk) {
+        match verifying_key(jwk, twice.contains(kid.as_str())) {
             Ok(key) => {
-                keys.insert(kid.clone(), Arc::new(VerifyingKey { algorithm, key }));
+                keys.insert(kid.clone(), Arc::new(key));
             }
-            Err(error) => tracing::warn!(%kid, %error, "skipped an unusable key of the issuer"),
+            Err(why) => {
+                tracing::warn!(%kid, why, "skipped a key of the issuer");
+                refused.insert(kid.clone(), why);
+            }
         }
     }
-    keys
+    (keys, refused)
+}
+
+/// The key `jwk` verifies with, or why it verifies nothing.
+fn verifying_key(jwk: &Jwk, named_twice: bool) -> Result<VerifyingKey, &'static str> {
+    if named_twice {
+        return Err("the set names its kid twice");
+    }
+    if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+        return Err("an encryption key");
+    }
+    let algorithm = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => Algorithm::RS256,
+        AlgorithmParameters::EllipticCurve(curve) if curve.curve == EllipticCurve::P256 => {
+            Algorithm::ES256
+        }
+        AlgorithmParameters::OctetKey(_) => return Err("a symmetric key"),
+        _ => return Err("neither RSA nor P-256"),
+    };
+    let agrees = match jwk.common.key_algorithm {
+        None => true,
+        Some(KeyAlgorithm::RS256) => algorithm == Algorithm::RS256,
+        Some(KeyAlgorithm::ES256) => algorithm == Algorithm::ES256,
+        Some(_) => false,
+    };
+    if !agrees {
+        return Err("its alg is neither RS256 for RSA nor ES256 for P-256");
+    }
+    let key = DecodingKey::from_jwk(jwk).map_err(|_| "its parameters do not make a key")?;
+    Ok(VerifyingKey { algorithm, key })
+}
+
+fn unusable(kid: &str, why: &'static str) -> OidcError {
+    OidcError::UnusableKey {
+        kid: kid.to_owned(),
+        why,
+    }
 }
 
 /// The value at a dotted `path` of the claims (`roles`, `realm_access.roles`).

@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
-use hitcount_aggregator::oidc::OidcSettings;
-use hitcount_test_support::oidc::{Issuer, OIDC_AUDIENCE, SigningKey, hand_made_jwt};
+use hitcount_aggregator::oidc::{
+    JWKS_CACHE_MS_MAX, JWKS_STALE_MS_MAX, OidcError, OidcSettings, OidcVerifier,
+};
+use hitcount_test_support::oidc::{Issuer, OIDC_AUDIENCE, SigningKey, hand_made_jwt, public_jwk};
 use hitcount_test_support::{ADMIN_TOKEN, Server, body, error_code, test_config};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -157,6 +159,8 @@ async fn every_bad_token_is_refused_with_401_saying_why() {
     .unwrap();
     assert_refused(&server, &hs256, "tokens signed with HS256 are not accepted").await;
 
+    // An unknown kid after a refetch (its own, once the refetch interval has passed).
+    tokio::time::sleep(Duration::from_millis(REFETCH_INTERVAL_MS + 100)).await;
     let stranger = SigningKey::rsa("rsa-unknown");
     assert_refused(
         &server,
@@ -212,8 +216,13 @@ async fn a_rotated_key_is_fetched_once_and_the_retired_one_is_refused() {
     let refusals = made_up
         .iter()
         .map(|token| get(&server, "/stats/top", token));
-    for (status, _) in futures::future::join_all(refusals).await {
-        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Refused with 401 when the request waited for that fetch, with 503 (retry later) when it
+    // came after the fetch had started.
+    for (status, value) in futures::future::join_all(refusals).await {
+        assert!(
+            [StatusCode::UNAUTHORIZED, StatusCode::SERVICE_UNAVAILABLE].contains(&status),
+            "{status} {value}"
+        );
     }
     assert_eq!(
         issuer.jwks_fetches(),
@@ -225,8 +234,13 @@ async fn a_rotated_key_is_fetched_once_and_the_retired_one_is_refused() {
         get(&server, "/stats/top", &new.sign(&claims)).await.0,
         StatusCode::OK
     );
-    assert_refused(&server, &old.sign(&claims), "no signing key \"2026-11\"").await;
     assert_eq!(issuer.jwks_fetches(), 2);
+    // Until the next refetch, a key not in the set may be one just published: 503, retry.
+    let (status, _) = get(&server, "/stats/top", &old.sign(&claims)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    tokio::time::sleep(Duration::from_millis(REFETCH_INTERVAL_MS + 100)).await;
+    assert_refused(&server, &old.sign(&claims), "no signing key \"2026-11\"").await;
+    assert_eq!(issuer.jwks_fetches(), 3);
 }
 
 #[tokio::test]
@@ -259,6 +273,155 @@ async fn an_issuer_that_cannot_be_reached_is_503_and_its_keys_are_kept_once_fetc
     assert_eq!(get(&server, "/stats/top", &token).await.0, StatusCode::OK);
     issuer.server.stop().await;
     assert_eq!(get(&server, "/stats/top", &token).await.0, StatusCode::OK);
+}
+
+/// A failed fetch of the keys limits the next as a successful one does: while the issuer's key
+/// set fails, tokens get 503 at once and the issuer is asked once per refetch interval; once it
+/// answers again, they pass.
+#[tokio::test]
+async fn a_failing_key_set_is_asked_once_per_interval_and_tokens_get_503() {
+    let rsa = SigningKey::rsa("rsa-1");
+    let issuer = Issuer::start(&[&rsa]).await;
+    issuer.fail_key_set(true);
+    let (server, _directory) = aggregator_trusting(&issuer, "roles").await;
+    let token = rsa.sign(&issuer.claims("ada", &["hitcount.read"], now_s()));
+    for _ in 0..5 {
+        let (status, value) = get(&server, "/stats/top", &token).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{value}");
+        assert_eq!(error_code(&value), "unavailable");
+    }
+    assert_eq!(issuer.jwks_fetches(), 1, "one attempt within the interval");
+    issuer.fail_key_set(false);
+    tokio::time::sleep(Duration::from_millis(REFETCH_INTERVAL_MS + 100)).await;
+    assert_eq!(get(&server, "/stats/top", &token).await.0, StatusCode::OK);
+    assert_eq!(issuer.jwks_fetches(), 2);
+}
+
+/// A key the issuer published after the last fetch, named within the refetch interval: 503 with
+/// Retry-After (the token may well be good), and accepted after the next fetch.
+#[tokio::test]
+async fn a_key_newer_than_the_last_fetch_is_503_until_the_next_fetch() {
+    let old = SigningKey::rsa("old");
+    let new = SigningKey::ec("new");
+    let issuer = Issuer::start(&[&old]).await;
+    let (server, _directory) = aggregator_trusting(&issuer, "roles").await;
+    let claims = issuer.claims("ada", &["hitcount.read"], now_s());
+    assert_eq!(
+        get(&server, "/stats/top", &old.sign(&claims)).await.0,
+        StatusCode::OK
+    );
+    issuer.publish(&[&old, &new]);
+    let response = server
+        .client
+        .get(server.url("/stats/top"))
+        .bearer_auth(new.sign(&claims))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key("retry-after"));
+    let (_, value) = body(response).await;
+    let message = value["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("no signing key \"new\" when last fetched"),
+        "{message}"
+    );
+    tokio::time::sleep(Duration::from_millis(REFETCH_INTERVAL_MS + 100)).await;
+    assert_eq!(
+        get(&server, "/stats/top", &new.sign(&claims)).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(issuer.jwks_fetches(), 2);
+}
+
+/// Keys that must never verify: a symmetric (`oct`) key in the set, and two keys under one
+/// `kid`; and key sets from where they must not come: an http:// address that is not this
+/// machine, and a redirect.
+#[tokio::test]
+async fn symmetric_ambiguous_and_badly_placed_keys_are_never_used() {
+    let rsa = SigningKey::rsa("rsa-1");
+    let twin = SigningKey::rsa("twin");
+    let other_twin = SigningKey::rsa("twin");
+    let issuer = Issuer::start(&[&rsa]).await;
+    let mut oct = json!({"kty": "oct", "kid": "shared", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQ"});
+    issuer.publish_raw(vec![
+        oct.take(),
+        public_jwk(&twin),
+        public_jwk(&other_twin),
+        public_jwk(&rsa),
+    ]);
+    let (server, _directory) = aggregator_trusting(&issuer, "roles").await;
+    let claims = issuer.claims("ada", &["hitcount.read"], now_s());
+    assert_eq!(
+        get(&server, "/stats/top", &rsa.sign(&claims)).await.0,
+        StatusCode::OK
+    );
+    // A token of the right algorithm naming the symmetric key's kid finds no key.
+    let named_oct = SigningKey::rsa("shared");
+    assert_refused(
+        &server,
+        &named_oct.sign(&claims),
+        "\"shared\" never verifies tokens: a symmetric key",
+    )
+    .await;
+    assert_refused(
+        &server,
+        &twin.sign(&claims),
+        "\"twin\" never verifies tokens: the set names its kid twice",
+    )
+    .await;
+
+    // http:// to another machine (this one under an address that is not a loopback name, which
+    // serves the keys if asked), and a redirect.
+    let port = issuer.server.address.port();
+    for jwks_uri in [
+        format!("http://[::ffff:127.0.0.1]:{port}/keys"),
+        format!("{}/moved-keys", issuer.url()),
+    ] {
+        let elsewhere = Issuer::start(&[&rsa]).await;
+        elsewhere.name_jwks_uri(Some(jwks_uri.clone()));
+        let (server, _directory) = aggregator_trusting(&elsewhere, "roles").await;
+        let mut claims = claims.clone();
+        claims["iss"] = json!(elsewhere.url());
+        let (status, value) = get(&server, "/stats/top", &rsa.sign(&claims)).await;
+        assert_eq!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{jwks_uri}: {value}"
+        );
+    }
+}
+
+/// A key set outlives an issuer's outage for a bounded time only: past its cache age it still
+/// verifies while fetches fail, up to `JWKS_STALE_MS_MAX` more; after that tokens wait (503).
+#[tokio::test]
+async fn keys_outlive_an_outage_for_a_bounded_time() {
+    let rsa = SigningKey::rsa("rsa-1");
+    let issuer = Issuer::start(&[&rsa]).await;
+    let verifier = OidcVerifier::new(OidcSettings {
+        issuer: issuer.url(),
+        audience: OIDC_AUDIENCE.to_owned(),
+        roles_claim: "roles".to_owned(),
+        refetch_interval_ms: REFETCH_INTERVAL_MS,
+    })
+    .unwrap();
+    // The claims are checked against the real clock; the key cache against the one given.
+    let token = rsa.sign(&issuer.claims("ada", &["hitcount.read"], now_s()));
+    let now = hitcount_aggregator::now_ms();
+    assert!(verifier.verify(&token, now).await.is_ok());
+    issuer.fail_key_set(true);
+    let aged = now + JWKS_CACHE_MS_MAX + 60_000;
+    assert!(
+        verifier.verify(&token, aged).await.is_ok(),
+        "stale keys ride out an outage"
+    );
+    assert_eq!(issuer.jwks_fetches(), 2);
+    let too_old = now + JWKS_CACHE_MS_MAX + JWKS_STALE_MS_MAX + 60_000;
+    assert!(matches!(
+        verifier.verify(&token, too_old).await,
+        Err(OidcError::ProviderUnavailable(_))
+    ));
+    assert_eq!(issuer.jwks_fetches(), 3);
 }
 
 /// `POST /hits` of `resource_ids` with `token`: its status.

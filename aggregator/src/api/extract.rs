@@ -211,7 +211,7 @@ impl FromRequestParts<SharedState> for Caller {
 }
 
 /// 401 saying why the identity provider's token was refused, or 503 when the provider's keys
-/// cannot be fetched (the token may be good).
+/// cannot be fetched or its key is not fetched yet (the token may be good).
 fn oidc_refusal(error: OidcError) -> ApiError {
     match error {
         OidcError::ProviderUnavailable(reason) => {
@@ -223,6 +223,10 @@ fn oidc_refusal(error: OidcError) -> ApiError {
                 retry_after_s: crate::error::RETRY_AFTER_S,
             }
         }
+        error @ OidcError::KeyNotFetchedYet { retry_after_s, .. } => ApiError::Unavailable {
+            message: error.to_string(),
+            retry_after_s,
+        },
         refused => ApiError::unauthorized(refused.to_string()),
     }
 }

@@ -3,14 +3,14 @@
 //! ES256, by aws-lc-rs), tokens signed here, the key set replaceable mid-test (rotation) and its
 //! fetches counted.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::Json;
 use axum::extract::State;
 use axum::routing::get;
 use base64::Engine;
-use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
@@ -92,8 +92,12 @@ impl SigningKey {
 #[derive(Debug)]
 struct IssuerState {
     issuer: Mutex<String>,
-    keys: Mutex<Vec<Jwk>>,
+    keys: Mutex<Vec<Value>>,
     jwks_fetches: AtomicU64,
+    /// While true, the key set answers 500 (still counted): an issuer having trouble.
+    failing: AtomicBool,
+    /// The `jwks_uri` discovery names instead of `{issuer}/keys`, if set.
+    jwks_uri: Mutex<Option<String>>,
 }
 
 /// The issuer: serving until dropped or stopped.
@@ -105,20 +109,28 @@ pub struct Issuer {
 
 async fn discovery(State(state): State<Arc<IssuerState>>) -> Json<Value> {
     let issuer = state.issuer.lock().unwrap().clone();
+    let jwks_uri = state.jwks_uri.lock().unwrap().clone();
     Json(json!({
         "issuer": issuer,
-        "jwks_uri": format!("{issuer}/keys"),
+        "jwks_uri": jwks_uri.unwrap_or_else(|| format!("{issuer}/keys")),
         "authorization_endpoint": format!("{issuer}/authorize"),
         "token_endpoint": format!("{issuer}/token"),
         "id_token_signing_alg_values_supported": ["RS256", "ES256"],
     }))
 }
 
-async fn key_set(State(state): State<Arc<IssuerState>>) -> Json<JwkSet> {
+async fn key_set(State(state): State<Arc<IssuerState>>) -> axum::response::Response {
+    use axum::response::IntoResponse;
     state.jwks_fetches.fetch_add(1, Ordering::SeqCst);
-    Json(JwkSet {
-        keys: state.keys.lock().unwrap().clone(),
-    })
+    if state.failing.load(Ordering::SeqCst) {
+        return axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    Json(json!({ "keys": state.keys.lock().unwrap().clone() })).into_response()
+}
+
+/// The key set moved elsewhere: a redirect to `/keys`.
+async fn moved_key_set() -> axum::response::Redirect {
+    axum::response::Redirect::temporary("/keys")
 }
 
 impl Issuer {
@@ -126,12 +138,15 @@ impl Issuer {
     pub async fn start(keys: &[&SigningKey]) -> Self {
         let state = Arc::new(IssuerState {
             issuer: Mutex::new(String::new()),
-            keys: Mutex::new(keys.iter().map(|key| key.jwk.clone()).collect()),
+            keys: Mutex::new(keys.iter().map(|key| public_jwk(key)).collect()),
             jwks_fetches: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
+            jwks_uri: Mutex::new(None),
         });
         let router = axum::Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
             .route("/keys", get(key_set))
+            .route("/moved-keys", get(moved_key_set))
             .with_state(state.clone());
         let server = serve_router(router).await;
         *state.issuer.lock().unwrap() = server.url("");
@@ -145,7 +160,22 @@ impl Issuer {
 
     /// Publishes `keys` instead (a rotation).
     pub fn publish(&self, keys: &[&SigningKey]) {
-        *self.state.keys.lock().unwrap() = keys.iter().map(|key| key.jwk.clone()).collect();
+        *self.state.keys.lock().unwrap() = keys.iter().map(|key| public_jwk(key)).collect();
+    }
+
+    /// Publishes these JWKs as they are (an `oct` key, a key twice under one `kid`).
+    pub fn publish_raw(&self, keys: Vec<Value>) {
+        *self.state.keys.lock().unwrap() = keys;
+    }
+
+    /// While `failing`, the key set answers 500.
+    pub fn fail_key_set(&self, failing: bool) {
+        self.state.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// Discovery names `uri` as the key set's address (`None`: the issuer's own `/keys`).
+    pub fn name_jwks_uri(&self, uri: Option<String>) {
+        *self.state.jwks_uri.lock().unwrap() = uri;
     }
 
     /// How often the key set was fetched.
@@ -166,6 +196,11 @@ impl Issuer {
             "roles": roles,
         })
     }
+}
+
+/// A signing key's public JWK, as the key set serves it.
+pub fn public_jwk(key: &SigningKey) -> Value {
+    serde_json::to_value(&key.jwk).unwrap()
 }
 
 /// A JWT of `header` and `claims` with `signature` (base64url), for the refusals no signing
