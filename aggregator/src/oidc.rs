@@ -254,6 +254,13 @@ impl OidcVerifier {
             Lookup::Refused(why) => return Err(unusable(kid, why)),
             Lookup::Absent => {}
         }
+        // A set past its age that holds the key (the issuer may be down): answered from at once,
+        // while one fetch in the background renews it; nobody waits behind a failing issuer.
+        if let Some(key) = self.shared.stale_key(kid, now_ms) {
+            let shared = self.shared.clone();
+            tokio::spawn(async move { shared.renew(now_ms).await });
+            return Ok(key);
+        }
         let attempts_before = self.shared.attempts.load(Ordering::SeqCst);
         let shared = self.shared.clone();
         let kid = kid.to_owned();
@@ -280,6 +287,36 @@ impl Keys {
                 keys.lookup(kid)
             }
             _ => Lookup::Absent,
+        }
+    }
+
+    /// The key from a set past [`JWKS_CACHE_MS_MAX`] but within [`JWKS_STALE_MS_MAX`] of it.
+    fn stale_key(&self, kid: &str, now_ms: u64) -> Option<Arc<VerifyingKey>> {
+        let keys = self.cached()?;
+        let age_ms = now_ms.saturating_sub(keys.fetched_at_ms);
+        if !(JWKS_CACHE_MS_MAX..JWKS_CACHE_MS_MAX + JWKS_STALE_MS_MAX).contains(&age_ms) {
+            return None;
+        }
+        match keys.lookup(kid) {
+            Lookup::Usable(key) => Some(key),
+            Lookup::Refused(_) | Lookup::Absent => None,
+        }
+    }
+
+    /// Fetches the set again unless a fetch is running or one started within the refetch
+    /// interval; a failure keeps the set there is.
+    async fn renew(&self, now_ms: u64) {
+        let Ok(_fetching) = self.fetching.try_lock() else {
+            return;
+        };
+        let since_last_ms = now_ms.saturating_sub(self.last_attempt_ms.load(Ordering::SeqCst));
+        if since_last_ms < self.settings.refetch_interval_ms {
+            return;
+        }
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        self.last_attempt_ms.store(now_ms, Ordering::SeqCst);
+        if let Err(error) = self.fetch_keys(now_ms).await {
+            tracing::warn!(%error, "renewing the issuer's keys failed; the ones held still verify");
         }
     }
 

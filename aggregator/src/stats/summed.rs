@@ -14,7 +14,9 @@ use super::{Order, Ranking, ResourceTotal, TopRequest, rank, sum};
 use crate::auth::ResourceGrant;
 use crate::catalog::Catalog;
 use crate::query::Plan;
-use crate::store::summaries::{SUMMARY_RESOURCES_MAX, bucket_closed, far_from_retention};
+use crate::store::summaries::{
+    SUMMARY_LATE_AFTER_MS, SUMMARY_RESOURCES_MAX, bucket_closed, far_from_retention,
+};
 use crate::store::{
     BucketSummary, CELLS_READ_RESOURCES_MAX, KeptSummaries, Store, StoreError, Tier,
 };
@@ -49,8 +51,9 @@ pub(super) async fn ranked(
     plan: &Plan,
     now_ms: u64,
 ) -> Result<Ranking, StoreError> {
+    let keeping = Keeping::read(store, now_ms).await?;
     let period = (plan.start_ms, plan.end_ms);
-    let buckets = period_buckets(catalog, store, plan.tier, period, now_ms).await?;
+    let buckets = period_buckets(catalog, store, plan.tier, period, keeping).await?;
     let mut total_count = 0;
     let mut total_visitors = Sketch::new();
     // 10,000 resources over 30 days are 300,000 additions: a fast hasher (the keys are ours).
@@ -97,15 +100,46 @@ pub(super) async fn ranked(
     })
 }
 
+/// What may be kept of the buckets a read sums: read before any generation or cell.
+#[derive(Debug, Clone, Copy)]
+struct Keeping {
+    now_ms: u64,
+    /// When the oldest row still in the durable inbox was appended (any process's): a bucket
+    /// such a row may still change on time is not kept.
+    inbox_oldest_ms: Option<u64>,
+    /// The earliest minute of this process's unfolded rows: the cells it reads include them,
+    /// the other processes' reads do not, so buckets from it on are not kept.
+    unfolded_from_ms: u64,
+}
+
+impl Keeping {
+    async fn read(store: &Store, now_ms: u64) -> Result<Self, StoreError> {
+        Ok(Self {
+            now_ms,
+            inbox_oldest_ms: store.inbox_oldest_ms().await?,
+            unfolded_from_ms: store.earliest_unfolded_minute_ms().unwrap_or(u64::MAX),
+        })
+    }
+
+    fn may_keep(&self, tier: Tier, bucket_ms: u64) -> bool {
+        let ended_ms = bucket_ms + tier.resolution_ms();
+        bucket_closed(tier, bucket_ms, self.now_ms)
+            && ended_ms <= self.unfolded_from_ms
+            && self
+                .inbox_oldest_ms
+                .is_none_or(|oldest_ms| ended_ms + SUMMARY_LATE_AFTER_MS <= oldest_ms)
+    }
+}
+
 /// Each bucket of `tier` in `[start_ms, end_ms)` over every resource, in order: the summaries
 /// the store keeps, the rest summed (an open day from its hours, any other bucket from its
-/// cells), and of those the closed ones kept for the next reader.
+/// cells), and of those the ones [`Keeping::may_keep`] allows kept for the next reader.
 async fn period_buckets(
     catalog: &Catalog,
     store: &Store,
     tier: Tier,
     (start_ms, end_ms): (u64, u64),
-    now_ms: u64,
+    keeping: Keeping,
 ) -> Result<Vec<Arc<BucketSummary>>, StoreError> {
     let resolution_ms = tier.resolution_ms();
     assert_eq!(start_ms % resolution_ms, 0, "periods start on a bucket");
@@ -113,11 +147,14 @@ async fn period_buckets(
     let buckets: Vec<u64> = (start_ms..end_ms).step_by(resolution_ms as usize).collect();
     let missing = buckets.iter().filter(|bucket| !summed.contains_key(bucket));
     // The open day from its hours: they close (and are kept) one by one, where the day's cells
-    // (one per resource hit today) would be read whole until the day closes.
+    // (one per resource hit today) would be read whole until the day closes. Not once an
+    // import, a deletion or retention changed the day (its generation moved): an import may
+    // hold day cells without their hours.
     let (from_hours, from_cells): (Vec<u64>, Vec<u64>) = missing.partition(|bucket_ms| {
         tier == Tier::Day
-            && !bucket_closed(tier, **bucket_ms, now_ms)
-            && far_from_retention(Tier::Hour, **bucket_ms, now_ms)
+            && !bucket_closed(tier, **bucket_ms, keeping.now_ms)
+            && far_from_retention(Tier::Hour, **bucket_ms, keeping.now_ms)
+            && !generations.contains_key(*bucket_ms)
     });
     for day_ms in from_hours {
         let hours = Box::pin(period_buckets(
@@ -125,26 +162,31 @@ async fn period_buckets(
             store,
             Tier::Hour,
             (day_ms, day_ms + resolution_ms),
-            now_ms,
+            keeping,
         ))
         .await?;
         summed.insert(day_ms, Arc::new(united(&hours)));
     }
     if let (Some(first), Some(last)) = (from_cells.first(), from_cells.last()) {
-        let mut fresh =
-            sum_from_cells(catalog, store, tier, *first, last + resolution_ms, now_ms).await?;
+        let (mut fresh, every_resource_known) = sum_from_cells(
+            catalog,
+            store,
+            tier,
+            *first,
+            last + resolution_ms,
+            keeping.now_ms,
+        )
+        .await?;
         for bucket_ms in from_cells {
             let summary = fresh.remove(&bucket_ms).unwrap_or_default();
-            if bucket_closed(tier, bucket_ms, now_ms)
+            // Not kept without a resource this aggregator does not know yet (created by another
+            // one moments ago): the summary would lack its hits for good.
+            if every_resource_known
+                && keeping.may_keep(tier, bucket_ms)
                 && summary.resources.len() <= SUMMARY_RESOURCES_MAX
             {
                 let generation = generations.get(&bucket_ms).copied().unwrap_or(0);
-                let kept = store
-                    .put_bucket_summary(tier, bucket_ms, generation, summary.encode())
-                    .await?;
-                if kept {
-                    metrics::counter!("hitcount_bucket_summaries_kept_total").increment(1);
-                }
+                keep(store, tier, bucket_ms, generation, &summary).await;
             }
             summed.insert(bucket_ms, Arc::new(summary));
         }
@@ -153,6 +195,19 @@ async fn period_buckets(
         .iter()
         .map(|bucket_ms| summed.remove(bucket_ms).unwrap_or_default())
         .collect())
+}
+
+/// Keeps a summary for the next reader, if its generation still holds. Best effort: the
+/// answer in hand does not depend on it, so a store that cannot take it now fails nothing.
+async fn keep(store: &Store, tier: Tier, bucket_ms: u64, generation: u64, summary: &BucketSummary) {
+    match store
+        .put_bucket_summary(tier, bucket_ms, generation, summary.encode())
+        .await
+    {
+        Ok(true) => metrics::counter!("hitcount_bucket_summaries_kept_total").increment(1),
+        Ok(false) => {}
+        Err(error) => tracing::warn!(%error, bucket_ms, "a bucket summary was not kept"),
+    }
 }
 
 /// Every bucket's generation in the period, and the summaries kept that still hold: read before
@@ -191,7 +246,8 @@ fn united(parts: &[Arc<BucketSummary>]) -> BucketSummary {
     whole
 }
 
-/// Every bucket of `tier` in `[start_ms, end_ms)` summed over every resource from the cells.
+/// Every bucket of `tier` in `[start_ms, end_ms)` summed over every resource from the cells, and
+/// whether every resource with cells there is one this aggregator knows.
 async fn sum_from_cells(
     catalog: &Catalog,
     store: &Store,
@@ -199,11 +255,13 @@ async fn sum_from_cells(
     start_ms: u64,
     end_ms: u64,
     now_ms: u64,
-) -> Result<BTreeMap<u64, BucketSummary>, StoreError> {
+) -> Result<(BTreeMap<u64, BucketSummary>, bool), StoreError> {
     // Only resources with cells there (the open buckets are the newest: a few of every
     // resource's), and of those the ones this aggregator knows, as reading every resource would.
     let mut resource_ids = store.resource_ids_between(tier, start_ms, end_ms).await?;
+    let stored = resource_ids.len();
     resource_ids.retain(|resource_id| catalog.resource_exists(resource_id));
+    let every_resource_known = resource_ids.len() == stored;
     let mut buckets: BTreeMap<u64, BucketSummary> = BTreeMap::new();
     for chunk in resource_ids.chunks(CELLS_READ_RESOURCES_MAX) {
         let cells = store
@@ -223,5 +281,5 @@ async fn sum_from_cells(
     for bucket in buckets.values_mut() {
         bucket.resources.sort_unstable();
     }
-    Ok(buckets)
+    Ok((buckets, every_resource_known))
 }

@@ -158,6 +158,13 @@ pub trait DurableStore: CatalogStore + std::fmt::Debug + Send + Sync {
         Ok(Vec::new())
     }
 
+    /// When the oldest row still in the durable inbox was appended (any process's; none without
+    /// the inbox): a bucket that such a row may still change without it being late is not kept
+    /// (`summaries.rs`).
+    async fn inbox_oldest_ms(&self) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+
     /// Every resource with a stored cell of `tier` in `[start_ms, end_ms)`, sorted: those a
     /// bucket summary is summed from (with this process's unfolded inbox rows, which
     /// [`crate::Store::resource_ids_between`] adds). Backends that keep bucket summaries answer

@@ -628,6 +628,19 @@ impl DurableStore for EmbeddedStore {
         .await
     }
 
+    async fn inbox_oldest_ms(&self) -> Result<Option<u64>, StoreError> {
+        if self.inbox.is_none() {
+            return Ok(None);
+        }
+        self.read(|connection| {
+            let oldest: Option<i64> =
+                connection
+                    .query_row("SELECT min(created_at_ms) FROM inbox", [], |row| row.get(0))?;
+            Ok(oldest.map(unmillis))
+        })
+        .await
+    }
+
     async fn resource_ids_between(
         &self,
         tier: Tier,
@@ -879,10 +892,17 @@ fn fold_blocking(
         return Ok((Vec::new(), 0, false));
     }
     let mut rows = Vec::with_capacity(chosen.len());
+    // The fold's clock for what is late (`summaries.rs`): never earlier than a row it folds
+    // was appended, however long ago the fold began.
+    let mut late_clock_ms = now_ms;
     {
         let mut body = transaction.prepare_cached("SELECT body FROM inbox WHERE id = ?1")?;
+        let mut created =
+            transaction.prepare_cached("SELECT created_at_ms FROM inbox WHERE id = ?1")?;
         let mut claim = transaction.prepare_cached("DELETE FROM inbox WHERE id = ?1")?;
         for id in &chosen {
+            let created_at_ms: i64 = created.query_row([millis(*id)], |row| row.get(0))?;
+            late_clock_ms = late_clock_ms.max(unmillis(created_at_ms));
             // This process's own rows are in memory already.
             let row = match overlay.get(*id) {
                 Some(row) => row,
@@ -912,7 +932,7 @@ fn fold_blocking(
         }
     }
     let writes = fold_rows(rows.iter().map(Arc::as_ref), &retention, now_ms);
-    write_cells_blocking(&transaction, &writes, now_ms)?;
+    write_cells_blocking(&transaction, &writes, late_clock_ms)?;
     transaction.commit()?;
     let cells = rows.iter().map(|row| row.len() as u64).sum();
     let more = chosen.len() < listed.len() || listed.len() == FOLD_ROWS_LISTED_MAX as usize;

@@ -207,6 +207,11 @@ impl Store {
         Ok(kept)
     }
 
+    /// [`DurableStore::inbox_oldest_ms`].
+    pub async fn inbox_oldest_ms(&self) -> Result<Option<u64>, StoreError> {
+        self.backend.inbox_oldest_ms().await
+    }
+
     /// [`DurableStore::resource_ids_between`], and the resources of this process's unfolded
     /// inbox rows in the period, sorted and each once.
     pub async fn resource_ids_between(

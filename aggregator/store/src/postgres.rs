@@ -95,6 +95,9 @@ pub struct PgStore {
     pool: PgPool,
     /// With the inbox shape, this process's unfolded rows.
     inbox: Option<Arc<Overlay>>,
+    /// The database is Citus: it makes a commit visible node by node, so a reader could see a
+    /// summary's bump before the cells it follows, and bucket summaries are not kept.
+    citus: bool,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -119,7 +122,27 @@ impl PgStore {
             .await
             .map_err(classify)?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool, inbox: None })
+        let citus: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')",
+        )
+        .fetch_one(&pool)
+        .await
+        .map_err(classify)?;
+        Ok(Self {
+            pool,
+            inbox: None,
+            citus,
+        })
+    }
+
+    /// The buckets of stored (tier, bucket) rows a write must bump: none where summaries are
+    /// not kept (Citus), so its replicated table is never written.
+    fn summarised(&self, rows: &[(i16, i64)]) -> BTreeSet<(Tier, u64)> {
+        if self.keeps_bucket_summaries() {
+            stored_buckets(rows)
+        } else {
+            BTreeSet::new()
+        }
     }
 
     /// Group commits append to the durable inbox, folded by [`DurableStore::fold_inbox`].
@@ -141,9 +164,16 @@ impl DurableStore for PgStore {
         now_ms: u64,
     ) -> Result<GroupCommit, StoreError> {
         let mut transaction = self.begin().await?;
-        let mut writes = apply_group_in(&mut transaction, &batches, now_ms, self.write_shape())
-            .await
-            .map_err(classify)?;
+        let summaries = self.keeps_bucket_summaries();
+        let mut writes = apply_group_in(
+            &mut transaction,
+            &batches,
+            now_ms,
+            self.write_shape(),
+            summaries,
+        )
+        .await
+        .map_err(classify)?;
         if !writes.applied_any() {
             transaction.rollback().await.map_err(classify)?;
             return Ok(GroupCommit {
@@ -235,7 +265,8 @@ impl DurableStore for PgStore {
     async fn import(&self, import: Import, now_ms: u64) -> Result<ImportOutcome, StoreError> {
         check_import(&import);
         let mut transaction = self.begin().await?;
-        let outcome = import::import_in(&mut transaction, &import, now_ms)
+        let summaries = self.keeps_bucket_summaries();
+        let outcome = import::import_in(&mut transaction, &import, now_ms, summaries)
             .await
             .map_err(classify)?;
         match outcome {
@@ -370,24 +401,21 @@ impl DurableStore for PgStore {
             .await
             .map_err(classify)?
             .rows_affected();
+        // The buckets as the delete found them: a late merge committed before it is among them.
         let buckets: Vec<(i16, i64)> = sqlx::query_as(
-            "SELECT DISTINCT tier, bucket_ms FROM hit_counts WHERE resource_id = $1",
+            "DELETE FROM hit_counts WHERE resource_id = $1 RETURNING tier, bucket_ms",
         )
         .bind(&id)
         .fetch_all(&mut *transaction)
         .await
         .map_err(classify)?;
-        for statement in [
-            "DELETE FROM hit_counts WHERE resource_id = $1",
-            "DELETE FROM pending_sketches WHERE resource_id = $1",
-        ] {
-            sqlx::query(statement)
-                .bind(&id)
-                .execute(&mut *transaction)
-                .await
-                .map_err(classify)?;
-        }
-        bump_buckets(&mut *transaction, &stored_buckets(&buckets))
+        sqlx::query("DELETE FROM pending_sketches WHERE resource_id = $1")
+            .bind(&id)
+            .execute(&mut *transaction)
+            .await
+            .map_err(classify)?;
+        let buckets = self.summarised(&buckets);
+        bump_buckets(&mut *transaction, &buckets)
             .await
             .map_err(classify)?;
         transaction.commit().await.map_err(classify)?;
@@ -402,6 +430,9 @@ impl DurableStore for PgStore {
             // A bucket goes when all of it is older than the cutoff.
             let newest_expired_bucket = signed(cutoff_ms) - signed(tier.resolution_ms());
             loop {
+                // The delete and its bump commit together: a bump lost after its delete would
+                // never be made again.
+                let mut transaction = self.begin().await?;
                 let deleted: Vec<(i16, i64)> = sqlx::query_as(
                     "DELETE FROM hit_counts WHERE (resource_id, tier, bucket_ms) IN (
                        SELECT resource_id, tier, bucket_ms FROM hit_counts
@@ -413,13 +444,14 @@ impl DurableStore for PgStore {
                 .bind(tier.code() as i16)
                 .bind(newest_expired_bucket)
                 .bind(limit)
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *transaction)
                 .await
                 .map_err(classify)?;
                 // After the delete, as every bump: a summary computed before it is not kept.
-                bump_buckets(&self.pool, &stored_buckets(&deleted))
+                bump_buckets(&mut *transaction, &self.summarised(&deleted))
                     .await
                     .map_err(classify)?;
+                transaction.commit().await.map_err(classify)?;
                 pruned.count_rows += deleted.len() as u64;
                 if deleted.len() < RETENTION_DELETE_ROWS_MAX {
                     break;
@@ -498,17 +530,23 @@ impl DurableStore for PgStore {
                 .filter(|id| overlay.get(**id).is_some())
                 .map(|id| signed(*id))
                 .collect();
-            let claimed: Vec<(i64, Option<Vec<u8>>)> = sqlx::query_as(
+            let claimed: Vec<(i64, Option<Vec<u8>>, i64)> = sqlx::query_as(
                 "DELETE FROM inbox WHERE id = ANY($1)
-                 RETURNING id, CASE WHEN id = ANY($2) THEN NULL ELSE body END",
+                 RETURNING id, CASE WHEN id = ANY($2) THEN NULL ELSE body END, created_at_ms",
             )
             .bind(chosen.iter().map(|id| signed(*id)).collect::<Vec<_>>())
             .bind(&own)
             .fetch_all(&mut *transaction)
             .await
             .map_err(classify)?;
+            // The fold's clock for what is late (`summaries.rs`): never earlier than a row it
+            // folds was appended, however long ago the fold began.
+            let late_clock_ms = claimed
+                .iter()
+                .map(|(_, _, created_at_ms)| unsigned(*created_at_ms))
+                .fold(now_ms, u64::max);
             let mut rows = Vec::with_capacity(claimed.len());
-            for (id, body) in &claimed {
+            for (id, body, _) in &claimed {
                 rows.push(match body {
                     Some(body) => Arc::new(InboxRow::decode(body)?),
                     None => overlay.get(unsigned(*id)).ok_or(StoreError::CorruptInbox(
@@ -523,11 +561,12 @@ impl DurableStore for PgStore {
             .await
             .map_err(classify)?;
             let writes = fold_rows(rows.iter().map(Arc::as_ref), &retention, now_ms);
-            write_cells(&mut transaction, &writes, now_ms)
+            let bump_clock = self.keeps_bucket_summaries().then_some(late_clock_ms);
+            write_cells(&mut transaction, &writes, bump_clock)
                 .await
                 .map_err(classify)?;
             transaction.commit().await.map_err(classify)?;
-            let ids: Vec<u64> = claimed.iter().map(|(id, _)| unsigned(*id)).collect();
+            let ids: Vec<u64> = claimed.iter().map(|(id, _, _)| unsigned(*id)).collect();
             overlay.remove(&ids);
             folded += ids.len() as u64;
             metrics::counter!("hitcount_inbox_folded_cells_total")
@@ -559,7 +598,18 @@ impl DurableStore for PgStore {
     }
 
     fn keeps_bucket_summaries(&self) -> bool {
-        true
+        !self.citus
+    }
+
+    async fn inbox_oldest_ms(&self) -> Result<Option<u64>, StoreError> {
+        if self.inbox.is_none() {
+            return Ok(None);
+        }
+        let oldest: Option<i64> = sqlx::query_scalar("SELECT min(created_at_ms) FROM inbox")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(oldest.map(unsigned))
     }
 
     async fn bucket_generations(
@@ -815,22 +865,24 @@ async fn apply_group_in(
     batches: &[MergeBatch],
     now_ms: u64,
     shape: WriteShape,
+    summaries: bool,
 ) -> Result<GroupWrites, sqlx::Error> {
     let recorded = record_keys(transaction, batches, now_ms).await?;
     let retention = resource_retention(transaction, &group_resource_ids(batches)).await?;
     let writes = fold_group(batches, &recorded, &retention, now_ms, shape);
     if writes.applied_any() && shape == WriteShape::Direct {
-        write_cells(transaction, &writes, now_ms).await?;
+        write_cells(transaction, &writes, summaries.then_some(now_ms)).await?;
     }
     Ok(writes)
 }
 
 /// Adds a merge's (or a fold's) hits to every tier's cells and appends its pending sketches;
-/// bumps the buckets it changes late (`summaries.rs`).
+/// with a clock (where summaries are kept), bumps the buckets it changes late by that clock
+/// (`summaries.rs`).
 async fn write_cells(
     transaction: &mut Transaction<'static, Postgres>,
     writes: &GroupWrites,
-    now_ms: u64,
+    bump_clock_ms: Option<u64>,
 ) -> Result<(), sqlx::Error> {
     if !writes.cells.is_empty() {
         let mut columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -873,12 +925,15 @@ async fn write_cells(
         .execute(&mut **transaction)
         .await?;
     }
+    let Some(clock_ms) = bump_clock_ms else {
+        return Ok(());
+    };
     let late = late_buckets(
         writes
             .cells
             .keys()
             .map(|(_, tier, bucket_ms)| (*tier, *bucket_ms)),
-        now_ms,
+        clock_ms,
     );
     bump_buckets(&mut **transaction, &late).await
 }

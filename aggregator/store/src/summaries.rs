@@ -113,13 +113,26 @@ pub struct KeptSummaries {
     pub summaries: std::collections::BTreeMap<u64, std::sync::Arc<BucketSummary>>,
 }
 
-/// (id, hits) pairs of decoded summaries one process holds in memory.
-pub const SUMMARY_MEMO_PAIRS_MAX: usize = 1_000_000;
+/// Bytes of decoded summaries one process holds in memory (as counted by [`memo_bytes`]).
+pub const SUMMARY_MEMO_BYTES_MAX: usize = 128 * 1024 * 1024;
 
-/// Decoded summaries this process read before, by (tier, bucket, generation): a summary kept
-/// under a generation never changes (a write that would change it bumps the generation), so a
-/// reader that finds the same generation again needs neither the body nor its decoding. Holds at
-/// most [`SUMMARY_MEMO_PAIRS_MAX`] pairs, forgetting the oldest first.
+/// What a decoded summary is counted as in memory: each listed resource's id and its
+/// bookkeeping, and a dense sketch (the most a sketch takes), whatever form it is in.
+fn memo_bytes(summary: &BucketSummary) -> usize {
+    const PAIR_OVERHEAD_BYTES: usize = 64;
+    const ENTRY_BYTES: usize = 16 * 1024 + 256;
+    ENTRY_BYTES
+        + summary
+            .resources
+            .iter()
+            .map(|(id, _)| id.len() + PAIR_OVERHEAD_BYTES)
+            .sum::<usize>()
+}
+
+/// Decoded summaries this process read before, one generation per (tier, bucket): a summary
+/// kept under a generation never changes (a write that would change it bumps the generation), so
+/// a reader that finds the same generation again needs neither the body nor its decoding. Holds
+/// at most [`SUMMARY_MEMO_BYTES_MAX`], forgetting the oldest first.
 #[derive(Debug, Default)]
 pub struct SummaryMemo {
     held: std::sync::Mutex<MemoEntries>,
@@ -127,9 +140,11 @@ pub struct SummaryMemo {
 
 #[derive(Debug, Default)]
 struct MemoEntries {
-    by_key: std::collections::HashMap<(Tier, u64, u64), std::sync::Arc<BucketSummary>>,
+    /// (tier, bucket) -> (generation, summary, its bytes).
+    by_bucket: std::collections::HashMap<(Tier, u64), (u64, std::sync::Arc<BucketSummary>, usize)>,
+    /// Insertion order; a bucket inserted again is found here twice, the older one stale.
     order: std::collections::VecDeque<(Tier, u64, u64)>,
-    pairs: usize,
+    bytes: usize,
 }
 
 impl SummaryMemo {
@@ -145,10 +160,10 @@ impl SummaryMemo {
         bucket_ms: u64,
         generation: u64,
     ) -> Option<std::sync::Arc<BucketSummary>> {
-        self.entries()
-            .by_key
-            .get(&(tier, bucket_ms, generation))
-            .cloned()
+        match self.entries().by_bucket.get(&(tier, bucket_ms)) {
+            Some((held, summary, _)) if *held == generation => Some(summary.clone()),
+            _ => None,
+        }
     }
 
     pub fn insert(
@@ -158,28 +173,45 @@ impl SummaryMemo {
         generation: u64,
         summary: std::sync::Arc<BucketSummary>,
     ) {
-        let pairs = summary.resources.len();
-        if pairs > SUMMARY_MEMO_PAIRS_MAX {
+        let bytes = memo_bytes(&summary);
+        if bytes > SUMMARY_MEMO_BYTES_MAX {
             return;
         }
         let mut entries = self.entries();
-        let key = (tier, bucket_ms, generation);
-        if entries.by_key.contains_key(&key) {
-            return;
+        if let Some((_, _, replaced)) = entries.by_bucket.remove(&(tier, bucket_ms)) {
+            entries.bytes -= replaced;
         }
-        while entries.pairs + pairs > SUMMARY_MEMO_PAIRS_MAX {
-            let Some(oldest) = entries.order.pop_front() else {
+        while entries.bytes + bytes > SUMMARY_MEMO_BYTES_MAX {
+            let Some((old_tier, old_bucket, old_generation)) = entries.order.pop_front() else {
                 break;
             };
-            if let Some(gone) = entries.by_key.remove(&oldest) {
-                entries.pairs -= gone.resources.len();
+            let current = entries
+                .by_bucket
+                .get(&(old_tier, old_bucket))
+                .is_some_and(|(held, _, _)| *held == old_generation);
+            if current && let Some((_, _, gone)) = entries.by_bucket.remove(&(old_tier, old_bucket))
+            {
+                entries.bytes -= gone;
             }
         }
-        entries.by_key.insert(key, summary);
-        entries.order.push_back(key);
-        entries.pairs += pairs;
+        entries
+            .by_bucket
+            .insert((tier, bucket_ms), (generation, summary, bytes));
+        entries.order.push_back((tier, bucket_ms, generation));
+        entries.bytes += bytes;
+        // Stale order entries (buckets inserted again) are bounded by the live ones.
+        if entries.order.len() > 2 * entries.by_bucket.len() + 16 {
+            let live = &entries.by_bucket;
+            let kept: std::collections::VecDeque<_> = entries
+                .order
+                .iter()
+                .filter(|(t, b, g)| live.get(&(*t, *b)).is_some_and(|(held, _, _)| held == g))
+                .copied()
+                .collect();
+            entries.order = kept;
+        }
         assert!(
-            entries.pairs <= SUMMARY_MEMO_PAIRS_MAX,
+            entries.bytes <= SUMMARY_MEMO_BYTES_MAX,
             "the memo stays within its bound"
         );
     }
@@ -254,28 +286,33 @@ mod tests {
     }
 
     #[test]
-    fn the_memo_forgets_the_oldest_past_its_bound() {
+    fn the_memo_holds_one_generation_a_bucket_and_forgets_the_oldest_past_its_bound() {
         let memo = SummaryMemo::default();
-        let of = |pairs: usize| {
-            std::sync::Arc::new(BucketSummary {
-                resources: (0..pairs).map(|i| (format!("r{i:07}"), 1)).collect(),
-                ..BucketSummary::default()
-            })
-        };
-        let half = SUMMARY_MEMO_PAIRS_MAX / 2;
-        memo.insert(Tier::Hour, 0, 1, of(half));
-        memo.insert(Tier::Hour, HOUR_MS, 1, of(half));
+        let empty = std::sync::Arc::new(BucketSummary::default());
+        memo.insert(Tier::Hour, 0, 1, empty.clone());
         assert!(memo.get(Tier::Hour, 0, 1).is_some());
-        assert!(memo.get(Tier::Hour, 0, 2).is_none(), "another generation");
-        memo.insert(Tier::Hour, 2 * HOUR_MS, 1, of(1));
-        assert!(memo.get(Tier::Hour, 0, 1).is_none(), "the oldest went");
-        assert!(memo.get(Tier::Hour, HOUR_MS, 1).is_some());
-        assert!(memo.get(Tier::Hour, 2 * HOUR_MS, 1).is_some());
-        memo.insert(Tier::Day, 0, 1, of(SUMMARY_MEMO_PAIRS_MAX + 1));
+        memo.insert(Tier::Hour, 0, 2, empty.clone());
         assert!(
-            memo.get(Tier::Day, 0, 1).is_none(),
-            "larger than the bound: not held"
+            memo.get(Tier::Hour, 0, 1).is_none(),
+            "the older generation went"
         );
+        assert!(memo.get(Tier::Hour, 0, 2).is_some());
+        // Empty summaries still count (their sketch): the bound holds however many there are.
+        let fits = SUMMARY_MEMO_BYTES_MAX / memo_bytes(&empty);
+        for bucket in 0..fits as u64 + 10 {
+            memo.insert(Tier::Minute, bucket * MINUTE_MS, 1, empty.clone());
+        }
+        assert!(memo.entries().bytes <= SUMMARY_MEMO_BYTES_MAX);
+        assert!(
+            memo.get(Tier::Hour, 0, 2).is_none(),
+            "the oldest went first"
+        );
+        assert!(
+            memo.get(Tier::Minute, (fits as u64 + 9) * MINUTE_MS, 1)
+                .is_some()
+        );
+        let entries = memo.entries();
+        assert!(entries.order.len() <= 2 * entries.by_bucket.len() + 16);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use hitcount_store::{
     ApplyOutcome, BatchKey, CatalogStore, CosmosSettings, CosmosStore, CountCell, CreateOutcome,
     DAY_MS, DurableStore, EmbeddedStore, HOUR_MS, Import, ImportCell, ImportOutcome,
     MINUTE_TIER_RETENTION_MS, MergeBatch, PatternRecord, PgStore, ResourceRecord, Tier,
-    TokenRecord,
+    TokenRecord, WriteShape,
 };
 use hitcount_wire::{DeltaEntry, MINUTE_MS, SKETCH_STANDARD_ERROR, Sketch};
 use tempfile::TempDir;
@@ -576,6 +576,7 @@ contract!(
     cells_of_many_reads_each_resource_as_cells_does,
     an_import_adds_its_cells_once_and_all_or_nothing,
     every_late_write_drops_a_kept_bucket_summary,
+    a_fold_is_late_by_when_its_rows_were_appended,
 );
 
 fn minute_now() -> u64 {
@@ -700,6 +701,38 @@ async fn summary_of(
 
 mod cases {
     use super::*;
+
+    /// With the durable inbox, a fold decides what is late by when its rows were appended, never
+    /// by an older clock of its own (a fold that began long before), and readers see when the
+    /// oldest row still in the inbox was appended.
+    pub async fn a_fold_is_late_by_when_its_rows_were_appended(store: &dyn DurableStore) {
+        if !store.keeps_bucket_summaries() || store.write_shape() != WriteShape::Inbox {
+            assert_eq!(store.inbox_oldest_ms().await.unwrap(), None);
+            return;
+        }
+        store.create_resource(resource("site", None)).await.unwrap();
+        let now = now_ms();
+        let hour_ms = (now / HOUR_MS - 3) * HOUR_MS;
+        assert!(
+            store
+                .put_bucket_summary(Tier::Hour, hour_ms, 0, b"kept".to_vec())
+                .await
+                .unwrap()
+        );
+        assert_eq!(store.inbox_oldest_ms().await.unwrap(), None);
+        apply(
+            store,
+            vec![entry("site", hour_ms / MINUTE_MS + 5, 1, &[])],
+            None,
+            now,
+        )
+        .await;
+        assert_eq!(store.inbox_oldest_ms().await.unwrap(), Some(now));
+        // By the fold's own clock the hour is still open; by the row's append time it is late.
+        store.fold_inbox(hour_ms + 10 * MINUTE_MS).await.unwrap();
+        assert_eq!(summary_of(store, Tier::Hour, hour_ms).await, (1, None));
+        assert_eq!(store.inbox_oldest_ms().await.unwrap(), None);
+    }
 
     /// Bucket summaries (`summaries.rs`): a summary is kept only under the generation it was
     /// read with, and every write that changes a closed bucket (a late merge or fold, a deletion,

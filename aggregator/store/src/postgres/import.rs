@@ -16,6 +16,7 @@ pub(super) async fn import_in(
     transaction: &mut Transaction<'static, Postgres>,
     import: &Import,
     now_ms: u64,
+    summaries: bool,
 ) -> Result<ImportOutcome, sqlx::Error> {
     // Compaction is the only other writer of stored sketches: waiting for its lock means neither
     // overwrites the sketch the other just merged. Merges and folds only add hits and append
@@ -46,11 +47,13 @@ pub(super) async fn import_in(
         add_cells(transaction, chunk).await?;
     }
     // An import may write any bucket, closed ones included.
-    let buckets = import
-        .cells
-        .iter()
-        .map(|cell| (cell.tier, cell.cell.bucket_ms));
-    super::bump_buckets(&mut **transaction, &buckets.collect()).await?;
+    if summaries {
+        let buckets = import
+            .cells
+            .iter()
+            .map(|cell| (cell.tier, cell.cell.bucket_ms));
+        super::bump_buckets(&mut **transaction, &buckets.collect()).await?;
+    }
     Ok(ImportOutcome::Imported { resources_created })
 }
 
