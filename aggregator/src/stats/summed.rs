@@ -143,7 +143,8 @@ async fn period_buckets(
 ) -> Result<Vec<Arc<BucketSummary>>, StoreError> {
     let resolution_ms = tier.resolution_ms();
     assert_eq!(start_ms % resolution_ms, 0, "periods start on a bucket");
-    let (generations, mut summed) = kept_summaries(store, tier, start_ms, end_ms).await?;
+    let (generations, mut summed) =
+        kept_summaries(store, tier, (start_ms, end_ms), keeping.unfolded_from_ms).await?;
     let buckets: Vec<u64> = (start_ms..end_ms).step_by(resolution_ms as usize).collect();
     let missing = buckets.iter().filter(|bucket| !summed.contains_key(bucket));
     // The open day from its hours: they close (and are kept) one by one, where the day's cells
@@ -215,8 +216,8 @@ async fn keep(store: &Store, tier: Tier, bucket_ms: u64, generation: u64, summar
 async fn kept_summaries(
     store: &Store,
     tier: Tier,
-    start_ms: u64,
-    end_ms: u64,
+    (start_ms, end_ms): (u64, u64),
+    unfolded_from_ms: u64,
 ) -> Result<(HashMap<u64, u64>, BTreeMap<u64, Arc<BucketSummary>>), StoreError> {
     let KeptSummaries {
         generations,
@@ -224,9 +225,9 @@ async fn kept_summaries(
     } = store.kept_summaries(tier, start_ms, end_ms).await?;
     // This process's unfolded inbox rows are in the cells it reads but not yet in the kept
     // summaries (the fold bumps what they change late): buckets from them on are summed again.
-    if let Some(unfolded_ms) = store.earliest_unfolded_minute_ms() {
-        summaries.retain(|bucket_ms, _| bucket_ms + tier.resolution_ms() <= unfolded_ms);
-    }
+    // (The earliest of them is read once per request, in `Keeping`: the overlay's lock is the
+    // ingest path's.)
+    summaries.retain(|bucket_ms, _| bucket_ms + tier.resolution_ms() <= unfolded_from_ms);
     metrics::counter!("hitcount_bucket_summaries_read_total").increment(summaries.len() as u64);
     Ok((generations, summaries))
 }
