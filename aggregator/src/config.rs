@@ -135,6 +135,18 @@ pub struct Args {
     /// objects, e.g. `realm_access.roles` for Keycloak's realm roles.
     #[arg(long, env = "HITCOUNT_OIDC_ROLES_CLAIM", default_value = "roles")]
     pub oidc_roles_claim: String,
+    /// A file holding 32 random bytes in base64 (`openssl rand -base64 32`) that encrypt the
+    /// edge secrets stored through the API; read at start.
+    #[arg(long, env = "HITCOUNT_SECRET_KEY_FILE")]
+    pub secret_key_file: Option<PathBuf>,
+    /// While rotating: the key before --secret-key-file, whose secrets are opened and encrypted
+    /// again with the new key at start.
+    #[arg(
+        long,
+        env = "HITCOUNT_SECRET_KEY_FILE_PREVIOUS",
+        requires = "secret_key_file"
+    )]
+    pub secret_key_file_previous: Option<PathBuf>,
     /// Traces (`--otlp-endpoint`): read by `main` before the rest of the configuration.
     #[command(flatten)]
     pub telemetry: hitcount_process::TelemetryArgs,
@@ -201,6 +213,9 @@ pub struct Config {
     pub migrate_only: bool,
     /// Bearer JWTs of an OpenID Connect issuer, beside the API tokens.
     pub oidc: Option<OidcSettings>,
+    /// The key that encrypts stored edge secrets (`--secret-key-file`), and the one before it.
+    pub secret_key_file: Option<PathBuf>,
+    pub secret_key_file_previous: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -267,6 +282,8 @@ impl Config {
             redis_prefix: "hitcount".to_owned(),
             migrate_only: false,
             oidc: None,
+            secret_key_file: None,
+            secret_key_file_previous: None,
         }
     }
 }
@@ -362,6 +379,8 @@ impl TryFrom<Args> for Config {
             oidc,
             redis_prefix: args.redis_prefix,
             migrate_only: args.migrate_only,
+            secret_key_file: args.secret_key_file,
+            secret_key_file_previous: args.secret_key_file_previous,
         })
     }
 }

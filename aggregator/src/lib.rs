@@ -40,6 +40,7 @@ use crate::merge::Merger;
 use crate::oidc::OidcVerifier;
 use crate::rate_limit::RateLimits;
 use crate::state::{AppState, SharedState};
+use crate::store::sealed::{SealingKey, SecretKeys};
 use crate::store::{
     CosmosSettings, CosmosStore, DurableStore, EmbeddedStore, PgStore, ResumedStream, Store,
     TokenRecord,
@@ -369,7 +370,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 async fn open_store(config: &Config) -> anyhow::Result<Store> {
     let inbox = config.fold_interval_ms > 0;
     let backend = open_backend(config, BackendUse::Serve).await?;
-    let store = Store::new(backend);
+    let store = Store::new(backend).with_secret_keys(secret_keys(config)?);
     if inbox {
         // Rows a killed process left unfolded are in no overlay: fold them before serving,
         // so that this process answers them at once.
@@ -399,6 +400,27 @@ async fn open_store(config: &Config) -> anyhow::Result<Store> {
                 .context("connecting to Redis")?,
         ),
         None => store,
+    })
+}
+
+/// The keys of `--secret-key-file` and `--secret-key-file-previous`, read from their files.
+fn secret_keys(config: &Config) -> anyhow::Result<SecretKeys> {
+    let read = |path: &Option<std::path::PathBuf>, flag: &str| -> anyhow::Result<_> {
+        let Some(path) = path else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading {flag} {}", path.display()))?;
+        let key = SealingKey::from_file_text(&text)
+            .with_context(|| format!("{flag} {}", path.display()))?;
+        Ok(Some(key))
+    };
+    Ok(SecretKeys {
+        current: read(&config.secret_key_file, "--secret-key-file")?,
+        previous: read(
+            &config.secret_key_file_previous,
+            "--secret-key-file-previous",
+        )?,
     })
 }
 
@@ -508,6 +530,16 @@ async fn load_edge_keys(
     started_ms: u64,
 ) -> anyhow::Result<EdgeKeyRegistry> {
     let edge_keys = EdgeKeyRegistry::default();
+    let resealed = store
+        .reseal_edge_keys()
+        .await
+        .context("encrypting the stored edge keys with --secret-key-file")?;
+    if resealed > 0 {
+        tracing::info!(
+            resealed,
+            "stored edge keys encrypted with --secret-key-file"
+        );
+    }
     for (edge_id, secret, created_at_ms) in store.edge_keys().await.context("loading edge keys")? {
         edge_keys.insert(
             edge_id,

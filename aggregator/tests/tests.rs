@@ -17,5 +17,6 @@ mod import;
 mod oidc;
 mod patterns;
 mod redis_cluster;
+mod secrets;
 mod shared_hot_tier;
 mod stats;

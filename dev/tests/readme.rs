@@ -312,6 +312,90 @@ fn running_on_cosmos_db() {
     );
 }
 
+/// The secret of the edge key the block's last command created.
+fn created_secret(output: &str) -> String {
+    let created: serde_json::Value = serde_json::from_str(
+        output
+            .lines()
+            .rfind(|line| line.contains("\"edge_id\""))
+            .unwrap_or_else(|| panic!("an edge key was created:\n{output}")),
+    )
+    .unwrap();
+    created["secret"].as_str().unwrap().to_owned()
+}
+
+/// Every byte the aggregator's data directory holds.
+fn data_bytes(directory: &std::path::Path) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for entry in std::fs::read_dir(directory).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            bytes.extend(std::fs::read(path).unwrap());
+        }
+    }
+    bytes
+}
+
+#[test]
+fn secrets_at_rest() {
+    let _ports = DEFAULT_PORTS
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner());
+    let work = TempDir::new().unwrap();
+    let output = run_script(
+        &block_run_by("secrets_at_rest"),
+        work.path(),
+        &[("HITCOUNT_TOKEN", ADMIN_TOKEN)],
+    );
+    let secret = created_secret(&output);
+    let stored = data_bytes(&work.path().join("data"));
+    assert!(stored.len() > 4096, "the store is there");
+    assert!(
+        !stored
+            .windows(secret.len())
+            .any(|window| window == secret.as_bytes()),
+        "the secret is not stored as it is"
+    );
+}
+
+/// The rotation block after the first: an aggregator with the new key alone then verifies the
+/// edge's deltas, so every secret was sealed again with it.
+#[test]
+fn rotating_the_secret_key() {
+    use hitcount_test_support::{Server, post_delta_bytes, test_config};
+    let _ports = DEFAULT_PORTS
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner());
+    let work = TempDir::new().unwrap();
+    let script = format!(
+        "{}\nkill $! && wait $! || true\n{}",
+        block_run_by("secrets_at_rest"),
+        block_run_by("rotating_the_secret_key")
+    );
+    let output = run_script(&script, work.path(), &[("HITCOUNT_TOKEN", ADMIN_TOKEN)]);
+    let secret = created_secret(&output);
+    let mut config = test_config(&work.path().join("data"));
+    config.database_url = None;
+    config.cosmos = None;
+    config.fold_interval_ms = 0;
+    config.secret_key_file = Some(work.path().join("secret.key"));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let server = Server::start_with(config).await;
+        let batch = hitcount_test_support::batch_from("edge-paris", 1, 1, &[]);
+        let (status, value) = post_delta_bytes(
+            &server,
+            "edge-paris",
+            &secret,
+            hitcount_aggregator::now_ms(),
+            batch.encode().unwrap(),
+        )
+        .await;
+        assert_eq!(status.as_u16(), 200, "{value}");
+        server.stop().await;
+    });
+}
+
 #[test]
 fn importing_from_goatcounter() {
     let _ports = DEFAULT_PORTS

@@ -39,6 +39,16 @@ pub trait CatalogStore: PatternStore + std::fmt::Debug + Send + Sync {
     ) -> Result<(), StoreError>;
 
     async fn delete_edge_key(&self, edge_id: String) -> Result<bool, StoreError>;
+
+    /// Replaces an edge's stored secret with `replacement` (its creation time kept) only if it
+    /// is still `expected`; false if it is not, or the edge has no key. What sealing a stored
+    /// secret again relies on, so that a key set meanwhile is never overwritten.
+    async fn replace_edge_key_if(
+        &self,
+        edge_id: String,
+        expected: Vec<u8>,
+        replacement: Vec<u8>,
+    ) -> Result<bool, StoreError>;
 }
 
 /// The durable store's contract: the embedded store ([`EmbeddedStore`]), PostgreSQL

@@ -1,9 +1,9 @@
 //! Azure Cosmos DB for NoSQL, the third durable backend (issue 13): the account's database with
 //! its containers (created at start if missing) and the catalog (resources, tokens, edge keys,
 //! patterns) here; the counts in the submodules: the inbox of batches (`inbox.rs`), its fold
-//! (`fold.rs`) into the count documents (`counts.rs`), this process's unfolded rows
-//! (`overlay.rs`) and the store contract over them (`durable.rs`). ARCHITECTURE.md ("Cosmos DB")
-//! holds the data model.
+//! (`fold.rs`) into the count documents (`counts.rs`), which reads load through a memory of
+//! decoded pages (`pages.rs`), this process's unfolded rows (`overlay.rs`) and the store
+//! contract over them (`durable.rs`). ARCHITECTURE.md ("Cosmos DB") holds the data model.
 //!
 //! Through Microsoft's SDK (`azure_data_cosmos`) only. Cosmos DB has no transaction across
 //! documents of different partitions, so every operation here that writes two documents is
@@ -15,6 +15,7 @@ mod durable;
 mod fold;
 mod inbox;
 mod overlay;
+mod pages;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -179,6 +180,8 @@ struct EdgeKeyDocument {
     /// Hex.
     secret: String,
     created_at_ms: u64,
+    #[serde(rename = "_etag", skip_serializing, default)]
+    etag: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -290,6 +293,8 @@ pub struct CosmosStore {
     /// The number of this process's next row in its stream.
     next_row: AtomicU64,
     overlay: Overlay,
+    /// The count documents reads loaded, decoded (`pages.rs`).
+    page_memo: pages::PageMemo,
     /// Held while the store lives (see [`ResumedStream`]).
     _stream_lock: Option<std::sync::Arc<std::fs::File>>,
 }
@@ -360,6 +365,7 @@ impl CosmosStore {
             stream_started: AtomicBool::new(false),
             next_row: AtomicU64::new(0),
             overlay: Overlay::default(),
+            page_memo: pages::PageMemo::default(),
         })
     }
 
@@ -614,12 +620,51 @@ impl CatalogStore for CosmosStore {
             kind: Kind::EdgeKey,
             secret: hex::encode(secret),
             created_at_ms: now_ms,
+            etag: None,
         };
         self.upsert(Kind::EdgeKey, &edge_id, &document).await
     }
 
     async fn delete_edge_key(&self, edge_id: String) -> Result<bool, StoreError> {
         self.delete(Kind::EdgeKey, &edge_id).await
+    }
+
+    /// Reads the key's document and replaces it on the ETag read: a write in between makes the
+    /// replace fail (412), and the key is then no longer the one expected.
+    async fn replace_edge_key_if(
+        &self,
+        edge_id: String,
+        expected: Vec<u8>,
+        replacement: Vec<u8>,
+    ) -> Result<bool, StoreError> {
+        let Some(mut document) = self
+            .read::<EdgeKeyDocument>(Kind::EdgeKey, &edge_id)
+            .await?
+        else {
+            return Ok(false);
+        };
+        if hex::decode(&document.secret).ok().as_deref() != Some(expected.as_slice()) {
+            return Ok(false);
+        }
+        let precondition = azure_data_cosmos::options::Precondition::if_match(
+            azure_core::http::Etag::from(document.etag.take().unwrap_or_default()),
+        );
+        let options =
+            azure_data_cosmos::options::ItemWriteOptions::default().with_precondition(precondition);
+        document.secret = hex::encode(replacement);
+        match self
+            .catalog
+            .replace_item(Kind::EdgeKey.as_str(), &edge_id, &document, Some(options))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(error)
+                if error.status().is_precondition_failed() || error.status().is_not_found() =>
+            {
+                Ok(false)
+            }
+            Err(error) => Err(classify(error)),
+        }
     }
 }
 

@@ -807,6 +807,21 @@ impl CatalogStore for EmbeddedStore {
         })
         .await
     }
+
+    async fn replace_edge_key_if(
+        &self,
+        edge_id: String,
+        expected: Vec<u8>,
+        replacement: Vec<u8>,
+    ) -> Result<bool, StoreError> {
+        self.write(move |connection| {
+            Ok(connection.execute(
+                "UPDATE edge_keys SET secret = ?3 WHERE edge_id = ?1 AND secret = ?2",
+                params![edge_id, expected, replacement],
+            )? == 1)
+        })
+        .await
+    }
 }
 
 /// Inbox row ids in `[first, last]`.

@@ -15,6 +15,7 @@ use crate::records::{
     ApplyOutcome, BatchKey, CountCell, CreateOutcome, GroupCommit, Import, ImportOutcome,
     MergeBatch, Pruned, ResourceRecord, StoreError, Tier, TokenRecord,
 };
+use crate::sealed::{Opened, SecretKeys};
 use crate::summaries::{BucketSummary, KeptSummaries, SummaryMemo};
 
 /// A resource created under a name another resource has gets this many random bytes, in hex,
@@ -30,6 +31,8 @@ pub struct Store {
     hot: Option<Arc<HotTier>>,
     /// Bucket summaries this process decoded (`summaries.rs`).
     memo: Arc<SummaryMemo>,
+    /// What seals the edge secrets it stores (`sealed.rs`); none: stored as they are.
+    secrets: Arc<SecretKeys>,
 }
 
 impl Store {
@@ -39,6 +42,7 @@ impl Store {
             backend,
             hot: None,
             memo: Arc::default(),
+            secrets: Arc::default(),
         }
     }
 
@@ -332,17 +336,54 @@ impl Store {
         self.backend.delete_token(id).await
     }
 
-    pub async fn edge_keys(&self) -> Result<Vec<(String, Vec<u8>, u64)>, StoreError> {
-        self.backend.edge_keys().await
+    /// Seals the edge secrets it stores with `keys` (`--secret-key-file`) and opens them with
+    /// them.
+    pub fn with_secret_keys(mut self, keys: SecretKeys) -> Self {
+        self.secrets = Arc::new(keys);
+        self
     }
 
+    /// Every stored edge key, opened: (edge id, secret, created at). Fails whole if one does
+    /// not open, so that a caller keeps the keys it has rather than lose some.
+    pub async fn edge_keys(&self) -> Result<Vec<(String, Vec<u8>, u64)>, StoreError> {
+        let mut keys = self.backend.edge_keys().await?;
+        for (edge_id, secret, _) in &mut keys {
+            *secret = match self.secrets.open(edge_id, std::mem::take(secret))? {
+                Opened::Current(plain) | Opened::Reseal(plain) => plain,
+            };
+        }
+        Ok(keys)
+    }
+
+    /// Seals again with the current key every stored edge secret that is plain or sealed with
+    /// the previous key, each only if it is still as read; returns how many were. Fails, naming
+    /// the edge, if one does not open.
+    pub async fn reseal_edge_keys(&self) -> Result<usize, StoreError> {
+        let mut resealed = 0;
+        for (edge_id, stored, _) in self.backend.edge_keys().await? {
+            if let Opened::Reseal(plain) = self.secrets.open(&edge_id, stored.clone())? {
+                let sealed = self.secrets.seal(&edge_id, plain)?;
+                if self
+                    .backend
+                    .replace_edge_key_if(edge_id, stored, sealed)
+                    .await?
+                {
+                    resealed += 1;
+                }
+            }
+        }
+        Ok(resealed)
+    }
+
+    /// Stores an edge's secret, sealed if there is a key.
     pub async fn put_edge_key(
         &self,
         edge_id: String,
         secret: Vec<u8>,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        self.backend.put_edge_key(edge_id, secret, now_ms).await
+        let stored = self.secrets.seal(&edge_id, secret)?;
+        self.backend.put_edge_key(edge_id, stored, now_ms).await
     }
 
     pub async fn delete_edge_key(&self, edge_id: String) -> Result<bool, StoreError> {

@@ -452,15 +452,10 @@ pub(crate) fn add_minutes_since<'a>(
             if cell.minute_ms < start_ms || !existing.contains(&cell.resource_id) {
                 continue;
             }
-            let stored = cells
+            cells
                 .entry((cell.resource_id.clone(), cell.minute_ms))
-                .or_insert_with(|| CountCell {
-                    bucket_ms: cell.minute_ms,
-                    hits: 0,
-                    visitors: Sketch::new(),
-                });
-            stored.hits += cell.hits;
-            stored.visitors.merge(&cell.visitors);
+                .or_insert_with(|| CountCell::empty(cell.minute_ms))
+                .add(cell.hits, &cell.visitors);
         }
     }
 }

@@ -20,6 +20,7 @@ mod patterns;
 mod postgres;
 mod records;
 mod rules;
+pub mod sealed;
 mod snapshot;
 pub mod summaries;
 

@@ -840,6 +840,24 @@ impl CatalogStore for PgStore {
             .rows_affected();
         Ok(deleted == 1)
     }
+
+    async fn replace_edge_key_if(
+        &self,
+        edge_id: String,
+        expected: Vec<u8>,
+        replacement: Vec<u8>,
+    ) -> Result<bool, StoreError> {
+        let replaced =
+            sqlx::query("UPDATE edge_keys SET secret = $3 WHERE edge_id = $1 AND secret = $2")
+                .bind(&edge_id)
+                .bind(&expected)
+                .bind(&replacement)
+                .execute(&self.pool)
+                .await
+                .map_err(classify)?
+                .rows_affected();
+        Ok(replaced == 1)
+    }
 }
 
 /// The retention of every existing resource among `resource_ids`.

@@ -87,6 +87,9 @@ pub enum StoreError {
     InboxEncoding(#[from] postcard::Error),
     #[error("a bucket summary is corrupt: {0}")]
     CorruptSummary(&'static str),
+    /// A stored secret does not open with the keys given (`sealed.rs`).
+    #[error(transparent)]
+    Sealed(#[from] crate::sealed::SealError),
     #[error("cosmos db: {0}")]
     Cosmos(#[from] azure_data_cosmos::CosmosError),
     #[error("{0:?} is not a Cosmos DB account endpoint (https://ACCOUNT.documents.azure.com:443/)")]
@@ -178,6 +181,23 @@ pub struct CountCell {
     pub bucket_ms: u64,
     pub hits: u64,
     pub visitors: Sketch,
+}
+
+impl CountCell {
+    /// A cell of `bucket_ms` with nothing in it yet.
+    pub fn empty(bucket_ms: u64) -> Self {
+        Self {
+            bucket_ms,
+            hits: 0,
+            visitors: Sketch::new(),
+        }
+    }
+
+    /// Adds hits and visitors to it.
+    pub fn add(&mut self, hits: u64, visitors: &Sketch) {
+        self.hits += hits;
+        self.visitors.merge(visitors);
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -322,6 +322,72 @@ async fn cosmos_an_orphaned_stream_is_taken_over_and_folded_once() {
     assert_eq!(tier_hits(&second, "shared").await, [7, 7, 7]);
 }
 
+/// A read holds the count documents it loaded, decoded, under their ETags: reading an unchanged
+/// window again is one request (the ETags), and a page another process wrote since, late into
+/// a closed hour, is loaded again, so the read stays exact.
+#[tokio::test]
+async fn cosmos_reads_load_again_only_the_pages_written_since() {
+    let Some(server) = hitcount_test_support::CosmosServer::start_or_skip() else {
+        return;
+    };
+    let (reader, writer) = (cosmos_store(&server).await, cosmos_store(&server).await);
+    writer
+        .create_resource(resource("paged", None))
+        .await
+        .unwrap();
+    let now = now_ms();
+    let (old, recent) = (now / MINUTE_MS - 150, now / MINUTE_MS);
+    let entries = vec![
+        entry("paged", old, 2, &["a"]),
+        entry("paged", recent, 3, &["b"]),
+    ];
+    apply(&writer, entries, Some(key("edge", 1, "1")), now).await;
+    writer.fold_inbox(now).await.unwrap();
+    let read = || async {
+        let cells = reader
+            .cells(
+                "paged".to_owned(),
+                Tier::Minute,
+                now - 3 * HOUR_MS,
+                now + MINUTE_MS,
+                now,
+            )
+            .await
+            .unwrap();
+        cells
+            .iter()
+            .map(|cell| (cell.bucket_ms / MINUTE_MS, cell.hits, cell.visitors.count()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(read().await, [(old, 2, 1), (recent, 3, 1)]);
+    let before = server.faults().await.requests;
+    assert_eq!(read().await, [(old, 2, 1), (recent, 3, 1)]);
+    assert_eq!(
+        server.faults().await.requests - before,
+        1,
+        "an unchanged window: only its pages' ETags"
+    );
+    apply(
+        &writer,
+        vec![entry("paged", old, 5, &["c"])],
+        Some(key("edge", 2, "2")),
+        now,
+    )
+    .await;
+    writer.fold_inbox(now).await.unwrap();
+    let before = server.faults().await.requests;
+    assert_eq!(
+        read().await,
+        [(old, 7, 2), (recent, 3, 1)],
+        "the late write into a held page counts"
+    );
+    assert_eq!(
+        server.faults().await.requests - before,
+        2,
+        "the ETags, then the one page that changed"
+    );
+}
+
 /// A Cosmos DB document holds at most 2 MB: a batch whose row is longer than
 /// INBOX_PART_CHARS_MAX (here 150 minutes, each with a dense sketch) is written as parts before
 /// its row document, read back whole and folded, and deduplicated like any other.
@@ -549,6 +615,7 @@ macro_rules! catalog_contract {
 catalog_contract!(
     resources_are_unique_by_id_and_name,
     tokens_and_edge_keys_are_replaced_by_id,
+    an_edge_key_is_resealed_only_while_unchanged,
     patterns_and_resources_created_on_first_sight,
 );
 
@@ -1395,6 +1462,58 @@ mod cases {
         );
         assert!(store.delete_edge_key("edge-1".to_owned()).await.unwrap());
         assert!(!store.delete_edge_key("edge-1".to_owned()).await.unwrap());
+    }
+
+    /// What sealing a stored secret again (a new `--secret-key-file`) relies on: the stored
+    /// value is replaced only if it is still the one read, with its creation time kept, so an
+    /// edge key another aggregator set meanwhile is never overwritten with the old one.
+    pub async fn an_edge_key_is_resealed_only_while_unchanged(store: &dyn CatalogStore) {
+        store
+            .put_edge_key("edge-r".to_owned(), b"plain-one".to_vec(), 10)
+            .await
+            .unwrap();
+        assert!(
+            store
+                .replace_edge_key_if(
+                    "edge-r".to_owned(),
+                    b"plain-one".to_vec(),
+                    b"\0sealed-one".to_vec()
+                )
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            store.edge_keys().await.unwrap(),
+            vec![("edge-r".to_owned(), b"\0sealed-one".to_vec(), 10)],
+            "replaced, its creation time kept"
+        );
+        assert!(
+            !store
+                .replace_edge_key_if(
+                    "edge-r".to_owned(),
+                    b"plain-one".to_vec(),
+                    b"\0stale".to_vec()
+                )
+                .await
+                .unwrap(),
+            "no longer the value read"
+        );
+        assert!(
+            !store
+                .replace_edge_key_if(
+                    "edge-none".to_owned(),
+                    b"plain-one".to_vec(),
+                    b"\0x".to_vec()
+                )
+                .await
+                .unwrap(),
+            "no such edge: nothing created"
+        );
+        assert_eq!(
+            store.edge_keys().await.unwrap(),
+            vec![("edge-r".to_owned(), b"\0sealed-one".to_vec(), 10)]
+        );
+        assert!(store.delete_edge_key("edge-r".to_owned()).await.unwrap());
     }
 
     pub async fn prune_deletes_expired_minutes_and_old_dedupe_records(store: &dyn DurableStore) {

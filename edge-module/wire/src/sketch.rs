@@ -101,6 +101,15 @@ impl Sketch {
         }
     }
 
+    /// The bytes its registers take in memory (not the size of the struct itself): what a cache
+    /// of decoded sketches weighs them by.
+    pub fn heap_bytes(&self) -> usize {
+        match &self.registers {
+            Registers::Sparse(list) => list.capacity() * std::mem::size_of::<(u16, u8)>(),
+            Registers::Dense(registers) => registers.len(),
+        }
+    }
+
     /// Adds a visitor by the hash `visitor_hash` (or any uniformly distributed 64-bit hash) gave.
     pub fn insert_hash(&mut self, hash: u64) {
         let (index, rank) = index_and_rank(hash);

@@ -7,19 +7,15 @@
 //! mark added, on the ETag it read (a concurrent writer makes it read again).
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use futures::TryStreamExt;
 use hitcount_wire::Sketch;
 use serde::{Deserialize, Serialize};
 
-use super::overlay::{HeldRow, OVERLAY_DONE_KEEP_MS};
 use super::{CosmosStore, classify, read_document};
 use crate::DAY_MS;
-use crate::records::{CountCell, StoreError, Tier};
-use crate::rules::tier_kept;
+use crate::records::{StoreError, Tier};
 
 pub(super) const COUNTS_CONTAINER: &str = "counts";
 /// Tries of one document write that lost to a concurrent writer (412) before the write fails:
@@ -29,16 +25,6 @@ pub const COUNT_WRITE_ATTEMPTS_MAX: u32 = 8;
 /// round finished long ago (a round that a crash cut short is finished within
 /// `STREAM_ORPHAN_MS`), so no write can need it again.
 const STREAM_MARK_KEEP_MS: u64 = DAY_MS;
-/// Loads of one resource's documents a read tries before it answers with what the last one
-/// found: a load slower than half of [`OVERLAY_DONE_KEEP_MS`] is tried again.
-const READ_ATTEMPTS_MAX: u32 = 3;
-
-/// Whether a read that began at `began` loaded its documents quickly enough that every row it
-/// may need is still in the overlay (see overlay.rs).
-fn read_was_quick(began: Instant) -> bool {
-    began.elapsed() < Duration::from_millis(OVERLAY_DONE_KEEP_MS / 2)
-}
-
 /// The last round of one stream that wrote a document.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub(super) struct StreamMark {
@@ -69,7 +55,7 @@ pub(super) struct StoredCell {
 }
 
 impl StoredCell {
-    fn visitors(&self) -> Result<Sketch, StoreError> {
+    pub(super) fn visitors(&self) -> Result<Sketch, StoreError> {
         if self.sketch.is_empty() {
             return Ok(Sketch::new());
         }
@@ -118,30 +104,17 @@ impl CountDocument {
     /// Whether the stream's `round` wrote this document, or a later round (which runs only
     /// after `round` finished, so `round` wrote it before if it had anything for it).
     pub fn has_round(&self, stream: &str, round: u64) -> bool {
-        self.streams
-            .get(stream)
-            .is_some_and(|mark| mark.round >= round)
+        round_marked(&self.streams, stream, round)
     }
+}
 
-    /// Its cells with buckets in `[start_ms, end_ms)`, into `cells`.
-    pub fn add_cells_to(
-        &self,
-        cells: &mut BTreeMap<u64, CountCell>,
-        start_ms: u64,
-        end_ms: u64,
-    ) -> Result<(), StoreError> {
-        for (bucket_ms, cell) in self.cells.range(start_ms..end_ms) {
-            cells.insert(
-                *bucket_ms,
-                CountCell {
-                    bucket_ms: *bucket_ms,
-                    hits: cell.hits,
-                    visitors: cell.visitors()?,
-                },
-            );
-        }
-        Ok(())
-    }
+/// Whether `streams` says the stream's `round`, or a later one, wrote the page they mark.
+pub(super) fn round_marked(
+    streams: &BTreeMap<String, StreamMark>,
+    stream: &str,
+    round: u64,
+) -> bool {
+    streams.get(stream).is_some_and(|mark| mark.round >= round)
 }
 
 pub(super) fn count_document_id(tier: Tier, page_ms: u64) -> String {
@@ -319,138 +292,12 @@ impl CosmosStore {
             Err(error) => Err(classify(error)),
         }
     }
-
-    /// The documents of one resource and tier holding buckets in `[start_ms, end_ms)`, by page:
-    /// one query in one partition.
-    pub(super) async fn count_documents(
-        &self,
-        resource_id: &str,
-        tier: Tier,
-        start_ms: u64,
-        end_ms: u64,
-    ) -> Result<BTreeMap<u64, CountDocument>, StoreError> {
-        let query = azure_data_cosmos::Query::from(
-            // Only what a read uses: not the imports' marks, the TTL or the service's own
-            // properties, which every document also carries.
-            "SELECT c.id, c.resource_id, c.tier, c.page_ms, c.cells, c.first_ms, c.streams \
-             FROM c WHERE c.resource_id = @resource AND c.tier = @tier \
-             AND c.page_ms >= @start AND c.page_ms < @end",
-        )
-        // The partition is named in the query too: a server may apply the scope loosely (the
-        // test server does).
-        .with_parameter("@resource", resource_id)
-        .map_err(classify)?
-        .with_parameter("@tier", tier.as_str())
-        .map_err(classify)?
-        .with_parameter("@start", page_of(tier, start_ms))
-        .map_err(classify)?
-        .with_parameter("@end", end_ms)
-        .map_err(classify)?;
-        let documents: Vec<CountDocument> = self
-            .counts
-            .query_items(
-                query,
-                azure_data_cosmos::FeedScope::partition(resource_id.to_owned()),
-                None,
-            )
-            .await
-            .map_err(classify)?
-            .try_collect()
-            .await
-            .map_err(classify)?;
-        Ok(documents
-            .into_iter()
-            .map(|document| (document.page_ms, document))
-            .collect())
-    }
-
-    /// One resource's cells of one tier: its documents, then this process's rows that no
-    /// document says it holds yet.
-    pub(super) async fn read_cells(
-        &self,
-        resource_id: &str,
-        tier: Tier,
-        start_ms: u64,
-        end_ms: u64,
-        now_ms: u64,
-    ) -> Result<Vec<CountCell>, StoreError> {
-        let mut attempt = 0;
-        let (documents, rows) = loop {
-            attempt += 1;
-            let started = Instant::now();
-            let documents = self
-                .count_documents(resource_id, tier, start_ms, end_ms)
-                .await?;
-            // After the documents: a row a round finished meanwhile is still held (see overlay.rs).
-            let rows = self.overlay.rows_for(resource_id, started);
-            if read_was_quick(started) || attempt == READ_ATTEMPTS_MAX {
-                break (documents, rows);
-            }
-        };
-        let mut cells: BTreeMap<u64, CountCell> = BTreeMap::new();
-        for document in documents.values() {
-            document.add_cells_to(&mut cells, start_ms, end_ms)?;
-        }
-        let writer = self.writer();
-        for held in rows {
-            add_row(
-                &mut cells,
-                &documents,
-                &writer,
-                &held,
-                resource_id,
-                tier,
-                (start_ms, end_ms),
-                now_ms,
-            );
-        }
-        Ok(cells.into_values().collect())
-    }
 }
 
 fn marked(document: &CountDocument, mark: &Mark) -> bool {
     match mark {
         Mark::Round { stream, round } => document.has_round(stream, *round),
         Mark::Import { file_sha256 } => document.imports.contains(file_sha256),
-    }
-}
-
-/// Adds a held row's cells of one resource to `cells` (one tier, buckets in `range`), except
-/// where the stored document of the cell's page says the row's round wrote it already.
-#[allow(clippy::too_many_arguments)]
-fn add_row(
-    cells: &mut BTreeMap<u64, CountCell>,
-    documents: &BTreeMap<u64, CountDocument>,
-    writer: &str,
-    held: &HeldRow,
-    resource_id: &str,
-    tier: Tier,
-    (start_ms, end_ms): (u64, u64),
-    now_ms: u64,
-) {
-    if held.settled {
-        return;
-    }
-    for cell in held.row.cells_of(resource_id) {
-        let bucket_ms = cell.minute_ms / tier.resolution_ms() * tier.resolution_ms();
-        if bucket_ms < start_ms || bucket_ms >= end_ms || !tier_kept(tier, bucket_ms, now_ms) {
-            continue;
-        }
-        let folded = held.round.is_some_and(|round| {
-            documents
-                .get(&page_of(tier, bucket_ms))
-                .is_some_and(|document| document.has_round(writer, round))
-        });
-        if folded {
-            continue;
-        }
-        let stored = cells.entry(bucket_ms).or_insert_with(|| CountCell {
-            bucket_ms,
-            hits: 0,
-            visitors: Sketch::new(),
-        });
-        stored.hits += cell.hits;
-        stored.visitors.merge(&cell.visitors);
     }
 }
 
