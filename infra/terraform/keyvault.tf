@@ -36,11 +36,16 @@ resource "random_password" "edge_key" {
   special = false
 }
 
+# The aggregators' --secret-key-file: 32 random bytes, stored in base64 as the file holds them.
+resource "random_bytes" "secret_key" {
+  length = 32
+}
+
 locals {
   # Key Vault secret names = the keys of hitcount-secrets (infra/k8s/README.md, "Secrets").
   # Listed apart from the values so for_each is known at plan time and not sensitive.
   secret_names = concat(
-    ["admin-token", "visitor-secret", "edge-key", "edge-keys"],
+    ["admin-token", "visitor-secret", "edge-key", "edge-keys", "secret-key"],
     local.postgresql ? ["database-url"] : [],
     local.cosmosdb ? ["cosmos-key"] : [],
     var.redis_enabled ? ["redis-url"] : [],
@@ -50,6 +55,7 @@ locals {
     "visitor-secret" = random_password.visitor_secret.result
     "edge-key"       = random_password.edge_key.result
     "edge-keys"      = "${var.edge_id}=${random_password.edge_key.result}"
+    "secret-key"     = random_bytes.secret_key.base64
     "database-url"   = local.database_url
     "cosmos-key"     = local.cosmosdb ? azurerm_cosmosdb_account.main[0].primary_key : null
     "redis-url"      = local.redis_url
