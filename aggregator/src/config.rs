@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{Parser, ValueEnum};
 
 use crate::merge::MERGE_INTERVAL_MS_MAX;
-use crate::oidc::OidcSettings;
+use crate::oidc::{DashboardClient, OidcSettings};
 use crate::store::inbox::FOLD_INTERVAL_MS_MAX;
 
 /// Requests per second allowed per client address and per token by default.
@@ -135,6 +135,14 @@ pub struct Args {
     /// objects, e.g. `realm_access.roles` for Keycloak's realm roles.
     #[arg(long, env = "HITCOUNT_OIDC_ROLES_CLAIM", default_value = "roles")]
     pub oidc_roles_claim: String,
+    /// The dashboard signs in through the issuer as this client: authorization code with PKCE,
+    /// a public client whose redirect URI is the dashboard's address (`https://HOST/`).
+    #[arg(long, env = "HITCOUNT_OIDC_CLIENT_ID", requires = "oidc_issuer")]
+    pub oidc_client_id: Option<String>,
+    /// The scopes the dashboard asks for, space-separated (Entra ID also needs the API's, e.g.
+    /// `openid api://hitcount/.default`).
+    #[arg(long, env = "HITCOUNT_OIDC_SCOPE", default_value = "openid")]
+    pub oidc_scope: String,
     /// A file holding 32 random bytes in base64 (`openssl rand -base64 32`) that encrypt the
     /// edge secrets stored through the API; read at start.
     #[arg(long, env = "HITCOUNT_SECRET_KEY_FILE")]
@@ -240,6 +248,8 @@ pub enum ConfigError {
         "--oidc-issuer {0:?} must be an https:// URL (http:// only on this machine), with a non-empty --oidc-audience and --oidc-roles-claim"
     )]
     OidcIssuer(String),
+    #[error("--oidc-client-id and --oidc-scope must not be empty")]
+    OidcClient,
     #[error("--database-url must be a postgres:// or postgresql:// URL")]
     DatabaseUrl,
     #[error(
@@ -395,11 +405,22 @@ fn oidc_settings(args: &Args) -> Result<Option<OidcSettings>, ConfigError> {
     if !secure || audience.trim().is_empty() || args.oidc_roles_claim.trim().is_empty() {
         return Err(ConfigError::OidcIssuer(issuer.clone()));
     }
+    let dashboard_client = match &args.oidc_client_id {
+        None => None,
+        Some(client_id) if client_id.trim().is_empty() || args.oidc_scope.trim().is_empty() => {
+            return Err(ConfigError::OidcClient);
+        }
+        Some(client_id) => Some(DashboardClient {
+            client_id: client_id.clone(),
+            scope: args.oidc_scope.clone(),
+        }),
+    };
     Ok(Some(OidcSettings {
         issuer: issuer.clone(),
         audience: audience.clone(),
         roles_claim: args.oidc_roles_claim.clone(),
         refetch_interval_ms: crate::oidc::JWKS_REFETCH_INTERVAL_MS_DEFAULT,
+        dashboard_client,
     }))
 }
 

@@ -57,6 +57,16 @@ pub struct OidcSettings {
     /// The claim holding the roles; a dotted path reaches into objects (`realm_access.roles`).
     pub roles_claim: String,
     pub refetch_interval_ms: u64,
+    /// With `--oidc-client-id`, the dashboard signs in through the issuer as this client.
+    pub dashboard_client: Option<DashboardClient>,
+}
+
+/// The dashboard as a public OAuth client of the issuer (`--oidc-client-id`, `--oidc-scope`).
+#[derive(Debug, Clone)]
+pub struct DashboardClient {
+    pub client_id: String,
+    /// Space-separated.
+    pub scope: String,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]

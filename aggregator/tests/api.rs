@@ -793,8 +793,15 @@ async fn the_dashboard_is_served_with_its_policy() {
             "{path}: {policy}"
         );
         assert_eq!(header("x-content-type-options"), "nosniff");
+        assert!(
+            policy.contains("connect-src 'self';"),
+            "no other origin without --oidc-client-id: {policy}"
+        );
         let body = response.text().await.unwrap();
         assert!(body.contains(contains), "{path} holds {contains}");
     }
+    let (status, config) = Api::admin(&server).get("/dashboard/config.json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(config, serde_json::json!({"oidc": null}), "API tokens only");
     server.stop().await;
 }

@@ -24,6 +24,7 @@ async fn aggregator_trusting(issuer: &Issuer, roles_claim: &str) -> (Server, Tem
         audience: OIDC_AUDIENCE.to_owned(),
         roles_claim: roles_claim.to_owned(),
         refetch_interval_ms: REFETCH_INTERVAL_MS,
+        dashboard_client: None,
     });
     (Server::start_with(config).await, directory)
 }
@@ -403,6 +404,7 @@ async fn keys_outlive_an_outage_for_a_bounded_time() {
         audience: OIDC_AUDIENCE.to_owned(),
         roles_claim: "roles".to_owned(),
         refetch_interval_ms: REFETCH_INTERVAL_MS,
+        dashboard_client: None,
     })
     .unwrap();
     // The claims are checked against the real clock; the key cache against the one given.
@@ -654,4 +656,49 @@ async fn create_home_like(server: &Server, resource_id: &str) -> StatusCode {
         .await
         .unwrap()
         .status()
+}
+
+/// With `--oidc-client-id` the dashboard is told how to sign in through the issuer, and its
+/// content security policy lets it reach the issuer's origin (the browser test,
+/// `aggregator/dashboard/test/`, then signs in).
+#[tokio::test]
+async fn the_dashboard_is_told_how_to_sign_in_through_the_issuer() {
+    let rsa = SigningKey::rsa("rsa-1");
+    let issuer = Issuer::start(&[&rsa]).await;
+    let directory = TempDir::new().unwrap();
+    let mut config = test_config(directory.path());
+    config.oidc = Some(OidcSettings {
+        issuer: issuer.url(),
+        audience: OIDC_AUDIENCE.to_owned(),
+        roles_claim: "roles".to_owned(),
+        refetch_interval_ms: REFETCH_INTERVAL_MS,
+        dashboard_client: Some(hitcount_aggregator::oidc::DashboardClient {
+            client_id: "hitcount-dashboard".to_owned(),
+            scope: "openid api://hitcount/.default".to_owned(),
+        }),
+    });
+    let server = Server::start_with(config).await;
+    let response = server.client.get(server.url("/")).send().await.unwrap();
+    let policy = response.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let origin = issuer.url().trim_end_matches('/').to_owned();
+    assert!(
+        policy.contains(&format!("connect-src 'self' {origin};")),
+        "{policy}"
+    );
+    let (status, config) = hitcount_test_support::Api::admin(&server)
+        .get("/dashboard/config.json")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        config,
+        serde_json::json!({"oidc": {
+            "issuer": issuer.url(),
+            "client_id": "hitcount-dashboard",
+            "scope": "openid api://hitcount/.default",
+        }})
+    );
+    server.stop().await;
 }

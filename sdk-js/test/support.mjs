@@ -22,13 +22,13 @@ function lines(stream, onLine) {
   createInterface({ input: stream }).on("line", onLine);
 }
 
-/** The aggregator binary on a port-0 listener with a fresh data directory. */
-export async function startAggregator() {
+/** The aggregator binary on a port-0 listener with a fresh data directory, and `flags`. */
+export async function startAggregator(flags = []) {
   const path = binary("hitcount-aggregator", "HITCOUNT_AGGREGATOR_BIN");
   if (!path) return undefined;
   const dataDir = mkdtempSync(join(tmpdir(), "hitcount-sdk-"));
   const child = spawn(path, ["--listen", "127.0.0.1:0", "--data-dir", dataDir, "--admin-token", ADMIN_TOKEN,
-    "--rate-limit-ip-per-second", "0", "--rate-limit-token-per-second", "0"], { env: { ...process.env, RUST_LOG: "info", NO_COLOR: "1" } });
+    "--rate-limit-ip-per-second", "0", "--rate-limit-token-per-second", "0", ...flags], { env: { ...process.env, RUST_LOG: "info", NO_COLOR: "1" } });
   const base = await new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error("the aggregator did not start")), 30_000);
     lines(child.stderr, (line) => {

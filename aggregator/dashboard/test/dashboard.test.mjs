@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { existsSync, mkdirSync } from "node:fs";
 import { chromium } from "playwright-core";
 import { ADMIN_TOKEN, startAggregator } from "../../../sdk-js/test/support.mjs";
+import { startIssuer } from "./issuer.mjs";
 
 const CHROMIUM = process.env.HITCOUNT_CHROMIUM ?? "/usr/bin/chromium";
 /** How long the live view may take to show a new hit: its refresh period and some slack. */
@@ -62,12 +63,12 @@ async function signIn(page, token) {
 
 const digits = (text) => Number(text.replace(/[^0-9]/g, ""));
 
-/** Runs `body(browser, aggregator)` against a fresh aggregator, then closes both. */
-async function withBrowser(t, body) {
+/** Runs `body(browser, aggregator)` against a fresh aggregator (started with `flags`), then closes both. */
+async function withBrowser(t, body, flags = []) {
   const browser = await launch(t);
   if (!browser) return;
   try {
-    const aggregator = await startAggregator();
+    const aggregator = await startAggregator(flags);
     if (!aggregator) return t.skip("SKIPPED: no hitcount-aggregator binary; run cargo build first");
     try {
       await body(browser, aggregator);
@@ -237,3 +238,49 @@ test("an admin token creates and deletes resources and tokens, asked first", (t)
   assert.equal((await admin.get("/resources/home")).status, 200);
   assert.deepEqual(errors, []);
 }));
+
+test("the organisation's identity provider signs the dashboard in: authorization code with PKCE", async (t) => {
+  const audience = "hitcount-api";
+  const issuer = await startIssuer({ audience, roles: ["hitcount.admin"] });
+  const flags = ["--oidc-issuer", issuer.issuer, "--oidc-audience", audience,
+    "--oidc-client-id", "hitcount-dashboard", "--oidc-scope", "openid profile"];
+  try {
+    await withBrowser(t, async (browser, aggregator) => {
+      const { page: desktop, errors } = await page(browser, { width: 1280, height: 900 });
+      await desktop.goto(`${aggregator.base}/#/manage`);
+      await desktop.click("#sign-in-provider");
+      await desktop.waitForSelector("#nav:not([hidden])");
+      const back = new URL(desktop.url());
+      assert.equal(back.search, "", "the code left the address");
+      assert.equal(back.hash, "#/manage", "back at the view the sign-in started from");
+      assert.equal(await desktop.isVisible("#nav-manage"), true, "the admin role gives the admin views");
+      await desktop.waitForSelector("#tokens-title");
+      const [asked] = issuer.requests;
+      assert.equal(asked.client_id, "hitcount-dashboard");
+      assert.equal(asked.redirect_uri, `${aggregator.base}/`);
+      assert.equal(asked.scope, "openid profile");
+      assert.equal(asked.code_challenge_method, "S256");
+      assert.match(asked.code_challenge, /^[A-Za-z0-9_-]{43}$/);
+      assert.equal(await desktop.evaluate(() => sessionStorage.length), 0, "the flow's values are gone");
+
+      // An account without a hitcount role is told what it lacks, and sees nothing.
+      issuer.roles = ["some.other.role"];
+      await desktop.click("#sign-out");
+      await desktop.click("#sign-in-provider");
+      await desktop.waitForFunction(() => /hitcount\.read role/.test(document.getElementById("notice").textContent));
+      assert.equal(await desktop.$("#total-hits"), null);
+
+      // A provider that refuses (no PKCE here: the dashboard always sends it, so this is the
+      // provider's own refusal coming back) is said in words.
+      await desktop.goto(`${aggregator.base}/`);
+      await desktop.evaluate(() => sessionStorage.setItem("hitcount.sign-in",
+        JSON.stringify({ verifier: "v", state: "s", nonce: "n", hash: "" })));
+      await desktop.goto(`${aggregator.base}/?error=access_denied&error_description=the+user+said+no&state=s`);
+      await desktop.waitForFunction(() => /the user said no/.test(document.getElementById("notice").textContent));
+      assert.equal(new URL(desktop.url()).search, "");
+      assert.deepEqual(errors, [], "no console errors (a CSP violation would be one)");
+    }, flags);
+  } finally {
+    issuer.stop();
+  }
+});

@@ -74,6 +74,7 @@ const ROUTES: &[&str] = &[
     "/",
     "/dashboard/app.js",
     "/dashboard/app.css",
+    "/dashboard/config.json",
 ];
 
 /// The answer for a resource id nobody created (or that was deleted), for every handler alike.
@@ -130,6 +131,7 @@ pub fn validate_name(name: &str) -> Result<String, ApiError> {
         dashboard::index,
         dashboard::script,
         dashboard::styles,
+        dashboard::config,
     ),
     components(schemas(ErrorBody)),
     modifiers(&BearerAuth),
@@ -302,6 +304,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/", get(dashboard::index))
         .route("/dashboard/app.js", get(dashboard::script))
         .route("/dashboard/app.css", get(dashboard::styles))
+        .route("/dashboard/config.json", get(dashboard::config))
         .merge(limited)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
