@@ -95,3 +95,36 @@ async fn kill_nine_loses_no_acknowledged_hit_on_cosmos_db() {
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     crate::durability::kill_nine_scenario(&flags).await;
 }
+
+/// `--migrate-only` on Cosmos DB (the deployment's migration Job): creates the database and its
+/// three containers and exits 0 without serving, and takes no fold stream (a Job that ran once
+/// must leave no stream for the aggregators to take over).
+#[tokio::test]
+async fn migrate_only_creates_the_containers_and_exits_without_serving() {
+    let Some(server) = CosmosServer::start_or_skip() else {
+        return;
+    };
+    let directory = TempDir::new().unwrap();
+    let settings = hitcount_aggregator::store::CosmosSettings {
+        endpoint: server.endpoint.clone(),
+        key: hitcount_test_support::COSMOS_TEST_KEY.to_owned(),
+        database: "migrated".to_owned(),
+        stream: None,
+    };
+    let client = hitcount_aggregator::store::cosmos_client(&settings)
+        .await
+        .unwrap();
+    let database = client.database_client("migrated");
+    assert!(database.read(None).await.is_err(), "no database yet");
+    let flags = cosmos_flags(&server, directory.path(), "migrated");
+    crate::support::migrate_only(&flags, directory.path()).await;
+    for container in ["counts", "inbox", "catalog"] {
+        // The client resolves the container's metadata: an error says it does not exist.
+        let found = database.container_client(container, None).await;
+        assert!(found.is_ok(), "{container} created: {:?}", found.err());
+    }
+    assert!(
+        !directory.path().join("cosmos-stream").exists(),
+        "no fold stream taken"
+    );
+}

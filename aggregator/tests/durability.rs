@@ -454,23 +454,8 @@ async fn migrate_only_migrates_the_store_and_exits_without_serving() {
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
     };
     assert_eq!(tables(), "0", "a new database");
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_hitcount-aggregator"))
-        .arg("--migrate-only")
-        .arg("--database-url")
-        .arg(&database)
-        .arg("--data-dir")
-        .arg(directory.path())
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .env("RUST_LOG", "info")
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(30), run)
-        .await
-        .expect("exits within 30 s")
-        .expect("the binary runs");
-    let log = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{log}");
-    assert!(!log.contains("listening"), "it never serves: {log}");
+    let flags = ["--database-url".to_owned(), database.clone()];
+    crate::support::migrate_only(&flags, directory.path()).await;
     assert_eq!(tables(), "3", "migrated");
 }
 

@@ -135,3 +135,24 @@ impl BinaryServer {
         Server::at(&self.base)
     }
 }
+
+/// Runs the aggregator binary with `--migrate-only` and `store_flags` on `data_dir`, and checks
+/// that it exits 0 within 30 s without ever serving.
+pub async fn migrate_only(store_flags: &[String], data_dir: &Path) {
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_hitcount-aggregator"))
+        .arg("--migrate-only")
+        .args(store_flags)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .env("RUST_LOG", "info")
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("exits within 30 s")
+        .expect("the binary runs");
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{log}");
+    assert!(!log.contains("listening"), "it never serves: {log}");
+}
