@@ -250,23 +250,66 @@ fn psql(database: &str, sql: &str) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
-/// CPU seconds (user + system) a process has used, from `/proc/{pid}/stat`.
-fn cpu_seconds(pid: u32) -> f64 {
+/// What `/proc/{pid}/stat` says of a process: its command name and its CPU seconds (user and
+/// system: its own, and with `children` also those of its children that exited and were waited
+/// for).
+fn process_cpu(pid: &str, children: bool) -> (String, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
+    let (name, rest) = stat.rsplit_once(')').unwrap_or(("", ""));
+    let name = name.split_once('(').map_or("", |(_, name)| name).to_owned();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |index: usize| {
         fields
             .get(index)
             .and_then(|field| field.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    // After the command name: state is field 0, utime 11, stime 12; 100 ticks a second.
-    (ticks(11) + ticks(12)) / 100.0
+    // After the command name: state is field 0, utime 11, stime 12, cutime 13, cstime 14; 100
+    // ticks a second.
+    let own = ticks(11) + ticks(12);
+    let exited = if children { ticks(13) + ticks(14) } else { 0.0 };
+    (name, (own + exited) / 100.0)
+}
+
+/// CPU seconds (user + system) a process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    process_cpu(&pid.to_string(), false).1
+}
+
+/// CPU seconds the machine's PostgreSQL has used: every `postgres` process, with the backends
+/// that exited (counted in the postmaster, which waits for them).
+fn postgres_cpu_seconds() -> f64 {
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    processes
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|pid| pid.bytes().all(|byte| byte.is_ascii_digit()))
+        .map(|pid| process_cpu(&pid, true))
+        .filter(|(name, _)| name == "postgres")
+        .map(|(_, seconds)| seconds)
+        .sum()
+}
+
+/// CPU seconds used so far by the aggregators and by PostgreSQL, taken every
+/// [`CPU_SAMPLE_PERIOD_MS`] from `started` until `sampling` is cleared.
+#[derive(Debug, Clone, Copy)]
+struct CpuSample {
+    at_s: f64,
+    aggregators: f64,
+    postgres: f64,
+}
+
+/// How often the CPU of the aggregators and PostgreSQL is read during a run.
+const CPU_SAMPLE_PERIOD_MS: u64 = 100;
+
+fn cpu_sample(children: &[u32], started: Instant) -> CpuSample {
+    CpuSample {
+        at_s: started.elapsed().as_secs_f64(),
+        aggregators: children.iter().map(|pid| cpu_seconds(*pid)).sum(),
+        postgres: postgres_cpu_seconds(),
+    }
 }
 
 /// Rows inserted and updated so far in the scenario's database.
@@ -490,11 +533,7 @@ async fn measure(scenario: &Scenario, duration_s: u64) -> String {
     let mut config = Config::try_parse_from(&arguments).unwrap();
     let running = prepare(scenario, &config).await;
     config.aggregators = running.urls.clone();
-    let cpu_before: f64 = running
-        .children
-        .iter()
-        .map(|child| cpu_seconds(child.id()))
-        .sum();
+    let pids: Vec<u32> = running.children.iter().map(Child::id).collect();
     let rows_before = running.database.as_deref().map(rows_written);
     let reading = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let reader = {
@@ -521,19 +560,42 @@ async fn measure(scenario: &Scenario, duration_s: u64) -> String {
         })
     };
     let started = Instant::now();
+    let sampler = {
+        let reading = std::sync::Arc::clone(&reading);
+        tokio::spawn(async move {
+            let mut samples = vec![cpu_sample(&pids, started)];
+            while reading.load(std::sync::atomic::Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(CPU_SAMPLE_PERIOD_MS)).await;
+                samples.push(cpu_sample(&pids, started));
+            }
+            samples
+        })
+    };
     let outcome = hitcount_loadgen::run(config).await.unwrap();
     let wall_s = started.elapsed().as_secs_f64();
     reading.store(false, std::sync::atomic::Ordering::Relaxed);
     let mut latencies = reader.await.unwrap();
     latencies.sort_by(f64::total_cmp);
-    let cpu_after: f64 = running
-        .children
-        .iter()
-        .map(|child| cpu_seconds(child.id()))
-        .sum();
+    let samples = sampler.await.unwrap();
     let report = &outcome.report;
     // Load and drain, not verification: the rows and CPU of taking the deltas.
     let busy_s = report.duration_s + report.drain_s;
+    let (first, busy) = (
+        samples[0],
+        samples
+            .iter()
+            .copied()
+            .take_while(|sample| sample.at_s <= busy_s)
+            .last()
+            .unwrap_or(samples[0]),
+    );
+    let millions = (report.hits_acknowledged as f64 / 1e6).max(1e-9);
+    let per_million = format!(
+        "{:.2} / {:.2} / {:.2}",
+        (busy.aggregators - first.aggregators) / millions,
+        (busy.postgres - first.postgres) / millions,
+        report.cpu_s.unwrap_or(f64::NAN) / millions,
+    );
     let rows = match (rows_before, running.database.as_deref()) {
         (Some(before), Some(database)) => {
             format!("{:.0}", (rows_written(database) - before) / wall_s)
@@ -541,7 +603,7 @@ async fn measure(scenario: &Scenario, duration_s: u64) -> String {
         _ => "-".to_owned(),
     };
     let line = format!(
-        "| {} | {} | {} | {:.0} | {:.0} | {} | {:.0} / {:.0} | {} | {} | {:.2} | {:.1} / {:.1} |",
+        "| {} | {} | {} | {:.0} | {:.0} | {} | {:.0} / {:.0} | {} | {} | {:.2} | {} | {:.1} / {:.1} |",
         scenario.name,
         scenario.aggregators,
         scenario.resources,
@@ -561,7 +623,8 @@ async fn measure(scenario: &Scenario, duration_s: u64) -> String {
             )
         },
         rows,
-        (cpu_after - cpu_before) / wall_s,
+        (busy.aggregators - first.aggregators) / (busy.at_s - first.at_s).max(1e-3),
+        per_million,
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
     );
@@ -588,9 +651,9 @@ async fn main() {
     );
     println!();
     println!(
-        "| scenario | aggregators | resources | offered hits/s | acknowledged hits/s | last 30 s min ack ratio | ack p50 / p99 ms | verified | PostgreSQL rows/s | aggregator CPU cores | GET 24 h p50 / p99 ms |"
+        "| scenario | aggregators | resources | offered hits/s | acknowledged hits/s | last 30 s min ack ratio | ack p50 / p99 ms | verified | PostgreSQL rows/s | aggregator CPU cores | CPU core-s per million acknowledged: aggregator / PostgreSQL / load generator | GET 24 h p50 / p99 ms |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for scenario in SCENARIOS {
         if only
             .as_ref()

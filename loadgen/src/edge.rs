@@ -2,8 +2,9 @@
 //! batches as `hitcount-edge` does (signed, the same bytes until a 200, backing off on 429, 503
 //! and network errors), with optional duplicate copies and random delays.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use hitcount_edge_core::{ClosedWindow, Delivery, SealedBatch};
@@ -33,6 +34,8 @@ pub struct Edge {
     delivery: Mutex<Delivery>,
     /// Woken when a window was added and when generation ends.
     pub wake: Notify,
+    /// The seconds its queued hits were offered in, for the acknowledgement ratio.
+    pub offered: OfferedSeconds,
 }
 
 impl Edge {
@@ -49,6 +52,7 @@ impl Edge {
                 rand::random(),
             )),
             wake: Notify::new(),
+            offered: OfferedSeconds::default(),
         }
     }
 
@@ -298,7 +302,8 @@ pub async fn deliver(
         match delivered {
             Delivered::Acknowledged => {
                 let latency = first_sent.map(|sent| sent.elapsed()).unwrap_or_default();
-                shared.stats.acknowledged(batch.hits, latency);
+                let seconds = edge.offered.take(batch.hits);
+                shared.stats.acknowledged(batch.hits, latency, &seconds);
                 for (resource_id, hits) in &batch.resource_hits {
                     let resource = resource_id
                         .strip_prefix(config.resource_prefix.as_str())
@@ -310,9 +315,54 @@ pub async fn deliver(
                 }
                 edge.acknowledge(batch.sequence);
             }
-            Delivered::Refused => edge.acknowledge(batch.sequence),
+            Delivered::Refused => {
+                edge.offered.take(batch.hits);
+                edge.acknowledge(batch.sequence);
+            }
             Delivered::GaveUp => break,
         }
     }
     while copies.join_next().await.is_some() {}
+}
+
+/// The seconds an edge's queued hits were offered in, oldest first. An edge's batches are
+/// acknowledged in the order their windows were queued, so an acknowledgement of `hits` takes
+/// the oldest `hits` (exact at window boundaries; a window split across batches is shared by
+/// hit count, in order).
+#[derive(Debug, Default)]
+pub struct OfferedSeconds(Mutex<VecDeque<(usize, u64)>>);
+
+impl OfferedSeconds {
+    fn queue(&self) -> MutexGuard<'_, VecDeque<(usize, u64)>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A window of `hits` about to be queued in `second`.
+    pub fn push(&self, second: usize, hits: u64) {
+        self.queue().push_back((second, hits));
+    }
+
+    /// Withdraws the last push: its window was not queued (shed).
+    pub fn withdraw_last(&self) {
+        self.queue().pop_back();
+    }
+
+    /// The oldest `hits`, as (second, hits) pieces.
+    pub fn take(&self, mut hits: u64) -> Vec<(usize, u64)> {
+        let mut queue = self.queue();
+        let mut taken = Vec::new();
+        while hits > 0 {
+            let Some((second, held)) = queue.front_mut() else {
+                break;
+            };
+            let piece = hits.min(*held);
+            taken.push((*second, piece));
+            *held -= piece;
+            hits -= piece;
+            if *held == 0 {
+                queue.pop_front();
+            }
+        }
+        taken
+    }
 }

@@ -280,12 +280,16 @@ pub fn run(
                 hits,
                 entries: scratch.entries(ids, start_ms / MINUTE_MS),
             };
+            // Before the window is queued: its batch may be acknowledged at once.
+            let second = shared.stats.second();
+            edge.offered.push(second, hits);
             if edge.add_window(closed) {
                 scratch.accept(&mut generated.offered, &mut sample);
                 generated.hits_offered += hits;
-                shared.stats.offered(hits);
+                shared.stats.offered(second, hits);
                 edge.wake.notify_one();
             } else {
+                edge.offered.withdraw_last();
                 generated.hits_shed += hits;
                 shared.stats.shed(hits);
             }

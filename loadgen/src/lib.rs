@@ -328,8 +328,9 @@ pub struct Report {
     /// Hits an edge refused because its pending map was full (a real edge answers such
     /// beacons 503); neither offered nor expected.
     pub hits_shed: u64,
-    /// The worst second among the last 30 of the run: hits acknowledged in that second over
-    /// hits offered in it (see README, "Load testing"). Absent when nothing was offered.
+    /// The worst second among the last 30 of the run: of the hits offered in it, the share
+    /// acknowledged within `RATIO_ACK_ON_TIME_MS` of its end (see README, "Load testing").
+    /// Absent when nothing was offered.
     pub last_30s_min_ack_ratio: Option<f64>,
     /// From a batch's first send to its 200, over every batch of the run (ms).
     pub ack_p50_ms: Option<f64>,

@@ -14,6 +14,10 @@ use crate::edge::Edge;
 pub const ERROR_EXAMPLES_MAX: usize = 10;
 /// The ratio is the worst of the run's last this many seconds.
 pub const RATIO_SECONDS: usize = 30;
+/// A hit counts as acknowledged in the ratio of the second it was offered in only if its
+/// acknowledgement came within this long after that second ended: the headline's ack p99 bound.
+/// Later ones (a backlog drained at the end) are acknowledged, but not on time.
+pub const RATIO_ACK_ON_TIME_MS: u64 = 1_000;
 /// Latencies are recorded in microseconds up to this (10 minutes), at three significant digits.
 const LATENCY_US_MAX: u64 = 600_000_000;
 /// What `/proc/self/stat` counts CPU time in (`USER_HZ`, 100 on every Linux ABI).
@@ -50,9 +54,10 @@ pub struct Counters {
     pub sends: Sends,
     pub errors: u64,
     pub error_examples: Vec<String>,
-    /// Hits offered and acknowledged per second since the first window began.
+    /// Hits offered per second since the first window began, and of those the hits acknowledged
+    /// within [`RATIO_ACK_ON_TIME_MS`] of their second's end.
     offered_bins: Vec<u64>,
-    acknowledged_bins: Vec<u64>,
+    acknowledged_on_time_bins: Vec<u64>,
     latency: Histogram<u64>,
 }
 
@@ -90,7 +95,7 @@ impl Stats {
                     errors: 0,
                     error_examples: Vec::new(),
                     offered_bins: Vec::new(),
-                    acknowledged_bins: Vec::new(),
+                    acknowledged_on_time_bins: Vec::new(),
                     latency: histogram(),
                 },
                 recent: histogram(),
@@ -102,30 +107,43 @@ impl Stats {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn second(&self) -> usize {
-        Instant::now()
-            .saturating_duration_since(self.origin)
-            .as_secs() as usize
+    fn since_origin(&self) -> Duration {
+        Instant::now().saturating_duration_since(self.origin)
     }
 
-    pub fn offered(&self, hits: u64) {
-        let bin = self.second();
+    /// The second of the run it is now.
+    pub fn second(&self) -> usize {
+        self.since_origin().as_secs() as usize
+    }
+
+    /// Hits offered in `second`.
+    pub fn offered(&self, second: usize, hits: u64) {
         let mut inner = self.lock();
         inner.counters.hits_offered += hits;
-        bump(&mut inner.counters.offered_bins, bin, hits);
+        bump(&mut inner.counters.offered_bins, second, hits);
     }
 
     pub fn shed(&self, hits: u64) {
         self.lock().counters.hits_shed += hits;
     }
 
-    pub fn acknowledged(&self, hits: u64, latency: Duration) {
-        let bin = self.second();
+    /// A batch of `hits` acknowledged, which were offered in the `seconds` given (second, hits).
+    pub fn acknowledged(&self, hits: u64, latency: Duration, seconds: &[(usize, u64)]) {
+        let now_ms = u64::try_from(self.since_origin().as_millis()).unwrap_or(u64::MAX);
         let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         let mut inner = self.lock();
         inner.counters.hits_acknowledged += hits;
         inner.counters.sends.batches_acknowledged += 1;
-        bump(&mut inner.counters.acknowledged_bins, bin, hits);
+        for (second, offered) in seconds {
+            let on_time = (*second as u64 + 1) * 1_000 + RATIO_ACK_ON_TIME_MS;
+            if now_ms <= on_time {
+                bump(
+                    &mut inner.counters.acknowledged_on_time_bins,
+                    *second,
+                    *offered,
+                );
+            }
+        }
         inner.counters.latency.saturating_record(micros);
         inner.recent.saturating_record(micros);
     }
@@ -210,16 +228,22 @@ impl Counters {
         })
     }
 
-    /// The worst acknowledged/offered ratio over the [`RATIO_SECONDS`] seconds that end with the
-    /// last second in which hits were offered; seconds in which nothing was offered are skipped.
+    /// Over the [`RATIO_SECONDS`] seconds that end with the last second in which hits were
+    /// offered, the worst share of a second's offered hits acknowledged on time (within
+    /// [`RATIO_ACK_ON_TIME_MS`] of the second's end); seconds in which nothing was offered are
+    /// skipped. At most 1: each hit counts in the second it was offered in, once.
     pub fn min_ack_ratio(&self) -> Option<f64> {
         let last = self.offered_bins.iter().rposition(|hits| *hits > 0)?;
         let first = (last + 1).saturating_sub(RATIO_SECONDS);
         (first..=last)
             .filter(|bin| self.offered_bins[*bin] > 0)
             .map(|bin| {
-                let acknowledged = self.acknowledged_bins.get(bin).copied().unwrap_or(0);
-                acknowledged as f64 / self.offered_bins[bin] as f64
+                let on_time = self
+                    .acknowledged_on_time_bins
+                    .get(bin)
+                    .copied()
+                    .unwrap_or(0);
+                on_time as f64 / self.offered_bins[bin] as f64
             })
             .reduce(f64::min)
     }
@@ -284,18 +308,18 @@ pub async fn progress_lines(shared: Arc<Shared>, edges: Arc<Vec<Edge>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::edge::OfferedSeconds;
 
     #[test]
     fn the_ratio_is_the_worst_of_the_last_thirty_offered_seconds() {
         let mut counters = Stats::new(Instant::now()).snapshot();
         assert_eq!(counters.min_ack_ratio(), None);
-        // Seconds 0..40 offered 100 each; second 5 (outside the last 30) acknowledged none,
-        // second 20 half, second 39 everything twice over (a backlog cleared).
+        // Seconds 0..40 offered 100 each; second 5 (outside the last 30) acknowledged none on
+        // time, second 20 half.
         counters.offered_bins = vec![100; 40];
-        counters.acknowledged_bins = vec![100; 40];
-        counters.acknowledged_bins[5] = 0;
-        counters.acknowledged_bins[20] = 50;
-        counters.acknowledged_bins[39] = 200;
+        counters.acknowledged_on_time_bins = vec![100; 40];
+        counters.acknowledged_on_time_bins[5] = 0;
+        counters.acknowledged_on_time_bins[20] = 50;
         assert_eq!(counters.min_ack_ratio(), Some(0.5));
         counters.offered_bins.push(0);
         assert_eq!(
@@ -304,5 +328,36 @@ mod tests {
             "empty trailing seconds are skipped"
         );
         assert!(cpu_seconds().is_some_and(|seconds| seconds >= 0.0));
+    }
+
+    #[test]
+    fn hits_count_in_the_second_they_were_offered_if_acknowledged_on_time() {
+        // The origin 3.5 s ago: it is second 3 now.
+        let stats = Stats::new(Instant::now() - Duration::from_millis(3_500));
+        stats.offered(1, 10);
+        stats.offered(2, 10);
+        stats.offered(3, 10);
+        let offered = OfferedSeconds::default();
+        offered.push(1, 10);
+        offered.push(2, 10);
+        offered.push(3, 10);
+        offered.push(3, 99);
+        offered.withdraw_last();
+        // One batch of 15 hits: second 1's ten (ended 2.5 s ago, past the bound) and five of
+        // second 2's (ended 0.5 s ago, on time).
+        let first = offered.take(15);
+        assert_eq!(first, [(1, 10), (2, 5)]);
+        stats.acknowledged(15, Duration::from_millis(5), &first);
+        let rest = offered.take(15);
+        assert_eq!(rest, [(2, 5), (3, 10)], "the shed window was withdrawn");
+        stats.acknowledged(15, Duration::from_millis(5), &rest);
+        let counters = stats.snapshot();
+        assert_eq!(counters.acknowledged_on_time_bins, [0, 0, 10, 10]);
+        assert_eq!(
+            counters.min_ack_ratio(),
+            Some(0.0),
+            "second 1 was acknowledged late"
+        );
+        assert!(offered.take(1).is_empty());
     }
 }

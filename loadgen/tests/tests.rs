@@ -49,7 +49,14 @@ async fn a_run_with_duplicates_and_reordering_is_counted_exactly() {
         report.sends.duplicate_copies_sent > 0 && report.sends.duplicate_answers > 0,
         "copies were sent and answered `duplicate`"
     );
-    assert!(report.ack_p99_ms.is_some() && report.last_30s_min_ack_ratio.is_some());
+    assert!(report.ack_p99_ms.is_some());
+    assert!(
+        report
+            .last_30s_min_ack_ratio
+            .is_some_and(|ratio| (0.0..=1.0).contains(&ratio)),
+        "a share of each second's hits: {:?}",
+        report.last_30s_min_ack_ratio
+    );
 
     // --expected-out, read back and compared with the aggregator by this test's own queries.
     let expected: BTreeMap<String, u64> =
