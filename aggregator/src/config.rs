@@ -248,7 +248,9 @@ pub enum ConfigError {
         "--oidc-issuer {0:?} must be an https:// URL (http:// only on this machine), with a non-empty --oidc-audience and --oidc-roles-claim"
     )]
     OidcIssuer(String),
-    #[error("--oidc-client-id and --oidc-scope must not be empty")]
+    #[error(
+        "--oidc-client-id must not be empty, and --oidc-scope must include openid (the dashboard checks the provider's ID token)"
+    )]
     OidcClient,
     #[error("--database-url must be a postgres:// or postgresql:// URL")]
     DatabaseUrl,
@@ -407,7 +409,13 @@ fn oidc_settings(args: &Args) -> Result<Option<OidcSettings>, ConfigError> {
     }
     let dashboard_client = match &args.oidc_client_id {
         None => None,
-        Some(client_id) if client_id.trim().is_empty() || args.oidc_scope.trim().is_empty() => {
+        Some(client_id)
+            if client_id.trim().is_empty()
+                || !args
+                    .oidc_scope
+                    .split_whitespace()
+                    .any(|scope| scope == "openid") =>
+        {
             return Err(ConfigError::OidcClient);
         }
         Some(client_id) => Some(DashboardClient {
@@ -522,6 +530,35 @@ mod tests {
         let alone = Args::try_parse_from(["hitcount-aggregator", "--oidc-issuer", "https://x"]);
         assert!(alone.is_err());
         assert!(parse(&[]).unwrap().oidc.is_none());
+    }
+
+    #[test]
+    fn the_dashboards_client_asks_for_openid() {
+        let dashboard = |scope: &str| {
+            parse(&[
+                "--oidc-issuer",
+                "https://login.example.com/tenant/v2.0",
+                "--oidc-audience",
+                "api://h",
+                "--oidc-client-id",
+                "hitcount-dashboard",
+                "--oidc-scope",
+                scope,
+            ])
+        };
+        let config = dashboard("openid api://h/.default").unwrap();
+        let client = config.oidc.unwrap().dashboard_client.unwrap();
+        assert_eq!(client.client_id, "hitcount-dashboard");
+        assert_eq!(client.scope, "openid api://h/.default");
+        for refused in ["api://h/.default", "", "openidx"] {
+            assert!(
+                matches!(dashboard(refused), Err(ConfigError::OidcClient)),
+                "{refused:?}"
+            );
+        }
+        // A client id needs an issuer (clap).
+        let alone = Args::try_parse_from(["hitcount-aggregator", "--oidc-client-id", "x"]);
+        assert!(alone.is_err());
     }
 
     #[test]

@@ -306,6 +306,13 @@ async fn reload_credentials(state: &SharedState) {
         }
         Err(error) => tracing::warn!(%error, "reloading tokens failed; will retry"),
     }
+    // During a rolling rotation an aggregator still on the old key alone (or on none) may store
+    // a secret meanwhile: seal it with the current key, so the previous key can be dropped.
+    if state.store.seals_secrets()
+        && let Err(error) = state.store.reseal_edge_keys().await
+    {
+        tracing::warn!(%error, "sealing stored edge keys again failed; will retry");
+    }
     let key_changes = state.edge_keys.changes();
     match state.store.edge_keys().await {
         Ok(stored) => {
@@ -533,7 +540,7 @@ async fn load_edge_keys(
     let resealed = store
         .reseal_edge_keys()
         .await
-        .context("encrypting the stored edge keys with --secret-key-file")?;
+        .context("checking the stored edge keys against --secret-key-file")?;
     if resealed > 0 {
         tracing::info!(
             resealed,

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use hitcount_aggregator::store::sealed::{SealingKey, SecretKeys};
 use hitcount_aggregator::{Aggregator, now_ms};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -105,12 +106,36 @@ async fn edge_secrets_are_stored_sealed_and_survive_a_key_rotation() {
     );
 
     // Rotation: the new key with the old as previous seals everything again with the new one.
-    config.secret_key_file_previous = Some(old_key);
+    config.secret_key_file_previous = Some(old_key.clone());
     let server = Server::start_with(config.clone()).await;
     let resealed = stored(&server, EDGE).await;
     assert!(is_sealed_without(&resealed, SECRET));
     assert_ne!(resealed, sealed_at_start, "sealed again with the new key");
     verifies(&server, 2).await;
+    // An aggregator still on the old key alone stores a secret meanwhile: the running one seals
+    // it with the new key at its next reload, so the old key can then be dropped.
+    let old_only = SecretKeys {
+        current: Some(
+            SealingKey::from_file_text(&std::fs::read_to_string(&old_key).unwrap()).unwrap(),
+        ),
+        previous: None,
+    };
+    let meanwhile = old_only
+        .seal("edge-meanwhile", b"meanwhile-secret-0123".to_vec())
+        .unwrap();
+    let durable = server.store().expect("in this process").durable();
+    durable
+        .put_edge_key("edge-meanwhile".to_owned(), meanwhile.clone(), now_ms())
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while stored(&server, "edge-meanwhile").await == meanwhile {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sealed again within a reload"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     server.stop().await;
 
     // The new key alone now opens every secret.

@@ -326,9 +326,10 @@ pub async fn deliver(
 }
 
 /// The seconds an edge's queued hits were offered in, oldest first. An edge's batches are
-/// acknowledged in the order their windows were queued, so an acknowledgement of `hits` takes
-/// the oldest `hits` (exact at window boundaries; a window split across batches is shared by
-/// hit count, in order).
+/// acknowledged in the order they were sealed, so an acknowledgement of `hits` takes the oldest
+/// `hits`: exact while a seal is one batch. A seal split into several batches (more than a
+/// batch's entries, which only a far-behind aggregator queues) mixes its windows' entries, and
+/// is credited in offer order as its batches are answered.
 #[derive(Debug, Default)]
 pub struct OfferedSeconds(Mutex<VecDeque<(usize, u64)>>);
 

@@ -355,6 +355,11 @@ impl Store {
         Ok(keys)
     }
 
+    /// Whether it seals the edge secrets it stores (`--secret-key-file`).
+    pub fn seals_secrets(&self) -> bool {
+        self.secrets.current.is_some()
+    }
+
     /// Seals again with the current key every stored edge secret that is plain or sealed with
     /// the previous key, each only if it is still as read; returns how many were. Fails, naming
     /// the edge, if one does not open.

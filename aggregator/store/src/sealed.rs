@@ -31,9 +31,9 @@ pub enum SealError {
     )]
     KeyFormat,
     #[error(
-        "the edge key of {edge_id:?} is stored encrypted, and no --secret-key-file was given to open it"
+        "the edge key of {edge_id:?} is stored encrypted with the key {key_id}, and no --secret-key-file was given to open it"
     )]
-    NoKey { edge_id: String },
+    NoKey { edge_id: String, key_id: String },
     #[error(
         "the edge key of {edge_id:?} was encrypted with the key {key_id}, which is neither --secret-key-file nor --secret-key-file-previous"
     )]
@@ -155,6 +155,7 @@ impl SecretKeys {
             (None, _) => {
                 return Err(SealError::NoKey {
                     edge_id: edge_id.to_owned(),
+                    key_id: hex::encode(key_id),
                 });
             }
             (Some(key), _) if key.id == key_id => (key, true),

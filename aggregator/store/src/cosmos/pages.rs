@@ -28,6 +28,11 @@ pub const PAGE_MEMO_BYTES_MAX: u64 = 64 * 1024 * 1024;
 const PAGE_BYTES_EXPECTED: u64 = 8 * 1024;
 /// What a cell or a mark costs besides its sketch and its text.
 const ENTRY_OVERHEAD_BYTES: usize = 64;
+/// The memo's shards. quick_cache splits the weight among its shards and refuses an entry
+/// heavier than one shard holds; by default it makes four shards a CPU, which on a large host
+/// would leave a shard smaller than a busy hour's page (60 dense sketches, about 1 MiB). With 8,
+/// a shard holds 8 MiB.
+const PAGE_MEMO_SHARDS: usize = 8;
 
 /// Loads of one resource's documents a read tries before it answers with what the last one
 /// found: a load slower than half of [`OVERLAY_DONE_KEEP_MS`] is tried again.
@@ -116,11 +121,19 @@ pub(super) struct PageMemo {
 
 impl Default for PageMemo {
     fn default() -> Self {
+        let options = quick_cache::OptionsBuilder::new()
+            .estimated_items_capacity((PAGE_MEMO_BYTES_MAX / PAGE_BYTES_EXPECTED) as usize)
+            .weight_capacity(PAGE_MEMO_BYTES_MAX)
+            .shards(PAGE_MEMO_SHARDS)
+            .build()
+            // Only a missing capacity fails, and both are given.
+            .unwrap_or_else(|_| unreachable!());
         Self {
-            pages: quick_cache::sync::Cache::with_weighter(
-                (PAGE_MEMO_BYTES_MAX / PAGE_BYTES_EXPECTED) as usize,
-                PAGE_MEMO_BYTES_MAX,
+            pages: quick_cache::sync::Cache::with_options(
+                options,
                 PageWeighter,
+                quick_cache::DefaultHashBuilder::default(),
+                quick_cache::sync::DefaultLifecycle::default(),
             ),
         }
     }
