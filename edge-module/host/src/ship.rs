@@ -301,6 +301,11 @@ pub async fn run(state: Arc<EdgeState>, mut stop: tokio::sync::watch::Receiver<b
     }
     let deadline = now_ms() + SHUTDOWN_DELIVERY_MS_MAX;
     round(&state, &mut backoffs, Some(deadline)).await;
+    if let Some(spool) = &state.spool
+        && let Err(error) = spool::wait(spool.settle()).await
+    {
+        tracing::warn!(%error, "the spool did not settle before the stop");
+    }
     let left = state.unacknowledged_hits();
     if left > 0 {
         tracing::error!(

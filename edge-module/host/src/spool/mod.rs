@@ -202,6 +202,15 @@ impl Spool {
             sequence,
         });
     }
+
+    /// Answers once the writer has done everything queued before: at a clean stop, the files of
+    /// the last acknowledged batches are gone before the process exits (else the next start
+    /// would send them again, answered as duplicates).
+    pub fn settle(&self) -> oneshot::Receiver<Result<(), SpoolError>> {
+        let (done, answer) = oneshot::channel();
+        let _ = self.commands.send(Command::Settle { done });
+        answer
+    }
 }
 
 /// Waits for a queued spool operation.

@@ -30,6 +30,10 @@ pub(super) enum Command {
         boot_epoch: u64,
         sequence: u64,
     },
+    /// Answered once every command queued before it is done.
+    Settle {
+        done: oneshot::Sender<Result<(), SpoolError>>,
+    },
 }
 
 impl std::fmt::Debug for Command {
@@ -38,6 +42,7 @@ impl std::fmt::Debug for Command {
             Self::Append { .. } => "Append",
             Self::Commit { .. } => "Commit",
             Self::Acknowledged { .. } => "Acknowledged",
+            Self::Settle { .. } => "Settle",
         })
     }
 }
@@ -251,6 +256,8 @@ impl Writer {
                             tracing::warn!(%error, "could not remove an acknowledged batch");
                         }
                     }
+                    // Commands run in order: the ones before it are done.
+                    Command::Settle { done } => waiting.push(done),
                 }
             }
             let synced = self.sync_journals();
