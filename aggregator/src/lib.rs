@@ -306,13 +306,8 @@ async fn reload_credentials(state: &SharedState) {
         }
         Err(error) => tracing::warn!(%error, "reloading tokens failed; will retry"),
     }
-    // During a rolling rotation an aggregator still on the old key alone (or on none) may store
-    // a secret meanwhile: seal it with the current key, so the previous key can be dropped.
-    if state.store.seals_secrets()
-        && let Err(error) = state.store.reseal_edge_keys().await
-    {
-        tracing::warn!(%error, "sealing stored edge keys again failed; will retry");
-    }
+    // Also seals with the current key what an aggregator still on the old key (or on none)
+    // stored meanwhile, so the previous key can be dropped after a rolling rotation.
     let key_changes = state.edge_keys.changes();
     match state.store.edge_keys().await {
         Ok(stored) => {
@@ -537,17 +532,11 @@ async fn load_edge_keys(
     started_ms: u64,
 ) -> anyhow::Result<EdgeKeyRegistry> {
     let edge_keys = EdgeKeyRegistry::default();
-    let resealed = store
-        .reseal_edge_keys()
+    let stored = store
+        .edge_keys()
         .await
-        .context("checking the stored edge keys against --secret-key-file")?;
-    if resealed > 0 {
-        tracing::info!(
-            resealed,
-            "stored edge keys encrypted with --secret-key-file"
-        );
-    }
-    for (edge_id, secret, created_at_ms) in store.edge_keys().await.context("loading edge keys")? {
+        .context("loading the stored edge keys (opened with --secret-key-file)")?;
+    for (edge_id, secret, created_at_ms) in stored {
         edge_keys.insert(
             edge_id,
             EdgeSecret {

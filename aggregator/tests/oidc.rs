@@ -17,6 +17,15 @@ use tempfile::TempDir;
 const REFETCH_INTERVAL_MS: u64 = 1_000;
 
 async fn aggregator_trusting(issuer: &Issuer, roles_claim: &str) -> (Server, TempDir) {
+    aggregator_signing_in(issuer, roles_claim, None).await
+}
+
+/// As [`aggregator_trusting`], with the dashboard signing in as `dashboard_client`.
+async fn aggregator_signing_in(
+    issuer: &Issuer,
+    roles_claim: &str,
+    dashboard_client: Option<hitcount_aggregator::oidc::DashboardClient>,
+) -> (Server, TempDir) {
     let directory = TempDir::new().unwrap();
     let mut config = test_config(directory.path());
     config.oidc = Some(OidcSettings {
@@ -24,7 +33,7 @@ async fn aggregator_trusting(issuer: &Issuer, roles_claim: &str) -> (Server, Tem
         audience: OIDC_AUDIENCE.to_owned(),
         roles_claim: roles_claim.to_owned(),
         refetch_interval_ms: REFETCH_INTERVAL_MS,
-        dashboard_client: None,
+        dashboard_client,
     });
     (Server::start_with(config).await, directory)
 }
@@ -665,19 +674,11 @@ async fn create_home_like(server: &Server, resource_id: &str) -> StatusCode {
 async fn the_dashboard_is_told_how_to_sign_in_through_the_issuer() {
     let rsa = SigningKey::rsa("rsa-1");
     let issuer = Issuer::start(&[&rsa]).await;
-    let directory = TempDir::new().unwrap();
-    let mut config = test_config(directory.path());
-    config.oidc = Some(OidcSettings {
-        issuer: issuer.url(),
-        audience: OIDC_AUDIENCE.to_owned(),
-        roles_claim: "roles".to_owned(),
-        refetch_interval_ms: REFETCH_INTERVAL_MS,
-        dashboard_client: Some(hitcount_aggregator::oidc::DashboardClient {
-            client_id: "hitcount-dashboard".to_owned(),
-            scope: "openid api://hitcount/.default".to_owned(),
-        }),
-    });
-    let server = Server::start_with(config).await;
+    let client = hitcount_aggregator::oidc::DashboardClient {
+        client_id: "hitcount-dashboard".to_owned(),
+        scope: "openid api://hitcount/.default".to_owned(),
+    };
+    let (server, _directory) = aggregator_signing_in(&issuer, "roles", Some(client)).await;
     let response = server.client.get(server.url("/")).send().await.unwrap();
     let policy = response.headers()["content-security-policy"]
         .to_str()

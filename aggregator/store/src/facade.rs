@@ -343,41 +343,32 @@ impl Store {
         self
     }
 
-    /// Every stored edge key, opened: (edge id, secret, created at). Fails whole if one does
-    /// not open, so that a caller keeps the keys it has rather than lose some.
+    /// Every stored edge key, opened: (edge id, secret, created at). A secret stored plain or
+    /// under the previous key is sealed again with the current one in the same pass, only if it
+    /// is still as read (a key another aggregator set meanwhile is kept): so after a rotation,
+    /// and after an aggregator still on the old key stored one, the next start or reload leaves
+    /// every secret under the current key. Fails whole, naming the edge, if one does not open,
+    /// so that a caller keeps the keys it has rather than lose some.
     pub async fn edge_keys(&self) -> Result<Vec<(String, Vec<u8>, u64)>, StoreError> {
         let mut keys = self.backend.edge_keys().await?;
         for (edge_id, secret, _) in &mut keys {
-            *secret = match self.secrets.open(edge_id, std::mem::take(secret))? {
-                Opened::Current(plain) | Opened::Reseal(plain) => plain,
+            let stored = std::mem::take(secret);
+            *secret = match self.secrets.open(edge_id, stored.clone())? {
+                Opened::Current(plain) => plain,
+                Opened::Reseal(plain) => {
+                    let sealed = self.secrets.seal(edge_id, plain.clone())?;
+                    if self
+                        .backend
+                        .replace_edge_key_if(edge_id.clone(), stored, sealed)
+                        .await?
+                    {
+                        tracing::info!(%edge_id, "stored edge key sealed with --secret-key-file");
+                    }
+                    plain
+                }
             };
         }
         Ok(keys)
-    }
-
-    /// Whether it seals the edge secrets it stores (`--secret-key-file`).
-    pub fn seals_secrets(&self) -> bool {
-        self.secrets.current.is_some()
-    }
-
-    /// Seals again with the current key every stored edge secret that is plain or sealed with
-    /// the previous key, each only if it is still as read; returns how many were. Fails, naming
-    /// the edge, if one does not open.
-    pub async fn reseal_edge_keys(&self) -> Result<usize, StoreError> {
-        let mut resealed = 0;
-        for (edge_id, stored, _) in self.backend.edge_keys().await? {
-            if let Opened::Reseal(plain) = self.secrets.open(&edge_id, stored.clone())? {
-                let sealed = self.secrets.seal(&edge_id, plain)?;
-                if self
-                    .backend
-                    .replace_edge_key_if(edge_id, stored, sealed)
-                    .await?
-                {
-                    resealed += 1;
-                }
-            }
-        }
-        Ok(resealed)
     }
 
     /// Stores an edge's secret, sealed if there is a key.
