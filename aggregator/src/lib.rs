@@ -215,15 +215,16 @@ async fn bootstrap_admin_token(
     Ok(configured.is_none().then_some(token))
 }
 
-/// Folds the durable inbox every `interval` (a fold that finds more than one transaction's worth
-/// runs on at once). Any aggregator's rows are folded, so a killed one's rows are too.
+/// Folds the durable inbox's closed minutes every `interval` (a fold that finds more than one
+/// transaction's worth runs on at once). Any aggregator's rows are folded once their writer is
+/// late with them, so a killed one's rows are too.
 async fn fold(store: Store, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let started = std::time::Instant::now();
-        match store.fold_inbox(now_ms()).await {
+        match store.fold_closed(now_ms()).await {
             Ok(rows) => {
                 metrics::counter!("hitcount_inbox_folded_rows_total").increment(rows);
                 metrics::histogram!("hitcount_inbox_fold_seconds")

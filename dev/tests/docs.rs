@@ -216,7 +216,9 @@ fn limit_statements() -> Vec<String> {
     use hitcount_aggregator::store::hot::{
         HOT_LEASE_MS, HOT_OPERATION_TIMEOUT_MS, HOT_REBUILD_TIMEOUT_MS,
     };
-    use hitcount_aggregator::store::inbox::{FOLD_INTERVAL_MS_MAX, UNFOLDED_ENTRIES_MAX};
+    use hitcount_aggregator::store::inbox::{
+        FOLD_INTERVAL_MS_MAX, FOREIGN_FOLD_AFTER_MS, MINUTE_CLOSE_GRACE_MS, UNFOLDED_ENTRIES_MAX,
+    };
     use hitcount_aggregator::store::{
         DELTA_AGE_MS_MAX, HOUR_TIER_RETENTION_MS, MINUTE_TIER_RETENTION_MS,
     };
@@ -324,7 +326,7 @@ fn limit_statements() -> Vec<String> {
         ),
         format!("`Retry-After: {MERGE_RETRY_AFTER_S}`"),
         format!(
-            "at most {} cells, then 503",
+            "at most {} distinct cells, then 503",
             count_text(UNFOLDED_ENTRIES_MAX as u64)
         ),
         format!("time out after {HOT_OPERATION_TIMEOUT_MS} ms"),
@@ -342,6 +344,14 @@ fn limit_statements() -> Vec<String> {
         ),
         format!("is committed, 0 to {MERGE_INTERVAL_MS_MAX} |"),
         format!("this often, 0 to {FOLD_INTERVAL_MS_MAX} (see"),
+        format!(
+            "closed (plus {} s for late deltas, checked",
+            MINUTE_CLOSE_GRACE_MS / 1_000
+        ),
+        format!(
+            "by any other {} s after their minute closed",
+            FOREIGN_FOLD_AFTER_MS / 1_000
+        ),
         format!("| `{RATE_LIMIT_PER_SECOND_DEFAULT}` | requests/s per client address"),
         format!("| `{RATE_LIMIT_PER_SECOND_DEFAULT}` | requests/s per token"),
         // The limits paragraph.

@@ -159,10 +159,14 @@ async fn verification_catches_a_hit_the_run_did_not_send() {
 /// unreachable, a failure under `CI=true`.
 fn fresh_database() -> Option<String> {
     let server = "postgres://root@127.0.0.1:5432";
+    // The tests of this binary run at once: a sequence number keeps two from one millisecond
+    // apart (two CREATE DATABASE of one name fail the second).
+    static CREATED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let name = format!(
-        "hitcount_loadgen_{}_{}",
+        "hitcount_loadgen_{}_{}_{}",
         std::process::id(),
-        hitcount_process::now_ms()
+        hitcount_process::now_ms(),
+        CREATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     );
     let created = std::process::Command::new("psql")
         .arg(format!("{server}/postgres"))

@@ -131,6 +131,13 @@ pub trait DurableStore: CatalogStore + std::fmt::Debug + Send + Sync {
     /// forgets the overlay's rows that another process folded.
     async fn fold_inbox(&self, now_ms: u64) -> Result<u64, StoreError>;
 
+    /// The periodic fold: like [`DurableStore::fold_inbox`], but only rows whose minutes have
+    /// closed ([`inbox::FoldScope::Closed`]), so that a (resource, minute) cell is written about
+    /// once. Backends whose folds do not follow minutes (Cosmos DB) fold everything.
+    async fn fold_closed(&self, now_ms: u64) -> Result<u64, StoreError> {
+        self.fold_inbox(now_ms).await
+    }
+
     /// With the durable inbox, this process's unfolded rows.
     fn overlay(&self) -> Option<&inbox::Overlay>;
 

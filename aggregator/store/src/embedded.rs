@@ -17,7 +17,7 @@
 //! one connection avoids `SQLITE_BUSY` between our own writers); reads use a pool of read-only
 //! connections, which WAL lets run beside the writer.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -41,8 +41,9 @@ mod import;
 mod patterns;
 
 use super::inbox::{
-    FOLD_ROWS_LISTED_MAX, InboxRow, Overlay, add_minutes_since, choose_fold_rows, fold_rows,
-    rows_for_each, rows_resource_ids,
+    FOLD_ROWS_LISTED_MAX, FOREIGN_FOLD_AFTER_MS, FoldScope, InboxRow, Overlay, TakenSlot,
+    UnfoldedRead, add_minutes_since, choose_fold_rows, fold_rows, held_for_each,
+    partly_present_ids, rows_resource_ids,
 };
 use crate::DEDUPE_RETENTION_MS;
 use crate::contract::{CatalogStore, DurableStore};
@@ -174,6 +175,12 @@ CREATE TABLE bucket_summaries (
     PRIMARY KEY (tier, bucket_ms)
 ) WITHOUT ROWID;
 "#,
+    r#"
+-- When a row's last minute closes: a fold takes a row only after that (see FoldScope in
+-- aggregator/store/src/inbox.rs). Rows of earlier versions have 0, and are folded at once.
+ALTER TABLE inbox ADD COLUMN closes_at_ms INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX inbox_by_closing ON inbox (closes_at_ms);
+"#,
 ];
 
 fn configure(connection: &Connection) -> rusqlite::Result<()> {
@@ -239,6 +246,41 @@ impl EmbeddedStore {
     pub fn with_inbox(mut self) -> Self {
         self.inbox = Some(Arc::new(Overlay::default()));
         self
+    }
+
+    /// Folds this process's slots that `scope` takes, each in one transaction from its merged
+    /// cells, then the other rows it takes (a stopped run's), in bounded transactions read back
+    /// from the inbox.
+    async fn fold(&self, now_ms: u64, scope: FoldScope) -> Result<u64, StoreError> {
+        let Some(overlay) = &self.inbox else {
+            return Ok(0);
+        };
+        let mut folded = 0;
+        for slot in overlay.take_due(now_ms, scope) {
+            let number = slot.number;
+            let (rows, cells) = self
+                .write(move |connection| fold_slot_blocking(connection, &slot, now_ms))
+                .await?;
+            overlay.remove_slot(number);
+            folded += rows;
+            metrics::counter!("hitcount_inbox_folded_cells_total").increment(cells);
+        }
+        let closed_before_ms = match scope {
+            FoldScope::All => u64::MAX,
+            FoldScope::Closed => now_ms.saturating_sub(FOREIGN_FOLD_AFTER_MS),
+        };
+        loop {
+            let own = overlay.row_ids();
+            let (ids, cells, more) = self
+                .write(move |connection| fold_blocking(connection, &own, closed_before_ms, now_ms))
+                .await?;
+            folded += ids.len() as u64;
+            metrics::counter!("hitcount_inbox_folded_cells_total").increment(cells);
+            if !more {
+                break;
+            }
+        }
+        Ok(folded)
     }
 
     async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
@@ -311,24 +353,31 @@ impl DurableStore for EmbeddedStore {
     ) -> Result<Vec<Vec<CountCell>>, StoreError> {
         check_read_ids(&resource_ids);
         // Listed before the snapshot is taken (see the PostgreSQL store's `cells_of_many`).
-        let unfolded = rows_for_each(self.inbox.as_deref(), &resource_ids);
+        let unfolded = held_for_each(self.inbox.as_deref(), &resource_ids);
         self.read(move |connection| {
             let snapshot = connection.unchecked_transaction()?;
-            let listed = unfolded.iter().flatten().map(|(id, _)| *id);
+            let listed = unfolded.iter().flatten().flat_map(|held| &held.row_ids);
             let present = match (listed.clone().min(), listed.max()) {
-                (Some(first), Some(last)) => inbox_ids_between(&snapshot, first, last)?,
-                _ => std::collections::HashSet::new(),
+                (Some(first), Some(last)) => inbox_ids_between(&snapshot, *first, *last)?,
+                _ => HashSet::new(),
             };
+            let loaded = inbox_bodies(&snapshot, &partly_present_ids(&unfolded, &present))?;
             let mut all = Vec::with_capacity(resource_ids.len());
-            for (resource_id, rows) in resource_ids.iter().zip(&unfolded) {
-                let mut cells = stored_cells(&snapshot, resource_id, tier, start_ms, end_ms)?;
-                for (id, row) in rows {
-                    if present.contains(id) {
-                        row.add_to(&mut cells, resource_id, tier, start_ms, end_ms, now_ms);
-                    }
-                }
-                all.push(cells);
+            for resource_id in &resource_ids {
+                all.push(stored_cells(
+                    &snapshot,
+                    resource_id,
+                    tier,
+                    start_ms,
+                    end_ms,
+                )?);
             }
+            let unfolded = UnfoldedRead {
+                held: unfolded,
+                present,
+                loaded,
+            };
+            unfolded.add_to(&mut all, &resource_ids, tier, (start_ms, end_ms), now_ms)?;
             snapshot.commit()?;
             Ok(all)
         })
@@ -531,35 +580,15 @@ impl DurableStore for EmbeddedStore {
         Ok(pruned)
     }
 
-    /// Folds in bounded transactions until the inbox is empty. The writer connection is this
-    /// process's only one, and an immediate transaction locks the file, so one fold runs at a
-    /// time; rows are still claimed by deleting them, as on PostgreSQL.
+    /// Folds every row. The writer connection is this process's only one, and an immediate
+    /// transaction locks the file, so one fold runs at a time; rows are still claimed by
+    /// deleting them, as on PostgreSQL.
     async fn fold_inbox(&self, now_ms: u64) -> Result<u64, StoreError> {
-        let Some(overlay) = &self.inbox else {
-            return Ok(0);
-        };
-        let mut folded = 0;
-        loop {
-            let overlay_in_task = Arc::clone(overlay);
-            let (ids, cells, more) = self
-                .write(move |connection| fold_blocking(connection, &overlay_in_task, now_ms))
-                .await?;
-            overlay.remove(&ids);
-            folded += ids.len() as u64;
-            metrics::counter!("hitcount_inbox_folded_cells_total").increment(cells);
-            if !more {
-                break;
-            }
-        }
-        let ids = overlay.ids();
-        if let (Some(first), Some(last)) = (ids.first().copied(), ids.last().copied()) {
-            let present = self
-                .read(move |connection| Ok(inbox_ids_between(connection, first, last)?))
-                .await?;
-            let gone: Vec<u64> = ids.into_iter().filter(|id| !present.contains(id)).collect();
-            overlay.remove(&gone);
-        }
-        Ok(folded)
+        self.fold(now_ms, FoldScope::All).await
+    }
+
+    async fn fold_closed(&self, now_ms: u64) -> Result<u64, StoreError> {
+        self.fold(now_ms, FoldScope::Closed).await
     }
 
     fn overlay(&self) -> Option<&Overlay> {
@@ -882,62 +911,56 @@ fn inbox_ids_between(
         .collect()
 }
 
-/// One fold transaction: returns the rows folded, their cells, and whether rows are left.
-fn fold_blocking(
-    connection: &mut Connection,
-    overlay: &Overlay,
-    now_ms: u64,
-) -> Result<(Vec<u64>, u64, bool), StoreError> {
-    let transaction =
-        connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let listed: Vec<(u64, usize)> = {
-        let mut statement =
-            transaction.prepare_cached("SELECT id, entries FROM inbox ORDER BY id LIMIT ?1")?;
-        statement
-            .query_map([FOLD_ROWS_LISTED_MAX], |row| {
-                Ok((
-                    unmillis(row.get(0)?),
-                    usize::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
-                ))
-            })?
-            .collect::<rusqlite::Result<_>>()?
-    };
-    let chosen = choose_fold_rows(&listed);
-    if chosen.is_empty() {
-        return Ok((Vec::new(), 0, false));
-    }
-    let mut rows = Vec::with_capacity(chosen.len());
-    // The fold's clock for what is late (`summaries.rs`): never earlier than a row it folds
-    // was appended, however long ago the fold began.
-    let mut late_clock_ms = now_ms;
-    {
-        let mut body = transaction.prepare_cached("SELECT body FROM inbox WHERE id = ?1")?;
-        let mut created =
-            transaction.prepare_cached("SELECT created_at_ms FROM inbox WHERE id = ?1")?;
-        let mut claim = transaction.prepare_cached("DELETE FROM inbox WHERE id = ?1")?;
-        for id in &chosen {
-            let created_at_ms: i64 = created.query_row([millis(*id)], |row| row.get(0))?;
-            late_clock_ms = late_clock_ms.max(unmillis(created_at_ms));
-            // This process's own rows are in memory already.
-            let row = match overlay.get(*id) {
-                Some(row) => row,
-                None => Arc::new(InboxRow::decode(
-                    &body.query_row([millis(*id)], |row| row.get::<_, Vec<u8>>(0))?,
-                )?),
-            };
-            assert_eq!(
-                claim.execute([millis(*id)])?,
-                1,
-                "a listed row is claimed once"
-            );
-            rows.push(row);
+/// The bodies of inbox rows, by id (those the snapshot still holds).
+fn inbox_bodies(
+    connection: &Connection,
+    ids: &[u64],
+) -> Result<HashMap<u64, InboxRow>, StoreError> {
+    let mut body = connection.prepare_cached("SELECT body FROM inbox WHERE id = ?1")?;
+    let mut rows = HashMap::new();
+    for id in ids {
+        let found: Option<Vec<u8>> = body.query_row([millis(*id)], |row| row.get(0)).optional()?;
+        if let Some(found) = found {
+            rows.insert(*id, InboxRow::decode(&found)?);
         }
     }
+    Ok(rows)
+}
+
+/// Claims inbox rows by deleting them; returns the ids claimed and the latest time one of them
+/// was appended.
+fn claim_rows(
+    transaction: &rusqlite::Transaction<'_>,
+    ids: &[u64],
+) -> rusqlite::Result<(Vec<u64>, u64)> {
+    let mut claim =
+        transaction.prepare_cached("DELETE FROM inbox WHERE id = ?1 RETURNING created_at_ms")?;
+    let mut claimed = Vec::with_capacity(ids.len());
+    let mut appended_ms = 0;
+    for id in ids {
+        let created: Option<i64> = claim
+            .query_row([millis(*id)], |row| row.get(0))
+            .optional()?;
+        if let Some(created) = created {
+            claimed.push(*id);
+            appended_ms = appended_ms.max(unmillis(created));
+        }
+    }
+    Ok((claimed, appended_ms))
+}
+
+/// Writes claimed rows' cells into every tier, in the claiming transaction.
+fn write_folded_blocking(
+    transaction: &rusqlite::Transaction<'_>,
+    rows: &[&InboxRow],
+    appended_ms: u64,
+    now_ms: u64,
+) -> Result<(), StoreError> {
     let mut retention = HashMap::new();
     {
         let mut find_resource =
             transaction.prepare_cached("SELECT retention_days FROM resources WHERE id = ?1")?;
-        for id in rows_resource_ids(rows.iter().map(Arc::as_ref)) {
+        for id in rows_resource_ids(rows.iter().copied()) {
             let days: Option<Option<u32>> = find_resource
                 .query_row([&id], |row| row.get(0))
                 .optional()?;
@@ -946,11 +969,93 @@ fn fold_blocking(
             }
         }
     }
-    let writes = fold_rows(rows.iter().map(Arc::as_ref), &retention, now_ms);
-    write_cells_blocking(&transaction, &writes, late_clock_ms)?;
+    let writes = fold_rows(rows.iter().copied(), &retention, now_ms);
+    // The fold's clock for what is late (`summaries.rs`): never earlier than a row it folds
+    // was appended, however long ago the fold began.
+    write_cells_blocking(transaction, &writes, now_ms.max(appended_ms))?;
+    Ok(())
+}
+
+/// Folds one of this process's slots: claims its rows and writes its merged cells, in one
+/// transaction. If some of its rows were folded already (only another process could have), the
+/// merged cells cannot be split, so the rows left are folded from their own bodies instead.
+/// Returns the rows and cells folded.
+fn fold_slot_blocking(
+    connection: &mut Connection,
+    slot: &TakenSlot,
+    now_ms: u64,
+) -> Result<(u64, u64), StoreError> {
+    let transaction =
+        connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let (claimed, appended_ms) = claim_rows(&transaction, &slot.row_ids)?;
+    if claimed.len() == slot.row_ids.len() {
+        write_folded_blocking(&transaction, &[slot.cells.as_ref()], appended_ms, now_ms)?;
+        transaction.commit()?;
+        return Ok((claimed.len() as u64, slot.cells.len() as u64));
+    }
+    transaction.rollback()?;
+    let transaction =
+        connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let left = inbox_bodies(&transaction, &slot.row_ids)?;
+    let ids: Vec<u64> = left.keys().copied().collect();
+    let (claimed, appended_ms) = claim_rows(&transaction, &ids)?;
+    assert_eq!(
+        claimed.len(),
+        ids.len(),
+        "the one writer reads and claims the rows left in one transaction"
+    );
+    let rows: Vec<&InboxRow> = left.values().collect();
+    write_folded_blocking(&transaction, &rows, appended_ms, now_ms)?;
+    transaction.commit()?;
+    Ok((
+        claimed.len() as u64,
+        rows.iter().map(|row| row.len() as u64).sum(),
+    ))
+}
+
+/// One fold transaction over rows not in this process's slots (`own`) whose last minute closed
+/// before `closed_before_ms`: returns the rows folded, their cells, and whether rows are left.
+fn fold_blocking(
+    connection: &mut Connection,
+    own: &HashSet<u64>,
+    closed_before_ms: u64,
+    now_ms: u64,
+) -> Result<(Vec<u64>, u64, bool), StoreError> {
+    let transaction =
+        connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let listed: Vec<(u64, usize)> = {
+        let mut statement = transaction.prepare_cached(
+            "SELECT id, entries FROM inbox WHERE closes_at_ms <= ?1 ORDER BY id LIMIT ?2",
+        )?;
+        statement
+            .query_map(
+                params![millis(closed_before_ms), FOLD_ROWS_LISTED_MAX],
+                |row| {
+                    Ok((
+                        unmillis(row.get(0)?),
+                        usize::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
+                    ))
+                },
+            )?
+            .collect::<rusqlite::Result<_>>()?
+    };
+    let listed_all = listed.len();
+    let foreign: Vec<(u64, usize)> = listed
+        .into_iter()
+        .filter(|(id, _)| !own.contains(id))
+        .collect();
+    let chosen = choose_fold_rows(&foreign);
+    if chosen.is_empty() {
+        return Ok((Vec::new(), 0, false));
+    }
+    let loaded = inbox_bodies(&transaction, &chosen)?;
+    let (claimed, appended_ms) = claim_rows(&transaction, &chosen)?;
+    assert_eq!(claimed.len(), chosen.len(), "a listed row is claimed once");
+    let rows: Vec<&InboxRow> = chosen.iter().filter_map(|id| loaded.get(id)).collect();
+    write_folded_blocking(&transaction, &rows, appended_ms, now_ms)?;
     transaction.commit()?;
     let cells = rows.iter().map(|row| row.len() as u64).sum();
-    let more = chosen.len() < listed.len() || listed.len() == FOLD_ROWS_LISTED_MAX as usize;
+    let more = chosen.len() < foreign.len() || listed_all == FOLD_ROWS_LISTED_MAX as usize;
     Ok((chosen, cells, more))
 }
 
@@ -1147,10 +1252,16 @@ fn apply_group_blocking(
         WriteShape::Direct => write_cells_blocking(&transaction, &writes, now_ms)?,
         WriteShape::Inbox => {
             let mut append = transaction.prepare_cached(
-                "INSERT INTO inbox (created_at_ms, entries, body) VALUES (?1, ?2, ?3)",
+                "INSERT INTO inbox (created_at_ms, entries, body, closes_at_ms)
+                 VALUES (?1, ?2, ?3, ?4)",
             )?;
             for row in InboxRow::from_writes(&mut writes) {
-                append.execute(params![millis(now_ms), row.len() as i64, row.encode()])?;
+                append.execute(params![
+                    millis(now_ms),
+                    row.len() as i64,
+                    row.encode(),
+                    millis(row.closes_at_ms())
+                ])?;
                 appended.push((unmillis(transaction.last_insert_rowid()), row));
             }
         }

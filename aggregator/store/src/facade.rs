@@ -293,6 +293,11 @@ impl Store {
         self.backend.fold_inbox(now_ms).await
     }
 
+    /// [`DurableStore::fold_closed`].
+    pub async fn fold_closed(&self, now_ms: u64) -> Result<u64, StoreError> {
+        self.backend.fold_closed(now_ms).await
+    }
+
     /// True when group commits append to the durable inbox.
     pub fn has_inbox(&self) -> bool {
         self.backend.write_shape() == WriteShape::Inbox

@@ -2,20 +2,20 @@
 //!
 //! With it, a group commit writes only the group's dedupe records and the group's merged minute
 //! cells (counts and sketches) as a few inbox rows, and each batch is acknowledged once that
-//! committed. A fold, every fold interval in any aggregator (one at a time), claims inbox rows by
-//! deleting them and writes their cells into every tier in the same transaction: each row is
-//! folded exactly once, and in every snapshot a row is either in the inbox or in the counters,
-//! never both. Durable writes then grow with the distinct counters of a fold interval (seconds)
-//! rather than of a merge interval (a tenth of a second): over 100k resources most resources get
-//! about one hit per merge group, but many per fold, and the rows a fold writes are bounded by
-//! the resources touched however long it covers, so a slow fold makes the next one cover more,
-//! not cost more.
+//! committed. The appending process also merges its rows in memory into slots by the time their
+//! last minute closes (the [`Overlay`]). Once a slot's minute closed (and [`MINUTE_CLOSE_GRACE_MS`]
+//! passed), a fold claims the slot's rows by deleting them and writes its merged cells into every
+//! tier in the same transaction: each row is folded exactly once, and in every snapshot a row is
+//! either in the inbox or in the counters, never both. Durable writes then grow with the
+//! distinct (resource, minute) cells, written about once a minute, rather than with the groups
+//! (a tenth of a second each) or the folds: over 100k resources most resources get about one
+//! hit per merge group, but many per minute.
 //!
-//! Reads stay exact and fresh: the aggregator that appended a row keeps its cells in memory (the
-//! [`Overlay`]) until the row is folded, and a read adds the cells of those of its rows that the
+//! Reads stay exact and fresh: a read adds the cells of this process's slots whose rows the
 //! read's own snapshot still finds in the inbox. Other aggregators see a row once it is folded
-//! (within a fold interval), or at once through the Redis hot tier, which is written at the group
-//! commit as before.
+//! (after its minute closed), or at once through the Redis hot tier, which is written at the
+//! group commit as before. Rows a stopped process left are folded by any process from their
+//! bodies, [`FOREIGN_FOLD_AFTER_MS`] after they closed or at once by [`FoldScope::All`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -30,11 +30,13 @@ use crate::rules::tier_kept;
 
 /// Longest fold interval: other aggregators (without a hot tier) see a hit within it.
 pub const FOLD_INTERVAL_MS_MAX: u64 = 60_000;
-/// Cells one aggregator keeps in memory for its unfolded rows. Past it deltas get 503 until a
-/// fold catches up: at about 100 bytes a cell this bounds the overlay near 400 MB.
+/// Distinct (resource, minute) cells one aggregator keeps in memory for its unfolded rows, summed
+/// over its slots. Past it deltas get 503 until a fold catches up: at about 100 bytes a cell
+/// this bounds the overlay near 400 MB.
 pub const UNFOLDED_ENTRIES_MAX: usize = 4_000_000;
-/// Cells one fold transaction takes (it takes whole rows, at least one): bounds its size and
-/// time; a fold runs transactions until the inbox is empty.
+/// Cells one fold transaction of another process's rows takes (it takes whole rows, at least
+/// one): bounds its size and time; a fold runs transactions until none is left. A slot's fold
+/// is bounded by [`UNFOLDED_ENTRIES_MAX`] instead, as its cells are merged.
 pub const FOLD_ENTRIES_MAX: usize = 1_000_000;
 /// Inbox rows a fold lists at once, to choose its transaction's rows from.
 pub(crate) const FOLD_ROWS_LISTED_MAX: i64 = 1_000;
@@ -240,101 +242,427 @@ impl InboxRow {
     }
 }
 
-/// The inbox rows this process appended and has not seen folded, by row id.
+/// When this process folds its rows of a minute, after the minute closed: the deltas of a minute
+/// that arrive within it (an edge ships its window within seconds) join that minute's one fold
+/// instead of making a late one.
+pub const MINUTE_CLOSE_GRACE_MS: u64 = 5_000;
+/// When any process folds another's rows, after their last minute closed: their writer folds them
+/// within [`MINUTE_CLOSE_GRACE_MS`] and a fold interval unless it stopped, so these are a stopped
+/// (or stalled) writer's. Folding a live writer's rows is still exact, only slower.
+pub const FOREIGN_FOLD_AFTER_MS: u64 = MINUTE_CLOSE_GRACE_MS + 2 * FOLD_INTERVAL_MS_MAX;
+
+/// Which rows a fold takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FoldScope {
+    /// Rows whose minutes have all closed: this process's after [`MINUTE_CLOSE_GRACE_MS`], any
+    /// other's after [`FOREIGN_FOLD_AFTER_MS`]. What the periodic fold takes, so that durable
+    /// rows follow the distinct (resource, minute) cells rather than the folds.
+    Closed,
+    /// Every row: at start (a killed run's rows answer at once), at a clean stop, and before a
+    /// resource is deleted.
+    All,
+}
+
+impl InboxRow {
+    /// When the row's last minute closes: the row is folded after that, with every other row
+    /// that closes then.
+    pub fn closes_at_ms(&self) -> u64 {
+        self.cells
+            .iter()
+            .map(|cell| cell.minute_ms + MINUTE_MS)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// A row of merged cells, already in key order.
+    fn from_sorted(cells: BTreeMap<(String, u64), CountCell>) -> Self {
+        Self {
+            cells: cells
+                .into_iter()
+                .map(|((resource_id, minute_ms), cell)| InboxCell {
+                    resource_id,
+                    minute_ms,
+                    hits: cell.hits,
+                    visitors: cell.visitors,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// This process's unfolded inbox rows, merged into slots: the rows that close at one time go into
+/// one slot, whose cells are their merged (resource, minute) cells. A slot is folded whole, in
+/// one transaction, from those cells, so the memory held and the rows a fold writes follow the
+/// distinct cells of a minute, not the group commits that appended them.
 #[derive(Debug, Default)]
 pub struct Overlay {
-    rows: Mutex<BTreeMap<u64, Arc<InboxRow>>>,
+    slots: Mutex<Slots>,
     entries: AtomicUsize,
 }
 
+#[derive(Debug, Default)]
+struct Slots {
+    by_number: BTreeMap<u64, Slot>,
+    /// The slot taking rows, by the time they close: a slot stops taking rows once a fold took it.
+    open: HashMap<u64, u64>,
+    next_number: u64,
+}
+
+#[derive(Debug)]
+struct Slot {
+    closes_at_ms: u64,
+    row_ids: Vec<u64>,
+    earliest_minute_ms: u64,
+    cells: SlotCells,
+}
+
+#[derive(Debug)]
+enum SlotCells {
+    Open(BTreeMap<(String, u64), CountCell>),
+    /// Taken by a fold: no more rows join it, and it stays readable until the fold commits.
+    Taken(Arc<InboxRow>),
+}
+
+/// A slot a fold took: its rows are claimed together, and its merged cells are what they fold to.
+#[derive(Debug, Clone)]
+pub struct TakenSlot {
+    pub number: u64,
+    pub row_ids: Vec<u64>,
+    pub cells: Arc<InboxRow>,
+}
+
+/// What a read adds of one slot for one resource: the slot's rows and the resource's cells in it.
+#[derive(Debug, Clone)]
+pub struct HeldCells {
+    pub row_ids: Vec<u64>,
+    pub cells: InboxRow,
+}
+
+impl Slot {
+    fn cells_of(&self, resource_id: &str) -> InboxRow {
+        match &self.cells {
+            SlotCells::Open(cells) => InboxRow {
+                cells: cells
+                    .range((resource_id.to_owned(), 0)..=(resource_id.to_owned(), u64::MAX))
+                    .map(|((resource_id, minute_ms), cell)| InboxCell {
+                        resource_id: resource_id.clone(),
+                        minute_ms: *minute_ms,
+                        hits: cell.hits,
+                        visitors: cell.visitors.clone(),
+                    })
+                    .collect(),
+            },
+            SlotCells::Taken(row) => InboxRow {
+                cells: row.cells_of(resource_id).to_vec(),
+            },
+        }
+    }
+
+    fn len(&self) -> usize {
+        match &self.cells {
+            SlotCells::Open(cells) => cells.len(),
+            SlotCells::Taken(row) => row.len(),
+        }
+    }
+
+    fn cells(&self) -> Box<dyn Iterator<Item = (&str, u64)> + '_> {
+        match &self.cells {
+            SlotCells::Open(cells) => Box::new(
+                cells
+                    .keys()
+                    .map(|(resource_id, minute_ms)| (resource_id.as_str(), *minute_ms)),
+            ),
+            SlotCells::Taken(row) => Box::new(
+                row.cells()
+                    .iter()
+                    .map(|cell| (cell.resource_id.as_str(), cell.minute_ms)),
+            ),
+        }
+    }
+}
+
 impl Overlay {
-    fn rows(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<InboxRow>>> {
-        self.rows
+    fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.slots
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
     /// Called after the row's transaction committed and before its batches are answered.
     pub fn insert(&self, id: u64, row: InboxRow) {
-        self.entries.fetch_add(row.len(), Ordering::Relaxed);
-        let previous = self.rows().insert(id, Arc::new(row));
-        assert!(previous.is_none(), "inbox row ids are never reused");
+        if row.is_empty() {
+            return;
+        }
+        let closes_at_ms = row.closes_at_ms();
+        let mut slots = self.slots();
+        let slots = &mut *slots;
+        let number = *slots.open.entry(closes_at_ms).or_insert_with(|| {
+            slots.next_number += 1;
+            slots.next_number
+        });
+        let slot = slots.by_number.entry(number).or_insert_with(|| Slot {
+            closes_at_ms,
+            row_ids: Vec::new(),
+            earliest_minute_ms: u64::MAX,
+            cells: SlotCells::Open(BTreeMap::new()),
+        });
+        // Unsorted: group commits that run at once may commit (and arrive here) out of id order.
+        slot.row_ids.push(id);
+        let SlotCells::Open(cells) = &mut slot.cells else {
+            unreachable!("a taken slot leaves `open` when it is taken");
+        };
+        let mut added = 0;
+        for cell in row.cells {
+            slot.earliest_minute_ms = slot.earliest_minute_ms.min(cell.minute_ms);
+            let merged = cells
+                .entry((cell.resource_id, cell.minute_ms))
+                .or_insert_with(|| {
+                    added += 1;
+                    CountCell::empty(cell.minute_ms)
+                });
+            merged.add(cell.hits, &cell.visitors);
+        }
+        self.entries.fetch_add(added, Ordering::Relaxed);
     }
 
-    pub fn get(&self, id: u64) -> Option<Arc<InboxRow>> {
-        self.rows().get(&id).cloned()
+    /// Takes the slots a fold of `scope` folds now: no row joins them any more. Slots taken
+    /// before and not yet folded (their fold failed) are returned again.
+    pub fn take_due(&self, now_ms: u64, scope: FoldScope) -> Vec<TakenSlot> {
+        let mut slots = self.slots();
+        let slots = &mut *slots;
+        let mut taken = Vec::new();
+        for (number, slot) in &mut slots.by_number {
+            let due =
+                scope == FoldScope::All || slot.closes_at_ms + MINUTE_CLOSE_GRACE_MS <= now_ms;
+            if let SlotCells::Open(cells) = &mut slot.cells {
+                if !due {
+                    continue;
+                }
+                slots.open.remove(&slot.closes_at_ms);
+                slot.cells =
+                    SlotCells::Taken(Arc::new(InboxRow::from_sorted(std::mem::take(cells))));
+            }
+            let SlotCells::Taken(cells) = &slot.cells else {
+                unreachable!("every slot is open or taken");
+            };
+            taken.push(TakenSlot {
+                number: *number,
+                row_ids: slot.row_ids.clone(),
+                cells: Arc::clone(cells),
+            });
+        }
+        taken
     }
 
-    pub fn ids(&self) -> Vec<u64> {
-        self.rows().keys().copied().collect()
+    /// Forgets a slot once its rows were folded (by this process or another).
+    pub fn remove_slot(&self, number: u64) {
+        let mut slots = self.slots();
+        if let Some(slot) = slots.by_number.remove(&number) {
+            if let SlotCells::Open(_) = slot.cells {
+                slots.open.remove(&slot.closes_at_ms);
+            }
+            let before = self.entries.fetch_sub(slot.len(), Ordering::Relaxed);
+            // Added as a cell enters a slot, taken only after it left: never below.
+            assert!(
+                before >= slot.len(),
+                "the overlay's cell count covers every slot it holds, so it never underflows"
+            );
+        }
     }
 
-    /// The rows holding cells of `resource_id`.
-    pub fn rows_for(&self, resource_id: &str) -> Vec<(u64, Arc<InboxRow>)> {
-        self.rows()
-            .iter()
-            .filter(|(_, row)| row.holds(resource_id))
-            .map(|(id, row)| (*id, Arc::clone(row)))
+    /// Every row id held, in any slot.
+    pub fn row_ids(&self) -> std::collections::HashSet<u64> {
+        self.slots()
+            .by_number
+            .values()
+            .flat_map(|slot| slot.row_ids.iter().copied())
             .collect()
     }
 
-    /// Forgets rows that were folded (by this process or another).
-    pub fn remove(&self, ids: &[u64]) {
-        let mut rows = self.rows();
-        for id in ids {
-            if let Some(row) = rows.remove(id) {
-                let before = self.entries.fetch_sub(row.len(), Ordering::Relaxed);
-                // Added before a row enters the map, taken only after it left: never below.
-                assert!(
-                    before >= row.len(),
-                    "the overlay's cell count covers every row it holds, so it never underflows"
-                );
-            }
+    /// Forgets the slots none of whose rows are still in the inbox (`present`): another process
+    /// folded them.
+    pub fn forget_folded(&self, present: &std::collections::HashSet<u64>) {
+        let gone: Vec<u64> = self
+            .slots()
+            .by_number
+            .iter()
+            .filter(|(_, slot)| !slot.row_ids.iter().any(|id| present.contains(id)))
+            .map(|(number, _)| *number)
+            .collect();
+        for number in gone {
+            self.remove_slot(number);
         }
+    }
+
+    /// The slots holding cells of `resource_id`, each with that resource's cells.
+    pub fn held_for(&self, resource_id: &str) -> Vec<HeldCells> {
+        self.slots()
+            .by_number
+            .values()
+            .map(|slot| HeldCells {
+                row_ids: slot.row_ids.clone(),
+                cells: slot.cells_of(resource_id),
+            })
+            .filter(|held| !held.cells.is_empty())
+            .collect()
     }
 
     /// A deleted resource's cells leave the overlay at once (the fold drops them too), so a
     /// resource made again under the same id does not show them.
     pub fn forget_resource(&self, resource_id: &str) {
-        let mut rows = self.rows();
-        for row in rows.values_mut() {
-            if row.holds(resource_id) {
-                let kept = row.without(resource_id);
-                let before = self
-                    .entries
-                    .fetch_sub(row.len() - kept.len(), Ordering::Relaxed);
-                assert!(
-                    before >= row.len(),
-                    "the overlay's cell count covers every row it holds, so it never underflows"
-                );
-                *row = Arc::new(kept);
+        let mut slots = self.slots();
+        let mut removed = 0;
+        for slot in slots.by_number.values_mut() {
+            let before = slot.len();
+            match &mut slot.cells {
+                SlotCells::Open(cells) => cells.retain(|(id, _), _| id != resource_id),
+                SlotCells::Taken(row) => {
+                    if row.holds(resource_id) {
+                        *row = Arc::new(row.without(resource_id));
+                    }
+                }
             }
+            removed += before - slot.len();
         }
+        let before = self.entries.fetch_sub(removed, Ordering::Relaxed);
+        assert!(
+            before >= removed,
+            "the overlay's cell count covers every slot it holds, so it never underflows"
+        );
     }
 
     /// The earliest minute an unfolded row holds: the next fold may change any bucket from it
     /// on, late ones included (`summaries.rs`).
     pub fn earliest_minute_ms(&self) -> Option<u64> {
-        self.rows()
+        self.slots()
+            .by_number
             .values()
-            .flat_map(|row| row.cells().iter().map(|cell| cell.minute_ms))
+            .map(|slot| slot.earliest_minute_ms)
             .min()
     }
 
     /// Every resource with an unfolded cell of a minute in `[start_ms, end_ms)`.
     pub fn resource_ids_between(&self, start_ms: u64, end_ms: u64) -> BTreeSet<String> {
-        self.rows()
+        self.slots()
+            .by_number
             .values()
-            .flat_map(|row| row.cells().iter())
-            .filter(|cell| (start_ms..end_ms).contains(&cell.minute_ms))
-            .map(|cell| cell.resource_id.clone())
+            .flat_map(|slot| {
+                slot.cells()
+                    .filter(|(_, minute_ms)| (start_ms..end_ms).contains(minute_ms))
+                    .map(|(resource_id, _)| resource_id.to_owned())
+                    .collect::<Vec<_>>()
+            })
             .collect()
     }
 
-    /// Cells held now, over all rows.
+    /// Distinct (resource, minute) cells held now, summed over the slots.
     pub fn entries(&self) -> usize {
         self.entries.load(Ordering::Relaxed)
     }
+}
+
+impl HeldCells {
+    /// The ids of its rows still in the inbox, when only some are (another process folded the
+    /// rest): then the merged cells cannot be split, and the read adds those rows' own cells.
+    pub(crate) fn partly_present(&self, present: &std::collections::HashSet<u64>) -> Vec<u64> {
+        let found: Vec<u64> = self
+            .row_ids
+            .iter()
+            .copied()
+            .filter(|id| present.contains(id))
+            .collect();
+        if found.len() == self.row_ids.len() {
+            Vec::new()
+        } else {
+            found
+        }
+    }
+}
+
+/// The ids a read must load the bodies of: those of slots only partly present in its snapshot.
+pub(crate) fn partly_present_ids(
+    held: &[Vec<HeldCells>],
+    present: &std::collections::HashSet<u64>,
+) -> Vec<u64> {
+    let mut ids: Vec<u64> = held
+        .iter()
+        .flatten()
+        .flat_map(|held| held.partly_present(present))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// What a read adds from this process's unfolded slots: the slots holding each resource read
+/// (listed before the read's snapshot), and what that snapshot found of their rows.
+pub(crate) struct UnfoldedRead {
+    pub held: Vec<Vec<HeldCells>>,
+    pub present: std::collections::HashSet<u64>,
+    pub loaded: HashMap<u64, InboxRow>,
+}
+
+impl UnfoldedRead {
+    /// Adds each resource's unfolded cells to its stored `all` cells (one entry per resource id).
+    pub(crate) fn add_to(
+        &self,
+        all: &mut [Vec<CountCell>],
+        resource_ids: &[String],
+        tier: Tier,
+        window_ms: (u64, u64),
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        debug_assert_eq!(all.len(), resource_ids.len());
+        for ((resource_id, held), cells) in resource_ids.iter().zip(&self.held).zip(all) {
+            add_held(
+                cells,
+                resource_id,
+                held,
+                &self.present,
+                &self.loaded,
+                tier,
+                window_ms,
+                now_ms,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Adds what a read's snapshot still finds unfolded of `held` (one resource's slots) to `cells`:
+/// a slot whose rows are all present adds its merged cells, one none of whose rows is (folded
+/// into the cells read) adds nothing, and one only partly present adds the present rows' own
+/// cells from `loaded`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn add_held(
+    cells: &mut Vec<CountCell>,
+    resource_id: &str,
+    held: &[HeldCells],
+    present: &std::collections::HashSet<u64>,
+    loaded: &HashMap<u64, InboxRow>,
+    tier: Tier,
+    (start_ms, end_ms): (u64, u64),
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    for slot in held {
+        let found = slot
+            .row_ids
+            .iter()
+            .filter(|id| present.contains(id))
+            .count();
+        if found == slot.row_ids.len() {
+            slot.cells
+                .add_to(cells, resource_id, tier, start_ms, end_ms, now_ms);
+            continue;
+        }
+        for id in slot.row_ids.iter().filter(|id| present.contains(id)) {
+            let row = loaded.get(id).ok_or(StoreError::CorruptInbox(
+                "a row present in the read's snapshot was not loaded",
+            ))?;
+            row.add_to(cells, resource_id, tier, start_ms, end_ms, now_ms);
+        }
+    }
+    Ok(())
 }
 
 /// The writes of a fold: every cell of the claimed rows whose resource still exists and whose
@@ -378,17 +706,17 @@ pub(crate) fn fold_rows<'a>(
     writes
 }
 
-/// This process's unfolded rows holding cells of each of `resource_ids`, in order (none without
-/// the inbox).
-pub(crate) fn rows_for_each(
+/// This process's unfolded slots holding cells of each of `resource_ids`, in order (none
+/// without the inbox).
+pub(crate) fn held_for_each(
     overlay: Option<&Overlay>,
     resource_ids: &[String],
-) -> Vec<Vec<(u64, Arc<InboxRow>)>> {
+) -> Vec<Vec<HeldCells>> {
     resource_ids
         .iter()
         .map(|id| {
             overlay
-                .map(|overlay| overlay.rows_for(id))
+                .map(|overlay| overlay.held_for(id))
                 .unwrap_or_default()
         })
         .collect()
@@ -559,16 +887,78 @@ mod tests {
     }
 
     #[test]
-    fn the_overlay_counts_its_cells() {
+    fn the_overlay_merges_rows_that_close_together_and_counts_distinct_cells() {
         let overlay = Overlay::default();
-        let rows = InboxRow::from_writes(&mut writes(&[("a", 0, 1, &[]), ("b", 0, 1, &[])]));
-        overlay.insert(1, rows[0].clone());
+        let first = InboxRow::from_writes(&mut writes(&[("a", 0, 1, &["x"]), ("b", 0, 1, &[])]));
+        let second = InboxRow::from_writes(&mut writes(&[("a", 0, 2, &["y"])]));
+        let later = InboxRow::from_writes(&mut writes(&[("a", MINUTE_MS, 5, &[])]));
+        overlay.insert(1, first[0].clone());
+        overlay.insert(2, second[0].clone());
+        overlay.insert(3, later[0].clone());
+        assert_eq!(overlay.entries(), 3, "(a, 0) is held once for two rows");
+        let held = overlay.held_for("a");
+        assert_eq!(held.len(), 2);
+        assert_eq!(held[0].row_ids, vec![1, 2]);
+        assert_eq!(held[0].cells.cells()[0].hits, 3);
+        assert_eq!(held[0].cells.cells()[0].visitors.count(), 2);
+
+        assert!(
+            overlay
+                .take_due(MINUTE_MS + MINUTE_CLOSE_GRACE_MS - 1, FoldScope::Closed)
+                .is_empty(),
+            "a minute is folded only after its grace"
+        );
+        let taken = overlay.take_due(MINUTE_MS + MINUTE_CLOSE_GRACE_MS, FoldScope::Closed);
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].row_ids, vec![1, 2]);
+        assert_eq!(taken[0].cells.len(), 2);
+        // A late row of the taken minute starts a new slot; the taken one stays readable.
+        overlay.insert(4, second[0].clone());
+        assert_eq!(overlay.held_for("a").len(), 3);
+        assert_eq!(overlay.earliest_minute_ms(), Some(0));
+        overlay.remove_slot(taken[0].number);
         assert_eq!(overlay.entries(), 2);
+        assert_eq!(overlay.take_due(0, FoldScope::All).len(), 2);
+
         overlay.forget_resource("a");
-        assert_eq!(overlay.entries(), 1);
-        assert!(overlay.rows_for("a").is_empty());
-        assert_eq!(overlay.rows_for("b").len(), 1);
-        overlay.remove(&[1]);
         assert_eq!(overlay.entries(), 0);
+        assert!(overlay.held_for("a").is_empty());
+    }
+
+    #[test]
+    fn a_read_adds_a_slot_whole_or_the_rows_its_snapshot_still_holds() {
+        let overlay = Overlay::default();
+        let first = InboxRow::from_writes(&mut writes(&[("a", 0, 1, &[])])).remove(0);
+        let second = InboxRow::from_writes(&mut writes(&[("a", 0, 2, &[])])).remove(0);
+        overlay.insert(1, first.clone());
+        overlay.insert(2, second.clone());
+        let held = overlay.held_for("a");
+        let read = |present: &[u64], loaded: &HashMap<u64, InboxRow>| {
+            let present = present.iter().copied().collect();
+            let mut cells = Vec::new();
+            add_held(
+                &mut cells,
+                "a",
+                &held,
+                &present,
+                loaded,
+                Tier::Minute,
+                (0, MINUTE_MS),
+                0,
+            )
+            .map(|()| cells.iter().map(|cell| cell.hits).sum::<u64>())
+        };
+        assert_eq!(read(&[1, 2], &HashMap::new()).unwrap(), 3);
+        assert_eq!(read(&[], &HashMap::new()).unwrap(), 0);
+        let present = [2].into_iter().collect();
+        assert_eq!(
+            partly_present_ids(std::slice::from_ref(&held), &present),
+            vec![2]
+        );
+        assert!(
+            read(&[2], &HashMap::new()).is_err(),
+            "a partly folded slot needs its rows"
+        );
+        assert_eq!(read(&[2], &HashMap::from([(2, second)])).unwrap(), 2);
     }
 }

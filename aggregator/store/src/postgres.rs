@@ -10,7 +10,7 @@
 //! statement is valid on Citus with `hit_counts` and `pending_sketches` distributed by
 //! `resource_id` (see README.md).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use hitcount_wire::Sketch;
@@ -23,8 +23,9 @@ mod import;
 mod patterns;
 
 use super::inbox::{
-    FOLD_ROWS_LISTED_MAX, InboxRow, Overlay, add_minutes_since, choose_fold_rows, fold_rows,
-    rows_for_each, rows_resource_ids,
+    FOLD_ROWS_LISTED_MAX, FOREIGN_FOLD_AFTER_MS, FoldScope, InboxRow, Overlay, TakenSlot,
+    UnfoldedRead, add_minutes_since, choose_fold_rows, fold_rows, held_for_each,
+    partly_present_ids, rows_resource_ids,
 };
 use crate::DEDUPE_RETENTION_MS;
 use crate::contract::{CatalogStore, DurableStore};
@@ -154,6 +155,228 @@ impl PgStore {
     async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
         self.pool.begin().await.map_err(classify)
     }
+
+    /// A transaction holding the folders' advisory lock, or none if another process holds it
+    /// (that one does the work; this process's slots wait for its next fold).
+    async fn begin_fold(&self) -> Result<Option<Transaction<'static, Postgres>>, StoreError> {
+        let mut transaction = self.begin().await?;
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(FOLD_LOCK_KEY)
+            .fetch_one(&mut *transaction)
+            .await
+            .map_err(classify)?;
+        if locked {
+            Ok(Some(transaction))
+        } else {
+            transaction.rollback().await.map_err(classify)?;
+            Ok(None)
+        }
+    }
+
+    /// Folds this process's slots that `scope` takes, each in one transaction from its merged
+    /// cells; then the other rows it takes (a stopped process's), read back from the inbox in
+    /// bounded transactions; then forgets the slots another process folded. Every transaction
+    /// takes the folders' advisory lock and claims its rows by deleting them, so even two
+    /// folders could not fold one row twice.
+    async fn fold(&self, now_ms: u64, scope: FoldScope) -> Result<u64, StoreError> {
+        let Some(overlay) = &self.inbox else {
+            return Ok(0);
+        };
+        let mut folded = 0;
+        for slot in overlay.take_due(now_ms, scope) {
+            let Some(rows) = self.fold_slot(&slot, now_ms).await? else {
+                return Ok(folded);
+            };
+            overlay.remove_slot(slot.number);
+            folded += rows;
+        }
+        let closed_before_ms = match scope {
+            FoldScope::All => u64::MAX,
+            FoldScope::Closed => now_ms.saturating_sub(FOREIGN_FOLD_AFTER_MS),
+        };
+        loop {
+            let own: Vec<i64> = overlay.row_ids().into_iter().map(signed).collect();
+            match self.fold_foreign(&own, closed_before_ms, now_ms).await? {
+                Some((rows, true)) => folded += rows,
+                Some((rows, false)) => {
+                    folded += rows;
+                    break;
+                }
+                None => break,
+            }
+        }
+        let ids: Vec<i64> = overlay.row_ids().into_iter().map(signed).collect();
+        if !ids.is_empty() {
+            let mut connection = self.pool.acquire().await.map_err(classify)?;
+            overlay.forget_folded(&inbox_ids_present(&mut connection, &ids).await?);
+        }
+        Ok(folded)
+    }
+
+    /// Folds one of this process's slots: claims its rows and writes its merged cells, in one
+    /// transaction. If another process folded some of its rows already, the merged cells
+    /// cannot be split, so the rows left are folded from their own bodies. Returns the rows
+    /// folded, or none if another process holds the fold.
+    async fn fold_slot(&self, slot: &TakenSlot, now_ms: u64) -> Result<Option<u64>, StoreError> {
+        let ids: Vec<i64> = slot.row_ids.iter().map(|id| signed(*id)).collect();
+        let Some(mut transaction) = self.begin_fold().await? else {
+            return Ok(None);
+        };
+        let claimed: Vec<i64> =
+            sqlx::query_scalar("DELETE FROM inbox WHERE id = ANY($1) RETURNING created_at_ms")
+                .bind(&ids)
+                .fetch_all(&mut *transaction)
+                .await
+                .map_err(classify)?;
+        if claimed.len() == ids.len() {
+            let appended_ms = claimed.iter().map(|ms| unsigned(*ms)).max().unwrap_or(0);
+            self.write_folded(
+                &mut transaction,
+                &[slot.cells.as_ref()],
+                appended_ms,
+                now_ms,
+            )
+            .await?;
+            transaction.commit().await.map_err(classify)?;
+            return Ok(Some(ids.len() as u64));
+        }
+        transaction.rollback().await.map_err(classify)?;
+        let Some(mut transaction) = self.begin_fold().await? else {
+            return Ok(None);
+        };
+        let (rows, appended_ms) = claim_bodies(&mut transaction, &ids).await?;
+        let refs: Vec<&InboxRow> = rows.iter().collect();
+        self.write_folded(&mut transaction, &refs, appended_ms, now_ms)
+            .await?;
+        transaction.commit().await.map_err(classify)?;
+        Ok(Some(rows.len() as u64))
+    }
+
+    /// One transaction over rows not in this process's slots (`own`) whose last minute closed
+    /// before `closed_before_ms`: the rows folded and whether more are left, or none if another
+    /// process holds the fold.
+    async fn fold_foreign(
+        &self,
+        own: &[i64],
+        closed_before_ms: u64,
+        now_ms: u64,
+    ) -> Result<Option<(u64, bool)>, StoreError> {
+        let Some(mut transaction) = self.begin_fold().await? else {
+            return Ok(None);
+        };
+        let listed: Vec<(i64, i32)> = sqlx::query_as(
+            "SELECT id, entries FROM inbox WHERE closes_at_ms <= $1 AND NOT id = ANY($2)
+             ORDER BY id LIMIT $3",
+        )
+        .bind(signed(closed_before_ms))
+        .bind(own)
+        .bind(FOLD_ROWS_LISTED_MAX)
+        .fetch_all(&mut *transaction)
+        .await
+        .map_err(classify)?;
+        let chosen = choose_fold_rows(
+            &listed
+                .iter()
+                .map(|(id, entries)| (unsigned(*id), usize::try_from(*entries).unwrap_or(0)))
+                .collect::<Vec<_>>(),
+        );
+        if chosen.is_empty() {
+            transaction.rollback().await.map_err(classify)?;
+            return Ok(Some((0, false)));
+        }
+        let ids: Vec<i64> = chosen.iter().map(|id| signed(*id)).collect();
+        let (rows, appended_ms) = claim_bodies(&mut transaction, &ids).await?;
+        assert_eq!(rows.len(), ids.len(), "a listed row is claimed once");
+        let refs: Vec<&InboxRow> = rows.iter().collect();
+        self.write_folded(&mut transaction, &refs, appended_ms, now_ms)
+            .await?;
+        transaction.commit().await.map_err(classify)?;
+        let more = chosen.len() < listed.len() || listed.len() == FOLD_ROWS_LISTED_MAX as usize;
+        Ok(Some((rows.len() as u64, more)))
+    }
+
+    /// Writes claimed rows' cells into every tier, in the claiming transaction.
+    async fn write_folded(
+        &self,
+        transaction: &mut Transaction<'static, Postgres>,
+        rows: &[&InboxRow],
+        appended_ms: u64,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let retention = resource_retention(transaction, &rows_resource_ids(rows.iter().copied()))
+            .await
+            .map_err(classify)?;
+        let writes = fold_rows(rows.iter().copied(), &retention, now_ms);
+        // The fold's clock for what is late (`summaries.rs`): never earlier than a row it folds
+        // was appended, however long ago the fold began.
+        let bump_clock = self
+            .keeps_bucket_summaries()
+            .then_some(now_ms.max(appended_ms));
+        write_cells(transaction, &writes, bump_clock)
+            .await
+            .map_err(classify)?;
+        metrics::counter!("hitcount_inbox_folded_cells_total")
+            .increment(rows.iter().map(|row| row.len() as u64).sum());
+        Ok(())
+    }
+}
+
+/// The ids among `ids` still in the inbox.
+async fn inbox_ids_present(
+    connection: &mut sqlx::PgConnection,
+    ids: &[i64],
+) -> Result<HashSet<u64>, StoreError> {
+    let present: Vec<i64> = sqlx::query_scalar("SELECT id FROM inbox WHERE id = ANY($1)")
+        .bind(ids)
+        .fetch_all(connection)
+        .await
+        .map_err(classify)?;
+    Ok(present.into_iter().map(unsigned).collect())
+}
+
+/// The bodies of the inbox rows among `ids` still there, by id.
+async fn inbox_bodies(
+    connection: &mut sqlx::PgConnection,
+    ids: &[u64],
+) -> Result<HashMap<u64, InboxRow>, StoreError> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let ids: Vec<i64> = ids.iter().map(|id| signed(*id)).collect();
+    let found: Vec<(i64, Vec<u8>)> =
+        sqlx::query_as("SELECT id, body FROM inbox WHERE id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(connection)
+            .await
+            .map_err(classify)?;
+    found
+        .into_iter()
+        .map(|(id, body)| Ok((unsigned(id), InboxRow::decode(&body)?)))
+        .collect()
+}
+
+/// Claims the inbox rows among `ids` still there by deleting them: their bodies, and the latest
+/// time one of them was appended.
+async fn claim_bodies(
+    transaction: &mut Transaction<'static, Postgres>,
+    ids: &[i64],
+) -> Result<(Vec<InboxRow>, u64), StoreError> {
+    let claimed: Vec<(Vec<u8>, i64)> =
+        sqlx::query_as("DELETE FROM inbox WHERE id = ANY($1) RETURNING body, created_at_ms")
+            .bind(ids)
+            .fetch_all(&mut **transaction)
+            .await
+            .map_err(classify)?;
+    let appended_ms = claimed
+        .iter()
+        .map(|(_, ms)| unsigned(*ms))
+        .max()
+        .unwrap_or(0);
+    let rows = claimed
+        .iter()
+        .map(|(body, _)| InboxRow::decode(body))
+        .collect::<Result<_, _>>()?;
+    Ok((rows, appended_ms))
 }
 
 #[async_trait::async_trait]
@@ -186,12 +409,13 @@ impl DurableStore for PgStore {
         if self.inbox.is_some() {
             for row in InboxRow::from_writes(&mut writes) {
                 let id: i64 = sqlx::query_scalar(
-                    "INSERT INTO inbox (created_at_ms, entries, body) VALUES ($1, $2, $3)
-                     RETURNING id",
+                    "INSERT INTO inbox (created_at_ms, entries, body, closes_at_ms)
+                     VALUES ($1, $2, $3, $4) RETURNING id",
                 )
                 .bind(signed(now_ms))
                 .bind(i32::try_from(row.len()).unwrap_or(i32::MAX))
                 .bind(row.encode())
+                .bind(signed(row.closes_at_ms()))
                 .fetch_one(&mut *transaction)
                 .await
                 .map_err(classify)?;
@@ -228,7 +452,7 @@ impl DurableStore for PgStore {
         // This process's unfolded rows of the resources, listed before the snapshot is taken: a
         // row listed is committed in the snapshot, so it is either still in the inbox there
         // (and added below) or folded into the cells read (and not added).
-        let unfolded = rows_for_each(self.inbox.as_deref(), &resource_ids);
+        let unfolded = held_for_each(self.inbox.as_deref(), &resource_ids);
         let mut transaction = self.begin().await?;
         // One snapshot for every read, so a compaction or a fold in between cannot hide or
         // double a hit or a visitor.
@@ -237,24 +461,23 @@ impl DurableStore for PgStore {
             .await
             .map_err(classify)?;
         let mut all = stored_cells(&mut transaction, &resource_ids, tier, start_ms, end_ms).await?;
-        let listed: Vec<i64> = unfolded
+        let mut listed: Vec<i64> = unfolded
             .iter()
             .flatten()
-            .map(|(id, _)| signed(*id))
+            .flat_map(|held| held.row_ids.iter().map(|id| signed(*id)))
             .collect();
+        listed.sort_unstable();
+        listed.dedup();
         if !listed.is_empty() {
-            let present: Vec<i64> = sqlx::query_scalar("SELECT id FROM inbox WHERE id = ANY($1)")
-                .bind(&listed)
-                .fetch_all(&mut *transaction)
-                .await
-                .map_err(classify)?;
-            for ((resource_id, rows), cells) in resource_ids.iter().zip(&unfolded).zip(&mut all) {
-                for (id, row) in rows {
-                    if present.contains(&signed(*id)) {
-                        row.add_to(cells, resource_id, tier, start_ms, end_ms, now_ms);
-                    }
-                }
-            }
+            let present: HashSet<u64> = inbox_ids_present(&mut transaction, &listed).await?;
+            let partly = partly_present_ids(&unfolded, &present);
+            let loaded = inbox_bodies(&mut transaction, &partly).await?;
+            let unfolded = UnfoldedRead {
+                held: unfolded,
+                present,
+                loaded,
+            };
+            unfolded.add_to(&mut all, &resource_ids, tier, (start_ms, end_ms), now_ms)?;
         }
         transaction.commit().await.map_err(classify)?;
         Ok(all)
@@ -488,109 +711,13 @@ impl DurableStore for PgStore {
         Ok(pruned)
     }
 
-    /// Folds in bounded transactions until the inbox is empty. Each takes the folders' advisory
-    /// lock (a process that does not get it leaves the work to the one that has it) and claims
-    /// its rows by deleting them (so even two folders could not fold one row twice), then writes
-    /// their cells as a direct merge would, all in one transaction.
+    /// Folds every row (see `fold`).
     async fn fold_inbox(&self, now_ms: u64) -> Result<u64, StoreError> {
-        let Some(overlay) = &self.inbox else {
-            return Ok(0);
-        };
-        let mut folded = 0;
-        loop {
-            let mut transaction = self.begin().await?;
-            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-                .bind(FOLD_LOCK_KEY)
-                .fetch_one(&mut *transaction)
-                .await
-                .map_err(classify)?;
-            if !locked {
-                transaction.rollback().await.map_err(classify)?;
-                break;
-            }
-            let listed: Vec<(i64, i32)> =
-                sqlx::query_as("SELECT id, entries FROM inbox ORDER BY id LIMIT $1")
-                    .bind(FOLD_ROWS_LISTED_MAX)
-                    .fetch_all(&mut *transaction)
-                    .await
-                    .map_err(classify)?;
-            let chosen = choose_fold_rows(
-                &listed
-                    .iter()
-                    .map(|(id, entries)| (unsigned(*id), usize::try_from(*entries).unwrap_or(0)))
-                    .collect::<Vec<_>>(),
-            );
-            if chosen.is_empty() {
-                transaction.rollback().await.map_err(classify)?;
-                break;
-            }
-            // This process's own rows are in memory already: their bodies are not sent back.
-            let own: Vec<i64> = chosen
-                .iter()
-                .filter(|id| overlay.get(**id).is_some())
-                .map(|id| signed(*id))
-                .collect();
-            let claimed: Vec<(i64, Option<Vec<u8>>, i64)> = sqlx::query_as(
-                "DELETE FROM inbox WHERE id = ANY($1)
-                 RETURNING id, CASE WHEN id = ANY($2) THEN NULL ELSE body END, created_at_ms",
-            )
-            .bind(chosen.iter().map(|id| signed(*id)).collect::<Vec<_>>())
-            .bind(&own)
-            .fetch_all(&mut *transaction)
-            .await
-            .map_err(classify)?;
-            // The fold's clock for what is late (`summaries.rs`): never earlier than a row it
-            // folds was appended, however long ago the fold began.
-            let late_clock_ms = claimed
-                .iter()
-                .map(|(_, _, created_at_ms)| unsigned(*created_at_ms))
-                .fold(now_ms, u64::max);
-            let mut rows = Vec::with_capacity(claimed.len());
-            for (id, body, _) in &claimed {
-                rows.push(match body {
-                    Some(body) => Arc::new(InboxRow::decode(body)?),
-                    None => overlay.get(unsigned(*id)).ok_or(StoreError::CorruptInbox(
-                        "an own row left the overlay unfolded",
-                    ))?,
-                });
-            }
-            let retention = resource_retention(
-                &mut transaction,
-                &rows_resource_ids(rows.iter().map(Arc::as_ref)),
-            )
-            .await
-            .map_err(classify)?;
-            let writes = fold_rows(rows.iter().map(Arc::as_ref), &retention, now_ms);
-            let bump_clock = self.keeps_bucket_summaries().then_some(late_clock_ms);
-            write_cells(&mut transaction, &writes, bump_clock)
-                .await
-                .map_err(classify)?;
-            transaction.commit().await.map_err(classify)?;
-            let ids: Vec<u64> = claimed.iter().map(|(id, _, _)| unsigned(*id)).collect();
-            overlay.remove(&ids);
-            folded += ids.len() as u64;
-            metrics::counter!("hitcount_inbox_folded_cells_total")
-                .increment(rows.iter().map(|row| row.len() as u64).sum());
-            if chosen.len() == listed.len() && listed.len() < FOLD_ROWS_LISTED_MAX as usize {
-                break;
-            }
-        }
-        // Rows another process folded leave the overlay (reads would skip them anyway).
-        let ids: Vec<i64> = overlay.ids().into_iter().map(signed).collect();
-        if !ids.is_empty() {
-            let present: Vec<i64> = sqlx::query_scalar("SELECT id FROM inbox WHERE id = ANY($1)")
-                .bind(&ids)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(classify)?;
-            let gone: Vec<u64> = ids
-                .iter()
-                .filter(|id| !present.contains(id))
-                .map(|id| unsigned(*id))
-                .collect();
-            overlay.remove(&gone);
-        }
-        Ok(folded)
+        self.fold(now_ms, FoldScope::All).await
+    }
+
+    async fn fold_closed(&self, now_ms: u64) -> Result<u64, StoreError> {
+        self.fold(now_ms, FoldScope::Closed).await
     }
 
     fn overlay(&self) -> Option<&Overlay> {

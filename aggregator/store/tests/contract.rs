@@ -1703,7 +1703,11 @@ async fn folded_elsewhere(first: &dyn DurableStore, second: &dyn DurableStore) {
         now_ms(),
     )
     .await;
-    assert_eq!(first.unfolded_entries(), 5, "one cell in each of five rows");
+    assert_eq!(
+        first.unfolded_entries(),
+        1,
+        "five rows of one cell, merged into one slot"
+    );
     // Each sees its own unfolded rows at once, the other's once folded.
     assert_eq!(total(first, "shared", Tier::Minute).await.0, 10);
     assert_eq!(total(second, "shared", Tier::Minute).await.0, 1);
@@ -1712,7 +1716,7 @@ async fn folded_elsewhere(first: &dyn DurableStore, second: &dyn DurableStore) {
         6,
         "every row, the first's too"
     );
-    assert_eq!(first.unfolded_entries(), 5, "the first has not looked yet");
+    assert_eq!(first.unfolded_entries(), 1, "the first has not looked yet");
     for tier in Tier::ALL {
         let (hits, visitors) = total(first, "shared", tier).await;
         assert_eq!(
@@ -1739,4 +1743,88 @@ async fn folded_elsewhere(first: &dyn DurableStore, second: &dyn DurableStore) {
     .await;
     assert_eq!(resent, ApplyOutcome::Duplicate);
     assert_eq!(total(first, "shared", Tier::Day).await.0, 11);
+}
+
+/// The periodic fold takes a minute's rows once the minute has closed and its grace has passed,
+/// all of a process's rows of it in one transaction from their merged cells, and another
+/// process's rows only once their writer is late with them. A process that folds every row (as
+/// one does at its start) may take rows of another's open minute: a row appended to that minute
+/// afterwards is still read and folded once, from its own body.
+#[tokio::test]
+async fn minutes_are_folded_once_closed_and_stay_exact_when_partly_folded_elsewhere() {
+    let directory = TempDir::new().unwrap();
+    let first = EmbeddedStore::open(directory.path()).unwrap().with_inbox();
+    let second = EmbeddedStore::open(directory.path()).unwrap().with_inbox();
+    folded_when_closed(&first, &second).await;
+    if hitcount_test_support::postgres_or_skip() {
+        let url = hitcount_test_support::postgres_database(directory.path());
+        let first = PgStore::connect(&url).await.unwrap().with_inbox();
+        let second = PgStore::connect(&url).await.unwrap().with_inbox();
+        folded_when_closed(&first, &second).await;
+    }
+}
+
+async fn folded_when_closed(first: &dyn DurableStore, second: &dyn DurableStore) {
+    use hitcount_store::inbox::{FOREIGN_FOLD_AFTER_MS, MINUTE_CLOSE_GRACE_MS};
+    first
+        .create_resource(resource("closing", None))
+        .await
+        .unwrap();
+    let now = now_ms();
+    let minute = now / MINUTE_MS;
+    let due = (minute + 1) * MINUTE_MS + MINUTE_CLOSE_GRACE_MS;
+    for sequence in 0..3 {
+        apply(
+            first,
+            vec![entry("closing", minute, 2, &["a"])],
+            Some(key("closing", sequence, &sequence.to_string())),
+            now,
+        )
+        .await;
+    }
+    assert_eq!(first.unfolded_entries(), 1);
+    assert_eq!(first.fold_closed(due - 1).await.unwrap(), 0, "not yet due");
+    assert_eq!(
+        second.fold_closed(due).await.unwrap(),
+        0,
+        "another's rows are left to their writer"
+    );
+    assert_eq!(tier_hits(second, "closing").await, [0, 0, 0]);
+    assert_eq!(tier_hits(first, "closing").await, [6, 6, 6]);
+    assert_eq!(second.fold_inbox(now).await.unwrap(), 3, "every row");
+    apply(
+        first,
+        vec![entry("closing", minute, 5, &["b"])],
+        Some(key("closing", 3, "3")),
+        now,
+    )
+    .await;
+    for tier in Tier::ALL {
+        let (hits, visitors) = total(first, "closing", tier).await;
+        assert_eq!((tier, hits, visitors.count()), (tier, 11, 2));
+    }
+    assert_eq!(tier_hits(second, "closing").await, [6, 6, 6]);
+    assert_eq!(
+        first.fold_closed(due).await.unwrap(),
+        1,
+        "the row left, from its own body"
+    );
+    assert_eq!(first.unfolded_entries(), 0);
+    assert_eq!(tier_hits(first, "closing").await, [11, 11, 11]);
+    assert_eq!(tier_hits(second, "closing").await, [11, 11, 11]);
+    // A writer that never folds its minute (it stopped): another takes it once it is late.
+    apply(
+        first,
+        vec![entry("closing", minute, 1, &[])],
+        Some(key("closing", 4, "4")),
+        now,
+    )
+    .await;
+    let late = due - MINUTE_CLOSE_GRACE_MS + FOREIGN_FOLD_AFTER_MS;
+    assert_eq!(second.fold_closed(late - 1).await.unwrap(), 0);
+    assert_eq!(second.fold_closed(late).await.unwrap(), 1);
+    assert_eq!(tier_hits(first, "closing").await, [12, 12, 12]);
+    assert_eq!(first.fold_closed(late).await.unwrap(), 0, "folded once");
+    assert_eq!(first.unfolded_entries(), 0);
+    assert_eq!(tier_hits(second, "closing").await, [12, 12, 12]);
 }
