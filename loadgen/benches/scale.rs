@@ -7,7 +7,8 @@
 //! run's own edges, keys and counts go through HTTP only. While the load runs a reader asks one
 //! hot resource for 24 h at minute granularity every 50 ms. Figures: offered and acknowledged
 //! hits/s, the worst second of the last 30, delta acknowledgement p50/p99, verification,
-//! PostgreSQL rows written per second (`pg_stat_user_tables`), aggregator CPU and read latency.
+//! PostgreSQL rows written per second (`pg_stat_user_tables`) and per acknowledged hit after a clean stop
+//! (the last folds included), aggregator CPU and read latency.
 //!
 //! `HITCOUNT_BENCH_SCALE_ONLY=name,name` runs only those scenarios; `HITCOUNT_BENCH_SCALE_S` sets
 //! the load's duration (default 60 s).
@@ -374,6 +375,30 @@ fn raw_upserts_per_second(seconds: u64) -> f64 {
     }
 }
 
+/// How long a clean stop (SIGTERM: the last commits and the last fold) may take.
+const STOP_WAIT_MAX: Duration = Duration::from_secs(120);
+
+/// Stops the aggregators with SIGTERM and waits for them to exit, then for their backends'
+/// statistics to reach PostgreSQL's views.
+fn stop_cleanly(children: &mut [Child]) {
+    for child in children.iter() {
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+    }
+    let deadline = Instant::now() + STOP_WAIT_MAX;
+    for child in children.iter_mut() {
+        while matches!(child.try_wait(), Ok(None)) {
+            assert!(
+                Instant::now() < deadline,
+                "an aggregator did not stop within {STOP_WAIT_MAX:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    std::thread::sleep(Duration::from_secs(1));
+}
+
 struct Running {
     children: Vec<Child>,
     urls: Vec<String>,
@@ -531,7 +556,7 @@ async fn measure(scenario: &Scenario, duration_s: u64) -> String {
         arguments.push(argument.to_owned());
     }
     let mut config = Config::try_parse_from(&arguments).unwrap();
-    let running = prepare(scenario, &config).await;
+    let mut running = prepare(scenario, &config).await;
     config.aggregators = running.urls.clone();
     let pids: Vec<u32> = running.children.iter().map(Child::id).collect();
     let rows_before = running.database.as_deref().map(rows_written);
@@ -602,8 +627,20 @@ async fn measure(scenario: &Scenario, duration_s: u64) -> String {
         }
         _ => "-".to_owned(),
     };
+    // Every row the acknowledged hits cost, the folds after the run included: a clean stop
+    // folds every row still in the inbox.
+    let rows_per_hit = match (rows_before, running.database.as_deref()) {
+        (Some(before), Some(database)) => {
+            stop_cleanly(&mut running.children);
+            format!(
+                "{:.4}",
+                (rows_written(database) - before) / (report.hits_acknowledged.max(1) as f64)
+            )
+        }
+        _ => "-".to_owned(),
+    };
     let line = format!(
-        "| {} | {} | {} | {:.0} | {:.0} | {} | {:.0} / {:.0} | {} | {} | {:.2} | {} | {:.1} / {:.1} |",
+        "| {} | {} | {} | {:.0} | {:.0} | {} | {:.0} / {:.0} | {} | {} | {} | {:.2} | {} | {:.1} / {:.1} |",
         scenario.name,
         scenario.aggregators,
         scenario.resources,
@@ -623,6 +660,7 @@ async fn measure(scenario: &Scenario, duration_s: u64) -> String {
             )
         },
         rows,
+        rows_per_hit,
         (busy.aggregators - first.aggregators) / (busy.at_s - first.at_s).max(1e-3),
         per_million,
         percentile(&latencies, 0.5),
@@ -651,9 +689,9 @@ async fn main() {
     );
     println!();
     println!(
-        "| scenario | aggregators | resources | offered hits/s | acknowledged hits/s | last 30 s min ack ratio | ack p50 / p99 ms | verified | PostgreSQL rows/s | aggregator CPU cores | CPU core-s per million acknowledged: aggregator / PostgreSQL / load generator | GET 24 h p50 / p99 ms |"
+        "| scenario | aggregators | resources | offered hits/s | acknowledged hits/s | last 30 s min ack ratio | ack p50 / p99 ms | verified | PostgreSQL rows/s | PostgreSQL rows per acknowledged hit, after a clean stop | aggregator CPU cores | CPU core-s per million acknowledged: aggregator / PostgreSQL / load generator | GET 24 h p50 / p99 ms |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for scenario in SCENARIOS {
         if only
             .as_ref()
