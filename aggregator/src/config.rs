@@ -64,12 +64,13 @@ pub struct Args {
     pub merge_interval_ms: u64,
 
     /// The durable inbox: above 0, a group commit appends its merged minute counts to an inbox
-    /// and is acknowledged then, and every this many ms the inbox is folded into the hour, day
-    /// and minute counters (0: every group commit writes all counters itself). For large
-    /// numbers of resources: durable writes follow the counters touched per fold interval.
-    /// Cosmos DB always has the inbox: 0 means 1000 there.
-    #[arg(long, env = "HITCOUNT_FOLD_INTERVAL_MS", default_value_t = 0)]
-    pub fold_interval_ms: u64,
+    /// and is acknowledged then, and every this many ms the minutes that closed are folded into
+    /// the minute, hour and day counters (0: every group commit writes all counters itself).
+    /// Durable writes then follow the distinct (resource, minute) counters, not the hits.
+    /// Default: 1000 on PostgreSQL and Cosmos DB (which always has the inbox: 0 means 1000
+    /// there), 0 on the embedded store.
+    #[arg(long, env = "HITCOUNT_FOLD_INTERVAL_MS")]
+    pub fold_interval_ms: Option<u64>,
 
     /// Requests per second per client address (0 disables the limit). `--rate-limit-ip` is the
     /// name of earlier releases.
@@ -160,8 +161,24 @@ pub struct Args {
     pub telemetry: hitcount_process::TelemetryArgs,
 }
 
-/// The fold interval on Cosmos DB when --fold-interval-ms is 0: Cosmos DB always has the inbox.
+/// The fold interval on Cosmos DB when --fold-interval-ms is 0 or not given: Cosmos DB always
+/// has the inbox.
 pub const COSMOS_FOLD_INTERVAL_MS_DEFAULT: u64 = 1_000;
+/// The fold interval on PostgreSQL when --fold-interval-ms is not given: the inbox is the shape
+/// that keeps up there (BENCHMARKS.md, "Scale"). The embedded store's default is 0 (direct):
+/// its one SQLite writer holds group commits while a minute folds, which costs more ack latency
+/// than the direct shape's writes at the rates one machine takes.
+pub const POSTGRES_FOLD_INTERVAL_MS_DEFAULT: u64 = 1_000;
+
+/// The fold interval a store gets: what was asked, else its backend's default.
+fn fold_interval_ms(asked: Option<u64>, cosmos: bool, postgres: bool) -> u64 {
+    match (asked, cosmos, postgres) {
+        (None | Some(0), true, _) => COSMOS_FOLD_INTERVAL_MS_DEFAULT,
+        (None, false, true) => POSTGRES_FOLD_INTERVAL_MS_DEFAULT,
+        (None, false, false) => 0,
+        (Some(interval), _, _) => interval,
+    }
+}
 
 /// Where Cosmos DB is (`--cosmos-endpoint`, `--cosmos-key-file`, `--cosmos-database`).
 #[derive(Debug, Clone)]
@@ -341,7 +358,10 @@ impl TryFrom<Args> for Config {
         if args.merge_interval_ms > MERGE_INTERVAL_MS_MAX {
             return Err(ConfigError::MergeInterval);
         }
-        if args.fold_interval_ms > FOLD_INTERVAL_MS_MAX {
+        if args
+            .fold_interval_ms
+            .is_some_and(|interval| interval > FOLD_INTERVAL_MS_MAX)
+        {
             return Err(ConfigError::FoldInterval);
         }
         if !(1..=RETENTION_INTERVAL_S_MAX).contains(&args.retention_interval_s) {
@@ -377,10 +397,11 @@ impl TryFrom<Args> for Config {
             ack: args.ack,
             flush_interval_ms: args.flush_interval_ms,
             merge_interval_ms: args.merge_interval_ms,
-            fold_interval_ms: match (&cosmos, args.fold_interval_ms) {
-                (Some(_), 0) => COSMOS_FOLD_INTERVAL_MS_DEFAULT,
-                (_, interval) => interval,
-            },
+            fold_interval_ms: fold_interval_ms(
+                args.fold_interval_ms,
+                cosmos.is_some(),
+                args.database_url.is_some(),
+            ),
             rate_limit_ip_per_second: args.rate_limit_ip_per_second,
             rate_limit_token_per_second: args.rate_limit_token_per_second,
             retention_interval_s: args.retention_interval_s,
@@ -506,6 +527,14 @@ mod tests {
                 .fold_interval_ms,
             2000
         );
+        assert_eq!(parse(&[]).unwrap().fold_interval_ms, 0, "embedded: direct");
+        let postgres = ["--database-url", "postgres://root@127.0.0.1/test"];
+        assert_eq!(
+            parse(&postgres).unwrap().fold_interval_ms,
+            POSTGRES_FOLD_INTERVAL_MS_DEFAULT
+        );
+        let direct = [postgres[0], postgres[1], "--fold-interval-ms", "0"];
+        assert_eq!(parse(&direct).unwrap().fold_interval_ms, 0);
     }
 
     #[test]
