@@ -66,6 +66,10 @@ pub struct HitsResponse {
     /// The period counted: the requested window widened to whole granularity buckets (UTC).
     pub period: Period,
     pub series: Vec<SeriesPoint>,
+    /// Present (true) only while the durable store is unavailable: the answer then holds only the
+    /// minutes the hot tier (Redis) keeps, the last hour, and older buckets of the period count 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale: Option<bool>,
 }
 
 pub fn format_time(ms: u64) -> String {
@@ -298,7 +302,8 @@ fn not_kept(granularity: Tier) -> ApiError {
 
 /// Folds cells (sorted by bucket) of one resource into the response: one point per granularity
 /// bucket, empty buckets included, so charts need no gap filling.
-pub fn fold(resource_id: String, plan: &Plan, cells: &[CountCell]) -> HitsResponse {
+/// `stale`: the cells are the hot tier's alone (see [`HitsResponse::stale`]).
+pub fn fold(resource_id: String, plan: &Plan, cells: &[CountCell], stale: bool) -> HitsResponse {
     let mut series = SeriesFold::new(plan);
     series.add(cells);
     let (count, uniques, series) = series.finish();
@@ -309,6 +314,7 @@ pub fn fold(resource_id: String, plan: &Plan, cells: &[CountCell]) -> HitsRespon
         granularity: plan.granularity,
         period: plan.period(),
         series,
+        stale: stale.then_some(true),
     }
 }
 

@@ -265,6 +265,74 @@ async fn a_stopped_database_gives_503_and_the_aggregator_recovers_by_itself() {
     server.stop().await;
 }
 
+/// PostgreSQL stopped with the hot tier in front (the seed's "graceful degradation by serving
+/// stale cache"): a minute read whose window reaches into the hot tier's hour still answers,
+/// from Redis alone, marked `stale`, with every hit acknowledged in that hour; a granularity
+/// Redis does not hold gets 503, as ingest does; when PostgreSQL returns, answers are whole
+/// again and every acknowledged hit is there once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_postgres_stopped_reads_answer_from_the_hot_tier_marked_stale() {
+    let Some(postgres) = OwnPostgres::start() else {
+        return;
+    };
+    let Some(redis) = OwnRedis::start(None) else {
+        return;
+    };
+    let directory = TempDir::new().unwrap();
+    let mut config = server_config(directory.path(), &postgres);
+    config.redis_url = Some(format!("redis://127.0.0.1:{}", redis.port));
+    let server = Server::start_with(config).await;
+    let api = Api::admin(&server);
+    api.create_resource("home").await;
+    wait_for_metric(
+        &server,
+        "hitcount_hot_tier_rebuilds_total",
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    let first = batch(0, &[("home", 5, &["a", "b"])]);
+    assert_eq!(post_delta(&server, &first).await.0, StatusCode::OK);
+    let (status, whole) = api.get("/hits/home?window=24h&granularity=minute").await;
+    assert_eq!(status, StatusCode::OK, "{whole}");
+    assert_eq!(
+        (whole["count"].as_u64(), whole.get("stale")),
+        (Some(5), None)
+    );
+
+    postgres.stop();
+    let second = batch(1, &[("home", 7, &["c"])]);
+    let (status, value) = post_delta(&server, &second).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{value}");
+    for window in ["1h", "24h"] {
+        let (status, value) = api
+            .get(&format!("/hits/home?window={window}&granularity=minute"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{window}: {value}");
+        assert_eq!(value["stale"], true, "{window}: {value}");
+        assert_eq!(value["count"], 5, "{window}: {value}");
+        assert_eq!(value["uniques"], 2, "{window}: {value}");
+    }
+    let (status, value) = api.get("/hits/home?window=24h&granularity=hour").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{value}");
+    assert_eq!(value["error"]["code"], "unavailable");
+
+    postgres.run();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while post_delta(&server, &second).await.0 != StatusCode::OK {
+        assert!(Instant::now() < deadline, "never recovered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, value) = api.get("/hits/home?window=24h&granularity=minute").await;
+    assert_eq!(status, StatusCode::OK, "{value}");
+    assert_eq!(
+        (value["count"].as_u64(), value.get("stale")),
+        (Some(12), None)
+    );
+    drop(api);
+    server.stop().await;
+}
+
 /// A redis-server of the test's own on a spare port, so that stopping or pausing it leaves the
 /// machine's Redis alone.
 struct OwnRedis {

@@ -349,7 +349,7 @@ fn limit_statements() -> Vec<String> {
             MINUTE_CLOSE_GRACE_MS / 1_000
         ),
         format!(
-            "by any other {} s after their minute closed",
+            "by any other {} s after they were appended and their minute closed",
             FOREIGN_FOLD_AFTER_MS / 1_000
         ),
         format!("| `{RATE_LIMIT_PER_SECOND_DEFAULT}` | requests/s per client address"),

@@ -33,6 +33,9 @@ export interface Counts {
         end_time: string;
     };
     series: SeriesPoint[];
+    /** Present only while the aggregator's database is unavailable: the counts are the hot tier's
+     * (Redis) alone, the last hour; older buckets count 0. */
+    stale?: true;
 }
 export type CountsQuery = {
     window: string;

@@ -38,6 +38,9 @@ export interface Counts {
   granularity: Granularity;
   period: { start_time: string; end_time: string };
   series: SeriesPoint[];
+  /** Present only while the aggregator's database is unavailable: the counts are the hot tier's
+   * (Redis) alone, the last hour; older buckets count 0. */
+  stale?: true;
 }
 
 export type CountsQuery =

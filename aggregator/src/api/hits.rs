@@ -237,7 +237,7 @@ pub async fn record(
         (status = 404, description = "No such resource", body = ErrorBody),
         (status = 422, description = format!("start_time not before end_time, a granularity no longer kept for this window, or more than {SERIES_POINTS_MAX} points"), body = ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
-        (status = 503, description = "The store is unavailable; retry", body = ErrorBody),
+        (status = 503, description = "The store is unavailable and the hot tier cannot answer the window (no Redis, or a granularity other than minute); retry", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -253,15 +253,19 @@ pub async fn query(
     }
     let now_ms = now_ms();
     let plan = query::plan(query.range(), query.granularity, now_ms)?;
-    let cells = state
+    let read = state
         .store
-        .cells(
+        .cells_or_stale(
             resource_id.clone(),
             plan.tier,
-            plan.start_ms,
-            plan.end_ms,
+            (plan.start_ms, plan.end_ms),
             now_ms,
         )
         .await?;
-    Ok(Json(query::fold(resource_id, &plan, &cells)))
+    Ok(Json(query::fold(
+        resource_id,
+        &plan,
+        &read.cells,
+        read.stale,
+    )))
 }

@@ -125,10 +125,10 @@ pub trait DurableStore: CatalogStore + std::fmt::Debug + Send + Sync {
     /// Deletes counts past retention and old dedupe records, in bounded transactions.
     async fn prune(&self, now_ms: u64) -> Result<Pruned, StoreError>;
 
-    /// With the inbox shape, folds every inbox row (this process's and any other's) into the
-    /// counters, in bounded transactions, one folder per database at a time; returns how many
-    /// rows were folded (0 when another process holds the fold, or without the inbox). Also
-    /// forgets the overlay's rows that another process folded.
+    /// With the inbox shape, folds every inbox row committed when it looks (this process's and
+    /// any other's) into the counters, one folder per database at a time (PostgreSQL's
+    /// waits for the fold lock; Cosmos DB leaves a live stream to its writer); returns how many rows were folded (0 without the inbox). Also forgets the
+    /// overlay's slots that another process folded.
     async fn fold_inbox(&self, now_ms: u64) -> Result<u64, StoreError>;
 
     /// The periodic fold: like [`DurableStore::fold_inbox`], but only rows whose minutes have

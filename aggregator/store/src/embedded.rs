@@ -146,7 +146,7 @@ CREATE INDEX resources_by_creation ON resources (created_at_ms);
 "#,
     r#"
 -- The durable inbox (`--fold-interval-ms` above zero; see aggregator/store/src/inbox.rs).
--- AUTOINCREMENT: row ids are never reused, as the overlay keys its rows by them.
+-- AUTOINCREMENT: row ids are never reused, as the overlay's slots list their rows by them.
 CREATE TABLE inbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     created_at_ms INTEGER NOT NULL,
@@ -279,6 +279,15 @@ impl EmbeddedStore {
             if !more {
                 break;
             }
+        }
+        // Slots another process (or this one's fold of every row) took part of.
+        let looked_for = overlay.row_ids();
+        if let (Some(first), Some(last)) = (looked_for.iter().min(), looked_for.iter().max()) {
+            let (first, last) = (*first, *last);
+            let present = self
+                .read(move |connection| Ok(inbox_ids_between(connection, first, last)?))
+                .await?;
+            overlay.forget_folded(&looked_for, &present);
         }
         Ok(folded)
     }
@@ -977,7 +986,8 @@ fn write_folded_blocking(
 }
 
 /// Folds one of this process's slots: claims its rows and writes its merged cells, in one
-/// transaction. If some of its rows were folded already (only another process could have), the
+/// transaction. If some of its rows were folded already (by another process, or by a fold of
+/// every row while the row's commit was on its way into the overlay), the
 /// merged cells cannot be split, so the rows left are folded from their own bodies instead.
 /// Returns the rows and cells folded.
 fn fold_slot_blocking(
@@ -1013,8 +1023,9 @@ fn fold_slot_blocking(
     ))
 }
 
-/// One fold transaction over rows not in this process's slots (`own`) whose last minute closed
-/// before `closed_before_ms`: returns the rows folded, their cells, and whether rows are left.
+/// One fold transaction over rows not in this process's slots (`own`) appended and closed by
+/// `closed_before_ms` (a live writer's late row of an old minute is still its writer's to fold):
+/// returns the rows folded, their cells, and whether rows are left.
 fn fold_blocking(
     connection: &mut Connection,
     own: &HashSet<u64>,
@@ -1023,13 +1034,21 @@ fn fold_blocking(
 ) -> Result<(Vec<u64>, u64, bool), StoreError> {
     let transaction =
         connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let listed: Vec<(u64, usize)> = {
+    // The own ids as a JSON array, which SQLite's json_each lists: one parameter however many.
+    let own_ids = format!(
+        "[{}]",
+        own.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+    );
+    let foreign: Vec<(u64, usize)> = {
         let mut statement = transaction.prepare_cached(
-            "SELECT id, entries FROM inbox WHERE closes_at_ms <= ?1 ORDER BY id LIMIT ?2",
+            "SELECT id, entries FROM inbox
+             WHERE closes_at_ms <= ?1 AND created_at_ms <= ?1
+               AND id NOT IN (SELECT value FROM json_each(?2))
+             ORDER BY id LIMIT ?3",
         )?;
         statement
             .query_map(
-                params![millis(closed_before_ms), FOLD_ROWS_LISTED_MAX],
+                params![millis(closed_before_ms), own_ids, FOLD_ROWS_LISTED_MAX],
                 |row| {
                     Ok((
                         unmillis(row.get(0)?),
@@ -1039,11 +1058,6 @@ fn fold_blocking(
             )?
             .collect::<rusqlite::Result<_>>()?
     };
-    let listed_all = listed.len();
-    let foreign: Vec<(u64, usize)> = listed
-        .into_iter()
-        .filter(|(id, _)| !own.contains(id))
-        .collect();
     let chosen = choose_fold_rows(&foreign);
     if chosen.is_empty() {
         return Ok((Vec::new(), 0, false));
@@ -1055,7 +1069,7 @@ fn fold_blocking(
     write_folded_blocking(&transaction, &rows, appended_ms, now_ms)?;
     transaction.commit()?;
     let cells = rows.iter().map(|row| row.len() as u64).sum();
-    let more = chosen.len() < foreign.len() || listed_all == FOLD_ROWS_LISTED_MAX as usize;
+    let more = chosen.len() < foreign.len() || foreign.len() == FOLD_ROWS_LISTED_MAX as usize;
     Ok((chosen, cells, more))
 }
 

@@ -8,7 +8,7 @@ use hitcount_wire::DeltaEntry;
 use crate::contract::DurableStore;
 use crate::embedded::EmbeddedStore;
 use crate::group::WriteShape;
-use crate::hot::HotTier;
+use crate::hot::{CellsRead, HotTier};
 use crate::patterns::PatternRecord;
 use crate::postgres::PgStore;
 use crate::records::{
@@ -112,6 +112,32 @@ impl Store {
         end_ms: u64,
         now_ms: u64,
     ) -> Result<Vec<CountCell>, StoreError> {
+        self.read_cells(resource_id, tier, (start_ms, end_ms), now_ms, false)
+            .await
+            .map(|read| read.cells)
+    }
+
+    /// As [`Store::cells`], but while the durable store is unavailable a window reaching into
+    /// the hot tier is answered from it alone, marked stale ([`CellsRead`]).
+    pub async fn cells_or_stale(
+        &self,
+        resource_id: String,
+        tier: Tier,
+        window_ms: (u64, u64),
+        now_ms: u64,
+    ) -> Result<CellsRead, StoreError> {
+        self.read_cells(resource_id, tier, window_ms, now_ms, true)
+            .await
+    }
+
+    async fn read_cells(
+        &self,
+        resource_id: String,
+        tier: Tier,
+        (start_ms, end_ms): (u64, u64),
+        now_ms: u64,
+        stale_allowed: bool,
+    ) -> Result<CellsRead, StoreError> {
         match &self.hot {
             Some(hot) => {
                 hot.cells(
@@ -121,14 +147,15 @@ impl Store {
                     start_ms,
                     end_ms,
                     now_ms,
+                    stale_allowed,
                 )
                 .await
             }
-            None => {
-                self.backend
-                    .cells(resource_id, tier, start_ms, end_ms, now_ms)
-                    .await
-            }
+            None => self
+                .backend
+                .cells(resource_id, tier, start_ms, end_ms, now_ms)
+                .await
+                .map(CellsRead::fresh),
         }
     }
 

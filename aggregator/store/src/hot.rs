@@ -61,6 +61,25 @@ use crate::snapshot::TransactionSnapshot;
 
 /// How far back the hot tier holds minutes.
 pub const HOT_WINDOW_MS: u64 = 60 * MINUTE_MS;
+
+/// The cells a read found, and whether they are only the hot tier's: the durable store was
+/// unavailable, so buckets before the last [`HOT_WINDOW_MS`] are missing (graceful degradation
+/// while PostgreSQL is down; the hot tier holds every minute acknowledged until then).
+#[derive(Debug, Clone, Default)]
+pub struct CellsRead {
+    pub cells: Vec<CountCell>,
+    pub stale: bool,
+}
+
+impl CellsRead {
+    /// Cells the durable store answered (with the hot tier's, if any).
+    pub fn fresh(cells: Vec<CountCell>) -> Self {
+        Self {
+            cells,
+            stale: false,
+        }
+    }
+}
 /// Keys outlive their window by this much, so a query at the window's edge finds them.
 const EXPIRY_MARGIN_MS: u64 = 5 * MINUTE_MS;
 /// How far back a rebuild reads minutes: the window and the keys' margin.
@@ -680,6 +699,9 @@ impl HotTier {
     }
 
     /// Minute cells of the last hour from Redis, older ones and other tiers from the backend.
+    /// With `stale_allowed`, a window that reaches into the hot tier is still answered when the
+    /// backend is unavailable: from the hot tier alone, marked stale.
+    #[allow(clippy::too_many_arguments)]
     pub async fn cells(
         &self,
         backend: &dyn DurableStore,
@@ -688,22 +710,36 @@ impl HotTier {
         start_ms: u64,
         end_ms: u64,
         now_ms: u64,
-    ) -> Result<Vec<CountCell>, StoreError> {
+        stale_allowed: bool,
+    ) -> Result<CellsRead, StoreError> {
         // Whole minutes only: the hot part starts at a minute boundary inside the window.
         let hot_start = (now_ms.saturating_sub(HOT_WINDOW_MS) / MINUTE_MS + 1) * MINUTE_MS;
         if tier != Tier::Minute || end_ms <= hot_start || !self.is_healthy() {
             metrics::counter!("hitcount_hot_tier_reads_total", "served" => "database").increment(1);
             return backend
                 .cells(resource_id, tier, start_ms, end_ms, now_ms)
-                .await;
+                .await
+                .map(CellsRead::fresh);
         }
         let split = start_ms.max(hot_start);
         match self.read(&resource_id, split, end_ms).await {
             Ok(hot) => {
+                let mut stale = false;
                 let mut cells = if start_ms < split {
-                    backend
+                    match backend
                         .cells(resource_id, tier, start_ms, split, now_ms)
-                        .await?
+                        .await
+                    {
+                        Ok(cells) => cells,
+                        Err(StoreError::Unavailable(reason)) if stale_allowed => {
+                            tracing::warn!(%reason, "the database is unavailable: answering from the hot tier alone, marked stale");
+                            metrics::counter!("hitcount_hot_tier_reads_total", "served" => "redis_only")
+                                .increment(1);
+                            stale = true;
+                            Vec::new()
+                        }
+                        Err(error) => return Err(error),
+                    }
                 } else {
                     Vec::new()
                 };
@@ -714,9 +750,11 @@ impl HotTier {
                         .all(|pair| pair[0].bucket_ms < pair[1].bucket_ms),
                     "the database's minutes end where Redis's begin: cells stay sorted by bucket"
                 );
-                metrics::counter!("hitcount_hot_tier_reads_total", "served" => "redis")
-                    .increment(1);
-                Ok(cells)
+                if !stale {
+                    metrics::counter!("hitcount_hot_tier_reads_total", "served" => "redis")
+                        .increment(1);
+                }
+                Ok(CellsRead { cells, stale })
             }
             Err(reason) => {
                 self.degrade(&reason, false);
@@ -725,6 +763,7 @@ impl HotTier {
                 backend
                     .cells(resource_id, tier, start_ms, end_ms, now_ms)
                     .await
+                    .map(CellsRead::fresh)
             }
         }
     }

@@ -28,7 +28,7 @@ use crate::group::GroupWrites;
 use crate::records::{CountCell, StoreError, Tier};
 use crate::rules::tier_kept;
 
-/// Longest fold interval: other aggregators (without a hot tier) see a hit within it.
+/// Longest fold interval: how often an aggregator looks for minutes that closed.
 pub const FOLD_INTERVAL_MS_MAX: u64 = 60_000;
 /// Distinct (resource, minute) cells one aggregator keeps in memory for its unfolded rows, summed
 /// over its slots. Past it deltas get 503 until a fold catches up: at about 100 bytes a cell
@@ -338,6 +338,15 @@ pub struct HeldCells {
     pub cells: InboxRow,
 }
 
+impl Slots {
+    /// No more rows join slot `number` (if it was the one taking rows that close then).
+    fn close(&mut self, number: u64, closes_at_ms: u64) {
+        if self.open.get(&closes_at_ms) == Some(&number) {
+            self.open.remove(&closes_at_ms);
+        }
+    }
+}
+
 impl Slot {
     fn cells_of(&self, resource_id: &str) -> InboxRow {
         match &self.cells {
@@ -426,7 +435,8 @@ impl Overlay {
     }
 
     /// Takes the slots a fold of `scope` folds now: no row joins them any more. Slots taken
-    /// before and not yet folded (their fold failed) are returned again.
+    /// before and not yet folded (their fold failed, or another held the fold lock) are
+    /// returned again.
     pub fn take_due(&self, now_ms: u64, scope: FoldScope) -> Vec<TakenSlot> {
         let mut slots = self.slots();
         let slots = &mut *slots;
@@ -438,7 +448,9 @@ impl Overlay {
                 if !due {
                     continue;
                 }
-                slots.open.remove(&slot.closes_at_ms);
+                if slots.open.get(&slot.closes_at_ms) == Some(number) {
+                    slots.open.remove(&slot.closes_at_ms);
+                }
                 slot.cells =
                     SlotCells::Taken(Arc::new(InboxRow::from_sorted(std::mem::take(cells))));
             }
@@ -456,11 +468,12 @@ impl Overlay {
 
     /// Forgets a slot once its rows were folded (by this process or another).
     pub fn remove_slot(&self, number: u64) {
-        let mut slots = self.slots();
+        self.remove_slot_locked(&mut self.slots(), number);
+    }
+
+    fn remove_slot_locked(&self, slots: &mut Slots, number: u64) {
         if let Some(slot) = slots.by_number.remove(&number) {
-            if let SlotCells::Open(_) = slot.cells {
-                slots.open.remove(&slot.closes_at_ms);
-            }
+            slots.close(number, slot.closes_at_ms);
             let before = self.entries.fetch_sub(slot.len(), Ordering::Relaxed);
             // Added as a cell enters a slot, taken only after it left: never below.
             assert!(
@@ -479,18 +492,36 @@ impl Overlay {
             .collect()
     }
 
-    /// Forgets the slots none of whose rows are still in the inbox (`present`): another process
-    /// folded them.
-    pub fn forget_folded(&self, present: &std::collections::HashSet<u64>) {
-        let gone: Vec<u64> = self
-            .slots()
-            .by_number
-            .iter()
-            .filter(|(_, slot)| !slot.row_ids.iter().any(|id| present.contains(id)))
-            .map(|(number, _)| *number)
-            .collect();
+    /// After looking which of its rows (`looked_for`) are still in the inbox (`present`):
+    /// forgets the slots none of whose rows is (another fold took them all), and stops rows
+    /// joining a slot only some of whose rows are, so that what reads and its fold must load
+    /// from row bodies stays the rows it had. A row that joined a slot after the look was not
+    /// looked for, so its slot stays. One lock throughout, so no row joins a slot meanwhile.
+    pub fn forget_folded(
+        &self,
+        looked_for: &std::collections::HashSet<u64>,
+        present: &std::collections::HashSet<u64>,
+    ) {
+        let mut slots = self.slots();
+        let mut gone = Vec::new();
+        let mut partly = Vec::new();
+        for (number, slot) in &slots.by_number {
+            let folded = slot
+                .row_ids
+                .iter()
+                .filter(|id| looked_for.contains(id) && !present.contains(id))
+                .count();
+            if folded == slot.row_ids.len() {
+                gone.push(*number);
+            } else if folded > 0 {
+                partly.push((*number, slot.closes_at_ms));
+            }
+        }
         for number in gone {
-            self.remove_slot(number);
+            self.remove_slot_locked(&mut slots, number);
+        }
+        for (number, closes_at_ms) in partly {
+            slots.close(number, closes_at_ms);
         }
     }
 
@@ -923,6 +954,33 @@ mod tests {
         overlay.forget_resource("a");
         assert_eq!(overlay.entries(), 0);
         assert!(overlay.held_for("a").is_empty());
+    }
+
+    #[test]
+    fn a_slot_folded_elsewhere_is_forgotten_and_one_partly_folded_takes_no_more_rows() {
+        use std::collections::HashSet;
+        let overlay = Overlay::default();
+        let row = InboxRow::from_writes(&mut writes(&[("a", 0, 1, &[])])).remove(0);
+        overlay.insert(1, row.clone());
+        let looked_for = overlay.row_ids();
+        overlay.insert(2, row.clone());
+        overlay.forget_folded(&looked_for, &HashSet::new());
+        assert_eq!(overlay.held_for("a").len(), 1, "row 2 was not looked for");
+        overlay.insert(3, row.clone());
+        assert_eq!(
+            overlay.held_for("a").len(),
+            2,
+            "a slot partly folded elsewhere takes no more rows"
+        );
+        overlay.forget_folded(&overlay.row_ids(), &[2].into_iter().collect());
+        assert_eq!(
+            overlay.held_for("a").len(),
+            1,
+            "row 2 is still in the inbox"
+        );
+        overlay.forget_folded(&overlay.row_ids(), &HashSet::new());
+        assert!(overlay.held_for("a").is_empty());
+        assert_eq!(overlay.entries(), 0);
     }
 
     #[test]

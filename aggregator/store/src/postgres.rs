@@ -157,14 +157,22 @@ impl PgStore {
     }
 
     /// A transaction holding the folders' advisory lock, or none if another process holds it
-    /// (that one does the work; this process's slots wait for its next fold).
-    async fn begin_fold(&self) -> Result<Option<Transaction<'static, Postgres>>, StoreError> {
+    /// (that one does the work; this process's slots wait for its next fold). A fold of every
+    /// row (`FoldScope::All`: at start, at a stop, before a deletion) waits for the lock
+    /// instead, as what it folds must be folded before it returns.
+    async fn begin_fold(
+        &self,
+        scope: FoldScope,
+    ) -> Result<Option<Transaction<'static, Postgres>>, StoreError> {
         let mut transaction = self.begin().await?;
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-            .bind(FOLD_LOCK_KEY)
-            .fetch_one(&mut *transaction)
-            .await
-            .map_err(classify)?;
+        let locked: bool = match scope {
+            FoldScope::Closed => sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)"),
+            FoldScope::All => sqlx::query_scalar("SELECT true FROM pg_advisory_xact_lock($1)"),
+        }
+        .bind(FOLD_LOCK_KEY)
+        .fetch_one(&mut *transaction)
+        .await
+        .map_err(classify)?;
         if locked {
             Ok(Some(transaction))
         } else {
@@ -184,7 +192,7 @@ impl PgStore {
         };
         let mut folded = 0;
         for slot in overlay.take_due(now_ms, scope) {
-            let Some(rows) = self.fold_slot(&slot, now_ms).await? else {
+            let Some(rows) = self.fold_slot(&slot, now_ms, scope).await? else {
                 return Ok(folded);
             };
             overlay.remove_slot(slot.number);
@@ -196,7 +204,10 @@ impl PgStore {
         };
         loop {
             let own: Vec<i64> = overlay.row_ids().into_iter().map(signed).collect();
-            match self.fold_foreign(&own, closed_before_ms, now_ms).await? {
+            match self
+                .fold_foreign(&own, closed_before_ms, now_ms, scope)
+                .await?
+            {
                 Some((rows, true)) => folded += rows,
                 Some((rows, false)) => {
                     folded += rows;
@@ -205,10 +216,12 @@ impl PgStore {
                 None => break,
             }
         }
-        let ids: Vec<i64> = overlay.row_ids().into_iter().map(signed).collect();
-        if !ids.is_empty() {
+        let looked_for = overlay.row_ids();
+        if !looked_for.is_empty() {
+            let ids: Vec<i64> = looked_for.iter().map(|id| signed(*id)).collect();
             let mut connection = self.pool.acquire().await.map_err(classify)?;
-            overlay.forget_folded(&inbox_ids_present(&mut connection, &ids).await?);
+            let present = inbox_ids_present(&mut connection, &ids).await?;
+            overlay.forget_folded(&looked_for, &present);
         }
         Ok(folded)
     }
@@ -217,9 +230,14 @@ impl PgStore {
     /// transaction. If another process folded some of its rows already, the merged cells
     /// cannot be split, so the rows left are folded from their own bodies. Returns the rows
     /// folded, or none if another process holds the fold.
-    async fn fold_slot(&self, slot: &TakenSlot, now_ms: u64) -> Result<Option<u64>, StoreError> {
+    async fn fold_slot(
+        &self,
+        slot: &TakenSlot,
+        now_ms: u64,
+        scope: FoldScope,
+    ) -> Result<Option<u64>, StoreError> {
         let ids: Vec<i64> = slot.row_ids.iter().map(|id| signed(*id)).collect();
-        let Some(mut transaction) = self.begin_fold().await? else {
+        let Some(mut transaction) = self.begin_fold(scope).await? else {
             return Ok(None);
         };
         let claimed: Vec<i64> =
@@ -241,7 +259,7 @@ impl PgStore {
             return Ok(Some(ids.len() as u64));
         }
         transaction.rollback().await.map_err(classify)?;
-        let Some(mut transaction) = self.begin_fold().await? else {
+        let Some(mut transaction) = self.begin_fold(scope).await? else {
             return Ok(None);
         };
         let (rows, appended_ms) = claim_bodies(&mut transaction, &ids).await?;
@@ -252,20 +270,23 @@ impl PgStore {
         Ok(Some(rows.len() as u64))
     }
 
-    /// One transaction over rows not in this process's slots (`own`) whose last minute closed
-    /// before `closed_before_ms`: the rows folded and whether more are left, or none if another
-    /// process holds the fold.
+    /// One transaction over rows not in this process's slots (`own`) appended and closed
+    /// by `closed_before_ms` (a live writer's late row of an old minute is still its writer's to
+    /// fold): the rows folded and whether more are left, or none if another process holds the
+    /// fold.
     async fn fold_foreign(
         &self,
         own: &[i64],
         closed_before_ms: u64,
         now_ms: u64,
+        scope: FoldScope,
     ) -> Result<Option<(u64, bool)>, StoreError> {
-        let Some(mut transaction) = self.begin_fold().await? else {
+        let Some(mut transaction) = self.begin_fold(scope).await? else {
             return Ok(None);
         };
         let listed: Vec<(i64, i32)> = sqlx::query_as(
-            "SELECT id, entries FROM inbox WHERE closes_at_ms <= $1 AND NOT id = ANY($2)
+            "SELECT id, entries FROM inbox
+             WHERE closes_at_ms <= $1 AND created_at_ms <= $1 AND NOT id = ANY($2)
              ORDER BY id LIMIT $3",
         )
         .bind(signed(closed_before_ms))

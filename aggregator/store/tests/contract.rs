@@ -531,9 +531,11 @@ async fn cosmos_a_held_hot_tier_write_is_skipped_when_the_rebuild_counted_its_ba
                 start,
                 now + MINUTE_MS,
                 now,
+                false,
             )
             .await
-            .unwrap();
+            .unwrap()
+            .cells;
         let hits: u64 = cells.iter().map(|cell| cell.hits).sum();
         assert_eq!(hits, 2, "counted once");
     }
@@ -1827,4 +1829,19 @@ async fn folded_when_closed(first: &dyn DurableStore, second: &dyn DurableStore)
     assert_eq!(first.fold_closed(late).await.unwrap(), 0, "folded once");
     assert_eq!(first.unfolded_entries(), 0);
     assert_eq!(tier_hits(second, "closing").await, [12, 12, 12]);
+    // A live writer's late row of an old minute is still its writer's to fold.
+    apply(
+        first,
+        vec![entry("closing", minute - 5, 1, &[])],
+        Some(key("closing", 5, "5")),
+        now,
+    )
+    .await;
+    assert_eq!(
+        second.fold_closed(now).await.unwrap(),
+        0,
+        "appended just now"
+    );
+    assert_eq!(first.fold_closed(now).await.unwrap(), 1);
+    assert_eq!(tier_hits(second, "closing").await, [13, 13, 13]);
 }
