@@ -316,6 +316,15 @@ async fn with_postgres_stopped_reads_answer_from_the_hot_tier_marked_stale() {
     let (status, value) = api.get("/hits/home?window=24h&granularity=hour").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{value}");
     assert_eq!(value["error"]["code"], "unavailable");
+    assert_eq!(
+        metric(
+            &server,
+            "hitcount_hot_tier_reads_total{served=\"redis_only\""
+        )
+        .await,
+        2,
+        "each stale answer is counted"
+    );
 
     postgres.run();
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -732,7 +732,9 @@ impl HotTier {
                     {
                         Ok(cells) => cells,
                         Err(StoreError::Unavailable(reason)) if stale_allowed => {
-                            tracing::warn!(%reason, "the database is unavailable: answering from the hot tier alone, marked stale");
+                            // Debug, not warn: every read would log it while the database is
+                            // down; `served="redis_only"` counts them, and the failing merges warn.
+                            tracing::debug!(%reason, "the database is unavailable: answering from the hot tier alone, marked stale");
                             metrics::counter!("hitcount_hot_tier_reads_total", "served" => "redis_only")
                                 .increment(1);
                             stale = true;
