@@ -12,7 +12,7 @@ use hitcount_wire::{CLOCK_SKEW_MS_MAX, RESOURCE_ID_BYTES_MAX, Sketch};
 use super::{ImportError, LineProblem, Parsed};
 use crate::catalog::{Catalog, NAME_CHARS_MAX, checked_name};
 use crate::query::rfc3339_ms;
-use crate::store::{CountCell, IMPORT_CELLS_MAX, ImportCell, ResourceRecord, Tier, cell_kept};
+use crate::store::{CountCell, IMPORT_CELLS_MAX, ResourceRecord, Tier, TierCell, cell_kept};
 
 /// The header of version 2, in order (the first field carries the version).
 const HEADER: [&str; 14] = [
@@ -125,7 +125,7 @@ fn kept_cells(
     catalog: &Catalog,
     cells: Cells,
     now_ms: u64,
-) -> Result<(Vec<ImportCell>, u64), ImportError> {
+) -> Result<(Vec<TierCell>, u64), ImportError> {
     let mut kept = Vec::new();
     let mut expired = 0;
     for ((resource_id, tier, bucket_ms), (hits, visitors)) in cells {
@@ -137,7 +137,7 @@ fn kept_cells(
         if kept.len() == IMPORT_CELLS_MAX {
             return Err(ImportError::TooManyCells);
         }
-        kept.push(ImportCell {
+        kept.push(TierCell {
             resource_id,
             tier,
             cell: CountCell {

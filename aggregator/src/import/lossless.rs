@@ -6,7 +6,7 @@ use super::{ImportError, LineProblem, Parsed};
 use crate::catalog::{Catalog, checked_name, retention_valid};
 use crate::export::Line;
 use crate::query::rfc3339_ms;
-use crate::store::{CountCell, IMPORT_CELLS_MAX, ImportCell, ResourceRecord, Tier, cell_kept};
+use crate::store::{CountCell, IMPORT_CELLS_MAX, ResourceRecord, Tier, TierCell, cell_kept};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use hitcount_wire::{CLOCK_SKEW_MS_MAX, Sketch};
@@ -65,7 +65,7 @@ pub(super) fn parse(catalog: &Catalog, body: &[u8], now_ms: u64) -> Result<Parse
                 if cells.len() == IMPORT_CELLS_MAX {
                     return Err(ImportError::TooManyCells);
                 }
-                cells.push(ImportCell {
+                cells.push(TierCell {
                     resource_id,
                     tier: granularity,
                     cell,

@@ -15,7 +15,7 @@ use crate::catalog::{Catalog, NAME_CHARS_MAX, RETENTION_DAYS_MAX};
 use sha2::Digest;
 
 use crate::store::{
-    IMPORT_CELLS_MAX, Import, ImportCell, ImportOutcome, ResourceRecord, Store, StoreError,
+    IMPORT_CELLS_MAX, Import, ImportOutcome, ResourceRecord, Store, StoreError, TierCell,
 };
 
 /// The largest file `POST /import` takes: a bigger store is moved in parts (`prefix`).
@@ -179,7 +179,7 @@ pub async fn import(
 /// A checked file: the resources and cells the store writes, and what was left out.
 struct Parsed {
     resources: Vec<ResourceRecord>,
-    cells: Vec<ImportCell>,
+    cells: Vec<TierCell>,
     expired_cells: u64,
     skipped_rows: u64,
 }

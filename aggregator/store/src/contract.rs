@@ -112,8 +112,9 @@ pub trait DurableStore: CatalogStore + std::fmt::Debug + Send + Sync {
     /// to run from several processes on one database at once.
     async fn compact(&self) -> Result<u64, StoreError>;
 
-    /// Whether merges (or folds) leave sketches pending for [`Self::compact`]: true on SQLite
-    /// and PostgreSQL, false on Cosmos DB, whose folds write each sketch into its cell.
+    /// Whether merges leave sketches pending for [`Self::compact`]: true on SQLite and
+    /// PostgreSQL in the direct shape; false with the inbox and on Cosmos DB, whose folds write
+    /// each sketch into its cell.
     fn keeps_pending_sketches(&self) -> bool {
         true
     }

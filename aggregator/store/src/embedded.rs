@@ -43,7 +43,7 @@ mod patterns;
 use super::inbox::{
     FOLD_ROWS_LISTED_MAX, FOREIGN_FOLD_AFTER_MS, FoldScope, InboxRow, Overlay, TakenSlot,
     UnfoldedRead, add_minutes_since, choose_fold_rows, fold_rows, held_for_each,
-    partly_present_ids, rows_resource_ids,
+    partly_present_ids, rows_resource_ids, whole_cells,
 };
 use crate::DEDUPE_RETENTION_MS;
 use crate::contract::{CatalogStore, DurableStore};
@@ -52,7 +52,7 @@ use crate::group::{
 };
 use crate::records::{
     ApplyOutcome, CountCell, CreateOutcome, GroupCommit, Import, ImportOutcome, MergeBatch,
-    MinuteCells, Pruned, ResourceRecord, StoreError, Tier, TokenRecord,
+    MinuteCells, Pruned, ResourceRecord, StoreError, Tier, TierCell, TokenRecord,
 };
 use crate::rules::{
     COMPACTION_ROWS_MAX, EMPTY_SKETCH, RETENTION_DELETE_ROWS_MAX, check_import, check_read_ids,
@@ -604,6 +604,10 @@ impl DurableStore for EmbeddedStore {
         self.inbox.as_deref()
     }
 
+    fn keeps_pending_sketches(&self) -> bool {
+        self.inbox.is_none()
+    }
+
     fn keeps_bucket_summaries(&self) -> bool {
         true
     }
@@ -958,7 +962,7 @@ fn claim_rows(
     Ok((claimed, appended_ms))
 }
 
-/// Writes claimed rows' cells into every tier, in the claiming transaction.
+/// Writes claimed rows' cells into every tier as whole cells, in the claiming transaction.
 fn write_folded_blocking(
     transaction: &rusqlite::Transaction<'_>,
     rows: &[&InboxRow],
@@ -978,10 +982,15 @@ fn write_folded_blocking(
             }
         }
     }
-    let writes = fold_rows(rows.iter().copied(), &retention, now_ms);
+    let cells = whole_cells(fold_rows(rows.iter().copied(), &retention, now_ms));
+    add_whole_cells_blocking(transaction, &cells)?;
     // The fold's clock for what is late (`summaries.rs`): never earlier than a row it folds
     // was appended, however long ago the fold began.
-    write_cells_blocking(transaction, &writes, now_ms.max(appended_ms))?;
+    let late = late_buckets(
+        cells.iter().map(|cell| (cell.tier, cell.cell.bucket_ms)),
+        now_ms.max(appended_ms),
+    );
+    bump_buckets(transaction, &late)?;
     Ok(())
 }
 
@@ -1284,7 +1293,49 @@ fn apply_group_blocking(
     Ok((writes.outcomes, appended))
 }
 
-/// Adds a merge's (or a fold's) hits to every tier's cells and appends its pending sketches.
+/// Adds whole cells to the stored ones: hits summed, the stored sketch united with the cell's.
+/// Runs on the writer, this process's only writing connection, inside an immediate transaction:
+/// nothing else writes a sketch between reading it and writing it back (a compaction planned
+/// before notices the changed sketch and plans again).
+pub(super) fn add_whole_cells_blocking(
+    transaction: &rusqlite::Transaction<'_>,
+    cells: &[TierCell],
+) -> rusqlite::Result<()> {
+    let mut read_sketch = transaction.prepare_cached(
+        "SELECT sketch FROM counts WHERE resource_id = ?1 AND tier = ?2 AND bucket_ms = ?3",
+    )?;
+    let mut add = transaction.prepare_cached(
+        "INSERT INTO counts (resource_id, tier, bucket_ms, hits, sketch) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (resource_id, tier, bucket_ms)
+         DO UPDATE SET hits = hits + excluded.hits, sketch = excluded.sketch",
+    )?;
+    for cell in cells {
+        let key = params![
+            cell.resource_id,
+            cell.tier.code(),
+            millis(cell.cell.bucket_ms)
+        ];
+        let stored: Option<Vec<u8>> = read_sketch.query_row(key, |row| row.get(0)).optional()?;
+        let mut merged = match stored {
+            Some(bytes) => Sketch::from_bytes(&bytes).unwrap_or_else(|error| {
+                tracing::error!(%error, resource_id = %cell.resource_id, "replacing a corrupt stored sketch");
+                Sketch::new()
+            }),
+            None => Sketch::new(),
+        };
+        merged.merge(&cell.cell.visitors);
+        add.execute(params![
+            cell.resource_id,
+            cell.tier.code(),
+            millis(cell.cell.bucket_ms),
+            millis(cell.cell.hits),
+            merged.to_bytes()
+        ])?;
+    }
+    Ok(())
+}
+
+/// Adds a direct merge's hits to every tier's cells and appends its pending sketches.
 fn write_cells_blocking(
     transaction: &rusqlite::Transaction<'_>,
     writes: &GroupWrites,

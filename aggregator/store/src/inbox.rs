@@ -25,7 +25,7 @@ use hitcount_wire::{MINUTE_MS, Sketch};
 
 use crate::DAY_MS;
 use crate::group::GroupWrites;
-use crate::records::{CountCell, StoreError, Tier};
+use crate::records::{CountCell, StoreError, Tier, TierCell};
 use crate::rules::tier_kept;
 
 /// Longest fold interval: how often an aggregator looks for minutes that closed.
@@ -737,6 +737,43 @@ pub(crate) fn fold_rows<'a>(
     writes
 }
 
+/// A fold's writes as whole cells of every tier, visitors united per cell: the fold writes each
+/// cell's sketch itself, under the lock that keeps other sketch writers out, instead of
+/// appending pending sketches for a compaction to merge later. That is one row written per cell
+/// rather than three (the pending row, its deletion and the compaction's update of each tier),
+/// and no second pass.
+pub(crate) fn whole_cells(writes: GroupWrites) -> Vec<TierCell> {
+    let mut cells: BTreeMap<(String, Tier, u64), CountCell> = writes
+        .cells
+        .into_iter()
+        .map(|((resource_id, tier, bucket_ms), hits)| {
+            let cell = CountCell {
+                bucket_ms,
+                hits,
+                visitors: Sketch::new(),
+            };
+            ((resource_id, tier, bucket_ms), cell)
+        })
+        .collect();
+    for ((resource_id, minute_ms), visitors) in writes.sketches {
+        for tier in Tier::ALL {
+            let bucket_ms = minute_ms / tier.resolution_ms() * tier.resolution_ms();
+            // A tier past its retention has no cell: its visitors go as its hits went.
+            if let Some(cell) = cells.get_mut(&(resource_id.clone(), tier, bucket_ms)) {
+                cell.visitors.merge(&visitors);
+            }
+        }
+    }
+    cells
+        .into_iter()
+        .map(|((resource_id, tier, _), cell)| TierCell {
+            resource_id,
+            tier,
+            cell,
+        })
+        .collect()
+}
+
 /// This process's unfolded slots holding cells of each of `resource_ids`, in order (none
 /// without the inbox).
 pub(crate) fn held_for_each(
@@ -902,6 +939,47 @@ mod tests {
         row.add_to(&mut hours, "a", Tier::Hour, 0, DAY_MS, 0);
         assert_eq!(hours.len(), 1);
         assert_eq!(hours[0].hits, 7);
+    }
+
+    #[test]
+    fn a_fold_writes_whole_cells_of_every_kept_tier() {
+        let hour_ms = Tier::Hour.resolution_ms();
+        let now_ms = 400 * DAY_MS;
+        let recent = now_ms - hour_ms;
+        // A minute old enough that only its day is still kept.
+        let old = now_ms - 200 * DAY_MS;
+        let rows = InboxRow::from_writes(&mut writes(&[
+            ("a", recent, 2, &["x"]),
+            ("a", recent + MINUTE_MS, 3, &["y", "z"]),
+            ("a", old, 1, &["w"]),
+        ]));
+        let retention = HashMap::from([("a".to_owned(), None)]);
+        let cells = whole_cells(fold_rows(&rows, &retention, now_ms));
+        let found: Vec<(Tier, u64, u64, u64)> = cells
+            .iter()
+            .map(|cell| {
+                let bucket = cell.cell.bucket_ms;
+                (
+                    cell.tier,
+                    bucket,
+                    cell.cell.hits,
+                    cell.cell.visitors.count(),
+                )
+            })
+            .collect();
+        let hour = recent / hour_ms * hour_ms;
+        let day = |ms: u64| ms / DAY_MS * DAY_MS;
+        let mut expected = vec![
+            (Tier::Minute, recent, 2, 1),
+            (Tier::Minute, recent + MINUTE_MS, 3, 2),
+            (Tier::Hour, hour, 5, 3),
+            (Tier::Day, day(recent), 5, 3),
+            (Tier::Day, day(old), 1, 1),
+        ];
+        expected.sort_by_key(|(tier, bucket, _, _)| (*tier, *bucket));
+        let mut found_sorted = found;
+        found_sorted.sort_by_key(|(tier, bucket, _, _)| (*tier, *bucket));
+        assert_eq!(found_sorted, expected);
     }
 
     #[test]

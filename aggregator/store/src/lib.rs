@@ -37,8 +37,8 @@ pub use patterns::{PatternRecord, PatternStore};
 pub use postgres::PgStore;
 pub use records::{
     Applied, ApplyOutcome, BatchKey, CELLS_READ_RESOURCES_MAX, CountCell, CreateOutcome,
-    GroupCommit, IMPORT_CELLS_MAX, Import, ImportCell, ImportOutcome, MergeBatch, MinuteCells,
-    Pruned, ResourceRecord, StoreError, Tier, TokenRecord,
+    GroupCommit, IMPORT_CELLS_MAX, Import, ImportOutcome, MergeBatch, MinuteCells, Pruned,
+    ResourceRecord, StoreError, Tier, TierCell, TokenRecord,
 };
 pub use rules::cell_kept;
 pub use snapshot::TransactionSnapshot;

@@ -25,7 +25,7 @@ mod patterns;
 use super::inbox::{
     FOLD_ROWS_LISTED_MAX, FOREIGN_FOLD_AFTER_MS, FoldScope, InboxRow, Overlay, TakenSlot,
     UnfoldedRead, add_minutes_since, choose_fold_rows, fold_rows, held_for_each,
-    partly_present_ids, rows_resource_ids,
+    partly_present_ids, rows_resource_ids, whole_cells,
 };
 use crate::DEDUPE_RETENTION_MS;
 use crate::contract::{CatalogStore, DurableStore};
@@ -34,7 +34,7 @@ use crate::group::{
 };
 use crate::records::{
     BatchKey, CountCell, CreateOutcome, GroupCommit, Import, ImportOutcome, MergeBatch,
-    MinuteCells, Pruned, ResourceRecord, StoreError, Tier, TokenRecord,
+    MinuteCells, Pruned, ResourceRecord, StoreError, Tier, TierCell, TokenRecord,
 };
 use crate::rules::{
     COMPACTION_ROWS_MAX, EMPTY_SKETCH, RETENTION_DELETE_ROWS_MAX, check_import, check_read_ids,
@@ -53,6 +53,9 @@ pub const POOL_ACQUIRE_TIMEOUT_MS: u64 = 2_000;
 const COMPACTION_LOCK_KEY: i64 = 0x6869_7463_6f75_6e74;
 /// The advisory lock folders take (see `fold_inbox`): "hitfolds" in ASCII.
 const FOLD_LOCK_KEY: i64 = 0x6869_7466_6f6c_6473;
+/// Whole cells (`add_whole_cells`) per statement: each statement stays well within the statement
+/// timeout.
+const WHOLE_CELLS_PER_STATEMENT_MAX: usize = 10_000;
 /// Statements that run longer than this are cancelled by the server.
 pub const STATEMENT_TIMEOUT_MS: u64 = 30_000;
 
@@ -316,7 +319,7 @@ impl PgStore {
         Ok(Some((rows.len() as u64, more)))
     }
 
-    /// Writes claimed rows' cells into every tier, in the claiming transaction.
+    /// Writes claimed rows' cells into every tier as whole cells, in the claiming transaction.
     async fn write_folded(
         &self,
         transaction: &mut Transaction<'static, Postgres>,
@@ -327,15 +330,28 @@ impl PgStore {
         let retention = resource_retention(transaction, &rows_resource_ids(rows.iter().copied()))
             .await
             .map_err(classify)?;
-        let writes = fold_rows(rows.iter().copied(), &retention, now_ms);
-        // The fold's clock for what is late (`summaries.rs`): never earlier than a row it folds
-        // was appended, however long ago the fold began.
-        let bump_clock = self
-            .keeps_bucket_summaries()
-            .then_some(now_ms.max(appended_ms));
-        write_cells(transaction, &writes, bump_clock)
+        let cells = whole_cells(fold_rows(rows.iter().copied(), &retention, now_ms));
+        // Compaction and imports read a stored sketch and write it back under this lock; the
+        // fold does too. Taken after the fold lock, never before it, by every process.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(COMPACTION_LOCK_KEY)
+            .execute(&mut **transaction)
             .await
             .map_err(classify)?;
+        add_whole_cells(transaction, &cells)
+            .await
+            .map_err(classify)?;
+        if self.keeps_bucket_summaries() {
+            // The fold's clock for what is late (`summaries.rs`): never earlier than a row it
+            // folds was appended, however long ago the fold began.
+            let late = late_buckets(
+                cells.iter().map(|cell| (cell.tier, cell.cell.bucket_ms)),
+                now_ms.max(appended_ms),
+            );
+            bump_buckets(&mut **transaction, &late)
+                .await
+                .map_err(classify)?;
+        }
         metrics::counter!("hitcount_inbox_folded_cells_total")
             .increment(rows.iter().map(|row| row.len() as u64).sum());
         Ok(())
@@ -745,6 +761,10 @@ impl DurableStore for PgStore {
         self.inbox.as_deref()
     }
 
+    fn keeps_pending_sketches(&self) -> bool {
+        self.inbox.is_none()
+    }
+
     fn keeps_bucket_summaries(&self) -> bool {
         !self.citus
     }
@@ -1042,7 +1062,7 @@ async fn apply_group_in(
     Ok(writes)
 }
 
-/// Adds a merge's (or a fold's) hits to every tier's cells and appends its pending sketches;
+/// Adds a direct merge's hits to every tier's cells and appends its pending sketches;
 /// with a clock (where summaries are kept), bumps the buckets it changes late by that clock
 /// (`summaries.rs`).
 async fn write_cells(
@@ -1102,6 +1122,77 @@ async fn write_cells(
         clock_ms,
     );
     bump_buckets(&mut **transaction, &late).await
+}
+
+/// Adds whole cells to the stored ones, in statements of at most
+/// [`WHOLE_CELLS_PER_STATEMENT_MAX`]: hits summed, the stored sketch united with the cell's. The
+/// caller holds the compaction lock, which every writer of stored sketches takes.
+pub(super) async fn add_whole_cells(
+    transaction: &mut Transaction<'static, Postgres>,
+    cells: &[TierCell],
+) -> Result<(), sqlx::Error> {
+    for chunk in cells.chunks(WHOLE_CELLS_PER_STATEMENT_MAX) {
+        add_whole_cells_in_one_statement(transaction, chunk).await?;
+    }
+    Ok(())
+}
+
+async fn add_whole_cells_in_one_statement(
+    transaction: &mut Transaction<'static, Postgres>,
+    cells: &[TierCell],
+) -> Result<(), sqlx::Error> {
+    let ids: Vec<&str> = cells.iter().map(|c| c.resource_id.as_str()).collect();
+    let tiers: Vec<i16> = cells.iter().map(|c| c.tier.code() as i16).collect();
+    let buckets: Vec<i64> = cells.iter().map(|c| signed(c.cell.bucket_ms)).collect();
+    let stored = sqlx::query(
+        "SELECT c.resource_id, c.tier, c.bucket_ms, c.sketch
+         FROM hit_counts c
+         JOIN unnest($1::text[], $2::int2[], $3::int8[]) AS k(resource_id, tier, bucket_ms)
+           ON c.resource_id = k.resource_id AND c.tier = k.tier AND c.bucket_ms = k.bucket_ms",
+    )
+    .bind(&ids)
+    .bind(&tiers)
+    .bind(&buckets)
+    .fetch_all(&mut **transaction)
+    .await?;
+    let mut stored_sketches = std::collections::HashMap::new();
+    for row in stored {
+        let key: (String, i16, i64) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        stored_sketches.insert(key, row.try_get::<Vec<u8>, _>(3)?);
+    }
+    let mut sketches = Vec::with_capacity(cells.len());
+    for (index, cell) in cells.iter().enumerate() {
+        let key = (cell.resource_id.clone(), tiers[index], buckets[index]);
+        let mut merged = match stored_sketches.get(&key) {
+            Some(bytes) => Sketch::from_bytes(bytes).unwrap_or_else(|error| {
+                tracing::error!(%error, resource_id = %cell.resource_id, "replacing a corrupt stored sketch");
+                Sketch::new()
+            }),
+            None => Sketch::new(),
+        };
+        merged.merge(&cell.cell.visitors);
+        sketches.push(merged.to_bytes());
+    }
+    sqlx::query(
+        "INSERT INTO hit_counts (resource_id, tier, bucket_ms, hit_count, sketch)
+         SELECT * FROM unnest($1::text[], $2::int2[], $3::int8[], $4::int8[], $5::bytea[])
+         ON CONFLICT (resource_id, tier, bucket_ms)
+         DO UPDATE SET hit_count = hit_counts.hit_count + excluded.hit_count,
+                       sketch = excluded.sketch",
+    )
+    .bind(&ids)
+    .bind(&tiers)
+    .bind(&buckets)
+    .bind(
+        cells
+            .iter()
+            .map(|c| signed(c.cell.hits))
+            .collect::<Vec<_>>(),
+    )
+    .bind(&sketches)
+    .execute(&mut **transaction)
+    .await?;
+    Ok(())
 }
 
 /// Bumps each bucket's generation and drops its summary: what every write that may change a

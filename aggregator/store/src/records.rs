@@ -260,9 +260,10 @@ pub struct MinuteCells {
 /// Cells one import writes: bounds its transaction and the memory its file takes.
 pub const IMPORT_CELLS_MAX: usize = 1_000_000;
 
-/// One cell of an import, added to the stored cell of its own tier.
+/// One cell of one tier, added to the stored cell: hits summed, visitors united. What an import
+/// brings and what a fold of the inbox writes.
 #[derive(Debug, Clone)]
-pub struct ImportCell {
+pub struct TierCell {
     pub resource_id: String,
     pub tier: Tier,
     pub cell: CountCell,
@@ -277,7 +278,7 @@ pub struct Import {
     pub resources: Vec<ResourceRecord>,
     /// Distinct (resource, tier, bucket), at most [`IMPORT_CELLS_MAX`], each of a resource that
     /// exists or is among `resources`.
-    pub cells: Vec<ImportCell>,
+    pub cells: Vec<TierCell>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

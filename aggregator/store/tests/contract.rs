@@ -12,9 +12,8 @@ use hitcount_process::now_ms;
 use hitcount_store::hot::HotTier;
 use hitcount_store::{
     ApplyOutcome, BatchKey, CatalogStore, CosmosSettings, CosmosStore, CountCell, CreateOutcome,
-    DAY_MS, DurableStore, EmbeddedStore, HOUR_MS, Import, ImportCell, ImportOutcome,
-    MINUTE_TIER_RETENTION_MS, MergeBatch, PatternRecord, PgStore, ResourceRecord, Tier,
-    TokenRecord, WriteShape,
+    DAY_MS, DurableStore, EmbeddedStore, HOUR_MS, Import, ImportOutcome, MINUTE_TIER_RETENTION_MS,
+    MergeBatch, PatternRecord, PgStore, ResourceRecord, Tier, TierCell, TokenRecord, WriteShape,
 };
 use hitcount_wire::{DeltaEntry, MINUTE_MS, SKETCH_STANDARD_ERROR, Sketch};
 use tempfile::TempDir;
@@ -725,12 +724,12 @@ fn import_cell(
     bucket_ms: u64,
     hits: u64,
     visitors: &[&str],
-) -> ImportCell {
+) -> TierCell {
     let mut sketch = Sketch::new();
     for visitor in visitors {
         sketch.insert(visitor.as_bytes());
     }
-    ImportCell {
+    TierCell {
         resource_id: resource_id.to_owned(),
         tier,
         cell: CountCell {
@@ -1296,8 +1295,8 @@ mod cases {
         let error_max = 3.0 * SKETCH_STANDARD_ERROR * 3_000.0;
         assert!((hour_visitors.estimate() - 3_000.0).abs() < error_max);
         let before = hour_visitors.estimate();
-        // With the inbox, its fold writes the counters and pending sketches; an answer is the
-        // same before and after.
+        // With the inbox, its fold writes whole cells, sketches included, and leaves nothing
+        // for a compaction; an answer is the same before and after.
         store.fold_inbox(now_ms()).await.unwrap();
         assert_eq!(store.unfolded_entries(), 0);
         assert_eq!(total(store, "site", Tier::Hour).await.0, 120);

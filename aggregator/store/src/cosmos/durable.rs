@@ -16,8 +16,8 @@ use crate::hot::HOT_REBUILD_SPAN_MS;
 use crate::inbox;
 use crate::patterns::PatternStore;
 use crate::records::{
-    CountCell, CreateOutcome, GroupCommit, Import, ImportCell, ImportOutcome, MergeBatch,
-    MinuteCells, Pruned, StoreError, Tier,
+    CountCell, CreateOutcome, GroupCommit, Import, ImportOutcome, MergeBatch, MinuteCells, Pruned,
+    StoreError, Tier, TierCell,
 };
 use crate::rules::{RETENTION_DELETE_ROWS_MAX, retention_rules};
 use crate::{DEDUPE_RETENTION_MS, HOUR_MS};
@@ -150,7 +150,7 @@ impl DurableStore for CosmosStore {
             file_sha256: file_sha256.clone(),
         };
         let cells = import.cells.len() as u64;
-        let recent: Vec<&ImportCell> = import
+        let recent: Vec<&TierCell> = import
             .cells
             .iter()
             .filter(|cell| {

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::{CosmosStore, classify, read_document};
 use crate::group::{GroupWrites, KeyId, Recorded, WriteShape, fold_group, group_resource_ids};
 use crate::inbox::InboxRow;
-use crate::records::{ApplyOutcome, GroupCommit, ImportCell, MergeBatch, StoreError};
+use crate::records::{ApplyOutcome, GroupCommit, MergeBatch, StoreError, TierCell};
 
 pub(super) const INBOX_CONTAINER: &str = "inbox";
 /// Base64 characters in one document: a Cosmos DB document holds at most 2 MB. A batch's row
@@ -218,7 +218,7 @@ impl CosmosStore {
     pub(super) async fn keep_for_the_hot_tier(
         &self,
         file_sha256: &str,
-        cells: &[&ImportCell],
+        cells: &[&TierCell],
         now_ms: u64,
     ) -> Result<(), StoreError> {
         let mut writes = GroupWrites::default();

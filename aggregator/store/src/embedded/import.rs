@@ -2,8 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use hitcount_wire::Sketch;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 
 use super::millis;
 use crate::records::{Import, ImportOutcome};
@@ -55,39 +54,8 @@ pub(super) fn import_blocking(
                 return Ok(ImportOutcome::ResourceMissing(id.to_owned()));
             }
         }
-        let mut read_sketch = transaction.prepare_cached(
-            "SELECT sketch FROM counts WHERE resource_id = ?1 AND tier = ?2 AND bucket_ms = ?3",
-        )?;
-        let mut add = transaction.prepare_cached(
-            "INSERT INTO counts (resource_id, tier, bucket_ms, hits, sketch) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (resource_id, tier, bucket_ms)
-             DO UPDATE SET hits = hits + excluded.hits, sketch = excluded.sketch",
-        )?;
-        for cell in &import.cells {
-            let key = params![
-                cell.resource_id,
-                cell.tier.code(),
-                millis(cell.cell.bucket_ms)
-            ];
-            let stored: Option<Vec<u8>> =
-                read_sketch.query_row(key, |row| row.get(0)).optional()?;
-            let mut merged = match stored {
-                Some(bytes) => Sketch::from_bytes(&bytes).unwrap_or_else(|error| {
-                    tracing::error!(%error, resource_id = %cell.resource_id, "replacing a corrupt stored sketch");
-                    Sketch::new()
-                }),
-                None => Sketch::new(),
-            };
-            merged.merge(&cell.cell.visitors);
-            add.execute(params![
-                cell.resource_id,
-                cell.tier.code(),
-                millis(cell.cell.bucket_ms),
-                millis(cell.cell.hits),
-                merged.to_bytes()
-            ])?;
-        }
     }
+    super::add_whole_cells_blocking(&transaction, &import.cells)?;
     // An import may write any bucket, closed ones included.
     let buckets = import
         .cells

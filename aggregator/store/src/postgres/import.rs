@@ -2,14 +2,10 @@
 
 use std::collections::HashSet;
 
-use hitcount_wire::Sketch;
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{Postgres, Transaction};
 
 use super::{COMPACTION_LOCK_KEY, signed};
-use crate::records::{Import, ImportCell, ImportOutcome};
-
-/// Cells per statement: each statement stays well within the statement timeout.
-const IMPORT_CELLS_PER_STATEMENT_MAX: usize = 10_000;
+use crate::records::{Import, ImportOutcome};
 
 /// The import in `transaction`; the caller commits only `Imported`.
 pub(super) async fn import_in(
@@ -18,9 +14,9 @@ pub(super) async fn import_in(
     now_ms: u64,
     summaries: bool,
 ) -> Result<ImportOutcome, sqlx::Error> {
-    // Compaction is the only other writer of stored sketches: waiting for its lock means neither
-    // overwrites the sketch the other just merged. Merges and folds only add hits and append
-    // pending sketches, which an upsert here cannot lose.
+    // Compaction and folds are the other writers of stored sketches, and hold this lock while
+    // they do: waiting for it means none overwrites the sketch another just merged. Direct
+    // merges only add hits and append pending sketches, which an upsert here cannot lose.
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(COMPACTION_LOCK_KEY)
         .execute(&mut **transaction)
@@ -43,9 +39,7 @@ pub(super) async fn import_in(
     if let Some(missing) = missing_resource(transaction, import).await? {
         return Ok(ImportOutcome::ResourceMissing(missing));
     }
-    for chunk in import.cells.chunks(IMPORT_CELLS_PER_STATEMENT_MAX) {
-        add_cells(transaction, chunk).await?;
-    }
+    super::add_whole_cells(transaction, &import.cells).await?;
     // An import may write any bucket, closed ones included.
     if summaries {
         let buckets = import
@@ -112,64 +106,4 @@ async fn missing_resource(
         .into_iter()
         .find(|id| !present.contains(*id))
         .map(str::to_owned))
-}
-
-/// Adds cells to the stored ones: hits summed, the stored sketch (read under the compaction
-/// lock) united with the imported one.
-async fn add_cells(
-    transaction: &mut Transaction<'static, Postgres>,
-    cells: &[ImportCell],
-) -> Result<(), sqlx::Error> {
-    let ids: Vec<&str> = cells.iter().map(|c| c.resource_id.as_str()).collect();
-    let tiers: Vec<i16> = cells.iter().map(|c| c.tier.code() as i16).collect();
-    let buckets: Vec<i64> = cells.iter().map(|c| signed(c.cell.bucket_ms)).collect();
-    let stored = sqlx::query(
-        "SELECT c.resource_id, c.tier, c.bucket_ms, c.sketch
-         FROM hit_counts c
-         JOIN unnest($1::text[], $2::int2[], $3::int8[]) AS k(resource_id, tier, bucket_ms)
-           ON c.resource_id = k.resource_id AND c.tier = k.tier AND c.bucket_ms = k.bucket_ms",
-    )
-    .bind(&ids)
-    .bind(&tiers)
-    .bind(&buckets)
-    .fetch_all(&mut **transaction)
-    .await?;
-    let mut stored_sketches = std::collections::HashMap::new();
-    for row in stored {
-        let key: (String, i16, i64) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-        stored_sketches.insert(key, row.try_get::<Vec<u8>, _>(3)?);
-    }
-    let mut sketches = Vec::with_capacity(cells.len());
-    for (index, cell) in cells.iter().enumerate() {
-        let key = (cell.resource_id.clone(), tiers[index], buckets[index]);
-        let mut merged = match stored_sketches.get(&key) {
-            Some(bytes) => Sketch::from_bytes(bytes).unwrap_or_else(|error| {
-                tracing::error!(%error, resource_id = %cell.resource_id, "replacing a corrupt stored sketch");
-                Sketch::new()
-            }),
-            None => Sketch::new(),
-        };
-        merged.merge(&cell.cell.visitors);
-        sketches.push(merged.to_bytes());
-    }
-    sqlx::query(
-        "INSERT INTO hit_counts (resource_id, tier, bucket_ms, hit_count, sketch)
-         SELECT * FROM unnest($1::text[], $2::int2[], $3::int8[], $4::int8[], $5::bytea[])
-         ON CONFLICT (resource_id, tier, bucket_ms)
-         DO UPDATE SET hit_count = hit_counts.hit_count + excluded.hit_count,
-                       sketch = excluded.sketch",
-    )
-    .bind(&ids)
-    .bind(&tiers)
-    .bind(&buckets)
-    .bind(
-        cells
-            .iter()
-            .map(|c| signed(c.cell.hits))
-            .collect::<Vec<_>>(),
-    )
-    .bind(&sketches)
-    .execute(&mut **transaction)
-    .await?;
-    Ok(())
 }
