@@ -304,10 +304,18 @@ async fn with_postgres_stopped_reads_answer_from_the_hot_tier_marked_stale() {
     let second = batch(1, &[("home", 7, &["c"])]);
     let (status, value) = post_delta(&server, &second).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{value}");
+    // The refused delta opened the breaker: no stale read waits for the pool's timeout.
     for window in ["1h", "24h"] {
+        let started = Instant::now();
         let (status, value) = api
             .get(&format!("/hits/home?window={window}&granularity=minute"))
             .await;
+        let waited = started.elapsed();
+        assert!(
+            waited.as_millis()
+                < u128::from(hitcount_aggregator::store::POOL_ACQUIRE_TIMEOUT_MS / 2),
+            "{window}: a stale read waited {waited:?}"
+        );
         assert_eq!(status, StatusCode::OK, "{window}: {value}");
         assert_eq!(value["stale"], true, "{window}: {value}");
         assert_eq!(value["count"], 5, "{window}: {value}");
@@ -324,6 +332,11 @@ async fn with_postgres_stopped_reads_answer_from_the_hot_tier_marked_stale() {
         .await,
         2,
         "each stale answer is counted"
+    );
+    assert_eq!(
+        metric(&server, "hitcount_database_breaker_opened_total").await,
+        1,
+        "the breaker opened once for the whole outage"
     );
 
     postgres.run();

@@ -220,7 +220,8 @@ fn limit_statements() -> Vec<String> {
         FOLD_INTERVAL_MS_MAX, FOREIGN_FOLD_AFTER_MS, MINUTE_CLOSE_GRACE_MS, UNFOLDED_ENTRIES_MAX,
     };
     use hitcount_aggregator::store::{
-        DELTA_AGE_MS_MAX, HOUR_TIER_RETENTION_MS, MINUTE_TIER_RETENTION_MS,
+        DATABASE_BREAKER_OPEN_MS, DELTA_AGE_MS_MAX, HOUR_TIER_RETENTION_MS,
+        MINUTE_TIER_RETENTION_MS, POOL_ACQUIRE_TIMEOUT_MS,
     };
     use hitcount_edge::config::{
         PENDING_ENTRIES_MAX_DEFAULT, WINDOW_ENTRIES_MAX_DEFAULT, WINDOW_MS_DEFAULT, WINDOW_MS_MAX,
@@ -333,6 +334,14 @@ fn limit_statements() -> Vec<String> {
         format!("holds a {} s lease in Redis", HOT_LEASE_MS / 1_000),
         format!("for up to {} s after an", HOT_LEASE_MS / 1_000),
         format!("its {} s budget", HOT_REBUILD_TIMEOUT_MS / 1_000),
+        format!(
+            "such reads skip it for {} s",
+            DATABASE_BREAKER_OPEN_MS / 1_000
+        ),
+        format!(
+            "waits for the {} s connection timeout",
+            POOL_ACQUIRE_TIMEOUT_MS / 1_000
+        ),
         // The flags table.
         format!("admin bearer token (at least {SECRET_BYTES_MIN} characters)"),
         format!("edge signing keys (secret at least {SECRET_BYTES_MIN} characters)"),

@@ -72,8 +72,18 @@ pub struct Generated {
     pub hits_shed: u64,
     /// Offered hits per resource index.
     pub offered: Vec<u64>,
-    /// (resource index, exact distinct visitors offered) of the sampled resources.
-    pub distinct: Vec<(usize, u64)>,
+    /// The sampled resources' offered visitors.
+    pub distinct: Vec<SampledVisitors>,
+}
+
+/// One sampled resource's offered visitors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SampledVisitors {
+    pub resource: usize,
+    /// Exactly how many distinct visitors were offered.
+    pub distinct: u64,
+    /// What the union of their sketches counts: the answer the aggregator owes.
+    pub sketched: u64,
 }
 
 /// Hits of window `window` over all edges: the integer part of the rate's running total, so
@@ -116,12 +126,17 @@ impl Distinct {
     }
 }
 
-/// The resources whose visitors are kept exactly: the most popular and as many at random.
+/// The resources whose visitors are kept exactly: the most popular and as many at random. Each
+/// also keeps the union of its offered visitors' sketches: a sketch union is a register-wise
+/// maximum, the same whatever the order or repetition, so the aggregator must answer exactly its
+/// estimate, however it split, merged, folded or cached the entries.
 #[derive(Debug)]
 struct Sample {
     /// Per resource index, its slot in `sets` or [`NOT_SAMPLED`].
     slots: Vec<u32>,
     sets: Vec<(usize, Distinct)>,
+    /// Per slot, the union of its offered visitors.
+    sketches: Vec<Sketch>,
 }
 
 impl Sample {
@@ -141,7 +156,7 @@ impl Sample {
         let bitsets =
             bitset_bytes.saturating_mul(chosen.len() as u64) <= DISTINCT_BITSETS_BYTES_MAX;
         let mut slots = vec![NOT_SAMPLED; resources];
-        let sets = chosen
+        let sets: Vec<(usize, Distinct)> = chosen
             .into_iter()
             .enumerate()
             .map(|(slot, resource)| {
@@ -154,7 +169,12 @@ impl Sample {
                 (resource, set)
             })
             .collect();
-        Self { slots, sets }
+        let sketches = vec![Sketch::new(); sets.len()];
+        Self {
+            slots,
+            sets,
+            sketches,
+        }
     }
 }
 
@@ -226,6 +246,7 @@ impl Scratch {
         }
         for (slot, visitor) in &self.sampled {
             sample.sets[*slot as usize].1.insert(*visitor);
+            sample.sketches[*slot as usize].insert_hash(visitor_hash(&visitor.to_le_bytes()));
         }
     }
 
@@ -299,7 +320,12 @@ pub fn run(
     generated.distinct = sample
         .sets
         .iter()
-        .map(|(resource, set)| (*resource, set.len()))
+        .zip(&sample.sketches)
+        .map(|((resource, set), sketch)| SampledVisitors {
+            resource: *resource,
+            distinct: set.len(),
+            sketched: sketch.count(),
+        })
         .collect();
     generated
 }

@@ -307,12 +307,15 @@ fn digits(value: usize) -> usize {
     value.checked_ilog10().map_or(1, |log| log as usize + 1)
 }
 
-/// What the aggregator should now hold: every resource's acknowledged hits, and the exact
-/// unique visitors of the sampled resources whose hits were all acknowledged.
+/// What the aggregator should now hold: every resource's acknowledged hits, and the unique
+/// visitors of the sampled resources whose hits were all acknowledged.
 #[derive(Debug, Clone, Default)]
 pub struct Expectation {
     pub hits: BTreeMap<String, u64>,
+    /// What the union of the offered sketches counts: the exact answer owed.
     pub uniques: BTreeMap<String, u64>,
+    /// The exact distinct visitors, reported beside it (the sketch's own error, not ours).
+    pub distinct: BTreeMap<String, u64>,
     /// The period to ask for: whole minutes covering every window of the run.
     pub start_ms: u64,
     pub end_ms: u64,
@@ -499,12 +502,16 @@ pub async fn run(config: Config) -> Result<Outcome, LoadgenError> {
         let acknowledged = shared.acknowledged[index].load(Ordering::Acquire);
         expectation.hits.insert(id.clone(), acknowledged);
     }
-    for (index, distinct) in &generated.distinct {
+    for sampled in &generated.distinct {
+        let index = sampled.resource;
         // A sample whose hits were not all acknowledged has visitors the aggregator never saw.
-        if shared.acknowledged[*index].load(Ordering::Acquire) == generated.offered[*index] {
+        if shared.acknowledged[index].load(Ordering::Acquire) == generated.offered[index] {
             expectation
                 .uniques
-                .insert(resource_ids[*index].clone(), *distinct);
+                .insert(resource_ids[index].clone(), sampled.sketched);
+            expectation
+                .distinct
+                .insert(resource_ids[index].clone(), sampled.distinct);
         }
     }
     if let Some(path) = &config.expected_out {

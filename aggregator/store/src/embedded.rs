@@ -2,16 +2,18 @@
 //! `synchronous=FULL`, so a transaction that returned from commit survives `kill -9` and power
 //! loss alike.
 //!
-//! Counts are kept in three tiers (minute, hour, day). Every merge writes all tiers in the same
+//! Counts are kept in three tiers (minute, hour, day). Every merge (or, with the durable inbox,
+//! every fold of a closed minute) writes all tiers in the same
 //! transaction (a rollup at write time), so the tiers can never disagree and no rollup job has to
 //! be made exactly-once; the background job only deletes what retention has expired.
 //!
 //! Unique-visitor sketches are not rewritten on every merge: a dense sketch is 12 KiB, and
 //! rewriting every hot cell's sketch in every group commit made the write-ahead log, not the
-//! hits, the cost. A merge appends the entry's (usually tiny, sparse) sketch to
+//! hits, the cost. A direct merge appends the entry's (usually tiny, sparse) sketch to
 //! `pending_sketches` in the same transaction as the counts, and [`EmbeddedStore::compact`] folds pending
 //! rows into their cells every 10 s. Queries merge both, so results never depend on
-//! whether compaction has run, and the append is as durable as the counts.
+//! whether compaction has run, and the append is as durable as the counts. An inbox fold or an
+//! import writes each cell once, so it writes whole cells instead (`add_whole_cells_blocking`).
 //!
 //! All writes go through one connection behind a mutex (SQLite allows one writer at a time, and
 //! one connection avoids `SQLITE_BUSY` between our own writers); reads use a pool of read-only
@@ -470,8 +472,8 @@ impl DurableStore for EmbeddedStore {
     ///
     /// The merging happens on a read connection, outside the writer lock, so ingest waits only
     /// for the final writes. Those are conditional on each cell's sketch being what was read
-    /// (only compaction writes sketches, but two processes may compact one file); if any cell
-    /// changed, the write is rolled back and the round starts over.
+    /// (a fold, an import or another process's compaction may have written it since); if any
+    /// cell changed, the write is rolled back and the round starts over.
     async fn compact(&self) -> Result<u64, StoreError> {
         let mut folded = 0;
         let mut conflicts = 0;
@@ -1195,8 +1197,8 @@ fn write_compaction(connection: &mut Connection, plan: &CompactionPlan) -> rusql
                 cell.before,
                 cell.after
             ])?;
-            // A cell deleted meanwhile needs nothing; a cell whose sketch changed means another
-            // compactor ran, and this plan is stale.
+            // A cell deleted meanwhile needs nothing; a cell whose sketch changed means a fold,
+            // an import or another compactor wrote it, and this plan is stale.
             if updated == 0 && cell_exists.exists(key)? {
                 return Ok(false);
             }

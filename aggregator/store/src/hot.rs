@@ -53,6 +53,7 @@ use std::time::Duration;
 use hitcount_wire::{DeltaEntry, MINUTE_MS, Sketch};
 use redis::aio::ConnectionManager;
 
+use crate::breaker::DatabaseBreaker;
 use crate::contract::DurableStore;
 use crate::records::{
     ApplyOutcome, CountCell, GroupCommit, MergeBatch, MinuteCells, StoreError, Tier,
@@ -259,6 +260,8 @@ pub struct HotTier {
     member: String,
     /// Queries may be served from Redis (see the module documentation).
     healthy: AtomicBool,
+    /// Whether reads that may be stale skip the durable store (`breaker.rs`).
+    database: DatabaseBreaker,
     attachment: Mutex<Attachment>,
     rebuilds: AtomicU64,
     /// This process's merges hold the read side from before their commit until their write is
@@ -366,6 +369,7 @@ impl HotTier {
             prefix: prefix.to_owned(),
             member: crate::random_hex(RANDOM_NAME_BYTES),
             healthy: AtomicBool::new(false),
+            database: DatabaseBreaker::default(),
             attachment: Mutex::new(Attachment {
                 // It may be the restart of an aggregator killed between a commit and its write.
                 rebuild_needed: true,
@@ -474,7 +478,18 @@ impl HotTier {
             })
             .collect();
         let _order = self.order.read().await;
-        let committed = backend.apply_group(batches, now_ms).await?;
+        let committed = match backend.apply_group(batches, now_ms).await {
+            Ok(committed) => {
+                self.database.close();
+                committed
+            }
+            Err(error) => {
+                if matches!(error, StoreError::Unavailable(_)) {
+                    self.database.open(now_ms);
+                }
+                return Err(error);
+            }
+        };
         assert_eq!(
             committed.outcomes.len(),
             batches_in_group,
@@ -725,26 +740,35 @@ impl HotTier {
         match self.read(&resource_id, split, end_ms).await {
             Ok(hot) => {
                 let mut stale = false;
-                let mut cells = if start_ms < split {
+                let mut cells = if start_ms >= split {
+                    Vec::new()
+                } else if stale_allowed && self.database.skips(now_ms) {
+                    stale = true;
+                    Vec::new()
+                } else {
                     match backend
                         .cells(resource_id, tier, start_ms, split, now_ms)
                         .await
                     {
-                        Ok(cells) => cells,
+                        Ok(cells) => {
+                            self.database.close();
+                            cells
+                        }
                         Err(StoreError::Unavailable(reason)) if stale_allowed => {
-                            // Debug, not warn: every read would log it while the database is
-                            // down; `served="redis_only"` counts them, and the failing merges warn.
+                            // Debug, not warn: the breaker warns once when it opens.
                             tracing::debug!(%reason, "the database is unavailable: answering from the hot tier alone, marked stale");
-                            metrics::counter!("hitcount_hot_tier_reads_total", "served" => "redis_only")
-                                .increment(1);
+                            self.database.open(now_ms);
                             stale = true;
                             Vec::new()
                         }
                         Err(error) => return Err(error),
                     }
-                } else {
-                    Vec::new()
                 };
+                if stale {
+                    // `served="redis_only"` counts every answer from the hot tier alone.
+                    metrics::counter!("hitcount_hot_tier_reads_total", "served" => "redis_only")
+                        .increment(1);
+                }
                 cells.extend(hot);
                 debug_assert!(
                     cells

@@ -5,10 +5,12 @@
 //! with `--redis-url` the hot tier (`hot.rs`). Both backends keep the same rules (their table and
 //! column names differ, see ARCHITECTURE.md): three tiers written in the merge's transaction
 //! (`group.rs` decides what), the dedupe record in that same transaction, sketches appended to
-//! `pending_sketches` and folded later (`rules.rs`).
+//! `pending_sketches` and folded later (`rules.rs`); with the durable inbox (`inbox.rs`), minutes
+//! folded once closed, as whole cells. `breaker.rs` lets reads skip a database that is down.
 //!
 //! Each file has one job; this one only names them and the limits of time every part shares.
 
+mod breaker;
 mod contract;
 mod cosmos;
 mod embedded;
@@ -24,6 +26,7 @@ pub mod sealed;
 mod snapshot;
 pub mod summaries;
 
+pub use breaker::DATABASE_BREAKER_OPEN_MS;
 pub use contract::{CatalogStore, DurableStore};
 pub use cosmos::{
     COSMOS_THROTTLE_RETRIES_MAX, COSMOS_THROTTLE_WAIT_MS_MAX, COUNT_WRITE_ATTEMPTS_MAX,
@@ -34,7 +37,7 @@ pub use embedded::EmbeddedStore;
 pub use facade::Store;
 pub use group::WriteShape;
 pub use patterns::{PatternRecord, PatternStore};
-pub use postgres::PgStore;
+pub use postgres::{POOL_ACQUIRE_TIMEOUT_MS, PgStore};
 pub use records::{
     Applied, ApplyOutcome, BatchKey, CELLS_READ_RESOURCES_MAX, CountCell, CreateOutcome,
     GroupCommit, IMPORT_CELLS_MAX, Import, ImportOutcome, MergeBatch, MinuteCells, Pruned,

@@ -623,8 +623,9 @@ impl DurableStore for PgStore {
     /// compactor per database at a time: each transaction first takes a transaction-scoped
     /// advisory lock, and a process that does not get it leaves the work to the one that has it.
     /// Row locks (`FOR UPDATE`) would do the same on one server, but Citus refuses them across
-    /// shards, and only compactors write sketches, so the lock is all the exclusion needed:
-    /// merges change `hit_count` alone, which the compactor's update leaves as it finds it.
+    /// shards, and every other writer of stored sketches (an inbox fold, an import) holds the
+    /// same lock while it does, so the lock is all the exclusion needed: direct merges change
+    /// `hit_count` alone, which the compactor's update leaves as it finds it.
     async fn compact(&self) -> Result<u64, StoreError> {
         let mut folded = 0;
         loop {
@@ -655,6 +656,16 @@ impl DurableStore for PgStore {
             overlay.forget_resource(&id);
         }
         let mut transaction = self.begin().await?;
+        // A fold of any process reads which resources exist under the fold lock, in the
+        // transaction that writes their cells: holding it here, a fold either committed before
+        // this delete (whose statements then remove its cells) or finds the resource gone. Without
+        // it a fold could write a deleted resource's cells and sketches back, for a resource made
+        // again under this id to inherit.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(FOLD_LOCK_KEY)
+            .execute(&mut *transaction)
+            .await
+            .map_err(classify)?;
         let deleted = sqlx::query("DELETE FROM resources WHERE id = $1")
             .bind(&id)
             .execute(&mut *transaction)
