@@ -67,8 +67,7 @@ pub struct Args {
     /// and is acknowledged then, and every this many ms the minutes that closed are folded into
     /// the minute, hour and day counters (0: every group commit writes all counters itself).
     /// Durable writes then follow the distinct (resource, minute) counters, not the hits.
-    /// Default: 1000 on PostgreSQL and Cosmos DB (which always has the inbox: 0 means 1000
-    /// there), 0 on the embedded store.
+    /// Default: 1000 on every store (Cosmos DB always has the inbox: 0 means 1000 there).
     #[arg(long, env = "HITCOUNT_FOLD_INTERVAL_MS")]
     pub fold_interval_ms: Option<u64>,
 
@@ -164,19 +163,16 @@ pub struct Args {
 /// The fold interval on Cosmos DB when --fold-interval-ms is 0 or not given: Cosmos DB always
 /// has the inbox.
 pub const COSMOS_FOLD_INTERVAL_MS_DEFAULT: u64 = 1_000;
-/// The fold interval on PostgreSQL when --fold-interval-ms is not given: the inbox is the shape
-/// that keeps up there (BENCHMARKS.md, "Scale"). The embedded store's default is 0 (direct):
-/// its one SQLite writer holds group commits while a minute folds, which costs more ack latency
-/// than the direct shape's writes at the rates one machine takes.
-pub const POSTGRES_FOLD_INTERVAL_MS_DEFAULT: u64 = 1_000;
+/// The fold interval on PostgreSQL and the embedded store when --fold-interval-ms is not given:
+/// the inbox is the shape that keeps up on both (BENCHMARKS.md, "Scale", "Whole cells").
+pub const FOLD_INTERVAL_MS_DEFAULT: u64 = 1_000;
 
 /// The fold interval a store gets: what was asked, else its backend's default.
-fn fold_interval_ms(asked: Option<u64>, cosmos: bool, postgres: bool) -> u64 {
-    match (asked, cosmos, postgres) {
-        (None | Some(0), true, _) => COSMOS_FOLD_INTERVAL_MS_DEFAULT,
-        (None, false, true) => POSTGRES_FOLD_INTERVAL_MS_DEFAULT,
-        (None, false, false) => 0,
-        (Some(interval), _, _) => interval,
+fn fold_interval_ms(asked: Option<u64>, cosmos: bool) -> u64 {
+    match (asked, cosmos) {
+        (None | Some(0), true) => COSMOS_FOLD_INTERVAL_MS_DEFAULT,
+        (None, false) => FOLD_INTERVAL_MS_DEFAULT,
+        (Some(interval), _) => interval,
     }
 }
 
@@ -397,11 +393,7 @@ impl TryFrom<Args> for Config {
             ack: args.ack,
             flush_interval_ms: args.flush_interval_ms,
             merge_interval_ms: args.merge_interval_ms,
-            fold_interval_ms: fold_interval_ms(
-                args.fold_interval_ms,
-                cosmos.is_some(),
-                args.database_url.is_some(),
-            ),
+            fold_interval_ms: fold_interval_ms(args.fold_interval_ms, cosmos.is_some()),
             rate_limit_ip_per_second: args.rate_limit_ip_per_second,
             rate_limit_token_per_second: args.rate_limit_token_per_second,
             retention_interval_s: args.retention_interval_s,
@@ -527,11 +519,21 @@ mod tests {
                 .fold_interval_ms,
             2000
         );
-        assert_eq!(parse(&[]).unwrap().fold_interval_ms, 0, "embedded: direct");
+        assert_eq!(
+            parse(&[]).unwrap().fold_interval_ms,
+            FOLD_INTERVAL_MS_DEFAULT,
+            "embedded: the inbox"
+        );
+        assert_eq!(
+            parse(&["--fold-interval-ms", "0"])
+                .unwrap()
+                .fold_interval_ms,
+            0
+        );
         let postgres = ["--database-url", "postgres://root@127.0.0.1/test"];
         assert_eq!(
             parse(&postgres).unwrap().fold_interval_ms,
-            POSTGRES_FOLD_INTERVAL_MS_DEFAULT
+            FOLD_INTERVAL_MS_DEFAULT
         );
         let direct = [postgres[0], postgres[1], "--fold-interval-ms", "0"];
         assert_eq!(parse(&direct).unwrap().fold_interval_ms, 0);

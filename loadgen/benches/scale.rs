@@ -491,11 +491,10 @@ async fn prepare(scenario: &Scenario, loadgen: &Config) -> Running {
         if scenario.backend == Backend::PostgresRedis {
             command.args(["--redis-url", REDIS_URL, "--redis-prefix", &prefix]);
         }
-        if scenario.fold_interval_ms > 0 {
-            command
-                .arg("--fold-interval-ms")
-                .arg(scenario.fold_interval_ms.to_string());
-        }
+        // Always named: 0 is the direct shape, which is no store's default any more.
+        command
+            .arg("--fold-interval-ms")
+            .arg(scenario.fold_interval_ms.to_string());
         children.push(command.spawn().unwrap_or_else(|error| {
             panic!(
                 "{} ({error}): build it with cargo build --release -p hitcount-aggregator",
