@@ -286,7 +286,9 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// A configuration for tests and embedding: everything at its default, data in `data_dir`.
+    /// A configuration for tests and embedding: everything at its default but the write shape,
+    /// which is direct (`fold_interval_ms` 0; the binary's default is the inbox), data in
+    /// `data_dir`. `hitcount-dev` and the in-process tests run on it.
     pub fn for_data_dir(data_dir: PathBuf) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),

@@ -368,20 +368,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// The store the configuration names: the embedded store, PostgreSQL or Cosmos DB, with the
-/// durable inbox if asked (what an earlier run left unfolded is folded first; Cosmos DB always
-/// has it), and the hot tier if asked.
+/// durable inbox if asked (Cosmos DB always has it), and the hot tier if asked. What an earlier
+/// run left unfolded is folded first, with the inbox or without it.
 async fn open_store(config: &Config) -> anyhow::Result<Store> {
-    let inbox = config.fold_interval_ms > 0;
     let backend = open_backend(config, BackendUse::Serve).await?;
     let store = Store::new(backend).with_secret_keys(secret_keys(config)?);
-    if inbox {
-        // Rows a killed process left unfolded are in no overlay: fold them before serving,
-        // so that this process answers them at once.
-        store
-            .fold_inbox(now_ms())
-            .await
-            .context("folding the inbox rows left by an earlier run")?;
-    }
+    // Rows a killed process left unfolded are in no overlay: fold them before serving, so that
+    // this process answers them at once (also when it runs the direct shape: a run with the
+    // inbox may have left them).
+    store
+        .fold_inbox(now_ms())
+        .await
+        .context("folding the inbox rows left by an earlier run")?;
     if config.redis_url.is_some() {
         // Both of rustls's crypto providers are linked (the Cosmos DB client brings aws-lc-rs,
         // sqlx ring), so rustls cannot pick one for Redis's TLS (`rediss://`) by itself: the

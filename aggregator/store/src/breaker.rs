@@ -36,20 +36,28 @@ impl DatabaseBreaker {
         if now_ms < until {
             return true;
         }
-        let probing = self.open_until_ms.compare_exchange(
+        match self.open_until_ms.compare_exchange(
             until,
             now_ms + DATABASE_BREAKER_OPEN_MS,
             Ordering::AcqRel,
             Ordering::Acquire,
-        );
-        probing.is_err()
+        ) {
+            Ok(_) => false,
+            // Another read took the probe (it skips until that answers), or an answer closed it.
+            Err(current) => current != 0 && now_ms < current,
+        }
     }
 
-    /// The database answered unavailable at `now_ms`.
+    /// The database answered unavailable at `now_ms`. An open breaker keeps its probe time:
+    /// merges that keep failing (a full disk refuses writes, not reads) must not put off the
+    /// probe that finds reads answered again.
     pub fn open(&self, now_ms: u64) {
         let until = now_ms + DATABASE_BREAKER_OPEN_MS;
         debug_assert!(until > 0, "an open breaker is never 0, which means closed");
-        if self.open_until_ms.swap(until, Ordering::AcqRel) == 0 {
+        let armed =
+            self.open_until_ms
+                .compare_exchange(0, until, Ordering::AcqRel, Ordering::Acquire);
+        if armed.is_ok() {
             tracing::warn!(
                 open_ms = DATABASE_BREAKER_OPEN_MS,
                 "the database is unavailable: reads of the last hour answer stale from the hot tier"
@@ -88,8 +96,13 @@ mod tests {
         );
         assert!(breaker.skips(after), "the others skip while it probes");
         assert!(breaker.skips(after + DATABASE_BREAKER_OPEN_MS - 1));
+        // The probe failed: it stays open until the period the probe began.
         breaker.open(after + 100);
-        assert!(breaker.skips(after + 200), "a failed probe opens it again");
+        assert!(breaker.skips(after + DATABASE_BREAKER_OPEN_MS - 1));
+        assert!(
+            !breaker.skips(after + DATABASE_BREAKER_OPEN_MS),
+            "failures while open do not put the next probe off"
+        );
         breaker.close();
         assert!(!breaker.skips(after + 300), "an answer closes it");
         assert!(!breaker.skips(after + 301), "and it stays closed");

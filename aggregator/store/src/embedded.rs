@@ -254,9 +254,11 @@ impl EmbeddedStore {
     /// cells, then the other rows it takes (a stopped run's), in bounded transactions read back
     /// from the inbox.
     async fn fold(&self, now_ms: u64, scope: FoldScope) -> Result<u64, StoreError> {
-        let Some(overlay) = &self.inbox else {
-            return Ok(0);
-        };
+        // Without the inbox shape no slot is this process's, but rows an earlier run with it
+        // left (or a stopped process's) are still folded from their bodies: turning the inbox
+        // off must not hide a hit it acknowledged.
+        let no_slots = Overlay::default();
+        let overlay = self.inbox.as_deref().unwrap_or(&no_slots);
         let mut folded = 0;
         for slot in overlay.take_due(now_ms, scope) {
             let number = slot.number;

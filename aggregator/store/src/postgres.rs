@@ -190,9 +190,11 @@ impl PgStore {
     /// takes the folders' advisory lock and claims its rows by deleting them, so even two
     /// folders could not fold one row twice.
     async fn fold(&self, now_ms: u64, scope: FoldScope) -> Result<u64, StoreError> {
-        let Some(overlay) = &self.inbox else {
-            return Ok(0);
-        };
+        // Without the inbox shape no slot is this process's, but rows an earlier run with it
+        // left (or a stopped process's) are still folded from their bodies: turning the inbox
+        // off must not hide a hit it acknowledged.
+        let no_slots = Overlay::default();
+        let overlay = self.inbox.as_deref().unwrap_or(&no_slots);
         let mut folded = 0;
         for slot in overlay.take_due(now_ms, scope) {
             let Some(rows) = self.fold_slot(&slot, now_ms, scope).await? else {

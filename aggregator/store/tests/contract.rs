@@ -1681,6 +1681,43 @@ async fn another_process_folds_the_inbox_and_answers_stay_exact() {
     }
 }
 
+/// A process in the direct shape (the inbox turned off) still folds the rows a run with the
+/// inbox left, so no acknowledged hit stays hidden in the inbox.
+#[tokio::test]
+async fn a_store_without_the_inbox_folds_the_rows_a_run_with_it_left() {
+    let directory = TempDir::new().unwrap();
+    let with = EmbeddedStore::open(directory.path()).unwrap().with_inbox();
+    let without = EmbeddedStore::open(directory.path()).unwrap();
+    left_in_the_inbox(&with, &without).await;
+    if hitcount_test_support::postgres_or_skip() {
+        let url = hitcount_test_support::postgres_database(directory.path());
+        let with = PgStore::connect(&url).await.unwrap().with_inbox();
+        let without = PgStore::connect(&url).await.unwrap();
+        left_in_the_inbox(&with, &without).await;
+    }
+}
+
+async fn left_in_the_inbox(with: &dyn DurableStore, without: &dyn DurableStore) {
+    with.create_resource(resource("kept", None)).await.unwrap();
+    apply(
+        with,
+        vec![entry("kept", minute_now(), 4, &["a", "b"])],
+        Some(key("edge", 1, "1")),
+        now_ms(),
+    )
+    .await;
+    assert_eq!(
+        total(without, "kept", Tier::Minute).await.0,
+        0,
+        "still in the inbox"
+    );
+    assert_eq!(without.fold_inbox(now_ms()).await.unwrap(), 1);
+    for tier in Tier::ALL {
+        let (hits, visitors) = total(without, "kept", tier).await;
+        assert_eq!((tier, hits, visitors.count()), (tier, 4, 2));
+    }
+}
+
 async fn folded_elsewhere(first: &dyn DurableStore, second: &dyn DurableStore) {
     first
         .create_resource(resource("shared", None))
