@@ -32,6 +32,7 @@ pub const COUNTERS: &[&str] = &[
     "hitcount_resources_created_by_pattern_total",
     "hitcount_resources_refused_total",
     "hitcount_retention_rows_deleted_total",
+    "hitcount_rollup_cells_total",
     "hitcount_sketches_compacted_total",
 ];
 

@@ -49,7 +49,8 @@ use crate::store::{
 /// How often the maintenance task runs: metrics histograms compacted, idle rate-limit buckets
 /// forgotten, the hot tier kept in step (and, every few ticks, the slower jobs below).
 const MAINTENANCE_INTERVAL_MS: u64 = 1_000;
-/// How often (in maintenance ticks, one a second) pending sketches are folded into their cells.
+/// How often (in maintenance ticks, one a second) pending sketches are folded into their cells
+/// and closed hours and days rolled up.
 /// Folding rewrites each touched cell's sketch (up to 12 KiB, dense), and on PostgreSQL holds the
 /// cells' row locks, which merges wait for: every second, the scale benchmark found merges
 /// waiting on compaction most of the time. Queries merge pending sketches anyway, and a group's
@@ -260,6 +261,12 @@ async fn maintain(state: SharedState, mut stop: tokio::sync::watch::Receiver<boo
                 }
                 Err(error) => tracing::warn!(%error, "sketch compaction failed; will retry"),
             }
+            match state.store.roll_up(now_ms()).await {
+                Ok(cells) => metrics::counter!("hitcount_rollup_cells_total").increment(cells),
+                Err(error) => {
+                    tracing::warn!(%error, "rolling hours and days up failed; will retry")
+                }
+            }
         }
         state.metrics.run_upkeep();
         state.limits.forget_idle();
@@ -380,6 +387,12 @@ async fn open_store(config: &Config) -> anyhow::Result<Store> {
         .fold_inbox(now_ms())
         .await
         .context("folding the inbox rows left by an earlier run")?;
+    // Before retention runs: it keeps the minutes and hours that count for buckets not rolled
+    // up, so a store stopped for days has them rolled up now.
+    store
+        .roll_up(now_ms())
+        .await
+        .context("rolling hours and days up")?;
     if config.redis_url.is_some() {
         // Both of rustls's crypto providers are linked (the Cosmos DB client brings aws-lc-rs,
         // sqlx ring), so rustls cannot pick one for Redis's TLS (`rediss://`) by itself: the

@@ -267,6 +267,9 @@ async fn retention_keeps_coarse_tiers_and_honours_resource_retention() {
     // With the durable inbox the server's rows wait for a fold (by the server itself: on Cosmos
     // DB each aggregator folds its own rows); retention prunes the counters.
     server.fold_inbox().await;
+    // Two days on, the maintenance job would have rolled the hours and days up: retention keeps
+    // the minutes of an hour that is not.
+    store.roll_up(later).await.unwrap();
     let pruned = store.prune(later).await.unwrap();
     // Two minute rows (home's and short's hit now), short's hour and day rows; nothing else.
     assert_eq!(pruned.count_rows, 4, "{pruned:?}");

@@ -139,6 +139,13 @@ pub trait DurableStore: CatalogStore + std::fmt::Debug + Send + Sync {
         self.fold_inbox(now_ms).await
     }
 
+    /// Rolls hours up from their minutes and days from their hours, each bucket once it closed
+    /// ([`crate::rollup`]), in bounded transactions; returns how many coarse cells it wrote.
+    /// Backends that write every tier at once (Cosmos DB) roll nothing up.
+    async fn roll_up(&self, _now_ms: u64) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
     /// With the durable inbox, this process's unfolded rows.
     fn overlay(&self) -> Option<&inbox::Overlay>;
 

@@ -41,6 +41,8 @@ fn classify(error: rusqlite::Error) -> StoreError {
 mod import;
 // Resource patterns and resources created on first sight (`embedded/patterns.rs`).
 mod patterns;
+// Watermarks and rollup steps (`embedded/rollup.rs`).
+mod rollup;
 
 use super::inbox::{
     FOLD_ROWS_LISTED_MAX, FOREIGN_FOLD_AFTER_MS, FoldScope, InboxRow, Overlay, TakenSlot,
@@ -56,6 +58,7 @@ use crate::records::{
     ApplyOutcome, CountCell, CreateOutcome, GroupCommit, Import, ImportOutcome, MergeBatch,
     MinuteCells, Pruned, ResourceRecord, StoreError, Tier, TierCell, TokenRecord,
 };
+use crate::rollup::{Rollups, add_finer};
 use crate::rules::{
     COMPACTION_ROWS_MAX, EMPTY_SKETCH, RETENTION_DELETE_ROWS_MAX, check_import, check_read_ids,
     merge_pending, retention_rules,
@@ -182,6 +185,16 @@ CREATE TABLE bucket_summaries (
 -- aggregator/store/src/inbox.rs). Rows of earlier versions have 0, and are folded at once.
 ALTER TABLE inbox ADD COLUMN closes_at_ms INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX inbox_by_closing ON inbox (closes_at_ms);
+"#,
+    r#"
+-- Hours rolled up from minutes and days from hours (aggregator/store/src/rollup.rs): per coarse
+-- tier, the bucket before which its rows hold every bucket whole, and the last resource of the
+-- bucket at it rolled up so far. No row: the tier was never rolled up (written whole).
+CREATE TABLE rollups (
+    tier INTEGER PRIMARY KEY,
+    until_ms INTEGER NOT NULL,
+    cursor TEXT
+);
 "#,
 ];
 
@@ -375,14 +388,15 @@ impl DurableStore for EmbeddedStore {
                 _ => HashSet::new(),
             };
             let loaded = inbox_bodies(&snapshot, &partly_present_ids(&unfolded, &present))?;
+            let rollups = rollup::read_rollups(&snapshot)?;
             let mut all = Vec::with_capacity(resource_ids.len());
             for resource_id in &resource_ids {
                 all.push(stored_cells(
                     &snapshot,
+                    &rollups,
                     resource_id,
                     tier,
-                    start_ms,
-                    end_ms,
+                    (start_ms, end_ms),
                 )?);
             }
             let unfolded = UnfoldedRead {
@@ -529,11 +543,17 @@ impl DurableStore for EmbeddedStore {
     async fn prune(&self, now_ms: u64) -> Result<Pruned, StoreError> {
         let mut pruned = Pruned::default();
         let resources = self.resources().await?;
+        // Read before any deletion: watermarks only move on, so this one is never ahead.
+        let rollups = self
+            .read(|connection| Ok(rollup::read_rollups(connection)?))
+            .await?;
         for (resource, tier, cutoff_ms) in retention_rules(&resources, now_ms) {
+            // A bucket goes when all of it is older than the cutoff, and not while it still
+            // counts for a coarser bucket that is not rolled up.
+            let newest_expired_bucket =
+                millis(rollups.prunable_until(tier, cutoff_ms)) - millis(tier.resolution_ms());
             loop {
                 let resource = resource.clone();
-                // A bucket goes when all of it is older than the cutoff.
-                let newest_expired_bucket = millis(cutoff_ms) - millis(tier.resolution_ms());
                 let deleted = self
                     .write(move |connection| {
                         let transaction = connection.transaction()?;
@@ -602,6 +622,20 @@ impl DurableStore for EmbeddedStore {
 
     async fn fold_closed(&self, now_ms: u64) -> Result<u64, StoreError> {
         self.fold(now_ms, FoldScope::Closed).await
+    }
+
+    async fn roll_up(&self, now_ms: u64) -> Result<u64, StoreError> {
+        let mut rolled = 0;
+        // Hours first: a day is rolled up from its hours once they all are.
+        for tier in [Tier::Hour, Tier::Day] {
+            while let Some(cells) = self
+                .write(move |connection| rollup::step_blocking(connection, tier, now_ms))
+                .await?
+            {
+                rolled += cells;
+            }
+        }
+        Ok(rolled)
     }
 
     fn overlay(&self) -> Option<&Overlay> {
@@ -694,17 +728,27 @@ impl DurableStore for EmbeddedStore {
         end_ms: u64,
     ) -> Result<Vec<String>, StoreError> {
         self.read(move |connection| {
-            let mut statement = connection.prepare_cached(
+            let snapshot = connection.unchecked_transaction()?;
+            let mut statement = snapshot.prepare_cached(
                 "SELECT DISTINCT resource_id FROM counts
-                 WHERE tier = ?1 AND bucket_ms >= ?2 AND bucket_ms < ?3 ORDER BY resource_id",
+                 WHERE tier = ?1 AND bucket_ms >= ?2 AND bucket_ms < ?3",
             )?;
-            let ids = statement
-                .query_map(
-                    params![tier.code(), millis(start_ms), millis(end_ms)],
-                    |row| row.get(0),
-                )?
-                .collect::<rusqlite::Result<_>>()?;
-            Ok(ids)
+            // The resources with rows of `tier`, and those whose finer rows count for one of
+            // its buckets not rolled up yet (any resource's: the listing may name a few more).
+            let rollups = rollup::read_rollups(&snapshot)?.earliest();
+            let mut reads = vec![(tier, start_ms, end_ms)];
+            reads.extend(rollups.finer_reads(tier, "", start_ms, end_ms));
+            let mut ids = BTreeSet::new();
+            for (tier, from_ms, to_ms) in reads {
+                let rows = statement.query_map(
+                    params![tier.code(), millis(from_ms), millis(to_ms)],
+                    |row| row.get::<_, String>(0),
+                )?;
+                for id in rows {
+                    ids.insert(id?);
+                }
+            }
+            Ok(ids.into_iter().collect())
         })
         .await
     }
@@ -870,10 +914,27 @@ impl CatalogStore for EmbeddedStore {
     }
 }
 
-/// Inbox row ids in `[first, last]`.
-/// One resource's stored cells of `tier` in `[start_ms, end_ms)`, sorted by bucket, with its
-/// pending sketches merged in.
+/// One resource's stored cells of `tier` in `[start_ms, end_ms)`, sorted by bucket: its rows
+/// with pending sketches merged in, and for buckets not rolled up yet the finer rows that
+/// count for them (`rollup.rs`).
 fn stored_cells(
+    snapshot: &Connection,
+    rollups: &Rollups,
+    resource_id: &str,
+    tier: Tier,
+    (start_ms, end_ms): (u64, u64),
+) -> Result<Vec<CountCell>, StoreError> {
+    let mut cells = tier_rows(snapshot, resource_id, tier, start_ms, end_ms)?;
+    for (finer, from_ms, to_ms) in rollups.finer_reads(tier, resource_id, start_ms, end_ms) {
+        let finer_cells = tier_rows(snapshot, resource_id, finer, from_ms, to_ms)?;
+        cells = add_finer(tier, cells, finer_cells);
+    }
+    Ok(cells)
+}
+
+/// One resource's rows of `tier` in `[start_ms, end_ms)`, sorted by bucket, with its pending
+/// sketches merged in.
+fn tier_rows(
     snapshot: &Connection,
     resource_id: &str,
     tier: Tier,
@@ -913,6 +974,7 @@ fn stored_cells(
     Ok(cells)
 }
 
+/// Inbox row ids in `[first, last]`.
 fn inbox_ids_between(
     connection: &Connection,
     first: u64,
@@ -986,14 +1048,12 @@ fn write_folded_blocking(
             }
         }
     }
-    let cells = whole_cells(fold_rows(rows.iter().copied(), &retention, now_ms));
-    add_whole_cells_blocking(transaction, &cells)?;
+    let rollups = rollup::read_rollups(transaction)?;
+    let writes = fold_rows(rows.iter().copied(), &retention, &rollups, now_ms);
     // The fold's clock for what is late (`summaries.rs`): never earlier than a row it folds
     // was appended, however long ago the fold began.
-    let late = late_buckets(
-        cells.iter().map(|cell| (cell.tier, cell.cell.bucket_ms)),
-        now_ms.max(appended_ms),
-    );
+    let late = late_buckets(writes.changed.iter().copied(), now_ms.max(appended_ms));
+    add_whole_cells_blocking(transaction, &whole_cells(writes))?;
     bump_buckets(transaction, &late)?;
     Ok(())
 }
@@ -1269,7 +1329,8 @@ fn apply_group_blocking(
             }
         }
     }
-    let mut writes = fold_group(batches, &recorded, &retention, now_ms, shape);
+    let rollups = rollup::read_rollups(&transaction)?;
+    let mut writes = fold_group(batches, &recorded, &retention, &rollups, now_ms, shape);
     if !writes.applied_any() {
         // Only duplicates and conflicts: nothing was recorded, nothing to commit.
         return Ok((writes.outcomes, Vec::new()));
@@ -1370,13 +1431,7 @@ fn write_cells_blocking(
             ])?;
         }
     }
-    let late = late_buckets(
-        writes
-            .cells
-            .keys()
-            .map(|(_, tier, bucket_ms)| (*tier, *bucket_ms)),
-        now_ms,
-    );
+    let late = late_buckets(writes.changed.iter().copied(), now_ms);
     bump_buckets(transaction, &late)
 }
 

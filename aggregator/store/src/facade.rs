@@ -315,6 +315,11 @@ impl Store {
         self.backend.compact().await
     }
 
+    /// [`DurableStore::roll_up`].
+    pub async fn roll_up(&self, now_ms: u64) -> Result<u64, StoreError> {
+        self.backend.roll_up(now_ms).await
+    }
+
     /// [`DurableStore::fold_inbox`].
     pub async fn fold_inbox(&self, now_ms: u64) -> Result<u64, StoreError> {
         self.backend.fold_inbox(now_ms).await

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use hitcount_wire::{MINUTE_MS, Sketch};
 
 use crate::records::{Applied, ApplyOutcome, BatchKey, MergeBatch, Tier};
+use crate::rollup::Rollups;
 use crate::rules::entry_buckets;
 
 /// A batch key as the dedupe table keys it.
@@ -53,9 +54,13 @@ pub enum WriteShape {
 #[derive(Debug, Default)]
 pub(crate) struct GroupWrites {
     pub outcomes: Vec<ApplyOutcome>,
-    /// Hits to add per cell of every tier, in key order (concurrent merges cannot deadlock);
-    /// written by the direct shape and by folds.
+    /// Hits to add per row of every tier, in key order (concurrent merges cannot deadlock);
+    /// written by the direct shape and by folds. Open hours and days have no row here: their
+    /// minutes count for them until the rollup (`rollup.rs`).
     pub cells: BTreeMap<(String, Tier, u64), u64>,
+    /// Every kept bucket of every tier the writes change, the open ones included: what a late
+    /// write bumps (`summaries.rs`).
+    pub changed: BTreeSet<(Tier, u64)>,
     /// Hits per (resource, minute ms): what the inbox shape appends instead of `cells`.
     pub minutes: BTreeMap<(String, u64), u64>,
     /// Visitors per (resource, minute ms), merged across the group: one pending row each.
@@ -78,6 +83,7 @@ pub(crate) fn fold_group(
     batches: &[MergeBatch],
     recorded: &HashMap<KeyId, Recorded>,
     retention: &HashMap<String, Option<u32>>,
+    rollups: &Rollups,
     now_ms: u64,
     shape: WriteShape,
 ) -> GroupWrites {
@@ -108,13 +114,14 @@ pub(crate) fn fold_group(
                 applied.unknown_resource_hits += entry.hits;
                 continue;
             };
-            let Some(buckets) = entry_buckets(entry, *retention_days, now_ms) else {
+            let Some(buckets) = entry_buckets(entry, *retention_days, rollups, now_ms) else {
                 applied.expired_entries += 1;
                 continue;
             };
             match shape {
                 WriteShape::Direct => {
-                    for (tier, bucket_ms) in buckets {
+                    writes.changed.extend(buckets.changed);
+                    for (tier, bucket_ms) in buckets.rows {
                         *writes
                             .cells
                             .entry((entry.resource_id.clone(), tier, bucket_ms))

@@ -26,7 +26,8 @@ use hitcount_wire::{MINUTE_MS, Sketch};
 use crate::DAY_MS;
 use crate::group::GroupWrites;
 use crate::records::{CountCell, StoreError, Tier, TierCell};
-use crate::rules::tier_kept;
+use crate::rollup::Rollups;
+use crate::rules::{minute_writes, tier_kept};
 
 /// Longest fold interval: how often an aggregator looks for minutes that closed.
 pub const FOLD_INTERVAL_MS_MAX: u64 = 60_000;
@@ -702,6 +703,7 @@ pub(crate) fn add_held(
 pub(crate) fn fold_rows<'a>(
     rows: impl IntoIterator<Item = &'a InboxRow>,
     retention: &HashMap<String, Option<u32>>,
+    rollups: &Rollups,
     now_ms: u64,
 ) -> GroupWrites {
     let mut writes = GroupWrites::default();
@@ -716,14 +718,13 @@ pub(crate) fn fold_rows<'a>(
             {
                 continue;
             }
-            for tier in Tier::ALL {
-                let bucket_ms = cell.minute_ms / tier.resolution_ms() * tier.resolution_ms();
-                if tier_kept(tier, bucket_ms, now_ms) {
-                    *writes
-                        .cells
-                        .entry((cell.resource_id.clone(), tier, bucket_ms))
-                        .or_default() += cell.hits;
-                }
+            let minute = minute_writes(&cell.resource_id, cell.minute_ms, rollups, now_ms);
+            writes.changed.extend(minute.changed);
+            for (tier, bucket_ms) in minute.rows {
+                *writes
+                    .cells
+                    .entry((cell.resource_id.clone(), tier, bucket_ms))
+                    .or_default() += cell.hits;
             }
             if !cell.visitors.is_empty() {
                 writes
@@ -954,7 +955,7 @@ mod tests {
             ("a", old, 1, &["w"]),
         ]));
         let retention = HashMap::from([("a".to_owned(), None)]);
-        let cells = whole_cells(fold_rows(&rows, &retention, now_ms));
+        let cells = whole_cells(fold_rows(&rows, &retention, &Rollups::none(), now_ms));
         let found: Vec<(Tier, u64, u64, u64)> = cells
             .iter()
             .map(|cell| {

@@ -21,6 +21,7 @@ pub mod inbox;
 mod patterns;
 mod postgres;
 mod records;
+pub mod rollup;
 mod rules;
 pub mod sealed;
 mod snapshot;

@@ -36,6 +36,7 @@ use crate::records::{
     BatchKey, CountCell, CreateOutcome, GroupCommit, Import, ImportOutcome, MergeBatch,
     MinuteCells, Pruned, ResourceRecord, StoreError, Tier, TierCell, TokenRecord,
 };
+use crate::rollup::Rollups;
 use crate::rules::{
     COMPACTION_ROWS_MAX, EMPTY_SKETCH, RETENTION_DELETE_ROWS_MAX, check_import, check_read_ids,
     merge_pending, retention_rules,
@@ -332,7 +333,12 @@ impl PgStore {
         let retention = resource_retention(transaction, &rows_resource_ids(rows.iter().copied()))
             .await
             .map_err(classify)?;
-        let cells = whole_cells(fold_rows(rows.iter().copied(), &retention, now_ms));
+        let cells = whole_cells(fold_rows(
+            rows.iter().copied(),
+            &retention,
+            &Rollups::none(),
+            now_ms,
+        ));
         // Compaction and imports read a stored sketch and write it back under this lock; the
         // fold does too. Taken after the fold lock, never before it, by every process.
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -1068,7 +1074,14 @@ async fn apply_group_in(
 ) -> Result<GroupWrites, sqlx::Error> {
     let recorded = record_keys(transaction, batches, now_ms).await?;
     let retention = resource_retention(transaction, &group_resource_ids(batches)).await?;
-    let writes = fold_group(batches, &recorded, &retention, now_ms, shape);
+    let writes = fold_group(
+        batches,
+        &recorded,
+        &retention,
+        &Rollups::none(),
+        now_ms,
+        shape,
+    );
     if writes.applied_any() && shape == WriteShape::Direct {
         write_cells(transaction, &writes, summaries.then_some(now_ms)).await?;
     }

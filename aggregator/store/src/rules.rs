@@ -7,6 +7,7 @@ use crate::DAY_MS;
 use crate::records::{
     CELLS_READ_RESOURCES_MAX, CountCell, IMPORT_CELLS_MAX, Import, ResourceRecord, Tier,
 };
+use crate::rollup::{Rollups, bucket_of};
 
 /// The retention job deletes at most this many rows per transaction, so ingest never waits long.
 pub(crate) const RETENTION_DELETE_ROWS_MAX: usize = 10_000;
@@ -39,26 +40,47 @@ pub(crate) fn retention_rules(
     rules
 }
 
-/// What a merge writes for one entry: the bucket of each tier still kept, or nothing when the
+/// What a merge writes for one entry: the rows of the buckets still kept that the rollup rule
+/// writes ([`Rollups::minute_rows`]), and every kept bucket its counts change; nothing when the
 /// entry is past its resource's retention.
 pub(crate) fn entry_buckets(
     entry: &DeltaEntry,
     retention_days: Option<u32>,
+    rollups: &Rollups,
     now_ms: u64,
-) -> Option<Vec<(Tier, u64)>> {
+) -> Option<MinuteWrites> {
     let entry_ms = entry.minute * MINUTE_MS;
     if let Some(days) = retention_days
         && entry_ms + MINUTE_MS <= now_ms.saturating_sub(u64::from(days) * DAY_MS)
     {
         return None;
     }
-    Some(
-        Tier::ALL
+    Some(minute_writes(&entry.resource_id, entry_ms, rollups, now_ms))
+}
+
+/// The rows one minute of a resource is written to, and the buckets it changes.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct MinuteWrites {
+    pub rows: Vec<(Tier, u64)>,
+    pub changed: Vec<(Tier, u64)>,
+}
+
+/// [`MinuteWrites`] of one kept minute at `now_ms`.
+pub(crate) fn minute_writes(
+    resource_id: &str,
+    minute_ms: u64,
+    rollups: &Rollups,
+    now_ms: u64,
+) -> MinuteWrites {
+    let kept = |tier, bucket_ms| tier_kept(tier, bucket_ms, now_ms);
+    MinuteWrites {
+        rows: rollups.minute_rows(resource_id, minute_ms, kept),
+        changed: Tier::ALL
             .into_iter()
-            .map(|tier| (tier, entry_ms / tier.resolution_ms() * tier.resolution_ms()))
-            .filter(|(tier, bucket_ms)| tier_kept(*tier, *bucket_ms, now_ms))
+            .map(|tier| (tier, bucket_of(tier, minute_ms)))
+            .filter(|(tier, bucket_ms)| kept(*tier, *bucket_ms))
             .collect(),
-    )
+    }
 }
 
 /// False for a bucket the retention job would delete next: writing it is wasted work.

@@ -10,6 +10,7 @@ use std::collections::HashSet;
 
 use hitcount_process::now_ms;
 use hitcount_store::hot::HotTier;
+use hitcount_store::rollup::ROLLUP_DELAY_MS;
 use hitcount_store::{
     ApplyOutcome, BatchKey, CatalogStore, CosmosSettings, CosmosStore, CountCell, CreateOutcome,
     DAY_MS, DurableStore, EmbeddedStore, HOUR_MS, Import, ImportOutcome, MINUTE_TIER_RETENTION_MS,
@@ -602,6 +603,70 @@ async fn cosmos_a_hot_tier_rebuild_reads_every_streams_batches_folded_or_not() {
     assert_eq!(tier_hits(&first, "r").await, [5, 5, 5]);
 }
 
+/// Rows per tier of an embedded store's database, read beside the store.
+fn embedded_rows_by_tier(directory: &std::path::Path) -> [u64; 3] {
+    let database = rusqlite::Connection::open(directory.join("hitcount.sqlite3")).unwrap();
+    [0, 1, 2].map(|tier: i64| {
+        database
+            .query_row(
+                "SELECT count(*) FROM counts WHERE tier = ?1",
+                [tier],
+                |row| row.get::<_, i64>(0),
+            )
+            .unwrap() as u64
+    })
+}
+
+/// On the embedded store a folded minute is one row until its hour and day are rolled up, then
+/// each hour and day one more; retention then deletes the minutes, and the hours and day still
+/// answer. (What the conformance case above cannot see: it reads through the contract only.)
+#[tokio::test]
+async fn embedded_minutes_are_one_row_each_until_their_hour_and_day_roll_up() {
+    let directory = TempDir::new().unwrap();
+    let store = EmbeddedStore::open(directory.path()).unwrap().with_inbox();
+    store.create_resource(resource("r", None)).await.unwrap();
+    let day = 20_400 * DAY_MS;
+    let first_hour = day + 5 * HOUR_MS;
+    store.roll_up(first_hour).await.unwrap();
+    let minutes = (0..120)
+        .map(|offset| entry("r", first_hour / MINUTE_MS + offset, 1, &["a"]))
+        .collect();
+    let now = first_hour + 2 * HOUR_MS + MINUTE_MS;
+    apply(&store, minutes, None, now).await;
+    store.fold_inbox(now).await.unwrap();
+    assert_eq!(embedded_rows_by_tier(directory.path()), [120, 0, 0]);
+    // Retention keeps minutes past their own 48 hours while their hour is not rolled up.
+    store.prune(first_hour + 3 * DAY_MS).await.unwrap();
+    assert_eq!(embedded_rows_by_tier(directory.path()), [120, 0, 0]);
+    let read = |tier, now| store.cells("r".to_owned(), tier, 0, day + DAY_MS, now);
+    let hours = vec![(first_hour, 60), (first_hour + HOUR_MS, 60)];
+    let hits = |cells: Vec<CountCell>| -> Vec<(u64, u64)> {
+        cells
+            .iter()
+            .map(|cell| (cell.bucket_ms, cell.hits))
+            .collect()
+    };
+    assert_eq!(hits(read(Tier::Hour, now).await.unwrap()), hours);
+    assert_eq!(hits(read(Tier::Day, now).await.unwrap()), [(day, 120)]);
+
+    let rolled_at = first_hour + 2 * HOUR_MS + ROLLUP_DELAY_MS;
+    assert_eq!(store.roll_up(rolled_at).await.unwrap(), 2);
+    assert_eq!(embedded_rows_by_tier(directory.path()), [120, 2, 0]);
+    assert_eq!(hits(read(Tier::Hour, rolled_at).await.unwrap()), hours);
+
+    let next_day = day + DAY_MS + HOUR_MS;
+    assert_eq!(store.roll_up(next_day).await.unwrap(), 1, "the day");
+    assert_eq!(embedded_rows_by_tier(directory.path()), [120, 2, 1]);
+    let pruned_at = next_day + 3 * DAY_MS;
+    store.prune(pruned_at).await.unwrap();
+    assert_eq!(embedded_rows_by_tier(directory.path()), [0, 2, 1]);
+    assert_eq!(hits(read(Tier::Hour, pruned_at).await.unwrap()), hours);
+    assert_eq!(
+        hits(read(Tier::Day, pruned_at).await.unwrap()),
+        [(day, 120)]
+    );
+}
+
 macro_rules! catalog_contract {
     ($($case:ident),* $(,)?) => {
         $(
@@ -645,6 +710,7 @@ contract!(
     an_import_adds_its_cells_once_and_all_or_nothing,
     every_late_write_drops_a_kept_bucket_summary,
     a_fold_is_late_by_when_its_rows_were_appended,
+    hours_and_days_roll_up_and_read_the_same,
 );
 
 fn minute_now() -> u64 {
@@ -767,8 +833,103 @@ async fn summary_of(
     (row.generation, body)
 }
 
+/// What every tier of `id` reads: each hour's hits, and the minutes' and days' hits and
+/// visitors summed.
+async fn every_tier(store: &dyn DurableStore, id: &str) -> (Vec<(u64, u64)>, [(u64, u64); 2]) {
+    let now = now_ms();
+    let hours = store
+        .cells(id.to_owned(), Tier::Hour, 0, now + DAY_MS, now)
+        .await
+        .unwrap()
+        .iter()
+        .map(|cell| (cell.bucket_ms, cell.hits))
+        .collect();
+    let mut sums = [(0, 0); 2];
+    for (sum, tier) in sums.iter_mut().zip([Tier::Minute, Tier::Day]) {
+        let (hits, visitors) = total(store, id, tier).await;
+        *sum = (hits, visitors.count());
+    }
+    (hours, sums)
+}
+
 mod cases {
     use super::*;
+
+    /// Hours roll up from their minutes and days from their hours once they closed: until then
+    /// a minute is written once and a read of its hour or day adds it up, after that the read
+    /// takes the rolled-up row. Every tier reads the same before, during and after, through a
+    /// late minute of a rolled-up hour and an import of an open hour.
+    pub async fn hours_and_days_roll_up_and_read_the_same(store: &dyn DurableStore) {
+        store.create_resource(resource("r", None)).await.unwrap();
+        let now = now_ms();
+        let first_hour = (now / HOUR_MS - 3) * HOUR_MS;
+        let minute = first_hour / MINUTE_MS;
+        // The first rollup sets the watermarks at the hour and day it runs in.
+        assert_eq!(store.roll_up(first_hour).await.unwrap(), 0);
+        let entries = vec![
+            entry("r", minute + 5, 2, &["a", "b"]),
+            entry("r", minute + 65, 3, &["c"]),
+            entry("r", minute + 125, 4, &["a"]),
+        ];
+        apply(store, entries, None, now).await;
+        store.fold_inbox(now).await.unwrap();
+        let hours = |third| {
+            vec![
+                (first_hour, 2),
+                (first_hour + HOUR_MS, 3),
+                (first_hour + 2 * HOUR_MS, third),
+            ]
+        };
+        let written = (hours(4), [(9, 3), (9, 3)]);
+        assert_eq!(every_tier(store, "r").await, written);
+
+        store
+            .roll_up(first_hour + 2 * HOUR_MS + ROLLUP_DELAY_MS)
+            .await
+            .unwrap();
+        assert_eq!(every_tier(store, "r").await, written);
+
+        // A late minute of a rolled-up hour counts in the hour's row and in its minute.
+        apply(store, vec![entry("r", minute + 10, 1, &["d"])], None, now).await;
+        store.fold_inbox(now).await.unwrap();
+        let mut late = written.clone();
+        late.0[0].1 += 1;
+        late.1 = [(10, 4), (10, 4)];
+        assert_eq!(every_tier(store, "r").await, late);
+
+        // An import of the open hour, whose file carries that hour's minute too: each tier
+        // gains what the file says of it.
+        let open_hour = first_hour + 2 * HOUR_MS;
+        let import = Import {
+            file_sha256: [9; 32],
+            resources: vec![],
+            cells: vec![
+                import_cell("r", Tier::Minute, open_hour + 30 * MINUTE_MS, 6, &["e"]),
+                import_cell("r", Tier::Hour, open_hour, 10, &["e", "f"]),
+                import_cell("r", Tier::Day, open_hour, 10, &["e", "f"]),
+            ],
+        };
+        store.import(import, now).await.unwrap();
+        let imported = (hours(14), [(16, 5), (20, 6)]);
+        let mut imported_after_late = imported.clone();
+        imported_after_late.0[0].1 += 1;
+        assert_eq!(every_tier(store, "r").await, imported_after_late);
+
+        // Everything rolled up.
+        store.roll_up(now + 2 * DAY_MS).await.unwrap();
+        assert_eq!(every_tier(store, "r").await, imported_after_late);
+        // And a minute written now counts in every tier as before.
+        apply(
+            store,
+            vec![entry("r", minute_now(), 1, &["g"])],
+            None,
+            now_ms(),
+        )
+        .await;
+        store.fold_inbox(now_ms()).await.unwrap();
+        let (_, [minutes, days]) = every_tier(store, "r").await;
+        assert_eq!((minutes.0, days.0), (17, 21));
+    }
 
     /// With the durable inbox, a fold decides what is late by when its rows were appended, never
     /// by an older clock of its own (a fold that began long before), and readers see when the

@@ -22,6 +22,7 @@ use super::inbox::{RowRef, RowState};
 use super::{CosmosStore, Kind, classify};
 use crate::inbox::{choose_fold_rows, fold_rows, rows_resource_ids};
 use crate::records::{StoreError, Tier};
+use crate::rollup::Rollups;
 
 /// A stream whose heartbeat (each fold, every fold interval) is this old belongs to a process
 /// that stopped: another process takes it over. Several fold intervals at their longest
@@ -220,7 +221,7 @@ impl CosmosStore {
                 loaded.push(self.load_row(document).await?);
             }
             let retention = self.retention_of(rows_resource_ids(&loaded)).await?;
-            let writes = fold_rows(&loaded, &retention, now_ms);
+            let writes = fold_rows(&loaded, &retention, &Rollups::none(), now_ms);
             let mut sketches: HashMap<(String, Tier, u64), Sketch> = HashMap::new();
             for ((resource_id, minute_ms), sketch) in &writes.sketches {
                 for tier in Tier::ALL {

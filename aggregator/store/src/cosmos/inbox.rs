@@ -17,6 +17,7 @@ use super::{CosmosStore, classify, read_document};
 use crate::group::{GroupWrites, KeyId, Recorded, WriteShape, fold_group, group_resource_ids};
 use crate::inbox::InboxRow;
 use crate::records::{ApplyOutcome, GroupCommit, MergeBatch, StoreError, TierCell};
+use crate::rollup::Rollups;
 
 pub(super) const INBOX_CONTAINER: &str = "inbox";
 /// Base64 characters in one document: a Cosmos DB document holds at most 2 MB. A batch's row
@@ -158,6 +159,7 @@ impl CosmosStore {
                 std::slice::from_ref(&batch),
                 &recorded,
                 &retention,
+                &Rollups::none(),
                 now_ms,
                 WriteShape::Inbox,
             );

@@ -55,7 +55,10 @@ pub(super) fn import_blocking(
             }
         }
     }
-    super::add_whole_cells_blocking(&transaction, &import.cells)?;
+    // The import's coarse cells of buckets not rolled up keep only what its finer cells do not
+    // count there (`rollup.rs`); a rollup later adds the finer ones.
+    let rows = super::rollup::read_rollups(&transaction)?.import_rows(&import.cells);
+    super::add_whole_cells_blocking(&transaction, &rows)?;
     // An import may write any bucket, closed ones included.
     let buckets = import
         .cells
