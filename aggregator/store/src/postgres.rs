@@ -21,6 +21,8 @@ use sqlx::{Postgres, Row, Transaction};
 mod import;
 // Resource patterns and resources created on first sight (`postgres/patterns.rs`).
 mod patterns;
+// Watermarks, the rollup lock and rollup steps (`postgres/rollup.rs`).
+mod rollup;
 
 use super::inbox::{
     FOLD_ROWS_LISTED_MAX, FOREIGN_FOLD_AFTER_MS, FoldScope, InboxRow, Overlay, TakenSlot,
@@ -333,14 +335,16 @@ impl PgStore {
         let retention = resource_retention(transaction, &rows_resource_ids(rows.iter().copied()))
             .await
             .map_err(classify)?;
-        let cells = whole_cells(fold_rows(
-            rows.iter().copied(),
-            &retention,
-            &Rollups::none(),
-            now_ms,
-        ));
+        let rollups = rollup::rollups_for_write(transaction)
+            .await
+            .map_err(classify)?;
+        let writes = fold_rows(rows.iter().copied(), &retention, &rollups, now_ms);
+        // The fold's clock for what is late (`summaries.rs`): never earlier than a row it
+        // folds was appended, however long ago the fold began.
+        let late = late_buckets(writes.changed.iter().copied(), now_ms.max(appended_ms));
+        let cells = whole_cells(writes);
         // Compaction and imports read a stored sketch and write it back under this lock; the
-        // fold does too. Taken after the fold lock, never before it, by every process.
+        // fold does too. Taken after the fold and rollup locks, never before, by every process.
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(COMPACTION_LOCK_KEY)
             .execute(&mut **transaction)
@@ -350,12 +354,6 @@ impl PgStore {
             .await
             .map_err(classify)?;
         if self.keeps_bucket_summaries() {
-            // The fold's clock for what is late (`summaries.rs`): never earlier than a row it
-            // folds was appended, however long ago the fold began.
-            let late = late_buckets(
-                cells.iter().map(|cell| (cell.tier, cell.cell.bucket_ms)),
-                now_ms.max(appended_ms),
-            );
             bump_buckets(&mut **transaction, &late)
                 .await
                 .map_err(classify)?;
@@ -506,6 +504,19 @@ impl DurableStore for PgStore {
             .await
             .map_err(classify)?;
         let mut all = stored_cells(&mut transaction, &resource_ids, tier, start_ms, end_ms).await?;
+        let rollups = rollup::read_rollups(&mut *transaction)
+            .await
+            .map_err(classify)?;
+        let range = (start_ms, end_ms);
+        rollup::add_open_buckets(
+            &mut transaction,
+            &rollups,
+            &resource_ids,
+            tier,
+            range,
+            &mut all,
+        )
+        .await?;
         let mut listed: Vec<i64> = unfolded
             .iter()
             .flatten()
@@ -705,9 +716,13 @@ impl DurableStore for PgStore {
         let mut pruned = Pruned::default();
         let resources = self.resources().await?;
         let limit = RETENTION_DELETE_ROWS_MAX as i64;
+        // Read before any deletion: watermarks only move on, so this one is never ahead.
+        let rollups = rollup::read_rollups(&self.pool).await.map_err(classify)?;
         for (resource, tier, cutoff_ms) in retention_rules(&resources, now_ms) {
-            // A bucket goes when all of it is older than the cutoff.
-            let newest_expired_bucket = signed(cutoff_ms) - signed(tier.resolution_ms());
+            // A bucket goes when all of it is older than the cutoff, and not while it still
+            // counts for a coarser bucket that is not rolled up.
+            let newest_expired_bucket =
+                signed(rollups.prunable_until(tier, cutoff_ms)) - signed(tier.resolution_ms());
             loop {
                 // The delete and its bump commit together: a bump lost after its delete would
                 // never be made again.
@@ -770,6 +785,17 @@ impl DurableStore for PgStore {
     /// Folds every row (see `fold`).
     async fn fold_inbox(&self, now_ms: u64) -> Result<u64, StoreError> {
         self.fold(now_ms, FoldScope::All).await
+    }
+
+    async fn roll_up(&self, now_ms: u64) -> Result<u64, StoreError> {
+        let mut rolled = 0;
+        // Hours first: a day is rolled up from its hours once they all are.
+        for tier in [Tier::Hour, Tier::Day] {
+            while let Some(cells) = rollup::step(self.begin().await?, tier, now_ms).await? {
+                rolled += cells;
+            }
+        }
+        Ok(rolled)
     }
 
     async fn fold_closed(&self, now_ms: u64) -> Result<u64, StoreError> {
@@ -856,16 +882,35 @@ impl DurableStore for PgStore {
         start_ms: u64,
         end_ms: u64,
     ) -> Result<Vec<String>, StoreError> {
-        sqlx::query_scalar(
-            "SELECT DISTINCT resource_id FROM hit_counts
-             WHERE tier = $1 AND bucket_ms >= $2 AND bucket_ms < $3 ORDER BY resource_id",
-        )
-        .bind(tier.code() as i16)
-        .bind(signed(start_ms))
-        .bind(signed(end_ms))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(classify)
+        let mut transaction = self.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *transaction)
+            .await
+            .map_err(classify)?;
+        // The resources with rows of `tier`, and those whose finer rows count for one of its
+        // buckets not rolled up yet (any resource's: the listing may name a few more).
+        let rollups = rollup::read_rollups(&mut *transaction)
+            .await
+            .map_err(classify)?
+            .earliest();
+        let mut reads = vec![(tier, start_ms, end_ms)];
+        reads.extend(rollups.finer_reads(tier, "", start_ms, end_ms));
+        let mut ids = BTreeSet::new();
+        for (tier, from_ms, to_ms) in reads {
+            let found: Vec<String> = sqlx::query_scalar(
+                "SELECT DISTINCT resource_id FROM hit_counts
+                 WHERE tier = $1 AND bucket_ms >= $2 AND bucket_ms < $3",
+            )
+            .bind(tier.code() as i16)
+            .bind(signed(from_ms))
+            .bind(signed(to_ms))
+            .fetch_all(&mut *transaction)
+            .await
+            .map_err(classify)?;
+            ids.extend(found);
+        }
+        transaction.commit().await.map_err(classify)?;
+        Ok(ids.into_iter().collect())
     }
 
     async fn put_bucket_summary(
@@ -1074,14 +1119,12 @@ async fn apply_group_in(
 ) -> Result<GroupWrites, sqlx::Error> {
     let recorded = record_keys(transaction, batches, now_ms).await?;
     let retention = resource_retention(transaction, &group_resource_ids(batches)).await?;
-    let writes = fold_group(
-        batches,
-        &recorded,
-        &retention,
-        &Rollups::none(),
-        now_ms,
-        shape,
-    );
+    // The inbox shape writes no counts here: its folds read the watermarks.
+    let rollups = match shape {
+        WriteShape::Direct => rollup::rollups_for_write(transaction).await?,
+        WriteShape::Inbox => Rollups::none(),
+    };
+    let writes = fold_group(batches, &recorded, &retention, &rollups, now_ms, shape);
     if writes.applied_any() && shape == WriteShape::Direct {
         write_cells(transaction, &writes, summaries.then_some(now_ms)).await?;
     }
@@ -1140,13 +1183,7 @@ async fn write_cells(
     let Some(clock_ms) = bump_clock_ms else {
         return Ok(());
     };
-    let late = late_buckets(
-        writes
-            .cells
-            .keys()
-            .map(|(_, tier, bucket_ms)| (*tier, *bucket_ms)),
-        clock_ms,
-    );
+    let late = late_buckets(writes.changed.iter().copied(), clock_ms);
     bump_buckets(&mut **transaction, &late).await
 }
 

@@ -309,6 +309,44 @@ pub fn due_until(tier: Tier, rollups: &Rollups, now_ms: u64) -> u64 {
     }
 }
 
+/// Where a rollup not in progress moves the watermark `mark` of `tier` without rolling anything
+/// up, given the first finer row at or after it (`next_finer_ms`): past the buckets
+/// without finer rows, up to `due_ms`. `None` when the bucket at the watermark has finer rows.
+pub fn skipped(
+    tier: Tier,
+    mark: &Watermark,
+    next_finer_ms: Option<u64>,
+    due_ms: u64,
+) -> Option<Watermark> {
+    debug_assert!(
+        mark.cursor.is_none(),
+        "a rollup in progress finishes its bucket"
+    );
+    let next_ms = next_finer_ms.map_or(u64::MAX, |next_ms| bucket_of(tier, next_ms));
+    (next_ms > mark.until_ms).then(|| Watermark {
+        until_ms: next_ms.min(due_ms),
+        cursor: None,
+    })
+}
+
+/// The watermark after a rollup step of `tier` rolled up `ids` (at most
+/// [`ROLLUP_RESOURCES_MAX`], in order) of the bucket at `mark`: the bucket is done when fewer
+/// were left, or else the cursor moves to the last.
+pub fn after_step(tier: Tier, mark: &Watermark, ids: &[String]) -> Watermark {
+    debug_assert!(ids.len() <= ROLLUP_RESOURCES_MAX);
+    if ids.len() < ROLLUP_RESOURCES_MAX {
+        Watermark {
+            until_ms: mark.until_ms + tier.resolution_ms(),
+            cursor: None,
+        }
+    } else {
+        Watermark {
+            until_ms: mark.until_ms,
+            cursor: ids.last().cloned(),
+        }
+    }
+}
+
 /// One resource's finer cells of a bucket, as the coarse cell the rollup adds.
 pub fn rolled_cell(resource_id: &str, tier: Tier, bucket_ms: u64, finer: &[CountCell]) -> TierCell {
     let mut cell = CountCell {

@@ -617,13 +617,55 @@ fn embedded_rows_by_tier(directory: &std::path::Path) -> [u64; 3] {
     })
 }
 
-/// On the embedded store a folded minute is one row until its hour and day are rolled up, then
-/// each hour and day one more; retention then deletes the minutes, and the hours and day still
-/// answer. (What the conformance case above cannot see: it reads through the contract only.)
+/// Rows per tier of a PostgreSQL store's database, read beside the store.
+async fn postgres_rows_by_tier(url: &str) -> [u64; 3] {
+    let pool = sqlx::PgPool::connect(url).await.unwrap();
+    let mut rows = [0; 3];
+    for (tier, count) in rows.iter_mut().enumerate() {
+        let found: i64 = sqlx::query_scalar("SELECT count(*) FROM hit_counts WHERE tier = $1")
+            .bind(tier as i16)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        *count = found as u64;
+    }
+    pool.close().await;
+    rows
+}
+
+/// On the SQL stores a folded minute is one row until its hour and day are rolled up, then each
+/// hour and day one more; retention then deletes the minutes, and the hours and day still
+/// answer. (What the conformance cases cannot see: they read through the contract only.)
 #[tokio::test]
-async fn embedded_minutes_are_one_row_each_until_their_hour_and_day_roll_up() {
+async fn minutes_are_one_row_each_until_their_hour_and_day_roll_up() {
     let directory = TempDir::new().unwrap();
-    let store = EmbeddedStore::open(directory.path()).unwrap().with_inbox();
+    let embedded = EmbeddedStore::open(directory.path()).unwrap().with_inbox();
+    let path = directory.path().to_owned();
+    one_row_per_minute_until_rolled_up(&embedded, || {
+        let path = path.clone();
+        async move { embedded_rows_by_tier(&path) }
+    })
+    .await;
+    if hitcount_test_support::postgres_or_skip() {
+        for shape in [WriteShape::Inbox, WriteShape::Direct] {
+            // A database of its own for each shape, named after a directory of its own.
+            let named_after = TempDir::new().unwrap();
+            let url = hitcount_test_support::postgres_database(named_after.path());
+            let store = PgStore::connect(&url).await.unwrap();
+            let store = match shape {
+                WriteShape::Inbox => store.with_inbox(),
+                WriteShape::Direct => store,
+            };
+            one_row_per_minute_until_rolled_up(&store, || postgres_rows_by_tier(&url)).await;
+        }
+    }
+}
+
+async fn one_row_per_minute_until_rolled_up<F, R>(store: &dyn DurableStore, rows_by_tier: F)
+where
+    F: Fn() -> R,
+    R: Future<Output = [u64; 3]>,
+{
     store.create_resource(resource("r", None)).await.unwrap();
     let day = 20_400 * DAY_MS;
     let first_hour = day + 5 * HOUR_MS;
@@ -632,12 +674,12 @@ async fn embedded_minutes_are_one_row_each_until_their_hour_and_day_roll_up() {
         .map(|offset| entry("r", first_hour / MINUTE_MS + offset, 1, &["a"]))
         .collect();
     let now = first_hour + 2 * HOUR_MS + MINUTE_MS;
-    apply(&store, minutes, None, now).await;
+    apply(store, minutes, None, now).await;
     store.fold_inbox(now).await.unwrap();
-    assert_eq!(embedded_rows_by_tier(directory.path()), [120, 0, 0]);
+    assert_eq!(rows_by_tier().await, [120, 0, 0]);
     // Retention keeps minutes past their own 48 hours while their hour is not rolled up.
     store.prune(first_hour + 3 * DAY_MS).await.unwrap();
-    assert_eq!(embedded_rows_by_tier(directory.path()), [120, 0, 0]);
+    assert_eq!(rows_by_tier().await, [120, 0, 0]);
     let read = |tier, now| store.cells("r".to_owned(), tier, 0, day + DAY_MS, now);
     let hours = vec![(first_hour, 60), (first_hour + HOUR_MS, 60)];
     let hits = |cells: Vec<CountCell>| -> Vec<(u64, u64)> {
@@ -651,15 +693,15 @@ async fn embedded_minutes_are_one_row_each_until_their_hour_and_day_roll_up() {
 
     let rolled_at = first_hour + 2 * HOUR_MS + ROLLUP_DELAY_MS;
     assert_eq!(store.roll_up(rolled_at).await.unwrap(), 2);
-    assert_eq!(embedded_rows_by_tier(directory.path()), [120, 2, 0]);
+    assert_eq!(rows_by_tier().await, [120, 2, 0]);
     assert_eq!(hits(read(Tier::Hour, rolled_at).await.unwrap()), hours);
 
     let next_day = day + DAY_MS + HOUR_MS;
     assert_eq!(store.roll_up(next_day).await.unwrap(), 1, "the day");
-    assert_eq!(embedded_rows_by_tier(directory.path()), [120, 2, 1]);
+    assert_eq!(rows_by_tier().await, [120, 2, 1]);
     let pruned_at = next_day + 3 * DAY_MS;
     store.prune(pruned_at).await.unwrap();
-    assert_eq!(embedded_rows_by_tier(directory.path()), [0, 2, 1]);
+    assert_eq!(rows_by_tier().await, [0, 2, 1]);
     assert_eq!(hits(read(Tier::Hour, pruned_at).await.unwrap()), hours);
     assert_eq!(
         hits(read(Tier::Day, pruned_at).await.unwrap()),

@@ -5,8 +5,8 @@ use rusqlite::{Connection, params};
 use super::{add_whole_cells_blocking, millis, tier_rows, unmillis};
 use crate::records::{StoreError, Tier};
 use crate::rollup::{
-    ROLLUP_RESOURCES_MAX, Rollups, Watermark, bucket_of, due_until, finer_tier, first_watermark,
-    rolled_cell,
+    ROLLUP_RESOURCES_MAX, Rollups, Watermark, after_step, due_until, finer_tier, first_watermark,
+    rolled_cell, skipped,
 };
 
 pub(super) fn read_rollups(connection: &Connection) -> rusqlite::Result<Rollups> {
@@ -65,24 +65,14 @@ pub(super) fn step_blocking(
     if mark.until_ms >= due_ms {
         return Ok(None);
     }
-    let resolution = tier.resolution_ms();
     if mark.cursor.is_none() {
         let next: Option<i64> = transaction.query_row(
             "SELECT min(bucket_ms) FROM counts WHERE tier = ?1 AND bucket_ms >= ?2",
             params![finer.code(), millis(mark.until_ms)],
             |row| row.get(0),
         )?;
-        let next_ms = next.map_or(u64::MAX, |next| bucket_of(tier, unmillis(next)));
-        if next_ms > mark.until_ms {
-            let until_ms = next_ms.min(due_ms);
-            write_watermark(
-                &transaction,
-                tier,
-                &Watermark {
-                    until_ms,
-                    cursor: None,
-                },
-            )?;
+        if let Some(skipped) = skipped(tier, &mark, next.map(unmillis), due_ms) {
+            write_watermark(&transaction, tier, &skipped)?;
             transaction.commit()?;
             return Ok(Some(0));
         }
@@ -102,24 +92,14 @@ pub(super) fn step_blocking(
             id,
             finer,
             mark.until_ms,
-            mark.until_ms + resolution,
+            mark.until_ms + tier.resolution_ms(),
         )?;
         if !parts.is_empty() {
             cells.push(rolled_cell(id, tier, mark.until_ms, &parts));
         }
     }
     add_whole_cells_blocking(&transaction, &cells)?;
-    let next = if ids.len() < ROLLUP_RESOURCES_MAX {
-        Watermark {
-            until_ms: mark.until_ms + resolution,
-            cursor: None,
-        }
-    } else {
-        Watermark {
-            until_ms: mark.until_ms,
-            cursor: ids.last().cloned(),
-        }
-    };
+    let next = after_step(tier, &mark, &ids);
     write_watermark(&transaction, tier, &next)?;
     transaction.commit()?;
     Ok(Some(cells.len() as u64))

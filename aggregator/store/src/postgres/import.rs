@@ -17,6 +17,9 @@ pub(super) async fn import_in(
     // Compaction and folds are the other writers of stored sketches, and hold this lock while
     // they do: waiting for it means none overwrites the sketch another just merged. Direct
     // merges only add hits and append pending sketches, which an upsert here cannot lose.
+    // Rollup steps move the watermarks the import's coarse cells are decided by (`rollup.rs`):
+    // held shared until commit, taken before the compaction lock as by every writer.
+    let rollups = super::rollup::rollups_for_write(transaction).await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(COMPACTION_LOCK_KEY)
         .execute(&mut **transaction)
@@ -39,7 +42,9 @@ pub(super) async fn import_in(
     if let Some(missing) = missing_resource(transaction, import).await? {
         return Ok(ImportOutcome::ResourceMissing(missing));
     }
-    super::add_whole_cells(transaction, &import.cells).await?;
+    // The import's coarse cells of buckets not rolled up keep only what its finer cells do not
+    // count there; a rollup later adds the finer ones.
+    super::add_whole_cells(transaction, &rollups.import_rows(&import.cells)).await?;
     // An import may write any bucket, closed ones included.
     if summaries {
         let buckets = import
