@@ -96,7 +96,8 @@ pub trait DurableStore: CatalogStore + std::fmt::Debug + Send + Sync {
         Ok(cells.into_iter().next().unwrap_or_default())
     }
 
-    /// Adds an import's cells to the stored ones, each in its own tier (hits summed, visitors
+    /// Adds an import's cells to the stored ones, so that each tier reads as the file says and a
+    /// tier it lacks for a bucket reads what its finer cells add up to (hits summed, visitors
     /// united), and creates its absent resources, in one transaction with the file's record: a
     /// file recorded before is `Duplicate`, and nothing is half-imported. The record is kept for
     /// good (a file can come back any time). Safe beside merges, folds and compactions.
@@ -190,7 +191,8 @@ pub trait DurableStore: CatalogStore + std::fmt::Debug + Send + Sync {
         Ok(None)
     }
 
-    /// Every resource with a stored cell of `tier` in `[start_ms, end_ms)`, sorted: those a
+    /// Every resource with a stored cell of `tier` in `[start_ms, end_ms)`, or finer rows a read
+    /// of an open bucket there adds (`rollup.rs`; a few more may be named), sorted: those a
     /// bucket summary is summed from (with this process's unfolded inbox rows, which
     /// [`crate::Store::resource_ids_between`] adds). Backends that keep bucket summaries answer
     /// it; the others list none.

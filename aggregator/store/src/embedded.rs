@@ -63,7 +63,9 @@ use crate::rules::{
     COMPACTION_ROWS_MAX, EMPTY_SKETCH, RETENTION_DELETE_ROWS_MAX, check_import, check_read_ids,
     merge_pending, retention_rules,
 };
-use crate::summaries::{BucketGeneration, StoredSummary, late_buckets, stored_buckets};
+use crate::summaries::{
+    BucketGeneration, StoredSummary, late_buckets, stored_buckets, with_coarser,
+};
 
 /// Compaction rounds that may find their cells changed underneath before giving up for now.
 const COMPACTION_CONFLICTS_MAX: u32 = 5;
@@ -530,7 +532,8 @@ impl DurableStore for EmbeddedStore {
                 .prepare("DELETE FROM counts WHERE resource_id = ?1 RETURNING tier, bucket_ms")?
                 .query_map([&id], |row| Ok((row.get(0)?, row.get(1)?)))?
                 .collect::<rusqlite::Result<_>>()?;
-            bump_buckets(&transaction, &stored_buckets(&buckets))?;
+            // Open coarse buckets read the deleted finer rows too.
+            bump_buckets(&transaction, &with_coarser(stored_buckets(&buckets)))?;
             transaction.execute("DELETE FROM pending_sketches WHERE resource_id = ?1", [&id])?;
             transaction.commit()?;
             Ok(deleted == 1)

@@ -44,7 +44,9 @@ use crate::rules::{
     merge_pending, retention_rules,
 };
 use crate::snapshot::TransactionSnapshot;
-use crate::summaries::{BucketGeneration, StoredSummary, late_buckets, stored_buckets};
+use crate::summaries::{
+    BucketGeneration, StoredSummary, late_buckets, stored_buckets, with_coarser,
+};
 use std::sync::Arc;
 
 /// Pooled connections. Merges are short; more connections than this only add lock waits.
@@ -685,6 +687,11 @@ impl DurableStore for PgStore {
             .execute(&mut *transaction)
             .await
             .map_err(classify)?;
+        // And the rollup lock: a rollup step in flight could otherwise write back an hour or
+        // day row of the resource from the minutes it read before this delete committed.
+        rollup::hold_shared(&mut transaction)
+            .await
+            .map_err(classify)?;
         let deleted = sqlx::query("DELETE FROM resources WHERE id = $1")
             .bind(&id)
             .execute(&mut *transaction)
@@ -704,7 +711,8 @@ impl DurableStore for PgStore {
             .execute(&mut *transaction)
             .await
             .map_err(classify)?;
-        let buckets = self.summarised(&buckets);
+        // Open coarse buckets read the deleted finer rows too.
+        let buckets = with_coarser(self.summarised(&buckets));
         bump_buckets(&mut *transaction, &buckets)
             .await
             .map_err(classify)?;

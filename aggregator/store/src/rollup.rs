@@ -17,7 +17,7 @@
 //! A rollup advances resource by resource ([`Watermark::cursor`]) in bounded transactions;
 //! writers and readers see, per resource, whether its current bucket is rolled up yet.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use hitcount_wire::{MINUTE_MS, Sketch};
 
@@ -29,7 +29,7 @@ use crate::records::{CountCell, Tier, TierCell};
 pub const ROLLUP_DELAY_MS: u64 = 2 * MINUTE_MS;
 /// Resources one rollup transaction rolls up, each read with its finer rows of one bucket (at
 /// most 60 minutes or 24 hours): bounds the time a rollup holds the writers back.
-pub(crate) const ROLLUP_RESOURCES_MAX: usize = 1_000;
+pub const ROLLUP_RESOURCES_MAX: usize = 1_000;
 
 /// How far a coarse tier is rolled up.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -182,10 +182,12 @@ impl Rollups {
         reads
     }
 
-    /// An import's cells as they are written: a cell of an open bucket keeps only what the
-    /// import's finer cells of it do not already count there (hits never below zero; visitors
-    /// whole, since a union counts each once), so each tier of the import reads as the file
-    /// says, whatever is rolled up.
+    /// An import's cells as they are written, so that each tier reads as the file says
+    /// whatever is rolled up, and a tier the file does not carry for a bucket reads what its
+    /// finer cells add up to (as it would once rolled up):
+    /// - a coarse cell of an open bucket keeps only the hits the import's finer cells do not
+    ///   already count there (never below zero; visitors whole, since a union counts each once);
+    /// - a bucket rolled up that the file carries finer cells of but no cell gets one, their sum.
     pub fn import_rows(&self, cells: &[TierCell]) -> Vec<TierCell> {
         let mut by_resource: BTreeMap<&str, Vec<&TierCell>> = BTreeMap::new();
         for cell in cells {
@@ -193,54 +195,93 @@ impl Rollups {
         }
         let mut rows = Vec::with_capacity(cells.len());
         for (resource_id, cells) in by_resource {
-            // What the import's rows add to a read of each hour: its hour row, and its minutes
-            // while the hour is open.
-            let mut hour_reads: BTreeMap<u64, u64> = BTreeMap::new();
-            let mut minutes_of_hour: BTreeMap<u64, u64> = BTreeMap::new();
+            // What the import adds to a read of each bucket of the tier below the one written.
+            let mut finer_reads: BTreeMap<u64, CountCell> = BTreeMap::new();
             for cell in cells.iter().filter(|cell| cell.tier == Tier::Minute) {
-                let hour_ms = bucket_of(Tier::Hour, cell.cell.bucket_ms);
-                *minutes_of_hour.entry(hour_ms).or_default() += cell.cell.hits;
                 rows.push((*cell).clone());
+                finer_reads.insert(cell.cell.bucket_ms, cell.cell.clone());
             }
-            for (hour_ms, hits) in &minutes_of_hour {
-                if !self.rolled(Tier::Hour, resource_id, *hour_ms) {
-                    hour_reads.insert(*hour_ms, *hits);
+            for tier in [Tier::Hour, Tier::Day] {
+                let own: BTreeMap<u64, &TierCell> = cells
+                    .iter()
+                    .filter(|cell| cell.tier == tier)
+                    .map(|cell| (cell.cell.bucket_ms, *cell))
+                    .collect();
+                let from_finer = add_finer(tier, Vec::new(), finer_reads.into_values().collect());
+                let mut from_finer: BTreeMap<u64, CountCell> = from_finer
+                    .into_iter()
+                    .map(|cell| (cell.bucket_ms, cell))
+                    .collect();
+                let mut reads = BTreeMap::new();
+                for bucket_ms in own
+                    .keys()
+                    .chain(from_finer.keys())
+                    .copied()
+                    .collect::<BTreeSet<_>>()
+                {
+                    let finer = from_finer.remove(&bucket_ms);
+                    let rolled = self.rolled(tier, resource_id, bucket_ms);
+                    let (written, read) =
+                        import_bucket(own.get(&bucket_ms).copied(), finer, rolled);
+                    if let Some(hits) = written {
+                        rows.push(with_cell(
+                            resource_id,
+                            tier,
+                            CountCell {
+                                hits,
+                                ..read.clone()
+                            },
+                        ));
+                    }
+                    reads.insert(bucket_ms, read);
                 }
-            }
-            for cell in cells.iter().filter(|cell| cell.tier == Tier::Hour) {
-                let hour_ms = cell.cell.bucket_ms;
-                let counted = hour_reads.get(&hour_ms).copied().unwrap_or(0);
-                let written = cell.cell.hits.saturating_sub(counted);
-                *hour_reads.entry(hour_ms).or_default() += written;
-                rows.push(with_hits(cell, written));
-            }
-            for cell in cells.iter().filter(|cell| cell.tier == Tier::Day) {
-                let day_ms = cell.cell.bucket_ms;
-                let written = if self.rolled(Tier::Day, resource_id, day_ms) {
-                    cell.cell.hits
-                } else {
-                    let counted: u64 = hour_reads
-                        .range(day_ms..day_ms + Tier::Day.resolution_ms())
-                        .map(|(_, hits)| hits)
-                        .sum();
-                    cell.cell.hits.saturating_sub(counted)
-                };
-                rows.push(with_hits(cell, written));
+                finer_reads = reads;
             }
         }
         rows
     }
 }
 
-fn with_hits(cell: &TierCell, hits: u64) -> TierCell {
+/// One coarse bucket of an import: the hits its row is written with (none: no row), and what
+/// the import adds to a read of the bucket (its visitors are the row's). `own` is the file's
+/// cell of the bucket, `finer` what the import adds to the reads of its finer buckets.
+fn import_bucket(
+    own: Option<&TierCell>,
+    finer: Option<CountCell>,
+    rolled: bool,
+) -> (Option<u64>, CountCell) {
+    let bucket_ms = own.map_or_else(
+        || finer.as_ref().map_or(0, |cell| cell.bucket_ms),
+        |cell| cell.cell.bucket_ms,
+    );
+    let finer = finer.unwrap_or(CountCell {
+        bucket_ms,
+        hits: 0,
+        visitors: Sketch::new(),
+    });
+    match (own, rolled) {
+        (Some(own), true) => (Some(own.cell.hits), own.cell.clone()),
+        (Some(own), false) => {
+            let written = own.cell.hits.saturating_sub(finer.hits);
+            let mut visitors = own.cell.visitors.clone();
+            visitors.merge(&finer.visitors);
+            let read = CountCell {
+                bucket_ms,
+                hits: written + finer.hits,
+                visitors,
+            };
+            (Some(written), read)
+        }
+        (None, true) => (Some(finer.hits), CountCell { bucket_ms, ..finer }),
+        (None, false) => (None, CountCell { bucket_ms, ..finer }),
+    }
+}
+
+fn with_cell(resource_id: &str, tier: Tier, cell: CountCell) -> TierCell {
     TierCell {
-        resource_id: cell.resource_id.clone(),
-        tier: cell.tier,
-        cell: CountCell {
-            bucket_ms: cell.cell.bucket_ms,
-            hits,
-            visitors: cell.cell.visitors.clone(),
-        },
+        resource_id: resource_id.to_owned(),
+        tier,
+        cell,
     }
 }
 
@@ -478,6 +519,46 @@ mod tests {
                 (Tier::Day, 0, 0),
             ]
         );
+    }
+
+    #[test]
+    fn an_import_without_a_coarse_cell_counts_its_finer_cells_there_rolled_up_or_not() {
+        let minute = |bucket_ms, hits| TierCell {
+            resource_id: "a".to_owned(),
+            tier: Tier::Minute,
+            cell: CountCell {
+                bucket_ms,
+                hits,
+                visitors: Sketch::new(),
+            },
+        };
+        let file = [minute(5 * MINUTE_MS, 6), minute(HOUR_MS + MINUTE_MS, 4)];
+        let written = |rollups: Rollups| -> Vec<(Tier, u64, u64)> {
+            rollups
+                .import_rows(&file)
+                .iter()
+                .map(|row| (row.tier, row.cell.bucket_ms, row.cell.hits))
+                .collect()
+        };
+        let minutes = [
+            (Tier::Minute, 5 * MINUTE_MS, 6),
+            (Tier::Minute, HOUR_MS + MINUTE_MS, 4),
+        ];
+        // Hour 0 rolled up gets the sum of its minutes; the open hour and day read them.
+        let mut expected = minutes.to_vec();
+        expected.push((Tier::Hour, 0, 6));
+        assert_eq!(written(open_from(HOUR_MS, 0)), expected);
+        // With the day rolled up too, the day gets what its hours read: 6 and 4.
+        expected.push((Tier::Day, 0, 10));
+        assert_eq!(written(open_from(HOUR_MS, DAY_MS)), expected);
+        // Without rollups every bucket is rolled up: each tier gets the sum.
+        let mut whole = minutes.to_vec();
+        whole.extend([
+            (Tier::Hour, 0, 6),
+            (Tier::Hour, HOUR_MS, 4),
+            (Tier::Day, 0, 10),
+        ]);
+        assert_eq!(written(Rollups::none()), whole);
     }
 
     #[test]

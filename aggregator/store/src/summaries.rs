@@ -249,6 +249,22 @@ pub(crate) fn late_buckets(
         .collect()
 }
 
+/// `buckets` and every coarser bucket holding one of them: what a write that may change a
+/// bucket's finer rows bumps, since an open coarse bucket reads them (`rollup.rs`).
+pub(crate) fn with_coarser(
+    buckets: impl IntoIterator<Item = (Tier, u64)>,
+) -> BTreeSet<(Tier, u64)> {
+    let mut all = BTreeSet::new();
+    for (tier, bucket_ms) in buckets {
+        for coarser in Tier::ALL {
+            if coarser.resolution_ms() >= tier.resolution_ms() {
+                all.insert((coarser, crate::rollup::bucket_of(coarser, bucket_ms)));
+            }
+        }
+    }
+    all
+}
+
 /// Stored (tier code, bucket) rows as buckets, each once; unknown codes are skipped (no cell
 /// has one).
 pub(crate) fn stored_buckets<C: Into<i64> + Copy>(rows: &[(C, i64)]) -> BTreeSet<(Tier, u64)> {

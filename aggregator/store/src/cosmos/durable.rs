@@ -19,6 +19,7 @@ use crate::records::{
     CountCell, CreateOutcome, GroupCommit, Import, ImportOutcome, MergeBatch, MinuteCells, Pruned,
     StoreError, Tier, TierCell,
 };
+use crate::rollup::Rollups;
 use crate::rules::{RETENTION_DELETE_ROWS_MAX, retention_rules};
 use crate::{DEDUPE_RETENTION_MS, HOUR_MS};
 
@@ -159,8 +160,11 @@ impl DurableStore for CosmosStore {
             .collect();
         self.keep_for_the_hot_tier(&file_sha256, &recent, now_ms)
             .await?;
+        // Each tier as the file says, and a tier it lacks for a bucket what its finer cells add
+        // up to, as on every store (Cosmos DB writes every tier whole: nothing is rolled up).
+        let rows = Rollups::none().import_rows(&import.cells);
         let pages = pages(
-            import.cells.iter().map(|cell| {
+            rows.iter().map(|cell| {
                 (
                     cell.resource_id.as_str(),
                     cell.tier,

@@ -6,6 +6,7 @@ use rusqlite::{Connection, params};
 
 use super::millis;
 use crate::records::{Import, ImportOutcome};
+use crate::summaries::with_coarser;
 
 /// The import in one immediate transaction on the writer, this process's only writing
 /// connection: no merge, fold or compaction writes between reading a stored sketch and writing
@@ -55,16 +56,17 @@ pub(super) fn import_blocking(
             }
         }
     }
-    // The import's coarse cells of buckets not rolled up keep only what its finer cells do not
-    // count there (`rollup.rs`); a rollup later adds the finer ones.
+    // Each tier reads as the file says, rolled up or not (`Rollups::import_rows`).
     let rows = super::rollup::read_rollups(&transaction)?.import_rows(&import.cells);
     super::add_whole_cells_blocking(&transaction, &rows)?;
-    // An import may write any bucket, closed ones included.
-    let buckets = import
-        .cells
-        .iter()
-        .map(|cell| (cell.tier, cell.cell.bucket_ms));
-    super::bump_buckets(&transaction, &buckets.collect())?;
+    // An import may change any bucket, closed ones included, and the coarser ones reading them.
+    let buckets = with_coarser(
+        import
+            .cells
+            .iter()
+            .map(|cell| (cell.tier, cell.cell.bucket_ms)),
+    );
+    super::bump_buckets(&transaction, &buckets)?;
     transaction.commit()?;
     Ok(ImportOutcome::Imported { resources_created })
 }

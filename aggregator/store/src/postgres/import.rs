@@ -6,6 +6,7 @@ use sqlx::{Postgres, Transaction};
 
 use super::{COMPACTION_LOCK_KEY, signed};
 use crate::records::{Import, ImportOutcome};
+use crate::summaries::with_coarser;
 
 /// The import in `transaction`; the caller commits only `Imported`.
 pub(super) async fn import_in(
@@ -42,16 +43,17 @@ pub(super) async fn import_in(
     if let Some(missing) = missing_resource(transaction, import).await? {
         return Ok(ImportOutcome::ResourceMissing(missing));
     }
-    // The import's coarse cells of buckets not rolled up keep only what its finer cells do not
-    // count there; a rollup later adds the finer ones.
+    // Each tier reads as the file says, rolled up or not (`Rollups::import_rows`).
     super::add_whole_cells(transaction, &rollups.import_rows(&import.cells)).await?;
-    // An import may write any bucket, closed ones included.
+    // An import may change any bucket, closed ones included, and the coarser ones reading them.
     if summaries {
-        let buckets = import
-            .cells
-            .iter()
-            .map(|cell| (cell.tier, cell.cell.bucket_ms));
-        super::bump_buckets(&mut **transaction, &buckets.collect()).await?;
+        let buckets = with_coarser(
+            import
+                .cells
+                .iter()
+                .map(|cell| (cell.tier, cell.cell.bucket_ms)),
+        );
+        super::bump_buckets(&mut **transaction, &buckets).await?;
     }
     Ok(ImportOutcome::Imported { resources_created })
 }

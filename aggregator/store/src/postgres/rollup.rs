@@ -40,14 +40,22 @@ pub(super) async fn read_rollups<'c>(
     Ok(rollups)
 }
 
-/// The watermarks a writer decides by, holding the rollup lock shared until it commits.
-pub(super) async fn rollups_for_write(
+/// Holds the rollup lock shared until `transaction` ends: no rollup step runs meanwhile.
+pub(super) async fn hold_shared(
     transaction: &mut Transaction<'static, Postgres>,
-) -> Result<Rollups, sqlx::Error> {
+) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
         .bind(ROLLUP_LOCK_KEY)
         .execute(&mut **transaction)
         .await?;
+    Ok(())
+}
+
+/// The watermarks a writer decides by, holding the rollup lock shared until it commits.
+pub(super) async fn rollups_for_write(
+    transaction: &mut Transaction<'static, Postgres>,
+) -> Result<Rollups, sqlx::Error> {
+    hold_shared(transaction).await?;
     read_rollups(&mut **transaction).await
 }
 
