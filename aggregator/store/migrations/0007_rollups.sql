@@ -6,3 +6,5 @@ CREATE TABLE rollups (
     until_ms bigint NOT NULL,
     cursor text
 );
+-- A rollup step pages through the resources in byte order, the order the cursor is compared in.
+CREATE INDEX resources_by_id_bytes ON resources (id COLLATE "C");

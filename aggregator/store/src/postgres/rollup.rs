@@ -106,6 +106,8 @@ pub(super) async fn step(
     };
     let due_ms = due_until(tier, &rollups, now_ms);
     if mark.until_ms >= due_ms {
+        // At once, not when the connection goes back to the pool: writers wait for this lock.
+        transaction.rollback().await.map_err(classify)?;
         return Ok(None);
     }
     if mark.cursor.is_none() {
@@ -125,14 +127,25 @@ pub(super) async fn step(
             return Ok(Some(0));
         }
     }
+    // Byte order ("C"), whatever the database's collation: writers and readers compare ids with
+    // the cursor in Rust, byte by byte, and both orders must agree on which ids it has passed.
     let ids: Vec<String> = sqlx::query_scalar(
-        "SELECT id FROM resources WHERE ($1::text IS NULL OR id > $1) ORDER BY id LIMIT $2",
+        r#"SELECT id FROM resources WHERE ($1::text IS NULL OR id COLLATE "C" > $1)
+           ORDER BY id COLLATE "C" LIMIT $2"#,
     )
     .bind(mark.cursor.as_deref())
     .bind(ROLLUP_RESOURCES_MAX as i64)
     .fetch_all(&mut *transaction)
     .await
     .map_err(classify)?;
+    // The finer rows and their pending sketches are read, and the rolled-up rows' sketches
+    // read and written back, under the lock every writer of stored sketches holds: a compaction
+    // between reading a row and its pending sketches would hide the visitors it moved.
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(COMPACTION_LOCK_KEY)
+        .execute(&mut *transaction)
+        .await
+        .map_err(classify)?;
     let bucket_end_ms = mark.until_ms + tier.resolution_ms();
     let finer_cells =
         stored_cells(&mut transaction, &ids, finer, mark.until_ms, bucket_end_ms).await?;
@@ -142,13 +155,6 @@ pub(super) async fn step(
         .filter(|(_, parts)| !parts.is_empty())
         .map(|(id, parts)| rolled_cell(id, tier, mark.until_ms, parts))
         .collect();
-    // The rolled-up rows' sketches are read and written back: under the lock every writer of
-    // stored sketches holds.
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(COMPACTION_LOCK_KEY)
-        .execute(&mut *transaction)
-        .await
-        .map_err(classify)?;
     add_whole_cells(&mut transaction, &cells)
         .await
         .map_err(classify)?;
