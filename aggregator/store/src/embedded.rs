@@ -1332,7 +1332,11 @@ fn apply_group_blocking(
             }
         }
     }
-    let rollups = rollup::read_rollups(&transaction)?;
+    // The inbox shape writes no counts here: its folds read the watermarks.
+    let rollups = match shape {
+        WriteShape::Direct => rollup::read_rollups(&transaction)?,
+        WriteShape::Inbox => Rollups::none(),
+    };
     let mut writes = fold_group(batches, &recorded, &retention, &rollups, now_ms, shape);
     if !writes.applied_any() {
         // Only duplicates and conflicts: nothing was recorded, nothing to commit.

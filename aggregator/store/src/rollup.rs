@@ -57,14 +57,6 @@ impl Rollups {
         Self::default()
     }
 
-    fn watermark(&self, tier: Tier) -> Option<&Watermark> {
-        match tier {
-            Tier::Minute => None,
-            Tier::Hour => self.hour.as_ref(),
-            Tier::Day => self.day.as_ref(),
-        }
-    }
-
     pub(crate) fn set(&mut self, tier: Tier, watermark: Watermark) {
         match tier {
             Tier::Minute => unreachable!("minutes are not rolled up"),
@@ -74,12 +66,16 @@ impl Rollups {
     }
 
     pub(crate) fn get(&self, tier: Tier) -> Option<&Watermark> {
-        self.watermark(tier)
+        match tier {
+            Tier::Minute => None,
+            Tier::Hour => self.hour.as_ref(),
+            Tier::Day => self.day.as_ref(),
+        }
     }
 
     /// Where `resource_id`'s open buckets of `tier` start (`u64::MAX` when all are rolled up).
     pub fn rolled_until(&self, tier: Tier, resource_id: &str) -> u64 {
-        let Some(mark) = self.watermark(tier) else {
+        let Some(mark) = self.get(tier) else {
             return u64::MAX;
         };
         let cursor_passed = mark
