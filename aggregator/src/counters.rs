@@ -7,6 +7,7 @@
 pub const COUNTERS: &[&str] = &[
     "hitcount_bucket_summaries_kept_total",
     "hitcount_bucket_summaries_read_total",
+    "hitcount_closed_buckets_read_total",
     "hitcount_cosmos_pages_read_total",
     "hitcount_database_breaker_opened_total",
     "hitcount_delta_hits_applied_total",

@@ -5,7 +5,8 @@
 //! Every scenario gets a fresh store: its resources are written into it directly (the REST API
 //! takes a resource per request, half a minute for 100k), then the aggregators start and the
 //! run's own edges, keys and counts go through HTTP only. While the load runs a reader asks one
-//! hot resource for 24 h at minute granularity every 50 ms. Figures: offered and acknowledged
+//! hot resource for 24 h at minute granularity, for 30 days at hour granularity and `/healthz` (the
+//! floor) in turn, one request every 50 ms, from a thread of its own. Figures: offered and acknowledged
 //! hits/s, the worst second of the last 30, delta acknowledgement p50/p99, verification,
 //! PostgreSQL rows written per second (`pg_stat_user_tables`) and per acknowledged hit after a clean stop
 //! (the last folds included), aggregator CPU and read latency.
@@ -20,8 +21,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use hitcount_aggregator::store::{ResourceRecord, Store};
+use hitcount_aggregator::store::{
+    CountCell, HOUR_MS, Import, ImportOutcome, ResourceRecord, Store, Tier, TierCell,
+};
 use hitcount_loadgen::Config;
+use hitcount_wire::Sketch;
 
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
 const DATABASE_SERVER: &str = "postgres://root@127.0.0.1:5432";
@@ -323,6 +327,51 @@ fn rows_written(database: &str) -> f64 {
     .unwrap_or(0.0)
 }
 
+/// What the reader asks the aggregator for while the load runs, in turn, one request every
+/// [`READ_PERIOD_MS`] (`{id}`: the hottest resource). `/healthz` reads no store: its latency is
+/// the floor the machine's load puts under every request.
+const READ_PROBES: [&str; 3] = [
+    "/hits/{id}?window=24h&granularity=minute",
+    "/hits/{id}?window=30d&granularity=hour",
+    "/healthz",
+];
+
+/// Asks for [`READ_PROBES`] in turn until `reading` is false; each probe's latencies (ms) of
+/// successful answers, sorted. A failed read is left out (the run's errors count them).
+async fn read_while(
+    reading: &std::sync::atomic::AtomicBool,
+    base_url: &str,
+    resource_id: &str,
+) -> Vec<Vec<f64>> {
+    let client = reqwest::Client::new();
+    let urls: Vec<String> = READ_PROBES
+        .iter()
+        .map(|probe| format!("{base_url}{}", probe.replace("{id}", resource_id)))
+        .collect();
+    let mut latencies = vec![Vec::new(); urls.len()];
+    for probe in (0..urls.len()).cycle() {
+        if !reading.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
+        }
+        let started = Instant::now();
+        if let Ok(answer) = client
+            .get(&urls[probe])
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            && answer.status().is_success()
+            && answer.bytes().await.is_ok()
+        {
+            latencies[probe].push(started.elapsed().as_secs_f64() * 1_000.0);
+        }
+        tokio::time::sleep(Duration::from_millis(READ_PERIOD_MS)).await;
+    }
+    for probe_latencies in &mut latencies {
+        probe_latencies.sort_by(f64::total_cmp);
+    }
+    latencies
+}
+
 fn percentile(sorted: &[f64], share: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -425,6 +474,50 @@ impl Drop for Running {
     }
 }
 
+/// The hottest resource's history before the run: every minute of the last [`HISTORY_MINUTES`]
+/// and every hour of the last [`HISTORY_HOURS`], each with [`HISTORY_VISITORS_PER_CELL`]
+/// visitors, so that the reader's 24 h and 30 d reads decode what a busy site's would (dense
+/// sketches of 12 KiB each), not the run's few minutes.
+const HISTORY_MINUTES: u64 = 24 * 60;
+const HISTORY_HOURS: u64 = 30 * 24;
+const HISTORY_VISITORS_PER_CELL: u64 = 2_000;
+const MINUTE_MS: u64 = 60_000;
+
+/// Imports the history of `resource_id`, all of it before the minute of `now_ms`, so the run's
+/// verification (from its first minute on) does not see it.
+async fn write_history(store: &Store, resource_id: &str, now_ms: u64) {
+    let cell = |tier: Tier, bucket_ms: u64| {
+        let mut visitors = Sketch::new();
+        for visitor in 0..HISTORY_VISITORS_PER_CELL {
+            visitors.insert(format!("history-{bucket_ms}-{visitor}").as_bytes());
+        }
+        TierCell {
+            resource_id: resource_id.to_owned(),
+            tier,
+            cell: CountCell {
+                bucket_ms,
+                hits: 3 * HISTORY_VISITORS_PER_CELL,
+                visitors,
+            },
+        }
+    };
+    let this_minute_ms = now_ms / MINUTE_MS * MINUTE_MS;
+    let this_hour_ms = now_ms / HOUR_MS * HOUR_MS;
+    let minutes =
+        (1..=HISTORY_MINUTES).map(|back| cell(Tier::Minute, this_minute_ms - back * MINUTE_MS));
+    let hours = (1..=HISTORY_HOURS).map(|back| cell(Tier::Hour, this_hour_ms - back * HOUR_MS));
+    let import = Import {
+        file_sha256: [7; 32],
+        resources: Vec::new(),
+        cells: minutes.chain(hours).collect(),
+    };
+    let outcome = store.import(import, now_ms).await.unwrap();
+    assert!(
+        matches!(outcome, ImportOutcome::Imported { .. }),
+        "{outcome:?}"
+    );
+}
+
 async fn prepare(scenario: &Scenario, loadgen: &Config) -> Running {
     let directory = tempfile::TempDir::new().unwrap();
     let database = (scenario.backend != Backend::Embedded).then(|| {
@@ -455,6 +548,7 @@ async fn prepare(scenario: &Scenario, loadgen: &Config) -> Running {
             .collect();
         store.create_resources_if_absent(records).await.unwrap();
     }
+    write_history(&store, &ids[0], hitcount_process::now_ms()).await;
     drop(store);
     let binary = target_dir().join("release/hitcount-aggregator");
     let prefix = format!(
@@ -562,25 +656,16 @@ async fn measure(scenario: &Scenario, duration_s: u64) -> String {
     let reading = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let reader = {
         let reading = std::sync::Arc::clone(&reading);
-        let url = format!(
-            "{}/hits/{}?window=24h&granularity=minute",
-            running.urls[0],
-            config.resource_ids()[0]
-        );
-        tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            let mut latencies = Vec::new();
-            while reading.load(std::sync::atomic::Ordering::Relaxed) {
-                let started = Instant::now();
-                if let Ok(answer) = client.get(&url).bearer_auth(ADMIN_TOKEN).send().await
-                    && answer.status().is_success()
-                    && answer.bytes().await.is_ok()
-                {
-                    latencies.push(started.elapsed().as_secs_f64() * 1_000.0);
-                }
-                tokio::time::sleep(Duration::from_millis(READ_PERIOD_MS)).await;
-            }
-            latencies
+        let base_url = running.urls[0].clone();
+        let resource_id = config.resource_ids()[0].clone();
+        // A thread and runtime of its own: on the load generator's runtime, a read's latency
+        // would include the wait for a worker busy making hits, which no real reader has.
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(read_while(&reading, &base_url, &resource_id))
         })
     };
     let started = Instant::now();
@@ -598,8 +683,9 @@ async fn measure(scenario: &Scenario, duration_s: u64) -> String {
     let outcome = hitcount_loadgen::run(config).await.unwrap();
     let wall_s = started.elapsed().as_secs_f64();
     reading.store(false, std::sync::atomic::Ordering::Relaxed);
-    let mut latencies = reader.await.unwrap();
-    latencies.sort_by(f64::total_cmp);
+    let latencies = tokio::task::spawn_blocking(move || reader.join().unwrap())
+        .await
+        .unwrap();
     let samples = sampler.await.unwrap();
     let report = &outcome.report;
     // Load and drain, not verification: the rows and CPU of taking the deltas.
@@ -639,7 +725,7 @@ async fn measure(scenario: &Scenario, duration_s: u64) -> String {
         _ => "-".to_owned(),
     };
     let line = format!(
-        "| {} | {} | {} | {:.0} | {:.0} | {} | {:.0} / {:.0} | {} | {} | {} | {:.2} | {} | {:.1} / {:.1} |",
+        "| {} | {} | {} | {:.0} | {:.0} | {} | {:.0} / {:.0} | {} | {} | {} | {:.2} | {} | {} |",
         scenario.name,
         scenario.aggregators,
         scenario.resources,
@@ -662,8 +748,15 @@ async fn measure(scenario: &Scenario, duration_s: u64) -> String {
         rows_per_hit,
         (busy.aggregators - first.aggregators) / (busy.at_s - first.at_s).max(1e-3),
         per_million,
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.99),
+        latencies
+            .iter()
+            .map(|sorted| format!(
+                "{:.1} / {:.1}",
+                percentile(sorted, 0.5),
+                percentile(sorted, 0.99)
+            ))
+            .collect::<Vec<_>>()
+            .join(" ; "),
     );
     eprintln!("{}", serde_json::to_string(report).unwrap());
     line
@@ -688,7 +781,7 @@ async fn main() {
     );
     println!();
     println!(
-        "| scenario | aggregators | resources | offered hits/s | acknowledged hits/s | last 30 s min ack ratio | ack p50 / p99 ms | verified | PostgreSQL rows/s | PostgreSQL rows per acknowledged hit, after a clean stop | aggregator CPU cores | CPU core-s per million acknowledged: aggregator / PostgreSQL / load generator | GET 24 h p50 / p99 ms |"
+        "| scenario | aggregators | resources | offered hits/s | acknowledged hits/s | last 30 s min ack ratio | ack p50 / p99 ms | verified | PostgreSQL rows/s | PostgreSQL rows per acknowledged hit, after a clean stop | aggregator CPU cores | CPU core-s per million acknowledged: aggregator / PostgreSQL / load generator | GET p50 / p99 ms: 24 h minute ; 30 d hour ; /healthz (floor) |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for scenario in SCENARIOS {

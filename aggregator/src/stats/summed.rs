@@ -14,9 +14,7 @@ use super::{Order, Ranking, ResourceTotal, TopRequest, rank, sum};
 use crate::auth::ResourceGrant;
 use crate::catalog::Catalog;
 use crate::query::Plan;
-use crate::store::summaries::{
-    SUMMARY_LATE_AFTER_MS, SUMMARY_RESOURCES_MAX, bucket_closed, far_from_retention,
-};
+use crate::store::summaries::{Keeping, SUMMARY_RESOURCES_MAX, bucket_closed, far_from_retention};
 use crate::store::{
     BucketSummary, CELLS_READ_RESOURCES_MAX, KeptSummaries, Store, StoreError, Tier,
 };
@@ -51,7 +49,7 @@ pub(super) async fn ranked(
     plan: &Plan,
     now_ms: u64,
 ) -> Result<Ranking, StoreError> {
-    let keeping = Keeping::read(store, now_ms).await?;
+    let keeping = store.keeping(now_ms).await?;
     let period = (plan.start_ms, plan.end_ms);
     let buckets = period_buckets(catalog, store, plan.tier, period, keeping).await?;
     let mut total_count = 0;
@@ -98,37 +96,6 @@ pub(super) async fn ranked(
         total_count,
         total_visitors,
     })
-}
-
-/// What may be kept of the buckets a read sums: read before any generation or cell.
-#[derive(Debug, Clone, Copy)]
-struct Keeping {
-    now_ms: u64,
-    /// When the oldest row still in the durable inbox was appended (any process's): a bucket
-    /// such a row may still change on time is not kept.
-    inbox_oldest_ms: Option<u64>,
-    /// The earliest minute of this process's unfolded rows: the cells it reads include them,
-    /// the other processes' reads do not, so buckets from it on are not kept.
-    unfolded_from_ms: u64,
-}
-
-impl Keeping {
-    async fn read(store: &Store, now_ms: u64) -> Result<Self, StoreError> {
-        Ok(Self {
-            now_ms,
-            inbox_oldest_ms: store.inbox_oldest_ms().await?,
-            unfolded_from_ms: store.earliest_unfolded_minute_ms().unwrap_or(u64::MAX),
-        })
-    }
-
-    fn may_keep(&self, tier: Tier, bucket_ms: u64) -> bool {
-        let ended_ms = bucket_ms + tier.resolution_ms();
-        bucket_closed(tier, bucket_ms, self.now_ms)
-            && ended_ms <= self.unfolded_from_ms
-            && self
-                .inbox_oldest_ms
-                .is_none_or(|oldest_ms| ended_ms + SUMMARY_LATE_AFTER_MS <= oldest_ms)
-    }
 }
 
 /// Each bucket of `tier` in `[start_ms, end_ms)` over every resource, in order: the summaries

@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use hitcount_wire::DeltaEntry;
 
+use crate::closed::{self, ClosedCells};
 use crate::contract::DurableStore;
 use crate::embedded::EmbeddedStore;
 use crate::group::WriteShape;
-use crate::hot::{CellsRead, HotTier};
+use crate::hot::{CellsRead, HotTier, hot_start_ms};
 use crate::patterns::PatternRecord;
 use crate::postgres::PgStore;
 use crate::records::{
@@ -16,7 +17,7 @@ use crate::records::{
     MergeBatch, Pruned, ResourceRecord, StoreError, Tier, TokenRecord,
 };
 use crate::sealed::{Opened, SecretKeys};
-use crate::summaries::{BucketSummary, KeptSummaries, SummaryMemo};
+use crate::summaries::{BucketGeneration, BucketSummary, Keeping, KeptSummaries, SummaryMemo};
 
 /// A resource created under a name another resource has gets this many random bytes, in hex,
 /// after it: enough that two renames of one name do not meet.
@@ -31,6 +32,8 @@ pub struct Store {
     hot: Option<Arc<HotTier>>,
     /// Bucket summaries this process decoded (`summaries.rs`).
     memo: Arc<SummaryMemo>,
+    /// One resource's closed buckets this process decoded (`closed.rs`).
+    closed: Arc<ClosedCells>,
     /// What seals the edge secrets it stores (`sealed.rs`); none: stored as they are.
     secrets: Arc<SecretKeys>,
 }
@@ -42,6 +45,7 @@ impl Store {
             backend,
             hot: None,
             memo: Arc::default(),
+            closed: Arc::default(),
             secrets: Arc::default(),
         }
     }
@@ -130,7 +134,111 @@ impl Store {
             .await
     }
 
+    /// The cells of closed buckets from memory where this process read them before at the
+    /// generation the store has now (`closed.rs`), the others and the open tail as
+    /// [`Store::read_fresh`] reads them.
     async fn read_cells(
+        &self,
+        resource_id: String,
+        tier: Tier,
+        (start_ms, end_ms): (u64, u64),
+        now_ms: u64,
+        stale_allowed: bool,
+    ) -> Result<CellsRead, StoreError> {
+        // A database found down moments ago is not waited for: the hot tier answers, stale.
+        let skipped = stale_allowed
+            && self
+                .hot
+                .as_ref()
+                .is_some_and(|hot| hot.skips_database(now_ms));
+        let held = match skipped {
+            true => Ok(None),
+            false => {
+                self.closed_generations(tier, (start_ms, end_ms), now_ms)
+                    .await
+            }
+        };
+        let (from_ms, until_ms, stored) = match held {
+            Ok(Some(held)) => held,
+            Ok(None) => {
+                return self
+                    .read_fresh(resource_id, tier, (start_ms, end_ms), now_ms, stale_allowed)
+                    .await;
+            }
+            Err(StoreError::Unavailable(_)) if stale_allowed => {
+                return self
+                    .read_fresh(resource_id, tier, (start_ms, end_ms), now_ms, true)
+                    .await;
+            }
+            Err(error) => return Err(error),
+        };
+        let mut cells = Vec::new();
+        if from_ms > start_ms {
+            // Buckets near retention: not held.
+            let head = self
+                .read_fresh(
+                    resource_id.clone(),
+                    tier,
+                    (start_ms, from_ms),
+                    now_ms,
+                    false,
+                )
+                .await?;
+            cells.extend(head.cells);
+        }
+        let read = self
+            .closed
+            .look_up(&resource_id, tier, (from_ms, until_ms), &stored);
+        let missing = match read.missing_span() {
+            Some(span) => {
+                self.read_fresh(resource_id.clone(), tier, span, now_ms, false)
+                    .await?
+                    .cells
+            }
+            None => Vec::new(),
+        };
+        cells.extend(self.closed.complete(read, missing));
+        if until_ms >= end_ms {
+            return Ok(CellsRead::fresh(cells));
+        }
+        let tail = self
+            .read_fresh(resource_id, tier, (until_ms, end_ms), now_ms, stale_allowed)
+            .await?;
+        cells.extend(tail.cells);
+        Ok(CellsRead {
+            cells,
+            stale: tail.stale,
+        })
+    }
+
+    /// The span of closed buckets a read may hold (`closed::closed_span`) and their
+    /// generations in the store; none where there are none (or the backend keeps no
+    /// generations).
+    async fn closed_generations(
+        &self,
+        tier: Tier,
+        window_ms: (u64, u64),
+        now_ms: u64,
+    ) -> Result<Option<(u64, u64, Vec<BucketGeneration>)>, StoreError> {
+        if !self.backend.keeps_bucket_summaries() {
+            return Ok(None);
+        }
+        let keeping = self.keeping(now_ms).await?;
+        let hot_from_ms = self.hot.as_ref().map_or(u64::MAX, |_| hot_start_ms(now_ms));
+        let Some((from_ms, until_ms)) = closed::closed_span(tier, window_ms, &keeping, hot_from_ms)
+        else {
+            return Ok(None);
+        };
+        let stored = self
+            .backend
+            .bucket_generations(tier, from_ms, until_ms)
+            .await?;
+        Ok(Some((from_ms, until_ms, stored)))
+    }
+
+    /// The cells as the store holds them now: recent minutes from the hot tier when it is
+    /// healthy, the rest from the backend.
+    async fn read_fresh(
         &self,
         resource_id: String,
         tier: Tier,
@@ -236,6 +344,16 @@ impl Store {
             }
         }
         Ok(kept)
+    }
+
+    /// What a read at `now_ms` may keep of closed buckets ([`Keeping`]): read before any
+    /// generation or cell.
+    pub async fn keeping(&self, now_ms: u64) -> Result<Keeping, StoreError> {
+        Ok(Keeping {
+            now_ms,
+            inbox_oldest_ms: self.inbox_oldest_ms().await?,
+            unfolded_from_ms: self.earliest_unfolded_minute_ms().unwrap_or(u64::MAX),
+        })
     }
 
     /// [`DurableStore::inbox_oldest_ms`].

@@ -63,6 +63,12 @@ use crate::snapshot::TransactionSnapshot;
 /// How far back the hot tier holds minutes.
 pub const HOT_WINDOW_MS: u64 = 60 * MINUTE_MS;
 
+/// The first minute a read at `now_ms` takes from the hot tier: whole minutes only, so the hot
+/// part starts at a minute boundary inside its window.
+pub fn hot_start_ms(now_ms: u64) -> u64 {
+    (now_ms.saturating_sub(HOT_WINDOW_MS) / MINUTE_MS + 1) * MINUTE_MS
+}
+
 /// The cells a read found, and whether they are only the hot tier's: the durable store was
 /// unavailable, so buckets before the last [`HOT_WINDOW_MS`] are missing (graceful degradation
 /// while PostgreSQL is down; the hot tier holds every minute acknowledged until then).
@@ -713,6 +719,12 @@ impl HotTier {
         }
     }
 
+    /// Whether reads skip the backend at `now_ms`: it was found unavailable moments ago, so a
+    /// read allowed to be stale answers from the hot tier alone without waiting for it.
+    pub fn skips_database(&self, now_ms: u64) -> bool {
+        self.database.skips(now_ms)
+    }
+
     /// Minute cells of the last hour from Redis, older ones and other tiers from the backend.
     /// With `stale_allowed`, a window that reaches into the hot tier is still answered when the
     /// backend is unavailable: from the hot tier alone, marked stale.
@@ -727,8 +739,7 @@ impl HotTier {
         now_ms: u64,
         stale_allowed: bool,
     ) -> Result<CellsRead, StoreError> {
-        // Whole minutes only: the hot part starts at a minute boundary inside the window.
-        let hot_start = (now_ms.saturating_sub(HOT_WINDOW_MS) / MINUTE_MS + 1) * MINUTE_MS;
+        let hot_start = hot_start_ms(now_ms);
         if tier != Tier::Minute || end_ms <= hot_start || !self.is_healthy() {
             metrics::counter!("hitcount_hot_tier_reads_total", "served" => "database").increment(1);
             return backend

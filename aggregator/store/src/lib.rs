@@ -6,11 +6,13 @@
 //! column names differ, see ARCHITECTURE.md): three tiers written in the merge's transaction
 //! (`group.rs` decides what), the dedupe record in that same transaction, sketches appended to
 //! `pending_sketches` and folded later (`rules.rs`); with the durable inbox (`inbox.rs`), minutes
-//! folded once closed, as whole cells. `breaker.rs` lets reads skip a database that is down.
+//! folded once closed, as whole cells. `breaker.rs` lets reads skip a database that is down;
+//! `closed.rs` holds one resource's closed buckets, decoded, for the next read.
 //!
 //! Each file has one job; this one only names them and the limits of time every part shares.
 
 mod breaker;
+pub mod closed;
 mod contract;
 mod cosmos;
 mod embedded;

@@ -176,7 +176,7 @@ impl TokenRecord {
 pub const CELLS_READ_RESOURCES_MAX: usize = 500;
 
 /// One stored cell of one tier.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CountCell {
     pub bucket_ms: u64,
     pub hits: u64,

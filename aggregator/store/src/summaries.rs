@@ -25,7 +25,10 @@ pub const SUMMARY_LATE_AFTER_MS: u64 = MINUTE_MS;
 /// committing later than the clock it decided with: a write that is not late for its writer
 /// can only reach a bucket no reader has kept yet.
 pub const SUMMARY_CLOSED_AFTER_MS: u64 = 10 * MINUTE_MS;
-const _: () = assert!(SUMMARY_CLOSED_AFTER_MS >= SUMMARY_LATE_AFTER_MS + 5 * MINUTE_MS);
+const _: () = assert!(SUMMARY_CLOSED_AFTER_MS >= SUMMARY_LATE_AFTER_MS + CLOCKS_APART_MS_MAX);
+/// How far the clocks of several aggregators may disagree (and a commit land after the clock it
+/// decided with) for the rules of closed buckets to hold.
+pub const CLOCKS_APART_MS_MAX: u64 = 5 * MINUTE_MS;
 /// Resources one summary lists; a bucket with more is not summarised (read from its cells).
 pub const SUMMARY_RESOURCES_MAX: usize = 200_000;
 /// Bytes of an encoded summary: every listed resource at its longest, and a dense sketch.
@@ -214,6 +217,43 @@ impl SummaryMemo {
             entries.bytes <= SUMMARY_MEMO_BYTES_MAX,
             "the memo stays within its bound"
         );
+    }
+}
+
+/// What a reader may keep of closed buckets (a summary, or one resource's cells in `closed.rs`):
+/// read before any generation or cell.
+#[derive(Debug, Clone, Copy)]
+pub struct Keeping {
+    pub now_ms: u64,
+    /// When the oldest row still in the durable inbox was appended (any process's): a bucket
+    /// such a row may still change on time is not kept.
+    pub inbox_oldest_ms: Option<u64>,
+    /// The earliest minute of this process's unfolded rows: the cells it reads include them,
+    /// the other processes' reads do not, so buckets from it on are not kept.
+    pub unfolded_from_ms: u64,
+}
+
+impl Keeping {
+    /// Whether the bucket at `bucket_ms` is closed, no unfolded row may change it on time, and
+    /// retention leaves it whole for another day: a kept summary outlives the read that kept it.
+    pub fn may_keep(&self, tier: Tier, bucket_ms: u64) -> bool {
+        self.may_hold(tier, bucket_ms) && bucket_closed(tier, bucket_ms, self.now_ms)
+    }
+
+    /// As [`Keeping::may_keep`], but retention only has to have left the bucket whole by now
+    /// (whatever the clocks of the processes that run it): what a read may hold in memory for
+    /// itself and for later reads, which each check it again at their own clock (`closed.rs`).
+    pub fn may_hold(&self, tier: Tier, bucket_ms: u64) -> bool {
+        let ended_ms = bucket_ms + tier.resolution_ms();
+        let whole = tier.retention_ms().is_none_or(|retention_ms| {
+            bucket_ms > (self.now_ms + CLOCKS_APART_MS_MAX).saturating_sub(retention_ms)
+        });
+        ended_ms + SUMMARY_CLOSED_AFTER_MS <= self.now_ms
+            && whole
+            && ended_ms <= self.unfolded_from_ms
+            && self
+                .inbox_oldest_ms
+                .is_none_or(|oldest_ms| ended_ms + SUMMARY_LATE_AFTER_MS <= oldest_ms)
     }
 }
 

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use hitcount_process::now_ms;
 use hitcount_store::hot::HotTier;
@@ -14,7 +15,8 @@ use hitcount_store::rollup::{ROLLUP_DELAY_MS, ROLLUP_RESOURCES_MAX};
 use hitcount_store::{
     ApplyOutcome, BatchKey, CatalogStore, CosmosSettings, CosmosStore, CountCell, CreateOutcome,
     DAY_MS, DurableStore, EmbeddedStore, HOUR_MS, Import, ImportOutcome, MINUTE_TIER_RETENTION_MS,
-    MergeBatch, PatternRecord, PgStore, ResourceRecord, Tier, TierCell, TokenRecord, WriteShape,
+    MergeBatch, PatternRecord, PgStore, ResourceRecord, Store, Tier, TierCell, TokenRecord,
+    WriteShape,
 };
 use hitcount_wire::{DeltaEntry, MINUTE_MS, SKETCH_STANDARD_ERROR, Sketch};
 use tempfile::TempDir;
@@ -2123,4 +2125,162 @@ async fn folded_when_closed(first: &dyn DurableStore, second: &dyn DurableStore)
     );
     assert_eq!(first.fold_closed(now).await.unwrap(), 1);
     assert_eq!(tier_hits(second, "closing").await, [13, 13, 13]);
+}
+
+/// A read through `Store` holds one resource's closed buckets, decoded, under their generations
+/// (`closed.rs`): on every backend that keeps generations, in both write shapes, it answers as
+/// the backend does through late writes into held and into empty buckets, an import, and a
+/// resource deleted and created again; and on PostgreSQL, a row changed behind the store's back
+/// (no generation bumped) shows that the held buckets are answered from memory.
+#[tokio::test]
+async fn closed_buckets_are_read_from_memory_until_a_write_bumps_them() {
+    let directories = [TempDir::new().unwrap(), TempDir::new().unwrap()];
+    let mut stores: Vec<(Arc<dyn DurableStore>, Option<String>)> = vec![
+        (
+            Arc::new(EmbeddedStore::open(directories[0].path()).unwrap()),
+            None,
+        ),
+        (
+            Arc::new(
+                EmbeddedStore::open(directories[1].path())
+                    .unwrap()
+                    .with_inbox(),
+            ),
+            None,
+        ),
+    ];
+    if hitcount_test_support::postgres_or_skip() {
+        let url = hitcount_test_support::postgres_database(directories[0].path());
+        stores.push((Arc::new(PgStore::connect(&url).await.unwrap()), Some(url)));
+        let url = hitcount_test_support::postgres_database(directories[1].path());
+        stores.push((
+            Arc::new(PgStore::connect(&url).await.unwrap().with_inbox()),
+            Some(url),
+        ));
+    }
+    for (backend, url) in stores {
+        closed_buckets_held(backend, url.as_deref()).await;
+    }
+}
+
+async fn closed_buckets_held(backend: Arc<dyn DurableStore>, url: Option<&str>) {
+    assert!(backend.keeps_bucket_summaries());
+    let store = Store::new(Arc::clone(&backend));
+    backend
+        .create_resource(resource("site", None))
+        .await
+        .unwrap();
+    let now = now_ms();
+    let this_minute = now / MINUTE_MS;
+    let (three_hours_ago, two_hours_ago) = (this_minute - 180, this_minute - 120);
+    // Both tiers over windows that end after now: the closed buckets and the open tail.
+    let windows = [
+        (
+            Tier::Minute,
+            (this_minute - 24 * 60) * MINUTE_MS,
+            now + MINUTE_MS,
+        ),
+        (
+            Tier::Hour,
+            (now / HOUR_MS - 30 * 24) * HOUR_MS,
+            now + HOUR_MS,
+        ),
+    ];
+    let write = |entries: Vec<DeltaEntry>| {
+        let backend = Arc::clone(&backend);
+        async move {
+            apply(backend.as_ref(), entries, None, now).await;
+            backend.fold_inbox(now + MINUTE_MS).await.unwrap();
+        }
+    };
+    // Each read through the store answers what the backend does, and `hits` in all.
+    let reads_as_the_backend = |hits: u64| {
+        let (store, backend) = (store.clone(), Arc::clone(&backend));
+        async move {
+            for (tier, start_ms, end_ms) in windows {
+                let read = store
+                    .cells("site".to_owned(), tier, start_ms, end_ms, now)
+                    .await
+                    .unwrap();
+                let stored = backend
+                    .cells("site".to_owned(), tier, start_ms, end_ms, now)
+                    .await
+                    .unwrap();
+                assert_eq!(read, stored, "{tier:?}");
+                assert_eq!(
+                    read.iter().map(|cell| cell.hits).sum::<u64>(),
+                    hits,
+                    "{tier:?}"
+                );
+            }
+        }
+    };
+
+    write(vec![
+        entry("site", three_hours_ago, 2, &["a", "b"]),
+        entry("site", two_hours_ago, 3, &["c"]),
+        entry("site", this_minute, 1, &["d"]),
+    ])
+    .await;
+    reads_as_the_backend(6).await;
+    reads_as_the_backend(6).await;
+
+    // Late into a held bucket, and into one held empty.
+    write(vec![entry("site", three_hours_ago, 4, &["e"])]).await;
+    reads_as_the_backend(10).await;
+    write(vec![entry("site", this_minute - 300, 5, &["f"])]).await;
+    reads_as_the_backend(15).await;
+
+    let import = Import {
+        file_sha256: [9; 32],
+        resources: Vec::new(),
+        cells: vec![import_cell(
+            "site",
+            Tier::Minute,
+            (this_minute - 600) * MINUTE_MS,
+            7,
+            &["g"],
+        )],
+    };
+    backend.import(import, now).await.unwrap();
+    reads_as_the_backend(22).await;
+
+    if let Some(url) = url {
+        // Behind the store's back: no generation bumped, so the held minutes stay as they were.
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        sqlx::query("UPDATE hit_counts SET hit_count = hit_count + 100 WHERE resource_id = 'site' AND tier = 0 AND bucket_ms = $1")
+            .bind((three_hours_ago * MINUTE_MS) as i64)
+            .execute(&pool)
+            .await
+            .unwrap();
+        let (tier, start_ms, end_ms) = windows[0];
+        let read = store
+            .cells("site".to_owned(), tier, start_ms, end_ms, now)
+            .await
+            .unwrap();
+        assert_eq!(
+            read.iter().map(|cell| cell.hits).sum::<u64>(),
+            22,
+            "held, not read again"
+        );
+        sqlx::query("UPDATE hit_counts SET hit_count = hit_count - 100 WHERE resource_id = 'site' AND tier = 0 AND bucket_ms = $1")
+            .bind((three_hours_ago * MINUTE_MS) as i64)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+
+    assert!(
+        backend
+            .delete_resource("site".to_owned(), now)
+            .await
+            .unwrap()
+    );
+    backend
+        .create_resource(resource("site", None))
+        .await
+        .unwrap();
+    reads_as_the_backend(0).await;
+    write(vec![entry("site", two_hours_ago, 1, &["h"])]).await;
+    reads_as_the_backend(1).await;
 }
