@@ -223,8 +223,22 @@ impl Store {
         if !self.backend.keeps_bucket_summaries() {
             return Ok(None);
         }
-        let keeping = self.keeping(now_ms).await?;
         let hot_from_ms = self.hot.as_ref().map_or(u64::MAX, |_| hot_start_ms(now_ms));
+        // Without the inbox's oldest row first (it can only narrow the span): a window with
+        // nothing closed, such as the last hour's, costs no query.
+        let unfolded_from_ms = self.earliest_unfolded_minute_ms().unwrap_or(u64::MAX);
+        let widest = Keeping {
+            now_ms,
+            inbox_oldest_ms: None,
+            unfolded_from_ms,
+        };
+        if closed::closed_span(tier, window_ms, &widest, hot_from_ms).is_none() {
+            return Ok(None);
+        }
+        let keeping = Keeping {
+            inbox_oldest_ms: self.inbox_oldest_ms().await?,
+            ..widest
+        };
         let Some((from_ms, until_ms)) = closed::closed_span(tier, window_ms, &keeping, hot_from_ms)
         else {
             return Ok(None);
