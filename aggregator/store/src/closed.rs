@@ -12,11 +12,13 @@
 //! answer; a cell read after a write it was not keyed to is only read again sooner. Nothing has
 //! to be invalidated, so it stays exact however many aggregators write the same buckets.
 //!
-//! A bucket is held only where a bucket summary may be kept ([`Keeping::may_keep`]: it ended long
-//! enough ago that a write into it is a late one, retention leaves it whole for another day, and
-//! no row in the durable inbox may still change it on time). With the hot tier, the buckets it
-//! holds stay out too: another aggregator's late hit is in the hot tier at once, but bumps the
-//! generation only when its inbox row is folded.
+//! A bucket is held only where [`Keeping::may_hold`] allows it (it ended long enough ago that a
+//! write into it is a late one, retention has not reached it whatever the clocks, and no row in
+//! the durable inbox may still change it on time). With the hot tier, the minutes it holds stay
+//! out too: another aggregator's late hit is in the hot tier at once, but bumps the generation
+//! only when its inbox row is folded. A held bucket is read again once it is
+//! [`HELD_AGE_MS_MAX`] old, so a write that broke the rule (one that committed much later than the
+//! clock it decided with, and so bumped nothing) is not answered wrong for longer than that.
 
 use std::sync::Arc;
 
@@ -27,6 +29,8 @@ use crate::summaries::{BucketGeneration, Keeping};
 /// recently used going first past it: 24 hours of minutes of a busy resource (dense sketches,
 /// 16 KiB each decoded) weigh about 23 MiB.
 pub const CLOSED_CELLS_BYTES_MAX: u64 = 256 * 1024 * 1024;
+/// A held bucket is read from the store again once it was read this long ago.
+pub const HELD_AGE_MS_MAX: u64 = 10 * hitcount_wire::MINUTE_MS;
 /// What a held bucket costs besides its sketch and its resource id.
 const ENTRY_OVERHEAD_BYTES: usize = 96;
 /// What a held bucket is expected to weigh, for sizing the table only.
@@ -42,6 +46,7 @@ type BucketKey = (String, Tier, u64);
 #[derive(Debug, Clone)]
 struct HeldBucket {
     generation: u64,
+    read_at_ms: u64,
     cell: Option<Arc<CountCell>>,
 }
 
@@ -105,7 +110,9 @@ pub fn closed_span(
     hot_from_ms: u64,
 ) -> Option<(u64, u64)> {
     let resolution = tier.resolution_ms();
-    let holds = |bucket_ms: u64| {
+    // Nothing after now is closed: the walk ends there whatever the window.
+    let end_ms = end_ms.min(keeping.now_ms);
+    let holds = move |bucket_ms: u64| {
         bucket_ms < end_ms
             && bucket_ms + resolution <= hot_from_ms
             && keeping.may_hold(tier, bucket_ms)
@@ -132,6 +139,7 @@ pub struct ClosedRead {
     /// The held cell of each bucket of `generations` held at its generation (`Some(None)`: held,
     /// no cell there), `None` where not held.
     held: Vec<Option<Option<Arc<CountCell>>>>,
+    now_ms: u64,
 }
 
 impl ClosedCells {
@@ -143,6 +151,7 @@ impl ClosedCells {
         tier: Tier,
         (start_ms, until_ms): (u64, u64),
         stored: &[BucketGeneration],
+        now_ms: u64,
     ) -> ClosedRead {
         let resolution = tier.resolution_ms();
         let first = start_ms.div_ceil(resolution) * resolution;
@@ -158,7 +167,10 @@ impl ClosedCells {
             held.push(
                 self.buckets
                     .get(&key)
-                    .filter(|bucket| bucket.generation == generation)
+                    .filter(|bucket| {
+                        bucket.generation == generation
+                            && now_ms < bucket.read_at_ms + HELD_AGE_MS_MAX
+                    })
                     .map(|bucket| bucket.cell),
             );
             generations.push((bucket_ms, generation));
@@ -168,6 +180,7 @@ impl ClosedCells {
             resource_id: resource_id.to_owned(),
             generations,
             held,
+            now_ms,
         }
     }
 
@@ -193,6 +206,7 @@ impl ClosedCells {
                         key,
                         HeldBucket {
                             generation,
+                            read_at_ms: read.now_ms,
                             cell: cell.clone(),
                         },
                     );
@@ -292,5 +306,32 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn a_bucket_is_held_at_its_generation_until_it_is_too_old() {
+        let cells = ClosedCells::default();
+        let bucket_ms = NOW_MS / HOUR_MS * HOUR_MS - 2 * HOUR_MS;
+        let span = (bucket_ms, bucket_ms + MINUTE_MS);
+        let at = |generation: u64| {
+            vec![BucketGeneration {
+                bucket_ms,
+                generation,
+                kept: false,
+            }]
+        };
+        let read = cells.look_up("site", Tier::Minute, span, &at(3), NOW_MS);
+        assert_eq!(read.missing_span(), Some(span));
+        let cell = CountCell::empty(bucket_ms);
+        assert_eq!(cells.complete(read, vec![cell.clone()]), vec![cell.clone()]);
+        let held = |generation: u64, now_ms: u64| {
+            let read = cells.look_up("site", Tier::Minute, span, &at(generation), now_ms);
+            read.missing_span().is_none()
+        };
+        assert!(held(3, NOW_MS + HELD_AGE_MS_MAX - 1));
+        assert!(!held(4, NOW_MS), "a bumped generation is read again");
+        assert!(!held(3, NOW_MS + HELD_AGE_MS_MAX), "too old: read again");
+        let other = cells.look_up("other", Tier::Minute, span, &at(3), NOW_MS);
+        assert!(other.missing_span().is_some(), "held by resource");
     }
 }

@@ -172,32 +172,26 @@ impl Store {
             }
             Err(error) => return Err(error),
         };
-        let mut cells = Vec::new();
-        if from_ms > start_ms {
-            // Buckets near retention: not held.
-            let head = self
-                .read_fresh(
-                    resource_id.clone(),
-                    tier,
-                    (start_ms, from_ms),
-                    now_ms,
-                    false,
-                )
-                .await?;
-            cells.extend(head.cells);
-        }
-        let read = self
-            .closed
-            .look_up(&resource_id, tier, (from_ms, until_ms), &stored);
-        let missing = match read.missing_span() {
-            Some(span) => {
-                self.read_fresh(resource_id.clone(), tier, span, now_ms, false)
-                    .await?
-                    .cells
+        let held = self
+            .read_held(
+                &resource_id,
+                tier,
+                (start_ms, from_ms, until_ms),
+                &stored,
+                now_ms,
+            )
+            .await;
+        let mut cells = match held {
+            Ok(cells) => cells,
+            // The database went down after the generations were read: what the hot tier holds
+            // is still answered, stale, as if nothing were held.
+            Err(StoreError::Unavailable(_)) if stale_allowed => {
+                return self
+                    .read_fresh(resource_id, tier, (start_ms, end_ms), now_ms, true)
+                    .await;
             }
-            None => Vec::new(),
+            Err(error) => return Err(error),
         };
-        cells.extend(self.closed.complete(read, missing));
         if until_ms >= end_ms {
             return Ok(CellsRead::fresh(cells));
         }
@@ -209,6 +203,40 @@ impl Store {
             cells,
             stale: tail.stale,
         })
+    }
+
+    /// The cells of `[start_ms, until_ms)`: those before `from_ms` (near retention) and the
+    /// held buckets not held at their `stored` generation read from the store, the others from
+    /// memory.
+    async fn read_held(
+        &self,
+        resource_id: &str,
+        tier: Tier,
+        (start_ms, from_ms, until_ms): (u64, u64, u64),
+        stored: &[BucketGeneration],
+        now_ms: u64,
+    ) -> Result<Vec<CountCell>, StoreError> {
+        let mut cells = Vec::new();
+        if from_ms > start_ms {
+            let window = (start_ms, from_ms);
+            let head = self
+                .read_fresh(resource_id.to_owned(), tier, window, now_ms, false)
+                .await?;
+            cells.extend(head.cells);
+        }
+        let read = self
+            .closed
+            .look_up(resource_id, tier, (from_ms, until_ms), stored, now_ms);
+        let missing = match read.missing_span() {
+            Some(span) => {
+                self.read_fresh(resource_id.to_owned(), tier, span, now_ms, false)
+                    .await?
+                    .cells
+            }
+            None => Vec::new(),
+        };
+        cells.extend(self.closed.complete(read, missing));
+        Ok(cells)
     }
 
     /// The span of closed buckets a read may hold (`closed::closed_span`) and their
@@ -223,7 +251,11 @@ impl Store {
         if !self.backend.keeps_bucket_summaries() {
             return Ok(None);
         }
-        let hot_from_ms = self.hot.as_ref().map_or(u64::MAX, |_| hot_start_ms(now_ms));
+        // Only minutes are read from the hot tier.
+        let hot_from_ms = match (&self.hot, tier) {
+            (Some(_), Tier::Minute) => hot_start_ms(now_ms),
+            _ => u64::MAX,
+        };
         // Without the inbox's oldest row first (it can only narrow the span): a window with
         // nothing closed, such as the last hour's, costs no query.
         let unfolded_from_ms = self.earliest_unfolded_minute_ms().unwrap_or(u64::MAX);
