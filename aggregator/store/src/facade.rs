@@ -154,37 +154,19 @@ impl Store {
         let held = match skipped {
             true => Ok(None),
             false => {
-                self.closed_generations(tier, (start_ms, end_ms), now_ms)
+                self.read_closed(&resource_id, tier, (start_ms, end_ms), now_ms)
                     .await
             }
         };
-        let (from_ms, until_ms, stored) = match held {
+        let (until_ms, mut cells) = match held {
             Ok(Some(held)) => held,
             Ok(None) => {
                 return self
                     .read_fresh(resource_id, tier, (start_ms, end_ms), now_ms, stale_allowed)
                     .await;
             }
-            Err(StoreError::Unavailable(_)) if stale_allowed => {
-                return self
-                    .read_fresh(resource_id, tier, (start_ms, end_ms), now_ms, true)
-                    .await;
-            }
-            Err(error) => return Err(error),
-        };
-        let held = self
-            .read_held(
-                &resource_id,
-                tier,
-                (start_ms, from_ms, until_ms),
-                &stored,
-                now_ms,
-            )
-            .await;
-        let mut cells = match held {
-            Ok(cells) => cells,
-            // The database went down after the generations were read: what the hot tier holds
-            // is still answered, stale, as if nothing were held.
+            // The database is down, even if only since the generations were read: what the hot
+            // tier holds is still answered, stale, as if nothing were held.
             Err(StoreError::Unavailable(_)) if stale_allowed => {
                 return self
                     .read_fresh(resource_id, tier, (start_ms, end_ms), now_ms, true)
@@ -205,17 +187,22 @@ impl Store {
         })
     }
 
-    /// The cells of `[start_ms, until_ms)`: those before `from_ms` (near retention) and the
-    /// held buckets not held at their `stored` generation read from the store, the others from
-    /// memory.
-    async fn read_held(
+    /// The cells of the window up to where the closed buckets a read may hold end, and that
+    /// end; none if it holds none. Buckets before the span (near retention) and those not held
+    /// at the generation the store has now are read from the store, the others from memory.
+    async fn read_closed(
         &self,
         resource_id: &str,
         tier: Tier,
-        (start_ms, from_ms, until_ms): (u64, u64, u64),
-        stored: &[BucketGeneration],
+        (start_ms, end_ms): (u64, u64),
         now_ms: u64,
-    ) -> Result<Vec<CountCell>, StoreError> {
+    ) -> Result<Option<(u64, Vec<CountCell>)>, StoreError> {
+        let Some((from_ms, until_ms, stored)) = self
+            .closed_generations(tier, (start_ms, end_ms), now_ms)
+            .await?
+        else {
+            return Ok(None);
+        };
         let mut cells = Vec::new();
         if from_ms > start_ms {
             let window = (start_ms, from_ms);
@@ -226,7 +213,7 @@ impl Store {
         }
         let read = self
             .closed
-            .look_up(resource_id, tier, (from_ms, until_ms), stored, now_ms);
+            .look_up(resource_id, tier, (from_ms, until_ms), &stored, now_ms);
         let missing = match read.missing_span() {
             Some(span) => {
                 self.read_fresh(resource_id.to_owned(), tier, span, now_ms, false)
@@ -236,7 +223,7 @@ impl Store {
             None => Vec::new(),
         };
         cells.extend(self.closed.complete(read, missing));
-        Ok(cells)
+        Ok(Some((until_ms, cells)))
     }
 
     /// The span of closed buckets a read may hold (`closed::closed_span`) and their
@@ -258,12 +245,7 @@ impl Store {
         };
         // Without the inbox's oldest row first (it can only narrow the span): a window with
         // nothing closed, such as the last hour's, costs no query.
-        let unfolded_from_ms = self.earliest_unfolded_minute_ms().unwrap_or(u64::MAX);
-        let widest = Keeping {
-            now_ms,
-            inbox_oldest_ms: None,
-            unfolded_from_ms,
-        };
+        let widest = self.keeping_but_the_inbox(now_ms);
         if closed::closed_span(tier, window_ms, &widest, hot_from_ms).is_none() {
             return Ok(None);
         }
@@ -396,10 +378,18 @@ impl Store {
     /// generation or cell.
     pub async fn keeping(&self, now_ms: u64) -> Result<Keeping, StoreError> {
         Ok(Keeping {
-            now_ms,
             inbox_oldest_ms: self.inbox_oldest_ms().await?,
-            unfolded_from_ms: self.earliest_unfolded_minute_ms().unwrap_or(u64::MAX),
+            ..self.keeping_but_the_inbox(now_ms)
         })
+    }
+
+    /// [`Store::keeping`] without the inbox's oldest row (no query): it allows at least as much.
+    fn keeping_but_the_inbox(&self, now_ms: u64) -> Keeping {
+        Keeping {
+            now_ms,
+            inbox_oldest_ms: None,
+            unfolded_from_ms: self.earliest_unfolded_minute_ms().unwrap_or(u64::MAX),
+        }
     }
 
     /// [`DurableStore::inbox_oldest_ms`].
