@@ -18,6 +18,7 @@ pub const COUNTERS: &[&str] = &[
     "hitcount_deltas_rejected_total",
     "hitcount_hits_accepted_total",
     "hitcount_hits_committed_total",
+    "hitcount_hot_fragments_read_total",
     "hitcount_hot_tier_failures_total",
     "hitcount_hot_tier_reads_total",
     "hitcount_hot_tier_rebuilds_total",

@@ -81,19 +81,12 @@ impl std::fmt::Debug for ClosedCells {
 
 impl Default for ClosedCells {
     fn default() -> Self {
-        let options = quick_cache::OptionsBuilder::new()
-            .estimated_items_capacity((CLOSED_CELLS_BYTES_MAX / ENTRY_BYTES_EXPECTED) as usize)
-            .weight_capacity(CLOSED_CELLS_BYTES_MAX)
-            .shards(CLOSED_CELLS_SHARDS)
-            .build()
-            // Only a missing capacity fails, and both are given.
-            .unwrap_or_else(|_| unreachable!());
         Self {
-            buckets: quick_cache::sync::Cache::with_options(
-                options,
+            buckets: crate::bounded::weighed_table(
+                CLOSED_CELLS_BYTES_MAX,
+                ENTRY_BYTES_EXPECTED,
+                CLOSED_CELLS_SHARDS,
                 BucketWeighter,
-                quick_cache::DefaultHashBuilder::default(),
-                quick_cache::sync::DefaultLifecycle::default(),
             ),
         }
     }

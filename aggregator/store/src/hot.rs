@@ -60,6 +60,11 @@ use crate::records::{
 };
 use crate::snapshot::TransactionSnapshot;
 
+mod held;
+
+pub use held::HOT_HELD_BYTES_MAX;
+use held::{HeldMinute, HeldMinutes};
+
 /// How far back the hot tier holds minutes.
 pub const HOT_WINDOW_MS: u64 = 60 * MINUTE_MS;
 
@@ -105,7 +110,11 @@ const WRITE_CELLS_MAX: usize = 2_000;
 pub const HOT_WAITING_CELLS_MAX: usize = 1_000_000;
 /// Keys deleted or written per command when a rebuild or a deletion runs.
 const REBUILD_KEYS_MAX: usize = 1_000;
-/// Lease members and generations are named by 64 random bits: two aggregators never pick the same.
+/// How long a deleted resource's new incarnation name is kept: past every minute a reader may
+/// have held under the old one (`held.rs`), which is at most the hot window old when read.
+const INCARNATION_KEPT_MS: u64 = 2 * HOT_REBUILD_SPAN_MS;
+/// Lease members, generations and incarnations are named by 64 random bits: two aggregators
+/// never pick the same.
 const RANDOM_NAME_BYTES: usize = 8;
 
 /// What both write scripts begin with: the epoch and lease checks, and `add_cell`, which adds
@@ -278,6 +287,7 @@ pub struct HotTier {
     write_script: redis::Script,
     document_write_script: redis::Script,
     swap_epoch_script: redis::Script,
+    held: HeldMinutes,
 }
 
 impl std::fmt::Debug for HotTier {
@@ -386,6 +396,7 @@ impl HotTier {
             write_script: redis::Script::new(WRITE_SCRIPT),
             document_write_script: redis::Script::new(DOCUMENT_WRITE_SCRIPT),
             swap_epoch_script: redis::Script::new(SWAP_EPOCH_SCRIPT),
+            held: HeldMinutes::default(),
         }
     }
 
@@ -423,6 +434,11 @@ impl HotTier {
 
     fn sketch_key(&self, generation: &str, resource_id: &str, minute_ms: u64) -> String {
         format!("{}:g{generation}:s:{resource_id}:{minute_ms}", self.tag)
+    }
+
+    /// Names the resource's lists since it was last deleted (`held.rs`); absent until then.
+    fn incarnation_key(&self, generation: &str, resource_id: &str) -> String {
+        format!("{}:g{generation}:i:{resource_id}", self.tag)
     }
 
     fn document_key(&self, generation: &str, document: &str) -> String {
@@ -805,24 +821,64 @@ impl HotTier {
         }
     }
 
+    /// The minute cells of `[start_ms, end_ms)`, each minute's sketch merged from the fragments
+    /// appended since this process last read it (`held.rs`); read whole again if a deletion
+    /// raced it.
     async fn read(
         &self,
         resource_id: &str,
         start_ms: u64,
         end_ms: u64,
     ) -> Result<Vec<CountCell>, String> {
+        match self
+            .read_from_held(resource_id, start_ms, end_ms, true)
+            .await?
+        {
+            Some(cells) => Ok(cells),
+            None => self
+                .read_from_held(resource_id, start_ms, end_ms, false)
+                .await?
+                .ok_or_else(|| "a read that held nothing found a held minute".to_owned()),
+        }
+    }
+
+    /// One round trip: the epoch, the resource's incarnation, and each minute's hits, list
+    /// length and fragments from the first not held. `None` if a held minute was merged before
+    /// the resource was deleted (its incarnation differs, or its list is shorter): nothing held
+    /// is used then, and the caller reads again `with_held: false`.
+    async fn read_from_held(
+        &self,
+        resource_id: &str,
+        start_ms: u64,
+        end_ms: u64,
+        with_held: bool,
+    ) -> Result<Option<Vec<CountCell>>, String> {
         let (epoch, generation) = {
             let attachment = self.attachment();
             (attachment.epoch.clone(), attachment.generation.clone())
         };
         let first = start_ms.div_ceil(MINUTE_MS) * MINUTE_MS;
-        let minutes: Vec<u64> = (first..end_ms).step_by(MINUTE_MS as usize).collect();
+        let minutes: Vec<(u64, Option<HeldMinute>)> = (first..end_ms)
+            .step_by(MINUTE_MS as usize)
+            .map(|minute_ms| {
+                let held = with_held
+                    .then(|| self.held.get(resource_id, minute_ms, &generation))
+                    .flatten();
+                (minute_ms, held)
+            })
+            .collect();
         let mut pipeline = redis::pipe();
-        pipeline.get(self.epoch_key());
-        for minute_ms in &minutes {
+        // The incarnation before the lists: see `held.rs`.
+        pipeline
+            .get(self.epoch_key())
+            .get(self.incarnation_key(&generation, resource_id));
+        for (minute_ms, held) in &minutes {
+            let sketch_key = self.sketch_key(&generation, resource_id, *minute_ms);
+            let from = held.as_ref().map_or(0, |held| held.fragments);
             pipeline
                 .get(self.hits_key(&generation, resource_id, *minute_ms))
-                .lrange(self.sketch_key(&generation, resource_id, *minute_ms), 0, -1);
+                .llen(&sketch_key)
+                .lrange(&sketch_key, from as isize, -1);
         }
         let mut connection = self.connected().await?;
         let values: Vec<redis::Value> = within(
@@ -831,43 +887,64 @@ impl HotTier {
         )
         .await?;
         let mut values = values.into_iter();
-        let current: Option<String> = values
-            .next()
-            .map(|value| redis::from_redis_value(value).unwrap_or(None))
-            .unwrap_or(None);
+        let mut next = |what: &str| {
+            values
+                .next()
+                .ok_or_else(|| format!("the hot tier's answer lacks {what}"))
+        };
+        let current: Option<String> = redis::from_redis_value(next("the epoch")?).unwrap_or(None);
         if current.as_deref() != Some(epoch.as_str()) {
             return Err("the hot tier's epoch changed (rebuilt, restarted or flushed)".to_owned());
         }
+        let incarnation: Option<String> =
+            redis::from_redis_value(next("the incarnation")?).map_err(|error| error.to_string())?;
+        let incarnation = incarnation.unwrap_or_default();
         let mut cells = Vec::new();
-        for minute_ms in minutes {
-            let hits: Option<u64> = values
-                .next()
-                .map(redis::from_redis_value)
-                .transpose()
-                .map_err(|error| error.to_string())?
-                .flatten();
-            let fragments: Vec<Vec<u8>> = values
-                .next()
-                .map(redis::from_redis_value)
-                .transpose()
-                .map_err(|error| error.to_string())?
-                .unwrap_or_default();
+        let mut served = [0_u64; 2];
+        for (minute_ms, held) in minutes {
+            let hits: Option<u64> =
+                redis::from_redis_value(next("hits")?).map_err(|error| error.to_string())?;
+            let length: usize =
+                redis::from_redis_value(next("a length")?).map_err(|error| error.to_string())?;
+            let fragments: Vec<Vec<u8>> =
+                redis::from_redis_value(next("fragments")?).map_err(|error| error.to_string())?;
+            if let Some(held) = &held
+                && (held.incarnation != incarnation || length < held.fragments)
+            {
+                return Ok(None);
+            }
             let Some(hits) = hits.filter(|hits| *hits > 0) else {
                 continue;
             };
-            let mut visitors = Sketch::new();
-            for fragment in fragments {
-                let sketch = Sketch::from_bytes(&fragment)
+            let (mut visitors, held_fragments) = held.map_or_else(
+                || (Sketch::new(), 0),
+                |held| (held.visitors, held.fragments),
+            );
+            for fragment in &fragments {
+                let sketch = Sketch::from_bytes(fragment)
                     .map_err(|error| format!("a hot sketch is corrupt: {error}"))?;
                 visitors.merge(&sketch);
             }
+            served[0] += held_fragments as u64;
+            served[1] += fragments.len() as u64;
+            let held = HeldMinute {
+                generation: generation.clone(),
+                incarnation: incarnation.clone(),
+                fragments: held_fragments + fragments.len(),
+                visitors: visitors.clone(),
+            };
+            self.held.hold(resource_id, minute_ms, held);
             cells.push(CountCell {
                 bucket_ms: minute_ms,
                 hits,
                 visitors,
             });
         }
-        Ok(cells)
+        metrics::counter!("hitcount_hot_fragments_read_total", "served" => "memory")
+            .increment(served[0]);
+        metrics::counter!("hitcount_hot_fragments_read_total", "served" => "redis")
+            .increment(served[1]);
+        Ok(Some(cells))
     }
 
     /// A deleted resource's hot keys go with it (those of the current generation: no other is
@@ -883,6 +960,24 @@ impl HotTier {
             keys.push(self.sketch_key(&generation, resource_id, minute_ms));
         }
         if let Err(reason) = self.delete_keys(&keys).await {
+            self.degrade(&reason, true);
+            return;
+        }
+        // After the keys are gone (`held.rs`): a reader that finds the new incarnation finds
+        // only new lists. A random name never comes back, so a held minute is never taken for
+        // one of a later incarnation; the name outlives every minute read under the old one.
+        let incarnation = crate::random_hex(RANDOM_NAME_BYTES);
+        let mut connection = match self.connected().await {
+            Ok(connection) => connection,
+            Err(reason) => return self.degrade(&reason, true),
+        };
+        let mut set = redis::cmd("SET");
+        set.arg(self.incarnation_key(&generation, resource_id))
+            .arg(incarnation)
+            .arg("PX")
+            .arg(INCARNATION_KEPT_MS);
+        let set = set.query_async::<()>(&mut connection);
+        if let Err(reason) = within(HOT_OPERATION_TIMEOUT_MS, set).await {
             self.degrade(&reason, true);
         }
     }

@@ -11,6 +11,7 @@
 //!
 //! Each file has one job; this one only names them and the limits of time every part shares.
 
+mod bounded;
 mod breaker;
 pub mod closed;
 mod contract;

@@ -2284,3 +2284,125 @@ async fn closed_buckets_held(backend: Arc<dyn DurableStore>, url: Option<&str>) 
     write(vec![entry("site", two_hours_ago, 1, &["h"])]).await;
     reads_as_the_backend(1).await;
 }
+
+/// The hot tier's minutes are merged from the fragments appended since this process last read
+/// them (`hot/held.rs`). With two processes on one tier, the reader answers as PostgreSQL does
+/// through new fragments and through the resource deleted by the other process and created
+/// again with lists that grow past what was held; and a fragment changed behind the tier's back
+/// stays as held, which shows the memory is used.
+#[tokio::test]
+async fn hot_minutes_are_merged_from_the_fragments_appended_since_the_last_read() {
+    if !hitcount_test_support::postgres_or_skip() {
+        return;
+    }
+    let Some(redis_url) = hitcount_test_support::redis_or_skip().await else {
+        return;
+    };
+    let directory = TempDir::new().unwrap();
+    let url = hitcount_test_support::postgres_database(directory.path());
+    let database = PgStore::connect(&url).await.unwrap();
+    database
+        .create_resource(resource("site", None))
+        .await
+        .unwrap();
+    let prefix = format!("hitcount-held-minutes-{}", now_ms());
+    let (writer, reader) = (
+        HotTier::connect(&redis_url, &prefix).await.unwrap(),
+        HotTier::connect(&redis_url, &prefix).await.unwrap(),
+    );
+    let now = now_ms();
+    for tier in [&writer, &reader, &writer] {
+        tier.maintain(&database, now).await.unwrap();
+    }
+    assert!(writer.is_healthy() && reader.is_healthy());
+    let minute = now / MINUTE_MS;
+    let (start_ms, end_ms) = ((minute - 30) * MINUTE_MS, now + MINUTE_MS);
+    let mut sequence = 0;
+    let mut write = async |visitors: &[&str]| {
+        sequence += 1;
+        let batch = MergeBatch::alone(
+            vec![entry("site", minute - 5, 1, visitors)],
+            Some(key("edge", sequence, &sequence.to_string())),
+        );
+        writer.apply_through(&database, batch, now).await.unwrap();
+    };
+    let reads_as_the_database = async |hits: u64| {
+        let read = reader
+            .cells(
+                &database,
+                "site".to_owned(),
+                Tier::Minute,
+                start_ms,
+                end_ms,
+                now,
+                false,
+            )
+            .await
+            .unwrap();
+        let stored = database
+            .cells("site".to_owned(), Tier::Minute, start_ms, end_ms, now)
+            .await
+            .unwrap();
+        assert!(!read.stale);
+        assert_eq!(read.cells, stored);
+        assert_eq!(read.cells.iter().map(|cell| cell.hits).sum::<u64>(), hits);
+    };
+
+    for visitors in [&["a", "b"][..], &["c"], &["d"]] {
+        write(visitors).await;
+    }
+    reads_as_the_database(3).await;
+    reads_as_the_database(3).await;
+    write(&["e"]).await;
+    reads_as_the_database(4).await;
+
+    // Behind the tier's back: the first fragment, held, gains visitors nobody counted.
+    let mut redis = redis::Client::open(redis_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let epoch: String = redis::cmd("GET")
+        .arg(format!("{{{prefix}}}:epoch"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let generation = epoch.split('|').next().unwrap();
+    let sketch_key = format!(
+        "{{{prefix}}}:g{generation}:s:site:{}",
+        (minute - 5) * MINUTE_MS
+    );
+    let mut tampered = Sketch::new();
+    for visitor in 0..100_u32 {
+        tampered.insert(&visitor.to_le_bytes());
+    }
+    redis::cmd("LSET")
+        .arg(&sketch_key)
+        .arg(0)
+        .arg(tampered.to_bytes())
+        .query_async::<()>(&mut redis)
+        .await
+        .unwrap();
+    reads_as_the_database(4).await;
+
+    // Deleted through the other process and created again: its new list grows past the four
+    // fragments held, and none of them is answered.
+    assert!(
+        database
+            .delete_resource("site".to_owned(), now)
+            .await
+            .unwrap()
+    );
+    writer.forget_resource("site", now).await;
+    assert!(writer.is_healthy(), "the deletion needed no rebuild");
+    database
+        .create_resource(resource("site", None))
+        .await
+        .unwrap();
+    for visitors in [&["f"][..], &["g"], &["h"], &["i"], &["j"]] {
+        write(visitors).await;
+    }
+    reads_as_the_database(5).await;
+    write(&["k"]).await;
+    reads_as_the_database(6).await;
+}

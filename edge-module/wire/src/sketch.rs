@@ -3,6 +3,8 @@
 //! cardinalities, and Ertl's improved estimator, which needs no empirical bias tables and is
 //! unbiased from one visitor to billions.
 
+use std::sync::{Arc, OnceLock};
+
 use crate::WireError;
 use crate::varint::{self, Reader};
 
@@ -40,8 +42,35 @@ pub fn visitor_hash(visitor: &[u8]) -> u64 {
 enum Registers {
     /// Set registers only, sorted by index, each with a rank in 1..=SKETCH_RANK_MAX.
     Sparse(Vec<(u16, u8)>),
-    /// All registers.
-    Dense(Box<[u8]>),
+    /// All registers, shared by the sketch's clones until one of them changes (copy on write).
+    Dense(Arc<DenseRegisters>),
+}
+
+/// All registers and their estimate, made at most once. A reader that holds decoded cells in
+/// memory hands out clones of them on every read and folds them into points and totals: sharing
+/// the registers makes such a clone, and a merge into an empty sketch, cost no copy of 16 KiB,
+/// and the estimate of a point with one cell is made once, not on every read.
+#[derive(Clone)]
+struct DenseRegisters {
+    ranks: Box<[u8]>,
+    estimate: OnceLock<f64>,
+}
+
+impl DenseRegisters {
+    fn new(ranks: Box<[u8]>) -> Arc<Self> {
+        debug_assert_eq!(ranks.len(), SKETCH_REGISTERS);
+        Arc::new(Self {
+            ranks,
+            estimate: OnceLock::new(),
+        })
+    }
+
+    /// The ranks to change, copied first if another sketch shares them; the estimate is dropped.
+    fn ranks_mut(shared: &mut Arc<Self>) -> &mut [u8] {
+        let dense = Arc::make_mut(shared);
+        dense.estimate.take();
+        &mut dense.ranks
+    }
 }
 
 /// A mergeable unique-visitor sketch.
@@ -97,7 +126,7 @@ impl Sketch {
     pub fn is_empty(&self) -> bool {
         match &self.registers {
             Registers::Sparse(list) => list.is_empty(),
-            Registers::Dense(registers) => registers.iter().all(|rank| *rank == 0),
+            Registers::Dense(dense) => dense.ranks.iter().all(|rank| *rank == 0),
         }
     }
 
@@ -106,7 +135,7 @@ impl Sketch {
     pub fn heap_bytes(&self) -> usize {
         match &self.registers {
             Registers::Sparse(list) => list.capacity() * std::mem::size_of::<(u16, u8)>(),
-            Registers::Dense(registers) => registers.len(),
+            Registers::Dense(dense) => dense.ranks.len(),
         }
     }
 
@@ -123,9 +152,12 @@ impl Sketch {
     fn set_max(&mut self, index: u16, rank: u8) {
         debug_assert!((1..=SKETCH_RANK_MAX).contains(&rank));
         match &mut self.registers {
-            Registers::Dense(registers) => {
-                let slot = &mut registers[usize::from(index)];
-                *slot = (*slot).max(rank);
+            Registers::Dense(dense) => {
+                // Most visitors of a busy resource were seen before: a rank that changes nothing
+                // neither copies shared ranks nor drops the estimate.
+                if dense.ranks[usize::from(index)] < rank {
+                    DenseRegisters::ranks_mut(dense)[usize::from(index)] = rank;
+                }
             }
             Registers::Sparse(list) => {
                 match list.binary_search_by_key(&index, |(i, _)| *i) {
@@ -145,7 +177,7 @@ impl Sketch {
             for (index, rank) in list {
                 registers[usize::from(*index)] = *rank;
             }
-            self.registers = Registers::Dense(registers);
+            self.registers = Registers::Dense(DenseRegisters::new(registers));
         }
     }
 
@@ -157,19 +189,31 @@ impl Sketch {
                     self.set_max(*index, *rank);
                 }
             }
-            Registers::Dense(other_registers) => {
-                self.densify();
-                if let Registers::Dense(registers) = &mut self.registers {
-                    for (mine, theirs) in registers.iter_mut().zip(other_registers.iter()) {
-                        *mine = (*mine).max(*theirs);
+            Registers::Dense(theirs) => match &mut self.registers {
+                // Take their ranks, shared, and set ours in them: an empty sketch (a series
+                // point, a total) becomes a dense one's clone without a copy.
+                Registers::Sparse(list) => {
+                    let mine = std::mem::take(list);
+                    self.registers = Registers::Dense(Arc::clone(theirs));
+                    for (index, rank) in mine {
+                        self.set_max(index, rank);
                     }
                 }
-            }
+                Registers::Dense(dense) => {
+                    if !Arc::ptr_eq(dense, theirs) {
+                        let ranks = DenseRegisters::ranks_mut(dense);
+                        for (mine, theirs) in ranks.iter_mut().zip(theirs.ranks.iter()) {
+                            *mine = (*mine).max(*theirs);
+                        }
+                    }
+                }
+            },
         }
     }
 
     /// The estimated number of distinct visitors (Ertl 2017, "New cardinality estimation
     /// algorithms for HyperLogLog sketches", algorithm 6).
+    /// A dense sketch's estimate is made once and shared with its clones until one changes.
     pub fn estimate(&self) -> f64 {
         let mut histogram = [0u32; SKETCH_RANK_MAX as usize + 1];
         match &self.registers {
@@ -179,26 +223,17 @@ impl Sketch {
                     histogram[usize::from(*rank)] += 1;
                 }
             }
-            Registers::Dense(registers) => {
-                for rank in registers.iter() {
-                    histogram[usize::from(*rank)] += 1;
-                }
+            Registers::Dense(dense) => {
+                return *dense.estimate.get_or_init(|| {
+                    for rank in dense.ranks.iter() {
+                        histogram[usize::from(*rank)] += 1;
+                    }
+                    estimate_from(&histogram)
+                });
             }
         }
-        let m = SKETCH_REGISTERS as f64;
-        if histogram[0] as usize == SKETCH_REGISTERS {
-            return 0.0;
-        }
-        let q = HASH_BITS_AFTER_INDEX as usize;
-        let mut z = m * tau(1.0 - f64::from(histogram[q + 1]) / m);
-        for count in histogram[1..=q].iter().rev() {
-            z = 0.5 * (z + f64::from(*count));
-        }
-        z += m * sigma(f64::from(histogram[0]) / m);
-        let alpha_infinity = 1.0 / (2.0 * std::f64::consts::LN_2);
-        alpha_infinity * m * m / z
+        estimate_from(&histogram)
     }
-
     /// The estimate rounded to a whole number of visitors.
     pub fn count(&self) -> u64 {
         self.estimate().round() as u64
@@ -211,7 +246,8 @@ impl Sketch {
             Registers::Sparse(list) if list.is_empty() => out.push(TAG_EMPTY),
             // At most SPARSE_REGISTERS_MAX registers of at most three bytes: always under dense.
             Registers::Sparse(list) => encode_sparse(out, list.iter().copied(), list.len()),
-            Registers::Dense(registers) => {
+            Registers::Dense(dense) => {
+                let registers = &dense.ranks;
                 let set = || {
                     registers
                         .iter()
@@ -324,7 +360,7 @@ impl Sketch {
                     });
                 }
                 Ok(Self {
-                    registers: Registers::Dense(registers),
+                    registers: Registers::Dense(DenseRegisters::new(registers)),
                 })
             }
             // Every tag up to TAG_DENSE is matched above.
@@ -383,6 +419,22 @@ fn encode_sparse(out: &mut Vec<u8>, set: impl Iterator<Item = (u16, u8)>, count:
         varint::put_u64(out, sparse_word(previous, index, rank));
         previous = Some(index);
     }
+}
+
+/// Ertl's estimate from the histogram of register ranks (index: rank, value: registers).
+fn estimate_from(histogram: &[u32; SKETCH_RANK_MAX as usize + 1]) -> f64 {
+    let m = SKETCH_REGISTERS as f64;
+    if histogram[0] as usize == SKETCH_REGISTERS {
+        return 0.0;
+    }
+    let q = HASH_BITS_AFTER_INDEX as usize;
+    let mut z = m * tau(1.0 - f64::from(histogram[q + 1]) / m);
+    for count in histogram[1..=q].iter().rev() {
+        z = 0.5 * (z + f64::from(*count));
+    }
+    z += m * sigma(f64::from(histogram[0]) / m);
+    let alpha_infinity = 1.0 / (2.0 * std::f64::consts::LN_2);
+    alpha_infinity * m * m / z
 }
 
 /// Ertl's sigma function, for the registers that are still zero.
@@ -686,11 +738,52 @@ mod tests {
         assert_eq!(sketch_of(0..200).to_bytes()[0], TAG_SPARSE);
     }
 
+    /// Clones share dense ranks and their estimate; a change to one copies first and is
+    /// estimated again, whichever way it changes (an insert, a merge from either form).
+    #[test]
+    fn a_changed_clone_is_estimated_again_and_leaves_the_original_alone() {
+        let fresh = |sketch: &Sketch| Sketch::from_bytes(&sketch.to_bytes()).unwrap().estimate();
+        let original = sketch_of(0..5_000);
+        let before = original.estimate();
+        let mut inserted = original.clone();
+        inserted.insert(b"someone new who raises a register");
+        for visitor in 5_000..6_000_u32 {
+            inserted.insert(&visitor.to_le_bytes());
+        }
+        let mut merged_dense = original.clone();
+        merged_dense.merge(&sketch_of(10_000..20_000));
+        let mut merged_sparse = original.clone();
+        merged_sparse.merge(&sketch_of(30_000..30_100));
+        let mut into_sparse = sketch_of(40_000..40_050);
+        into_sparse.merge(&original);
+        assert_eq!(into_sparse, {
+            let mut union = sketch_of(40_000..40_050);
+            union.densify();
+            union.merge(&sketch_of(0..5_000));
+            union
+        });
+        for changed in [&inserted, &merged_dense, &merged_sparse, &into_sparse] {
+            assert!(changed.estimate() > before, "{changed:?}");
+            assert_eq!(changed.estimate(), fresh(changed), "{changed:?}");
+        }
+        assert_eq!(original.estimate(), before);
+        assert_eq!(original, sketch_of(0..5_000));
+        // A merge into an empty sketch takes the ranks shared.
+        let mut empty = Sketch::new();
+        empty.merge(&original);
+        assert!(matches!(
+            (&empty.registers, &original.registers),
+            (Registers::Dense(a), Registers::Dense(b)) if Arc::ptr_eq(a, b)
+        ));
+    }
+
     #[test]
     fn equality_ignores_the_form_held_in_memory() {
         let sparse = sketch_of(0..3);
         let mut dense = Sketch {
-            registers: Registers::Dense(vec![0; SKETCH_REGISTERS].into_boxed_slice()),
+            registers: Registers::Dense(DenseRegisters::new(
+                vec![0; SKETCH_REGISTERS].into_boxed_slice(),
+            )),
         };
         dense.merge(&sparse);
         assert_eq!(dense, sparse);
@@ -711,7 +804,9 @@ mod tests {
         let mut dense = sketch_of(0..5_000);
         let few = sketch_of(0..3);
         // Build a dense sketch holding only three visitors by merging a dense empty-ish one.
-        dense.registers = Registers::Dense(vec![0; SKETCH_REGISTERS].into_boxed_slice());
+        dense.registers = Registers::Dense(DenseRegisters::new(
+            vec![0; SKETCH_REGISTERS].into_boxed_slice(),
+        ));
         dense.merge(&few);
         assert_eq!(dense.to_bytes(), few.to_bytes());
     }

@@ -121,19 +121,12 @@ pub(super) struct PageMemo {
 
 impl Default for PageMemo {
     fn default() -> Self {
-        let options = quick_cache::OptionsBuilder::new()
-            .estimated_items_capacity((PAGE_MEMO_BYTES_MAX / PAGE_BYTES_EXPECTED) as usize)
-            .weight_capacity(PAGE_MEMO_BYTES_MAX)
-            .shards(PAGE_MEMO_SHARDS)
-            .build()
-            // Only a missing capacity fails, and both are given.
-            .unwrap_or_else(|_| unreachable!());
         Self {
-            pages: quick_cache::sync::Cache::with_options(
-                options,
+            pages: crate::bounded::weighed_table(
+                PAGE_MEMO_BYTES_MAX,
+                PAGE_BYTES_EXPECTED,
+                PAGE_MEMO_SHARDS,
                 PageWeighter,
-                quick_cache::DefaultHashBuilder::default(),
-                quick_cache::sync::DefaultLifecycle::default(),
             ),
         }
     }
