@@ -108,7 +108,7 @@ const WRITE_CELLS_MAX: usize = 2_000;
 /// Cells of refused writes kept for the next epoch; past this they are dropped and a rebuild
 /// (whose snapshot sees them) is started instead.
 pub const HOT_WAITING_CELLS_MAX: usize = 1_000_000;
-/// Keys deleted or written per command when a rebuild or a deletion runs.
+/// Keys written per command when a rebuild runs.
 const REBUILD_KEYS_MAX: usize = 1_000;
 /// How long a deleted resource's new incarnation name is kept: past every minute a reader may
 /// have held under the old one (`held.rs`), which is at most the hot window old when read.
@@ -182,6 +182,14 @@ return {1, current}
 );
 
 /// Sets the epoch to ARGV[2] if it is ARGV[1] (empty: absent). Returns {1, old} or {0, current}.
+/// Deletes a resource's hot keys (`KEYS[2..]`) and names its new incarnation (`KEYS[1]`, set
+/// to `ARGV[1]` for `ARGV[2]` ms) at once: a reader never finds one without the other.
+const FORGET_SCRIPT: &str = r"
+for index = 2, #KEYS do redis.call('DEL', KEYS[index]) end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+";
+
 const SWAP_EPOCH_SCRIPT: &str = r"
 local current = redis.call('GET', KEYS[1]) or ''
 if current ~= ARGV[1] then return {0, current} end
@@ -287,6 +295,7 @@ pub struct HotTier {
     write_script: redis::Script,
     document_write_script: redis::Script,
     swap_epoch_script: redis::Script,
+    forget_script: redis::Script,
     held: HeldMinutes,
 }
 
@@ -309,6 +318,20 @@ async fn within<T>(
         Ok(result) => result.map_err(|error| error.to_string()),
         Err(_) => Err(format!("no answer within {limit_ms} ms")),
     }
+}
+
+/// One minute of a read: its minute, what was held of it, its hits, its list's length and the
+/// fragments read after what was held.
+type ReadList = (u64, Option<HeldMinute>, u64, usize, Vec<Vec<u8>>);
+
+/// The next value of a pipeline's answer, decoded.
+fn next_value<T: redis::FromRedisValue>(
+    values: &mut impl Iterator<Item = redis::Value>,
+) -> Result<T, String> {
+    let value = values
+        .next()
+        .ok_or("the hot tier's answer is shorter than its pipeline")?;
+    redis::from_redis_value(value).map_err(|error| error.to_string())
 }
 
 fn add_entry(cells: &mut Cells, entry: DeltaEntry) {
@@ -396,6 +419,7 @@ impl HotTier {
             write_script: redis::Script::new(WRITE_SCRIPT),
             document_write_script: redis::Script::new(DOCUMENT_WRITE_SCRIPT),
             swap_epoch_script: redis::Script::new(SWAP_EPOCH_SCRIPT),
+            forget_script: redis::Script::new(FORGET_SCRIPT),
             held: HeldMinutes::default(),
         }
     }
@@ -822,8 +846,8 @@ impl HotTier {
     }
 
     /// The minute cells of `[start_ms, end_ms)`, each minute's sketch merged from the fragments
-    /// appended since this process last read it (`held.rs`); read whole again if a deletion
-    /// raced it.
+    /// appended since this process last read it (`held.rs`); read whole again if one it held
+    /// is not there as held.
     async fn read(
         &self,
         resource_id: &str,
@@ -842,10 +866,10 @@ impl HotTier {
         }
     }
 
-    /// One round trip: the epoch, the resource's incarnation, and each minute's hits, list
-    /// length and fragments from the first not held. `None` if a held minute was merged before
-    /// the resource was deleted (its incarnation differs, or its list is shorter): nothing held
-    /// is used then, and the caller reads again `with_held: false`.
+    /// One round trip: the epoch, the resource's incarnation before and after the lists, and
+    /// each minute's hits, list length and fragments from the first not held. `None` if a held
+    /// minute is not there as held (the resource was deleted, or the list or the hits shrank):
+    /// those are dropped, and the caller reads again `with_held: false`.
     async fn read_from_held(
         &self,
         resource_id: &str,
@@ -867,11 +891,9 @@ impl HotTier {
                 (minute_ms, held)
             })
             .collect();
+        let incarnation_key = self.incarnation_key(&generation, resource_id);
         let mut pipeline = redis::pipe();
-        // The incarnation before the lists: see `held.rs`.
-        pipeline
-            .get(self.epoch_key())
-            .get(self.incarnation_key(&generation, resource_id));
+        pipeline.get(self.epoch_key()).get(&incarnation_key);
         for (minute_ms, held) in &minutes {
             let sketch_key = self.sketch_key(&generation, resource_id, *minute_ms);
             let from = held.as_ref().map_or(0, |held| held.fragments);
@@ -880,6 +902,7 @@ impl HotTier {
                 .llen(&sketch_key)
                 .lrange(&sketch_key, from as isize, -1);
         }
+        pipeline.get(&incarnation_key);
         let mut connection = self.connected().await?;
         let values: Vec<redis::Value> = within(
             HOT_OPERATION_TIMEOUT_MS,
@@ -887,35 +910,53 @@ impl HotTier {
         )
         .await?;
         let mut values = values.into_iter();
-        let mut next = |what: &str| {
-            values
-                .next()
-                .ok_or_else(|| format!("the hot tier's answer lacks {what}"))
-        };
-        let current: Option<String> = redis::from_redis_value(next("the epoch")?).unwrap_or(None);
+        let current: Option<String> = next_value(&mut values)?;
         if current.as_deref() != Some(epoch.as_str()) {
             return Err("the hot tier's epoch changed (rebuilt, restarted or flushed)".to_owned());
         }
-        let incarnation: Option<String> =
-            redis::from_redis_value(next("the incarnation")?).map_err(|error| error.to_string())?;
-        let incarnation = incarnation.unwrap_or_default();
+        let before: Option<String> = next_value(&mut values)?;
+        let mut lists = Vec::with_capacity(minutes.len());
+        for (minute_ms, held) in minutes {
+            let hits: Option<u64> = next_value(&mut values)?;
+            let length: usize = next_value(&mut values)?;
+            let fragments: Vec<Vec<u8>> = next_value(&mut values)?;
+            lists.push((minute_ms, held, hits.unwrap_or(0), length, fragments));
+        }
+        let after: Option<String> = next_value(&mut values)?;
+        // A deletion between the two (`held.rs`): nothing read now is held.
+        let incarnation = (before == after).then(|| before.unwrap_or_default());
+        let mut stale = false;
+        for (minute_ms, held, hits, length, _) in &lists {
+            if let Some(held) = held
+                && !held.is_there(incarnation.as_deref(), *hits, *length)
+            {
+                self.held.forget(resource_id, *minute_ms);
+                stale = true;
+            }
+        }
+        if stale {
+            return Ok(None);
+        }
+        self.merge_lists(resource_id, &generation, incarnation, lists)
+            .map(Some)
+    }
+
+    /// The cells of a read's minutes: each held sketch (if any) with the fragments read after
+    /// it; each held again as merged, when the read's incarnation is known.
+    fn merge_lists(
+        &self,
+        resource_id: &str,
+        generation: &str,
+        incarnation: Option<String>,
+        lists: Vec<ReadList>,
+    ) -> Result<Vec<CountCell>, String> {
         let mut cells = Vec::new();
         let mut served = [0_u64; 2];
-        for (minute_ms, held) in minutes {
-            let hits: Option<u64> =
-                redis::from_redis_value(next("hits")?).map_err(|error| error.to_string())?;
-            let length: usize =
-                redis::from_redis_value(next("a length")?).map_err(|error| error.to_string())?;
-            let fragments: Vec<Vec<u8>> =
-                redis::from_redis_value(next("fragments")?).map_err(|error| error.to_string())?;
-            if let Some(held) = &held
-                && (held.incarnation != incarnation || length < held.fragments)
-            {
-                return Ok(None);
-            }
-            let Some(hits) = hits.filter(|hits| *hits > 0) else {
+        for (minute_ms, held, hits, _, fragments) in lists {
+            if hits == 0 {
+                self.held.forget(resource_id, minute_ms);
                 continue;
-            };
+            }
             let (mut visitors, held_fragments) = held.map_or_else(
                 || (Sketch::new(), 0),
                 |held| (held.visitors, held.fragments),
@@ -927,13 +968,16 @@ impl HotTier {
             }
             served[0] += held_fragments as u64;
             served[1] += fragments.len() as u64;
-            let held = HeldMinute {
-                generation: generation.clone(),
-                incarnation: incarnation.clone(),
-                fragments: held_fragments + fragments.len(),
-                visitors: visitors.clone(),
-            };
-            self.held.hold(resource_id, minute_ms, held);
+            if let Some(incarnation) = &incarnation {
+                let held = HeldMinute {
+                    generation: generation.to_owned(),
+                    incarnation: incarnation.clone(),
+                    hits,
+                    fragments: held_fragments + fragments.len(),
+                    visitors: visitors.clone(),
+                };
+                self.held.hold(resource_id, minute_ms, held);
+            }
             cells.push(CountCell {
                 bucket_ms: minute_ms,
                 hits,
@@ -944,56 +988,40 @@ impl HotTier {
             .increment(served[0]);
         metrics::counter!("hitcount_hot_fragments_read_total", "served" => "redis")
             .increment(served[1]);
-        Ok(Some(cells))
+        Ok(cells)
     }
 
     /// A deleted resource's hot keys go with it (those of the current generation: no other is
-    /// read again); if they cannot be deleted now the tier is rebuilt (without them) instead.
+    /// read again), and it gets a new incarnation (`held.rs`), both in one script: if it
+    /// cannot run now the tier is rebuilt (without them) instead.
     pub async fn forget_resource(&self, resource_id: &str, now_ms: u64) {
         let generation = self.attachment().generation.clone();
         let now_minute_ms = now_ms / MINUTE_MS * MINUTE_MS;
         let first_ms = now_minute_ms.saturating_sub(HOT_WINDOW_MS + EXPIRY_MARGIN_MS);
-        let mut keys = Vec::new();
+        let mut invocation = self.forget_script.prepare_invoke();
+        invocation
+            .key(self.incarnation_key(&generation, resource_id))
+            // A random name never comes back, so a held minute is never taken for one of a
+            // later incarnation; the name outlives every minute read under the old one.
+            .arg(crate::random_hex(RANDOM_NAME_BYTES))
+            .arg(INCARNATION_KEPT_MS);
         // A minute ahead too: edges' clocks may run a little fast.
         for minute_ms in (first_ms..=now_minute_ms + MINUTE_MS).step_by(MINUTE_MS as usize) {
-            keys.push(self.hits_key(&generation, resource_id, minute_ms));
-            keys.push(self.sketch_key(&generation, resource_id, minute_ms));
+            invocation
+                .key(self.hits_key(&generation, resource_id, minute_ms))
+                .key(self.sketch_key(&generation, resource_id, minute_ms));
         }
-        if let Err(reason) = self.delete_keys(&keys).await {
-            self.degrade(&reason, true);
-            return;
-        }
-        // After the keys are gone (`held.rs`): a reader that finds the new incarnation finds
-        // only new lists. A random name never comes back, so a held minute is never taken for
-        // one of a later incarnation; the name outlives every minute read under the old one.
-        let incarnation = crate::random_hex(RANDOM_NAME_BYTES);
-        let mut connection = match self.connected().await {
-            Ok(connection) => connection,
-            Err(reason) => return self.degrade(&reason, true),
-        };
-        let mut set = redis::cmd("SET");
-        set.arg(self.incarnation_key(&generation, resource_id))
-            .arg(incarnation)
-            .arg("PX")
-            .arg(INCARNATION_KEPT_MS);
-        let set = set.query_async::<()>(&mut connection);
-        if let Err(reason) = within(HOT_OPERATION_TIMEOUT_MS, set).await {
-            self.degrade(&reason, true);
-        }
-    }
-
-    async fn delete_keys(&self, keys: &[String]) -> Result<(), String> {
-        for chunk in keys.chunks(REBUILD_KEYS_MAX) {
+        let forgotten = async {
             let mut connection = self.connected().await?;
             within(
                 HOT_OPERATION_TIMEOUT_MS,
-                redis::cmd("DEL")
-                    .arg(chunk)
-                    .query_async::<()>(&mut connection),
+                invocation.invoke_async::<()>(&mut connection),
             )
-            .await?;
+            .await
+        };
+        if let Err(reason) = forgotten.await {
+            self.degrade(&reason, true);
         }
-        Ok(())
     }
 
     async fn renew_lease(&self) -> Result<(), String> {

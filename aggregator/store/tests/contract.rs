@@ -2288,8 +2288,8 @@ async fn closed_buckets_held(backend: Arc<dyn DurableStore>, url: Option<&str>) 
 /// The hot tier's minutes are merged from the fragments appended since this process last read
 /// them (`hot/held.rs`). With two processes on one tier, the reader answers as PostgreSQL does
 /// through new fragments and through the resource deleted by the other process and created
-/// again with lists that grow past what was held; and a fragment changed behind the tier's back
-/// stays as held, which shows the memory is used.
+/// again with lists that grow past what was held; a fragment changed behind the tier's back
+/// stays as held, which shows the memory is used; and a list that lost its end is read whole.
 #[tokio::test]
 async fn hot_minutes_are_merged_from_the_fragments_appended_since_the_last_read() {
     if !hitcount_test_support::postgres_or_skip() {
@@ -2326,7 +2326,8 @@ async fn hot_minutes_are_merged_from_the_fragments_appended_since_the_last_read(
         );
         writer.apply_through(&database, batch, now).await.unwrap();
     };
-    let reads_as_the_database = async |hits: u64| {
+    // The reader's cells, from the tier: not answered by PostgreSQL instead.
+    let read_hot = async || {
         let read = reader
             .cells(
                 &database,
@@ -2339,13 +2340,17 @@ async fn hot_minutes_are_merged_from_the_fragments_appended_since_the_last_read(
             )
             .await
             .unwrap();
+        assert!(reader.is_healthy() && !read.stale);
+        read.cells
+    };
+    let reads_as_the_database = async |hits: u64| {
+        let read = read_hot().await;
         let stored = database
             .cells("site".to_owned(), Tier::Minute, start_ms, end_ms, now)
             .await
             .unwrap();
-        assert!(!read.stale);
-        assert_eq!(read.cells, stored);
-        assert_eq!(read.cells.iter().map(|cell| cell.hits).sum::<u64>(), hits);
+        assert_eq!(read, stored);
+        assert_eq!(read.iter().map(|cell| cell.hits).sum::<u64>(), hits);
     };
 
     for visitors in [&["a", "b"][..], &["c"], &["d"]] {
@@ -2384,6 +2389,30 @@ async fn hot_minutes_are_merged_from_the_fragments_appended_since_the_last_read(
         .await
         .unwrap();
     reads_as_the_database(4).await;
+
+    // The list loses its end (as on a failover to a replica that lagged): shorter than held,
+    // it is read whole again, tampered fragment and all.
+    redis::cmd("LTRIM")
+        .arg(&sketch_key)
+        .arg(0)
+        .arg(1)
+        .query_async::<()>(&mut redis)
+        .await
+        .unwrap();
+    let fragments: Vec<Vec<u8>> = redis::cmd("LRANGE")
+        .arg(&sketch_key)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let mut in_the_list = Sketch::new();
+    for fragment in &fragments {
+        in_the_list.merge(&Sketch::from_bytes(fragment).unwrap());
+    }
+    let read = read_hot().await;
+    assert_eq!(read.len(), 1);
+    assert_eq!(read[0].visitors, in_the_list);
 
     // Deleted through the other process and created again: its new list grows past the four
     // fragments held, and none of them is answered.

@@ -2,15 +2,22 @@
 //! last hour decodes only the sketch fragments appended since, not every group's fragment of
 //! every minute again (a busy resource gets one per group commit: up to thousands a minute).
 //!
-//! It rests on how the tier's lists change. Within one generation a minute's list only grows
-//! (the write scripts `RPUSH`), except when a resource is deleted: its keys are deleted, and a
-//! resource created again under the same id starts new lists, which may grow past the length a
-//! reader held. So a deletion then gives the resource a new *incarnation* (a random name in
-//! `...:i:{resource}`, "" before the first deletion) after the keys are gone, and a read asks for the incarnation before the
-//! lists: a held minute counts only at the generation and incarnation it was merged at, and
-//! only while its list is at least as long as the fragments merged into it. A read that raced a
-//! deletion holds what it merged under the incarnation from before it, which the next read finds
-//! bumped.
+//! It rests on how the tier's lists change. Within one generation a minute's list and hits only
+//! grow (the write scripts `INCRBY` and `RPUSH`), except when a resource is deleted: its keys go,
+//! and a resource created again under the same id starts new lists, which may grow past the
+//! length a reader held. So a deletion also names a new *incarnation* of the resource (a random
+//! name in `...:i:{resource}`, "" before the first deletion), in the same script as it deletes
+//! the keys, and a read asks for the incarnation before and after the lists in its one round
+//! trip. A held minute counts only at the generation and incarnation it was merged at (read
+//! the same before and after: a read that raced a deletion holds nothing), and while neither
+//! its hits nor its list is shorter than when it was held; a minute not there as held is
+//! dropped and the read made again without what is held.
+//!
+//! The bound: a Redis that loses the end of a list but keeps its epoch (a failover to a replica
+//! that lagged, a restart from a snapshot) already loses acknowledged hits from the hot tier
+//! until their minute leaves it (the hour). If such a minute's hits and list both grow back past
+//! what was held before this process reads it again, a held minute answers the lost fragments'
+//! visitors in place of as many new fragments', for as long.
 
 use hitcount_wire::Sketch;
 
@@ -35,6 +42,8 @@ pub struct HeldMinute {
     /// The tier's generation and the resource's incarnation the list was read at.
     pub generation: String,
     pub incarnation: String,
+    /// The minute's hits when it was read: they only grow too.
+    pub hits: u64,
     /// How many fragments, from the list's first, `visitors` is the union of.
     pub fragments: usize,
     pub visitors: Sketch,
@@ -80,8 +89,8 @@ impl Default for HeldMinutes {
 }
 
 impl HeldMinutes {
-    /// The minute as held in `generation`, if it is; its incarnation and length are for the
-    /// caller to check against the list.
+    /// The minute as held in `generation`, if it is; whether it is still there as held is for
+    /// the caller to check against what the read finds ([`HeldMinute::is_there`]).
     pub fn get(&self, resource_id: &str, minute_ms: u64, generation: &str) -> Option<HeldMinute> {
         self.minutes
             .get(&(resource_id.to_owned(), minute_ms))
@@ -91,5 +100,19 @@ impl HeldMinutes {
     pub fn hold(&self, resource_id: &str, minute_ms: u64, held: HeldMinute) {
         self.minutes
             .insert((resource_id.to_owned(), minute_ms), held);
+    }
+
+    pub fn forget(&self, resource_id: &str, minute_ms: u64) {
+        self.minutes.remove(&(resource_id.to_owned(), minute_ms));
+    }
+}
+
+impl HeldMinute {
+    /// Whether the minute is still there as held: the same incarnation (`None`: a deletion
+    /// raced the read), and neither its hits nor its list shorter than when it was held.
+    pub fn is_there(&self, incarnation: Option<&str>, hits: u64, length: usize) -> bool {
+        incarnation == Some(self.incarnation.as_str())
+            && hits >= self.hits
+            && length >= self.fragments
     }
 }
