@@ -184,9 +184,9 @@ pub trait DurableStore: CatalogStore + std::fmt::Debug + Send + Sync {
         Ok(Vec::new())
     }
 
-    /// When the oldest row still in the durable inbox was appended (any process's; none without
-    /// the inbox): a bucket that such a row may still change without it being late is not kept
-    /// (`summaries.rs`).
+    /// When the oldest row still in the durable inbox was appended (any process's, whatever this
+    /// one's write shape; none where no process of the store runs the inbox): a bucket that such
+    /// a row may still change without it being late is not kept (`summaries.rs`).
     async fn inbox_oldest_ms(&self) -> Result<Option<u64>, StoreError> {
         Ok(None)
     }

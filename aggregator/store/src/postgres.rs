@@ -822,10 +822,10 @@ impl DurableStore for PgStore {
         !self.citus
     }
 
+    /// Asked of the table whatever this process's write shape: other aggregators of the
+    /// database may run the inbox (a deployment changing shape, or mixed), and their rows still
+    /// change buckets on time.
     async fn inbox_oldest_ms(&self) -> Result<Option<u64>, StoreError> {
-        if self.inbox.is_none() {
-            return Ok(None);
-        }
         let oldest: Option<i64> = sqlx::query_scalar("SELECT min(created_at_ms) FROM inbox")
             .fetch_one(&self.pool)
             .await

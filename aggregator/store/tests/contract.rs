@@ -2435,3 +2435,34 @@ async fn hot_minutes_are_merged_from_the_fragments_appended_since_the_last_read(
     write(&["k"]).await;
     reads_as_the_database(6).await;
 }
+
+/// Aggregators of one PostgreSQL database may differ in write shape (a deployment turning the
+/// inbox on or off, one aggregator at a time): one that writes directly still sees when the
+/// oldest of the others' inbox rows was appended, since those rows still change buckets on time
+/// and its held buckets and kept summaries must wait for them.
+#[tokio::test]
+async fn a_direct_aggregator_sees_the_inbox_rows_of_the_others() {
+    if !hitcount_test_support::postgres_or_skip() {
+        return;
+    }
+    let directory = TempDir::new().unwrap();
+    let url = hitcount_test_support::postgres_database(directory.path());
+    let direct = PgStore::connect(&url).await.unwrap();
+    let inbox = PgStore::connect(&url).await.unwrap().with_inbox();
+    direct
+        .create_resource(resource("site", None))
+        .await
+        .unwrap();
+    let now = now_ms();
+    assert_eq!(direct.inbox_oldest_ms().await.unwrap(), None);
+    apply(
+        &inbox,
+        vec![entry("site", now / MINUTE_MS - 90, 1, &["a"])],
+        None,
+        now,
+    )
+    .await;
+    assert_eq!(direct.inbox_oldest_ms().await.unwrap(), Some(now));
+    inbox.fold_inbox(now + MINUTE_MS).await.unwrap();
+    assert_eq!(direct.inbox_oldest_ms().await.unwrap(), None);
+}
