@@ -338,8 +338,11 @@ const READ_PROBES: [&str; 3] = [
 
 /// Asks for [`READ_PROBES`] in turn until `reading` is false; each probe's latencies (ms) of
 /// successful answers, sorted. A failed read is left out (the run's errors count them).
+/// Reads the probes in turn until `until` (the end of the load) or until `reading` is cleared:
+/// reads during verification, which reads every resource back, are not reads under load.
 async fn read_while(
     reading: &std::sync::atomic::AtomicBool,
+    until: Instant,
     base_url: &str,
     resource_id: &str,
 ) -> Vec<Vec<f64>> {
@@ -350,7 +353,7 @@ async fn read_while(
         .collect();
     let mut latencies = vec![Vec::new(); urls.len()];
     for probe in (0..urls.len()).cycle() {
-        if !reading.load(std::sync::atomic::Ordering::Relaxed) {
+        if !reading.load(std::sync::atomic::Ordering::Relaxed) || Instant::now() >= until {
             break;
         }
         let started = Instant::now();
@@ -656,6 +659,7 @@ async fn measure(scenario: &Scenario, duration_s: u64) -> String {
     let reading = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let reader = {
         let reading = std::sync::Arc::clone(&reading);
+        let until = Instant::now() + Duration::from_secs(config.duration_s);
         let base_url = running.urls[0].clone();
         let resource_id = config.resource_ids()[0].clone();
         // A thread and runtime of its own: on the load generator's runtime, a read's latency
@@ -665,7 +669,7 @@ async fn measure(scenario: &Scenario, duration_s: u64) -> String {
                 .enable_all()
                 .build()
                 .unwrap()
-                .block_on(read_while(&reading, &base_url, &resource_id))
+                .block_on(read_while(&reading, until, &base_url, &resource_id))
         })
     };
     let started = Instant::now();

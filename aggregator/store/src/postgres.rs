@@ -164,6 +164,25 @@ impl PgStore {
         self.pool.begin().await.map_err(classify)
     }
 
+    /// A read-only transaction with one snapshot for every statement in it, so a compaction or
+    /// a fold in between cannot hide or double a hit or a visitor. Its statements are planned
+    /// for the values they are given (`plan_cache_mode`): a connection's cached generic plan
+    /// for a read of one resource's buckets was seen scanning every resource's rows of the
+    /// window through the (tier, bucket) index, 190,000 rows a read, while the table had no
+    /// statistics yet (a plan made early, kept until an ANALYZE, which PostgreSQL without
+    /// autovacuum never runs): 72 reads a second instead of 3,400 (BENCHMARKS.md).
+    async fn begin_reading(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        let mut transaction = self.begin().await?;
+        sqlx::raw_sql(
+            "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY;
+             SET LOCAL plan_cache_mode = force_custom_plan",
+        )
+        .execute(&mut *transaction)
+        .await
+        .map_err(classify)?;
+        Ok(transaction)
+    }
+
     /// A transaction holding the folders' advisory lock, or none if another process holds it
     /// (that one does the work; this process's slots wait for its next fold). A fold of every
     /// row (`FoldScope::All`: at start, at a stop, before a deletion) waits for the lock
@@ -498,13 +517,7 @@ impl DurableStore for PgStore {
         // row listed is committed in the snapshot, so it is either still in the inbox there
         // (and added below) or folded into the cells read (and not added).
         let unfolded = held_for_each(self.inbox.as_deref(), &resource_ids);
-        let mut transaction = self.begin().await?;
-        // One snapshot for every read, so a compaction or a fold in between cannot hide or
-        // double a hit or a visitor.
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .execute(&mut *transaction)
-            .await
-            .map_err(classify)?;
+        let mut transaction = self.begin_reading().await?;
         let mut all = stored_cells(&mut transaction, &resource_ids, tier, start_ms, end_ms).await?;
         let rollups = rollup::read_rollups(&mut *transaction)
             .await
@@ -559,11 +572,7 @@ impl DurableStore for PgStore {
     }
 
     async fn minute_cells_since(&self, start_ms: u64) -> Result<MinuteCells, StoreError> {
-        let mut transaction = self.begin().await?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .execute(&mut *transaction)
-            .await
-            .map_err(classify)?;
+        let mut transaction = self.begin_reading().await?;
         // The transaction's first statement takes its snapshot; this one also says which
         // transactions it sees.
         let snapshot: String = sqlx::query_scalar("SELECT pg_current_snapshot()::text")
@@ -890,11 +899,7 @@ impl DurableStore for PgStore {
         start_ms: u64,
         end_ms: u64,
     ) -> Result<Vec<String>, StoreError> {
-        let mut transaction = self.begin().await?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .execute(&mut *transaction)
-            .await
-            .map_err(classify)?;
+        let mut transaction = self.begin_reading().await?;
         // The resources with rows of `tier`, and those whose finer rows count for one of its
         // buckets not rolled up yet (any resource's: the listing may name a few more).
         let rollups = rollup::read_rollups(&mut *transaction)
