@@ -181,7 +181,6 @@ return {1, current}
 "
 );
 
-/// Sets the epoch to ARGV[2] if it is ARGV[1] (empty: absent). Returns {1, old} or {0, current}.
 /// Deletes a resource's hot keys (`KEYS[2..]`) and names its new incarnation (`KEYS[1]`, set
 /// to `ARGV[1]` for `ARGV[2]` ms) at once: a reader never finds one without the other.
 const FORGET_SCRIPT: &str = r"
@@ -190,6 +189,7 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 ";
 
+/// Sets the epoch to ARGV[2] if it is ARGV[1] (empty: absent). Returns {1, old} or {0, current}.
 const SWAP_EPOCH_SCRIPT: &str = r"
 local current = redis.call('GET', KEYS[1]) or ''
 if current ~= ARGV[1] then return {0, current} end
@@ -957,6 +957,10 @@ impl HotTier {
                 self.held.forget(resource_id, minute_ms);
                 continue;
             }
+            // A held minute with nothing appended stays held as it is: its hits may have grown
+            // (a write with no visitors appends no fragment), and a smaller held count still
+            // tells a shrunk list.
+            let unchanged = held.is_some() && fragments.is_empty();
             let (mut visitors, held_fragments) = held.map_or_else(
                 || (Sketch::new(), 0),
                 |held| (held.visitors, held.fragments),
@@ -968,7 +972,7 @@ impl HotTier {
             }
             served[0] += held_fragments as u64;
             served[1] += fragments.len() as u64;
-            if let Some(incarnation) = &incarnation {
+            if let Some(incarnation) = incarnation.as_ref().filter(|_| !unchanged) {
                 let held = HeldMinute {
                     generation: generation.to_owned(),
                     incarnation: incarnation.clone(),
