@@ -8,7 +8,6 @@
 //! `state.rs` nor `api/` is imported here.
 
 use std::collections::{HashMap, HashSet};
-use std::ops::Bound;
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
 use hitcount_wire::DeltaEntry;
@@ -86,10 +85,7 @@ impl Catalog {
         resources: impl IntoIterator<Item = ResourceRecord>,
         patterns: Vec<crate::store::PatternRecord>,
     ) -> Self {
-        let resources: ResourceCache = resources
-            .into_iter()
-            .map(|record| (record.id.clone(), record))
-            .collect();
+        let resources: ResourceCache = resources.into_iter().collect();
         let catalog_patterns = Patterns::default();
         catalog_patterns.registry.replace(patterns, &resources);
         Self {
@@ -108,11 +104,7 @@ impl Catalog {
 
     /// The ids of the resources whose id starts with `prefix` (every resource for `""`), sorted.
     pub fn resource_ids_under(&self, prefix: &str) -> Vec<String> {
-        self.read()
-            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
-            .take_while(|(id, _)| id.starts_with(prefix))
-            .map(|(id, _)| id.clone())
-            .collect()
+        self.read().ids_under(prefix).cloned().collect()
     }
 
     pub fn resource(&self, id: &str) -> Option<ResourceRecord> {
@@ -125,7 +117,7 @@ impl Catalog {
     }
 
     pub fn resource_exists(&self, id: &str) -> bool {
-        self.read().contains_key(id)
+        self.read().contains(id)
     }
 
     /// Adds resources to the cache (replacing cached records of the same id), keeping the
@@ -140,7 +132,7 @@ impl Catalog {
             let id = record.id.clone();
             // Created again (or its deletion failed): a reload may list it again.
             deletions.remove(&id);
-            if cache.insert(id.clone(), record).is_none() {
+            if cache.insert(record).is_none() {
                 self.patterns.registry.resource_added(&id);
             }
         }
@@ -180,13 +172,14 @@ impl Catalog {
         // Ids cached before the read began: only those can be gone because another aggregator
         // deleted them. One cached later was created here after the read began (its commit may
         // not be in the read, whatever its creation time says).
-        let cached_before: HashSet<String> = self.read().keys().cloned().collect();
+        let cached_before: HashSet<String> = self
+            .read()
+            .records()
+            .map(|record| record.id.clone())
+            .collect();
         match store.resources().await {
             Ok(records) => {
-                let mut loaded: ResourceCache = records
-                    .into_iter()
-                    .map(|record| (record.id.clone(), record))
-                    .collect();
+                let mut loaded: ResourceCache = records.into_iter().collect();
                 let mut cache = self
                     .resources
                     .write()
@@ -194,16 +187,16 @@ impl Catalog {
                 // A resource deleted here may still be in the list: the read may have begun before
                 // the delete committed. Once a reload began after the commit, the list is right.
                 let mut deletions = self.deletions();
-                loaded.retain(|id, _| !deletions.contains_key(id));
+                loaded.retain(|id| !deletions.contains_key(id));
                 deletions.retain(|_, finished| finished.is_none_or(|at| at >= reload_started_ms));
                 drop(deletions);
                 // A resource created here while the list was being read is not in it yet.
                 let recent = reload_started_ms.saturating_sub(RESOURCE_RELOAD_GRACE_MS);
-                for (id, record) in cache.iter() {
-                    if !loaded.contains_key(id)
-                        && (!cached_before.contains(id) || record.created_at_ms >= recent)
+                for record in cache.records() {
+                    if !loaded.contains(&record.id)
+                        && (!cached_before.contains(&record.id) || record.created_at_ms >= recent)
                     {
-                        loaded.insert(id.clone(), record.clone());
+                        loaded.insert(record.clone());
                     }
                 }
                 *cache = loaded;
@@ -223,7 +216,7 @@ impl Catalog {
                     last.entries += 1;
                     last.hits += entry.hits;
                 }
-                _ if cache.contains_key(&entry.resource_id) => {}
+                _ if cache.contains(&entry.resource_id) => {}
                 _ => missing.push(Missing {
                     resource_id: entry.resource_id.clone(),
                     entries: 1,

@@ -118,14 +118,95 @@ struct PatternState {
     unflushed_refused_hits: u64,
 }
 
-/// The resource cache's type (see [`crate::catalog::Catalog`]).
-pub type ResourceCache = BTreeMap<String, ResourceRecord>;
+/// The resource cache (see [`crate::catalog::Catalog`]): records by id in a hash table, which
+/// every hit and every delta entry asks (a lookup in an ordered map of 100,000 ids was 6% of an
+/// aggregator's CPU under load), beside the ids in order, which prefix counts and listings walk.
+///
+/// The table hashes with SipHash (std's default): resources created through a pattern have ids
+/// that anyone who sends hits chooses, so a hash without a random key could be flooded.
+#[derive(Debug, Clone, Default)]
+pub struct ResourceCache {
+    by_id: HashMap<String, ResourceRecord>,
+    ordered: BTreeSet<String>,
+}
+
+impl ResourceCache {
+    pub fn get(&self, id: &str) -> Option<&ResourceRecord> {
+        self.by_id.get(id)
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.by_id.contains_key(id)
+    }
+
+    /// Adds or replaces the record of its id; returns the record replaced.
+    pub fn insert(&mut self, record: ResourceRecord) -> Option<ResourceRecord> {
+        let id = record.id.clone();
+        let replaced = self.by_id.insert(id.clone(), record);
+        if replaced.is_none() {
+            self.ordered.insert(id);
+        }
+        debug_assert_eq!(
+            self.by_id.len(),
+            self.ordered.len(),
+            "both indexes hold the same ids"
+        );
+        replaced
+    }
+
+    pub fn remove(&mut self, id: &str) -> Option<ResourceRecord> {
+        let removed = self.by_id.remove(id)?;
+        self.ordered.remove(id);
+        Some(removed)
+    }
+
+    /// Keeps the resources whose id `keep` accepts.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.by_id.retain(|id, _| keep(id));
+        self.ordered.retain(|id| self.by_id.contains_key(id));
+    }
+
+    /// Every record, in no particular order.
+    pub fn records(&self) -> impl Iterator<Item = &ResourceRecord> {
+        self.by_id.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// The records whose ids come after `start` (or from the first with `None`), in id order.
+    pub fn after(&self, start: Option<&str>) -> impl Iterator<Item = &ResourceRecord> {
+        let start = start.map_or(Bound::Unbounded, Bound::Excluded);
+        self.ordered
+            .range::<str, _>((start, Bound::Unbounded))
+            .map(|id| &self.by_id[id])
+    }
+
+    /// The ids that start with `prefix` (every id for `""`), in order.
+    pub fn ids_under<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a String> {
+        self.ordered
+            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(move |id| id.starts_with(prefix))
+    }
+}
+
+impl FromIterator<ResourceRecord> for ResourceCache {
+    fn from_iter<T: IntoIterator<Item = ResourceRecord>>(records: T) -> Self {
+        let mut cache = Self::default();
+        for record in records {
+            cache.insert(record);
+        }
+        cache
+    }
+}
 
 fn count_under(cache: &ResourceCache, prefix: &str) -> u64 {
-    cache
-        .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
-        .take_while(|(id, _)| id.starts_with(prefix))
-        .count() as u64
+    cache.ids_under(prefix).count() as u64
 }
 
 /// Patterns by prefix, each with the number of cached resources under it.
@@ -512,16 +593,40 @@ mod tests {
         }
     }
 
-    fn resource(id: &str) -> (String, ResourceRecord) {
-        (
-            id.to_owned(),
-            ResourceRecord {
-                id: id.to_owned(),
-                name: id.to_owned(),
-                retention_days: None,
-                created_at_ms: 0,
-            },
-        )
+    fn resource(id: &str) -> ResourceRecord {
+        ResourceRecord {
+            id: id.to_owned(),
+            name: id.to_owned(),
+            retention_days: None,
+            created_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn the_cache_finds_and_orders_the_same_ids_through_every_change() {
+        let mut cache: ResourceCache = ["b", "a.2", "a.1", "c"].into_iter().map(resource).collect();
+        let mut renamed = resource("a.1");
+        renamed.name = "renamed".to_owned();
+        assert!(
+            cache.insert(renamed).is_some(),
+            "a record of a known id is replaced"
+        );
+        assert_eq!(cache.get("a.1").unwrap().name, "renamed");
+        assert_eq!(cache.remove("b").unwrap().id, "b");
+        assert!(cache.remove("b").is_none());
+        cache.insert(resource("a.0"));
+        cache.retain(|id| id != "c");
+        let ordered: Vec<&str> = cache.after(None).map(|record| record.id.as_str()).collect();
+        assert_eq!(ordered, ["a.0", "a.1", "a.2"]);
+        let after: Vec<&str> = cache
+            .after(Some("a.0"))
+            .map(|record| record.id.as_str())
+            .collect();
+        assert_eq!(after, ["a.1", "a.2"]);
+        assert_eq!(cache.ids_under("a.").count(), 3);
+        assert_eq!(cache.ids_under("c").count(), 0);
+        assert!(!cache.contains("c") && cache.contains("a.2"));
+        assert_eq!(cache.len(), cache.records().count());
     }
 
     #[test]

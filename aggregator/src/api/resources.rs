@@ -166,17 +166,11 @@ pub async fn list(
     }
     let readable = caller.resources(Scope::Read);
     let resources = state.catalog.read();
-    let range = match &query.after {
-        Some(after) => resources.range::<String, _>((
-            std::ops::Bound::Excluded(after.clone()),
-            std::ops::Bound::Unbounded,
-        )),
-        None => resources.range::<String, _>(..),
-    };
-    let mut page: Vec<ResourceBody> = range
-        .filter(|(resource_id, _)| readable.allows(resource_id))
+    let mut page: Vec<ResourceBody> = resources
+        .after(query.after.as_deref())
+        .filter(|record| readable.allows(&record.id))
         .take(limit + 1)
-        .map(|(_, record)| record.into())
+        .map(ResourceBody::from)
         .collect();
     let next_after = if page.len() > limit {
         page.truncate(limit);

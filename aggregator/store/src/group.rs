@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use hitcount_wire::{MINUTE_MS, Sketch};
+use hitcount_wire::{DeltaEntry, MINUTE_MS, Sketch};
 
 use crate::records::{Applied, ApplyOutcome, BatchKey, MergeBatch, Tier};
 use crate::rollup::Rollups;
@@ -88,24 +88,15 @@ pub(crate) fn fold_group(
     shape: WriteShape,
 ) -> GroupWrites {
     let mut writes = GroupWrites::default();
+    let mut shares = Shares::default();
     for (index, batch) in batches.iter().enumerate() {
-        if let Some(key) = &batch.key {
-            let digest_kept = match recorded.get(&key.id()) {
-                Some(Recorded::Now { batch }) if *batch == index => None,
-                Some(Recorded::Now { batch }) => {
-                    batches[*batch].key.as_ref().map(|first| first.body_sha256)
-                }
-                Some(Recorded::Before(digest)) => Some(*digest),
-                None => unreachable!("every key of the group was recorded or looked up"),
-            };
-            if let Some(digest) = digest_kept {
-                writes.outcomes.push(if digest == key.body_sha256 {
-                    ApplyOutcome::Duplicate
-                } else {
-                    ApplyOutcome::Conflict
-                });
-                continue;
-            }
+        if let Some(kept) = batch
+            .key
+            .as_ref()
+            .and_then(|key| kept_outcome(batches, index, key, recorded))
+        {
+            writes.outcomes.push(kept);
+            continue;
         }
         let mut applied = Applied::default();
         for entry in &batch.entries {
@@ -118,36 +109,98 @@ pub(crate) fn fold_group(
                 applied.expired_entries += 1;
                 continue;
             };
-            match shape {
-                WriteShape::Direct => {
-                    writes.changed.extend(buckets.changed);
-                    for (tier, bucket_ms) in buckets.rows {
-                        *writes
-                            .cells
-                            .entry((entry.resource_id.clone(), tier, bucket_ms))
-                            .or_default() += entry.hits;
-                    }
-                }
-                WriteShape::Inbox => {
-                    *writes
-                        .minutes
-                        .entry((entry.resource_id.clone(), entry.minute * MINUTE_MS))
-                        .or_default() += entry.hits;
-                }
+            if shape == WriteShape::Direct {
+                writes.changed.extend(buckets.changed);
+                let id = entry.resource_id.as_str();
+                shares.cells.extend(
+                    buckets
+                        .rows
+                        .into_iter()
+                        .map(|(tier, bucket_ms)| (id, tier, bucket_ms, entry.hits)),
+                );
             }
-            if !entry.visitors.is_empty() {
-                writes
-                    .sketches
-                    .entry((entry.resource_id.clone(), entry.minute * MINUTE_MS))
-                    .or_default()
-                    .merge(&entry.visitors);
-            }
+            shares.minutes.push(entry);
             applied.entries += 1;
             applied.hits += entry.hits;
         }
         writes.outcomes.push(ApplyOutcome::Applied(applied));
     }
+    shares.write_into(&mut writes, shape);
     writes
+}
+
+/// A batch whose key was recorded before (by an earlier transaction or an earlier batch of the
+/// group) is not applied: its outcome, a duplicate or a conflict by the body digest kept.
+fn kept_outcome(
+    batches: &[MergeBatch],
+    index: usize,
+    key: &BatchKey,
+    recorded: &HashMap<KeyId, Recorded>,
+) -> Option<ApplyOutcome> {
+    let digest_kept = match recorded.get(&key.id()) {
+        Some(Recorded::Now { batch }) if *batch == index => return None,
+        Some(Recorded::Now { batch }) => batches[*batch].key.as_ref()?.body_sha256,
+        Some(Recorded::Before(digest)) => *digest,
+        None => unreachable!("every key of the group was recorded or looked up"),
+    };
+    Some(if digest_kept == key.body_sha256 {
+        ApplyOutcome::Duplicate
+    } else {
+        ApplyOutcome::Conflict
+    })
+}
+
+/// The applied entries' shares of the group's writes, borrowed from the batches while the group
+/// is read: each entry adds a tuple, and only a distinct key is copied into the writes (the
+/// writes' maps keyed by owned ids, filled entry by entry, were an allocation and a search of
+/// string comparisons per entry, 12% of an aggregator's CPU under load). Batches arrive sorted
+/// by key, so one stable sort of their concatenation merges runs.
+#[derive(Default)]
+struct Shares<'a> {
+    /// The direct shape's (resource, tier, bucket ms, hits) per row an entry adds to.
+    cells: Vec<(&'a str, Tier, u64, u64)>,
+    /// The applied entries, for their minute cells (the inbox shape) and their visitors.
+    minutes: Vec<&'a DeltaEntry>,
+}
+
+impl Shares<'_> {
+    fn write_into(mut self, writes: &mut GroupWrites, shape: WriteShape) {
+        self.cells
+            .sort_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
+        writes.cells = self
+            .cells
+            .chunk_by(|a, b| (a.0, a.1, a.2) == (b.0, b.1, b.2))
+            .map(|run| {
+                let (resource_id, tier, bucket_ms, _) = run[0];
+                let hits = run.iter().map(|share| share.3).sum();
+                ((resource_id.to_owned(), tier, bucket_ms), hits)
+            })
+            .collect();
+        self.minutes.sort_by(|a, b| {
+            (a.resource_id.as_str(), a.minute).cmp(&(b.resource_id.as_str(), b.minute))
+        });
+        let mut minutes = Vec::new();
+        let mut sketches = Vec::new();
+        for run in self
+            .minutes
+            .chunk_by(|a, b| (&a.resource_id, a.minute) == (&b.resource_id, b.minute))
+        {
+            let key = (run[0].resource_id.clone(), run[0].minute * MINUTE_MS);
+            let mut visitors = Sketch::default();
+            for entry in run.iter().filter(|entry| !entry.visitors.is_empty()) {
+                visitors.merge(&entry.visitors);
+            }
+            if !visitors.is_empty() {
+                sketches.push((key.clone(), visitors));
+            }
+            if shape == WriteShape::Inbox {
+                minutes.push((key, run.iter().map(|entry| entry.hits).sum()));
+            }
+        }
+        // Both are sorted and distinct already, so the maps are built without a search.
+        writes.minutes = minutes.into_iter().collect();
+        writes.sketches = sketches.into_iter().collect();
+    }
 }
 
 /// Every resource id a group names, each once, sorted.

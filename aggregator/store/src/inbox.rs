@@ -82,14 +82,18 @@ impl InboxRow {
             writes.cells.is_empty(),
             "a group written to the inbox has minute cells only, no tier cells"
         );
-        let mut sketches = std::mem::take(&mut writes.sketches);
+        // Both maps are in key order and every sketch's key is a minute's: one walk pairs them.
+        let mut sketches = std::mem::take(&mut writes.sketches).into_iter().peekable();
         let mut rows = Vec::new();
         let mut row = Self::default();
         for (key, hits) in std::mem::take(&mut writes.minutes) {
             if row.cells.len() == INBOX_ROW_CELLS_MAX {
                 rows.push(std::mem::take(&mut row));
             }
-            let visitors = sketches.remove(&key).unwrap_or_default();
+            let visitors = sketches
+                .next_if(|(sketch_key, _)| *sketch_key == key)
+                .map(|(_, sketch)| sketch)
+                .unwrap_or_default();
             let (resource_id, minute_ms) = key;
             debug_assert!(
                 minute_ms.is_multiple_of(MINUTE_MS),
@@ -107,7 +111,7 @@ impl InboxRow {
         }
         // A group's sketches are keyed by the minute cells their entries also added hits to.
         debug_assert!(
-            sketches.is_empty(),
+            sketches.next().is_none(),
             "every sketch of a group belongs to one of its minute cells, so none is left behind"
         );
         rows
