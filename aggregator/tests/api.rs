@@ -689,6 +689,25 @@ async fn operations_endpoints_and_openapi() {
         "{metrics}"
     );
     assert!(metrics.contains("hitcount_hits_accepted_total"));
+    // Every request is counted and timed, also once its labels' handles are kept per thread
+    // (`api/request_metrics.rs`). Other tests share the process's recorder: at least, not exactly.
+    let counted = r#"hitcount_http_requests_total{method="POST",route="/hits",status="202"}"#;
+    let timed = r#"hitcount_http_request_duration_seconds_count{method="POST",route="/hits"}"#;
+    let before = (
+        crate::support::metric(&server, counted).await,
+        crate::support::metric(&server, timed).await,
+    );
+    for _ in 0..5 {
+        api.post("/hits", json!({"resource_id": "home"})).await;
+    }
+    let after = (
+        crate::support::metric(&server, counted).await,
+        crate::support::metric(&server, timed).await,
+    );
+    assert!(
+        after.0 >= before.0 + 5 && after.1 >= before.1 + 5,
+        "{before:?} -> {after:?}"
+    );
 
     let (status, value) = body(
         server

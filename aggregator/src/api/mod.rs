@@ -10,16 +10,14 @@ mod health;
 mod hits;
 mod import;
 mod patterns;
+mod request_metrics;
 mod resources;
 mod schemas;
 mod stats;
 mod telemetry;
 
-use std::time::Instant;
-
-use axum::extract::{MatchedPath, Request};
-use axum::http::{Method, StatusCode};
-use axum::middleware::{self, Next};
+use axum::http::StatusCode;
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -48,34 +46,6 @@ pub use crate::catalog::{NAME_CHARS_MAX, RETENTION_DAYS_MAX};
 pub const LIST_PAGE_MAX: usize = 1_000;
 /// Longest edge secret accepted through the API.
 pub const EDGE_SECRET_BYTES_MAX: usize = 256;
-
-/// Route templates, for metric labels without an allocation per request.
-const ROUTES: &[&str] = &[
-    "/hits",
-    "/hits/{resource_id}",
-    "/stats/top",
-    "/stats/series",
-    "/export",
-    "/import",
-    "/v1/deltas",
-    "/resources",
-    "/resources/{resource_id}",
-    "/tokens",
-    "/tokens/{token_id}",
-    "/edge-keys",
-    "/edge-keys/{edge_id}",
-    "/patterns",
-    "/patterns/{pattern}",
-    "/unknown-resources",
-    "/healthz",
-    "/readyz",
-    "/metrics",
-    "/openapi.json",
-    "/",
-    "/dashboard/app.js",
-    "/dashboard/app.css",
-    "/dashboard/config.json",
-];
 
 /// The answer for a resource id nobody created (or that was deleted), for every handler alike.
 pub fn unknown_resource(resource_id: &str) -> ApiError {
@@ -219,36 +189,6 @@ async fn method_not_allowed() -> Response {
     (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
 }
 
-/// Counts requests and their latency by route template, for `/metrics`.
-async fn record_metrics(request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    // Labels are borrowed from static strings where possible: this runs on every hit.
-    let route: metrics::SharedString = match request.extensions().get::<MatchedPath>() {
-        Some(path) => match ROUTES.iter().find(|route| **route == path.as_str()) {
-            Some(route) => (*route).into(),
-            None => path.as_str().to_owned().into(),
-        },
-        None => "unmatched".into(),
-    };
-    let method: metrics::SharedString = match *request.method() {
-        Method::GET => "GET".into(),
-        Method::POST => "POST".into(),
-        Method::DELETE => "DELETE".into(),
-        ref other => other.as_str().to_owned().into(),
-    };
-    let response = next.run(request).await;
-    let status: metrics::SharedString = match response.status() {
-        StatusCode::OK => "200".into(),
-        StatusCode::ACCEPTED => "202".into(),
-        other => other.as_u16().to_string().into(),
-    };
-    metrics::counter!("hitcount_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
-        .increment(1);
-    metrics::histogram!("hitcount_http_request_duration_seconds", "method" => method, "route" => route)
-        .record(started.elapsed().as_secs_f64());
-    response
-}
-
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     tracing::error!("a handler panicked");
     ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
@@ -308,7 +248,7 @@ pub fn router(state: SharedState) -> Router {
         .merge(limited)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn(record_metrics))
+        .layer(middleware::from_fn(request_metrics::record))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(telemetry::request_span)
