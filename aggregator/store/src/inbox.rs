@@ -90,6 +90,12 @@ impl InboxRow {
             if row.cells.len() == INBOX_ROW_CELLS_MAX {
                 rows.push(std::mem::take(&mut row));
             }
+            debug_assert!(
+                sketches
+                    .peek()
+                    .is_none_or(|(sketch_key, _)| *sketch_key >= key),
+                "a sketch's key is a minute's: none is passed over"
+            );
             let visitors = sketches
                 .next_if(|(sketch_key, _)| *sketch_key == key)
                 .map(|(_, sketch)| sketch)
