@@ -21,6 +21,7 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
@@ -231,11 +232,16 @@ pub fn router(state: SharedState) -> Router {
             get(patterns::get_one).delete(patterns::delete_one),
         )
         .route("/unknown-resources", get(patterns::unknown_resources))
-        .layer(extract::body_limit(JSON_BODY_BYTES_MAX))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            extract::limit_by_address,
-        ));
+        // Each `layer` or `route_layer` call boxes every route once more, and axum clones each
+        // box per request: layers go in one stack per call (the address limit outermost).
+        .route_layer(
+            ServiceBuilder::new()
+                .layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    extract::limit_by_address,
+                ))
+                .layer(extract::body_limit(JSON_BODY_BYTES_MAX)),
+        );
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -248,12 +254,15 @@ pub fn router(state: SharedState) -> Router {
         .merge(limited)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn(request_metrics::record))
         .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(telemetry::request_span)
-                .on_response(telemetry::record_response),
+            ServiceBuilder::new()
+                .layer(CatchPanicLayer::custom(panic_response))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(telemetry::request_span)
+                        .on_response(telemetry::record_response),
+                )
+                .layer(middleware::from_fn(request_metrics::record)),
         )
-        .layer(CatchPanicLayer::custom(panic_response))
         .with_state(state)
 }
