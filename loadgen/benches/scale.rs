@@ -336,10 +336,10 @@ const READ_PROBES: [&str; 3] = [
     "/healthz",
 ];
 
-/// Asks for [`READ_PROBES`] in turn until `reading` is false; each probe's latencies (ms) of
-/// successful answers, sorted. A failed read is left out (the run's errors count them).
-/// Reads the probes in turn until `until` (the end of the load) or until `reading` is cleared:
-/// reads during verification, which reads every resource back, are not reads under load.
+/// Asks for [`READ_PROBES`] in turn until `until` (the end of the load) or until `reading` is
+/// cleared: reads during verification, which reads every resource back, are not reads under
+/// load. Returns each probe's latencies (ms) of successful answers, sorted; a failed read is left
+/// out (the run's errors count them).
 async fn read_while(
     reading: &std::sync::atomic::AtomicBool,
     until: Instant,

@@ -153,8 +153,8 @@ fn kept_outcome(
 /// The applied entries' shares of the group's writes, borrowed from the batches while the group
 /// is read: each entry adds a tuple, and only a distinct key is copied into the writes (the
 /// writes' maps keyed by owned ids, filled entry by entry, were an allocation and a search of
-/// string comparisons per entry, 12% of an aggregator's CPU under load). Batches arrive sorted
-/// by key, so one stable sort of their concatenation merges runs.
+/// string comparisons per entry, the largest share of the 12% `memcmp` took in a profile under
+/// load). Batches arrive sorted by key, so one stable sort of their concatenation merges runs.
 #[derive(Default)]
 struct Shares<'a> {
     /// The direct shape's (resource, tier, bucket ms, hits) per row an entry adds to.
