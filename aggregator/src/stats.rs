@@ -11,7 +11,7 @@ use crate::catalog::Catalog;
 use crate::error::ApiError;
 use crate::query::{Period, Plan, SeriesFold, SeriesPoint, TimeRange};
 use crate::store::Tier;
-use crate::store::{CELLS_READ_RESOURCES_MAX, CountCell, Store, StoreError};
+use crate::store::{CELLS_READ_RESOURCES_MAX, CountCell, ManyReader, Store, StoreError};
 
 // Rankings over every resource summed from bucket summaries (`stats/summed.rs`).
 mod summed;
@@ -65,6 +65,12 @@ pub struct TopResponse {
     pub resources: Vec<ResourceTotal>,
     /// Every resource the filter selects, listed or not.
     pub total: Total,
+    /// Present (true) only while the durable store is unavailable: the answer then holds only the
+    /// minutes the hot tier (Redis) keeps, the last hour, and older buckets of the period count 0.
+    /// Only a minute granularity over at most `STALE_READ_RESOURCES_MAX` resources is answered so;
+    /// other reads get 503.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale: Option<bool>,
 }
 
 /// The query of `GET /stats/top`. Described as one exploded object with the period's shapes (its
@@ -191,9 +197,7 @@ impl Selection<'_> {
         readable: &ResourceGrant,
     ) -> Result<Vec<String>, SeriesError> {
         let Some(listed) = &self.resource_ids else {
-            let mut ids = catalog.resource_ids_under(self.prefix);
-            ids.retain(|resource_id| readable.allows(resource_id));
-            return Ok(ids);
+            return Ok(selected_ids(catalog, self.prefix, readable));
         };
         // Refused before unknown: a caller learns nothing of resources it may not read.
         if let Some(refused) = listed.iter().find(|id| !readable.allows(id)) {
@@ -236,6 +240,9 @@ pub struct SeriesResponse {
     pub period: Period,
     /// One point per bucket: hits summed, visitors united across the resources.
     pub series: Vec<SeriesPoint>,
+    /// As in `TopResponse`: present (true) only while the durable store is unavailable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale: Option<bool>,
 }
 
 /// A prefix of a resource id is an id itself, or nothing.
@@ -250,7 +257,9 @@ pub fn checked_prefix(prefix: Option<&str>) -> Result<&str, ApiError> {
 
 /// The top resources under a prefix over `plan`'s period, and their total: over every resource
 /// from bucket summaries (`stats/summed.rs`), otherwise read [`CELLS_READ_RESOURCES_MAX`]
-/// resources at a time so memory stays bounded however many match.
+/// resources at a time so memory stays bounded however many match. While the store is
+/// unavailable, a minute period reaching into the last hour is answered from the hot tier alone,
+/// marked stale (`ManyReader`).
 pub async fn top(
     catalog: &Catalog,
     store: &Store,
@@ -263,39 +272,50 @@ pub async fn top(
         (1..=TOP_LIMIT_MAX).contains(&request.limit),
         "the API layer bounds limit to 1..=TOP_LIMIT_MAX"
     );
-    let ranking = if summed::applies(store, &request, readable, plan) {
-        summed::ranked(catalog, store, &request, plan, now_ms).await?
-    } else {
-        ranked_by_cells(catalog, store, &request, readable, plan, now_ms).await?
+    let summed = summed::applies(store, &request, readable, plan);
+    let mut selected = None;
+    let resources = match summed {
+        // A summed ranking selects every resource (`summed::applies`): counted, not listed.
+        true => catalog.read().len(),
+        false => selected
+            .insert(selected_ids(catalog, request.prefix, readable))
+            .len(),
     };
-    answer(store, ranking, request, plan, now_ms).await
+    let window_ms = (plan.start_ms, plan.end_ms);
+    let mut reader = store.many_reader(plan.tier, window_ms, now_ms, resources);
+    if summed && !reader.skips_database() {
+        match summed::ranked(catalog, store, &request, plan, now_ms).await {
+            Ok(ranking) => {
+                reader.database_answered();
+                return answer(&mut reader, ranking, request, plan).await;
+            }
+            Err(error) => reader.database_failed(error)?,
+        }
+    }
+    let resource_ids = selected.unwrap_or_else(|| selected_ids(catalog, request.prefix, readable));
+    let ranking = ranked_by_cells(&mut reader, &resource_ids, &request).await?;
+    answer(&mut reader, ranking, request, plan).await
 }
 
-/// The top `request.limit` resources a caller may read under the prefix, and the total of all
-/// of them: every selected resource's cells read and summed.
-async fn ranked_by_cells(
-    catalog: &Catalog,
-    store: &Store,
-    request: &TopRequest<'_>,
-    readable: &ResourceGrant,
-    plan: &Plan,
-    now_ms: u64,
-) -> Result<Ranking, StoreError> {
-    let mut resource_ids = catalog.resource_ids_under(request.prefix);
+/// The resources under `prefix` a caller may read, sorted.
+fn selected_ids(catalog: &Catalog, prefix: &str, readable: &ResourceGrant) -> Vec<String> {
+    let mut resource_ids = catalog.resource_ids_under(prefix);
     resource_ids.retain(|resource_id| readable.allows(resource_id));
+    resource_ids
+}
+
+/// The top `request.limit` of `resource_ids` (those a caller may read under the prefix), and the
+/// total of all of them: every selected resource's cells read and summed.
+async fn ranked_by_cells(
+    reader: &mut ManyReader<'_>,
+    resource_ids: &[String],
+    request: &TopRequest<'_>,
+) -> Result<Ranking, StoreError> {
     let mut ranked = Vec::new();
     let mut total_count = 0u64;
     let mut total_visitors = Sketch::new();
     for chunk in resource_ids.chunks(CELLS_READ_RESOURCES_MAX) {
-        let cells = store
-            .cells_of_many(
-                chunk.to_vec(),
-                plan.tier,
-                plan.start_ms,
-                plan.end_ms,
-                now_ms,
-            )
-            .await?;
+        let cells = reader.cells_of_many(chunk.to_vec()).await?;
         for (resource_id, cells) in chunk.iter().zip(cells) {
             let (count, visitors) = sum(&cells);
             total_count += count;
@@ -328,14 +348,13 @@ struct Ranking {
 
 /// The answer of a ranking: the listed resources, with their series if asked, and the total.
 async fn answer(
-    store: &Store,
+    reader: &mut ManyReader<'_>,
     mut ranking: Ranking,
     request: TopRequest<'_>,
     plan: &Plan,
-    now_ms: u64,
 ) -> Result<TopResponse, StoreError> {
     if request.series {
-        add_series(store, &mut ranking.listed, plan, now_ms).await?;
+        add_series(reader, &mut ranking.listed, plan).await?;
     }
     Ok(TopResponse {
         period: plan.period(),
@@ -345,22 +364,20 @@ async fn answer(
             count: ranking.total_count,
             uniques: ranking.total_visitors.count(),
         },
+        stale: reader.stale().then_some(true),
     })
 }
 
 /// Each listed resource's series, read again for the listed ones only: keeping every
 /// candidate's series while ranking would hold a sketch per bucket of every resource.
 async fn add_series(
-    store: &Store,
+    reader: &mut ManyReader<'_>,
     listed: &mut [ResourceTotal],
     plan: &Plan,
-    now_ms: u64,
 ) -> Result<(), StoreError> {
     for chunk in listed.chunks_mut(CELLS_READ_RESOURCES_MAX) {
         let ids = chunk.iter().map(|item| item.resource_id.clone()).collect();
-        let cells = store
-            .cells_of_many(ids, plan.tier, plan.start_ms, plan.end_ms, now_ms)
-            .await?;
+        let cells = reader.cells_of_many(ids).await?;
         for (item, cells) in chunk.iter_mut().zip(cells) {
             let mut fold = SeriesFold::new(plan);
             fold.add(&cells);
@@ -370,7 +387,8 @@ async fn add_series(
     Ok(())
 }
 
-/// One series over the resources `selection` names, read [`CELLS_READ_RESOURCES_MAX`] at a time.
+/// One series over the resources `selection` names, read [`CELLS_READ_RESOURCES_MAX`] at a time
+/// (from the hot tier alone, marked stale, while the store is unavailable, as [`top`] reads).
 pub async fn series(
     catalog: &Catalog,
     store: &Store,
@@ -380,17 +398,11 @@ pub async fn series(
     now_ms: u64,
 ) -> Result<SeriesResponse, SeriesError> {
     let resource_ids = selection.resource_ids(catalog, readable)?;
+    let window_ms = (plan.start_ms, plan.end_ms);
+    let mut reader = store.many_reader(plan.tier, window_ms, now_ms, resource_ids.len());
     let mut fold = SeriesFold::new(plan);
     for chunk in resource_ids.chunks(CELLS_READ_RESOURCES_MAX) {
-        let cells = store
-            .cells_of_many(
-                chunk.to_vec(),
-                plan.tier,
-                plan.start_ms,
-                plan.end_ms,
-                now_ms,
-            )
-            .await?;
+        let cells = reader.cells_of_many(chunk.to_vec()).await?;
         for cells in &cells {
             fold.add(cells);
         }
@@ -403,6 +415,7 @@ pub async fn series(
         granularity: plan.granularity,
         period: plan.period(),
         series,
+        stale: reader.stale().then_some(true),
     })
 }
 

@@ -267,8 +267,8 @@ async fn a_stopped_database_gives_503_and_the_aggregator_recovers_by_itself() {
 
 /// PostgreSQL stopped with the hot tier in front (the seed's "graceful degradation by serving
 /// stale cache"): a minute read whose window reaches into the hot tier's hour still answers,
-/// from Redis alone, marked `stale`, with every hit acknowledged in that hour; a granularity
-/// Redis does not hold gets 503, as ingest does; when PostgreSQL returns, answers are whole
+/// from Redis alone, marked `stale`, with every hit acknowledged in that hour, and so do the
+/// reads across resources; a granularity Redis does not hold gets 503, as ingest does; when PostgreSQL returns, answers are whole
 /// again and every acknowledged hit is there once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_postgres_stopped_reads_answer_from_the_hot_tier_marked_stale() {
@@ -304,22 +304,32 @@ async fn with_postgres_stopped_reads_answer_from_the_hot_tier_marked_stale() {
     let second = batch(1, &[("home", 7, &["c"])]);
     let (status, value) = post_delta(&server, &second).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{value}");
-    // The refused delta opened the breaker: no stale read waits for the pool's timeout.
-    for window in ["1h", "24h"] {
+    // The refused delta opened the breaker: no stale read waits for the pool's timeout. The reads
+    // across resources answer the same way: the ranking of every resource (summed from bucket
+    // summaries when the database answers), one under a prefix, and a series.
+    for path in [
+        "/hits/home?window=1h&granularity=minute",
+        "/hits/home?window=24h&granularity=minute",
+        "/stats/top?window=1h&granularity=minute&series=true",
+        "/stats/top?window=24h&granularity=minute&prefix=ho",
+        "/stats/series?window=1h&granularity=minute",
+    ] {
         let started = Instant::now();
-        let (status, value) = api
-            .get(&format!("/hits/home?window={window}&granularity=minute"))
-            .await;
+        let (status, value) = api.get(path).await;
         let waited = started.elapsed();
         assert!(
             waited.as_millis()
                 < u128::from(hitcount_aggregator::store::POOL_ACQUIRE_TIMEOUT_MS / 2),
-            "{window}: a stale read waited {waited:?}"
+            "{path}: a stale read waited {waited:?}"
         );
-        assert_eq!(status, StatusCode::OK, "{window}: {value}");
-        assert_eq!(value["stale"], true, "{window}: {value}");
-        assert_eq!(value["count"], 5, "{window}: {value}");
-        assert_eq!(value["uniques"], 2, "{window}: {value}");
+        assert_eq!(status, StatusCode::OK, "{path}: {value}");
+        assert_eq!(value["stale"], true, "{path}: {value}");
+        let total = value.get("total").unwrap_or(&value);
+        assert_eq!(
+            (&total["count"], &total["uniques"]),
+            (&json!(5), &json!(2)),
+            "{path}: {value}"
+        );
     }
     let (status, value) = api.get("/hits/home?window=24h&granularity=hour").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{value}");
@@ -330,14 +340,18 @@ async fn with_postgres_stopped_reads_answer_from_the_hot_tier_marked_stale() {
             "hitcount_hot_tier_reads_total{served=\"redis_only\""
         )
         .await,
-        2,
-        "each stale answer is counted"
+        6,
+        "each stale answer is counted, per resource: the two /hits, the ranking's read and its \
+         series' read, the prefix's, the series'"
     );
     assert_eq!(
         metric(&server, "hitcount_database_breaker_opened_total").await,
         1,
         "the breaker opened once for the whole outage"
     );
+    let (status, value) = api.get("/stats/top?window=24h").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{value}");
+    assert_eq!(value["error"]["code"], "unavailable");
 
     postgres.run();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -349,6 +363,12 @@ async fn with_postgres_stopped_reads_answer_from_the_hot_tier_marked_stale() {
     assert_eq!(status, StatusCode::OK, "{value}");
     assert_eq!(
         (value["count"].as_u64(), value.get("stale")),
+        (Some(12), None)
+    );
+    let (status, value) = api.get("/stats/top?window=1h&granularity=minute").await;
+    assert_eq!(status, StatusCode::OK, "{value}");
+    assert_eq!(
+        (value["total"]["count"].as_u64(), value.get("stale")),
         (Some(12), None)
     );
     drop(api);

@@ -71,6 +71,8 @@ export interface Top {
         count: number;
         uniques: number;
     };
+    /** As in `Counts`: present only while the aggregator's database is unavailable. */
+    stale?: true;
 }
 export interface Series {
     /** How many resources the series covers. */
@@ -83,6 +85,8 @@ export interface Series {
         end_time: string;
     };
     series: SeriesPoint[];
+    /** As in `Counts`: present only while the aggregator's database is unavailable. */
+    stale?: true;
 }
 export interface Token {
     id: string;

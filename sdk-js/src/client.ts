@@ -65,6 +65,8 @@ export interface Top {
   resources: ResourceTotal[];
   /** Every resource the prefix selects; `uniques` is their visitors' union, not a sum. */
   total: { count: number; uniques: number };
+  /** As in `Counts`: present only while the aggregator's database is unavailable. */
+  stale?: true;
 }
 
 export interface Series {
@@ -75,6 +77,8 @@ export interface Series {
   granularity: Granularity;
   period: { start_time: string; end_time: string };
   series: SeriesPoint[];
+  /** As in `Counts`: present only while the aggregator's database is unavailable. */
+  stale?: true;
 }
 
 export interface Token {

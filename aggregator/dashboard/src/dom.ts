@@ -18,8 +18,11 @@ export function h<K extends keyof HTMLElementTagNameMap>(
 /** The view (address fragment) the notice was said for. */
 let saidFor = "";
 
-/** Says `message` in the notice line (read out by screen readers), or clears it. */
-export function say(message: string | undefined, kind: "error" | "info" = "error"): void {
+/**
+ * Says `message` in the notice line (read out by screen readers), or clears it. A `warning` says
+ * the numbers shown are incomplete (`stale`); it goes with the next load, as an error does.
+ */
+export function say(message: string | undefined, kind: "error" | "warning" | "info" = "error"): void {
   notice.hidden = message === undefined;
   notice.textContent = message ?? "";
   notice.className = kind;
@@ -27,11 +30,11 @@ export function say(message: string | undefined, kind: "error" | "info" = "error
 }
 
 /**
- * After a view loaded: an error said before is resolved, so it goes; a confirmation ("Deleted
- * home.") stays, since the load often follows the very action it confirms.
+ * After a view loaded: an error or warning said before is resolved, so it goes; a confirmation
+ * ("Deleted home.") stays, since the load often follows the very action it confirms.
  */
 export function clearError(): void {
-  if (notice.className === "error") say(undefined);
+  if (notice.className !== "info") say(undefined);
 }
 
 /** On navigation: a notice said for another view no longer applies. */

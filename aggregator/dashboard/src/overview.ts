@@ -2,7 +2,7 @@
 // prefix, over a range; the last hour refreshes itself.
 import { type Top, api } from "./api";
 import { drawChart, sparkline } from "./chart";
-import { clearError, figure, formatNumber, h, say } from "./dom";
+import { figure, formatNumber, h, say } from "./dom";
 import { rangeControl, rangeQuery } from "./range";
 import { View } from "./view";
 
@@ -68,7 +68,7 @@ async function refresh(view: View, parts: Parts): Promise<void> {
       api((client) => client.stats.top({ ...range, prefix, limit: TOP_LIMIT, series: true })),
       api((client) => client.stats.series({ ...range, prefix })),
     ]);
-    clearError();
+    view.loaded(top.stale ?? series.stale);
     parts.totals.replaceChildren(figure("total-hits", "Hits", top.total.count), figure("total-visitors", "Visitors", top.total.uniques));
     drawChart(parts.chart, series.series);
     showTop(parts.top, top);

@@ -3,7 +3,7 @@
 import { type CountsQuery, type Granularity, type Resource, api } from "./api";
 import { drawChart } from "./chart";
 import { confirmThen } from "./confirm";
-import { clearError, figure, h, say } from "./dom";
+import { figure, h, say } from "./dom";
 import { rangeControl, rangeQuery } from "./range";
 import { View } from "./view";
 
@@ -68,7 +68,7 @@ async function refresh(view: View, id: string, form: HTMLFormElement, totals: HT
   try {
     const asked = { ...range, granularity: (chosen || range.granularity) as Granularity | undefined };
     const hits = await api((client) => client.hits.count(id, asked as CountsQuery));
-    clearError();
+    view.loaded(hits.stale);
     totals.replaceChildren(figure("total-hits", "Hits", hits.count), figure("total-visitors", "Visitors", hits.uniques));
     drawChart(chart, hits.series);
   } catch (error) {

@@ -1,11 +1,17 @@
 // What every view needs of the page: a place to draw, the live refresh, and what a failure does.
 import { HitcountError } from "./api";
 import { forgetChart } from "./chart";
-import { say } from "./dom";
+import { clearError, say } from "./dom";
 import { RANGES } from "./range";
 
 /** How often a live view refreshes itself (the read-after-write bound is about a second). */
 export const LIVE_REFRESH_MS = 5_000;
+
+/** What a view says above numbers the API marked `stale`. */
+const STALE_MESSAGE = "The aggregator's database is unavailable: these numbers are the last hour's from the hot tier (Redis) alone, and older buckets show 0 until it is back.";
+
+/** What a view says to a 503: the store is down or busy, and the hot tier could not answer. */
+const UNAVAILABLE_MESSAGE = "The aggregator's store is unavailable or busy; retry shortly. The last hour (live) still shows what its hot tier (Redis) holds, if it has one.";
 
 export class View {
   private timer: number | undefined;
@@ -39,6 +45,12 @@ export class View {
     this.timer = window.setTimeout(refresh, LIVE_REFRESH_MS);
   }
 
+  /** After a load: its numbers came from the hot tier alone (the API's `stale`), or not. */
+  loaded(stale: boolean | undefined): void {
+    clearError();
+    if (stale === true) say(STALE_MESSAGE, "warning");
+  }
+
   stopLive(): void {
     window.clearTimeout(this.timer);
     this.timer = undefined;
@@ -48,6 +60,8 @@ export class View {
   failed(error: unknown): void {
     if (error instanceof HitcountError && error.status === 401) {
       this.onSessionEnded("Your session ended: the token was revoked. Sign in again.");
+    } else if (error instanceof HitcountError && error.code === "unavailable") {
+      say(UNAVAILABLE_MESSAGE);
     } else {
       say(error instanceof Error ? error.message : String(error));
     }

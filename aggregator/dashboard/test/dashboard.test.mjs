@@ -3,7 +3,10 @@
 // Screenshots at desktop and phone width: test-results/.
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync } from "node:fs";
+import { connect, createServer } from "node:net";
 import { chromium } from "playwright-core";
 import { ADMIN_TOKEN, startAggregator } from "../../../sdk-js/test/support.mjs";
 import { startIssuer } from "./issuer.mjs";
@@ -176,6 +179,120 @@ test("the overview shows the API's numbers, filters, goes live, and refuses bad 
   await phone.screenshot({ path: "test-results/overview-phone.png", fullPage: true });
   assert.deepEqual(phoneErrors, []);
 }));
+
+/** The machine's PostgreSQL and Redis, as the Rust suites find them. */
+const DATABASE_SERVER = process.env.HITCOUNT_TEST_DATABASE_SERVER ?? "postgres://root@127.0.0.1:5432";
+const REDIS_URL = process.env.HITCOUNT_TEST_REDIS_URL ?? "redis://127.0.0.1:6379";
+
+/** A database of its own on the machine's PostgreSQL; undefined (a skip, a failure under CI) if unreachable. */
+function ownDatabase(t) {
+  const name = `hitcount_dash_${randomBytes(6).toString("hex")}`;
+  try {
+    execFileSync("psql", [`${DATABASE_SERVER}/postgres`, "-At", "-v", "ON_ERROR_STOP=1", "-c", `CREATE DATABASE ${name}`], { stdio: "pipe" });
+  } catch (error) {
+    if (process.env.CI === "true") throw new Error(`PostgreSQL at ${DATABASE_SERVER} is unreachable and CI=true: ${error}`);
+    t.skip(`SKIPPED: PostgreSQL at ${DATABASE_SERVER} is unreachable`);
+    return undefined;
+  }
+  return { url: `${DATABASE_SERVER}/${name}`, drop: () => execFileSync("psql", [`${DATABASE_SERVER}/postgres`, "-At", "-c", `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`], { stdio: "pipe" }) };
+}
+
+/**
+ * A TCP proxy on 127.0.0.1 to `target` ("host:port"): stopping it is the database going down for
+ * whoever reaches it through the proxy (its connections cut, new ones refused), starting it
+ * again on the same port its return.
+ */
+function proxyTo(target) {
+  const [host, port] = target.split(":");
+  const sockets = new Set();
+  let server;
+  let at = 0;
+  const keep = (socket) => {
+    sockets.add(socket);
+    socket.on("close", () => sockets.delete(socket));
+    socket.on("error", () => socket.destroy());
+  };
+  return {
+    start: () => new Promise((resolve) => {
+      server = createServer((client) => {
+        const upstream = connect(Number(port), host);
+        keep(client);
+        keep(upstream);
+        client.pipe(upstream).pipe(client);
+      });
+      server.listen(at, "127.0.0.1", () => {
+        at = server.address().port;
+        resolve(at);
+      });
+    }),
+    stop: () => new Promise((resolve) => {
+      server.close(() => resolve());
+      for (const socket of sockets) socket.destroy();
+    }),
+  };
+}
+
+test("while PostgreSQL is down the dashboard says its numbers are the hot tier's alone", async (t) => {
+  const database = ownDatabase(t);
+  if (!database) return;
+  const url = new URL(database.url);
+  const proxy = proxyTo(url.host);
+  url.host = `127.0.0.1:${await proxy.start()}`;
+  const flags = ["--database-url", url.toString(), "--redis-url", REDIS_URL,
+    "--redis-prefix", `hitcount-dash-${randomBytes(6).toString("hex")}`];
+  try {
+    await withBrowser(t, async (browser, aggregator) => {
+      const admin = api(aggregator.base, ADMIN_TOKEN);
+      for (const id of ["home", "blog.first"]) {
+        assert.equal((await admin.post("/resources", { name: id, resource_id: id })).status, 201);
+      }
+      // The hot tier answers once it is rebuilt from the database.
+      const deadline = Date.now() + 30_000;
+      const rebuilt = async () => /^hitcount_hot_tier_rebuilds_total [1-9]/m.test(await (await fetch(`${aggregator.base}/metrics`)).text());
+      while (!(await rebuilt())) {
+        assert.ok(Date.now() < deadline, "the hot tier was never rebuilt");
+        await new Promise((resolve) => setTimeout(resolve, 200));
+      }
+      const hits = [["home", "a"], ["home", "b"], ["blog.first", "c"]].map(([resource_id, visitor_id]) => ({ resource_id, visitor_id }));
+      assert.equal((await admin.post("/hits", { hits })).status, 202);
+
+      const { page: desktop, errors } = await page(browser, { width: 1280, height: 900 });
+      await desktop.goto(`${aggregator.base}/`);
+      await signIn(desktop, ADMIN_TOKEN);
+      await desktop.selectOption("#range", "1h");
+      await desktop.waitForSelector("#live:not([hidden])");
+      await desktop.waitForFunction(() => document.getElementById("total-hits")?.dataset.value === "3");
+      assert.equal(await desktop.isHidden("#notice"), true, "fresh numbers carry no warning");
+
+      await proxy.stop();
+      // The next live refresh finds the database down and shows the last hour from Redis.
+      await desktop.waitForSelector("#notice.warning", { timeout: LIVE_WAIT_MS * 2 });
+      assert.match(await desktop.textContent("#notice"), /database is unavailable: these numbers are the last hour's/);
+      assert.equal(await desktop.getAttribute("#total-hits", "data-value"), "3", "every hit of the hour still shown");
+      assert.equal(digits(await desktop.textContent("#total-visitors")), 3);
+      assert.equal(await desktop.$$eval("#top tbody tr", (trs) => trs.length), 2);
+      await desktop.screenshot({ path: "test-results/overview-stale.png", fullPage: true });
+
+      // A resource's page: its 24 hours by hour are not in Redis (503, said in words); its last hour is.
+      await desktop.goto(`${aggregator.base}/#/resources/home`);
+      await desktop.waitForFunction(() => /store is unavailable or busy/.test(document.getElementById("notice").textContent));
+      assert.equal(await desktop.getAttribute("#notice", "class"), "error");
+      await desktop.selectOption("#range", "1h");
+      await desktop.waitForSelector("#notice.warning");
+      await desktop.waitForFunction(() => document.getElementById("total-hits")?.dataset.value === "2");
+
+      // Back: the next refresh that reaches the database is whole again, and the warning goes.
+      await proxy.start();
+      await desktop.waitForSelector("#notice", { state: "hidden", timeout: LIVE_WAIT_MS * 3 });
+      assert.equal(await desktop.getAttribute("#total-hits", "data-value"), "2");
+      // The browser logs each 503 it was answered while the database was down.
+      assert.deepEqual(errors.filter((error) => !/status of 503/.test(error)), []);
+    }, flags);
+  } finally {
+    await proxy.stop();
+    database.drop();
+  }
+});
 
 test("without resources the dashboard shows how to start counting", (t) => withBrowser(t, async (browser, aggregator) => {
   const { page: empty, errors } = await page(browser, { width: 1024, height: 700 });

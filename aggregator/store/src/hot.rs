@@ -765,6 +765,48 @@ impl HotTier {
         self.database.skips(now_ms)
     }
 
+    /// The database answered unavailable at `now_ms` to a read made beside the hot tier (one of
+    /// many resources): stale-allowed reads skip it for a while, as after [`HotTier::cells`].
+    pub fn database_unavailable(&self, now_ms: u64) {
+        self.database.open(now_ms);
+    }
+
+    /// The database answered a read made beside the hot tier.
+    pub fn database_answered(&self) {
+        self.database.close();
+    }
+
+    /// The minute cells of `[start_ms, end_ms)` that the hot tier holds (the last hour of the
+    /// window), alone: what a stale read answers while the database is down. Counted as
+    /// `served="redis_only"`, as [`HotTier::cells`] counts its stale answers.
+    pub async fn cells_alone(
+        &self,
+        resource_id: &str,
+        (start_ms, end_ms): (u64, u64),
+        now_ms: u64,
+    ) -> Result<Vec<CountCell>, StoreError> {
+        if !self.is_healthy() {
+            return Err(StoreError::Unavailable(
+                "the database and the hot tier are both unavailable".to_owned(),
+            ));
+        }
+        let split = start_ms.max(hot_start_ms(now_ms));
+        if split >= end_ms {
+            return Ok(Vec::new());
+        }
+        match self.read(resource_id, split, end_ms).await {
+            Ok(cells) => {
+                metrics::counter!("hitcount_hot_tier_reads_total", "served" => "redis_only")
+                    .increment(1);
+                Ok(cells)
+            }
+            Err(reason) => {
+                self.degrade(&reason, false);
+                Err(StoreError::Unavailable(reason))
+            }
+        }
+    }
+
     /// Minute cells of the last hour from Redis, older ones and other tiers from the backend.
     /// With `stale_allowed`, a window that reaches into the hot tier is still answered when the
     /// backend is unavailable: from the hot tier alone, marked stale.

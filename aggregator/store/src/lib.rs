@@ -21,6 +21,7 @@ mod facade;
 mod group;
 pub mod hot;
 pub mod inbox;
+mod many;
 mod patterns;
 mod postgres;
 mod records;
@@ -40,6 +41,7 @@ pub use cosmos::{
 pub use embedded::EmbeddedStore;
 pub use facade::Store;
 pub use group::WriteShape;
+pub use many::{ManyReader, STALE_READ_RESOURCES_MAX};
 pub use patterns::{PatternRecord, PatternStore};
 pub use postgres::{POOL_ACQUIRE_TIMEOUT_MS, PgStore};
 pub use records::{
