@@ -2,7 +2,8 @@
 //! run on the same machine, so ratios survive a noisy or different box:
 //!
 //! 1. `POST /hits` requests/s and p99 under wrk (durable and fast acknowledgement) beside a
-//!    hello-world axum server answering the same requests with 202.
+//!    hello-world axum server answering the same requests with 202, and each server's CPU time
+//!    per request (this process's, where the servers run; wrk runs apart).
 //! 2. Delta batches/s and counter cells/s merged into the embedded store beside the raw rate of
 //!    the same SQLite upserts issued directly (the physical limit).
 //! 3. `GET /hits` latency for a 24 h window at minute granularity beside a hello-world GET.
@@ -396,17 +397,18 @@ async fn wrk_round(address: SocketAddr, seconds: u64) -> WrkReport {
 async fn http_ingest(seconds: u64) {
     println!("\n## POST /hits under wrk ({WRK_CONNECTIONS} connections, one hit per request)\n");
     println!(
-        "| round | server | requests/s | p50 ms | p99 ms | non-2xx | vs the round's hello-world |"
+        "| round | server | requests/s | p50 ms | p99 ms | non-2xx | server CPU µs per request | vs the round's hello-world |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     let row = |round: &str, name: &str, result: &WrkReport, baseline: &WrkReport| {
         let ratio = result.requests_per_second / baseline.requests_per_second;
         println!(
-            "| {round} | {name} | {:.0} | {:.2} | {:.2} | {} | {:.0}% |",
+            "| {round} | {name} | {:.0} | {:.2} | {:.2} | {} | {:.2} | {:.0}% |",
             result.requests_per_second,
             result.p50_ms,
             result.p99_ms,
             result.non_2xx,
+            result.server_cpu_us_per_request,
             100.0 * ratio
         );
         ratio

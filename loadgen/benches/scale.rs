@@ -24,8 +24,10 @@ use clap::Parser;
 use hitcount_aggregator::store::{
     CountCell, HOUR_MS, Import, ImportOutcome, ResourceRecord, Store, Tier, TierCell,
 };
+use hitcount_bench_support::process_cpu_seconds;
 use hitcount_loadgen::Config;
 use hitcount_wire::Sketch;
+use procfs::process::Process;
 
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
 const DATABASE_SERVER: &str = "postgres://root@127.0.0.1:5432";
@@ -255,45 +257,25 @@ fn psql(database: &str, sql: &str) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
-/// What `/proc/{pid}/stat` says of a process: its command name and its CPU seconds (user and
-/// system: its own, and with `children` also those of its children that exited and were waited
-/// for).
-fn process_cpu(pid: &str, children: bool) -> (String, f64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let (name, rest) = stat.rsplit_once(')').unwrap_or(("", ""));
-    let name = name.split_once('(').map_or("", |(_, name)| name).to_owned();
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |index: usize| {
-        fields
-            .get(index)
-            .and_then(|field| field.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // After the command name: state is field 0, utime 11, stime 12, cutime 13, cstime 14; 100
-    // ticks a second.
-    let own = ticks(11) + ticks(12);
-    let exited = if children { ticks(13) + ticks(14) } else { 0.0 };
-    (name, (own + exited) / 100.0)
-}
-
-/// CPU seconds (user + system) a process has used.
+/// CPU seconds (user + system) a process has used; 0 once it is gone.
 fn cpu_seconds(pid: u32) -> f64 {
-    process_cpu(&pid.to_string(), false).1
+    i32::try_from(pid)
+        .ok()
+        .and_then(|pid| Process::new(pid).ok())
+        .and_then(|process| process_cpu_seconds(&process, false))
+        .unwrap_or(0.0)
 }
 
 /// CPU seconds the machine's PostgreSQL has used: every `postgres` process, with the backends
 /// that exited (counted in the postmaster, which waits for them).
 fn postgres_cpu_seconds() -> f64 {
-    let Ok(processes) = std::fs::read_dir("/proc") else {
+    let Ok(processes) = procfs::process::all_processes() else {
         return 0.0;
     };
     processes
         .filter_map(Result::ok)
-        .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .filter(|pid| pid.bytes().all(|byte| byte.is_ascii_digit()))
-        .map(|pid| process_cpu(&pid, true))
-        .filter(|(name, _)| name == "postgres")
-        .map(|(_, seconds)| seconds)
+        .filter(|process| process.stat().is_ok_and(|stat| stat.comm == "postgres"))
+        .filter_map(|process| process_cpu_seconds(&process, true))
         .sum()
 }
 

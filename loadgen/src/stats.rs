@@ -20,8 +20,6 @@ pub const RATIO_SECONDS: usize = 30;
 pub const RATIO_ACK_ON_TIME_MS: u64 = 1_000;
 /// Latencies are recorded in microseconds up to this (10 minutes), at three significant digits.
 const LATENCY_US_MAX: u64 = 600_000_000;
-/// What `/proc/self/stat` counts CPU time in (`USER_HZ`, 100 on every Linux ABI).
-const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
 
 fn histogram() -> Histogram<u64> {
     // The bounds are constants that hdrhistogram accepts, so this cannot fail.
@@ -252,13 +250,8 @@ impl Counters {
 /// CPU time (user and system) this process has used, from `/proc/self/stat`; `None` where
 /// there is no such file.
 pub fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // The command name (field 2) may hold spaces; the fields after it are plain numbers.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line; the list starts at field 3.
-    let user: f64 = fields.get(11)?.parse().ok()?;
-    let system: f64 = fields.get(12)?.parse().ok()?;
-    Some((user + system) / CLOCK_TICKS_PER_SECOND)
+    let stat = procfs::process::Process::myself().ok()?.stat().ok()?;
+    Some((stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64)
 }
 
 fn format_ms(value: Option<f64>) -> String {

@@ -1,8 +1,11 @@
-//! Running wrk (Debian's `wrk` package) for the benchmarks, and reading its report.
+//! Running wrk (Debian's `wrk` package) for the benchmarks, and reading its report; processes'
+//! CPU time.
 
 use std::process::Command;
 
-/// What one wrk run reported.
+use procfs::process::Process;
+
+/// What one wrk run reported, and the CPU this process used meanwhile.
 #[derive(Debug, Clone, Copy)]
 pub struct WrkReport {
     pub requests_per_second: f64,
@@ -10,6 +13,32 @@ pub struct WrkReport {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub non_2xx: u64,
+    /// CPU time (user and system, every thread) this process used during the run, per request,
+    /// in microseconds: the cost of the servers under test when they run in the bench's process
+    /// (wrk is a process of its own). Steadier than the rate on a shared machine, where other
+    /// tenants take cores but not this process's CPU time.
+    pub server_cpu_us_per_request: f64,
+}
+
+/// CPU seconds (user and system) of `process`: its own, and with `children` also those of its
+/// children that exited and were waited for. `None` if its `/proc` entry cannot be read (it
+/// exited).
+pub fn process_cpu_seconds(process: &Process, children: bool) -> Option<f64> {
+    let stat = process.stat().ok()?;
+    let exited = match children {
+        true => u64::try_from(stat.cutime + stat.cstime).unwrap_or(0),
+        false => 0,
+    };
+    let ticks = stat.utime + stat.stime + exited;
+    Some(ticks as f64 / procfs::ticks_per_second() as f64)
+}
+
+/// CPU seconds (user and system, every thread) this process has used.
+pub fn own_cpu_seconds() -> f64 {
+    Process::myself()
+        .ok()
+        .and_then(|process| process_cpu_seconds(&process, false))
+        .expect("/proc/self/stat is readable (the benches run on Linux)")
 }
 
 /// Runs `wrk -t1 -c{connections} -d{seconds}s --latency` against `url` with the Lua `script`
@@ -24,6 +53,7 @@ pub fn run_wrk(url: &str, script: &str, connections: u32, seconds: u64) -> WrkRe
             .replace(':', "-")
     ));
     std::fs::write(&script_path, script).expect("write the wrk script");
+    let cpu_before_s = own_cpu_seconds();
     let output = Command::new("wrk")
         .args([
             "-t1",
@@ -36,8 +66,11 @@ pub fn run_wrk(url: &str, script: &str, connections: u32, seconds: u64) -> WrkRe
         .arg(url)
         .output()
         .expect("wrk is installed (apt-get install wrk)");
+    let cpu_s = own_cpu_seconds() - cpu_before_s;
     let _ = std::fs::remove_file(&script_path);
-    parse_report(&String::from_utf8_lossy(&output.stdout))
+    let mut report = parse_report(&String::from_utf8_lossy(&output.stdout));
+    report.server_cpu_us_per_request = cpu_s * 1e6 / report.requests.max(1) as f64;
+    report
 }
 
 fn parse_report(text: &str) -> WrkReport {
@@ -65,6 +98,7 @@ fn parse_report(text: &str) -> WrkReport {
         p50_ms: latency_ms(&field("50%")),
         p99_ms: latency_ms(&field("99%")),
         non_2xx,
+        server_cpu_us_per_request: 0.0,
     }
 }
 
@@ -141,5 +175,19 @@ Requests/sec: 106123.40
         assert!((report.requests_per_second - 106_123.4).abs() < 1e-6);
         assert!((report.p50_ms - 0.421).abs() < 1e-9);
         assert!((report.p99_ms - 1.25).abs() < 1e-9);
+    }
+
+    #[test]
+    fn this_process_cpu_time_grows_with_work() {
+        let before = own_cpu_seconds();
+        let started = std::time::Instant::now();
+        let mut spin = 0u64;
+        while started.elapsed() < std::time::Duration::from_millis(300) {
+            spin = std::hint::black_box(spin.wrapping_add(1));
+        }
+        let used = own_cpu_seconds() - before;
+        // 300 ms of spinning on one thread, of which a shared machine may give it a part; the
+        // kernel counts in ticks of 10 ms.
+        assert!((0.05..1.0).contains(&used), "{used} s");
     }
 }

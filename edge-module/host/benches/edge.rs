@@ -255,9 +255,9 @@ async fn http_rates(duration_s: u64) {
     tokio::spawn(hitcount_edge::serve(listener, edge, std::future::pending()));
 
     println!(
-        "| round | hello-world axum answering 204 (baseline), req/s | p99 ms | hitcount-edge (2 instances, window 1 s), req/s | p99 ms | vs hello-world |"
+        "| round | hello-world axum answering 204 (baseline), req/s | p99 ms | CPU µs per request | hitcount-edge (2 instances, window 1 s), req/s | p99 ms | CPU µs per request | vs hello-world |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     let started = Instant::now();
     let mut edge_requests = 0u64;
     let mut ratios = Vec::new();
@@ -272,11 +272,13 @@ async fn http_rates(duration_s: u64) {
         let ratio = result.requests_per_second / baseline.requests_per_second;
         ratios.push(ratio);
         println!(
-            "| {round} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0}% |",
+            "| {round} | {:.0} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.0}% |",
             baseline.requests_per_second,
             baseline.p99_ms,
+            baseline.server_cpu_us_per_request,
             result.requests_per_second,
             result.p99_ms,
+            result.server_cpu_us_per_request,
             100.0 * ratio
         );
     }
