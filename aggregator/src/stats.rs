@@ -67,8 +67,7 @@ pub struct TopResponse {
     pub total: Total,
     /// Present (true) only while the durable store is unavailable: the answer then holds only the
     /// minutes the hot tier (Redis) keeps, the last hour, and older buckets of the period count 0.
-    /// Only a minute granularity over at most `STALE_READ_RESOURCES_MAX` resources is answered so;
-    /// other reads get 503.
+    /// Only a minute granularity over at most 1,000 resources is answered so; other reads get 503.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stale: Option<bool>,
 }
@@ -274,12 +273,13 @@ pub async fn top(
     );
     let summed = summed::applies(store, &request, readable, plan);
     let mut selected = None;
-    let resources = match summed {
+    let resources = if summed {
         // A summed ranking selects every resource (`summed::applies`): counted, not listed.
-        true => catalog.read().len(),
-        false => selected
+        catalog.read().len()
+    } else {
+        selected
             .insert(selected_ids(catalog, request.prefix, readable))
-            .len(),
+            .len()
     };
     let window_ms = (plan.start_ms, plan.end_ms);
     let mut reader = store.many_reader(plan.tier, window_ms, now_ms, resources);
@@ -315,7 +315,7 @@ async fn ranked_by_cells(
     let mut total_count = 0u64;
     let mut total_visitors = Sketch::new();
     for chunk in resource_ids.chunks(CELLS_READ_RESOURCES_MAX) {
-        let cells = reader.cells_of_many(chunk.to_vec()).await?;
+        let cells = reader.cells_of_many(chunk).await?;
         for (resource_id, cells) in chunk.iter().zip(cells) {
             let (count, visitors) = sum(&cells);
             total_count += count;
@@ -376,8 +376,8 @@ async fn add_series(
     plan: &Plan,
 ) -> Result<(), StoreError> {
     for chunk in listed.chunks_mut(CELLS_READ_RESOURCES_MAX) {
-        let ids = chunk.iter().map(|item| item.resource_id.clone()).collect();
-        let cells = reader.cells_of_many(ids).await?;
+        let ids: Vec<String> = chunk.iter().map(|item| item.resource_id.clone()).collect();
+        let cells = reader.cells_of_many(&ids).await?;
         for (item, cells) in chunk.iter_mut().zip(cells) {
             let mut fold = SeriesFold::new(plan);
             fold.add(&cells);
@@ -402,7 +402,7 @@ pub async fn series(
     let mut reader = store.many_reader(plan.tier, window_ms, now_ms, resource_ids.len());
     let mut fold = SeriesFold::new(plan);
     for chunk in resource_ids.chunks(CELLS_READ_RESOURCES_MAX) {
-        let cells = reader.cells_of_many(chunk.to_vec()).await?;
+        let cells = reader.cells_of_many(chunk).await?;
         for cells in &cells {
             fold.add(cells);
         }

@@ -18,11 +18,20 @@ export function h<K extends keyof HTMLElementTagNameMap>(
 /** The view (address fragment) the notice was said for. */
 let saidFor = "";
 
+export type NoticeKind = "error" | "warning" | "info";
+
+/** The kind of notice shown, if any. */
+export function shownNotice(): NoticeKind | undefined {
+  return notice.hidden ? undefined : notice.className as NoticeKind;
+}
+
 /**
  * Says `message` in the notice line (read out by screen readers), or clears it. A `warning` says
  * the numbers shown are incomplete (`stale`); it goes with the next load, as an error does.
  */
-export function say(message: string | undefined, kind: "error" | "warning" | "info" = "error"): void {
+export function say(message: string | undefined, kind: NoticeKind = "error"): void {
+  // The same notice again (a live view's warning every refresh) is not announced again.
+  if (message !== undefined && !notice.hidden && notice.textContent === message && notice.className === kind) return;
   notice.hidden = message === undefined;
   notice.textContent = message ?? "";
   notice.className = kind;

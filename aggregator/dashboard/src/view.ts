@@ -1,7 +1,7 @@
 // What every view needs of the page: a place to draw, the live refresh, and what a failure does.
 import { HitcountError } from "./api";
 import { forgetChart } from "./chart";
-import { clearError, say } from "./dom";
+import { clearError, say, shownNotice } from "./dom";
 import { RANGES } from "./range";
 
 /** How often a live view refreshes itself (the read-after-write bound is about a second). */
@@ -47,8 +47,9 @@ export class View {
 
   /** After a load: its numbers came from the hot tier alone (the API's `stale`), or not. */
   loaded(stale: boolean | undefined): void {
-    clearError();
-    if (stale === true) say(STALE_MESSAGE, "warning");
+    // A confirmation ("Deleted home.") stays, as `clearError` keeps it.
+    if (stale === true && shownNotice() !== "info") say(STALE_MESSAGE, "warning");
+    else clearError();
   }
 
   stopLive(): void {

@@ -29,8 +29,7 @@ const RENAME_SUFFIX_BYTES: usize = 4;
 pub struct Store {
     /// `patterns.rs` adds the patterns' methods on the same backend.
     pub(crate) backend: Arc<dyn DurableStore>,
-    /// `many.rs` reads many resources from it while the backend is down.
-    pub(crate) hot: Option<Arc<HotTier>>,
+    hot: Option<Arc<HotTier>>,
     /// Bucket summaries this process decoded (`summaries.rs`).
     memo: Arc<SummaryMemo>,
     /// One resource's closed buckets this process decoded (`closed.rs`).

@@ -12,9 +12,21 @@ use crate::records::{CountCell, StoreError, Tier};
 /// request over more is refused (503) rather than held for seconds.
 pub const STALE_READ_RESOURCES_MAX: usize = 1_000;
 
-/// Reads the cells of one request's resources, chunk by chunk, over one tier and window.
-/// Once the backend answered unavailable (to this reader or, moments ago, to any read: the hot
-/// tier's breaker), every later chunk comes from the hot tier alone and the answer is stale.
+/// Where a reader's answer comes from. Decided before the first read and kept: one answer never
+/// mixes the backend's whole period for some resources with the hot tier's hour for others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// Nothing read yet.
+    Undecided,
+    /// The backend answered: later chunks come from it too, or the read fails.
+    Backend,
+    /// The hot tier alone, for every chunk.
+    HotTier,
+}
+
+/// Reads the cells of one request's resources, chunk by chunk, over one tier and window: from
+/// the backend, or, when it is unavailable at the first read (to this reader or, moments ago, to
+/// any read: the hot tier's breaker), from the hot tier alone for the whole request.
 #[derive(Debug)]
 pub struct ManyReader<'a> {
     store: &'a Store,
@@ -23,7 +35,7 @@ pub struct ManyReader<'a> {
     now_ms: u64,
     /// Resources the whole request reads, to refuse a stale answer over too many.
     resources: usize,
-    stale: bool,
+    source: Source,
 }
 
 impl Store {
@@ -42,56 +54,56 @@ impl Store {
             window_ms,
             now_ms,
             resources,
-            stale: false,
+            source: Source::Undecided,
         }
     }
 }
 
 impl ManyReader<'_> {
-    /// Whether what this reader answered so far is the hot tier's alone.
+    /// Whether the answer lacks buckets: it came from the hot tier alone and the window starts
+    /// before the hot tier's hour.
     pub fn stale(&self) -> bool {
-        self.stale
+        self.source == Source::HotTier && self.window_ms.0 < hot_start_ms(self.now_ms)
     }
 
-    /// Whether a read of the backend should be skipped: it was found unavailable moments ago
-    /// and the hot tier can answer this window.
+    /// Whether to read from the hot tier alone: decided at the first call, where the backend was
+    /// found unavailable moments ago and the hot tier can answer this request.
     pub fn skips_database(&mut self) -> bool {
-        if !self.stale
-            && let Some(hot) = self.hot_for_window()
-            && self.resources <= STALE_READ_RESOURCES_MAX
+        if self.source == Source::Undecided
+            && let Some(hot) = self.stand_in()
             && hot.skips_database(self.now_ms)
         {
-            self.stale = true;
+            self.source = Source::HotTier;
         }
-        self.stale
+        self.source == Source::HotTier
     }
 
-    /// The backend answered a read the caller made beside this reader: reads that may be stale
-    /// stop skipping it (the hot tier's breaker closes).
-    pub fn database_answered(&self) {
-        if let Some(hot) = self.hot_for_window() {
+    /// The backend answered a read the caller made beside this reader (bucket summaries): the
+    /// answer is the backend's, and reads that may be stale stop skipping it.
+    pub fn database_answered(&mut self) {
+        self.source = Source::Backend;
+        if let Some(hot) = self.store.hot_tier() {
             hot.database_answered();
         }
     }
 
     /// The backend answered `error` to a read the caller made beside this reader (bucket
-    /// summaries): `Ok` if the reader goes on from the hot tier alone, else the error to answer.
+    /// summaries) or to a chunk: `Ok` if the reader goes on from the hot tier alone, else the
+    /// error to answer.
     pub fn database_failed(&mut self, error: StoreError) -> Result<(), StoreError> {
         let StoreError::Unavailable(reason) = error else {
             return Err(error);
         };
-        let Some(hot) = self.hot_for_window() else {
+        let stand_in = match self.source {
+            Source::Undecided => self.stand_in(),
+            // Part of the answer is the backend's already.
+            Source::Backend | Source::HotTier => None,
+        };
+        let Some(hot) = stand_in else {
             return Err(StoreError::Unavailable(reason));
         };
         hot.database_unavailable(self.now_ms);
-        if self.resources > STALE_READ_RESOURCES_MAX {
-            return Err(StoreError::Unavailable(format!(
-                "{reason}; the hot tier answers at most {STALE_READ_RESOURCES_MAX} resources \
-                 alone, and this request selects {}: narrow it with a prefix",
-                self.resources
-            )));
-        }
-        self.stale = true;
+        self.source = Source::HotTier;
         Ok(())
     }
 
@@ -99,42 +111,39 @@ impl ManyReader<'_> {
     /// order, as [`Store::cells_of_many`] reads them, or from the hot tier alone (see the type).
     pub async fn cells_of_many(
         &mut self,
-        resource_ids: Vec<String>,
+        resource_ids: &[String],
     ) -> Result<Vec<Vec<CountCell>>, StoreError> {
         if !self.skips_database() {
-            // The ids again if the backend fails and the hot tier answers instead.
-            let kept = self.hot_for_window().map(|_| resource_ids.clone());
             let (start_ms, end_ms) = self.window_ms;
             let read = self
                 .store
-                .cells_of_many(resource_ids, self.tier, start_ms, end_ms, self.now_ms)
+                .cells_of_many(
+                    resource_ids.to_vec(),
+                    self.tier,
+                    start_ms,
+                    end_ms,
+                    self.now_ms,
+                )
                 .await;
-            match (read, kept) {
-                (Ok(cells), _) => {
+            match read {
+                Ok(cells) => {
                     self.database_answered();
                     return Ok(cells);
                 }
-                (Err(error), Some(kept)) => {
-                    self.database_failed(error)?;
-                    return self.cells_alone(&kept).await;
-                }
-                (Err(error), None) => return Err(error),
+                Err(error) => self.database_failed(error)?,
             }
         }
-        self.cells_alone(&resource_ids).await
+        self.cells_alone(resource_ids).await
     }
 
     async fn cells_alone(
         &self,
         resource_ids: &[String],
     ) -> Result<Vec<Vec<CountCell>>, StoreError> {
-        debug_assert!(
-            self.stale,
-            "only a stale read answers from the hot tier alone"
-        );
+        debug_assert_eq!(self.source, Source::HotTier);
         let hot = self
-            .hot_for_window()
-            .expect("a stale reader has a hot tier that holds its window");
+            .stand_in()
+            .ok_or_else(|| StoreError::Unavailable("the hot tier became unavailable".to_owned()))?;
         let mut cells = Vec::with_capacity(resource_ids.len());
         for resource_id in resource_ids {
             cells.push(
@@ -145,9 +154,13 @@ impl ManyReader<'_> {
         Ok(cells)
     }
 
-    /// The hot tier, if it holds part of this read's window: minutes reaching into its hour.
-    fn hot_for_window(&self) -> Option<&HotTier> {
+    /// The hot tier, if it can answer this request alone: healthy, holding part of the window
+    /// (minutes reaching into its hour), and the request small enough.
+    fn stand_in(&self) -> Option<&HotTier> {
         let reaches = self.tier == Tier::Minute && self.window_ms.1 > hot_start_ms(self.now_ms);
-        self.store.hot.as_deref().filter(|_| reaches)
+        let small = self.resources <= STALE_READ_RESOURCES_MAX;
+        self.store
+            .hot_tier()
+            .filter(|hot| reaches && small && hot.is_healthy())
     }
 }
