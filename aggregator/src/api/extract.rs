@@ -4,7 +4,6 @@
 //! Each route's body limit is a property of the route ([`body_limit`]), so a 413 names the limit
 //! of the route that refused the body, not a global one.
 
-use axum::Extension;
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request};
@@ -12,8 +11,6 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer};
-use tower::ServiceBuilder;
-use tower::layer::util::{Identity, Stack};
 
 use super::JSON_BODY_BYTES_MAX;
 use crate::auth::{Caller, token_digest};
@@ -21,43 +18,54 @@ use crate::error::ApiError;
 use crate::oidc::OidcError;
 use crate::state::SharedState;
 
-/// The body limit of the route a request was routed to, for the 413 message.
-#[derive(Debug, Clone, Copy)]
-pub struct RouteBodyLimit(pub usize);
-
-/// The layers that give a route its body limit: axum's limit, and the limit recorded in the
-/// request so the extractors can name it.
-pub fn body_limit(
-    limit_bytes: usize,
-) -> ServiceBuilder<Stack<Extension<RouteBodyLimit>, Stack<DefaultBodyLimit, Identity>>> {
-    ServiceBuilder::new()
-        .layer(DefaultBodyLimit::max(limit_bytes))
-        .layer(Extension(RouteBodyLimit(limit_bytes)))
+/// The layer that gives a route taking a raw body ([`raw_body`]) its limit.
+pub fn body_limit(limit_bytes: usize) -> DefaultBodyLimit {
+    DefaultBodyLimit::max(limit_bytes)
 }
 
-/// The limit a request's route set with [`body_limit`]; every API route is under the router-wide
-/// limit of [`JSON_BODY_BYTES_MAX`] unless it sets its own.
-pub fn route_body_limit(request: &Request) -> usize {
-    request
-        .extensions()
-        .get::<RouteBodyLimit>()
-        .map_or(JSON_BODY_BYTES_MAX, |limit| limit.0)
-}
-
-/// `Json<T>` whose rejections are [`ApiError`]s with the JSON error body.
+/// `Json<T>` over a body of at most `BYTES_MAX` bytes, whose rejections are [`ApiError`]s with
+/// the JSON error body (413 naming the limit beyond it). The limit is the extractor's own, not a
+/// layer's: axum boxes a route once more per layer and clones the box on every request
+/// (`api/mod.rs`), which `POST /hits`, the busiest route, should not pay for.
 #[derive(Debug)]
-pub struct ApiJson<T>(pub T);
+pub struct ApiJson<T, const BYTES_MAX: usize = JSON_BODY_BYTES_MAX>(pub T);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+impl<T: DeserializeOwned, S: Send + Sync, const BYTES_MAX: usize> FromRequest<S>
+    for ApiJson<T, BYTES_MAX>
+{
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        let limit_bytes = route_body_limit(&request);
+        let (parts, body) = request.into_parts();
+        // The body is read first, within the limit (as the edge's `POST /hit` reads it); axum's
+        // `Json` then checks the content type and decodes. `to_bytes` stops at the limit.
+        let bytes = match axum::body::to_bytes(body, BYTES_MAX).await {
+            Ok(bytes) => bytes,
+            Err(error) if is_length_limit(&error) => {
+                return Err(ApiError::PayloadTooLarge {
+                    limit_bytes: BYTES_MAX,
+                });
+            }
+            Err(error) => return Err(ApiError::bad_request("invalid_body", error.to_string())),
+        };
+        let request = Request::from_parts(parts, axum::body::Body::from(bytes));
         match Json::<T>::from_request(request, state).await {
             Ok(Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(json_rejection(rejection, limit_bytes)),
+            Err(rejection) => Err(json_rejection(rejection, BYTES_MAX)),
         }
     }
+}
+
+/// Whether reading a body failed at its length limit (the error `to_bytes` wraps).
+fn is_length_limit(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if current.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = current.source();
+    }
+    false
 }
 
 fn json_rejection(rejection: JsonRejection, limit_bytes: usize) -> ApiError {

@@ -202,7 +202,7 @@ fn refusal_error(refusal: &Refusal) -> ApiError {
 pub async fn record(
     State(state): State<SharedState>,
     caller: Caller,
-    ApiJson(request): ApiJson<HitsBody>,
+    ApiJson(request): ApiJson<HitsBody, HITS_BODY_BYTES_MAX>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     caller.require(Scope::Ingest)?;
     let inputs = match request {

@@ -203,10 +203,8 @@ pub fn router(state: SharedState) -> Router {
             "/resources/{resource_id}",
             get(resources::get_one).delete(resources::delete_one),
         )
-        .route(
-            "/hits",
-            post(hits::record).layer(extract::body_limit(HITS_BODY_BYTES_MAX)),
-        )
+        // `POST /hits` reads its body within HITS_BODY_BYTES_MAX itself (`ApiJson`'s limit).
+        .route("/hits", post(hits::record))
         .route("/hits/{resource_id}", get(hits::query))
         .route("/stats/top", get(stats::top))
         .route("/stats/series", get(stats::series))
@@ -233,15 +231,12 @@ pub fn router(state: SharedState) -> Router {
         )
         .route("/unknown-resources", get(patterns::unknown_resources))
         // Each `layer` or `route_layer` call boxes every route once more, and axum clones each
-        // box per request: layers go in one stack per call (the address limit outermost).
-        .route_layer(
-            ServiceBuilder::new()
-                .layer(middleware::from_fn_with_state(
-                    state.clone(),
-                    extract::limit_by_address,
-                ))
-                .layer(extract::body_limit(JSON_BODY_BYTES_MAX)),
-        );
+        // box per request: one layer here; JSON bodies are limited by their extractor
+        // (`ApiJson`, JSON_BODY_BYTES_MAX unless a route names more).
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            extract::limit_by_address,
+        ));
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
