@@ -1,14 +1,15 @@
 //! Extractors whose rejections are [`ApiError`]s with the JSON error body: axum's own `Json`,
 //! `Query` and `Path` answer plain text, which no client of this API expects.
 //!
-//! Each route's body limit is a property of the route ([`body_limit`]), so a 413 names the limit
-//! of the route that refused the body, not a global one.
+//! Each route's body limit is its own, so a 413 names the limit of the route that refused the
+//! body, not a global one: a JSON route's is its `ApiJson`'s parameter, a raw-body route's its
+//! layer ([`raw_body_limit`]).
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
 use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer};
 
@@ -19,7 +20,7 @@ use crate::oidc::OidcError;
 use crate::state::SharedState;
 
 /// The layer that gives a route taking a raw body ([`raw_body`]) its limit.
-pub fn body_limit(limit_bytes: usize) -> DefaultBodyLimit {
+pub fn raw_body_limit(limit_bytes: usize) -> DefaultBodyLimit {
     DefaultBodyLimit::max(limit_bytes)
 }
 
@@ -35,10 +36,15 @@ impl<T: DeserializeOwned, S: Send + Sync, const BYTES_MAX: usize> FromRequest<S>
 {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(request: Request, _state: &S) -> Result<Self, ApiError> {
         let (parts, body) = request.into_parts();
-        // The body is read first, within the limit (as the edge's `POST /hit` reads it); axum's
-        // `Json` then checks the content type and decodes. `to_bytes` stops at the limit.
+        // As axum's `Json` does: the content type first, so a body that is not JSON is not read.
+        if !json_content_type(&parts.headers) {
+            return Err(ApiError::UnsupportedMediaType(
+                "the body must be JSON with `Content-Type: application/json`".to_owned(),
+            ));
+        }
+        // `to_bytes` stops reading at the limit (as the edge's `POST /hit` reads its body).
         let bytes = match axum::body::to_bytes(body, BYTES_MAX).await {
             Ok(bytes) => bytes,
             Err(error) if is_length_limit(&error) => {
@@ -48,12 +54,31 @@ impl<T: DeserializeOwned, S: Send + Sync, const BYTES_MAX: usize> FromRequest<S>
             }
             Err(error) => return Err(ApiError::bad_request("invalid_body", error.to_string())),
         };
-        let request = Request::from_parts(parts, axum::body::Body::from(bytes));
-        match Json::<T>::from_request(request, state).await {
+        match Json::<T>::from_bytes(&bytes) {
             Ok(Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(json_rejection(rejection, BYTES_MAX)),
+            Err(JsonRejection::JsonDataError(error)) => {
+                Err(ApiError::bad_request("invalid_request", error.body_text()))
+            }
+            Err(JsonRejection::JsonSyntaxError(error)) => {
+                Err(ApiError::bad_request("invalid_json", error.body_text()))
+            }
+            Err(other) => Err(ApiError::bad_request("invalid_body", other.body_text())),
         }
     }
+}
+
+/// Whether a request says its body is JSON: `application/json` or a `+json` type, the rule
+/// axum's `Json` applies (its check is private, and `ApiJson` reads the body itself, within its
+/// own limit).
+fn json_content_type(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<mime::Mime>().ok())
+        .is_some_and(|mime| {
+            mime.type_() == mime::APPLICATION
+                && (mime.subtype() == mime::JSON || mime.suffix() == Some(mime::JSON))
+        })
 }
 
 /// Whether reading a body failed at its length limit (the error `to_bytes` wraps).
@@ -66,24 +91,6 @@ fn is_length_limit(error: &axum::Error) -> bool {
         source = current.source();
     }
     false
-}
-
-fn json_rejection(rejection: JsonRejection, limit_bytes: usize) -> ApiError {
-    match rejection {
-        JsonRejection::JsonDataError(error) => {
-            ApiError::bad_request("invalid_request", error.body_text())
-        }
-        JsonRejection::JsonSyntaxError(error) => {
-            ApiError::bad_request("invalid_json", error.body_text())
-        }
-        JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
-            "the body must be JSON with `Content-Type: application/json`".to_owned(),
-        ),
-        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::PayloadTooLarge { limit_bytes }
-        }
-        other => ApiError::bad_request("invalid_body", other.body_text()),
-    }
 }
 
 /// `Query<T>` whose rejections are 400s with the JSON error body (`invalid_query`).
@@ -255,7 +262,7 @@ pub async fn limit_by_address(
     Ok(next.run(request).await)
 }
 
-/// A raw body as read within its route's limit ([`body_limit`]): over it, 413 naming the limit;
+/// A raw body as read within its route's limit ([`raw_body_limit`]): over it, 413 naming the limit;
 /// unreadable, 400.
 pub fn raw_body(
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,

@@ -211,11 +211,13 @@ pub fn router(state: SharedState) -> Router {
         .route("/export", get(export::export))
         .route(
             "/import",
-            post(import::import).layer(extract::body_limit(crate::import::IMPORT_BODY_BYTES_MAX)),
+            post(import::import).layer(extract::raw_body_limit(
+                crate::import::IMPORT_BODY_BYTES_MAX,
+            )),
         )
         .route(
             "/v1/deltas",
-            post(deltas::apply).layer(extract::body_limit(hitcount_wire::BATCH_BYTES_MAX)),
+            post(deltas::apply).layer(extract::raw_body_limit(hitcount_wire::BATCH_BYTES_MAX)),
         )
         .route("/tokens", post(admin::create_token).get(admin::list_tokens))
         .route("/tokens/{token_id}", delete(admin::delete_token))
