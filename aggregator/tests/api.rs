@@ -410,26 +410,16 @@ async fn bad_hits_are_refused_and_nothing_is_counted() {
         );
     }
 
-    let raw = |body: &'static str, content_type: &'static str| {
-        server
-            .client
-            .post(server.url("/hits"))
-            .bearer_auth(crate::support::ADMIN_TOKEN)
-            .header("content-type", content_type)
-            .body(body)
-            .send()
-    };
-    let (status, value) = body(raw("{\"resource_id\": ", "application/json").await.unwrap()).await;
+    let (status, value) = api
+        .post_raw("/hits", "application/json", "{\"resource_id\": ")
+        .await;
     assert_eq!(
         (status, error_code(&value).as_str()),
         (StatusCode::BAD_REQUEST, "invalid_json")
     );
-    let (status, value) = body(
-        raw("{\"resource_id\": \"home\"}", "text/plain")
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, value) = api
+        .post_raw("/hits", "text/plain", "{\"resource_id\": \"home\"}")
+        .await;
     assert_eq!(
         (status, error_code(&value).as_str()),
         (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
@@ -439,16 +429,7 @@ async fn bad_hits_are_refused_and_nothing_is_counted() {
         "{{\"resource_id\": \"home\", \"visitor_id\": \"{}\"}}",
         "x".repeat(1_100_000)
     );
-    let response = server
-        .client
-        .post(server.url("/hits"))
-        .bearer_auth(crate::support::ADMIN_TOKEN)
-        .header("content-type", "application/json")
-        .body(oversized)
-        .send()
-        .await
-        .unwrap();
-    let (status, value) = body(response).await;
+    let (status, value) = api.post_raw("/hits", "application/json", oversized).await;
     assert_eq!(
         (status, error_code(&value).as_str()),
         (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")

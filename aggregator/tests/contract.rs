@@ -155,16 +155,8 @@ async fn refusals_are_json_and_name_the_route_limit() {
         "{value}"
     );
     // A body that is not JSON is refused for its type before it is read, however long it is.
-    let response = server
-        .client
-        .post(server.url("/hits"))
-        .bearer_auth(&api.token)
-        .header("content-type", "text/plain")
-        .body("x".repeat(2 * HITS_BODY_BYTES_MAX))
-        .send()
-        .await
-        .unwrap();
-    let (status, value) = body(response).await;
+    let long = "x".repeat(2 * HITS_BODY_BYTES_MAX);
+    let (status, value) = api.post_raw("/hits", "text/plain", long).await;
     assert_eq!(
         (status, error_code(&value).as_str()),
         (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),

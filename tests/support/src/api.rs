@@ -144,6 +144,27 @@ impl<'a> Api<'a> {
         body(response).await
     }
 
+    /// A POST of `payload` as it is, with `content_type`: for bodies that are not valid JSON,
+    /// not JSON at all, or too long.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        payload: impl Into<reqwest::Body>,
+    ) -> (StatusCode, Value) {
+        let response = self
+            .server
+            .client
+            .post(self.server.url(path))
+            .bearer_auth(&self.token)
+            .header("content-type", content_type)
+            .body(payload)
+            .send()
+            .await
+            .expect("request");
+        body(response).await
+    }
+
     pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
         let response = self
             .server
