@@ -268,7 +268,8 @@ async fn a_stopped_database_gives_503_and_the_aggregator_recovers_by_itself() {
 /// PostgreSQL stopped with the hot tier in front (the seed's "graceful degradation by serving
 /// stale cache"): a minute read whose window reaches into the hot tier's hour still answers,
 /// from Redis alone, marked `stale`, with every hit acknowledged in that hour, and so do the
-/// reads across resources; a granularity Redis does not hold gets 503, as ingest does; when PostgreSQL returns, answers are whole
+/// reads across resources (for at most `STALE_READ_RESOURCES_MAX` of them; a period inside the
+/// hour is whole, not stale); a granularity Redis does not hold gets 503, as ingest does; when PostgreSQL returns, answers are whole
 /// again and every acknowledged hit is there once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_postgres_stopped_reads_answer_from_the_hot_tier_marked_stale() {
@@ -358,6 +359,20 @@ async fn with_postgres_stopped_reads_answer_from_the_hot_tier_marked_stale() {
     let (status, value) = api.get("/stats/top?window=24h").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{value}");
     assert_eq!(value["error"]["code"], "unavailable");
+    // A period wholly inside the hot tier's hour is whole from Redis: not stale.
+    let start_ms = hitcount_aggregator::now_ms() - 30 * 60_000;
+    let (status, value) = api
+        .get(&format!(
+            "/stats/series?start_time={start_ms}&end_time={}&granularity=minute",
+            hitcount_aggregator::now_ms()
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{value}");
+    assert_eq!(
+        (&value["count"], value.get("stale")),
+        (&json!(5), None),
+        "{value}"
+    );
 
     postgres.run();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -377,6 +392,33 @@ async fn with_postgres_stopped_reads_answer_from_the_hot_tier_marked_stale() {
         (value["total"]["count"].as_u64(), value.get("stale")),
         (Some(12), None)
     );
+
+    // The hot tier answers a read across resources one resource per round trip, so for at most
+    // STALE_READ_RESOURCES_MAX of them: a ranking of more is 503, a prefix selecting few enough
+    // answers. (In this test, not one of its own: the metrics above are the process's.)
+    let limit = hitcount_aggregator::store::STALE_READ_RESOURCES_MAX;
+    for index in 0..limit {
+        api.create_resource(&format!("r{index:04}")).await;
+    }
+    let third = batch(2, &[("r0007", 3, &["d"])]);
+    assert_eq!(post_delta(&server, &third).await.0, StatusCode::OK);
+    postgres.stop();
+    let fourth = batch(3, &[("r0007", 1, &["e"])]);
+    assert_eq!(
+        post_delta(&server, &fourth).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    // Every resource: `home` and the thousand.
+    let (status, value) = api.get("/stats/top?window=1h&granularity=minute").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{value}");
+    assert_eq!(value["error"]["code"], "unavailable");
+    let (status, value) = api
+        .get("/stats/top?window=1h&granularity=minute&prefix=r")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{value}");
+    assert_eq!(value["stale"], true, "{value}");
+    assert_eq!(value["total"]["count"], 3, "{value}");
+    assert_eq!(value["resources"][0]["resource_id"], "r0007", "{value}");
     drop(api);
     server.stop().await;
 }
