@@ -24,7 +24,7 @@ use clap::Parser;
 use hitcount_aggregator::store::{
     CountCell, HOUR_MS, Import, ImportOutcome, ResourceRecord, Store, Tier, TierCell,
 };
-use hitcount_bench_support::process_cpu_seconds;
+use hitcount_bench_support::cpu_seconds as stat_cpu_seconds;
 use hitcount_loadgen::Config;
 use hitcount_wire::Sketch;
 use procfs::process::Process;
@@ -262,7 +262,8 @@ fn cpu_seconds(pid: u32) -> f64 {
     i32::try_from(pid)
         .ok()
         .and_then(|pid| Process::new(pid).ok())
-        .and_then(|process| process_cpu_seconds(&process, false))
+        .and_then(|process| process.stat().ok())
+        .map(|stat| stat_cpu_seconds(&stat, false))
         .unwrap_or(0.0)
 }
 
@@ -274,8 +275,9 @@ fn postgres_cpu_seconds() -> f64 {
     };
     processes
         .filter_map(Result::ok)
-        .filter(|process| process.stat().is_ok_and(|stat| stat.comm == "postgres"))
-        .filter_map(|process| process_cpu_seconds(&process, true))
+        .filter_map(|process| process.stat().ok())
+        .filter(|stat| stat.comm == "postgres")
+        .map(|stat| stat_cpu_seconds(&stat, true))
         .sum()
 }
 

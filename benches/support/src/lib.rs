@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use procfs::process::Process;
+use procfs::process::{Process, Stat};
 
 /// What one wrk run reported, and the CPU this process used meanwhile.
 #[derive(Debug, Clone, Copy)]
@@ -20,25 +20,24 @@ pub struct WrkReport {
     pub server_cpu_us_per_request: f64,
 }
 
-/// CPU seconds (user and system) of `process`: its own, and with `children` also those of its
-/// children that exited and were waited for. `None` if its `/proc` entry cannot be read (it
-/// exited).
-pub fn process_cpu_seconds(process: &Process, children: bool) -> Option<f64> {
-    let stat = process.stat().ok()?;
+/// CPU seconds (user and system) a process's `/proc/<pid>/stat` counts: its own, and with
+/// `children` also those of its children that exited and were waited for.
+pub fn cpu_seconds(stat: &Stat, children: bool) -> f64 {
     let exited = match children {
         true => u64::try_from(stat.cutime + stat.cstime).unwrap_or(0),
         false => 0,
     };
     let ticks = stat.utime + stat.stime + exited;
-    Some(ticks as f64 / procfs::ticks_per_second() as f64)
+    ticks as f64 / procfs::ticks_per_second() as f64
 }
 
 /// CPU seconds (user and system, every thread) this process has used.
 pub fn own_cpu_seconds() -> f64 {
-    Process::myself()
-        .ok()
-        .and_then(|process| process_cpu_seconds(&process, false))
-        .expect("/proc/self/stat is readable (the benches run on Linux)")
+    let stat = Process::myself().and_then(|process| process.stat());
+    cpu_seconds(
+        &stat.expect("/proc/self/stat is readable (the benches run on Linux)"),
+        false,
+    )
 }
 
 /// Runs `wrk -t1 -c{connections} -d{seconds}s --latency` against `url` with the Lua `script`
