@@ -418,3 +418,56 @@ fn byte_sizes_read_as_the_readme_writes_them() {
     assert_eq!(bytes_text(1 << 30), "1 GiB");
     assert_eq!(bytes_text(1_000), "1000 bytes");
 }
+
+/// The SQL block that distributes the tables on Citus: its statements, in order.
+fn distribution_statements(markdown: &str) -> Vec<String> {
+    let lines: Vec<&str> = markdown.lines().collect();
+    let first = lines
+        .iter()
+        .position(|line| line.starts_with("SELECT create_reference_table("))
+        .expect("a Citus distribution block");
+    lines[first..]
+        .iter()
+        .take_while(|line| line.starts_with("SELECT create_"))
+        .map(|line| (*line).to_owned())
+        .collect()
+}
+
+/// The tables the PostgreSQL migrations create.
+fn migrated_tables(root: &Path) -> BTreeSet<String> {
+    let directory = root.join("aggregator/store/migrations");
+    let mut tables = BTreeSet::new();
+    for entry in std::fs::read_dir(&directory).expect("the migrations directory") {
+        let sql = std::fs::read_to_string(entry.expect("a migration").path()).expect("UTF-8");
+        for rest in sql.split("CREATE TABLE ").skip(1) {
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            tables.insert(name);
+        }
+    }
+    tables
+}
+
+/// On Citus, a table left undistributed stays on the coordinator alone, which nobody chose: every
+/// table the migrations create is named by the README's distribution statements (the durable
+/// inbox's was missing until it was run on Citus), and the Terraform README, which repeats them
+/// for elastic clusters, repeats them exactly (it had lost `rollups`).
+#[test]
+fn the_citus_statements_distribute_every_table_the_migrations_create() {
+    let root = workspace_root();
+    let statements = distribution_statements(&crate::support::readme());
+    let distributed: BTreeSet<String> = statements
+        .iter()
+        .filter_map(|statement| statement.split('\'').nth(1))
+        .map(str::to_owned)
+        .collect();
+    let tables = migrated_tables(&root);
+    assert!(tables.len() >= 10, "migrations read: {tables:?}");
+    let left: Vec<&String> = tables.difference(&distributed).collect();
+    assert!(left.is_empty(), "README.md distributes none of {left:?}");
+    let terraform = std::fs::read_to_string(root.join("infra/terraform/README.md"))
+        .expect("infra/terraform/README.md");
+    assert_eq!(distribution_statements(&terraform), statements);
+}
