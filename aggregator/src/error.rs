@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::store::StoreError;
+use crate::store::{STALE_READ_RESOURCES_MAX, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -117,6 +117,14 @@ impl From<StoreError> for ApiError {
                     retry_after_s: DATABASE_RETRY_AFTER_S,
                 }
             }
+            StoreError::StaleReadTooWide { resources } => Self::Unavailable {
+                message: format!(
+                    "the database is unavailable; while it is, a read across resources answers \
+                     from the hot tier for at most {STALE_READ_RESOURCES_MAX} of them, and this \
+                     one selects {resources}: narrow it with a prefix, or retry shortly"
+                ),
+                retry_after_s: DATABASE_RETRY_AFTER_S,
+            },
             other => Self::Internal(other.into()),
         }
     }

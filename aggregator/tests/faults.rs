@@ -412,6 +412,14 @@ async fn with_postgres_stopped_reads_answer_from_the_hot_tier_marked_stale() {
     let (status, value) = api.get("/stats/top?window=1h&granularity=minute").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{value}");
     assert_eq!(value["error"]["code"], "unavailable");
+    let message = value["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!(
+            "at most {limit} of them, and this one selects {}",
+            limit + 1
+        )) && message.contains("narrow it with a prefix"),
+        "{value}"
+    );
     let (status, value) = api
         .get("/stats/top?window=1h&granularity=minute&prefix=r")
         .await;

@@ -1,16 +1,24 @@
 //! Reads of many resources for one request (the rankings and series across resources): from the
 //! backend, one snapshot per chunk; while it is unavailable, a minute window reaching into the
-//! hot tier's hour is answered from the hot tier alone, one resource at a time, marked stale, as
-//! a read of one resource is (`HotTier::cells`).
+//! hot tier's hour is answered from the hot tier alone, one read per resource (many in flight),
+//! marked stale, as a read of one resource is (`HotTier::cells`).
+
+use futures::{StreamExt, TryStreamExt};
 
 use crate::facade::Store;
 use crate::hot::{HotTier, hot_start_ms};
 use crate::records::{CountCell, StoreError, Tier};
 
 /// Resources one request may read from the hot tier alone while the database is down. The hot
-/// tier answers one resource per round trip (the backend answers a chunk of them in one), so a
-/// request over more is refused (503) rather than held for seconds.
+/// tier answers one resource per read (the backend answers a chunk of them in one), so a
+/// request over more is refused (503, [`StoreError::StaleReadTooWide`]) rather than held for
+/// seconds.
 pub const STALE_READ_RESOURCES_MAX: usize = 1_000;
+
+/// A stale read's hot-tier reads in flight at once. The connection pipelines them (one round
+/// trip carries many), so the thousand resources of the widest stale read take a few dozen
+/// round trips, not a thousand; the bound keeps one request from filling Redis' queue.
+const STALE_READS_IN_FLIGHT_MAX: usize = 32;
 
 /// Where a reader's answer comes from. Decided before the first read and kept: one answer never
 /// mixes the backend's whole period for some resources with the hot tier's hour for others.
@@ -100,7 +108,7 @@ impl ManyReader<'_> {
             Source::Backend | Source::HotTier => None,
         };
         let Some(hot) = stand_in else {
-            return Err(StoreError::Unavailable(reason));
+            return Err(self.refusal(reason));
         };
         hot.database_unavailable(self.now_ms);
         self.source = Source::HotTier;
@@ -144,14 +152,34 @@ impl ManyReader<'_> {
         let hot = self
             .stand_in()
             .ok_or_else(|| StoreError::Unavailable("the hot tier became unavailable".to_owned()))?;
-        let mut cells = Vec::with_capacity(resource_ids.len());
-        for resource_id in resource_ids {
-            cells.push(
-                hot.cells_alone(resource_id, self.window_ms, self.now_ms)
-                    .await?,
-            );
+        // Collected first: a stream holding the mapping closure makes the request's future not
+        // provably `Send` (the closure's lifetimes are higher-ranked).
+        let reads: Vec<_> = resource_ids
+            .iter()
+            .map(|resource_id| hot.cells_alone(resource_id, self.window_ms, self.now_ms))
+            .collect();
+        // `buffered` keeps the order of `resource_ids`, as the caller expects.
+        futures::stream::iter(reads)
+            .buffered(STALE_READS_IN_FLIGHT_MAX)
+            .try_collect()
+            .await
+    }
+
+    /// The error to answer when the backend is unavailable and the hot tier cannot stand in:
+    /// [`StoreError::StaleReadTooWide`] where only the number of resources kept it from it, so
+    /// the client learns that a narrower read would answer.
+    fn refusal(&self, reason: String) -> StoreError {
+        let too_wide = self.resources > STALE_READ_RESOURCES_MAX
+            && self.tier == Tier::Minute
+            && self.window_ms.1 > hot_start_ms(self.now_ms)
+            && self.store.hot_tier().is_some_and(HotTier::is_healthy);
+        if too_wide {
+            tracing::warn!(%reason, "the database is unavailable");
+            return StoreError::StaleReadTooWide {
+                resources: self.resources,
+            };
         }
-        Ok(cells)
+        StoreError::Unavailable(reason)
     }
 
     /// The hot tier, if it can answer this request alone: healthy, holding part of the window

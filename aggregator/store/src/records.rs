@@ -97,6 +97,14 @@ pub enum StoreError {
     /// The database cannot be reached or is shutting down: nothing was written, retry later.
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
+    /// The database is unavailable, and a read across more than
+    /// [`crate::STALE_READ_RESOURCES_MAX`] resources, which the hot tier would otherwise answer
+    /// alone: a narrower one would answer.
+    #[error(
+        "the database is unavailable, and a read across {resources} resources is more than the \
+         hot tier answers alone"
+    )]
+    StaleReadTooWide { resources: usize },
 }
 
 /// The idempotency key of an edge batch and a digest of its body.
