@@ -32,6 +32,11 @@ pub enum ApiError {
     RateLimited { retry_after_s: u64 },
     #[error("{message}")]
     Unavailable { message: String, retry_after_s: u64 },
+    /// The database is unavailable and a read selects more resources than the hot tier answers
+    /// alone: a 503 like `Unavailable`, with a code of its own so that a client (the dashboard)
+    /// says what the message says, to narrow the read, rather than that the last hour answers.
+    #[error("{message}")]
+    StaleReadTooWide { message: String, retry_after_s: u64 },
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -91,6 +96,9 @@ impl ApiError {
             Self::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::StaleReadTooWide { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "stale_read_too_wide")
+            }
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -117,7 +125,7 @@ impl From<StoreError> for ApiError {
                     retry_after_s: DATABASE_RETRY_AFTER_S,
                 }
             }
-            StoreError::StaleReadTooWide { resources } => Self::Unavailable {
+            StoreError::StaleReadTooWide { resources } => Self::StaleReadTooWide {
                 message: format!(
                     "the database is unavailable; while it is, a read across resources answers \
                      from the hot tier for at most {STALE_READ_RESOURCES_MAX} of them, and this \
@@ -150,7 +158,9 @@ impl IntoResponse for ApiError {
         let mut response = (status, Json(body)).into_response();
         let headers = response.headers_mut();
         match &self {
-            Self::RateLimited { retry_after_s } | Self::Unavailable { retry_after_s, .. } => {
+            Self::RateLimited { retry_after_s }
+            | Self::Unavailable { retry_after_s, .. }
+            | Self::StaleReadTooWide { retry_after_s, .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
             }
             Self::Unauthorized { .. } => {

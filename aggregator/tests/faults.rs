@@ -393,9 +393,9 @@ async fn with_postgres_stopped_reads_answer_from_the_hot_tier_marked_stale() {
         (Some(12), None)
     );
 
-    // The hot tier answers a read across resources one resource per round trip, so for at most
-    // STALE_READ_RESOURCES_MAX of them: a ranking of more is 503, a prefix selecting few enough
-    // answers. (In this test, not one of its own: the metrics above are the process's.)
+    // The hot tier answers a read across resources one read per resource, so for at most
+    // STALE_READ_RESOURCES_MAX of them: a ranking of more is 503 saying so, a prefix selecting
+    // few enough answers. (In this test, not one of its own: the metrics above are the process's.)
     let limit = hitcount_aggregator::store::STALE_READ_RESOURCES_MAX;
     for index in 0..limit {
         api.create_resource(&format!("r{index:04}")).await;
@@ -411,7 +411,7 @@ async fn with_postgres_stopped_reads_answer_from_the_hot_tier_marked_stale() {
     // Every resource: `home` and the thousand.
     let (status, value) = api.get("/stats/top?window=1h&granularity=minute").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{value}");
-    assert_eq!(value["error"]["code"], "unavailable");
+    assert_eq!(value["error"]["code"], "stale_read_too_wide");
     let message = value["error"]["message"].as_str().unwrap_or_default();
     assert!(
         message.contains(&format!(
@@ -420,6 +420,10 @@ async fn with_postgres_stopped_reads_answer_from_the_hot_tier_marked_stale() {
         )) && message.contains("narrow it with a prefix"),
         "{value}"
     );
+    // Hours are never the hot tier's: the number of resources is not what stops that read.
+    let (status, value) = api.get("/stats/top?window=24h&granularity=hour").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{value}");
+    assert_eq!(value["error"]["code"], "unavailable");
     let (status, value) = api
         .get("/stats/top?window=1h&granularity=minute&prefix=r")
         .await;

@@ -57,7 +57,11 @@ export class View {
     this.timer = undefined;
   }
 
-  /** A 401 ends the session (the token was revoked); anything else is said and kept. */
+  /**
+   * A 401 ends the session (the token was revoked); anything else is said and kept. A 503
+   * `stale_read_too_wide` is said as the server words it (narrow the read with a prefix): the
+   * last hour does not answer it either.
+   */
   failed(error: unknown): void {
     if (error instanceof HitcountError && error.status === 401) {
       this.onSessionEnded("Your session ended: the token was revoked. Sign in again.");

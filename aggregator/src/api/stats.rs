@@ -23,7 +23,7 @@ use crate::store::STALE_READ_RESOURCES_MAX;
         (status = 403, description = "Token lacks the read scope (a grant limited to some resources ranks only those)", body = ErrorBody),
         (status = 422, description = format!("start_time not before end_time, a granularity no longer kept for this window, or a period of more than {SERIES_POINTS_MAX} buckets"), body = ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
-        (status = 503, description = format!("The store is unavailable and the hot tier cannot answer the period (no Redis or an unhealthy one, a granularity other than minute, a period ending before the last hour, or more than {STALE_READ_RESOURCES_MAX} resources selected, which the message says: narrow the selection with a prefix); retry"), body = ErrorBody),
+        (status = 503, description = format!("The store is unavailable and the hot tier cannot answer the period (no Redis or an unhealthy one, a granularity other than minute, a period ending before the last hour, or more than {STALE_READ_RESOURCES_MAX} resources selected: then the code is `stale_read_too_wide`, and a prefix selecting fewer answers); retry"), body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -60,7 +60,7 @@ pub async fn top(
         (status = 404, description = "A listed resource does not exist", body = ErrorBody),
         (status = 422, description = format!("start_time not before end_time, a granularity no longer kept for this window, or more than {SERIES_POINTS_MAX} points"), body = ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
-        (status = 503, description = format!("The store is unavailable and the hot tier cannot answer the period (no Redis or an unhealthy one, a granularity other than minute, a period ending before the last hour, or more than {STALE_READ_RESOURCES_MAX} resources selected, which the message says: narrow the selection with a prefix); retry"), body = ErrorBody),
+        (status = 503, description = format!("The store is unavailable and the hot tier cannot answer the period (no Redis or an unhealthy one, a granularity other than minute, a period ending before the last hour, or more than {STALE_READ_RESOURCES_MAX} resources selected: then the code is `stale_read_too_wide`, and a prefix selecting fewer answers); retry"), body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
