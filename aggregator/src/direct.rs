@@ -4,6 +4,7 @@
 //! the hand-off to the group commit of `ingest`.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use crate::catalog::Catalog;
 use crate::ingest::{self, HitError, IngestError, Ingestor, ValidHit};
@@ -12,6 +13,12 @@ use crate::store::{Store, StoreError};
 
 /// Hits in one `POST /hits` request.
 pub const HITS_PER_REQUEST_MAX: usize = 1_000;
+
+/// `hitcount_hits_accepted_total`, looked up once: `counter!` searches the recorder's registry
+/// on every call, which a profile of `POST /hits` under load showed (BENCHMARKS.md). First used
+/// by a request, so after the aggregator's start has installed the recorder.
+static HITS_ACCEPTED: LazyLock<metrics::Counter> =
+    LazyLock::new(|| metrics::counter!("hitcount_hits_accepted_total"));
 
 /// One hit as the request states it, its time already read (`None`: now).
 #[derive(Debug, Clone)]
@@ -81,7 +88,7 @@ pub async fn record(
     }
     let accepted = valid.len();
     recorder.ingestor.submit(valid).await?;
-    metrics::counter!("hitcount_hits_accepted_total").increment(accepted as u64);
+    HITS_ACCEPTED.increment(accepted as u64);
     Ok(accepted)
 }
 

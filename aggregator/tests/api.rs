@@ -674,9 +674,11 @@ async fn operations_endpoints_and_openapi() {
     // (`api/request_metrics.rs`). Other tests share the process's recorder: at least, not exactly.
     let counted = r#"hitcount_http_requests_total{method="POST",route="/hits",status="202"}"#;
     let timed = r#"hitcount_http_request_duration_seconds_count{method="POST",route="/hits"}"#;
+    let accepted = "hitcount_hits_accepted_total";
     let before = (
         crate::support::metric(&server, counted).await,
         crate::support::metric(&server, timed).await,
+        crate::support::metric(&server, accepted).await,
     );
     for _ in 0..5 {
         api.post("/hits", json!({"resource_id": "home"})).await;
@@ -684,9 +686,10 @@ async fn operations_endpoints_and_openapi() {
     let after = (
         crate::support::metric(&server, counted).await,
         crate::support::metric(&server, timed).await,
+        crate::support::metric(&server, accepted).await,
     );
     assert!(
-        after.0 >= before.0 + 5 && after.1 >= before.1 + 5,
+        after.0 >= before.0 + 5 && after.1 >= before.1 + 5 && after.2 >= before.2 + 5,
         "{before:?} -> {after:?}"
     );
 
