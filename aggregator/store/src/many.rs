@@ -169,11 +169,7 @@ impl ManyReader<'_> {
     /// [`StoreError::StaleReadTooWide`] where only the number of resources kept it from it, so
     /// the client learns that a narrower read would answer.
     fn refusal(&self, reason: String) -> StoreError {
-        let too_wide = self.resources > STALE_READ_RESOURCES_MAX
-            && self.tier == Tier::Minute
-            && self.window_ms.1 > hot_start_ms(self.now_ms)
-            && self.store.hot_tier().is_some_and(HotTier::is_healthy);
-        if too_wide {
+        if self.resources > STALE_READ_RESOURCES_MAX && self.hot_for_window().is_some() {
             tracing::warn!(%reason, "the database is unavailable");
             return StoreError::StaleReadTooWide {
                 resources: self.resources,
@@ -182,13 +178,19 @@ impl ManyReader<'_> {
         StoreError::Unavailable(reason)
     }
 
-    /// The hot tier, if it can answer this request alone: healthy, holding part of the window
-    /// (minutes reaching into its hour), and the request small enough.
+    /// The hot tier, if it can answer this request alone: [`Self::hot_for_window`], and the
+    /// request small enough.
     fn stand_in(&self) -> Option<&HotTier> {
+        self.hot_for_window()
+            .filter(|_| self.resources <= STALE_READ_RESOURCES_MAX)
+    }
+
+    /// The hot tier, if it is healthy and holds part of the window (minutes reaching into its
+    /// hour), however many resources the request reads.
+    fn hot_for_window(&self) -> Option<&HotTier> {
         let reaches = self.tier == Tier::Minute && self.window_ms.1 > hot_start_ms(self.now_ms);
-        let small = self.resources <= STALE_READ_RESOURCES_MAX;
         self.store
             .hot_tier()
-            .filter(|hot| reaches && small && hot.is_healthy())
+            .filter(|hot| reaches && hot.is_healthy())
     }
 }
