@@ -30,13 +30,14 @@ pub enum ApiError {
     Unprocessable { code: &'static str, message: String },
     #[error("too many requests")]
     RateLimited { retry_after_s: u64 },
+    /// A 503. Most are `unavailable`; a code of its own tells a client (the dashboard) a case it
+    /// answers differently, such as `stale_read_too_wide`: narrow the read, rather than wait.
     #[error("{message}")]
-    Unavailable { message: String, retry_after_s: u64 },
-    /// The database is unavailable and a read selects more resources than the hot tier answers
-    /// alone: a 503 like `Unavailable`, with a code of its own so that a client (the dashboard)
-    /// says what the message says, to narrow the read, rather than that the last hour answers.
-    #[error("{message}")]
-    StaleReadTooWide { message: String, retry_after_s: u64 },
+    Unavailable {
+        code: &'static str,
+        message: String,
+        retry_after_s: u64,
+    },
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -76,6 +77,15 @@ impl ApiError {
         }
     }
 
+    /// The usual 503, code `unavailable`: retry after `retry_after_s`.
+    pub fn unavailable(message: impl Into<String>, retry_after_s: u64) -> Self {
+        Self::Unavailable {
+            code: "unavailable",
+            message: message.into(),
+            retry_after_s,
+        }
+    }
+
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::Unauthorized {
             message: message.into(),
@@ -95,10 +105,7 @@ impl ApiError {
             }
             Self::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
-            Self::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            Self::StaleReadTooWide { .. } => {
-                (StatusCode::SERVICE_UNAVAILABLE, "stale_read_too_wide")
-            }
+            Self::Unavailable { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, code),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -112,20 +119,19 @@ pub const DATABASE_RETRY_AFTER_S: u64 = 2;
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::Busy => Self::Unavailable {
-                message: "the store is busy; retry shortly".to_owned(),
-                retry_after_s: RETRY_AFTER_S,
-            },
+            StoreError::Busy => {
+                Self::unavailable("the store is busy; retry shortly", RETRY_AFTER_S)
+            }
             StoreError::Unavailable(reason) => {
                 // The reason is for the operator; the client learns only to come back.
                 tracing::warn!(%reason, "the database is unavailable");
-                Self::Unavailable {
-                    message: "the database is unavailable; nothing was stored, retry shortly"
-                        .to_owned(),
-                    retry_after_s: DATABASE_RETRY_AFTER_S,
-                }
+                Self::unavailable(
+                    "the database is unavailable; nothing was stored, retry shortly",
+                    DATABASE_RETRY_AFTER_S,
+                )
             }
-            StoreError::StaleReadTooWide { resources } => Self::StaleReadTooWide {
+            StoreError::StaleReadTooWide { resources } => Self::Unavailable {
+                code: "stale_read_too_wide",
                 message: format!(
                     "the database is unavailable; while it is, a read across resources answers \
                      from the hot tier for at most {STALE_READ_RESOURCES_MAX} of them, and this \
@@ -158,9 +164,7 @@ impl IntoResponse for ApiError {
         let mut response = (status, Json(body)).into_response();
         let headers = response.headers_mut();
         match &self {
-            Self::RateLimited { retry_after_s }
-            | Self::Unavailable { retry_after_s, .. }
-            | Self::StaleReadTooWide { retry_after_s, .. } => {
+            Self::RateLimited { retry_after_s } | Self::Unavailable { retry_after_s, .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
             }
             Self::Unauthorized { .. } => {

@@ -108,23 +108,21 @@ impl From<IntakeError> for ApiError {
             },
             IntakeError::Merge(MergeError::Overloaded) => {
                 metrics::counter!("hitcount_deltas_overloaded_total").increment(1);
-                ApiError::Unavailable {
-                    message: "the merge queue is full; the batch was not applied, retry".to_owned(),
-                    retry_after_s: MERGE_RETRY_AFTER_S,
-                }
+                ApiError::unavailable(
+                    "the merge queue is full; the batch was not applied, retry",
+                    MERGE_RETRY_AFTER_S,
+                )
             }
-            IntakeError::Merge(MergeError::ShuttingDown) => ApiError::Unavailable {
-                message: "the aggregator is shutting down; the batch was not applied, retry"
-                    .to_owned(),
-                retry_after_s: MERGE_RETRY_AFTER_S,
-            },
+            IntakeError::Merge(MergeError::ShuttingDown) => ApiError::unavailable(
+                "the aggregator is shutting down; the batch was not applied, retry",
+                MERGE_RETRY_AFTER_S,
+            ),
             IntakeError::Merge(MergeError::Store(error)) => {
                 tracing::warn!(%error, "applying a delta failed");
-                ApiError::Unavailable {
-                    message: "the store could not apply the batch; it was not applied, retry"
-                        .to_owned(),
-                    retry_after_s: RETRY_AFTER_S,
-                }
+                ApiError::unavailable(
+                    "the store could not apply the batch; it was not applied, retry",
+                    RETRY_AFTER_S,
+                )
             }
         }
     }

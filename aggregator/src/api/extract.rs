@@ -231,17 +231,14 @@ fn oidc_refusal(error: OidcError) -> ApiError {
     match error {
         OidcError::ProviderUnavailable(reason) => {
             tracing::warn!(%reason, "the identity provider is unavailable");
-            ApiError::Unavailable {
-                message:
-                    "the identity provider cannot be reached to check this token; retry shortly"
-                        .to_owned(),
-                retry_after_s: crate::error::RETRY_AFTER_S,
-            }
+            ApiError::unavailable(
+                "the identity provider cannot be reached to check this token; retry shortly",
+                crate::error::RETRY_AFTER_S,
+            )
         }
-        error @ OidcError::KeyNotFetchedYet { retry_after_s, .. } => ApiError::Unavailable {
-            message: error.to_string(),
-            retry_after_s,
-        },
+        error @ OidcError::KeyNotFetchedYet { retry_after_s, .. } => {
+            ApiError::unavailable(error.to_string(), retry_after_s)
+        }
         refused => ApiError::unauthorized(refused.to_string()),
     }
 }

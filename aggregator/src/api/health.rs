@@ -29,10 +29,7 @@ pub async fn healthz() -> Json<Health> {
 pub async fn readyz(State(state): State<SharedState>) -> Result<Json<Health>, ApiError> {
     state.store.tokens().await.map_err(|error| {
         tracing::warn!(%error, "readiness check failed");
-        ApiError::Unavailable {
-            message: "the store does not answer".to_owned(),
-            retry_after_s: RETRY_AFTER_S,
-        }
+        ApiError::unavailable("the store does not answer", RETRY_AFTER_S)
     })?;
     Ok(Json(Health { status: "ready" }))
 }

@@ -150,10 +150,7 @@ impl From<RecordError> for ApiError {
                     IngestError::CommitFailed => "the store could not commit these hits; retry",
                     IngestError::ShuttingDown => "the aggregator is shutting down; retry",
                 };
-                ApiError::Unavailable {
-                    message: message.to_owned(),
-                    retry_after_s: RETRY_AFTER_S,
-                }
+                ApiError::unavailable(message, RETRY_AFTER_S)
             }
         }
     }
