@@ -8,13 +8,14 @@
 //! `state.rs` nor `api/` is imported here.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
 use hitcount_wire::DeltaEntry;
 
 use crate::patterns::{
-    Admission, Missing, PATTERNS_MAX, PatternView, Patterns, RECENT_RESOURCES_MS, Refusal,
-    RefusalReason, ResourceCache,
+    Admission, Missing, PATTERNS_MAX, PatternView, Patterns, RECENT_READ_INTERVAL_MS,
+    RECENT_RESOURCES_MS, Refusal, RefusalReason, ResourceCache,
 };
 use crate::store::{CreateOutcome, PatternRecord, ResourceRecord, Store, StoreError};
 
@@ -77,6 +78,8 @@ pub struct Catalog {
     /// Ids deleted here, with when the store's delete finished (`None`: still running). A reload
     /// whose read began before that cannot tell the deletion, so it must not bring them back.
     deletions: Mutex<HashMap<String, Option<u64>>>,
+    /// When this aggregator last read the resources created lately (`admit`), in ms.
+    recent_read_ms: AtomicU64,
 }
 
 impl Catalog {
@@ -92,6 +95,7 @@ impl Catalog {
             resources: RwLock::new(resources),
             patterns: catalog_patterns,
             deletions: Mutex::default(),
+            recent_read_ms: AtomicU64::new(0),
         }
     }
 
@@ -249,7 +253,8 @@ impl Catalog {
             .iter()
             .map(|item| item.resource_id.clone())
             .collect();
-        let created_since_ms = may_create.then(|| now_ms.saturating_sub(RECENT_RESOURCES_MS));
+        let created_since_ms = (may_create && self.recent_read_due(now_ms))
+            .then(|| now_ms.saturating_sub(RECENT_RESOURCES_MS));
         let current = store.resources_current(ids, created_since_ms).await?;
         self.insert_resources(current);
         missing.retain(|item| !self.resource_exists(&item.resource_id));
@@ -280,6 +285,17 @@ impl Catalog {
             .increment(created.len() as u64);
         self.insert_resources(created);
         Ok(refusals)
+    }
+
+    /// Whether this admission reads the resources created lately: the first one in each
+    /// [`RECENT_READ_INTERVAL_MS`] does (and claims the interval, so concurrent ones do not).
+    fn recent_read_due(&self, now_ms: u64) -> bool {
+        let last_ms = self.recent_read_ms.load(Ordering::Acquire);
+        now_ms.saturating_sub(last_ms) >= RECENT_READ_INTERVAL_MS
+            && self
+                .recent_read_ms
+                .compare_exchange(last_ms, now_ms, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
     }
 
     /// Which `missing` ids a pattern creates (the longest prefix that matches, while it has room
@@ -407,5 +423,22 @@ impl Catalog {
             }
             Err(error) => tracing::warn!(%error, "reloading patterns failed; will retry"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reading the resources created lately costs once per interval, not once per batch.
+    #[test]
+    fn the_recent_read_is_due_once_per_interval() {
+        let catalog = Catalog::new(Vec::new(), Vec::new());
+        let start_ms = 1_000_000;
+        assert!(catalog.recent_read_due(start_ms));
+        assert!(!catalog.recent_read_due(start_ms));
+        assert!(!catalog.recent_read_due(start_ms + RECENT_READ_INTERVAL_MS - 1));
+        assert!(catalog.recent_read_due(start_ms + RECENT_READ_INTERVAL_MS));
+        assert!(!catalog.recent_read_due(start_ms + RECENT_READ_INTERVAL_MS + 1));
     }
 }

@@ -9,8 +9,8 @@
 //! insert and removal and recounted whenever the cache is reloaded, so checking it costs no scan.
 //! Creation is serialised within an aggregator, and before deciding it reads the resources
 //! created in the last [`RECENT_RESOURCES_MS`] from the store, which the cache (reloaded every
-//! 5 s) may lack; aggregators sharing a database can therefore overshoot a bound only by what
-//! they create at the same moment: at most one batch (or request) each.
+//! 5 s) may lack, at most once every [`RECENT_READ_INTERVAL_MS`]; aggregators sharing a database
+//! can therefore overshoot a bound only by what the others create within that interval.
 //!
 //! Refusals (`no_pattern`: no pattern matches the id; `pattern_full`: its pattern is at its
 //! bound) are counted in `hitcount_resources_refused_total{reason}` (in hits), in the pattern's
@@ -42,6 +42,12 @@ pub const UNKNOWN_RESOURCES_LISTED_MAX: usize = 1_000;
 /// aggregator) are read from the store: the cache is reloaded every 5 s and each reload may be a
 /// few seconds old; the rest allows for aggregators' clocks disagreeing by a few seconds.
 pub const RECENT_RESOURCES_MS: u64 = 10_000;
+/// How often an aggregator that creates resources reads those created lately (the read above).
+/// Once per admitted batch, its cost was the batches times the resources created in the last
+/// [`RECENT_RESOURCES_MS`]: while a pattern filled, half the aggregator's CPU (BENCHMARKS.md,
+/// "Resources created through a pattern"). Once a second it costs less than the 5 s reload of
+/// every resource, and lets other aggregators' creations of the last second overshoot a bound.
+pub const RECENT_READ_INTERVAL_MS: u64 = 1_000;
 /// What ends every pattern.
 pub const WILDCARD: char = '*';
 
