@@ -288,10 +288,11 @@ impl Catalog {
     }
 
     /// Whether this admission reads the resources created lately: the first one in each
-    /// [`RECENT_READ_INTERVAL_MS`] does (and claims the interval, so concurrent ones do not).
+    /// [`RECENT_READ_INTERVAL_MS`] does (and claims the interval, so concurrent ones do not). A
+    /// clock stepped back makes it due, rather than silent until the clock catches up.
     fn recent_read_due(&self, now_ms: u64) -> bool {
         let last_ms = self.recent_read_ms.load(Ordering::Acquire);
-        now_ms.saturating_sub(last_ms) >= RECENT_READ_INTERVAL_MS
+        (now_ms < last_ms || now_ms - last_ms >= RECENT_READ_INTERVAL_MS)
             && self
                 .recent_read_ms
                 .compare_exchange(last_ms, now_ms, Ordering::AcqRel, Ordering::Acquire)
@@ -440,5 +441,7 @@ mod tests {
         assert!(!catalog.recent_read_due(start_ms + RECENT_READ_INTERVAL_MS - 1));
         assert!(catalog.recent_read_due(start_ms + RECENT_READ_INTERVAL_MS));
         assert!(!catalog.recent_read_due(start_ms + RECENT_READ_INTERVAL_MS + 1));
+        // The clock stepped back.
+        assert!(catalog.recent_read_due(start_ms));
     }
 }

@@ -10,7 +10,8 @@
 //! Creation is serialised within an aggregator, and before deciding it reads the resources
 //! created in the last [`RECENT_RESOURCES_MS`] from the store, which the cache (reloaded every
 //! 5 s) may lack, at most once every [`RECENT_READ_INTERVAL_MS`]; aggregators sharing a database
-//! can therefore overshoot a bound only by what the others create within that interval.
+//! can therefore overshoot a bound only by what the others created since that read (about the
+//! interval; never more than since the last reload).
 //!
 //! Refusals (`no_pattern`: no pattern matches the id; `pattern_full`: its pattern is at its
 //! bound) are counted in `hitcount_resources_refused_total{reason}` (in hits), in the pattern's
@@ -46,7 +47,8 @@ pub const RECENT_RESOURCES_MS: u64 = 10_000;
 /// Once per admitted batch, its cost was the batches times the resources created in the last
 /// [`RECENT_RESOURCES_MS`]: while a pattern filled, half the aggregator's CPU (BENCHMARKS.md,
 /// "Resources created through a pattern"). Once a second it costs less than the 5 s reload of
-/// every resource, and lets other aggregators' creations of the last second overshoot a bound.
+/// every resource, and lets other aggregators' creations since the read (about a second, at most
+/// since the last reload) overshoot a bound.
 pub const RECENT_READ_INTERVAL_MS: u64 = 1_000;
 /// What ends every pattern.
 pub const WILDCARD: char = '*';

@@ -209,7 +209,7 @@ fn limit_statements() -> Vec<String> {
     };
     use hitcount_aggregator::patterns::{
         PATTERN_PREFIX_BYTES_MAX, PATTERN_RESOURCES_DEFAULT, PATTERN_RESOURCES_MAX, PATTERNS_MAX,
-        RECENT_RESOURCES_MS, UNKNOWN_RESOURCES_LISTED_MAX,
+        RECENT_READ_INTERVAL_MS, RECENT_RESOURCES_MS, UNKNOWN_RESOURCES_LISTED_MAX,
     };
     use hitcount_aggregator::query::SERIES_POINTS_MAX;
     use hitcount_aggregator::store::IMPORT_CELLS_MAX;
@@ -269,8 +269,9 @@ fn limit_statements() -> Vec<String> {
             count_text(PATTERN_RESOURCES_MAX)
         ),
         format!(
-            "the store those created in the last {} s",
-            RECENT_RESOURCES_MS / 1_000
+            "the store those created in the last {} s (through any aggregator), at most once every {},",
+            RECENT_RESOURCES_MS / 1_000,
+            duration_text(RECENT_READ_INTERVAL_MS)
         ),
         format!(
             "At most {} patterns exist.",

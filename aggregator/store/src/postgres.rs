@@ -119,11 +119,19 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 impl PgStore {
     /// Connects and runs the migrations not yet applied.
+    ///
+    /// Every statement is planned for the values it is given (`plan_cache_mode`), never from a
+    /// connection's cached generic plan: the tables start empty and grow while the aggregator
+    /// runs, and a plan made early is kept until an ANALYZE (which PostgreSQL without autovacuum
+    /// never runs). Seen: a read of one resource's buckets scanning every resource's rows of the
+    /// window, 190,000 rows a read (72 reads a second instead of 3,400), and the lookup of a
+    /// batch's unknown resource ids scanning every resource and comparing it with every id (1 to
+    /// 2.8 s a lookup while a pattern filled 100,000 resources) (BENCHMARKS.md).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let options = url
-            .parse::<PgConnectOptions>()
-            .map_err(classify)?
-            .options([("statement_timeout", STATEMENT_TIMEOUT_MS.to_string())]);
+        let options = url.parse::<PgConnectOptions>().map_err(classify)?.options([
+            ("statement_timeout", STATEMENT_TIMEOUT_MS.to_string()),
+            ("plan_cache_mode", "force_custom_plan".to_owned()),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(POOL_CONNECTIONS_MAX)
             .acquire_timeout(Duration::from_millis(POOL_ACQUIRE_TIMEOUT_MS))
@@ -165,21 +173,13 @@ impl PgStore {
     }
 
     /// A read-only transaction with one snapshot for every statement in it, so a compaction or
-    /// a fold in between cannot hide or double a hit or a visitor. Its statements are planned
-    /// for the values they are given (`plan_cache_mode`): a connection's cached generic plan
-    /// for a read of one resource's buckets was seen scanning every resource's rows of the
-    /// window through the (tier, bucket) index, 190,000 rows a read, while the table had no
-    /// statistics yet (a plan made early, kept until an ANALYZE, which PostgreSQL without
-    /// autovacuum never runs): 72 reads a second instead of 3,400 (BENCHMARKS.md).
+    /// a fold in between cannot hide or double a hit or a visitor.
     async fn begin_reading(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
         let mut transaction = self.begin().await?;
-        sqlx::raw_sql(
-            "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY;
-             SET LOCAL plan_cache_mode = force_custom_plan",
-        )
-        .execute(&mut *transaction)
-        .await
-        .map_err(classify)?;
+        sqlx::raw_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *transaction)
+            .await
+            .map_err(classify)?;
         Ok(transaction)
     }
 

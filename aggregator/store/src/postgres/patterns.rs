@@ -99,11 +99,8 @@ impl PatternStore for PgStore {
         ids: Vec<String>,
         created_since_ms: Option<u64>,
     ) -> Result<Vec<ResourceRecord>, StoreError> {
-        // Planned for each call's values (`persistent(false)`), not once per connection: the
-        // table grows from empty while a pattern fills, and a plan cached while it was small
-        // scans it whole, comparing every row with every id (385 ms a call at 100,000
-        // resources and 500 ids, measured). The recent resources are asked for in the same
-        // statement (one snapshot) only when wanted, about once a second.
+        // The recent resources are asked for in the same statement (one snapshot) only when
+        // wanted, about once a second; the lookup by id alone is a walk of the primary key.
         let query = match created_since_ms {
             None => sqlx::query(
                 "SELECT id, name, retention_days, created_at_ms FROM resources
@@ -120,11 +117,7 @@ impl PatternStore for PgStore {
             .bind(&ids)
             .bind(signed(since_ms)),
         };
-        let rows = query
-            .persistent(false)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(classify)?;
+        let rows = query.fetch_all(&self.pool).await.map_err(classify)?;
         resource_rows(rows)
     }
 
@@ -163,13 +156,11 @@ impl PatternStore for PgStore {
         .execute(&mut *transaction)
         .await
         .map_err(classify)?;
-        // Planned for its values, as `resources_current` is, for the same reason.
         let rows = sqlx::query(
             "SELECT id, name, retention_days, created_at_ms FROM resources
              WHERE id = ANY($1) ORDER BY id",
         )
         .bind(&ids)
-        .persistent(false)
         .fetch_all(&mut *transaction)
         .await
         .map_err(classify)?;
