@@ -3,8 +3,9 @@
 //! baseline of raw batched PostgreSQL upserts measured in the same run.
 //!
 //! Every scenario gets a fresh store: its resources are written into it directly (the REST API
-//! takes a resource per request, half a minute for 100k), then the aggregators start and the
-//! run's own edges, keys and counts go through HTTP only. While the load runs a reader asks one
+//! takes a resource per request, half a minute for 100k), or, in the `-pattern-` scenarios,
+//! created by the aggregator through one pattern while the load runs; then the aggregators start
+//! and the run's own edges, keys and counts go through HTTP only. While the load runs a reader asks one
 //! hot resource for 24 h at minute granularity, for 30 days at hour granularity and `/healthz` (the
 //! floor) in turn, one request every 50 ms, from a thread of its own. Figures: offered and acknowledged
 //! hits/s, the worst second of the last 30, delta acknowledgement p50/p99, verification,
@@ -12,7 +13,8 @@
 //! (the last folds included), aggregator CPU and read latency.
 //!
 //! `HITCOUNT_BENCH_SCALE_ONLY=name,name` runs only those scenarios; `HITCOUNT_BENCH_SCALE_S` sets
-//! the load's duration (default 60 s).
+//! the load's duration (default 60 s); `HITCOUNT_BENCH_AGGREGATOR` names the aggregator binary
+//! (default: the release build), so a copy of an earlier build gives a baseline in the same run.
 
 #![allow(clippy::unwrap_used)]
 
@@ -20,12 +22,12 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use hitcount_aggregator::store::{
     CountCell, HOUR_MS, Import, ImportOutcome, ResourceRecord, Store, Tier, TierCell,
 };
 use hitcount_bench_support::cpu_seconds as stat_cpu_seconds;
-use hitcount_loadgen::Config;
+use hitcount_loadgen::{Config, SetupMode};
 use hitcount_wire::Sketch;
 use procfs::process::Process;
 
@@ -53,10 +55,18 @@ struct Scenario {
     resources: usize,
     /// `--fold-interval-ms`: 0 for the direct write shape, above for the durable inbox.
     fold_interval_ms: u64,
+    /// How the resources come to exist: written into the store before the aggregators start
+    /// (`Existing`), or created by the aggregator through one pattern while the load runs
+    /// (`Pattern`, as a user's site does; only the hot resource and its history are written
+    /// beforehand).
+    setup: SetupMode,
 }
 
 /// The fold interval of the inbox scenarios.
 const INBOX_FOLD_INTERVAL_MS: u64 = 2_000;
+/// The binary's default fold interval: the pattern scenarios run the aggregator's default write
+/// shape, as a user who sets no fold flag does.
+const FOLD_INTERVAL_MS_DEFAULT: u64 = hitcount_aggregator::config::FOLD_INTERVAL_MS_DEFAULT;
 
 const SCENARIOS: &[Scenario] = &[
     Scenario {
@@ -66,6 +76,7 @@ const SCENARIOS: &[Scenario] = &[
         hits_per_second: 100_000,
         resources: 100_000,
         fold_interval_ms: 0,
+        setup: SetupMode::Existing,
     },
     Scenario {
         name: "embedded-300k",
@@ -74,6 +85,7 @@ const SCENARIOS: &[Scenario] = &[
         hits_per_second: 300_000,
         resources: 100_000,
         fold_interval_ms: 0,
+        setup: SetupMode::Existing,
     },
     Scenario {
         name: "embedded-1m",
@@ -82,6 +94,7 @@ const SCENARIOS: &[Scenario] = &[
         hits_per_second: 1_000_000,
         resources: 100_000,
         fold_interval_ms: 0,
+        setup: SetupMode::Existing,
     },
     Scenario {
         name: "pg-redis-100k",
@@ -90,6 +103,7 @@ const SCENARIOS: &[Scenario] = &[
         hits_per_second: 100_000,
         resources: 100_000,
         fold_interval_ms: 0,
+        setup: SetupMode::Existing,
     },
     Scenario {
         name: "pg-redis-300k",
@@ -98,6 +112,7 @@ const SCENARIOS: &[Scenario] = &[
         hits_per_second: 300_000,
         resources: 100_000,
         fold_interval_ms: 0,
+        setup: SetupMode::Existing,
     },
     Scenario {
         name: "pg-redis-1m",
@@ -106,6 +121,7 @@ const SCENARIOS: &[Scenario] = &[
         hits_per_second: 1_000_000,
         resources: 100_000,
         fold_interval_ms: 0,
+        setup: SetupMode::Existing,
     },
     Scenario {
         name: "pg-100k",
@@ -114,6 +130,7 @@ const SCENARIOS: &[Scenario] = &[
         hits_per_second: 100_000,
         resources: 100_000,
         fold_interval_ms: 0,
+        setup: SetupMode::Existing,
     },
     Scenario {
         name: "pg-redis-10k-res-100k",
@@ -122,6 +139,7 @@ const SCENARIOS: &[Scenario] = &[
         hits_per_second: 100_000,
         resources: 10_000,
         fold_interval_ms: 0,
+        setup: SetupMode::Existing,
     },
     Scenario {
         name: "pg-redis-10k-res-1m",
@@ -130,6 +148,7 @@ const SCENARIOS: &[Scenario] = &[
         hits_per_second: 1_000_000,
         resources: 10_000,
         fold_interval_ms: 0,
+        setup: SetupMode::Existing,
     },
     Scenario {
         name: "pg-redis-100k-x2",
@@ -138,6 +157,7 @@ const SCENARIOS: &[Scenario] = &[
         hits_per_second: 100_000,
         resources: 100_000,
         fold_interval_ms: 0,
+        setup: SetupMode::Existing,
     },
     Scenario {
         name: "pg-redis-100k-x3",
@@ -146,6 +166,7 @@ const SCENARIOS: &[Scenario] = &[
         hits_per_second: 100_000,
         resources: 100_000,
         fold_interval_ms: 0,
+        setup: SetupMode::Existing,
     },
     Scenario {
         name: "embedded-inbox-100k",
@@ -154,6 +175,7 @@ const SCENARIOS: &[Scenario] = &[
         hits_per_second: 100_000,
         resources: 100_000,
         fold_interval_ms: INBOX_FOLD_INTERVAL_MS,
+        setup: SetupMode::Existing,
     },
     Scenario {
         name: "embedded-inbox-300k",
@@ -162,6 +184,7 @@ const SCENARIOS: &[Scenario] = &[
         hits_per_second: 300_000,
         resources: 100_000,
         fold_interval_ms: INBOX_FOLD_INTERVAL_MS,
+        setup: SetupMode::Existing,
     },
     Scenario {
         name: "embedded-inbox-1m",
@@ -170,6 +193,7 @@ const SCENARIOS: &[Scenario] = &[
         hits_per_second: 1_000_000,
         resources: 100_000,
         fold_interval_ms: INBOX_FOLD_INTERVAL_MS,
+        setup: SetupMode::Existing,
     },
     Scenario {
         name: "pg-inbox-100k",
@@ -178,6 +202,7 @@ const SCENARIOS: &[Scenario] = &[
         hits_per_second: 100_000,
         resources: 100_000,
         fold_interval_ms: INBOX_FOLD_INTERVAL_MS,
+        setup: SetupMode::Existing,
     },
     Scenario {
         name: "pg-inbox-300k",
@@ -186,6 +211,7 @@ const SCENARIOS: &[Scenario] = &[
         hits_per_second: 300_000,
         resources: 100_000,
         fold_interval_ms: INBOX_FOLD_INTERVAL_MS,
+        setup: SetupMode::Existing,
     },
     Scenario {
         name: "pg-inbox-1m",
@@ -194,6 +220,7 @@ const SCENARIOS: &[Scenario] = &[
         hits_per_second: 1_000_000,
         resources: 100_000,
         fold_interval_ms: INBOX_FOLD_INTERVAL_MS,
+        setup: SetupMode::Existing,
     },
     Scenario {
         name: "pg-redis-inbox-100k",
@@ -202,6 +229,7 @@ const SCENARIOS: &[Scenario] = &[
         hits_per_second: 100_000,
         resources: 100_000,
         fold_interval_ms: INBOX_FOLD_INTERVAL_MS,
+        setup: SetupMode::Existing,
     },
     Scenario {
         name: "pg-redis-inbox-300k",
@@ -210,6 +238,7 @@ const SCENARIOS: &[Scenario] = &[
         hits_per_second: 300_000,
         resources: 100_000,
         fold_interval_ms: INBOX_FOLD_INTERVAL_MS,
+        setup: SetupMode::Existing,
     },
     Scenario {
         name: "pg-redis-inbox-1m",
@@ -218,6 +247,7 @@ const SCENARIOS: &[Scenario] = &[
         hits_per_second: 1_000_000,
         resources: 100_000,
         fold_interval_ms: INBOX_FOLD_INTERVAL_MS,
+        setup: SetupMode::Existing,
     },
     Scenario {
         name: "pg-inbox-10k-res-1m",
@@ -226,6 +256,25 @@ const SCENARIOS: &[Scenario] = &[
         hits_per_second: 1_000_000,
         resources: 10_000,
         fold_interval_ms: INBOX_FOLD_INTERVAL_MS,
+        setup: SetupMode::Existing,
+    },
+    Scenario {
+        name: "embedded-pattern-100k",
+        backend: Backend::Embedded,
+        aggregators: 1,
+        hits_per_second: 100_000,
+        resources: 100_000,
+        fold_interval_ms: FOLD_INTERVAL_MS_DEFAULT,
+        setup: SetupMode::Pattern,
+    },
+    Scenario {
+        name: "pg-redis-pattern-100k",
+        backend: Backend::PostgresRedis,
+        aggregators: 1,
+        hits_per_second: 100_000,
+        resources: 100_000,
+        fold_interval_ms: FOLD_INTERVAL_MS_DEFAULT,
+        setup: SetupMode::Pattern,
     },
     Scenario {
         name: "pg-inbox-1m-x3",
@@ -234,6 +283,7 @@ const SCENARIOS: &[Scenario] = &[
         hits_per_second: 1_000_000,
         resources: 100_000,
         fold_interval_ms: INBOX_FOLD_INTERVAL_MS,
+        setup: SetupMode::Existing,
     },
 ];
 
@@ -241,6 +291,14 @@ fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+/// The aggregator binary the scenarios run: `HITCOUNT_BENCH_AGGREGATOR` if set (a copy of an
+/// earlier build, to measure a baseline in the same run), else the release build.
+fn aggregator_binary() -> PathBuf {
+    std::env::var_os("HITCOUNT_BENCH_AGGREGATOR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("release/hitcount-aggregator"))
 }
 
 fn psql(database: &str, sql: &str) -> String {
@@ -523,7 +581,13 @@ async fn prepare(scenario: &Scenario, loadgen: &Config) -> Running {
         None => Store::open_embedded(directory.path()).unwrap(),
     };
     let ids = loadgen.resource_ids();
-    for chunk in ids.chunks(RESOURCE_CHUNK) {
+    // Through a pattern, the aggregator creates every resource but the hot one, whose history
+    // needs it to exist first.
+    let written = match scenario.setup {
+        SetupMode::Pattern => &ids[..1],
+        SetupMode::Existing | SetupMode::Resources => &ids[..],
+    };
+    for chunk in written.chunks(RESOURCE_CHUNK) {
         let records = chunk
             .iter()
             .map(|id| ResourceRecord {
@@ -537,7 +601,7 @@ async fn prepare(scenario: &Scenario, loadgen: &Config) -> Running {
     }
     write_history(&store, &ids[0], hitcount_process::now_ms()).await;
     drop(store);
-    let binary = target_dir().join("release/hitcount-aggregator");
+    let binary = aggregator_binary();
     let prefix = format!(
         "bench-scale-{}-{}",
         scenario.name,
@@ -618,7 +682,7 @@ async fn measure(scenario: &Scenario, duration_s: u64) -> String {
         "--admin-token",
         ADMIN_TOKEN,
         "--setup",
-        "existing",
+        scenario.setup.to_possible_value().unwrap().get_name(),
         "--edges",
         "100",
         "--hits-per-second",

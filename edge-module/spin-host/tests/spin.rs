@@ -14,8 +14,8 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::support::{
-    BROWSER, EDGE_KEY, Server, aggregator, count, create_resources, delete_edge_keys, metric,
-    redis_connection, redis_or_skip, spin, variables,
+    BROWSER, EDGE_KEY, Server, aggregator, count, create_resources, delete_edge_keys,
+    keys_matching, metric, redis_connection, redis_or_skip, spin, variables,
 };
 
 /// An edge id no other test run shares, so Redis keys never collide.
@@ -122,11 +122,7 @@ async fn concurrent_hits_in_fresh_instances_are_counted_exactly() {
     hitcount_test_support::assert_uniques_near(uniques_total, 25 * RESOURCES);
     // Delivered windows leave nothing behind in Redis.
     let mut redis = redis_connection(&redis_url).await;
-    let left: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("hitcount:{edge_id}:w:*"))
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    let left = keys_matching(&mut redis, &format!("hitcount:{edge_id}:w:*")).await;
     assert!(left.is_empty(), "{left:?}");
 
     delete_edge_keys(&redis_url, &edge_id).await;

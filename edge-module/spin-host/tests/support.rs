@@ -15,14 +15,40 @@ use tokio::sync::oneshot;
 
 pub const EDGE_KEY: &str = "spin-edge-secret-0123456789";
 
+/// Keys the cursor asks for per `SCAN` call.
+const SCAN_COUNT: usize = 1_000;
+
+/// Every key matching `pattern`, by `SCAN` rather than `KEYS`: the machine's Redis is shared,
+/// and `KEYS` blocks it for a walk over every key of every user (a benchmark's millions of hot
+/// tier keys made it time out).
+pub async fn keys_matching(
+    redis: &mut redis::aio::MultiplexedConnection,
+    pattern: &str,
+) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(SCAN_COUNT)
+            .query_async(redis)
+            .await
+            .unwrap();
+        keys.extend(page);
+        if next == 0 {
+            return keys;
+        }
+        cursor = next;
+    }
+}
+
 /// Deletes every key of one edge (its windows live under `hitcount:{edge id}`).
 pub async fn delete_edge_keys(url: &str, edge_id: &str) {
     let mut redis = redis_connection(url).await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("hitcount:{edge_id}:*"))
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    let keys = keys_matching(&mut redis, &format!("hitcount:{edge_id}:*")).await;
     if !keys.is_empty() {
         let _: i64 = redis::cmd("DEL")
             .arg(keys)
