@@ -1320,15 +1320,18 @@ fn apply_group_blocking(
             recorded.insert(key.id(), verdict);
         }
     }
-    let mut retention = HashMap::new();
+    // Keyed by the batches' own ids, sized once: a group names up to every resource, and a
+    // copy of each id and the table's growth were a share of a group's time under load.
+    let ids = group_resource_ids(batches);
+    let mut retention: HashMap<&str, Option<u32>> = HashMap::with_capacity(ids.len());
     {
         let mut find_resource =
             transaction.prepare_cached("SELECT retention_days FROM resources WHERE id = ?1")?;
-        for id in group_resource_ids(batches) {
+        for id in ids {
             let days: Option<Option<u32>> =
                 find_resource.query_row([id], |row| row.get(0)).optional()?;
             if let Some(days) = days {
-                retention.insert(id.to_owned(), days);
+                retention.insert(id, days);
             }
         }
     }

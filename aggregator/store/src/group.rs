@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use hitcount_wire::{DeltaEntry, MINUTE_MS, Sketch};
 
-use crate::records::{Applied, ApplyOutcome, BatchKey, MergeBatch, Tier};
+use crate::records::{Applied, ApplyOutcome, BatchKey, InboxCell, MergeBatch, Tier};
 use crate::rollup::Rollups;
 use crate::rules::entry_buckets;
 
@@ -61,9 +61,12 @@ pub(crate) struct GroupWrites {
     /// Every kept bucket of every tier the writes change, the open ones included: what a late
     /// write bumps (`summaries.rs`).
     pub changed: BTreeSet<(Tier, u64)>,
-    /// Hits per (resource, minute ms): what the inbox shape appends instead of `cells`.
-    pub minutes: BTreeMap<(String, u64), u64>,
-    /// Visitors per (resource, minute ms), merged across the group: one pending row each.
+    /// The inbox shape's minute cells, instead of `cells` and `sketches`: sorted by (resource,
+    /// minute), each once, hits and visitors merged across the group; what its rows hold, made
+    /// once here rather than through two maps whose keys were copies of the id.
+    pub minute_cells: Vec<InboxCell>,
+    /// Visitors per (resource, minute ms), merged across the group: one pending row each (the
+    /// direct shape and folds).
     pub sketches: BTreeMap<(String, u64), Sketch>,
 }
 
@@ -82,13 +85,17 @@ impl GroupWrites {
 pub(crate) fn fold_group(
     batches: &[MergeBatch],
     recorded: &HashMap<KeyId, Recorded>,
-    retention: &HashMap<String, Option<u32>>,
+    retention: &HashMap<impl std::borrow::Borrow<str> + Eq + std::hash::Hash, Option<u32>>,
     rollups: &Rollups,
     now_ms: u64,
     shape: WriteShape,
 ) -> GroupWrites {
     let mut writes = GroupWrites::default();
     let mut shares = Shares::default();
+    // Sized once for every entry of the group rather than grown by doubling as entries apply.
+    shares
+        .minutes
+        .reserve(batches.iter().map(|batch| batch.entries.len()).sum());
     for (index, batch) in batches.iter().enumerate() {
         if let Some(kept) = batch
             .key
@@ -100,7 +107,7 @@ pub(crate) fn fold_group(
         }
         let mut applied = Applied::default();
         for entry in &batch.entries {
-            let Some(retention_days) = retention.get(&entry.resource_id) else {
+            let Some(retention_days) = retention.get(entry.resource_id.as_str()) else {
                 applied.unknown_resource_entries += 1;
                 applied.unknown_resource_hits += entry.hits;
                 continue;
@@ -179,35 +186,45 @@ impl Shares<'_> {
         self.minutes.sort_by(|a, b| {
             (a.resource_id.as_str(), a.minute).cmp(&(b.resource_id.as_str(), b.minute))
         });
-        let mut minutes = Vec::new();
         let mut sketches = Vec::new();
         for run in self
             .minutes
             .chunk_by(|a, b| (&a.resource_id, a.minute) == (&b.resource_id, b.minute))
         {
-            let key = (run[0].resource_id.clone(), run[0].minute * MINUTE_MS);
+            let (resource_id, minute_ms) = (run[0].resource_id.clone(), run[0].minute * MINUTE_MS);
             let mut visitors = Sketch::default();
             for entry in run.iter().filter(|entry| !entry.visitors.is_empty()) {
                 visitors.merge(&entry.visitors);
             }
-            if !visitors.is_empty() {
-                sketches.push((key.clone(), visitors));
-            }
-            if shape == WriteShape::Inbox {
-                minutes.push((key, run.iter().map(|entry| entry.hits).sum()));
+            match shape {
+                WriteShape::Inbox => writes.minute_cells.push(InboxCell {
+                    resource_id,
+                    minute_ms,
+                    hits: run.iter().map(|entry| entry.hits).sum(),
+                    visitors,
+                }),
+                WriteShape::Direct if !visitors.is_empty() => {
+                    sketches.push(((resource_id, minute_ms), visitors));
+                }
+                WriteShape::Direct => {}
             }
         }
-        // Both are sorted and distinct already, so the maps are built without a search.
-        writes.minutes = minutes.into_iter().collect();
+        // Sorted and distinct already, so the map is built without a search.
         writes.sketches = sketches.into_iter().collect();
     }
 }
 
-/// Every resource id a group names, each once, sorted.
+/// Every resource id a group names, each once, sorted. Each batch is sorted by resource, so the
+/// ids are their runs concatenated: a stable sort merges runs, where an ordered set searched
+/// for every entry compared ids that share their prefix a dozen times each.
 pub(crate) fn group_resource_ids(batches: &[MergeBatch]) -> Vec<&str> {
-    let ids: BTreeSet<&str> = batches
-        .iter()
-        .flat_map(|batch| batch.entries.iter().map(|entry| entry.resource_id.as_str()))
-        .collect();
-    ids.into_iter().collect()
+    let mut ids: Vec<&str> = Vec::new();
+    for entry in batches.iter().flat_map(|batch| &batch.entries) {
+        if ids.last() != Some(&entry.resource_id.as_str()) {
+            ids.push(&entry.resource_id);
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    ids
 }

@@ -48,14 +48,7 @@ pub const INBOX_ROW_CELLS_MAX: usize = 20_000;
 /// Bytes of one encoded row the decoder accepts (the bound above, with room for ids).
 pub const INBOX_ROW_BYTES_MAX: usize = 256 * 1024 * 1024;
 
-/// One minute cell of an inbox row.
-#[derive(Debug, Clone)]
-pub struct InboxCell {
-    pub resource_id: String,
-    pub minute_ms: u64,
-    pub hits: u64,
-    pub visitors: Sketch,
-}
+pub use crate::records::InboxCell;
 
 /// The encoded form (postcard): a crate made for compact, bounded serde encoding, where a
 /// hand-written framing would need its own fuzzing.
@@ -79,47 +72,37 @@ impl InboxRow {
     /// id or sketch is copied on the way.
     pub(crate) fn from_writes(writes: &mut GroupWrites) -> Vec<Self> {
         debug_assert!(
-            writes.cells.is_empty(),
-            "a group written to the inbox has minute cells only, no tier cells"
+            writes.cells.is_empty() && writes.sketches.is_empty(),
+            "a group written to the inbox has minute cells only, no tier cells or pending sketches"
         );
-        // Both maps are in key order and every sketch's key is a minute's: one walk pairs them.
-        let mut sketches = std::mem::take(&mut writes.sketches).into_iter().peekable();
-        let mut rows = Vec::new();
-        let mut row = Self::default();
-        for (key, hits) in std::mem::take(&mut writes.minutes) {
-            if row.cells.len() == INBOX_ROW_CELLS_MAX {
-                rows.push(std::mem::take(&mut row));
-            }
-            debug_assert!(
-                sketches
-                    .peek()
-                    .is_none_or(|(sketch_key, _)| *sketch_key >= key),
-                "a sketch's key is a minute's: none is passed over"
-            );
-            let visitors = sketches
-                .next_if(|(sketch_key, _)| *sketch_key == key)
-                .map(|(_, sketch)| sketch)
-                .unwrap_or_default();
-            let (resource_id, minute_ms) = key;
-            debug_assert!(
-                minute_ms.is_multiple_of(MINUTE_MS),
-                "an inbox cell is a minute: its minute_ms is minute-aligned ({minute_ms})"
-            );
-            row.cells.push(InboxCell {
-                resource_id,
-                minute_ms,
-                hits,
-                visitors,
+        debug_assert!(
+            writes.minute_cells.windows(2).all(|pair| {
+                (pair[0].resource_id.as_str(), pair[0].minute_ms)
+                    < (pair[1].resource_id.as_str(), pair[1].minute_ms)
+            }),
+            "a group's minute cells are sorted by (resource, minute), each once"
+        );
+        debug_assert!(
+            writes
+                .minute_cells
+                .iter()
+                .all(|cell| cell.minute_ms.is_multiple_of(MINUTE_MS)),
+            "an inbox cell is a minute: its minute_ms is minute-aligned"
+        );
+        let mut cells = std::mem::take(&mut writes.minute_cells);
+        let mut rows = Vec::with_capacity(cells.len().div_ceil(INBOX_ROW_CELLS_MAX));
+        // From the end, so that each row is split off without moving the cells before it, and
+        // the first row (most groups' only one) keeps the group's vector.
+        while cells.len() > INBOX_ROW_CELLS_MAX {
+            let start = (cells.len() - 1) / INBOX_ROW_CELLS_MAX * INBOX_ROW_CELLS_MAX;
+            rows.push(Self {
+                cells: cells.split_off(start),
             });
         }
-        if !row.cells.is_empty() {
-            rows.push(row);
+        if !cells.is_empty() {
+            rows.push(Self { cells });
         }
-        // A group's sketches are keyed by the minute cells their entries also added hits to.
-        debug_assert!(
-            sketches.next().is_none(),
-            "every sketch of a group belongs to one of its minute cells, so none is left behind"
-        );
+        rows.reverse();
         rows
     }
 
@@ -285,19 +268,27 @@ impl InboxRow {
             .unwrap_or(0)
     }
 
-    /// A row of merged cells, already in key order.
-    fn from_sorted(cells: BTreeMap<(String, u64), CountCell>) -> Self {
-        Self {
-            cells: cells
-                .into_iter()
-                .map(|((resource_id, minute_ms), cell)| InboxCell {
-                    resource_id,
-                    minute_ms,
-                    hits: cell.hits,
-                    visitors: cell.visitors,
-                })
-                .collect(),
+    /// A row of a slot's merged cells: sorted once here, when a fold takes the slot, rather
+    /// than kept in order cell by cell while rows join it.
+    fn from_open(cells: OpenCells) -> Self {
+        let mut by_resource: Vec<(String, Vec<CountCell>)> = cells.into_iter().collect();
+        by_resource.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut row = Self::default();
+        for (resource_id, minutes) in by_resource {
+            debug_assert!(
+                minutes
+                    .windows(2)
+                    .all(|pair| pair[0].bucket_ms < pair[1].bucket_ms),
+                "a resource's open cells are sorted by minute, each minute once"
+            );
+            row.cells.extend(minutes.into_iter().map(|cell| InboxCell {
+                resource_id: resource_id.clone(),
+                minute_ms: cell.bucket_ms,
+                hits: cell.hits,
+                visitors: cell.visitors,
+            }));
         }
+        row
     }
 }
 
@@ -327,9 +318,15 @@ struct Slot {
     cells: SlotCells,
 }
 
+/// An open slot's merged cells: each resource's minute cells, sorted by minute (a resource has
+/// one or two in a slot). Keyed by a hash of the id: an ordered map of (resource, minute) made
+/// each cell joining a slot of 100k resources about 17 comparisons of ids sharing their prefix,
+/// the largest share of the string comparisons in a profile under load (BENCHMARKS.md).
+type OpenCells = foldhash::HashMap<String, Vec<CountCell>>;
+
 #[derive(Debug)]
 enum SlotCells {
-    Open(BTreeMap<(String, u64), CountCell>),
+    Open(OpenCells),
     /// Taken by a fold: no more rows join it, and it stays readable until the fold commits.
     Taken(Arc<InboxRow>),
 }
@@ -363,10 +360,12 @@ impl Slot {
         match &self.cells {
             SlotCells::Open(cells) => InboxRow {
                 cells: cells
-                    .range((resource_id.to_owned(), 0)..=(resource_id.to_owned(), u64::MAX))
-                    .map(|((resource_id, minute_ms), cell)| InboxCell {
-                        resource_id: resource_id.clone(),
-                        minute_ms: *minute_ms,
+                    .get(resource_id)
+                    .into_iter()
+                    .flatten()
+                    .map(|cell| InboxCell {
+                        resource_id: resource_id.to_owned(),
+                        minute_ms: cell.bucket_ms,
                         hits: cell.hits,
                         visitors: cell.visitors.clone(),
                     })
@@ -380,18 +379,18 @@ impl Slot {
 
     fn len(&self) -> usize {
         match &self.cells {
-            SlotCells::Open(cells) => cells.len(),
+            SlotCells::Open(cells) => cells.values().map(Vec::len).sum(),
             SlotCells::Taken(row) => row.len(),
         }
     }
 
     fn cells(&self) -> Box<dyn Iterator<Item = (&str, u64)> + '_> {
         match &self.cells {
-            SlotCells::Open(cells) => Box::new(
-                cells
-                    .keys()
-                    .map(|(resource_id, minute_ms)| (resource_id.as_str(), *minute_ms)),
-            ),
+            SlotCells::Open(cells) => Box::new(cells.iter().flat_map(|(resource_id, minutes)| {
+                minutes
+                    .iter()
+                    .map(move |cell| (resource_id.as_str(), cell.bucket_ms))
+            })),
             SlotCells::Taken(row) => Box::new(
                 row.cells()
                     .iter()
@@ -424,7 +423,7 @@ impl Overlay {
             closes_at_ms,
             row_ids: Vec::new(),
             earliest_minute_ms: u64::MAX,
-            cells: SlotCells::Open(BTreeMap::new()),
+            cells: SlotCells::Open(OpenCells::default()),
         });
         // Unsorted: group commits that run at once may commit (and arrive here) out of id order.
         slot.row_ids.push(id);
@@ -434,13 +433,21 @@ impl Overlay {
         let mut added = 0;
         for cell in row.cells {
             slot.earliest_minute_ms = slot.earliest_minute_ms.min(cell.minute_ms);
-            let merged = cells
-                .entry((cell.resource_id, cell.minute_ms))
-                .or_insert_with(|| {
+            let minutes = cells.entry(cell.resource_id).or_default();
+            match minutes.binary_search_by_key(&cell.minute_ms, |merged| merged.bucket_ms) {
+                Ok(index) => minutes[index].add(cell.hits, &cell.visitors),
+                Err(index) => {
                     added += 1;
-                    CountCell::empty(cell.minute_ms)
-                });
-            merged.add(cell.hits, &cell.visitors);
+                    minutes.insert(
+                        index,
+                        CountCell {
+                            bucket_ms: cell.minute_ms,
+                            hits: cell.hits,
+                            visitors: cell.visitors,
+                        },
+                    );
+                }
+            }
         }
         self.entries.fetch_add(added, Ordering::Relaxed);
     }
@@ -462,8 +469,7 @@ impl Overlay {
                 if slots.open.get(&slot.closes_at_ms) == Some(number) {
                     slots.open.remove(&slot.closes_at_ms);
                 }
-                slot.cells =
-                    SlotCells::Taken(Arc::new(InboxRow::from_sorted(std::mem::take(cells))));
+                slot.cells = SlotCells::Taken(Arc::new(InboxRow::from_open(std::mem::take(cells))));
             }
             let SlotCells::Taken(cells) = &slot.cells else {
                 unreachable!("every slot is open or taken");
@@ -557,7 +563,9 @@ impl Overlay {
         for slot in slots.by_number.values_mut() {
             let before = slot.len();
             match &mut slot.cells {
-                SlotCells::Open(cells) => cells.retain(|(id, _), _| id != resource_id),
+                SlotCells::Open(cells) => {
+                    cells.remove(resource_id);
+                }
                 SlotCells::Taken(row) => {
                     if row.holds(resource_id) {
                         *row = Arc::new(row.without(resource_id));
@@ -873,21 +881,23 @@ mod tests {
 
     use super::*;
 
+    /// A group's writes of these (resource, minute ms, hits, visitors) cells, each once, in any
+    /// order (a group's are sorted).
     fn writes(cells: &[(&str, u64, u64, &[&str])]) -> GroupWrites {
+        let mut cells = cells.to_vec();
+        cells.sort_by_key(|(resource_id, minute_ms, _, _)| (*resource_id, *minute_ms));
         let mut writes = GroupWrites::default();
-        for (resource_id, minute_ms, hits, visitors) in cells {
-            writes
-                .minutes
-                .insert(((*resource_id).to_owned(), *minute_ms), *hits);
-            if !visitors.is_empty() {
-                let mut sketch = Sketch::new();
-                for visitor in *visitors {
-                    sketch.insert(visitor.as_bytes());
-                }
-                writes
-                    .sketches
-                    .insert(((*resource_id).to_owned(), *minute_ms), sketch);
+        for (resource_id, minute_ms, hits, visitors) in &cells {
+            let mut sketch = Sketch::new();
+            for visitor in *visitors {
+                sketch.insert(visitor.as_bytes());
             }
+            writes.minute_cells.push(InboxCell {
+                resource_id: (*resource_id).to_owned(),
+                minute_ms: *minute_ms,
+                hits: *hits,
+                visitors: sketch,
+            });
         }
         writes
     }
@@ -917,7 +927,12 @@ mod tests {
     fn a_large_group_is_split_into_bounded_rows() {
         let mut group = GroupWrites::default();
         for index in 0..(INBOX_ROW_CELLS_MAX + 5) {
-            group.minutes.insert((format!("r{index:06}"), 0), 1);
+            group.minute_cells.push(InboxCell {
+                resource_id: format!("r{index:06}"),
+                minute_ms: 0,
+                hits: 1,
+                visitors: Sketch::new(),
+            });
         }
         let rows = InboxRow::from_writes(&mut group);
         assert_eq!(

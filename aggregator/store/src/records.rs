@@ -183,6 +183,16 @@ impl TokenRecord {
 /// the cells one snapshot holds in memory. A query over more resources reads them in chunks.
 pub const CELLS_READ_RESOURCES_MAX: usize = 500;
 
+/// One minute cell of a durable inbox row (`inbox.rs`), as a group commit merged it
+/// (`group.rs`).
+#[derive(Debug, Clone)]
+pub struct InboxCell {
+    pub resource_id: String,
+    pub minute_ms: u64,
+    pub hits: u64,
+    pub visitors: Sketch,
+}
+
 /// One stored cell of one tier.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CountCell {

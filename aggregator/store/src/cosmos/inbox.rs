@@ -6,7 +6,7 @@
 //! Container `inbox`, partition key `/edge_id`: every delivery of one batch lands in the same
 //! logical partition whichever aggregator receives it, which a unique id needs.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{CosmosStore, classify, read_document};
 use crate::group::{GroupWrites, KeyId, Recorded, WriteShape, fold_group, group_resource_ids};
-use crate::inbox::InboxRow;
+use crate::inbox::{InboxCell, InboxRow};
 use crate::records::{ApplyOutcome, GroupCommit, MergeBatch, StoreError, TierCell};
 use crate::rollup::Rollups;
 
@@ -223,14 +223,23 @@ impl CosmosStore {
         cells: &[&TierCell],
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        let mut writes = GroupWrites::default();
-        for cell in cells {
-            let key = (cell.resource_id.clone(), cell.cell.bucket_ms);
-            writes.minutes.insert(key.clone(), cell.cell.hits);
-            if !cell.cell.visitors.is_empty() {
-                writes.sketches.insert(key, cell.cell.visitors.clone());
-            }
-        }
+        // In (resource, minute) order, each once, as a row holds them.
+        let sorted: BTreeMap<(&str, u64), &TierCell> = cells
+            .iter()
+            .map(|cell| ((cell.resource_id.as_str(), cell.cell.bucket_ms), *cell))
+            .collect();
+        let mut writes = GroupWrites {
+            minute_cells: sorted
+                .into_values()
+                .map(|cell| InboxCell {
+                    resource_id: cell.resource_id.clone(),
+                    minute_ms: cell.cell.bucket_ms,
+                    hits: cell.cell.hits,
+                    visitors: cell.cell.visitors.clone(),
+                })
+                .collect(),
+            ..GroupWrites::default()
+        };
         let edge_id = format!("{IMPORT_PARTITION_PREFIX}{file_sha256}");
         let writer = self.writer();
         for (index, row) in InboxRow::from_writes(&mut writes).iter().enumerate() {
