@@ -1376,15 +1376,31 @@ pub(super) fn add_whole_cells_blocking(
     transaction: &rusqlite::Transaction<'_>,
     cells: &[TierCell],
 ) -> rusqlite::Result<()> {
+    // A cell is inserted first, and read and united with what is stored only when it was there
+    // already: a fold writes each minute cell once, when the minute closed, so most of its cells
+    // are new, and a read of a row that is not there cost as much as the insert.
+    let mut insert_new = transaction.prepare_cached(
+        "INSERT INTO counts (resource_id, tier, bucket_ms, hits, sketch) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (resource_id, tier, bucket_ms) DO NOTHING",
+    )?;
     let mut read_sketch = transaction.prepare_cached(
         "SELECT sketch FROM counts WHERE resource_id = ?1 AND tier = ?2 AND bucket_ms = ?3",
     )?;
     let mut add = transaction.prepare_cached(
-        "INSERT INTO counts (resource_id, tier, bucket_ms, hits, sketch) VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (resource_id, tier, bucket_ms)
-         DO UPDATE SET hits = hits + excluded.hits, sketch = excluded.sketch",
+        "UPDATE counts SET hits = hits + ?4, sketch = ?5
+         WHERE resource_id = ?1 AND tier = ?2 AND bucket_ms = ?3",
     )?;
     for cell in cells {
+        let inserted = insert_new.execute(params![
+            cell.resource_id,
+            cell.tier.code(),
+            millis(cell.cell.bucket_ms),
+            millis(cell.cell.hits),
+            cell.cell.visitors.to_bytes()
+        ])?;
+        if inserted == 1 {
+            continue;
+        }
         let key = params![
             cell.resource_id,
             cell.tier.code(),
